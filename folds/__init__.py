@@ -1,0 +1,1 @@
+"""Cross-validation: data, split, augmentation, the training loop and the fold runner."""

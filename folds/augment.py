@@ -1,0 +1,50 @@
+"""Albumentations pipelines for training and prediction.
+
+Train crops are at the scale of the test images: Dacon's test images are half-width,
+half-height crops of unseen paintings, so a crop of about a quarter of the area (side
+0.4-0.6 of the painting) shows the model brushwork at the scale it is scored on.
+"""
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+# Quarter-area crops: side 0.4-0.6 of the painting, as in the half-by-half test crops.
+TEST_SCALE_CROP = (0.16, 0.36)
+# torchvision's RandomResizedCrop default, the original recipe.
+DEFAULT_CROP = (0.08, 1.0)
+
+
+def train_transform(img_size: int, mean, std, crop: str = "test-scale", seed: int | None = None) -> A.Compose:
+    """Random crop + flips + shift-scale-rotate + normalise, each augmentation at p=0.5."""
+    if crop == "test-scale":
+        scale = TEST_SCALE_CROP
+        pre = []
+    elif crop == "whole":  # the seed recipe: resize the whole painting, then a default-scale RRC
+        scale = DEFAULT_CROP
+        pre = [A.Resize(img_size, img_size)]
+    else:
+        raise ValueError(f"crop must be 'test-scale' or 'whole', got {crop!r}")
+    return A.Compose(
+        pre + [
+            A.RandomResizedCrop(size=(img_size, img_size), scale=scale, ratio=(3 / 4, 4 / 3),
+                                interpolation=cv2.INTER_AREA, p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
+                     border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+            A.Normalize(mean=mean, std=std),
+            ToTensorV2(),
+        ],
+        seed=seed,
+    )
+
+
+def eval_transform(img_size: int, mean, std) -> A.Compose:
+    """Resize to the model's size and normalise (deterministic)."""
+    return A.Compose([
+        A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA),
+        A.Normalize(mean=mean, std=std),
+        ToTensorV2(),
+    ])

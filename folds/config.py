@@ -1,0 +1,156 @@
+"""The run configuration: defaults < preset < --config file < --params file < CLI.
+
+Options left at None keep the layer below (timm's habit), so a model's own input size and
+a preset's values survive unless the user names them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from common import UserError
+
+
+@dataclass
+class RunConfig:
+    # data and outputs
+    data_dir: str | None = None  # None: the built-in demo dataset
+    corrections: str | None = None
+    name: str | None = None
+    runs_dir: str = "runs"
+    submissions_dir: str = "submissions"
+    # split
+    n_folds: int = 5
+    split_seed: int = 42
+    holdout: bool = False  # train fold 0 only: a single (K-1)/K : 1/K split
+    # model
+    model: str = "efficientnet_b3"
+    img_size: int | None = None  # None: the model's pretrained input size
+    weights: str = "hub"
+    dropout: float = 0.2
+    # training
+    seed: int = 0
+    epochs: int = 30
+    lr: float = 1e-3
+    step_size: int = 10
+    gamma: float = 0.1
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    patience: int = 5
+    monitor: str = "f1"
+    batch_size: int = 32
+    balanced_sampler: bool = True
+    crop: str = "test-scale"
+    # prediction
+    tta: str = "flips"
+    crop_oof: int = 5  # fixed half-size crops per validation painting (0: off)
+    # speed
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    workers: int | None = None
+    cache: bool = False  # decode each image once into a downsized on-disk cache
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Settings that change what a fold learns: a run folder refuses a rerun that changes them.
+RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "corrections"}
+
+PRESETS = {
+    "default": {},
+    # Small enough for `--fold all` on a 2-core CPU in a few minutes, with the same code path.
+    "demo": {"model": "resnet10t", "img_size": 64, "weights": "none", "epochs": 12, "step_size": 8,
+             "patience": 4, "batch_size": 32, "tta": "flips", "crop_oof": 3, "lr": 2e-3},
+    # The original team's recipe: whole painting resized, default-scale RRC, one 80/20 split, no TTA.
+    "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5},
+}
+
+CHOICES = {
+    "monitor": ("f1", "loss"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "crop": ("test-scale", "whole"),
+    "tta": ("none", "hflip", "flips", "d4"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+    "channels_last": ("auto", "on", "off"),
+}
+
+
+def read_config_file(path, option: str) -> dict:
+    """A JSON or YAML mapping of RunConfig fields (Optuna's best.json works as is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path}: file not found.")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{option} {path}: cannot parse ({e}).") from None
+    if isinstance(data, dict) and isinstance(data.get("params"), dict):
+        data = data["params"]  # tuning/<study>/best.json keeps them under "params"
+    if not isinstance(data, dict):
+        raise UserError(f"{option} {path}: expected a mapping of option names to values.")
+    return data
+
+
+def resolve_config(cli: dict, preset: str | None = None, config_file=None, params_file=None) -> RunConfig:
+    """Merge the layers and check every value; unknown keys and bad choices are errors."""
+    names = {f.name for f in fields(RunConfig)}
+    if preset is None:
+        preset = "demo" if not cli.get("data_dir") else "default"
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}.")
+    merged = dict(PRESETS[preset])
+    for label, path in (("--config", config_file), ("--params", params_file)):
+        if path:
+            layer = read_config_file(path, label)
+            unknown = sorted(set(layer) - names)
+            if unknown:
+                raise UserError(f"{label} {path}: unknown option(s) {unknown}; valid: {sorted(names)}.")
+            merged.update(layer)
+    merged.update({k: v for k, v in cli.items() if v is not None and k in names})
+    cfg = RunConfig(**merged)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: RunConfig) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"--{key.replace('_', '-')} must be one of {list(allowed)}, but got {getattr(cfg, key)!r}.")
+    positive = {"epochs": 1, "batch_size": 1, "step_size": 1, "n_folds": 2, "patience": 1}
+    for key, low in positive.items():
+        if int(getattr(cfg, key)) < low:
+            raise UserError(f"--{key.replace('_', '-')} must be at least {low}, but got {getattr(cfg, key)}.")
+    if not 0 < cfg.lr < 10:
+        raise UserError(f"--lr must be in (0, 10), but got {cfg.lr}.")
+    if not 0 < cfg.gamma <= 1:
+        raise UserError(f"--gamma must be in (0, 1], but got {cfg.gamma}.")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), but got {cfg.dropout}.")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), but got {cfg.label_smoothing}.")
+    if cfg.crop_oof < 0:
+        raise UserError(f"--crop-oof must be 0 (off) or more, but got {cfg.crop_oof}.")
+
+
+def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
+    """'all', '2' or '0,2' -> fold indices, each checked against K."""
+    if spec in (None, "", "all"):
+        return list(range(n_folds))
+    try:
+        out = sorted({int(s) for s in str(spec).split(",") if s.strip() != ""})
+    except ValueError:
+        raise UserError(f"--fold {spec!r}: use 'all', an index like 2, or a list like 0,2 (or 'full').") from None
+    bad = [k for k in out if not 0 <= k < n_folds]
+    if bad or not out:
+        raise UserError(f"--fold {spec!r}: fold index must be in 0..{n_folds - 1} (--folds {n_folds}).")
+    return out

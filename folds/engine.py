@@ -1,0 +1,100 @@
+"""Device placement, mixed precision and the per-epoch train / evaluate passes."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Precision:
+    """Where and how the model runs: device, autocast dtype, grad scaler, memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> "Precision":
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+        cuda = dev.type == "cuda"
+        if amp == "off" or (amp == "auto" and not cuda):
+            dtype = None
+        elif amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float16
+        cl = channels_last == "on" or (channels_last == "auto" and cuda)
+        return cls(dev, dtype, cl)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        # fp16 needs loss scaling; bf16 and fp32 do not.
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return f"{name}, {amp}{', channels_last' if self.channels_last else ''}"
+
+
+def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, label_smoothing: float = 0.0,
+                    desc: str = "train") -> float:
+    """One pass over the loader; returns the mean training loss."""
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    for x, y in bar:
+        x, y = prec.to_device(x), y.to(prec.device, non_blocking=True)
+        with prec.autocast():
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(y)
+        n += len(y)
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    if not np.isfinite(total):
+        raise FloatingPointError("training loss is not finite; try a lower --lr or --amp off.")
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def predict_logits(model, loader, prec: Precision, desc: str = "predict") -> np.ndarray:
+    """Logits for every item of a loader whose items are images (or (image, label))."""
+    model.eval()
+    out = []
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with prec.autocast():
+            out.append(model(prec.to_device(x)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Macro-F1, accuracy and log loss of probability rows against integer labels."""
+    pred = probs.argmax(axis=1)
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return {"f1": float(f1_score(labels, pred, average="macro", labels=np.arange(num_classes), zero_division=0)),
+            "acc": float(accuracy_score(labels, pred)),
+            "loss": float(-np.log(p).mean())}

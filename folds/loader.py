@@ -1,0 +1,82 @@
+"""Torch datasets, the class-balanced sampler and seeded DataLoaders.
+
+Each epoch gets a fresh DataLoader whose generator is seeded from (seed, epoch), and
+each worker reseeds its albumentations pipeline from torch's per-worker seed. Without
+that, albumentations 2.0.8 copies one RNG state into every worker and every epoch, so
+a batch position sees the same augmentation forever (AlbumentationsX#266).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+
+from folds.data import read_rgb
+
+
+class ImageDataset(Dataset):
+    """Images from paths (or an in-memory cache), transformed by an albumentations pipeline."""
+
+    def __init__(self, paths, labels=None, transform=None, cache=None, crops=None):
+        self.paths = list(paths)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.cache = cache  # optional ImageCache: decode once, keep a downsized copy
+        self.crops = crops  # optional per-item (x0, y0, x1, y1) fractions, for crop-OOF
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i) -> np.ndarray:
+        img = self.cache.get(self.paths[i]) if self.cache is not None else read_rgb(self.paths[i])
+        if self.crops is not None:
+            x0, y0, x1, y1 = self.crops[i]
+            h, w = img.shape[:2]
+            img = img[int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)), int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))]
+        return img
+
+    def __getitem__(self, i):
+        x = self.transform(image=self.image(i))["image"]
+        return (x, int(self.labels[i])) if self.labels is not None else x
+
+
+def class_weights(labels, num_classes: int) -> np.ndarray:
+    """Per-sample weight 1 / (count of its class): each class is drawn equally often."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return 1.0 / counts[labels]
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker base_seed + worker_id, and base_seed comes from the loader's
+    # seeded generator: so this is distinct per worker and per epoch, and reproducible.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info = get_worker_info()
+    tf = getattr(info.dataset, "transform", None)
+    if hasattr(tf, "set_random_seed"):
+        tf.set_random_seed(seed)
+
+
+def default_workers() -> int:
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                balanced: bool = False, num_classes: int | None = None, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order and augmentations depend only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if train and num_workers == 0 and hasattr(dataset.transform, "set_random_seed"):
+        dataset.transform.set_random_seed(seed * 100_003 + epoch)
+    sampler, shuffle = None, train
+    if train and balanced:
+        w = class_weights(dataset.labels, num_classes)
+        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(w), replacement=True, generator=g)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                      num_workers=num_workers, worker_init_fn=_seed_worker if num_workers else None,
+                      pin_memory=pin_memory, drop_last=train and len(dataset) > batch_size,
+                      persistent_workers=False)

@@ -1,0 +1,78 @@
+"""Stratified K-fold split, saved as ``folds.csv`` with a hash, and reused on rerun.
+
+The split has its own seed (``split_seed``), apart from the training seed, so runs with
+other seeds or backbones on the same data share one split: stacking needs that.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from common import UserError, write_csv
+
+
+def split_key(ids, labels, n_folds: int, split_seed: int) -> str:
+    """Hash of what determines the split: ids, labels, K and the split seed."""
+    h = hashlib.sha256(f"K={n_folds};seed={split_seed}\n".encode())
+    for i, y in zip(map(str, ids), map(str, labels)):
+        h.update(f"{i}\t{y}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def assignment_hash(folds: pd.DataFrame) -> str:
+    """Hash of the actual (id, fold) assignment: equal hashes mean identical OOF rows."""
+    h = hashlib.sha256()
+    for i, f in zip(folds["id"].astype(str), folds["fold"].astype(int)):
+        h.update(f"{i}\t{f}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42) -> pd.DataFrame:
+    """Assign each row a fold with StratifiedKFold(shuffle=True, random_state=split_seed)."""
+    if n_folds < 2:
+        raise UserError(f"--folds must be at least 2, but got {n_folds}.")
+    labels = pd.Series(list(labels))
+    counts = labels.value_counts()
+    small = counts[counts < n_folds]
+    if len(small):
+        worst = ", ".join(f"{k!r} ({v})" for k, v in small.sort_values().head(5).items())
+        raise UserError(f"{len(small)} class(es) have fewer images than --folds={n_folds}: {worst}. "
+                        f"Use --folds {max(2, int(counts.min()))} or fewer, or add images.")
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)
+    fold = np.empty(len(labels), dtype=int)
+    for k, (_, val) in enumerate(skf.split(np.zeros(len(labels)), labels)):
+        fold[val] = k
+    return pd.DataFrame({"id": list(map(str, ids)), "label": labels.values, "fold": fold})
+
+
+def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None):
+    """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.
+
+    A saved split made from other data, K or seed is refused rather than silently replaced:
+    a run's finished folds were trained on it.
+    """
+    key = split_key(ids, labels, n_folds, split_seed)
+    path = Path(path)
+    candidates = [path] + ([Path(shared_dir) / f"{key}.csv"] if shared_dir else [])
+    for p in candidates:
+        if p.is_file():
+            folds = pd.read_csv(p, dtype={"id": str, "label": str, "split_key": str}, keep_default_na=False)
+            saved_key = folds["split_key"].iloc[0] if "split_key" in folds else None
+            if saved_key != key:
+                raise UserError(f"{p}: this run's saved split was made from other data, --folds or "
+                                f"--split-seed (split key {saved_key} != {key}). Use a new --name, or "
+                                "delete the run folder to start over.")
+            folds = folds[["id", "label", "fold"]]
+            break
+    else:
+        folds = make_folds(ids, labels, n_folds, split_seed)
+    out = folds.assign(split_key=key)
+    if not path.is_file():
+        write_csv(path, out)
+    if shared_dir and not (Path(shared_dir) / f"{key}.csv").is_file():
+        write_csv(Path(shared_dir) / f"{key}.csv", out)
+    return folds, key, assignment_hash(folds)

