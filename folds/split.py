@@ -39,7 +39,7 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42) -> pd.DataFr
     counts = labels.value_counts()
     small = counts[counts < n_folds]
     if len(small):
-        worst = ", ".join(f"{k!r} ({v})" for k, v in small.sort_values().head(5).items())
+        worst = ", ".join(f"{str(k)!r} ({int(v)})" for k, v in small.sort_values().head(5).items())
         raise UserError(f"{len(small)} class(es) have fewer images than --folds={n_folds}: {worst}. "
                         f"Use --folds {max(2, int(counts.min()))} or fewer, or add images.")
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)

@@ -48,10 +48,11 @@ def build_optimizer(cfg: RunConfig, params):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
 
 
-def _improved(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value > best if metric == "f1" else value < best
+def _score_key(metric: str, row: dict) -> list:
+    """Higher is better; ties on macro-F1 (common on small validation sets) go to the lower loss."""
+    if metric == "f1":
+        return [row["val_f1"], -row["val_loss"]]
+    return [-row["val_loss"], row["val_f1"]]
 
 
 def num_workers(cfg: RunConfig) -> int:
@@ -118,9 +119,9 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         state["history"].append(row)
         state["epoch"] = epoch
         state["seconds"] += row["seconds"]
-        value = row["val_f1"] if cfg.monitor == "f1" else row["val_loss"]
-        if not has_val or _improved(cfg.monitor, value, state["best"]):
-            state.update(best=value if has_val else None, best_epoch=epoch, bad_epochs=0)
+        key = _score_key(cfg.monitor, row) if has_val else None
+        if not has_val or state["best"] is None or key > state["best"]:
+            state.update(best=key, best_epoch=epoch, bad_epochs=0)
             save_torch(out_dir / BEST, model.state_dict())
         else:
             state["bad_epochs"] += 1

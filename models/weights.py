@@ -68,15 +68,15 @@ def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
     own = model.state_dict()
     sd = {k: v for k, v in sd.items()
           if not (k.startswith(head) and (k not in own or own[k].shape != v.shape))}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]
-    if missing or unexpected:
-        raise UserError(f"{origin}: weights do not fit this model: {len(missing)} missing keys "
-                        f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). "
-                        "Check that --model names the architecture the weights were trained for.")
     bad = [k for k in sd if k in own and own[k].shape != sd[k].shape]
-    if bad:
-        raise UserError(f"{origin}: shape mismatch at {bad[:3]}.")
+    missing = [k for k in own if k not in sd and not k.startswith(head)]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected or bad:
+        raise UserError(f"{origin}: weights do not fit this model: {len(missing)} missing keys "
+                        f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                        f"{len(bad)} of another shape (e.g. {bad[:3]}). "
+                        "Check that --model names the architecture the weights were trained for.")
+    model.load_state_dict(sd, strict=False)
 
 
 def _from_file(name: str, arg: str, build) -> nn.Module:

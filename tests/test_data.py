@@ -1,0 +1,95 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from common import UserError
+from folds.data import load_dataset, read_rgb
+
+
+def edit_csv(path, fn):
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, index=False)
+
+
+def test_demo_loads(demo_dir):
+    ds = load_dataset(demo_dir)
+    assert ds.num_classes == 6 and len(ds.train) > 100 and len(ds.test) > 50
+    assert ds.train["path"].map(lambda p: p.is_file()).all()
+
+
+BAD = [
+    ("train.csv", lambda df: df.drop(columns=["artist"]), r"train\.csv: missing column\(s\) \['artist'\]"),
+    ("train.csv", lambda df: pd.concat([df, df.iloc[[3]]]), r"train\.csv: duplicate id\(s\) \['3'\] at lines 5, "),
+    ("test.csv", lambda df: df.assign(img_path=df["img_path"].where(df.index != 2, "./test/nope.jpg")),
+     r"test\.csv: image not found: './test/nope\.jpg' at line 4"),
+    ("train.csv", lambda df: df.assign(img_path=df["img_path"].where(df.index != 0, "/etc/passwd")),
+     r"train\.csv: img_path must be relative .* absolute path '/etc/passwd' at line 2"),
+    ("train.csv", lambda df: df.assign(img_path=df["img_path"].where(df.index != 1, "./train/../../secret.jpg")),
+     r"train\.csv: img_path './train/\.\./\.\./secret\.jpg' at line 3 leaves the data folder"),
+    ("train.csv", lambda df: df.iloc[:0], r"train\.csv: has a header but no rows"),
+    ("test_labels.csv", lambda df: df.assign(artist=df["artist"].where(df.index != 0, "Banksy")),
+     r"test_labels\.csv: artist 'Banksy' at line 2 is not among the 6 train classes: the test class set"),
+    ("sample_submission.csv", lambda df: df.iloc[1:], r"sample_submission\.csv: ids do not match"),
+    ("train.csv", lambda df: df.assign(artist=df["artist"].where(df.index != 5, "")), r"empty 'artist' at line 7"),
+]
+
+
+@pytest.mark.parametrize("fname,edit,message", BAD, ids=[b[2][:40] for b in BAD])
+def test_bad_input_names_file_and_row(demo_dir, fname, edit, message):
+    edit_csv(demo_dir / fname, edit)
+    with pytest.raises(UserError, match=message):
+        load_dataset(demo_dir)
+
+
+def test_empty_file(demo_dir):
+    (demo_dir / "test.csv").write_text("")
+    with pytest.raises(UserError, match=r"test\.csv: the file is empty"):
+        load_dataset(demo_dir)
+
+
+def test_unreadable_image(demo_dir):
+    (demo_dir / "train" / "0003.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(UserError, match=r"train\.csv: unreadable image './train/0003\.jpg' at line 5"):
+        load_dataset(demo_dir)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_corrections_override_and_log(demo_dir, caplog):
+    ds = load_dataset(demo_dir)
+    a, b = ds.train.iloc[0], ds.train.iloc[-1]
+    pd.DataFrame({"id": [a["id"], b["id"]], "artist": [b["artist"], a["artist"]]}).to_csv(demo_dir / "fix.csv", index=False)
+    with caplog.at_level(logging.INFO, logger="folds.data"):
+        fixed = load_dataset(demo_dir, corrections=demo_dir / "fix.csv")
+    assert fixed.train.set_index("id").loc[a["id"], "artist"] == b["artist"]
+    assert fixed.train.set_index("id").loc[b["id"], "artist"] == a["artist"]
+    assert sum("correction: id" in r.message for r in caplog.records) == 2
+
+
+def test_corrections_unknown_id(demo_dir):
+    pd.DataFrame({"id": ["99999"], "artist": ["Azure Stroke"]}).to_csv(demo_dir / "fix.csv", index=False)
+    with pytest.raises(UserError, match=r"fix\.csv: id '99999' at line 2 is not in train\.csv"):
+        load_dataset(demo_dir, corrections=demo_dir / "fix.csv")
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "I;16", "1"])
+def test_any_mode_becomes_rgb(tmp_path, mode):
+    arr = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    im = im.convert("I;16") if mode == "I;16" else im.convert(mode)
+    path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
+    im.save(path) if mode != "I;16" else im.save(path, format="PNG")
+    out = read_rgb(path)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    im.save(tmp_path / "t.png")
+    assert (read_rgb(tmp_path / "t.png") == 255).all()

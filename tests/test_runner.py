@@ -1,0 +1,99 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, tiny_args
+from ensemble.submission import validate_submission
+from folds.run import main
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(tiny_args(demo_source, out)) == 0
+    return out / "runs" / "t", out
+
+
+def test_tiny_run_learns(finished_run):
+    run, _ = finished_run
+    scores = json.loads((run / "scores.json").read_text())
+    # 6 painters: chance macro-F1 is about 0.17
+    assert scores["oof"]["f1"] > 0.6, scores
+    assert scores["oof_crops"]["f1"] > 0.5, scores
+    history = pd.read_csv(run / "fold_0" / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr", "seconds"]
+
+
+def test_oof_covers_every_train_id_once(finished_run, demo_source):
+    run, _ = finished_run
+    train = pd.read_csv(demo_source / "train.csv", dtype=str)
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == sorted(train["id"])
+    classes = json.loads((run / "classes.json").read_text())
+    assert list(oof.columns) == ["id", "fold", "label", *classes]
+    assert (oof.set_index("id").loc[train["id"], "label"].to_numpy() == train["artist"].to_numpy()).all()
+    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    assert (oof.set_index("id")["fold"].loc[folds["id"]].to_numpy() == folds["fold"].to_numpy()).all()
+    crops = pd.read_csv(run / "oof_crops.csv", dtype={"id": str})
+    assert crops.groupby("id").size().eq(2).all() and set(crops["id"]) == set(train["id"])
+
+
+def test_outputs_and_submission_match_sample(finished_run, demo_source):
+    run, out = finished_run
+    for f in ("config.json", "manifest.json", "folds.csv", "classes.json", "test_probs.csv"):
+        assert (run / f).is_file(), f
+    for k in range(5):
+        for f in ("history.csv", "best.pt", "last.pt", "test_probs.csv", "oof.csv", "done.json"):
+            assert (run / f"fold_{k}" / f).is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"packages", "git", "data_hash", "split_hash", "device", "fold_minutes"} <= set(manifest)
+    sample = pd.read_csv(demo_source / "sample_submission.csv", dtype=str)
+    sub = pd.read_csv(out / "subs" / "t_folds-mean.csv", dtype=str)
+    validate_submission(sub, sample, json.loads((run / "classes.json").read_text()))
+    assert list(sub["id"]) == list(sample["id"])
+
+
+def test_finished_folds_are_skipped_and_changed_settings_refused(finished_run, demo_source, capsys):
+    run, out = finished_run
+    before = (run / "fold_0" / "done.json").stat().st_mtime
+    assert main(tiny_args(demo_source, out)) == 0
+    assert (run / "fold_0" / "done.json").stat().st_mtime == before
+    assert main(tiny_args(demo_source, out, **{"--lr": 0.5})) == 2
+    assert "made with other settings (lr: 0.002 -> 0.5)" in capsys.readouterr().err
+
+
+def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
+    assert main(tiny_args(tmp_path / "missing", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data-dir") and "Traceback" not in err
+    assert main(["--fold", "7", *tiny_args(tmp_path / "missing", tmp_path)[1:]]) == 2
+
+
+def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
+    args = [sys.executable, str(ROOT / "folds" / "run.py"), *tiny_args(demo_source, tmp_path, **{"--epochs": 6})]
+    run = tmp_path / "runs" / "t"
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 240
+    while not (run / "fold_1" / "last.pt").is_file():  # kill in the middle of fold 1
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "fold_1" / "done.json").is_file()
+    fold0 = (run / "fold_0" / "done.json").stat().st_mtime
+    epochs_before = len(pd.read_csv(run / "fold_1" / "history.csv"))
+    # without --resume the half-trained fold is not silently thrown away
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 6})) == 2
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 6, "--resume": True})) == 0
+    assert (run / "fold_0" / "done.json").stat().st_mtime == fold0  # finished fold not redone
+    history = pd.read_csv(run / "fold_1" / "history.csv")
+    assert list(history["epoch"]) == list(range(len(history))) and len(history) >= epochs_before
+    assert (tmp_path / "subs" / "t_folds-mean.csv").is_file()
+    assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
