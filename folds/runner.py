@@ -156,6 +156,38 @@ class FoldRunner:
                  f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
         return result
 
+    def run_full(self, epochs: int | None = None) -> dict:
+        """One model on all train data for a fixed number of epochs, for the test soft vote.
+
+        Default epochs: the median best epoch of the run's finished folds. It has no OOF, so
+        it can join a soft vote but not a stacker's fit.
+        """
+        if epochs is None:
+            best = [json.loads((self.fold_dir(k) / "done.json").read_text())["best_epoch"] + 1
+                    for k in self.planned_folds if self.is_done(k)]
+            if not best:
+                raise UserError("--fold full needs the run's folds first (for the epoch count), or --full-epochs N.")
+            epochs = int(np.median(best))
+        d = self.fold_dir("full")
+        if (d / "done.json").is_file() and not self.force:
+            log.info("full-data model already trained (%s); --force retrains it.", d)
+            return json.loads((d / "done.json").read_text())
+        if (d / "last.pt").is_file() and not (self.resume or self.force):
+            raise UserError(f"the full-data model was interrupted ({d / 'last.pt'}); add --resume or --force.")
+        t0 = time.time()
+        everything = np.arange(len(self.ds.train))
+        result = train_fold(self.cfg, self.ds, everything, np.array([], dtype=int), d, fold_seed=self.cfg.n_folds,
+                            resume=self.resume, epochs=epochs)
+        model, dcfg, prec = load_best(self.cfg, self.ds.num_classes, d)
+        tf = eval_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"])
+        loader = make_loader(ImageDataset(self.ds.test["path"], None, tf), self.cfg.batch_size * 2, train=False,
+                             num_workers=num_workers(self.cfg))
+        test = predict_probs(model, loader, prec, self.cfg.tta, desc="full model test")
+        write_csv(d / "test_probs.csv", prob_frame(test, self.ds.classes, id=self.ds.test["id"].to_numpy()))
+        result.update(fold="full", epochs=epochs, minutes=(time.time() - t0) / 60, test_probs=str(d / "test_probs.csv"))
+        write_json(d / "done.json", result)
+        return result
+
     # -- whole run -----------------------------------------------------------------------
     def run(self, folds: list[int]) -> dict:
         results = {}

@@ -1,0 +1,154 @@
+"""Build a submission from one or more finished runs, and compare every way of combining them.
+
+Examples:
+    python ensemble/build.py runs/a runs/b --method stack --out submissions/ab_stack.csv
+    python ensemble/build.py runs/a runs/b --method weighted --offsets --out submissions/ab_w.csv
+    python ensemble/build.py runs/b3-seed0 --method mean --with-full --out submissions/b3_full.csv
+
+Every method's OOF macro-F1 is printed in one table; `weighted`, `stack` and `--offsets` are
+scored in an inner cross-validation on the OOF rows (grouped by painting), never on the rows
+they were fit on. By default the crop OOF (validation paintings as test-like crops) is used.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import accuracy_score  # noqa: E402
+
+from common import UserError, write_csv  # noqa: E402
+from ensemble.blend import METHODS, honest_oof, macro_f1, make_blend  # noqa: E402
+from ensemble.report import write_report  # noqa: E402
+from ensemble.runs import check_compatible, load_run  # noqa: E402
+from ensemble.submission import write_submission  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemble/build.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders (runs/<name>) with finished folds")
+    p.add_argument("--method", default="mean", choices=METHODS, help="how the final CSV combines the runs "
+                   "(default: mean, the soft vote)")
+    p.add_argument("--out", help="submission CSV (default: submissions/<runs>_<method>.csv)")
+    p.add_argument("--oof", default="crops", choices=("crops", "whole"), help="fit and score on the crop OOF "
+                   "(test-like, default) or the whole-painting OOF")
+    p.add_argument("--stacker", default="logreg", help="meta-learner for --method stack: logreg (default), rf, "
+                   "hgb, mlp, or a class path like sklearn.linear_model.LogisticRegression")
+    p.add_argument("--offsets", action="store_true", help="fit per-class logit offsets for macro-F1 on top of "
+                   "the method (scored in the inner cross-validation too)")
+    p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
+                   "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
+    p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
+    p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
+    p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
+    return p
+
+
+def build(args) -> dict:
+    runs = [load_run(r, args.oof) for r in args.runs]
+    same_split = len({r.split_hash for r in runs}) == 1
+    learns = args.method in ("weighted", "stack") or args.offsets
+    check_compatible(runs, need_same_split=learns)
+    first = runs[0]
+    classes = first.classes
+    cidx = {c: i for i, c in enumerate(classes)}
+    y = first.oof["label"].map(cidx).to_numpy()
+    groups = first.oof["id"].to_numpy()
+    members = [r.oof_probs for r in runs]
+    notes = []
+    if not same_split:
+        notes.append("runs use different splits: weighted and stack are left out (they would leak).")
+    table = []
+    for r in runs:
+        table.append({"method": f"run {r.name}", "f1": macro_f1(y, r.oof_probs),
+                      "acc": accuracy_score(y, r.oof_probs.argmax(1)), "note": "single run"})
+    chosen = args.method + ("+offsets" if args.offsets else "")
+    final_oof = None
+    for m in METHODS:
+        variants = [(m, False)] + ([(m, True)] if args.offsets and m == args.method else [])
+        for method, off in variants:
+            if method in ("weighted", "stack") and not same_split:
+                continue
+            blend = make_blend(method, args.stacker, off)
+            p = honest_oof(blend, members, y, groups, args.inner_folds)
+            label = method + ("+offsets" if off else "")
+            table.append({"method": label, "f1": macro_f1(y, p), "acc": accuracy_score(y, p.argmax(1)),
+                          "note": "inner CV" if blend.learns else ""})
+            if label == chosen:
+                final_oof = p
+    blend = make_blend(args.method, args.stacker, args.offsets).fit(members, y)
+    if args.with_full:
+        missing = [r.name for r in runs if r.full_test is None]
+        if missing:
+            raise UserError(f"--with-full: runs {missing} have no full-data model; train it with "
+                            "`python folds/run.py --name NAME --fold full` (same options as the run).")
+        notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
+                     "(and any stacker fit) use the fold models only.")
+    test_members = [r.test_probs(args.with_full) for r in runs]
+    test = blend.predict_proba(test_members)
+    data_dir = Path(first.config["data_dir"])
+    sample_path = Path(args.sample) if args.sample else data_dir / "sample_submission.csv"
+    if not sample_path.is_file():
+        raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    out = Path(args.out) if args.out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{chosen}.csv"
+    labels = np.asarray(classes)[test.argmax(1)]
+    write_submission(out, first.test_ids, labels, sample, classes)
+    write_csv(out.with_name(out.stem + "_probs.csv"),
+              pd.concat([pd.DataFrame({"id": first.test_ids}), pd.DataFrame(test, columns=classes)], axis=1))
+    result = {"out": out, "table": table, "chosen": chosen}
+    labels_path = data_dir / "test_labels.csv"
+    if labels_path.is_file():  # an answer key (demo, wikiart50): report the real test score too
+        truth = pd.read_csv(labels_path, dtype=str).set_index("id").loc[first.test_ids, "artist"].map(cidx).to_numpy()
+        result["test_f1"] = macro_f1(truth, test)
+        notes.append(f"test macro-F1 against {labels_path}: {result['test_f1']:.4f}")
+    if not args.no_report:
+        run_rows = [{"run": r.name, "fold": k, "val_f1": d.get("best_f1", float("nan")),
+                     "oof_f1": d.get("oof", {}).get("f1", float("nan")),
+                     "crop_f1": d.get("crop_oof", {}).get("f1", float("nan"))}
+                    for r in runs for k, d in r.fold_scores.items()]
+        train_labels = pd.read_csv(data_dir / "train.csv", dtype=str)["artist"] if (data_dir / "train.csv").is_file() \
+            else first.oof.drop_duplicates("id")["label"]
+        result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
+                                        pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
+                                        sub_labels=labels, notes=notes)
+    result["notes"] = notes
+    return result
+
+
+def format_table(table: list[dict], chosen: str) -> str:
+    w = max(len(r["method"]) for r in table) + 10
+    lines = [f"{'method':<{w}} {'OOF macro-F1':>12} {'accuracy':>9}  note", "-" * (w + 32)]
+    for r in table:
+        name = r["method"] + (" (chosen)" if r["method"] == chosen else "")
+        lines.append(f"{name:<{w}} {r['f1']:>12.4f} {r['acc']:>9.4f}  {r.get('note', '')}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    try:
+        result = build(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result["table"], result["chosen"]))
+    for n in result["notes"]:
+        print(f"note: {n}")
+    print(f"submission: {result['out']}")
+    if "report" in result:
+        print(f"report: {result['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""A Markdown report with PNG plots beside the submission: people look before they read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix, f1_score  # noqa: E402
+
+from common import atomic_write, write_text  # noqa: E402
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def _short(names, n=18):
+    return [s if len(s) <= n else s[: n - 1] + "…" for s in names]
+
+
+def per_class_f1_plot(y, pred, classes, path: Path) -> str:
+    f1 = f1_score(y, pred, average=None, labels=np.arange(len(classes)), zero_division=0)
+    order = np.argsort(f1)
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(classes))))
+    ax.barh(np.arange(len(classes)), f1[order], color="tab:blue")
+    ax.set_yticks(np.arange(len(classes)), _short(np.asarray(classes)[order]), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 (OOF, out of sample)")
+    ax.set_title(f"Per-class F1 (macro {f1.mean():.3f})")
+    return _save(fig, path)
+
+
+def confusion_plot(y, pred, classes, path: Path) -> str:
+    cm = confusion_matrix(y, pred, labels=np.arange(len(classes))).astype(float)
+    cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.18 * len(classes))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, _short(classes, 12), rotation=90, fontsize=6)
+    ax.set_yticks(ticks, _short(classes, 12), fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (rows normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def distribution_plot(train_labels, sub_labels, classes, path: Path) -> str:
+    tr = np.array([np.mean(np.asarray(train_labels) == c) for c in classes])
+    sb = np.array([np.mean(np.asarray(sub_labels) == c) for c in classes])
+    order = np.argsort(-tr)
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(classes)), 4))
+    ax.bar(x - 0.2, tr[order], 0.4, label="train")
+    ax.bar(x + 0.2, sb[order], 0.4, label="submission")
+    ax.set_xticks(x, _short(np.asarray(classes)[order], 12), rotation=90, fontsize=6)
+    ax.set_ylabel("share of rows")
+    ax.set_title("Class distribution: submission vs train")
+    ax.legend()
+    return _save(fig, path)
+
+
+def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: list[dict], y, pred, classes,
+                 train_labels, sub_labels, notes: list[str]) -> Path:
+    """``<csv stem>_report.md`` beside the CSV, with its plots in ``<csv stem>_report/``."""
+    csv_path = Path(csv_path)
+    fig_dir = csv_path.with_name(csv_path.stem + "_report")
+    md = csv_path.with_name(csv_path.stem + "_report.md")
+    figs = {
+        "Per-class F1": per_class_f1_plot(y, pred, classes, fig_dir / "per_class_f1.png"),
+        "Confusion matrix": confusion_plot(y, pred, classes, fig_dir / "confusion.png"),
+        "Class distribution": distribution_plot(train_labels, sub_labels, classes, fig_dir / "distribution.png"),
+    }
+    lines = [f"# Ensemble report: {csv_path.name}", "", f"Final method: **{chosen}**.", "",
+             "## Methods compared (OOF macro-F1; learning methods scored in an inner cross-validation)", "",
+             "| method | OOF macro-F1 | OOF accuracy | note |", "| --- | --- | --- | --- |"]
+    for r in table:
+        lines.append(f"| {r['method']}{' (chosen)' if r['method'] == chosen else ''} | {r['f1']:.4f} | "
+                     f"{r['acc']:.4f} | {r.get('note', '')} |")
+    lines += ["", "## Runs and folds", "", "| run | fold | val F1 | OOF F1 | crop-OOF F1 |", "| --- | --- | --- | --- | --- |"]
+    for r in run_rows:
+        lines.append(f"| {r['run']} | {r['fold']} | {r['val_f1']:.4f} | {r['oof_f1']:.4f} | {r['crop_f1']:.4f} |")
+    lines += [""] + [f"- {n}" for n in notes] + [""]
+    for title, name in figs.items():
+        lines += [f"## {title}", "", f"![{title}]({fig_dir.name}/{name})", ""]
+    return write_text(md, "\n".join(lines))

@@ -1,0 +1,117 @@
+"""Read run folders written by the fold runner: OOF, crop OOF and per-fold test probabilities."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import UserError
+
+
+@dataclass
+class RunOutputs:
+    """One run's predictions, rows aligned to its OOF file."""
+
+    path: Path
+    config: dict
+    classes: list
+    split_hash: str
+    oof: pd.DataFrame  # id, [crop], fold, label, <classes>
+    test_ids: np.ndarray
+    fold_test: dict  # fold -> (n_test, K) probabilities
+    full_test: np.ndarray | None = None  # the --fold full model, if trained
+    fold_scores: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def oof_probs(self) -> np.ndarray:
+        return self.oof[self.classes].to_numpy(dtype=np.float64)
+
+    def test_probs(self, with_full: bool = False) -> np.ndarray:
+        """The fold mean of the test probabilities; the full-data model joins as one more member."""
+        members = list(self.fold_test.values()) + ([self.full_test] if with_full and self.full_test is not None else [])
+        return np.mean(members, axis=0)
+
+
+def _read_probs(path: Path, classes) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    missing = [c for c in classes if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: no probability column for class(es) {missing[:5]} of classes.json; "
+                        "the run folder is inconsistent (rerun the fold with --force).")
+    return df
+
+
+def load_run(path, oof: str = "crops") -> RunOutputs:
+    """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole')."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a run folder (no config.json). Pass folders like runs/<name>.")
+    config = json.loads((path / "config.json").read_text())
+    classes = json.loads((path / "classes.json").read_text())
+    manifest = json.loads((path / "manifest.json").read_text())
+    planned = [0] if config.get("holdout") else list(range(config["n_folds"]))
+    unfinished = [k for k in planned if not (path / f"fold_{k}" / "done.json").is_file()]
+    if unfinished:
+        raise UserError(f"{path}: folds {unfinished} are not finished; finish them with "
+                        f"`python folds/run.py --name {path.name} --fold {','.join(map(str, unfinished))} --resume`.")
+    fname = {"crops": "oof_crops.csv", "whole": "oof.csv"}[oof]
+    if not (path / fname).is_file():
+        raise UserError(f"{path}/{fname} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
+                                                         if oof == "crops" else "."))
+    df = _read_probs(path / fname, classes)
+    fold_test, ids = {}, None
+    for k in planned:
+        f = path / f"fold_{k}" / "test_probs.csv"
+        if not f.is_file():
+            raise UserError(f"{f}: test probabilities are missing; rerun that fold with --force.")
+        t = _read_probs(f, classes)
+        if ids is None:
+            ids = t["id"].to_numpy()
+        elif not np.array_equal(ids, t["id"].to_numpy()):
+            raise UserError(f"{f}: test ids differ from fold 0's.")
+        fold_test[k] = t[classes].to_numpy(dtype=np.float64)
+    full = path / "fold_full" / "test_probs.csv"
+    full_test = None
+    if full.is_file():
+        t = _read_probs(full, classes)
+        full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
+    scores = {k: json.loads((path / f"fold_{k}" / "done.json").read_text()) for k in planned}
+    return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores)
+
+
+def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> None:
+    """Same classes, same test ids, same OOF rows; and one split when OOF is used to fit."""
+    first = runs[0]
+    for r in runs[1:]:
+        if r.classes != first.classes:
+            extra = sorted(set(r.classes) ^ set(first.classes))[:5]
+            raise UserError(f"{r.path} has other classes than {first.path} (differing: {extra}); runs must be "
+                            "trained on the same train.csv.")
+        if not np.array_equal(np.sort(r.test_ids), np.sort(first.test_ids)):
+            raise UserError(f"{r.path}: test ids differ from {first.path}'s.")
+        if need_same_split and r.split_hash != first.split_hash:
+            raise UserError(f"{r.path} was trained on another split than {first.path} (split hash {r.split_hash} "
+                            f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
+                            "validation rows into training. Rerun with the same --folds and --split-seed "
+                            "(the default shares them), or use --method mean/gmean/vote.")
+        keys = [c for c in ("id", "crop") if c in first.oof]
+        if not r.oof[keys].reset_index(drop=True).equals(first.oof[keys].reset_index(drop=True)):
+            a = r.oof.set_index(keys).sort_index()
+            b = first.oof.set_index(keys).sort_index()
+            if not a.index.equals(b.index):
+                raise UserError(f"{r.path}: its OOF rows differ from {first.path}'s (other --crop-oof?).")
+    for r in runs[1:]:  # align rows to the first run
+        keys = [c for c in ("id", "crop") if c in first.oof]
+        order = first.oof[keys].apply(tuple, axis=1)
+        r.oof = r.oof.set_index(keys).loc[list(order)].reset_index()
+        pos = pd.Series(np.arange(len(r.test_ids)), index=r.test_ids).loc[first.test_ids].to_numpy()
+        r.fold_test = {k: v[pos] for k, v in r.fold_test.items()}
+        r.full_test = None if r.full_test is None else r.full_test[pos]
+        r.test_ids = first.test_ids

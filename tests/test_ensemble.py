@@ -1,0 +1,148 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import UserError
+from conftest import tiny_args
+from ensemble.blend import StackBlend, WeightedBlend, honest_oof, macro_f1, make_blend
+from ensemble.build import build_parser, main as build_main
+from ensemble.runs import load_run
+from ensemble.submission import write_submission
+from folds.run import main as run_main
+
+
+@pytest.fixture(scope="module")
+def two_runs(demo_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ens")
+    for seed in (0, 1):
+        assert run_main(tiny_args(demo_source, out, **{"--seed": seed, "--name": f"s{seed}", "--epochs": 3})) == 0
+    return out
+
+
+def build(root, *runs, **opts):
+    argv = [str(root / "runs" / r) for r in runs]
+    for k, v in opts.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return build_main(argv)
+
+
+@pytest.mark.parametrize("method", ["mean", "gmean", "vote", "weighted", "stack"])
+def test_every_method_builds_a_valid_submission(two_runs, method, capsys):
+    out_csv = two_runs / "subs" / f"{method}.csv"
+    assert build(two_runs, "s0", "s1", method=method, out=out_csv, no_report=True) == 0
+    printed = capsys.readouterr().out
+    for m in ("mean", "gmean", "vote", "weighted", "stack"):  # one comparison table with every score
+        assert any(line.startswith(m) for line in printed.splitlines()), printed
+    assert printed.count("inner CV") >= 2  # weighted and stack are scored out of sample
+    sub = pd.read_csv(out_csv, dtype=str)
+    data_dir = json.loads((two_runs / "runs" / "s0" / "config.json").read_text())["data_dir"]
+    sample = pd.read_csv(f"{data_dir}/sample_submission.csv", dtype=str)
+    assert list(sub["id"]) == list(sample["id"])
+
+
+def test_report_has_real_plots(two_runs):
+    out_csv = two_runs / "subs" / "rep.csv"
+    assert build(two_runs, "s0", "s1", method="stack", offsets=True, out=out_csv) == 0
+    md = (two_runs / "subs" / "rep_report.md").read_text()
+    for png in ("per_class_f1.png", "confusion.png", "distribution.png"):
+        data = (two_runs / "subs" / "rep_report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"rep_report/{png}" in md
+    assert "| stack+offsets (chosen) |" in md and "| s1 | 4 |" in md
+
+
+def test_learning_blends_are_scored_out_of_sample():
+    # Pure-noise members: fit in sample, a stacker looks good; scored honestly it is at chance.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    members = [rng.dirichlet(np.ones(4), 400) for _ in range(3)]
+    groups = np.arange(400)
+    in_sample = macro_f1(y, StackBlend("rf").fit(members, y).predict_proba(members))
+    honest = macro_f1(y, honest_oof(StackBlend("rf"), members, y, groups))
+    assert in_sample > 0.9 and honest < 0.4, (in_sample, honest)
+
+
+def test_inner_cv_keeps_crops_of_a_painting_together():
+    # Each painting appears as 5 identical crops with a painting-specific random label: only a
+    # leak across crops of one painting could score above chance.
+    rng = np.random.default_rng(1)
+    n = 200
+    y = np.repeat(rng.integers(0, 3, n), 5)
+    feats = np.repeat(rng.dirichlet(np.ones(3), n), 5, axis=0)
+    groups = np.repeat(np.arange(n), 5)
+    honest = macro_f1(y, honest_oof(StackBlend("rf"), [feats], y, groups))
+    assert honest < 0.45, honest
+
+
+def test_weighted_blend_finds_the_better_run():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    good = np.eye(3)[y] * 0.6 + 0.4 * rng.dirichlet(np.ones(3), 300)
+    bad = rng.dirichlet(np.ones(3), 300)
+    w = WeightedBlend().fit([bad, good], y).weights_
+    assert w[1] > w[0]
+
+
+def test_offsets_improve_macro_f1_for_an_underpredicted_class():
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 200 + [1] * 20)
+    p = np.column_stack([np.full(220, 0.6), np.full(220, 0.4)])
+    p[200:, 1] += 0.08  # the small class is a bit more likely on its own rows, never argmax
+    p[200:, 0] -= 0.08
+    p += rng.normal(0, 0.01, p.shape)
+    p = np.clip(p, 0.01, 1)
+    p /= p.sum(1, keepdims=True)
+    plain = macro_f1(y, p)
+    tuned = macro_f1(y, honest_oof(make_blend("mean", offsets=True), [p], y, np.arange(220)))
+    assert tuned > plain + 0.2
+
+
+def test_mismatched_split_is_refused(two_runs, demo_source, capsys):
+    assert run_main(tiny_args(demo_source, two_runs, **{"--split-seed": 7, "--name": "other", "--epochs": 1})) == 0
+    assert build(two_runs, "s0", "other", method="stack", out=two_runs / "subs" / "no.csv") == 2
+    assert "another split" in capsys.readouterr().err
+    assert not (two_runs / "subs" / "no.csv").exists()
+    # a soft vote across splits is allowed, without the leaking methods
+    assert build(two_runs, "s0", "other", method="mean", out=two_runs / "subs" / "ok.csv", no_report=True) == 0
+    assert "different splits" in capsys.readouterr().out
+
+
+def test_other_class_set_and_missing_test_probs_are_refused(two_runs, tmp_path):
+    for bad in ("classes", "test"):
+        dst = tmp_path / bad
+        shutil.copytree(two_runs / "runs" / "s1", dst)
+        if bad == "classes":
+            # as if trained on a train.csv where one painter has another name
+            classes = json.loads((dst / "classes.json").read_text())
+            (dst / "classes.json").write_text(json.dumps(["Zz Renamed", *classes[1:]]))
+            for f in dst.rglob("*.csv"):
+                f.write_text(f.read_text().replace(classes[0], "Zz Renamed"))
+            with pytest.raises(UserError, match="other classes"):
+                from ensemble.runs import check_compatible
+                check_compatible([load_run(two_runs / "runs" / "s0"), load_run(dst)], True)
+        else:
+            (dst / "fold_2" / "test_probs.csv").unlink()
+            with pytest.raises(UserError, match=r"fold_2/test_probs\.csv: test probabilities are missing"):
+                load_run(dst)
+
+
+def test_full_data_model_joins_the_soft_vote(two_runs, demo_source, capsys):
+    assert run_main(tiny_args(demo_source, two_runs, **{"--seed": 0, "--name": "s0", "--epochs": 3}) + ["--fold", "full"]) == 0
+    done = json.loads((two_runs / "runs" / "s0" / "fold_full" / "done.json").read_text())
+    best = [json.loads((two_runs / "runs" / "s0" / f"fold_{k}" / "done.json").read_text())["best_epoch"] + 1 for k in range(5)]
+    assert done["epochs"] == int(np.median(best))
+    assert build(two_runs, "s0", method="mean", with_full=True, out=two_runs / "subs" / "full.csv", no_report=True) == 0
+    assert "cannot join" in build_parser().format_help() and "full-data models joined" in capsys.readouterr().out
+    assert build(two_runs, "s1", method="mean", with_full=True, out=two_runs / "subs" / "f2.csv") == 2
+
+
+def test_invalid_submission_writes_nothing(tmp_path):
+    sample = pd.DataFrame({"id": ["a", "b", "c"], "artist": ["x"] * 3})
+    with pytest.raises(UserError, match=r"no prediction for sample_submission id\(s\) \['c'\]"):
+        write_submission(tmp_path / "s.csv", ["a", "b"], ["x", "y"], sample, ["x", "y"])
+    with pytest.raises(UserError, match=r"not in train: \['z'\]"):
+        write_submission(tmp_path / "s.csv", ["a", "b", "c"], ["x", "y", "z"], sample, ["x", "y"])
+    assert not (tmp_path / "s.csv").exists()
