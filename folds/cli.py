@@ -6,7 +6,7 @@ import argparse
 from folds.config import CHOICES, PRESETS
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
+def add_training_options(p: argparse.ArgumentParser, k_flag: str = "--folds") -> None:
     """Every RunConfig option as a flag; all default to None so lower layers survive."""
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="folder with train.csv, test.csv, sample_submission.csv and the images "
@@ -21,7 +21,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="JSON or YAML file of options (overrides the preset; the CLI overrides it)")
     g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json (overrides --config)")
     g = p.add_argument_group("split")
-    g.add_argument("--folds", dest="n_folds", type=int, help="K of the stratified K-fold split (default: 5)")
+    g.add_argument(k_flag, dest="n_folds", type=int, help="K of the stratified K-fold split (default: 5)")
     g.add_argument("--split-seed", type=int, help="seed of the split, separate from --seed so runs share folds "
                    "(default: 42)")
     g.add_argument("--holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
@@ -60,7 +60,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "else fp16 with a grad scaler; off on CPU)")
     g.add_argument("--channels-last", choices=CHOICES["channels_last"], help="(auto: on for CUDA)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--workers", type=int, help="DataLoader workers (default: CPU cores - 1, at most 8)")
+    g.add_argument("--num-workers", dest="workers", type=int, help="DataLoader worker processes (default: CPU cores - 1, at most 8)")
     g.add_argument("--cache", action="store_true", default=None,
                    help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
 

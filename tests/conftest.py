@@ -29,7 +29,7 @@ def demo_dir(demo_source, tmp_path):
 def tiny_args(data_dir, runs, **over):
     """CLI flags for a seconds-long run on the demo data."""
     opts = {"--data-dir": data_dir, "--runs-dir": runs / "runs", "--submissions-dir": runs / "subs",
-            "--preset": "demo", "--img-size": 32, "--epochs": 4, "--workers": 0, "--crop-oof": 2,
+            "--preset": "demo", "--img-size": 32, "--epochs": 4, "--num-workers": 0, "--crop-oof": 2,
             "--tta": "hflip", "--name": "t"}
     opts.update(over)
     out = ["-q"]

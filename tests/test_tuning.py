@@ -1,0 +1,171 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from common import UserError
+from conftest import ROOT
+from folds.config import resolve_config
+from tuning.space import DEFAULT_SPACE, load_space
+from tuning.storage import make_storage
+from tuning.tune import main as tune_main
+
+TINY = ["--epochs", "3", "--img-size", "32", "--num-workers", "0", "--preset", "demo"]
+PG_URL = os.environ.get("OPTUNA_TEST_PG", "postgresql://postgres@127.0.0.1:5433/optuna_ci")
+
+
+def tune(tmp_path, demo_source, *extra):
+    return tune_main(["--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"),
+                      "--data-dir", str(demo_source), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def demo_study(demo_source, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    assert tune(tmp, demo_source, "--study", "s", "--n-trials", "5") == 0
+    return tmp
+
+
+def load(tmp, name="s"):
+    return optuna.load_study(study_name=name, storage=make_storage(None, tmp / "tuning" / name))
+
+
+def test_default_space_matches_the_recipe_knobs():
+    assert set(DEFAULT_SPACE) == {"lr", "step_size", "gamma"}
+    assert DEFAULT_SPACE["lr"]["log"] and DEFAULT_SPACE["lr"]["low"] == 1e-5 and DEFAULT_SPACE["lr"]["high"] == 1e-2
+
+
+def test_space_file_widens_and_is_checked(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text("dropout: {type: float, low: 0.1, high: 0.5}\noptimizer: {type: categorical, choices: [adam, adamw]}\n")
+    assert set(load_space(f)) == {"lr", "step_size", "gamma", "dropout", "optimizer"}
+    f.write_text("warp_speed: {type: float, low: 1, high: 2}\n")
+    with pytest.raises(UserError, match="'warp_speed' is not a training option"):
+        load_space(f)
+    f.write_text("gamma: {type: float, low: 0.9, high: 0.1}\n")
+    with pytest.raises(UserError, match="needs low < high"):
+        load_space(f)
+
+
+def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
+    study = load(demo_study)
+    states = [t.state for t in study.trials]
+    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    assert finished >= 5 and TrialState.PRUNED in states  # the median pruner stopped a bad trial
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["seed"] == t.number  # each trial its own seed
+            result = json.loads((demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "result.json").read_text())
+            assert result["value"] == pytest.approx(t.value)
+    best = json.loads((demo_study / "tuning" / "s" / "best.json").read_text())
+    assert best["value"] == max(t.value for t in study.trials if t.state == TrialState.COMPLETE)
+    for png in ("history.png", "importances.png", "contour_lr_gamma.png"):
+        assert (demo_study / "tuning" / "s" / png).read_bytes()[:4] == b"\x89PNG"
+    # best.json feeds the fold runner
+    cfg = resolve_config({"data_dir": "x"}, None, None, demo_study / "tuning" / "s" / "best.json")
+    assert (cfg.lr, cfg.step_size, cfg.gamma) == (best["params"]["lr"], best["params"]["step_size"], best["params"]["gamma"])
+
+
+def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
+    before = len(load(demo_study).trials)
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "0") == 0
+    assert len(load(demo_study).trials) == before
+    out = capsys.readouterr().out
+    assert "complete" in out and "pruned" in out and "failed" in out
+
+
+def test_other_search_space_is_refused_and_study_kept(demo_study, demo_source, tmp_path, capsys):
+    before = len(load(demo_study).trials)
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps({"dropout": {"type": "float", "low": 0.1, "high": 0.5}}))
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "6", "--space", str(f)) == 2
+    assert "created with another search space" in capsys.readouterr().err
+    assert len(load(demo_study).trials) == before
+
+
+def test_steps_are_numbered_across_folds(demo_source, tmp_path):
+    assert tune(tmp_path, demo_source, "--study", "two", "--n-trials", "1", "--folds", "0,1", "--pruner", "none") == 0
+    t = load(tmp_path, "two").trials[0]
+    assert t.state == TrialState.COMPLETE
+    assert sorted(t.intermediate_values) == list(range(6))  # fold 0: steps 0-2, fold 1: steps 3-5
+    assert {"fold_0_f1", "fold_1_f1"} <= set(t.user_attrs)
+
+
+def test_empty_study_summary_is_a_clear_error(demo_source, tmp_path, capsys):
+    assert tune(tmp_path, demo_source, "--study", "empty", "--n-trials", "0") == 2
+    assert "has no completed trial yet" in capsys.readouterr().err
+
+
+def test_unreachable_storage_is_a_clear_error_without_the_password(demo_source, tmp_path, capsys):
+    url = "postgresql://user:secret@127.0.0.1:1/nowhere"
+    assert tune(tmp_path, demo_source, "--study", "x", "--storage", url) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "secret" not in err and "user:***@" in err
+
+
+def test_sqlite_with_parallel_workers_is_refused(demo_source, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert tune(tmp_path, demo_source, "--study", "x", "--storage", url, "--workers", "2") == 2
+    assert "SQLite is not safe for parallel workers" in capsys.readouterr().err
+
+
+def test_local_workers_share_one_study(demo_source, tmp_path):
+    assert tune(tmp_path, demo_source, "--study", "w", "--n-trials", "3", "--workers", "2", "--pruner", "none") == 0
+    trials = load(tmp_path, "w").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+
+
+def _pg_reachable() -> bool:
+    try:
+        make_storage(PG_URL, "/tmp", heartbeat=1)
+        return True
+    except UserError:
+        return False
+
+
+@pytest.mark.skipif(not os.environ.get("REQUIRE_PG") and not _pg_reachable(),
+                    reason=f"no PostgreSQL at {PG_URL} (CI starts one with .ci/start-postgres.sh)")
+def test_postgres_two_workers_one_killed(demo_source, tmp_path):
+    name = f"ci-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, str(ROOT / "tuning" / "tune.py"), "--study", name, "--n-trials", "5", "--storage", PG_URL,
+           "--heartbeat", "1", "--pruner", "none", "--data-dir", str(demo_source), "--tuning-dir",
+           str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"), *TINY]
+    storage = make_storage(PG_URL, tmp_path, heartbeat=1)
+    a = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    b = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, victim = time.time() + 180, None
+    while victim is None:  # kill worker a in the middle of one of its trials
+        assert time.time() < deadline and a.poll() is None, a.stderr.read().decode()[-2000:]
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("pid") == a.pid]
+            victim = running[0] if running else None
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    time.sleep(0.5)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    assert b.wait(timeout=300) == 0, b.stderr.read().decode()[-3000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials.values()
+               if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
+    assert retries and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) >= 5  # the study reached its count
+    for t in trials.values():  # every other trial's value is intact
+        if t.state == TrialState.COMPLETE:
+            result = tmp_path / "tuning" / name / "trials" / f"trial_{t.number:04d}" / "result.json"
+            assert json.loads(result.read_text())["value"] == pytest.approx(t.value)
+    optuna.delete_study(study_name=name, storage=storage)

@@ -1,0 +1,1 @@
+"""Optuna studies over the fold runner's training settings: space, storage, objective, study."""

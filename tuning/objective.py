@@ -1,0 +1,65 @@
+"""The Optuna objective: map ``trial.suggest_*`` into the run config and call ``train_fold``.
+
+No training loop lives here: the fold runner's ``train_fold`` trains, and this only reports
+each epoch's validation macro-F1 to the trial so the pruner can stop bad trials early.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from common import write_json
+from folds.config import RunConfig, check_config
+from folds.data import Dataset
+from folds.train import train_fold
+from tuning.space import suggest
+
+
+class Objective:
+    """Mean best validation macro-F1 over ``fold_ids``; each trial in its own folder with its own seed."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset, folds, fold_ids, space: dict, trials_dir: Path,
+                 keep_checkpoints: bool = False):
+        self.cfg, self.ds, self.folds, self.fold_ids = cfg, ds, folds, list(fold_ids)
+        self.space, self.trials_dir, self.keep = space, Path(trials_dir), keep_checkpoints
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.space)
+        seed = self.cfg.seed + trial.number
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        # Tuning scores the validation fold only: no TTA, no crop OOF, no test predictions.
+        cfg = replace(self.cfg, **params, seed=seed)
+        check_config(cfg)
+        out = self.trials_dir / f"trial_{trial.number:04d}"
+        trial.set_user_attr("dir", str(out))
+        fold_of = self.folds["fold"].to_numpy()
+        best = []
+        try:
+            for i, k in enumerate(self.fold_ids):
+                def report(epoch, row, i=i):
+                    # One step counter across folds (fold index x epochs + epoch): Optuna refuses a
+                    # step reported twice, which per-fold numbering would do.
+                    trial.report(row["val_f1"], step=i * cfg.epochs + epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch + 1}: val F1 {row['val_f1']:.4f}")
+
+                r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
+                               out / f"fold_{k}", fold_seed=k, on_epoch=report)
+                best.append(r["best_f1"])
+                trial.set_user_attr(f"fold_{k}_f1", r["best_f1"])
+            value = float(np.mean(best))
+            write_json(out / "result.json", {"number": trial.number, "value": value, "params": params, "seed": seed,
+                                             "fold_f1": dict(zip(map(str, self.fold_ids), best))})
+            return value
+        finally:
+            if not self.keep:
+                for ckpt in out.glob("fold_*/*.pt"):
+                    ckpt.unlink(missing_ok=True)

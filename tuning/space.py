@@ -1,0 +1,60 @@
+"""The search space: a mapping of RunConfig fields to distributions, widened by a file.
+
+Default: lr log-uniform 1e-5..1e-2, StepLR step_size 2..15, gamma 0.05..0.9. A ``--space``
+file (YAML or JSON) adds or replaces entries, for example::
+
+    dropout: {type: float, low: 0.1, high: 0.5}
+    optimizer: {type: categorical, choices: [adam, adamw]}
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+from common import UserError
+from folds.config import RunConfig, read_config_file
+
+DEFAULT_SPACE = {
+    "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "step_size": {"type": "int", "low": 2, "high": 15},
+    "gamma": {"type": "float", "low": 0.05, "high": 0.9},
+}
+TYPES = ("float", "int", "categorical")
+
+
+def load_space(path=None) -> dict:
+    """The default space, updated from ``path``; every entry is checked."""
+    space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
+    if path:
+        extra = read_config_file(path, "--space")
+        space.update(extra)
+    names = {f.name for f in fields(RunConfig)}
+    for name, spec in space.items():
+        where = f"--space {path}: '{name}'" if path else f"search space '{name}'"
+        if name not in names:
+            raise UserError(f"{where} is not a training option; valid: {sorted(names)}.")
+        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+            raise UserError(f"{where} needs type one of {list(TYPES)}, but got {spec!r}.")
+        if spec["type"] == "categorical":
+            if not spec.get("choices"):
+                raise UserError(f"{where}: categorical needs a non-empty 'choices' list.")
+        elif not ("low" in spec and "high" in spec and spec["low"] < spec["high"]):
+            raise UserError(f"{where}: needs low < high, but got {spec!r}.")
+    return space
+
+
+def suggest(trial, space: dict) -> dict:
+    """Ask the trial for a value of every parameter of the space."""
+    out = {}
+    for name, s in space.items():
+        if s["type"] == "float":
+            out[name] = trial.suggest_float(name, float(s["low"]), float(s["high"]), log=bool(s.get("log")))
+        elif s["type"] == "int":
+            out[name] = trial.suggest_int(name, int(s["low"]), int(s["high"]), log=bool(s.get("log")))
+        else:
+            out[name] = trial.suggest_categorical(name, list(s["choices"]))
+    return out
+
+
+def fingerprint(space: dict) -> str:
+    return json.dumps(space, sort_keys=True)

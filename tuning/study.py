@@ -1,0 +1,139 @@
+"""Create or load a study, check its search space, summarise it, and save best.json and plots."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from common import UserError, atomic_write, write_json
+from tuning.space import fingerprint
+from tuning.storage import mask
+
+log = logging.getLogger(__name__)
+PRUNERS = ("median", "hyperband", "none")
+
+
+def make_pruner(name: str, max_steps: int):
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_steps))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner {name!r}: choose one of {list(PRUNERS)}.")
+
+
+def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int, create: bool = True):
+    """Load ``name`` (or create it); a study made with another space or setup is refused, untouched."""
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        if not create:
+            raise UserError(f"study {name!r} does not exist in this storage.") from None
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="maximize", load_if_exists=True)
+    attrs = study.user_attrs
+    if "search_space" not in attrs:
+        study.set_user_attr("search_space", fingerprint(space))
+        study.set_user_attr("setup", setup)
+        return study
+    if attrs["search_space"] != fingerprint(space):
+        raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
+                        f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
+                        "Nothing in the study was changed.")
+    diff = {k: (attrs.get("setup", {}).get(k), v) for k, v in setup.items() if attrs.get("setup", {}).get(k) != v}
+    if diff:
+        raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
+                        "not be comparable. Use a new --study name. Nothing in the study was changed.")
+    return study
+
+
+def fail_orphaned_local_trials(study) -> int:
+    """Mark RUNNING trials of dead processes on this host as FAIL and re-enqueue their parameters.
+
+    Storages with a heartbeat (RDB) do this themselves; the journal file has none.
+    """
+    host, n = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or pid is None or pid == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        log.warning("trial %d: its worker (pid %s) is gone; marked FAIL and queued again.", t.number, pid)
+        n += 1
+    return n
+
+
+def counts(study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    return {s.name.lower(): sum(t.state == s for t in trials) for s in
+            (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+
+
+def best_trial(study):
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        c = counts(study)
+        raise UserError(f"study {study.study_name!r} has no completed trial yet ({c}); nothing to summarise. "
+                        "Run trials with --n-trials N.")
+    return max(done, key=lambda t: t.value)
+
+
+def summary(study) -> str:
+    b = best_trial(study)
+    c = counts(study)
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
+    return (f"study {study.study_name}: best value (val macro-F1) {b.value:.4f} at trial {b.number}: {params}\n"
+            f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
+            + (f", {c['running']} running" if c["running"] else ""))
+
+
+def write_best(study, path: Path, storage_url: str | None) -> Path:
+    b = best_trial(study)
+    return write_json(path, {"study": study.study_name, "storage": mask(storage_url) or "journal file",
+                             "value": b.value, "trial": b.number, "params": b.params, "counts": counts(study),
+                             "use": f"python folds/run.py --params {path}"})
+
+
+def save_plots(study, out_dir: Path) -> list[Path]:
+    """Optimisation history, parameter importances and lr-vs-gamma contour (or slice) as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+    import warnings
+
+    saved = []
+    params = list(best_trial(study).params)
+    pair = ["lr", "gamma"] if {"lr", "gamma"} <= set(params) else params[:2]
+    plots = {"history.png": lambda: vis.plot_optimization_history(study),
+             "importances.png": lambda: vis.plot_param_importances(study),
+             "contour_lr_gamma.png": lambda: vis.plot_contour(study, params=pair),
+             "slice.png": lambda: vis.plot_slice(study, params=params)}
+    for name, make in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = make()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            with atomic_write(Path(out_dir) / name, "wb") as f:
+                fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            saved.append(Path(out_dir) / name)
+        except Exception as e:  # noqa: BLE001 - e.g. importances need 2+ complete trials
+            log.warning("plot %s skipped: %s", name, e)
+    return saved

@@ -1,0 +1,139 @@
+"""Tune the learning rate and StepLR (and more, with --space) with Optuna.
+
+Examples:
+    python tuning/tune.py --study demo --n-trials 6                       # demo data, embedded storage
+    python tuning/tune.py --study b3 --n-trials 30 --folds 0 --data-dir data
+    python tuning/tune.py --study b3 --n-trials 60 --data-dir data --workers 2          # 2 local workers/GPUs
+    python tuning/tune.py --study b3 --n-trials 60 --data-dir data \\
+        --storage postgresql://user:pw@db-host/optuna                      # run the same on every machine
+    python tuning/tune.py --study b3 --n-trials 0                          # summary, best.json, plots only
+    python folds/run.py --data-dir data --params tuning/b3/best.json       # train with the best parameters
+
+--n-trials is the study's total of finished (complete + pruned) trials: a rerun tops it up.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import UserError  # noqa: E402
+from folds.cli import add_training_options, cli_overrides  # noqa: E402
+from folds.config import parse_fold_spec, resolve_config  # noqa: E402
+
+log = logging.getLogger("tuning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuning/tune.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("study")
+    g.add_argument("--study", required=True, help="study name; outputs go to tuning/<study>/")
+    g.add_argument("--n-trials", type=int, default=20, help="target number of finished trials in the study "
+                   "(default: 20; 0 only summarises)")
+    g.add_argument("--folds", default="0", help="folds each trial trains, e.g. 0 or 0,1 (default: 0)")
+    g.add_argument("--storage", help="RDB URL shared by several machines, e.g. postgresql://user:pw@host/db "
+                   "(default: a journal file tuning/<study>/journal.log, no server)")
+    g.add_argument("--workers", dest="study_workers", type=int, default=1, help="local worker processes on this study, one per GPU "
+                   "when there are several (default: 1)")
+    g.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
+                   help="prune bad trials after each epoch (default: median)")
+    g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer)")
+    g.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; a trial silent "
+                   "for twice this is marked FAIL and retried (default: 30)")
+    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
+    g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
+    g.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    add_training_options(p, k_flag="--n-folds")
+    return p
+
+
+def _worker_env(i: int) -> dict:
+    env = dict(os.environ)
+    import torch
+    n = torch.cuda.device_count()
+    if n > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(i % n)
+    return env
+
+
+def run(args) -> int:
+    import optuna
+
+    from folds.data import load_dataset
+    from folds.demo import make_demo_dataset
+    from folds.split import load_or_make_folds
+    from tuning.objective import Objective
+    from tuning.space import load_space
+    from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
+    from tuning.study import fail_orphaned_local_trials, make_pruner, open_study, save_plots, summary, write_best
+
+    cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
+    if cfg.data_dir is None:
+        cfg.data_dir = str(make_demo_dataset(Path(cfg.runs_dir) / "demo-data"))
+        log.warning("DEMO DATA: no --data-dir given; tuning on the built-in synthetic painters dataset.")
+    if args.study_workers < 1:
+        raise UserError(f"--workers must be at least 1, but got {args.study_workers}.")
+    check_parallel_safe(args.storage, args.study_workers)
+    fold_ids = parse_fold_spec(args.folds, cfg.n_folds)
+    space = load_space(args.space)
+    study_dir = Path(args.tuning_dir) / args.study
+    ds = load_dataset(cfg.data_dir, cfg.corrections)
+    folds, _, split_hash = load_or_make_folds(study_dir / "folds.csv", ds.train["id"], ds.train["artist"],
+                                              cfg.n_folds, cfg.split_seed, shared_dir=Path(cfg.runs_dir) / "splits")
+    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
+    setup = {"model": cfg.model, "img_size": cfg.img_size, "epochs": cfg.epochs, "folds": fold_ids,
+             "split_hash": split_hash, "data_hash": ds.data_hash()}
+    pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
+    seed = args.sampler_seed + (args.worker_index or 0)
+    study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
+
+    if args.study_workers > 1 and args.worker_index is None:
+        argv = list(args.argv)
+        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
+                                   "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            log.warning("worker exit codes: %s", codes)
+    elif args.n_trials > 0:
+        if not has_heartbeat(storage):
+            fail_orphaned_local_trials(study)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
+        if left > 0:
+            objective = Objective(cfg, ds, folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints)
+            study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
+    if args.worker_index is not None:
+        return 0
+    print(summary(study))
+    best = write_best(study, study_dir / "best.json", args.storage)
+    plots = save_plots(study, study_dir)
+    print(f"best parameters: {best}  (use: python folds/run.py --params {best})")
+    print("plots: " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the workers get the same options
+    logging.basicConfig(level=logging.INFO if args.worker_index is None else logging.WARNING,
+                        format="%(message)s", stream=sys.stdout, force=True)
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
