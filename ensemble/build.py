@@ -52,6 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def compare(runs, y, groups, *, methods=METHODS, stacker="logreg", offsets_for=(), inner_folds=5,
+            with_full=False, truth=None) -> tuple[list[dict], dict]:
+    """One row per run alone and per method: honest OOF macro-F1 (and test macro-F1 given ``truth``).
+
+    Returns the rows and each method's honest OOF probabilities.
+    """
+    members = [r.oof_probs for r in runs]
+    test_members = [r.test_probs(with_full) for r in runs]
+    rows, oofs = [], {}
+
+    def row(name, oof_p, test_p, note):
+        r = {"method": name, "f1": macro_f1(y, oof_p), "acc": accuracy_score(y, oof_p.argmax(1)), "note": note}
+        if truth is not None:
+            r["test_f1"] = macro_f1(truth, test_p)
+        rows.append(r)
+
+    for r, m, t in zip(runs, members, test_members):
+        row(f"run {r.name}", m, t, "single run")
+    for m in methods:
+        for off in (False, True) if m in offsets_for else (False,):
+            blend = make_blend(m, stacker, off)
+            name = m + ("+offsets" if off else "")
+            oofs[name] = honest_oof(blend, members, y, groups, inner_folds)
+            test_p = blend.fit(members, y).predict_proba(test_members) if truth is not None else None
+            row(name, oofs[name], test_p, "inner CV" if blend.learns else "")
+    return rows, oofs
+
+
 def build(args) -> dict:
     runs = [load_run(r, args.oof) for r in args.runs]
     same_split = len({r.split_hash for r in runs}) == 1
@@ -66,24 +94,11 @@ def build(args) -> dict:
     notes = []
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
-    table = []
-    for r in runs:
-        table.append({"method": f"run {r.name}", "f1": macro_f1(y, r.oof_probs),
-                      "acc": accuracy_score(y, r.oof_probs.argmax(1)), "note": "single run"})
+    methods = [m for m in METHODS if same_split or m not in ("weighted", "stack")]
     chosen = args.method + ("+offsets" if args.offsets else "")
-    final_oof = None
-    for m in METHODS:
-        variants = [(m, False)] + ([(m, True)] if args.offsets and m == args.method else [])
-        for method, off in variants:
-            if method in ("weighted", "stack") and not same_split:
-                continue
-            blend = make_blend(method, args.stacker, off)
-            p = honest_oof(blend, members, y, groups, args.inner_folds)
-            label = method + ("+offsets" if off else "")
-            table.append({"method": label, "f1": macro_f1(y, p), "acc": accuracy_score(y, p.argmax(1)),
-                          "note": "inner CV" if blend.learns else ""})
-            if label == chosen:
-                final_oof = p
+    table, oofs = compare(runs, y, groups, methods=methods, stacker=args.stacker,
+                          offsets_for=(args.method,) if args.offsets else (), inner_folds=args.inner_folds)
+    final_oof = oofs[chosen]
     blend = make_blend(args.method, args.stacker, args.offsets).fit(members, y)
     if args.with_full:
         missing = [r.name for r in runs if r.full_test is None]

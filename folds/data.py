@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -101,7 +102,8 @@ def resolve_paths(df: pd.DataFrame, data_dir: Path, csv_path: Path, check_images
             bad_escape.append(i)
             out.append(None)
             continue
-        p = (root / rel).resolve()
+        # Checked lexically, not after resolve(): a symlinked image (common on Kaggle) is fine.
+        p = Path(os.path.normpath(root / rel))
         if root not in p.parents:
             bad_escape.append(i)
         elif check_images and not p.is_file():

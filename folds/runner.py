@@ -25,7 +25,7 @@ from folds.lock import FoldLock
 from folds.manifest import make_manifest
 from folds.predict import crop_boxes, predict_probs
 from folds.split import load_or_make_folds
-from folds.train import load_best, num_workers, train_fold
+from folds.train import image_cache, load_best, num_workers, train_fold
 
 log = logging.getLogger(__name__)
 CROP_SEED = 20240607  # crop boxes are fixed across runs so crop-OOF rows line up for stacking
@@ -131,8 +131,10 @@ class FoldRunner:
         bs, workers, tta = self.cfg.batch_size * 2, num_workers(self.cfg), self.cfg.tta
         train = self.ds.train.iloc[va]
 
+        cache = image_cache(self.cfg, dcfg["input_size"][-1])
+
         def predict(paths, labels=None, crops=None, desc=""):
-            data = ImageDataset(paths, labels, tf, crops=crops)
+            data = ImageDataset(paths, labels, tf, crops=crops, cache=cache)
             return predict_probs(model, make_loader(data, bs, train=False, num_workers=workers), prec, tta, desc=desc)
 
         oof = predict(train["path"], train["label"], desc=f"fold {k} OOF")

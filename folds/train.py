@@ -76,6 +76,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     model, dcfg = build_model(cfg, ds.num_classes, pretrained=not resuming)
     model = prec.prepare(model)
     size = dcfg["input_size"][-1]
+    if cache is None and cfg.cache:
+        cache = image_cache(cfg, size)
     train_ds = ImageDataset(ds.train["path"].iloc[train_idx], ds.train["label"].iloc[train_idx],
                             train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed), cache=cache)
     val_ds = ImageDataset(ds.train["path"].iloc[val_idx], ds.train["label"].iloc[val_idx],
@@ -140,6 +142,12 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     return {"best_epoch": state["best_epoch"], "best_f1": best_row["val_f1"], "best_loss": best_row["val_loss"],
             "best_acc": best_row["val_acc"], "epochs_run": state["epoch"] + 1, "seconds": state["seconds"],
             "img_size": size, "data_config": dcfg, "device": prec.describe()}
+
+
+def image_cache(cfg: RunConfig, size: int):
+    """The shared on-disk cache for this input size (at most twice the size), or None."""
+    from folds.cache import ImageCache
+    return ImageCache(Path(cfg.runs_dir) / "cache", 2 * size) if cfg.cache else None
 
 
 def load_best(cfg: RunConfig, num_classes: int, out_dir: Path):

