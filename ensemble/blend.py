@@ -13,7 +13,6 @@ import importlib
 import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from common import UserError
@@ -21,7 +20,15 @@ from ensemble.merge import EPS, merge
 
 
 def macro_f1(y, probs) -> float:
-    return float(f1_score(y, np.asarray(probs).argmax(axis=1), average="macro"))
+    """sklearn's f1_score(average='macro') from bincounts: ~10x faster, and weights/offsets call it often."""
+    probs = np.asarray(probs)
+    y = np.asarray(y)
+    k = max(probs.shape[1], int(y.max()) + 1)
+    pred = probs.argmax(axis=1)
+    tp = np.bincount(y[pred == y], minlength=k)
+    denom = np.bincount(pred, minlength=k) + np.bincount(y, minlength=k)
+    present = denom > 0  # sklearn averages over labels seen in y or in the predictions
+    return float((2 * tp[present] / denom[present]).mean())
 
 
 class MergeBlend:

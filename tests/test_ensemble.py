@@ -146,3 +146,13 @@ def test_invalid_submission_writes_nothing(tmp_path):
     with pytest.raises(UserError, match=r"not in train: \['z'\]"):
         write_submission(tmp_path / "s.csv", ["a", "b", "c"], ["x", "y", "z"], sample, ["x", "y"])
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_fast_macro_f1_equals_sklearn():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(4)
+    for k in (2, 5, 50):
+        y = rng.integers(0, k, 300)
+        p = rng.dirichlet(np.ones(k), 300)
+        p[:, 0] *= 0.01  # a class never predicted
+        assert macro_f1(y, p) == pytest.approx(f1_score(y, p.argmax(1), average="macro"))

