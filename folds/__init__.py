@@ -1,1 +1,7 @@
 """Cross-validation: data, split, augmentation, the training loop and the fold runner."""
+import cv2
+
+# OpenCV's own thread pool, in every DataLoader worker, oversubscribes the cores (on a
+# 16-core GPU box the loader, not the GPU, set the pace). Turning it off here, before any
+# pool exists, is also what keeps forked workers from deadlocking on an inherited pool.
+cv2.setNumThreads(0)

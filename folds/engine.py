@@ -45,10 +45,6 @@ class Precision:
         # fp16 needs loss scaling; bf16 and fp32 do not.
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
-
     def prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
@@ -59,14 +55,29 @@ class Precision:
         return f"{name}, {amp}{', channels_last' if self.channels_last else ''}"
 
 
-def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, label_smoothing: float = 0.0,
-                    desc: str = "train") -> float:
+class InputPipe:
+    """Batch -> model input on the device: uint8 images are normalised there, in float32."""
+
+    def __init__(self, prec: Precision, mean, std):
+        self.prec = prec
+        self.mean = torch.tensor(mean, device=prec.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=prec.device).view(1, -1, 1, 1) * 255
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.prec.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = (x.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.prec.channels_last else x
+
+
+def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe,
+                    label_smoothing: float = 0.0, desc: str = "train") -> float:
     """One pass over the loader; returns the mean training loss."""
     model.train()
     total, n = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for x, y in bar:
-        x, y = prec.to_device(x), y.to(prec.device, non_blocking=True)
+        x, y = inputs(x), y.to(prec.device, non_blocking=True)
         with prec.autocast():
             loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -79,18 +90,6 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, label_smo
     if not np.isfinite(total):
         raise FloatingPointError("training loss is not finite; try a lower --lr or --amp off.")
     return total / max(n, 1)
-
-
-@torch.no_grad()
-def predict_logits(model, loader, prec: Precision, desc: str = "predict") -> np.ndarray:
-    """Logits for every item of a loader whose items are images (or (image, label))."""
-    model.eval()
-    out = []
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        with prec.autocast():
-            out.append(model(prec.to_device(x)).float().cpu())
-    return torch.cat(out).numpy()
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:

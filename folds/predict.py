@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ensemble.merge import merge
 from ensemble.tta import BatchedTTA
-from folds.engine import Precision
+from folds.engine import InputPipe, Precision
 
 
 def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, float, float]]:
@@ -32,7 +32,7 @@ def hash_id(i) -> int:
 
 
 @torch.no_grad()
-def predict_probs(model, loader, prec: Precision, tta: str = "none", merge_mode: str = "mean",
+def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = "none", merge_mode: str = "mean",
                   desc: str = "predict") -> np.ndarray:
     """(N, K) probabilities: every TTA view of a batch in one forward pass, merged on probabilities."""
     model.eval()
@@ -41,6 +41,6 @@ def predict_probs(model, loader, prec: Precision, tta: str = "none", merge_mode:
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         with prec.autocast():
-            views = wrapped(prec.to_device(x))
+            views = wrapped(inputs(x))
         out.append(merge(views.float().cpu().numpy(), merge_mode))
     return np.concatenate(out).astype(np.float32)

@@ -126,7 +126,7 @@ class FoldRunner:
         log.info("fold %d: %d train / %d validation paintings", k, len(tr), len(va))
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_seed=k, resume=self.resume,
                             on_epoch=lambda *_: lock.heartbeat())
-        model, dcfg, prec = load_best(self.cfg, self.ds.num_classes, d)
+        model, dcfg, prec, inputs = load_best(self.cfg, self.ds.num_classes, d)
         tf = eval_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"])
         bs, workers, tta = self.cfg.batch_size * 2, num_workers(self.cfg), self.cfg.tta
         train = self.ds.train.iloc[va]
@@ -135,7 +135,8 @@ class FoldRunner:
 
         def predict(paths, labels=None, crops=None, desc=""):
             data = ImageDataset(paths, labels, tf, crops=crops, cache=cache)
-            return predict_probs(model, make_loader(data, bs, train=False, num_workers=workers), prec, tta, desc=desc)
+            return predict_probs(model, make_loader(data, bs, train=False, num_workers=workers), prec, inputs, tta,
+                                 desc=desc)
 
         oof = predict(train["path"], train["label"], desc=f"fold {k} OOF")
         write_csv(d / "oof.csv", prob_frame(oof, self.ds.classes, id=train["id"].to_numpy(), fold=k,
@@ -180,11 +181,11 @@ class FoldRunner:
         everything = np.arange(len(self.ds.train))
         result = train_fold(self.cfg, self.ds, everything, np.array([], dtype=int), d, fold_seed=self.cfg.n_folds,
                             resume=self.resume, epochs=epochs)
-        model, dcfg, prec = load_best(self.cfg, self.ds.num_classes, d)
+        model, dcfg, prec, inputs = load_best(self.cfg, self.ds.num_classes, d)
         tf = eval_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"])
         loader = make_loader(ImageDataset(self.ds.test["path"], None, tf), self.cfg.batch_size * 2, train=False,
                              num_workers=num_workers(self.cfg))
-        test = predict_probs(model, loader, prec, self.cfg.tta, desc="full model test")
+        test = predict_probs(model, loader, prec, inputs, self.cfg.tta, desc="full model test")
         write_csv(d / "test_probs.csv", prob_frame(test, self.ds.classes, id=self.ds.test["id"].to_numpy()))
         result.update(fold="full", epochs=epochs, minutes=(time.time() - t0) / 60, test_probs=str(d / "test_probs.csv"))
         write_json(d / "done.json", result)

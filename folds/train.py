@@ -19,7 +19,7 @@ from common import UserError, save_torch, write_csv
 from folds.augment import eval_transform, train_transform
 from folds.config import RunConfig
 from folds.data import Dataset
-from folds.engine import Precision, scores, train_one_epoch
+from folds.engine import InputPipe, Precision, scores, train_one_epoch
 from folds.loader import ImageDataset, default_workers, make_loader
 from folds.predict import predict_probs
 from models import create_model, data_config
@@ -76,6 +76,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     model, dcfg = build_model(cfg, ds.num_classes, pretrained=not resuming)
     model = prec.prepare(model)
     size = dcfg["input_size"][-1]
+    inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     if cache is None and cfg.cache:
         cache = image_cache(cfg, size)
     train_ds = ImageDataset(ds.train["path"].iloc[train_idx], ds.train["label"].iloc[train_idx],
@@ -108,13 +109,13 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                              balanced=cfg.balanced_sampler, num_classes=ds.num_classes, num_workers=workers,
                              pin_memory=prec.device.type == "cuda")
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, cfg.label_smoothing,
+        train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, cfg.label_smoothing,
                                      desc=f"{out_dir.name} epoch {epoch + 1}/{n_epochs}")
         scheduler.step()
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"), "val_f1": float("nan"),
                "val_acc": float("nan"), "lr": lr}
         if has_val:
-            probs = predict_probs(step_model, val_loader, prec, tta="none", desc="validate")
+            probs = predict_probs(step_model, val_loader, prec, inputs, tta="none", desc="validate")
             s = scores(probs, val_ds.labels, ds.num_classes)
             row.update(val_loss=s["loss"], val_f1=s["f1"], val_acc=s["acc"])
         row["seconds"] = time.time() - t0
@@ -155,4 +156,4 @@ def load_best(cfg: RunConfig, num_classes: int, out_dir: Path):
     prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last)
     model, dcfg = build_model(cfg, num_classes, pretrained=False)
     model.load_state_dict(torch.load(Path(out_dir) / BEST, map_location="cpu", weights_only=True))
-    return prec.prepare(model).eval(), dcfg, prec
+    return prec.prepare(model).eval(), dcfg, prec, InputPipe(prec, dcfg["mean"], dcfg["std"])

@@ -54,3 +54,34 @@ def test_augmentations_reproduce_with_the_same_seed():
     c = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 0)
     d = batches(Constant(["x"] * 8, np.zeros(8), tf()), 3, 0)
     assert torch.equal(c, d)
+
+
+def test_image_cache_decodes_once_and_bounds_the_size(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import folds.cache as cache_mod
+    from folds.cache import ImageCache
+
+    arr = (np.random.default_rng(0).random((300, 500, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
+    cache = ImageCache(tmp_path / "cache", max_side=128)
+    first = cache.get(tmp_path / "big.jpg")
+    assert max(first.shape[:2]) == 128 and first.shape[2] == 3
+    monkeypatch.setattr(cache_mod, "read_rgb", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded twice")))
+    assert np.array_equal(ImageCache(tmp_path / "cache", 128).get(tmp_path / "big.jpg"), first)
+    small = ImageCache(tmp_path / "cache2", max_side=1000)
+    monkeypatch.undo()
+    assert small.get(tmp_path / "big.jpg").shape == (300, 500, 3)  # never enlarged
+
+
+def test_uint8_batches_are_normalised_on_the_device():
+    from folds.augment import eval_transform
+    from folds.engine import InputPipe, Precision
+
+    img = np.full((8, 8, 3), 255, np.uint8)
+    fast = eval_transform(8, (0.5,) * 3, (0.25,) * 3)(image=img)["image"]
+    slow = eval_transform(8, (0.5,) * 3, (0.25,) * 3, cpu_normalize=True)(image=img)["image"]
+    assert fast.dtype == torch.uint8 and slow.dtype == torch.float32
+    pipe = InputPipe(Precision.resolve("cpu", "off", "off"), (0.5,) * 3, (0.25,) * 3)
+    assert torch.allclose(pipe(fast[None]), pipe(slow[None]), atol=1e-5)
+    assert torch.allclose(pipe(fast[None]), torch.full((1, 3, 8, 8), 2.0))

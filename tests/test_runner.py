@@ -97,3 +97,31 @@ def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     assert list(history["epoch"]) == list(range(len(history))) and len(history) >= epochs_before
     assert (tmp_path / "subs" / "t_folds-mean.csv").is_file()
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+
+
+def test_seed_preset_is_one_holdout_split_without_tta(demo_source, tmp_path):
+    args = tiny_args(demo_source, tmp_path, **{"--preset": "seed", "--model": "resnet10t", "--weights": "none",
+                                                "--epochs": 2, "--name": "seed", "--tta": None})
+    assert main(args) == 0
+    run = tmp_path / "runs" / "seed"
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["holdout"], cfg["crop"], cfg["tta"]) == (True, "whole", "none")
+    assert (run / "fold_0" / "done.json").is_file() and not (run / "fold_1").exists()
+    oof = pd.read_csv(run / "oof.csv")
+    assert set(oof["fold"]) == {0} and len(oof) == (pd.read_csv(run / "folds.csv")["fold"] == 0).sum()
+    assert (tmp_path / "subs" / "seed_folds-mean.csv").is_file()
+
+
+def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
+    from folds.lock import FoldLock
+
+    mine = FoldLock(tmp_path / "lock")
+    assert mine.acquire()
+    other = FoldLock(tmp_path / "lock")
+    other.me = {"host": other.me["host"], "pid": os.getpid() + 1_000_000}  # another process
+    (tmp_path / "lock").write_text(json.dumps({"host": mine.me["host"], "pid": os.getppid()}))  # a live holder
+    assert not other.acquire()
+    (tmp_path / "lock").write_text(json.dumps({"host": mine.me["host"], "pid": 2**22 + 12345}))  # a dead one
+    assert other.acquire()  # stale: taken over
+    mine.release()  # not the holder any more: leaves the lock alone
+    assert (tmp_path / "lock").is_file()

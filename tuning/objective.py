@@ -6,7 +6,6 @@ each epoch's validation macro-F1 to the trial so the pruner can stop bad trials 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path

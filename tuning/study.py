@@ -1,7 +1,6 @@
 """Create or load a study, check its search space, summarise it, and save best.json and plots."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
