@@ -47,7 +47,8 @@ def main(argv=None) -> int:
             result = runner.run_full(args.full_epochs)
             print(f"full-data model: {result['epochs']} epochs; test probabilities in {result['test_probs']}")
             return 0
-        result = runner.run(parse_fold_spec(args.fold, cfg.n_folds))
+        folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, cfg.n_folds)
+        result = runner.run(folds)
         done = result.get("fold_results", result["folds"])
         if done:
             print("\n" + summary_table(done))

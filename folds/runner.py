@@ -193,6 +193,10 @@ class FoldRunner:
 
     # -- whole run -----------------------------------------------------------------------
     def run(self, folds: list[int]) -> dict:
+        extra = sorted(set(folds) - set(self.planned_folds))
+        if extra:
+            raise UserError(f"--fold {','.join(map(str, extra))}: this is a holdout run (--holdout or --preset seed), "
+                            "which trains fold 0 only.")
         results = {}
         for k in folds:
             r = self.run_fold(k)
