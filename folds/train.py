@@ -105,6 +105,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         if has_val and state["bad_epochs"] >= cfg.patience:
             break
         t0 = time.time()
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout depends on (seed, epoch) alone: a resume replays it
         loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, epoch=epoch,
                              balanced=cfg.balanced_sampler, num_classes=ds.num_classes, num_workers=workers,
                              pin_memory=prec.device.type == "cuda")

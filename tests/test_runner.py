@@ -125,3 +125,29 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     assert other.acquire()  # stale: taken over
     mine.release()  # not the holder any more: leaves the lock alone
     assert (tmp_path / "lock").is_file()
+
+
+def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
+    import numpy as np
+
+    from folds.config import resolve_config
+    from folds.data import load_dataset
+    from folds.train import train_fold
+
+    cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 3, "workers": 0,
+                          "patience": 10}, "demo")
+    ds = load_dataset(demo_source)
+    tr, va = np.arange(0, len(ds.train), 2), np.arange(1, len(ds.train), 2)
+    full = train_fold(cfg, ds, tr, va, tmp_path / "full")
+
+    def stop_after_first(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, ds, tr, va, tmp_path / "cut", on_epoch=stop_after_first)
+    resumed = train_fold(cfg, ds, tr, va, tmp_path / "cut", resume=True)
+    a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed["best_epoch"] == full["best_epoch"]
