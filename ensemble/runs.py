@@ -101,16 +101,13 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> None:
                             f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
                             "validation rows into training. Rerun with the same --folds and --split-seed "
                             "(the default shares them), or use --method mean/gmean/vote.")
-        keys = [c for c in ("id", "crop") if c in first.oof]
-        if not r.oof[keys].reset_index(drop=True).equals(first.oof[keys].reset_index(drop=True)):
-            a = r.oof.set_index(keys).sort_index()
-            b = first.oof.set_index(keys).sort_index()
-            if not a.index.equals(b.index):
-                raise UserError(f"{r.path}: its OOF rows differ from {first.path}'s (other --crop-oof?).")
-    for r in runs[1:]:  # align rows to the first run
-        keys = [c for c in ("id", "crop") if c in first.oof]
-        order = first.oof[keys].apply(tuple, axis=1)
-        r.oof = r.oof.set_index(keys).loc[list(order)].reset_index()
+    keys = [c for c in ("id", "crop") if c in first.oof]
+    order = pd.MultiIndex.from_frame(first.oof[keys])
+    for r in runs[1:]:  # same OOF rows, then aligned to the first run's order
+        rows = pd.MultiIndex.from_frame(r.oof[keys])
+        if len(rows) != len(order) or not rows.sort_values().equals(order.sort_values()):
+            raise UserError(f"{r.path}: its OOF rows differ from {first.path}'s (other --crop-oof?).")
+        r.oof = r.oof.set_index(rows).loc[order].reset_index(drop=True)
         pos = pd.Series(np.arange(len(r.test_ids)), index=r.test_ids).loc[first.test_ids].to_numpy()
         r.fold_test = {k: v[pos] for k, v in r.fold_test.items()}
         r.full_test = None if r.full_test is None else r.full_test[pos]

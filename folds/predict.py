@@ -5,6 +5,8 @@ crops, the shape of Dacon's test images, so OOF scores the model on the test's d
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -18,7 +20,7 @@ def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, flo
     """``n_crops`` half-size boxes per id as (x0, y0, x1, y1) fractions; fixed by (seed, id)."""
     boxes = []
     for i in ids:
-        rng = np.random.default_rng([seed, abs(hash_id(i))])
+        rng = np.random.default_rng([seed, hash_id(i)])
         for _ in range(n_crops):
             x0, y0 = rng.uniform(0, 0.5, size=2)
             boxes.append((float(x0), float(y0), float(x0) + 0.5, float(y0) + 0.5))
@@ -27,7 +29,6 @@ def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, flo
 
 def hash_id(i) -> int:
     # Python's hash() is salted per process; this one is stable across runs and machines.
-    import zlib
     return zlib.crc32(str(i).encode())
 
 
