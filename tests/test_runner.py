@@ -81,7 +81,8 @@ def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 240
-    while not (run / "fold_1" / "last.pt").is_file():  # kill in the middle of fold 1
+    # kill in the middle of fold 1, after its first epoch (history.csv is written after last.pt)
+    while not (run / "fold_1" / "history.csv").is_file():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
