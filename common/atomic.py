@@ -9,16 +9,44 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+from common.errors import UserError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it; keep other threads out meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **kwargs):
     """Yield a file handle whose content replaces ``path`` only when the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: a file is in the way of its folder {path.parent}; "
+                        "choose another output path.") from None
+    except PermissionError:
+        raise UserError(f"cannot write {path}: permission denied in {path.parent}.") from None
+    try:
+        # mkstemp makes the file 0600; a shared runs/ folder needs the user's umask, like open() gives.
+        os.chmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, write_csv  # noqa: E402
-from ensemble.blend import METHODS, honest_oof, macro_f1, make_blend  # noqa: E402
+from common.layout import prob_frame  # noqa: E402
+from common.metrics import macro_f1  # noqa: E402
+from ensemble.blend import BLENDS, honest_oof, make_blend  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
-from ensemble.submission import write_submission  # noqa: E402
+from ensemble.submission import ANSWER_KEY, answer_key, write_submission  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ensemble/build.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>) with finished folds")
-    p.add_argument("--method", default="mean", choices=METHODS, help="how the final CSV combines the runs "
+    p.add_argument("--method", default="mean", choices=list(BLENDS), help="how the final CSV combines the runs "
                    "(default: mean, the soft vote)")
     p.add_argument("--out", help="submission CSV (default: submissions/<runs>_<method>.csv)")
     p.add_argument("--oof", default="crops", choices=("crops", "whole"), help="fit and score on the crop OOF "
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def compare(runs, y, groups, *, methods=METHODS, stacker="logreg", offsets_for=(), inner_folds=5,
+def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets_for=(), inner_folds=5,
             with_full=False, truth=None) -> tuple[list[dict], dict]:
     """One row per run alone and per method: honest OOF macro-F1 (and test macro-F1 given ``truth``).
 
@@ -80,11 +83,33 @@ def compare(runs, y, groups, *, methods=METHODS, stacker="logreg", offsets_for=(
     return rows, oofs
 
 
-def build(args) -> dict:
-    runs = [load_run(r, args.oof) for r in args.runs]
+def check_out_path(out: Path) -> None:
+    """Fail before any work when the submission cannot be written where asked."""
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another output path.")
+            if not os.access(parent, os.W_OK):
+                raise UserError(f"--out {out}: cannot write in {parent} (permission denied).")
+            break
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a .csv file path.")
+
+
+def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
+          offsets: bool = False, with_full: bool = False, sample=None, inner_folds: int = 5,
+          report: bool = True) -> dict:
+    """Combine finished runs into a validated submission, its probabilities and a report.
+
+    >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
+    """
+    runs = [load_run(r, oof) for r in run_paths]
+    chosen = method + ("+offsets" if offsets else "")
+    out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{chosen}.csv"
+    check_out_path(out)
     same_split = len({r.split_hash for r in runs}) == 1
-    learns = args.method in ("weighted", "stack") or args.offsets
-    check_compatible(runs, need_same_split=learns)
+    blend = make_blend(method, stacker, offsets)
+    runs = check_compatible(runs, need_same_split=blend.learns)
     first = runs[0]
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
@@ -94,43 +119,39 @@ def build(args) -> dict:
     notes = []
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
-    methods = [m for m in METHODS if same_split or m not in ("weighted", "stack")]
-    chosen = args.method + ("+offsets" if args.offsets else "")
-    table, oofs = compare(runs, y, groups, methods=methods, stacker=args.stacker,
-                          offsets_for=(args.method,) if args.offsets else (), inner_folds=args.inner_folds)
+    methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]
+    table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
+                          offsets_for=(method,) if offsets else (), inner_folds=inner_folds)
     final_oof = oofs[chosen]
-    blend = make_blend(args.method, args.stacker, args.offsets).fit(members, y)
-    if args.with_full:
+    blend.fit(members, y)
+    if with_full:
         missing = [r.name for r in runs if r.full_test is None]
         if missing:
             raise UserError(f"--with-full: runs {missing} have no full-data model; train it with "
                             "`python folds/run.py --name NAME --fold full` (same options as the run).")
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
-    test_members = [r.test_probs(args.with_full) for r in runs]
-    test = blend.predict_proba(test_members)
+    test = blend.predict_proba([r.test_probs(with_full) for r in runs])
     data_dir = Path(first.config["data_dir"])
-    sample_path = Path(args.sample) if args.sample else data_dir / "sample_submission.csv"
+    sample_path = Path(sample) if sample else data_dir / "sample_submission.csv"
     if not sample_path.is_file():
         raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
-    out = Path(args.out) if args.out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{chosen}.csv"
+    sample_df = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
     labels = np.asarray(classes)[test.argmax(1)]
-    write_submission(out, first.test_ids, labels, sample, classes)
-    write_csv(out.with_name(out.stem + "_probs.csv"),
-              pd.concat([pd.DataFrame({"id": first.test_ids}), pd.DataFrame(test, columns=classes)], axis=1))
+    write_submission(out, first.test_ids, labels, sample_df, classes)
+    write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
     result = {"out": out, "table": table, "chosen": chosen}
-    labels_path = data_dir / "test_labels.csv"
-    if labels_path.is_file():  # an answer key (demo, wikiart50): report the real test score too
-        truth = pd.read_csv(labels_path, dtype=str).set_index("id").loc[first.test_ids, "artist"].map(cidx).to_numpy()
+    truth = answer_key(data_dir, first.test_ids, classes)
+    if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result["test_f1"] = macro_f1(truth, test)
-        notes.append(f"test macro-F1 against {labels_path}: {result['test_f1']:.4f}")
-    if not args.no_report:
+        notes.append(f"test macro-F1 against {data_dir / ANSWER_KEY}: {result['test_f1']:.4f} (for reporting only)")
+    if report:
         run_rows = [{"run": r.name, "fold": k, "val_f1": d.get("best_f1", float("nan")),
                      "oof_f1": d.get("oof", {}).get("f1", float("nan")),
                      "crop_f1": d.get("crop_oof", {}).get("f1", float("nan"))}
                     for r in runs for k, d in r.fold_scores.items()]
-        train_labels = pd.read_csv(data_dir / "train.csv", dtype=str)["artist"] if (data_dir / "train.csv").is_file() \
+        train_csv = data_dir / "train.csv"
+        train_labels = pd.read_csv(train_csv, dtype=str, keep_default_na=False)["artist"] if train_csv.is_file() \
             else first.oof.drop_duplicates("id")["label"]
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
@@ -152,7 +173,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     try:
-        result = build(args)
+        result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
+                       offsets=args.offsets, with_full=args.with_full, sample=args.sample,
+                       inner_folds=args.inner_folds, report=not args.no_report)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

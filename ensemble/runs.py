@@ -1,14 +1,18 @@
-"""Read run folders written by the fold runner: OOF, crop OOF and per-fold test probabilities."""
+"""Read run folders written by the fold runner: OOF, crop OOF and per-fold test probabilities.
+
+The folder's layout comes from ``common.layout``; this never imports training code.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import UserError
+from common import UserError, layout
+from ensemble.merge import merge
 
 
 @dataclass
@@ -36,11 +40,11 @@ class RunOutputs:
     def test_probs(self, with_full: bool = False) -> np.ndarray:
         """The fold mean of the test probabilities; the full-data model joins as one more member."""
         members = list(self.fold_test.values()) + ([self.full_test] if with_full and self.full_test is not None else [])
-        return np.mean(members, axis=0)
+        return merge(np.stack(members), "mean")
 
 
 def _read_probs(path: Path, classes) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    df = layout.read_frame(path)
     missing = [c for c in classes if c not in df.columns]
     if missing:
         raise UserError(f"{path}: no probability column for class(es) {missing[:5]} of classes.json; "
@@ -51,24 +55,24 @@ def _read_probs(path: Path, classes) -> pd.DataFrame:
 def load_run(path, oof: str = "crops") -> RunOutputs:
     """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole')."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a run folder (no config.json). Pass folders like runs/<name>.")
-    config = json.loads((path / "config.json").read_text())
-    classes = json.loads((path / "classes.json").read_text())
-    manifest = json.loads((path / "manifest.json").read_text())
-    planned = [0] if config.get("holdout") else list(range(config["n_folds"]))
-    unfinished = [k for k in planned if not (path / f"fold_{k}" / "done.json").is_file()]
+    if not (path / layout.CONFIG).is_file():
+        raise UserError(f"{path}: not a run folder (no {layout.CONFIG}). Pass folders like runs/<name>.")
+    config = json.loads((path / layout.CONFIG).read_text())
+    classes = json.loads((path / layout.CLASSES).read_text())
+    manifest = json.loads((path / layout.MANIFEST).read_text())
+    planned = layout.planned_folds(config)
+    unfinished = [k for k in planned if not layout.is_done(path, k)]
     if unfinished:
         raise UserError(f"{path}: folds {unfinished} are not finished; finish them with "
                         f"`python folds/run.py --name {path.name} --fold {','.join(map(str, unfinished))} --resume`.")
-    fname = {"crops": "oof_crops.csv", "whole": "oof.csv"}[oof]
+    fname = layout.OOF_FILES[oof]
     if not (path / fname).is_file():
         raise UserError(f"{path}/{fname} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
                                                          if oof == "crops" else "."))
     df = _read_probs(path / fname, classes)
     fold_test, ids = {}, None
     for k in planned:
-        f = path / f"fold_{k}" / "test_probs.csv"
+        f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
             raise UserError(f"{f}: test probabilities are missing; rerun that fold with --force.")
         t = _read_probs(f, classes)
@@ -77,17 +81,20 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
         elif not np.array_equal(ids, t["id"].to_numpy()):
             raise UserError(f"{f}: test ids differ from fold 0's.")
         fold_test[k] = t[classes].to_numpy(dtype=np.float64)
-    full = path / "fold_full" / "test_probs.csv"
+    full = layout.fold_dir(path, layout.FULL) / layout.TEST_PROBS
     full_test = None
     if full.is_file():
         t = _read_probs(full, classes)
         full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
-    scores = {k: json.loads((path / f"fold_{k}" / "done.json").read_text()) for k in planned}
+    scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in planned}
     return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores)
 
 
-def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> None:
-    """Same classes, same test ids, same OOF rows; and one split when OOF is used to fit."""
+def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunOutputs]:
+    """Same classes, same test ids, same OOF rows; and one split when OOF is used to fit.
+
+    Returns the runs with OOF rows and test rows in the first run's order (the inputs are untouched).
+    """
     first = runs[0]
     for r in runs[1:]:
         if r.classes != first.classes:
@@ -99,16 +106,18 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> None:
         if need_same_split and r.split_hash != first.split_hash:
             raise UserError(f"{r.path} was trained on another split than {first.path} (split hash {r.split_hash} "
                             f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
-                            "validation rows into training. Rerun with the same --folds and --split-seed "
+                            "validation rows into training. Rerun with the same --n-folds and --split-seed "
                             "(the default shares them), or use --method mean/gmean/vote.")
     keys = [c for c in ("id", "crop") if c in first.oof]
     order = pd.MultiIndex.from_frame(first.oof[keys])
-    for r in runs[1:]:  # same OOF rows, then aligned to the first run's order
+    aligned = [first]
+    for r in runs[1:]:
         rows = pd.MultiIndex.from_frame(r.oof[keys])
         if len(rows) != len(order) or not rows.sort_values().equals(order.sort_values()):
             raise UserError(f"{r.path}: its OOF rows differ from {first.path}'s (other --crop-oof?).")
-        r.oof = r.oof.set_index(rows).loc[order].reset_index(drop=True)
         pos = pd.Series(np.arange(len(r.test_ids)), index=r.test_ids).loc[first.test_ids].to_numpy()
-        r.fold_test = {k: v[pos] for k, v in r.fold_test.items()}
-        r.full_test = None if r.full_test is None else r.full_test[pos]
-        r.test_ids = first.test_ids
+        aligned.append(replace(
+            r, oof=r.oof.set_index(rows).loc[order].reset_index(drop=True), test_ids=first.test_ids,
+            fold_test={k: v[pos] for k, v in r.fold_test.items()},
+            full_test=None if r.full_test is None else r.full_test[pos]))
+    return aligned

@@ -1,8 +1,9 @@
-"""Check a submission against sample_submission.csv before it is written."""
+"""Check a submission against sample_submission.csv before it is written; read an answer key."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common import UserError, write_csv
@@ -36,3 +37,21 @@ def write_submission(path, ids, labels, sample: pd.DataFrame, classes) -> Path:
     sub = pd.DataFrame({"id": sample["id"].astype(str), "artist": pred.loc[sample["id"].astype(str)].to_numpy()})
     validate_submission(sub, sample, classes)
     return write_csv(path, sub)
+
+
+ANSWER_KEY = "test_labels.csv"
+
+
+def answer_key(data_dir, ids, classes) -> np.ndarray | None:
+    """Class indices of ``ids`` from ``data_dir/test_labels.csv`` (demo, WikiArt-50), or None without one.
+
+    For reporting only: choices are made by (crop-)OOF, never by the test labels.
+    """
+    path = Path(data_dir) / ANSWER_KEY
+    if not path.is_file():
+        return None
+    key = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("id")["artist"]
+    missing = sorted(set(map(str, ids)) - set(key.index))[:5]
+    if missing:
+        raise UserError(f"{path}: no label for test id(s) {missing}.")
+    return key.loc[list(map(str, ids))].map({c: i for i, c in enumerate(classes)}).to_numpy()

@@ -60,3 +60,8 @@ def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
         return img
     s = max_side / max(h, w)
     return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def image_cache(cfg, size: int) -> ImageCache | None:
+    """The shared on-disk cache for this input size (at most twice the size), or None without --cache."""
+    return ImageCache(Path(cfg.runs_dir) / "cache", 2 * size) if cfg.cache else None

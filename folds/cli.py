@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from folds.config import CHOICES, PRESETS
+from folds.config import CHOICES, PRESETS, RunConfig
 
 
-def add_training_options(p: argparse.ArgumentParser, k_flag: str = "--folds") -> None:
+def add_training_options(p: argparse.ArgumentParser, k_flags: tuple[str, ...] = ("--n-folds", "--folds")) -> None:
     """Every RunConfig option as a flag; all default to None so lower layers survive."""
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="folder with train.csv, test.csv, sample_submission.csv and the images "
@@ -21,7 +22,7 @@ def add_training_options(p: argparse.ArgumentParser, k_flag: str = "--folds") ->
     g.add_argument("--config", help="JSON or YAML file of options (overrides the preset; the CLI overrides it)")
     g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json (overrides --config)")
     g = p.add_argument_group("split")
-    g.add_argument(k_flag, dest="n_folds", type=int, help="K of the stratified K-fold split (default: 5)")
+    g.add_argument(*k_flags, dest="n_folds", type=int, help="K of the stratified K-fold split (default: 5)")
     g.add_argument("--split-seed", type=int, help="seed of the split, separate from --seed so runs share folds "
                    "(default: 42)")
     g.add_argument("--holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
@@ -61,15 +62,13 @@ def add_training_options(p: argparse.ArgumentParser, k_flag: str = "--folds") ->
     g.add_argument("--channels-last", choices=CHOICES["channels_last"], help="(auto: on for CUDA)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--num-workers", dest="workers", type=int, help="DataLoader worker processes (default: CPU cores - 1, at most 8)")
+    g.add_argument("--max-image-pixels", type=int, help="PIL's decompression-bomb limit in pixels, for genuinely "
+                   "huge paintings (default: PIL's, about 89 million; 0: no limit)")
     g.add_argument("--cache", action="store_true", default=None,
                    help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
 
 
-CONFIG_KEYS = {"data_dir", "corrections", "name", "runs_dir", "submissions_dir", "n_folds", "split_seed", "holdout",
-               "model", "img_size", "weights", "dropout", "seed", "epochs", "lr", "step_size", "gamma",
-               "optimizer", "weight_decay", "label_smoothing", "patience", "monitor", "batch_size",
-               "balanced_sampler", "crop", "tta", "crop_oof", "device", "amp", "channels_last", "compile",
-               "workers", "cache"}
+CONFIG_KEYS = {f.name for f in fields(RunConfig)}
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:

@@ -53,13 +53,15 @@ class RunConfig:
     compile: bool = False
     workers: int | None = None
     cache: bool = False  # decode each image once into a downsized on-disk cache
+    max_image_pixels: int | None = None  # PIL's decompression-bomb limit (None: PIL's default; 0: off)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Settings that change what a fold learns: a run folder refuses a rerun that changes them.
-RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "corrections"}
+# Settings that do NOT change what a fold learns: a rerun may change these; any other change
+# is refused by an existing run folder. (Corrections change labels, so they are not here.)
+RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels"}
 
 PRESETS = {
     "default": {},
@@ -104,19 +106,20 @@ def read_config_file(path, option: str) -> dict:
 def resolve_config(cli: dict, preset: str | None = None, config_file=None, params_file=None) -> RunConfig:
     """Merge the layers and check every value; unknown keys and bad choices are errors."""
     names = {f.name for f in fields(RunConfig)}
-    if preset is None:
-        preset = "demo" if not cli.get("data_dir") else "default"
-    if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}.")
-    merged = dict(PRESETS[preset])
+    files = {}
     for label, path in (("--config", config_file), ("--params", params_file)):
         if path:
             layer = read_config_file(path, label)
             unknown = sorted(set(layer) - names)
             if unknown:
                 raise UserError(f"{label} {path}: unknown option(s) {unknown}; valid: {sorted(names)}.")
-            merged.update(layer)
-    merged.update({k: v for k, v in cli.items() if v is not None and k in names})
+            files.update(layer)
+    cli = {k: v for k, v in cli.items() if v is not None and k in names}
+    if preset is None:  # the demo preset only when no layer names a data folder
+        preset = "demo" if not {**files, **cli}.get("data_dir") else "default"
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}.")
+    merged = {**PRESETS[preset], **files, **cli}
     cfg = RunConfig(**merged)
     check_config(cfg)
     return cfg
@@ -138,6 +141,8 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--dropout must be in [0, 1), but got {cfg.dropout}.")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), but got {cfg.label_smoothing}.")
+    if cfg.max_image_pixels is not None and cfg.max_image_pixels < 0:
+        raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {cfg.max_image_pixels}.")
     if cfg.crop_oof < 0:
         raise UserError(f"--crop-oof must be 0 (off) or more, but got {cfg.crop_oof}.")
 
@@ -152,5 +157,5 @@ def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
         raise UserError(f"--fold {spec!r}: use 'all', an index like 2, or a list like 0,2 (or 'full').") from None
     bad = [k for k in out if not 0 <= k < n_folds]
     if bad or not out:
-        raise UserError(f"--fold {spec!r}: fold index must be in 0..{n_folds - 1} (--folds {n_folds}).")
+        raise UserError(f"--fold {spec!r}: fold index must be in 0..{n_folds - 1} (--n-folds {n_folds}).")
     return out

@@ -98,12 +98,9 @@ def resolve_paths(df: pd.DataFrame, data_dir: Path, csv_path: Path, check_images
             bad_abs.append(i)
             out.append(None)
             continue
-        if ".." in PurePosixPath(rel.replace("\\", "/")).parts:
-            bad_escape.append(i)
-            out.append(None)
-            continue
-        # Checked lexically, not after resolve(): a symlinked image (common on Kaggle) is fine.
-        p = Path(os.path.normpath(root / rel))
+        # Checked lexically after normalising '..', not after resolve(): ./train/../train/x.jpg stays
+        # inside, and a symlinked image (common on Kaggle) is read wherever it points, by design.
+        p = Path(os.path.normpath(root / rel.replace("\\", "/")))
         if root not in p.parents:
             bad_escape.append(i)
         elif check_images and not p.is_file():
@@ -121,19 +118,66 @@ def resolve_paths(df: pd.DataFrame, data_dir: Path, csv_path: Path, check_images
     return pd.Series(out, index=df.index, dtype=object)
 
 
-def check_readable(df: pd.DataFrame, csv_path: Path) -> None:
-    """Open each image header (cheap, no full decode) so a corrupt file fails now, not mid-fold."""
-    bad = []
-    for i, p in zip(df.index, df["path"]):
+MAX_BAD_SHOWN = 20
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """PIL's decompression-bomb limit: None keeps PIL's default, 0 turns it off."""
+    if limit is not None:
+        Image.MAX_IMAGE_PIXELS = int(limit) or None
+
+
+def _verify_key(path: Path) -> str:
+    st = os.stat(path)
+    return hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def _decode_error(path) -> str | None:
+    """None when the image decodes exactly as the loader will decode it; else the reason."""
+    try:
+        read_rgb(path)
+        return None
+    except UserError as e:
+        return str(e).removeprefix(f"{path}: ")
+
+
+def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | None = None,
+                   workers: int | None = None) -> None:
+    """Decode every image fully, in parallel threads, so a corrupt or truncated file fails now.
+
+    Reading only the header misses a truncated JPEG, which then breaks a DataLoader worker
+    mid-fold. Images that decoded before (same path, size and mtime) are remembered in
+    ``cache_dir/verified.txt``, so a second run does not pay again. All bad files of all CSVs
+    are reported at once, each with its CSV line.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Path(cache_dir) / "verified.txt" if cache_dir else None
+    known = set(store.read_text().split()) if store is not None and store.is_file() else set()
+    todo = []  # (csv, row index, img_path, path, key)
+    for df, csv_path in frames:
+        for i, rel, p in zip(df.index, df["img_path"], df["path"]):
+            key = _verify_key(p)
+            if key not in known:
+                todo.append((csv_path, i, rel, p, key))
+    if not todo:
+        return
+    n_threads = workers or min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(n_threads) as ex:  # PIL releases the GIL while it decodes
+        errors = list(ex.map(_decode_error, [t[3] for t in todo]))
+    good = {t[4] for t, err in zip(todo, errors) if err is None}
+    if store is not None and good:
+        from common import write_text
         try:
-            with Image.open(p) as im:
-                im.size  # noqa: B018 - touching the header is the check
-        except (UnidentifiedImageError, OSError) as e:
-            bad.append((i, e))
+            write_text(store, "\n".join(sorted(known | good)) + "\n")
+        except (OSError, UserError) as e:  # a read-only cache only costs the next run time
+            log.warning("could not record verified images in %s (%s)", store, e)
+    bad = [(t, err) for t, err in zip(todo, errors) if err is not None]
     if bad:
-        i, e = bad[0]
-        raise UserError(f"{csv_path}: unreadable image {df.loc[i, 'img_path']!r} at {_rows([b[0] for b in bad])} "
-                        f"({type(e).__name__}). Replace or remove the file(s).")
+        lines = [f"  {t[0]} line {int(t[1]) + 2}: {t[2]!r}: {err}" for t, err in bad[:MAX_BAD_SHOWN]]
+        more = f"\n  ... and {len(bad) - MAX_BAD_SHOWN} more" if len(bad) > MAX_BAD_SHOWN else ""
+        raise UserError(f"{len(bad)} image(s) cannot be decoded; replace or remove them (nothing was trained):\n"
+                        + "\n".join(lines) + more)
 
 
 def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -158,7 +202,7 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     return train
 
 
-def load_dataset(data_dir, corrections=None, check_images: bool = True) -> Dataset:
+def load_dataset(data_dir, corrections=None, check_images: bool = True, verified_cache=None) -> Dataset:
     """Read train.csv, test.csv and sample_submission.csv from ``data_dir`` and validate them.
 
     >>> ds = load_dataset("../shared/data/wikiart50")  # doctest: +SKIP
@@ -176,15 +220,17 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True) -> Datas
         train = apply_corrections(train, Path(corrections))
     train["path"] = resolve_paths(train, data_dir, train_csv, check_images)
     test["path"] = resolve_paths(test, data_dir, test_csv, check_images)
+    classes = sorted(train["artist"].unique())
+    if len(classes) < 2:
+        raise UserError(f"{train_csv}: every row has the artist {classes[0]!r}; a classifier needs at least 2 "
+                        "classes. Check the artist column.")
     if check_images:
-        check_readable(train, train_csv)
-        check_readable(test, test_csv)
+        check_readable([(train, train_csv), (test, test_csv)], verified_cache)
     if set(sub["id"]) != set(test["id"]) or len(sub) != len(test):
         extra = sorted(set(sub["id"]) - set(test["id"]))[:MAX_LISTED]
         lack = sorted(set(test["id"]) - set(sub["id"]))[:MAX_LISTED]
         raise UserError(f"{sub_csv}: ids do not match {test_csv}: only in the submission {extra}, "
                         f"only in test {lack}.")
-    classes = sorted(train["artist"].unique())
     train["label"] = train["artist"].map({c: i for i, c in enumerate(classes)}).astype(int)
     labels = None
     labels_csv = data_dir / "test_labels.csv"
@@ -211,8 +257,11 @@ def read_rgb(path, max_side: int | None = None) -> np.ndarray:
                 im.draft("RGB", (max_side, max_side))
             im = to_rgb(im)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: cannot decode image ({e}).") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{path}: {e} If the image is genuine, raise the limit with --max-image-pixels N "
+                        "(0: no limit).") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {e}).") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Device placement, mixed precision and the per-epoch train / evaluate passes."""
+"""Device placement, mixed precision, the per-epoch training pass and the scores of predictions."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +8,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, log_loss
 from tqdm.auto import tqdm
+
+from common.metrics import macro_f1
+from folds.loader import batches
 
 
 @dataclass
@@ -75,7 +78,7 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     """One pass over the loader; returns the mean training loss."""
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(batches(loader), total=len(loader), desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for x, y in bar:
         x, y = inputs(x), y.to(prec.device, non_blocking=True)
         with prec.autocast():
@@ -94,8 +97,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
 
 def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Macro-F1, accuracy and log loss of probability rows against integer labels."""
-    pred = probs.argmax(axis=1)
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return {"f1": float(f1_score(labels, pred, average="macro", labels=np.arange(num_classes), zero_division=0)),
-            "acc": float(accuracy_score(labels, pred)),
-            "loss": float(-np.log(p).mean())}
+    labels = np.asarray(labels)
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
+    p /= p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within rounding; log_loss warns on that
+    return {"f1": macro_f1(labels, probs), "acc": float(accuracy_score(labels, probs.argmax(axis=1))),
+            "loss": float(log_loss(labels, p, labels=np.arange(num_classes)))}

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
+from common import UserError
 from folds.data import read_rgb
 
 
 class ImageDataset(Dataset):
-    """Images from paths (or an in-memory cache), transformed by an albumentations pipeline."""
+    """Images from paths (or the on-disk cache), transformed by an albumentations pipeline."""
 
     def __init__(self, paths, labels=None, transform=None, cache=None, crops=None):
         self.paths = list(paths)
@@ -38,8 +39,28 @@ class ImageDataset(Dataset):
         return img
 
     def __getitem__(self, i):
-        x = self.transform(image=self.image(i))["image"]
+        try:
+            x = self.transform(image=self.image(i))["image"]
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - name the image; a worker's traceback names nothing useful
+            raise UserError(f"{self.paths[i]}: cannot load or transform the image ({type(e).__name__}: {e}).") from e
         return (x, int(self.labels[i])) if self.labels is not None else x
+
+
+def batches(loader):
+    """Iterate a DataLoader; a UserError raised in a worker reaches the caller as the same one-line error.
+
+    torch re-raises a worker's exception as ``UserError("Caught UserError in DataLoader worker
+    process 0. Original Traceback ...")``; this keeps only the original message.
+    """
+    try:
+        yield from loader
+    except UserError as e:
+        text = str(e)
+        if "DataLoader worker" not in text:
+            raise
+        raise UserError(text.rpartition("UserError: ")[2].strip()) from None
 
 
 def class_weights(labels, num_classes: int) -> np.ndarray:
@@ -64,13 +85,23 @@ def default_workers() -> int:
     return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
+def num_workers(cfg) -> int:
+    """DataLoader workers: ``--num-workers``, else the cores less one (at most 8)."""
+    return default_workers() if cfg.workers is None else int(cfg.workers)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The one per-epoch seed: sampler order, augmentations and dropout depend on (seed, epoch) alone."""
+    return seed * 100_003 + epoch
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                 balanced: bool = False, num_classes: int | None = None, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose order and augmentations depend only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     if train and num_workers == 0 and hasattr(dataset.transform, "set_random_seed"):
-        dataset.transform.set_random_seed(seed * 100_003 + epoch)
+        dataset.transform.set_random_seed(epoch_seed(seed, epoch))
     sampler, shuffle = None, train
     if train and balanced:
         w = class_weights(dataset.labels, num_classes)

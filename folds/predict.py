@@ -13,7 +13,11 @@ from tqdm.auto import tqdm
 
 from ensemble.merge import merge
 from ensemble.tta import BatchedTTA
+from folds.augment import eval_transform
+from folds.backbone import load_best
+from folds.cache import image_cache
 from folds.engine import InputPipe, Precision
+from folds.loader import ImageDataset, batches, make_loader, num_workers
 
 
 def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, float, float]]:
@@ -33,15 +37,38 @@ def hash_id(i) -> int:
 
 
 @torch.no_grad()
-def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = "none", merge_mode: str = "mean",
+def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = "none",
                   desc: str = "predict") -> np.ndarray:
     """(N, K) probabilities: every TTA view of a batch in one forward pass, merged on probabilities."""
     model.eval()
     wrapped = BatchedTTA(model, tta)
     out = []
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    for batch in tqdm(batches(loader), total=len(loader), desc=desc, leave=False, dynamic_ncols=True, disable=None):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         with prec.autocast():
             views = wrapped(inputs(x))
-        out.append(merge(views.float().cpu().numpy(), merge_mode))
+        out.append(merge(views.float().cpu().numpy(), "mean"))
     return np.concatenate(out).astype(np.float32)
+
+
+class Predictor:
+    """A finished fold's best weights with the eval transform, the image cache and TTA.
+
+    >>> p = Predictor(cfg, ds.num_classes, Path("runs/demo/fold_0"))     # doctest: +SKIP
+    >>> p.predict(ds.test["path"]).shape                                   # doctest: +SKIP
+    (72, 6)
+    """
+
+    def __init__(self, cfg, num_classes: int, fold_dir):
+        self.model, dcfg, self.prec, self.inputs = load_best(cfg, num_classes, fold_dir)
+        size = dcfg["input_size"][-1]
+        self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
+        self.cache = image_cache(cfg, size)
+        self.batch_size, self.workers, self.tta = cfg.batch_size * 2, num_workers(cfg), cfg.tta
+
+    def predict(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
+        """(N, K) probabilities of whole images, or of ``crops`` (one box per path) of them."""
+        data = ImageDataset(paths, None, self.transform, crops=crops, cache=self.cache)
+        loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
+                             pin_memory=self.prec.device.type == "cuda")
+        return predict_probs(self.model, loader, self.prec, self.inputs, self.tta, desc=desc)

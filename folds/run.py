@@ -35,6 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def finish_run(runner, result: dict) -> str:
+    """The run's submission, the fold mean through the ensemble's own build, and a summary line."""
+    from ensemble.build import build, format_table
+
+    cfg = runner.cfg
+    sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv",
+                oof="crops" if cfg.crop_oof else "whole")
+    logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"]))
+    line = f"OOF macro-F1 {result['oof']['f1']:.4f}"
+    if "oof_crops" in result:
+        line += f" | crop-OOF macro-F1 {result['oof_crops']['f1']:.4f}"
+    if "test_f1" in sub:
+        line += f" | test macro-F1 {sub['test_f1']:.4f} (scored with test_labels.csv, for reporting only)"
+    return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
@@ -45,21 +61,17 @@ def main(argv=None) -> int:
         runner = FoldRunner(cfg, resume=args.resume, force=args.force)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
-            print(f"full-data model: {result['epochs']} epochs; test probabilities in {result['test_probs']}")
+            print(f"full-data model: {result['epochs']} epochs; test probabilities in "
+                  f"{runner.fold_dir('full')}. Add it to a soft vote with "
+                  f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
-        folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, cfg.n_folds)
+        folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
         result = runner.run(folds)
         done = result.get("fold_results", result["folds"])
         if done:
             print("\n" + summary_table(done))
         if result["complete"]:
-            line = f"OOF macro-F1 {result['oof']['f1']:.4f}"
-            if "oof_crops" in result:
-                line += f" | crop-OOF macro-F1 {result['oof_crops']['f1']:.4f}"
-            if "test" in result:
-                line += f" | test macro-F1 {result['test']['f1']:.4f} (scored with test_labels.csv)"
-            print(line)
-            print(f"run folder: {runner.run_dir}\nsubmission: {result['submission']}")
+            print(finish_run(runner, result))
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

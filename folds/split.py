@@ -34,14 +34,14 @@ def assignment_hash(folds: pd.DataFrame) -> str:
 def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42) -> pd.DataFrame:
     """Assign each row a fold with StratifiedKFold(shuffle=True, random_state=split_seed)."""
     if n_folds < 2:
-        raise UserError(f"--folds must be at least 2, but got {n_folds}.")
+        raise UserError(f"--n-folds must be at least 2, but got {n_folds}.")
     labels = pd.Series(list(labels))
     counts = labels.value_counts()
     small = counts[counts < n_folds]
     if len(small):
         worst = ", ".join(f"{str(k)!r} ({int(v)})" for k, v in small.sort_values().head(5).items())
-        raise UserError(f"{len(small)} class(es) have fewer images than --folds={n_folds}: {worst}. "
-                        f"Use --folds {max(2, int(counts.min()))} or fewer, or add images.")
+        raise UserError(f"{len(small)} class(es) have fewer images than --n-folds={n_folds}: {worst}. "
+                        f"Use --n-folds {max(2, int(counts.min()))} or fewer, or add images.")
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)
     fold = np.empty(len(labels), dtype=int)
     for k, (_, val) in enumerate(skf.split(np.zeros(len(labels)), labels)):
@@ -63,7 +63,7 @@ def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, s
             folds = pd.read_csv(p, dtype={"id": str, "label": str, "split_key": str}, keep_default_na=False)
             saved_key = folds["split_key"].iloc[0] if "split_key" in folds else None
             if saved_key != key:
-                raise UserError(f"{p}: this run's saved split was made from other data, --folds or "
+                raise UserError(f"{p}: this run's saved split was made from other data, --n-folds or "
                                 f"--split-seed (split key {saved_key} != {key}). Use a new --name, or "
                                 "delete the run folder to start over.")
             folds = folds[["id", "label", "fold"]]

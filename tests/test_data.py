@@ -52,8 +52,72 @@ def test_empty_file(demo_dir):
 
 def test_unreadable_image(demo_dir):
     (demo_dir / "train" / "0003.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(UserError, match=r"train\.csv: unreadable image './train/0003\.jpg' at line 5"):
+    with pytest.raises(UserError, match=r"train\.csv line 5: './train/0003\.jpg': cannot decode image"):
         load_dataset(demo_dir)
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpegs_are_all_reported_before_training(demo_dir):
+    # The header of a truncated JPEG reads fine: only a full decode finds it.
+    test_img = pd.read_csv(demo_dir / "test.csv", dtype=str)["img_path"].iloc[4]
+    for rel in ("train/0003.jpg", "train/0007.jpg", test_img):
+        truncate(demo_dir / rel)
+        with Image.open(demo_dir / rel) as im:
+            assert im.size  # what the old header-only check accepted
+    with pytest.raises(UserError) as err:
+        load_dataset(demo_dir)
+    msg = str(err.value)
+    assert msg.startswith("3 image(s) cannot be decoded"), msg
+    assert "train.csv line 5: './train/0003.jpg'" in msg and "train.csv line 9: './train/0007.jpg'" in msg
+    assert f"test.csv line 6: {test_img!r}" in msg and "truncated" in msg
+
+
+def test_decoded_images_are_remembered_by_size_and_mtime(demo_dir, tmp_path, monkeypatch):
+    import folds.data as data
+
+    calls = []
+    real = data.read_rgb
+    monkeypatch.setattr(data, "read_rgb", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    ds = load_dataset(demo_dir, verified_cache=tmp_path / "cache")
+    assert len(calls) == len(ds.train) + len(ds.test)
+    calls.clear()
+    load_dataset(demo_dir, verified_cache=tmp_path / "cache")
+    assert calls == []  # the second run does not pay again
+    truncate(demo_dir / "train" / "0003.jpg")  # a changed file (size, mtime) is decoded again
+    with pytest.raises(UserError, match="0003.jpg"):
+        load_dataset(demo_dir, verified_cache=tmp_path / "cache")
+    assert len(calls) == 1
+
+
+def test_decompression_bomb_names_the_option(demo_dir):
+    from folds.data import set_max_image_pixels
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        set_max_image_pixels(200)  # the demo images are far larger than 2 x 200 pixels
+        with pytest.raises(UserError, match=r"exceeds limit.*--max-image-pixels"):
+            load_dataset(demo_dir)
+        set_max_image_pixels(0)
+        assert Image.MAX_IMAGE_PIXELS is None
+        load_dataset(demo_dir)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def test_single_class_is_refused(demo_dir):
+    edit_csv(demo_dir / "train.csv", lambda df: df.assign(artist="Azure Stroke"))
+    with pytest.raises(UserError, match=r"train\.csv: every row has the artist 'Azure Stroke'; .* at least 2"):
+        load_dataset(demo_dir)
+
+
+def test_dot_dot_that_stays_inside_is_accepted(demo_dir):
+    edit_csv(demo_dir / "train.csv", lambda df: df.assign(img_path=df["img_path"].str.replace(
+        "./train/", "./train/../train/", regex=False)))
+    ds = load_dataset(demo_dir)
+    assert ds.train["path"].map(lambda p: p.is_file()).all()
 
 
 def test_missing_data_dir(tmp_path):

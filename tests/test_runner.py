@@ -46,8 +46,11 @@ def test_oof_covers_every_train_id_once(finished_run, demo_source):
 
 def test_outputs_and_submission_match_sample(finished_run, demo_source):
     run, out = finished_run
-    for f in ("config.json", "manifest.json", "folds.csv", "classes.json", "test_probs.csv"):
+    for f in ("config.json", "manifest.json", "folds.csv", "classes.json", "oof.csv", "scores.json"):
         assert (run / f).is_file(), f
+    # the runner writes run files only; the fold mean is the ensemble's, built through its merger
+    assert not (run / "test_probs.csv").exists()
+    assert (out / "subs" / "t_folds-mean_probs.csv").is_file() and (out / "subs" / "t_folds-mean_report.md").is_file()
     for k in range(5):
         for f in ("history.csv", "best.pt", "last.pt", "test_probs.csv", "oof.csv", "done.json"):
             assert (run / f"fold_{k}" / f).is_file()

@@ -48,11 +48,11 @@ def test_saved_split_is_reused(tmp_path):
 def test_saved_split_from_other_settings_is_refused(tmp_path):
     ids, y = labels()
     load_or_make_folds(tmp_path / "folds.csv", ids, y, 5, 7)
-    with pytest.raises(UserError, match="other data, --folds or --split-seed"):
+    with pytest.raises(UserError, match="other data, --n-folds or --split-seed"):
         load_or_make_folds(tmp_path / "folds.csv", ids, y, 4, 7)
 
 
 def test_class_smaller_than_k_suggests_smaller_k():
     ids, y = labels((30, 3))
-    with pytest.raises(UserError, match=r"fewer images than --folds=5.*'c1' \(3\).*--folds 3"):
+    with pytest.raises(UserError, match=r"fewer images than --n-folds=5.*'c1' \(3\).*--n-folds 3"):
         make_folds(ids, y, 5, 0)

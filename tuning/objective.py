@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 
 from common import write_json
+from common.layout import fold_dir
 from folds.config import RunConfig, check_config
 from folds.data import Dataset
 from folds.train import train_fold
@@ -51,7 +52,7 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch + 1}: val F1 {row['val_f1']:.4f}")
 
                 r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
-                               out / f"fold_{k}", fold_seed=k, on_epoch=report)
+                               fold_dir(out, k), fold_index=k, on_epoch=report)
                 best.append(r["best_f1"])
                 trial.set_user_attr(f"fold_{k}_f1", r["best_f1"])
             value = float(np.mean(best))

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from common import UserError
@@ -20,9 +20,54 @@ from common import UserError
 log = logging.getLogger(__name__)
 
 
+def _secret_span(url: str) -> tuple[int, int] | None:
+    """Where the credential of ``url`` is, also when the URL is malformed; None when it has none.
+
+    The user-info ends at the *last* '@' (an unescaped '@' inside a password is common), and
+    starts after '//' or the scheme's ':' even when '//' is missing or half-typed.
+    """
+    end = url.rfind("@")
+    if end >= 0:
+        start = 0
+        for sep in ("://", "//", ":/", ":"):
+            i = url.find(sep, 0, end)
+            if i >= 0:
+                start = i + len(sep)
+                break
+        colon = url.find(":", start, end)
+        if colon >= 0:
+            return (colon + 1, end) if colon + 1 < end else None
+        # 'scheme:token@host' (no '//'): the token may be a password; a plain 'scheme://user@host' is not
+        return (start, end) if sep == ":" and start < end else None
+    # no '@': 'scheme://user:password' with the host forgotten parses as host:port
+    m = re.search(r"//[^/?#:]*:([^/?#]+)", url)
+    if m and not m.group(1).isdigit():
+        return m.span(1)
+    return None
+
+
 def mask(url: str | None) -> str:
-    """The URL with its password hidden, for messages and files."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url or "")
+    """The URL with its password hidden, for messages and files; malformed URLs too.
+
+    >>> mask("postgresql://u:secret@pw@host/db")
+    'postgresql://u:***@host/db'
+    """
+    url = url or ""
+    span = _secret_span(url)
+    return url if span is None else url[:span[0]] + "***" + url[span[1]:]
+
+
+def redact(text: str, url: str | None) -> str:
+    """``text`` (a driver's error message, say) with the credential of ``url`` replaced by ***."""
+    span = _secret_span(url or "")
+    if span is None:
+        return text
+    text = text.replace(url, mask(url))
+    secret = url[span[0]:span[1]]
+    for part in {secret, *secret.split("@")}:  # drivers may split an unescaped '@' password
+        if len(part) >= 2:  # a 1-character fragment would blank the message, and betrays little
+            text = text.replace(part, "***")
+    return text
 
 
 def default_journal(study_dir: Path) -> Path:
@@ -37,7 +82,7 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30, grace
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if not re.match(r"^[a-z0-9+]+://", url):
-        raise UserError(f"--storage {url!r}: expected a URL like postgresql://user:pw@host/db or "
+        raise UserError(f"--storage {mask(url)!r}: expected a URL like postgresql://user:pw@host/db or "
                         "sqlite:///tuning/study.db (or leave it out for the embedded journal file).")
     if url.startswith("sqlite"):
         m = re.match(r"sqlite:///(.+)", url)
@@ -48,12 +93,13 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30, grace
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                               heartbeat_interval=heartbeat, grace_period=grace or 2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=max_retry))
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     except ImportError as e:
         raise UserError(f"--storage {mask(url)}: a database driver is missing ({e}); for PostgreSQL "
                         "`pip install 'psycopg[binary]'`.") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = redact(first, url)  # drivers quote the URL they were given
         raise UserError(f"--storage {mask(url)}: cannot connect ({first}). Check host, port, user, password "
                         "and that the database exists (createdb). Nothing in the study was changed.") from None
 
@@ -61,7 +107,7 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30, grace
 def check_parallel_safe(url: str | None, workers: int) -> None:
     """SQLite locks the whole file and corrupts or stalls under concurrent writers."""
     if workers > 1 and url and url.startswith("sqlite"):
-        raise UserError(f"--storage {url} with --workers {workers}: SQLite is not safe for parallel workers. "
+        raise UserError(f"--storage {mask(url)} with --workers {workers}: SQLite is not safe for parallel workers. "
                         "Leave --storage out (the embedded journal file handles several local workers) or use "
                         "a PostgreSQL URL.")
 

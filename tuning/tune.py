@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
     g.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    add_training_options(p, k_flag="--n-folds")
+    add_training_options(p, k_flags=("--n-folds",))
     return p
 
 
@@ -63,10 +63,23 @@ def _worker_env(i: int) -> dict:
     return env
 
 
+def check_tuner_args(args) -> None:
+    """The study's own options, each with the value shown; called before any file or study is touched."""
+    if args.n_trials < 0:
+        raise UserError(f"--n-trials must be 0 (summary only) or more, but got {args.n_trials}.")
+    if args.study_workers < 1:
+        raise UserError(f"--workers must be at least 1, but got {args.study_workers}.")
+    if args.heartbeat < 1:
+        raise UserError(f"--heartbeat must be at least 1 second, but got {args.heartbeat}.")
+    name = args.study.strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"--study {args.study!r}: use a plain name (it becomes the folder tuning/<study>/).")
+
+
 def run(args) -> int:
     import optuna
 
-    from folds.data import load_dataset
+    from folds.data import load_dataset, set_max_image_pixels
     from folds.demo import make_demo_dataset
     from folds.split import load_or_make_folds
     from tuning.objective import Objective
@@ -74,20 +87,21 @@ def run(args) -> int:
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
     from tuning.study import fail_orphaned_local_trials, make_pruner, open_study, save_plots, summary, write_best
 
+    # Every argument is checked before anything is created: a bad value must not pin a study.
+    check_tuner_args(args)
     cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
+    fold_ids = parse_fold_spec(args.folds, cfg.n_folds)
+    space = load_space(args.space)
+    check_parallel_safe(args.storage, args.study_workers)
     if cfg.data_dir is None:
         cfg.data_dir = str(make_demo_dataset(Path(cfg.runs_dir) / "demo-data"))
         log.warning("DEMO DATA: no --data-dir given; tuning on the built-in synthetic painters dataset.")
-    if args.study_workers < 1:
-        raise UserError(f"--workers must be at least 1, but got {args.study_workers}.")
-    check_parallel_safe(args.storage, args.study_workers)
-    fold_ids = parse_fold_spec(args.folds, cfg.n_folds)
-    space = load_space(args.space)
     study_dir = Path(args.tuning_dir) / args.study
-    ds = load_dataset(cfg.data_dir, cfg.corrections)
+    set_max_image_pixels(cfg.max_image_pixels)
+    ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
+    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     folds, _, split_hash = load_or_make_folds(study_dir / "folds.csv", ds.train["id"], ds.train["artist"],
                                               cfg.n_folds, cfg.split_seed, shared_dir=Path(cfg.runs_dir) / "splits")
-    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     setup = {"model": cfg.model, "img_size": cfg.img_size, "epochs": cfg.epochs, "folds": fold_ids,
              "split_hash": split_hash, "data_hash": ds.data_hash()}
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))

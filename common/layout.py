@@ -1,0 +1,64 @@
+"""The run folder, described once: both the fold runner (writer) and the ensemble (reader) use it.
+
+    <runs_dir>/<name>/
+        config.json  classes.json  manifest.json  folds.csv  scores.json
+        oof.csv  oof_crops.csv                 the folds' OOF files, joined
+        fold_<k>/ fold_full/                   one folder per fold, and the full-data model
+            history.csv  best.pt  last.pt  oof.csv  oof_crops.csv  test_probs.csv  done.json
+
+A fold is finished exactly when its ``done.json`` exists (written last). Probability frames
+have metadata columns first (``id`` always), then one column per class; ids are always read
+as strings, so ids such as ``NA`` or ``null`` survive a round trip.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CONFIG, CLASSES, MANIFEST, FOLDS, SCORES = "config.json", "classes.json", "manifest.json", "folds.csv", "scores.json"
+OOF, OOF_CROPS, TEST_PROBS = "oof.csv", "oof_crops.csv", "test_probs.csv"
+HISTORY, BEST, LAST, DONE, LOCK = "history.csv", "best.pt", "last.pt", "done.json", "lock"
+FULL = "full"  # the full-data model's fold name
+# Everything a fold writes: --force removes these before it retrains.
+FOLD_FILES = (DONE, LAST, BEST, HISTORY, OOF, OOF_CROPS, TEST_PROBS)
+OOF_FILES = {"whole": OOF, "crops": OOF_CROPS}
+STRING_COLUMNS = ("id", "label", "artist", "split_key")
+
+
+def run_dir(runs_dir, name: str) -> Path:
+    return Path(runs_dir) / name
+
+
+def fold_dir(run: Path, k) -> Path:
+    return Path(run) / f"fold_{k}"
+
+
+def planned_folds(config) -> list[int]:
+    """The folds a run trains: fold 0 only for a holdout run, else all K. ``config``: a RunConfig or its dict."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
+    return [0] if get("holdout") else list(range(int(get("n_folds"))))
+
+
+def is_done(run: Path, k) -> bool:
+    return (fold_dir(run, k) / DONE).is_file()
+
+
+def has_started(run: Path) -> bool:
+    """Whether any fold of ``run`` has trained at least one epoch (or is finished)."""
+    return any((d / f).exists() for d in Path(run).glob("fold_*") for f in (DONE, LAST, BEST, HISTORY))
+
+
+def read_frame(path, **kwargs) -> pd.DataFrame:
+    """Read a CSV the run folder wrote: ids, labels and keys as strings, nothing read as missing."""
+    kwargs.setdefault("keep_default_na", False)
+    head = pd.read_csv(path, nrows=0).columns
+    dtype = {c: str for c in STRING_COLUMNS if c in head}
+    return pd.read_csv(path, dtype=dtype, **kwargs)
+
+
+def prob_frame(probs: np.ndarray, classes, **cols) -> pd.DataFrame:
+    """Metadata columns first, then one probability column per class."""
+    df = pd.DataFrame(cols)
+    return pd.concat([df, pd.DataFrame(np.asarray(probs), columns=list(classes))], axis=1)

@@ -1,0 +1,77 @@
+"""A fold's checkpoints: best weights, the last full state for --resume, and the history.
+
+Reading is safe: tensors only (``weights_only=True``). A truncated ``last.pt`` (a full disk,
+a copy cut short), a corrupt ``best.pt`` or a file that would run pickled code all name the
+file and say how to go on, instead of a traceback. Every write is atomic.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common import UserError, save_torch, write_csv
+from common.layout import BEST, HISTORY, LAST
+
+
+class Checkpointer:
+    def __init__(self, fold_dir: Path):
+        self.dir = Path(fold_dir)
+
+    def has_last(self) -> bool:
+        return (self.dir / LAST).is_file()
+
+    def save_best(self, model) -> None:
+        save_torch(self.dir / BEST, model.state_dict())
+
+    def save_last(self, model, optimizer, scheduler, scaler, stopper, history: list, seconds: float) -> None:
+        save_torch(self.dir / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                     "stopper": stopper.state_dict(), "history": history, "seconds": seconds})
+        write_csv(self.dir / HISTORY, pd.DataFrame(history))
+
+    def restore_last(self, model, optimizer, scheduler, scaler, stopper, device) -> tuple[list, float]:
+        """Load ``last.pt`` into the given objects; returns (history, seconds)."""
+        path = self.dir / LAST
+        ckpt = read_checkpoint(path, map_location=device)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            stopper.load_state_dict(ckpt["stopper"])
+            return list(ckpt["history"]), float(ckpt["seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path}: not a checkpoint of this run's settings ({type(e).__name__}: "
+                            f"{_first_line(e)}). {fold_hint(path)}") from None
+
+
+def fold_hint(path: Path) -> str:
+    """How to start the fold that owns ``path`` over."""
+    fold = Path(path).parent.name.removeprefix("fold_")
+    return f"Retrain that fold from scratch with --fold {fold} --force."
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``, with a UserError naming the file on any failure."""
+    path = Path(path)
+    hint = fold_hint(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found. {hint}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise UserError(f"{path}: refused to load: it holds pickled objects other than tensors, and loading "
+                            f"them could run code. Only load checkpoints this tool wrote. {hint}") from None
+        raise UserError(f"{path}: the checkpoint is corrupt ({_first_line(e)}). {hint}") from None
+    except Exception as e:  # noqa: BLE001 - zip errors, EOF, bad magic: all mean a damaged file
+        raise UserError(f"{path}: the checkpoint is truncated or corrupt ({type(e).__name__}: {_first_line(e)}). "
+                        f"{hint}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

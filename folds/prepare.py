@@ -1,0 +1,55 @@
+"""The setup every training entry point shares: data folder, weights check, data and split.
+
+The fold runner and the tuner both call ``prepare_run``; it returns a new config and never
+changes the caller's.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from folds.config import RunConfig
+from folds.data import Dataset, load_dataset, set_max_image_pixels
+from folds.demo import make_demo_dataset
+from folds.split import load_or_make_folds
+from models import check_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    cfg: RunConfig  # data_dir filled in (the demo folder when none was given)
+    ds: Dataset
+    folds: pd.DataFrame  # id, label, fold
+    split_key: str
+    split_hash: str
+    demo: bool
+
+
+def with_data_dir(cfg: RunConfig) -> tuple[RunConfig, bool]:
+    """A config whose ``data_dir`` is set: the built-in demo dataset when none was given."""
+    if cfg.data_dir is not None:
+        return cfg, False
+    data_dir = make_demo_dataset(Path(cfg.runs_dir) / "demo-data")
+    log.warning("DEMO DATA: no --data-dir given, so this run uses the built-in synthetic painters "
+                "dataset in %s (preset 'demo' unless --preset says otherwise).", data_dir)
+    return replace(cfg, data_dir=str(data_dir)), True
+
+
+def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None) -> PreparedRun:
+    """Check the model and weights, load and validate the data, then load or make the split.
+
+    Nothing is written before every check has passed (the split goes to ``folds_csv`` last).
+    """
+    if demo is None:
+        cfg, demo = with_data_dir(cfg)
+    check_model(cfg.model, cfg.weights)
+    set_max_image_pixels(cfg.max_image_pixels)
+    ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
+    folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
+                                                cfg.split_seed, shared_dir=Path(cfg.runs_dir) / "splits")
+    return PreparedRun(cfg, ds, folds, key, split_hash, demo)

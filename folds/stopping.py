@@ -1,0 +1,38 @@
+"""Early stopping on a validation metric, with a state that a resumed fold restores.
+
+``MONITORS`` is the one registry of ``--monitor`` names: each maps a history row to a key
+where higher is better.
+"""
+from __future__ import annotations
+
+MONITORS = {
+    # ties on macro-F1 (common on small validation sets) go to the lower loss
+    "f1": lambda row: [row["val_f1"], -row["val_loss"]],
+    "loss": lambda row: [-row["val_loss"], row["val_f1"]],
+}
+
+
+class EarlyStopping:
+    """Tracks the best epoch; ``patience=None`` (no validation rows) makes every epoch the best."""
+
+    def __init__(self, monitor: str, patience: int | None):
+        self.key, self.patience = MONITORS[monitor], patience
+        self.best, self.best_epoch, self.bad_epochs = None, -1, 0
+
+    def update(self, row: dict) -> bool:
+        """Record an epoch's row; True when it is the new best."""
+        key = None if self.patience is None else self.key(row)
+        if key is None or self.best is None or key > self.best:
+            self.best, self.best_epoch, self.bad_epochs = key, row["epoch"], 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
