@@ -54,4 +54,8 @@ def answer_key(data_dir, ids, classes) -> np.ndarray | None:
     missing = sorted(set(map(str, ids)) - set(key.index))[:5]
     if missing:
         raise UserError(f"{path}: no label for test id(s) {missing}.")
-    return key.loc[list(map(str, ids))].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    truth = key.loc[list(map(str, ids))]
+    unknown = sorted(set(truth) - set(classes))[:5]
+    if unknown:
+        raise UserError(f"{path}: artist(s) {unknown} are not among the run's classes.")
+    return truth.map({c: i for i, c in enumerate(classes)}).to_numpy()

@@ -63,10 +63,12 @@ def read_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise UserError(f"{path}: refused to load: it holds pickled objects other than tensors, and loading "
-                            f"them could run code. Only load checkpoints this tool wrote. {hint}") from None
-        raise UserError(f"{path}: the checkpoint is corrupt ({_first_line(e)}). {hint}") from None
+        # torch's weights-only unpickler: a blocked global (code) or an opcode it does not allow
+        detail = next((line.strip() for line in str(e).splitlines()
+                       if line.strip().startswith(("Unsupported", "Trying to load"))), _first_line(e))
+        raise UserError(f"{path}: refused to load: not a tensors-only checkpoint; it is corrupt, or holds pickled "
+                        f"objects whose loading could run code ({detail}). Only load checkpoints this tool wrote. "
+                        f"{hint}") from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, bad magic: all mean a damaged file
         raise UserError(f"{path}: the checkpoint is truncated or corrupt ({type(e).__name__}: {_first_line(e)}). "
                         f"{hint}") from None
