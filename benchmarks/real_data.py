@@ -23,10 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
-
-from ensemble.build import compare  # noqa: E402
+from ensemble.build import build, compare  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
+from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
 
@@ -40,23 +39,22 @@ def train_run(name: str, preset: str, args, **over) -> dict:
     cfg = resolve_config(cli, preset)
     runner = FoldRunner(cfg, resume=True)
     res = runner.run(runner.planned_folds)
+    sub = build([runner.run_dir], method="mean", oof="crops" if runner.cfg.crop_oof else "whole", report=False,
+                out=Path(runner.cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
     return {"name": name, "preset": preset, "oof_f1": res["oof"]["f1"],
-            "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": res["test"]["f1"],
-            "test_acc": res["test"]["acc"], "minutes": round((time.time() - t) / 60, 2),
+            "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
+            "minutes": round((time.time() - t) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] + 1 for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
 
 
 def ensemble_rows(run_dirs, data_dir: Path) -> list[dict]:
     t = time.time()
-    runs = [load_run(r, "crops") for r in run_dirs]
-    check_compatible(runs, need_same_split=True)
+    runs = check_compatible([load_run(r, "crops") for r in run_dirs], need_same_split=True)
     classes = runs[0].classes
-    cidx = {c: i for i, c in enumerate(classes)}
-    y = runs[0].oof["label"].map(cidx).to_numpy()
-    truth = pd.read_csv(data_dir / "test_labels.csv", dtype=str).set_index("id").loc[runs[0].test_ids, "artist"]
-    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"),
-                      truth=truth.map(cidx).to_numpy())
+    y = runs[0].oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
+    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth)
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]

@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from folds.augment import eval_transform, train_transform  # noqa: E402
 from folds.cache import ImageCache  # noqa: E402
-from folds.engine import InputPipe, Precision  # noqa: E402
+from folds.engine import InputPipe, Precision, train_one_epoch  # noqa: E402
 from folds.loader import ImageDataset, make_loader  # noqa: E402
 from models import create_model, data_config  # noqa: E402
 
@@ -105,6 +105,7 @@ def bench_train(args) -> dict:
     cache.fill(paths, workers=args.workers)
 
     def steps(prec, dataset, compile_=False):
+        """One epoch of the shipped training pass (folds.engine.train_one_epoch), not a copy of it."""
         inputs = InputPipe(prec, (0.5,) * 3, (0.5,) * 3)
         torch.manual_seed(0)
         m = prec.prepare(create_model(args.model, 10, weights="none")).train()
@@ -115,19 +116,9 @@ def bench_train(args) -> dict:
                              pin_memory=prec.device.type == "cuda")
 
         def one_pass():
-            n = 0
-            for x, y in loader:
-                x, y = inputs(x), y.to(prec.device)
-                with prec.autocast():
-                    loss = torch.nn.functional.cross_entropy(fm(x), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                n += len(y)
+            train_one_epoch(fm, loader, opt, scaler, prec, inputs, desc="bench")
             if prec.device.type == "cuda":
                 torch.cuda.synchronize()
-            return n
         return one_pass
 
     n = (len(paths) // args.batch_size) * args.batch_size
@@ -148,7 +139,8 @@ def bench_train(args) -> dict:
 def bench_infer(args) -> dict:
     import ttach as tta
 
-    from ensemble.tta import BatchedTTA, tta_transforms
+    from ensemble.tta import tta_transforms
+    from folds.predict import predict_probs
     from folds.data import load_dataset
     prec = Precision.resolve(args.device, "auto", "auto")
     models = [prec.prepare(create_model(args.model, 50, weights="none")).eval() for _ in range(args.folds)]
@@ -162,17 +154,11 @@ def bench_infer(args) -> dict:
         paths = large_jpegs(Path(tempfile.mkdtemp()), args.n_images or 64, 112)
     data = ImageDataset(paths, None, tf)
 
-    @torch.no_grad()
     def batched(data=data):
-        wrapped = [BatchedTTA(m, "flips") for m in models]
-        for x in make_loader(data, args.batch_size, train=False, num_workers=args.workers,
-                             pin_memory=prec.device.type == "cuda"):
-            x = inputs(x)
-            with prec.autocast():
-                p = torch.stack([w(x).mean(0) for w in wrapped]).mean(0)
-            p.cpu()
-        if prec.device.type == "cuda":
-            torch.cuda.synchronize()
+        """What a run does: each fold model predicts with the shipped predict_probs (batched flips TTA)."""
+        for m in models:
+            predict_probs(m, make_loader(data, args.batch_size, train=False, num_workers=args.workers,
+                                         pin_memory=prec.device.type == "cuda"), prec, inputs, "flips", desc="bench")
 
     @torch.no_grad()
     def per_fold_ttach(data=data):

@@ -35,6 +35,11 @@ def fold_dir(run: Path, k) -> Path:
     return Path(run) / f"fold_{k}"
 
 
+def fold_name(fold_folder: Path) -> str:
+    """'2' for .../fold_2, 'full' for .../fold_full."""
+    return Path(fold_folder).name.removeprefix("fold_")
+
+
 def planned_folds(config) -> list[int]:
     """The folds a run trains: fold 0 only for a holdout run, else all K. ``config``: a RunConfig or its dict."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)

@@ -1,51 +1,76 @@
-"""Ways to combine runs, with one estimator-like interface, and their honest OOF scores.
+"""Ways to combine runs, as scikit-learn classifiers, and their honest OOF scores.
 
-A blender sees ``members``: a list of (n_rows, K) probability arrays, one per run.
-``fit(members, y)`` learns from OOF rows (only ``weighted`` and ``stack`` learn anything);
-``predict_proba(members)`` returns (n_rows, K). Learned state ends in ``_`` (scikit-learn's habit).
-Scores of learning blenders come from an inner, painting-grouped cross-validation on the OOF:
-never from the rows they were fit on.
+A blender's input ``X`` is the runs' probability blocks side by side: ``(n_rows, n_members * K)``
+(``members_to_X``). Each blender is a ``BaseEstimator`` + ``ClassifierMixin``: ``__init__``
+only stores arguments, ``fit(X, y)`` learns (only ``weighted``, ``stack`` and the offsets learn
+anything), and learned state ends in ``_``. Scores of learning blenders come from
+``cross_val_predict`` with a painting-grouped ``StratifiedGroupKFold`` on the OOF rows: never
+from the rows they were fit on.
 """
 from __future__ import annotations
 
 import importlib
 
 import numpy as np
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from common import UserError
 from common.metrics import macro_f1
 from ensemble.merge import EPS, merge
 
 
-class MergeBlend:
+def members_to_X(members) -> np.ndarray:
+    """A list of (n_rows, K) probability arrays -> the blenders' (n_rows, n_members * K) input."""
+    return np.hstack([np.asarray(m, dtype=np.float64) for m in members])
+
+
+def _blocks(X, n_members: int) -> np.ndarray:
+    return np.stack(np.split(np.asarray(X, dtype=np.float64), n_members, axis=1))  # (members, rows, K)
+
+
+def _log_probs(X):
+    return np.log(np.clip(X, EPS, 1.0))
+
+
+class _Blender(ClassifierMixin, BaseEstimator):
+    """scikit-learn's classifier contract: ``predict`` is the argmax of ``predict_proba``."""
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class MergeBlend(_Blender):
     """Soft vote ('mean'), geometric mean ('gmean') or hard vote ('vote'), equal weights."""
 
     learns = False
 
-    def __init__(self, mode: str = "mean"):
-        self.mode = mode
+    def __init__(self, mode: str = "mean", n_members: int = 1):
+        self.mode, self.n_members = mode, n_members
 
-    def fit(self, members, y):
+    def fit(self, X, y=None):
+        self.classes_ = np.arange(np.shape(X)[1] // self.n_members)  # the members' classes; nothing learnt
         return self
 
-    def predict_proba(self, members):
-        return merge(np.stack(members), self.mode)
+    def predict_proba(self, X):
+        return merge(_blocks(X, self.n_members), self.mode)
 
 
-class WeightedBlend:
+class WeightedBlend(_Blender):
     """Run weights on the simplex that maximise OOF macro-F1 (random search, then coordinate refinement)."""
 
     learns = True
 
-    def __init__(self, n_candidates: int = 300, seed: int = 0):
-        self.n_candidates, self.seed = n_candidates, seed
+    def __init__(self, n_members: int = 1, n_candidates: int = 300, seed: int = 0):
+        self.n_members, self.n_candidates, self.seed = n_members, n_candidates, seed
 
-    def fit(self, members, y):
-        n = len(members)
-        stack = np.stack(members)
+    def fit(self, X, y):
+        n = self.n_members
+        stack = _blocks(X, n)
+        self.classes_ = np.arange(stack.shape[2])
         rng = np.random.default_rng(self.seed)
         cands = np.vstack([np.eye(n), np.full((1, n), 1 / n), rng.dirichlet(np.ones(n), self.n_candidates)])
         score = lambda w: macro_f1(y, np.tensordot(w, stack, axes=1))  # noqa: E731
@@ -68,8 +93,8 @@ class WeightedBlend:
         self.weights_ = best / best.sum()
         return self
 
-    def predict_proba(self, members):
-        return merge(np.stack(members), "mean", weights=self.weights_)
+    def predict_proba(self, X):
+        return merge(_blocks(X, self.n_members), "mean", weights=self.weights_)
 
 
 STACKERS = {
@@ -96,32 +121,25 @@ def make_estimator(name: str):
     return est
 
 
-class StackBlend:
-    """A scikit-learn meta-learner on the runs' concatenated OOF log-probabilities."""
+class StackBlend(_Blender):
+    """A scikit-learn meta-learner on the runs' concatenated OOF log-probabilities (a Pipeline)."""
 
     learns = True
 
-    def __init__(self, estimator="logreg"):
-        self.estimator = estimator
+    def __init__(self, estimator="logreg", n_members: int = 1):
+        self.estimator, self.n_members = estimator, n_members
 
-    @staticmethod
-    def features(members):
-        return np.hstack([np.log(np.clip(m, EPS, 1.0)) for m in members])
-
-    def fit(self, members, y):
-        self.k_ = members[0].shape[1]
-        self.model_ = clone(make_estimator(self.estimator)) if isinstance(self.estimator, str) else clone(self.estimator)
-        self.model_.fit(self.features(members), y)
+    def fit(self, X, y):
+        clf = make_estimator(self.estimator) if isinstance(self.estimator, str) else clone(self.estimator)
+        self.model_ = Pipeline([("log", FunctionTransformer(_log_probs)), ("clf", clf)]).fit(X, y)
+        self.classes_ = self.model_.classes_
         return self
 
-    def predict_proba(self, members):
-        p = self.model_.predict_proba(self.features(members))
-        out = np.full((len(p), self.k_), EPS)
-        out[:, self.model_.classes_] = p  # a class absent from a training fold keeps ~0
-        return out / out.sum(axis=1, keepdims=True)
+    def predict_proba(self, X):
+        return self.model_.predict_proba(X)
 
 
-class DecisionOffsets:
+class DecisionOffsets(_Blender):
     """Per-class log-probability offsets fit to maximise macro-F1 on top of another blender.
 
     Macro-F1 rewards the small classes that argmax under-predicts; a per-class bias fixes that.
@@ -129,68 +147,74 @@ class DecisionOffsets:
 
     learns = True
 
-    def __init__(self, base, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2):
+    def __init__(self, base=None, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2):
         self.base, self.grid, self.rounds = base, grid, rounds
 
-    def fit(self, members, y):
-        self.base_ = clone_blend(self.base).fit(members, y)
-        logp = np.log(np.clip(self.base_.predict_proba(members), EPS, 1.0))
+    def fit(self, X, y):
+        self.base_ = clone(self.base).fit(X, y)
+        self.classes_ = self.base_.classes_
+        logp = _log_probs(self.base_.predict_proba(X))
+        target = np.searchsorted(self.classes_, y)  # y as column positions of the base's output
         b = np.zeros(logp.shape[1])
-        best = macro_f1(y, logp)
+        best = macro_f1(target, logp)
         for _ in range(self.rounds):
             for c in range(len(b)):
                 for g in self.grid:
                     trial = b.copy()
                     trial[c] = g
-                    s = macro_f1(y, logp + trial)
+                    s = macro_f1(target, logp + trial)
                     if s > best + 1e-12:
                         best, b = s, trial
         self.offsets_ = b
         return self
 
-    def predict_proba(self, members):
-        p = np.clip(self.base_.predict_proba(members), EPS, 1.0) * np.exp(self.offsets_)
+    def predict_proba(self, X):
+        p = np.clip(self.base_.predict_proba(X), EPS, 1.0) * np.exp(self.offsets_)
         return p / p.sum(axis=1, keepdims=True)
 
 
-def clone_blend(blend):
-    """A fresh, unfitted copy (blenders only store arguments in __init__)."""
-    import copy
-    fresh = copy.copy(blend)
-    for k in [k for k in vars(fresh) if k.endswith("_")]:
-        delattr(fresh, k)
-    return fresh
-
-
-def honest_oof(blend, members, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-sample predictions of ``blend`` on the OOF rows.
-
-    Blenders that learn are fit on the other inner folds; crops of one painting stay in one
-    inner fold (grouped by id), or a painting would be scored on weights fit on itself.
-    """
-    if not blend.learns:
-        return blend.predict_proba(members)
-    n_splits = min(n_splits, int(np.bincount(y).min()) if np.bincount(y).min() >= 2 else 2)
-    cv = StratifiedGroupKFold(n_splits=max(2, n_splits), shuffle=True, random_state=seed)
-    out = np.zeros_like(members[0], dtype=np.float64)
-    for tr, te in cv.split(members[0], y, groups):
-        fitted = clone_blend(blend).fit([m[tr] for m in members], y[tr])
-        out[te] = fitted.predict_proba([m[te] for m in members])
+def full_proba(fitted, X, n_classes: int) -> np.ndarray:
+    """``predict_proba`` spread over all ``n_classes`` columns (a class absent from the fit gets 0)."""
+    out = np.zeros((len(X), n_classes))
+    out[:, fitted.classes_] = fitted.predict_proba(X)
     return out
 
 
-# The one registry of --method names: name -> factory(stacker). Insertion order is the report's order.
+def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-sample predictions of ``blend`` on the OOF rows, (n_rows, K).
+
+    Blenders that learn are fit on the other inner folds (``cross_val_predict``); crops of one
+    painting stay in one inner fold (grouped by id), or a painting would be scored on weights
+    fit on itself. Classes absent from the OOF are left out of the inner CV (they cannot be
+    learnt) and get probability 0.
+    """
+    n_members = (blend.base if isinstance(blend, DecisionOffsets) else blend).n_members
+    k = np.shape(X)[1] // n_members
+    if not blend.learns:
+        return full_proba(clone(blend).fit(X, y), X, k)
+    present = np.unique(y)
+    blocks = _blocks(X, n_members)[:, :, present]
+    Xp = members_to_X(blocks / blocks.sum(axis=2, keepdims=True))
+    per_class = np.array([len(np.unique(groups[y == c])) for c in present])  # paintings, not crops
+    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, per_class.min()))), shuffle=True, random_state=seed)
+    p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba")
+    out = np.zeros((len(y), k))
+    out[:, present] = p
+    return out
+
+
+# The one registry of --method names: name -> factory(stacker, n_members). Insertion order is the report's.
 BLENDS = {
-    "mean": lambda stacker: MergeBlend("mean"),
-    "gmean": lambda stacker: MergeBlend("gmean"),
-    "vote": lambda stacker: MergeBlend("vote"),
-    "weighted": lambda stacker: WeightedBlend(),
-    "stack": lambda stacker: StackBlend(stacker),
+    "mean": lambda stacker, n: MergeBlend("mean", n),
+    "gmean": lambda stacker, n: MergeBlend("gmean", n),
+    "vote": lambda stacker, n: MergeBlend("vote", n),
+    "weighted": lambda stacker, n: WeightedBlend(n),
+    "stack": lambda stacker, n: StackBlend(stacker, n),
 }
 
 
-def make_blend(method: str, stacker: str = "logreg", offsets: bool = False):
+def make_blend(method: str, stacker: str = "logreg", offsets: bool = False, n_members: int = 1):
     if method not in BLENDS:
         raise UserError(f"--method {method!r}: choose one of {sorted(BLENDS)}.")
-    b = BLENDS[method](stacker)
+    b = BLENDS[method](stacker, n_members)
     return DecisionOffsets(b) if offsets else b

@@ -21,12 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, write_csv  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
-from ensemble.blend import BLENDS, honest_oof, make_blend  # noqa: E402
+from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from ensemble.submission import ANSWER_KEY, answer_key, write_submission  # noqa: E402
@@ -61,8 +62,9 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
 
     Returns the rows and each method's honest OOF probabilities.
     """
-    members = [r.oof_probs for r in runs]
-    test_members = [r.test_probs(with_full) for r in runs]
+    X = members_to_X([r.oof_probs for r in runs])
+    test_X = members_to_X([r.test_probs(with_full) for r in runs])
+    k = len(runs[0].classes)
     rows, oofs = [], {}
 
     def row(name, oof_p, test_p, note):
@@ -71,14 +73,14 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
             r["test_f1"] = macro_f1(truth, test_p)
         rows.append(r)
 
-    for r, m, t in zip(runs, members, test_members):
-        row(f"run {r.name}", m, t, "single run")
+    for r in runs:
+        row(f"run {r.name}", r.oof_probs, r.test_probs(with_full), "single run")
     for m in methods:
         for off in (False, True) if m in offsets_for else (False,):
-            blend = make_blend(m, stacker, off)
+            blend = make_blend(m, stacker, off, n_members=len(runs))
             name = m + ("+offsets" if off else "")
-            oofs[name] = honest_oof(blend, members, y, groups, inner_folds)
-            test_p = blend.fit(members, y).predict_proba(test_members) if truth is not None else None
+            oofs[name] = honest_oof(blend, X, y, groups, inner_folds)
+            test_p = full_proba(clone(blend).fit(X, y), test_X, k) if truth is not None else None
             row(name, oofs[name], test_p, "inner CV" if blend.learns else "")
     return rows, oofs
 
@@ -108,14 +110,14 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{chosen}.csv"
     check_out_path(out)
     same_split = len({r.split_hash for r in runs}) == 1
-    blend = make_blend(method, stacker, offsets)
+    blend = make_blend(method, stacker, offsets, n_members=len(runs))
     runs = check_compatible(runs, need_same_split=blend.learns)
     first = runs[0]
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
     groups = first.oof["id"].to_numpy()
-    members = [r.oof_probs for r in runs]
+    X = members_to_X([r.oof_probs for r in runs])
     notes = []
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
@@ -123,7 +125,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
                           offsets_for=(method,) if offsets else (), inner_folds=inner_folds)
     final_oof = oofs[chosen]
-    blend.fit(members, y)
+    blend.fit(X, y)
     if with_full:
         missing = [r.name for r in runs if r.full_test is None]
         if missing:
@@ -131,7 +133,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                             "`python folds/run.py --name NAME --fold full` (same options as the run).")
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
-    test = blend.predict_proba([r.test_probs(with_full) for r in runs])
+    test = full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(classes))
     data_dir = Path(first.config["data_dir"])
     sample_path = Path(sample) if sample else data_dir / "sample_submission.csv"
     if not sample_path.is_file():

@@ -24,10 +24,6 @@ def tta_transforms(mode: str) -> tta.Compose:
     return TTA_MODES[mode]()
 
 
-def n_views(mode: str) -> int:
-    return max(1, len(list(tta_transforms(mode))))
-
-
 class BatchedTTA(nn.Module):
     """Wrap a classifier: input (B, C, H, W) -> per-view probabilities (V, B, K).
 

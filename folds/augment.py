@@ -10,10 +10,13 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-# Quarter-area crops: side 0.4-0.6 of the painting, as in the half-by-half test crops.
-TEST_SCALE_CROP = (0.16, 0.36)
-# torchvision's RandomResizedCrop default, the original recipe.
-DEFAULT_CROP = (0.08, 1.0)
+# The one registry of --crop names: name -> (resize the whole painting first?, RandomResizedCrop area scale).
+CROPS = {
+    # quarter-area crops: side 0.4-0.6 of the painting, as in the half-by-half test crops
+    "test-scale": (False, (0.16, 0.36)),
+    # the seed recipe: resize the whole painting, then torchvision's default-scale random crop
+    "whole": (True, (0.08, 1.0)),
+}
 
 
 def _to_tensor(mean, std, cpu_normalize: bool) -> list:
@@ -25,14 +28,10 @@ def _to_tensor(mean, std, cpu_normalize: bool) -> list:
 def train_transform(img_size: int, mean, std, crop: str = "test-scale", seed: int | None = None,
                     cpu_normalize: bool = False) -> A.Compose:
     """Random crop + flips + shift-scale-rotate, each augmentation at p=0.5; uint8 CHW out."""
-    if crop == "test-scale":
-        scale = TEST_SCALE_CROP
-        pre = []
-    elif crop == "whole":  # the seed recipe: resize the whole painting, then a default-scale RRC
-        scale = DEFAULT_CROP
-        pre = [A.Resize(img_size, img_size)]
-    else:
-        raise ValueError(f"crop must be 'test-scale' or 'whole', got {crop!r}")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {sorted(CROPS)}, got {crop!r}")
+    resize_first, scale = CROPS[crop]
+    pre = [A.Resize(img_size, img_size)] if resize_first else []
     return A.Compose(
         pre + [
             A.RandomResizedCrop(size=(img_size, img_size), scale=scale, ratio=(3 / 4, 4 / 3),

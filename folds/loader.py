@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_sample_weight
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from common import UserError
@@ -63,11 +64,9 @@ def batches(loader):
         raise UserError(text.rpartition("UserError: ")[2].strip()) from None
 
 
-def class_weights(labels, num_classes: int) -> np.ndarray:
-    """Per-sample weight 1 / (count of its class): each class is drawn equally often."""
-    labels = np.asarray(labels)
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return 1.0 / counts[labels]
+def class_weights(labels) -> np.ndarray:
+    """Per-sample weights proportional to 1 / (count of its class): each class is drawn equally often."""
+    return compute_sample_weight("balanced", np.asarray(labels))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -96,7 +95,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                balanced: bool = False, num_classes: int | None = None, num_workers: int = 0,
+                balanced: bool = False, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose order and augmentations depend only on (seed, epoch)."""
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -104,7 +103,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: in
         dataset.transform.set_random_seed(epoch_seed(seed, epoch))
     sampler, shuffle = None, train
     if train and balanced:
-        w = class_weights(dataset.labels, num_classes)
+        w = class_weights(dataset.labels)
         sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(w), replacement=True, generator=g)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,

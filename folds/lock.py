@@ -1,7 +1,10 @@
 """A per-fold lock so several processes (one per GPU or machine) can share a run folder.
 
-The lock file holds host and pid. It is stale when its process is gone (same host) or when
-its heartbeat (the file's mtime, touched every epoch) is older than ``STALE_SECONDS``.
+The lock file is created with ``O_CREAT | O_EXCL``, which the filesystem (NFS v3 and later
+included) grants to exactly one creator. It holds host and pid. It is stale when its process
+is gone (same host) or when its heartbeat (the file's mtime, touched every epoch) is older
+than ``STALE_SECONDS``; a stale lock is broken by renaming it away (only one breaker's rename
+succeeds), then the create is tried again.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 
 STALE_SECONDS = 2 * 3600
+EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
 
 
 def _alive(pid: int) -> bool:
@@ -33,27 +37,71 @@ class FoldLock:
         """The live holder of the lock, or None when it is free or stale."""
         try:
             info = json.loads(self.path.read_text())
-            age = time.time() - self.path.stat().st_mtime
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             return None
+        except ValueError:  # being written this instant by its creator: held, unless it was left empty long ago
+            return None if self._age(self.path) > EMPTY_STALE_SECONDS else {"host": "?", "pid": -1}
         if info == self.me:
             return None
+        return info if self._is_live(info, self.path) else None
+
+    @staticmethod
+    def _age(path: Path) -> float:
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
+    def _is_live(self, info: dict, path: Path) -> bool:
         if info.get("host") == self.me["host"] and not _alive(int(info.get("pid", -1))):
-            return None
-        return None if age > STALE_SECONDS else info
+            return False
+        return self._age(path) <= STALE_SECONDS
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return True
+        try:
+            seen = os.stat(self.path)
+        except FileNotFoundError:
+            return self._create()
         if self.holder() is not None:
             return False
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.me))
-        os.replace(tmp, self.path)
-        time.sleep(0.05)  # two racing takers: the last rename wins, the other sees it here
+        return self._break_stale(seen) and self._create()
+
+    def _create(self) -> bool:
         try:
-            return json.loads(self.path.read_text()) == self.me
-        except (FileNotFoundError, ValueError):
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
             return False
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.me))
+        return True
+
+    def _break_stale(self, seen: os.stat_result) -> bool:
+        """Remove the stale lock file ``seen``, under a breaker lock so only one process removes it.
+
+        Without the breaker, a slow process could remove the fresh lock that a faster one has
+        just created in place of the stale one. Under it, the file is removed only if it is
+        still the very file that was judged stale (same inode and mtime).
+        """
+        breaker = self.path.with_name(self.path.name + ".break")
+        try:
+            fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            if self._age(breaker) > EMPTY_STALE_SECONDS:  # a breaker that died mid-break
+                breaker.unlink(missing_ok=True)
+            return False
+        os.close(fd)
+        try:
+            now = os.stat(self.path)
+            if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+                self.path.unlink()
+            return True
+        except FileNotFoundError:
+            return True
+        finally:
+            breaker.unlink(missing_ok=True)
 
     def heartbeat(self) -> None:
         try:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
-from folds.config import RUN_CONTROL, RunConfig
+from folds.config import RunConfig, learning_settings
 from folds.engine import scores
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
@@ -61,7 +61,7 @@ class FoldRunner:
         if not saved.is_file():
             return
         old = json.loads(saved.read_text())
-        diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in RUN_CONTROL and old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
         if not diff:
             return
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())

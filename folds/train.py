@@ -86,7 +86,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         t0 = time.time()
         torch.manual_seed(epoch_seed(seed, epoch))  # dropout depends on (seed, epoch) alone: a resume replays it
         loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, epoch=epoch,
-                             balanced=cfg.balanced_sampler, num_classes=ds.num_classes, num_workers=workers,
+                             balanced=cfg.balanced_sampler, num_workers=workers,
                              pin_memory=pin)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, cfg.label_smoothing,

@@ -42,7 +42,6 @@ def create_model(name: str, num_classes: int, weights: str | None = "hub", dropo
 
 def data_config(model: nn.Module, img_size: int | None = None) -> dict:
     """Input size, mean and std from the model's pretrained config; ``img_size`` overrides the size."""
-    cfg = timm.data.resolve_data_config({}, model=model)
-    if img_size:
-        cfg["input_size"] = (3, int(img_size), int(img_size))
+    cfg = timm.data.resolve_data_config({"input_size": (3, int(img_size), int(img_size))} if img_size else {},
+                                        model=model)
     return {"input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}

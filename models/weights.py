@@ -11,7 +11,6 @@ import os
 import socket
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from common import UserError
@@ -40,26 +39,21 @@ def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
 
 
 def read_state_dict(path: Path) -> dict:
-    """A plain state dict from a .safetensors or .pth file (wrapped checkpoints unwrapped)."""
+    """A plain state dict from a .safetensors or .pth file: timm's ``load_state_dict`` (tensors only,
+    EMA or wrapped checkpoints unwrapped, ``module.`` stripped), with a clear error for a bad file."""
+    import timm.models
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: file not found.")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
-        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {e}). "
+        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
                         "Use a .safetensors or .pth state dict.") from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
     if not isinstance(sd, dict):
         raise UserError(f"--weights {path}: expected a state dict, got {type(sd).__name__}.")
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+    return {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile's wrapper prefix
 
 
 def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
@@ -87,7 +81,6 @@ def _from_file(name: str, arg: str, build) -> nn.Module:
 
 
 def _from_hub(name: str, arg: str, build) -> nn.Module:
-    import timm
 
     if _hub_reachable():
         model = build(pretrained=True)

@@ -7,7 +7,8 @@ import pytest
 
 from common import UserError
 from conftest import tiny_args
-from ensemble.blend import StackBlend, WeightedBlend, honest_oof, macro_f1, make_blend
+from common.metrics import macro_f1
+from ensemble.blend import StackBlend, WeightedBlend, honest_oof, make_blend, members_to_X
 from ensemble.build import build_parser, main as build_main
 from ensemble.runs import load_run
 from ensemble.submission import write_submission
@@ -60,8 +61,9 @@ def test_learning_blends_are_scored_out_of_sample():
     y = rng.integers(0, 4, 400)
     members = [rng.dirichlet(np.ones(4), 400) for _ in range(3)]
     groups = np.arange(400)
-    in_sample = macro_f1(y, StackBlend("rf").fit(members, y).predict_proba(members))
-    honest = macro_f1(y, honest_oof(StackBlend("rf"), members, y, groups))
+    X = members_to_X(members)
+    in_sample = macro_f1(y, StackBlend("rf", n_members=3).fit(X, y).predict_proba(X))
+    honest = macro_f1(y, honest_oof(StackBlend("rf", n_members=3), X, y, groups))
     assert in_sample > 0.9 and honest < 0.4, (in_sample, honest)
 
 
@@ -73,7 +75,7 @@ def test_inner_cv_keeps_crops_of_a_painting_together():
     y = np.repeat(rng.integers(0, 3, n), 5)
     feats = np.repeat(rng.dirichlet(np.ones(3), n), 5, axis=0)
     groups = np.repeat(np.arange(n), 5)
-    honest = macro_f1(y, honest_oof(StackBlend("rf"), [feats], y, groups))
+    honest = macro_f1(y, honest_oof(StackBlend("rf"), feats, y, groups))
     assert honest < 0.45, honest
 
 
@@ -82,7 +84,7 @@ def test_weighted_blend_finds_the_better_run():
     y = rng.integers(0, 3, 300)
     good = np.eye(3)[y] * 0.6 + 0.4 * rng.dirichlet(np.ones(3), 300)
     bad = rng.dirichlet(np.ones(3), 300)
-    w = WeightedBlend().fit([bad, good], y).weights_
+    w = WeightedBlend(n_members=2).fit(members_to_X([bad, good]), y).weights_
     assert w[1] > w[0]
 
 
@@ -96,7 +98,7 @@ def test_offsets_improve_macro_f1_for_an_underpredicted_class():
     p = np.clip(p, 0.01, 1)
     p /= p.sum(1, keepdims=True)
     plain = macro_f1(y, p)
-    tuned = macro_f1(y, honest_oof(make_blend("mean", offsets=True), [p], y, np.arange(220)))
+    tuned = macro_f1(y, honest_oof(make_blend("mean", offsets=True), p, y, np.arange(220)))
     assert tuned > plain + 0.2
 
 
@@ -146,6 +148,29 @@ def test_invalid_submission_writes_nothing(tmp_path):
     with pytest.raises(UserError, match=r"not in train: \['z'\]"):
         write_submission(tmp_path / "s.csv", ["a", "b", "c"], ["x", "y", "z"], sample, ["x", "y"])
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_blenders_are_scikit_learn_estimators():
+    from sklearn.base import clone
+    from sklearn.utils.validation import check_is_fitted
+    for method in ("mean", "weighted", "stack"):
+        for offsets in (False, True):
+            b = make_blend(method, offsets=offsets, n_members=2)
+            fresh = clone(b)
+            assert fresh.get_params().keys() == b.get_params().keys()
+            rng = np.random.default_rng(5)
+            X = members_to_X([rng.dirichlet(np.ones(3), 60) for _ in range(2)])
+            fitted = fresh.fit(X, rng.integers(0, 3, 60))
+            check_is_fitted(fitted)
+            assert fitted.predict_proba(X).shape == (60, 3)
+
+
+def test_one_macro_f1_even_when_a_class_is_absent():
+    from folds.engine import scores
+    from sklearn.metrics import f1_score
+    y = np.array([0, 0, 1, 1])  # class 2 of 3 is absent from these validation rows
+    p = np.eye(3)[[0, 1, 1, 1]]
+    assert scores(p, y, 3)["f1"] == macro_f1(y, p) == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
 
 
 def test_fast_macro_f1_equals_sklearn():

@@ -131,6 +131,37 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     assert (tmp_path / "lock").is_file()
 
 
+def _contend(path, barrier, results, i):
+    from folds.lock import FoldLock
+    lock = FoldLock(path)
+    barrier.wait()
+    won = lock.acquire()
+    results[i] = won
+    if won:
+        import time as t
+        t.sleep(0.5)  # hold it while the others try
+
+
+@pytest.mark.parametrize("stale_first", [False, True])
+def test_fold_lock_has_exactly_one_winner_among_many_contenders(tmp_path, stale_first):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for attempt in range(5):
+        path = tmp_path / f"lock{attempt}"
+        if stale_first:  # a dead process's lock: every contender tries to break it at once
+            import socket
+            path.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
+        n = 12
+        barrier, results = ctx.Barrier(n), ctx.Array("b", [0] * n)
+        procs = [ctx.Process(target=_contend, args=(path, barrier, results, i)) for i in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert sum(results[:]) == 1, list(results[:])
+
+
 def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     import numpy as np
 

@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 
 from common import write_json
-from common.layout import fold_dir
+from common.layout import BEST, LAST, fold_dir
 from folds.config import RunConfig, check_config
 from folds.data import Dataset
 from folds.train import train_fold
@@ -61,5 +61,6 @@ class Objective:
             return value
         finally:
             if not self.keep:
-                for ckpt in out.glob("fold_*/*.pt"):
-                    ckpt.unlink(missing_ok=True)
+                for k in self.fold_ids:
+                    for ckpt in (BEST, LAST):
+                        (fold_dir(out, k) / ckpt).unlink(missing_ok=True)

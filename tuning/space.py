@@ -14,6 +14,11 @@ from dataclasses import fields
 from common import UserError
 from folds.config import RunConfig, read_config_file
 
+# What a trial may vary: training knobs only. The split (n_folds, split_seed, holdout), the data,
+# the epoch budget (the pruner's step numbering) and the seed (set per trial) stay fixed.
+TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoothing", "dropout", "batch_size",
+           "balanced_sampler", "crop", "img_size", "model", "patience", "monitor"}
+
 DEFAULT_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
     "step_size": {"type": "int", "low": 2, "high": 15},
@@ -32,7 +37,10 @@ def load_space(path=None) -> dict:
     for name, spec in space.items():
         where = f"--space {path}: '{name}'" if path else f"search space '{name}'"
         if name not in names:
-            raise UserError(f"{where} is not a training option; valid: {sorted(names)}.")
+            raise UserError(f"{where} is not a training option; tunable: {sorted(TUNABLE)}.")
+        if name not in TUNABLE:
+            raise UserError(f"{where} cannot be tuned: it fixes the split, the data, the epoch budget or the "
+                            f"per-trial seed, which every trial must share. Tunable: {sorted(TUNABLE)}.")
         if not isinstance(spec, dict) or spec.get("type") not in TYPES:
             raise UserError(f"{where} needs type one of {list(TYPES)}, but got {spec!r}.")
         if spec["type"] == "categorical":

@@ -74,8 +74,10 @@ def default_journal(study_dir: Path) -> Path:
     return Path(study_dir) / "journal.log"
 
 
-def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30, grace: int | None = None,
-                 max_retry: int = 2):
+MAX_RETRY = 2  # a trial lost with its worker is retried this many times
+
+
+def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
     """None -> a journal file under ``study_dir``; otherwise an RDB URL with heartbeat and retry."""
     if url is None:
         path = default_journal(study_dir)
@@ -92,8 +94,8 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30, grace
         with warnings.catch_warnings():  # heartbeat and retry are marked experimental; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                              heartbeat_interval=heartbeat, grace_period=grace or 2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                              heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except ImportError as e:
         raise UserError(f"--storage {mask(url)}: a database driver is missing ({e}); for PostgreSQL "
                         "`pip install 'psycopg[binary]'`.") from None
@@ -113,4 +115,5 @@ def check_parallel_safe(url: str | None, workers: int) -> None:
 
 
 def has_heartbeat(storage) -> bool:
-    return isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat)
+    """RDB storages fail and retry a dead worker's trial themselves; the journal file cannot."""
+    return isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled()

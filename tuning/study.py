@@ -14,29 +14,25 @@ from tuning.space import fingerprint
 from tuning.storage import mask
 
 log = logging.getLogger(__name__)
-PRUNERS = ("median", "hyperband", "none")
+# The one registry of --pruner names: name -> factory(max_steps).
+PRUNERS = {
+    "median": lambda max_steps: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    "hyperband": lambda max_steps: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_steps)),
+    "none": lambda max_steps: optuna.pruners.NopPruner(),
+}
 
 
 def make_pruner(name: str, max_steps: int):
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_steps))
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"--pruner {name!r}: choose one of {list(PRUNERS)}.")
+    if name not in PRUNERS:
+        raise UserError(f"--pruner {name!r}: choose one of {sorted(PRUNERS)}.")
+    return PRUNERS[name](max_steps)
 
 
-def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int, create: bool = True):
+def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int):
     """Load ``name`` (or create it); a study made with another space or setup is refused, untouched."""
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    except KeyError:
-        if not create:
-            raise UserError(f"study {name!r} does not exist in this storage.") from None
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
     attrs = study.user_attrs
     if "search_space" not in attrs:
         study.set_user_attr("search_space", fingerprint(space))
@@ -70,7 +66,7 @@ def fail_orphaned_local_trials(study) -> int:
             pass
         except PermissionError:
             continue
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         log.warning("trial %d: its worker (pid %s) is gone; marked FAIL and queued again.", t.number, pid)
         n += 1
@@ -84,12 +80,12 @@ def counts(study) -> dict:
 
 
 def best_trial(study):
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not done:
-        c = counts(study)
-        raise UserError(f"study {study.study_name!r} has no completed trial yet ({c}); nothing to summarise. "
-                        "Run trials with --n-trials N.")
-    return max(done, key=lambda t: t.value)
+    """``study.best_trial``, with a clear error while no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        raise UserError(f"study {study.study_name!r} has no completed trial yet ({counts(study)}); nothing to "
+                        "summarise. Run trials with --n-trials N.") from None
 
 
 def summary(study) -> str:

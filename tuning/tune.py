@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import UserError  # noqa: E402
 from folds.cli import add_training_options, cli_overrides  # noqa: E402
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
+from tuning.study import PRUNERS  # noqa: E402
 
 log = logging.getLogger("tuning")
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: a journal file tuning/<study>/journal.log, no server)")
     g.add_argument("--workers", dest="study_workers", type=int, default=1, help="local worker processes on this study, one per GPU "
                    "when there are several (default: 1)")
-    g.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
+    g.add_argument("--pruner", default="median", choices=sorted(PRUNERS),
                    help="prune bad trials after each epoch (default: median)")
     g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer)")
     g.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; a trial silent "
@@ -79,9 +80,8 @@ def check_tuner_args(args) -> None:
 def run(args) -> int:
     import optuna
 
-    from folds.data import load_dataset, set_max_image_pixels
-    from folds.demo import make_demo_dataset
-    from folds.split import load_or_make_folds
+    from folds.config import learning_settings
+    from folds.prepare import prepare_run
     from tuning.objective import Objective
     from tuning.space import load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
@@ -93,18 +93,14 @@ def run(args) -> int:
     fold_ids = parse_fold_spec(args.folds, cfg.n_folds)
     space = load_space(args.space)
     check_parallel_safe(args.storage, args.study_workers)
-    if cfg.data_dir is None:
-        cfg.data_dir = str(make_demo_dataset(Path(cfg.runs_dir) / "demo-data"))
-        log.warning("DEMO DATA: no --data-dir given; tuning on the built-in synthetic painters dataset.")
-    study_dir = Path(args.tuning_dir) / args.study
-    set_max_image_pixels(cfg.max_image_pixels)
-    ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
-    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
-    folds, _, split_hash = load_or_make_folds(study_dir / "folds.csv", ds.train["id"], ds.train["artist"],
-                                              cfg.n_folds, cfg.split_seed, shared_dir=Path(cfg.runs_dir) / "splits")
-    setup = {"model": cfg.model, "img_size": cfg.img_size, "epochs": cfg.epochs, "folds": fold_ids,
-             "split_hash": split_hash, "data_hash": ds.data_hash()}
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
+    study_dir = Path(args.tuning_dir) / args.study
+    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
+    prep = prepare_run(cfg, study_dir / "folds.csv")
+    cfg, ds = prep.cfg, prep.ds
+    # The study's "same experiment" key: every learning setting except what the trials vary.
+    setup = {**learning_settings(cfg, exclude={*space, "seed"}), "folds": fold_ids, "split_hash": prep.split_hash,
+             "data_hash": ds.data_hash()}
     seed = args.sampler_seed + (args.worker_index or 0)
     study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
 
@@ -121,7 +117,7 @@ def run(args) -> int:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if left > 0:
-            objective = Objective(cfg, ds, folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints)
+            objective = Objective(cfg, ds, prep.folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints)
             study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
                            callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
     if args.worker_index is not None:

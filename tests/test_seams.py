@@ -1,0 +1,110 @@
+"""One seam between training and ensembling, each fact stated once (issue: one seam).
+
+Each test names a bug found by reading; each failed on the main branch before its fix.
+"""
+import json
+import re
+
+import pytest
+
+from common import UserError
+from conftest import ROOT, tiny_args
+from folds.config import resolve_config
+from folds.run import main as run_main
+
+SOURCES = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
+
+
+def test_demo_preset_is_chosen_after_the_config_file_names_the_data(tmp_path, demo_source):
+    cfg_file = tmp_path / "my.yaml"
+    cfg_file.write_text(f"data_dir: {demo_source}\n")
+    cfg = resolve_config({}, None, cfg_file)
+    assert (cfg.model, cfg.img_size, cfg.weights, cfg.epochs) == ("efficientnet_b3", None, "hub", 30)
+    params = tmp_path / "best.json"
+    params.write_text(json.dumps({"params": {"data_dir": str(demo_source), "lr": 0.01}}))
+    assert resolve_config({}, None, None, params).model == "efficientnet_b3"
+    assert resolve_config({}, None).model == "resnet10t"  # no data anywhere: the demo
+
+
+@pytest.mark.parametrize("key", ["seed", "n_folds", "epochs", "holdout", "data_dir", "split_seed"])
+def test_tuning_space_refuses_settings_every_trial_must_share(key, tmp_path):
+    from tuning.space import load_space
+    f = tmp_path / "space.yaml"
+    f.write_text(f"{key}: {{type: int, low: 1, high: 3}}\n")
+    with pytest.raises(UserError, match=rf"'{key}' cannot be tuned"):
+        load_space(f)
+
+
+@pytest.mark.parametrize("change", [["--batch-size", "8"], ["--crop", "whole"], ["--label-smoothing", "0.1"]])
+def test_a_study_refuses_another_training_setup(change, demo_source, tmp_path, capsys):
+    from tuning.tune import main as tune_main
+    base = ["--study", "s", "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"),
+            "--data-dir", str(demo_source), "--preset", "demo", "--img-size", "32", "--epochs", "1",
+            "--num-workers", "0", "--n-trials", "1", "--pruner", "none"]
+    assert tune_main(base) == 0
+    assert tune_main([*base, *change]) == 2
+    assert "another training setup" in capsys.readouterr().err
+
+
+def test_a_run_folder_refuses_a_change_of_corrections(demo_source, tmp_path, capsys):
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})) == 0
+    fix = tmp_path / "fix.csv"
+    fix.write_text("id,artist\n0,Umber Grid\n")
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--corrections": fix})) == 2
+    assert "corrections: None ->" in capsys.readouterr().err
+
+
+def test_full_model_is_a_fold_with_a_lock_and_force(demo_source, tmp_path):
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})
+    assert run_main(args) == 0
+    full = tmp_path / "runs" / "t" / "fold_full"
+    (full / "lock").parent.mkdir(parents=True)
+    (full / "lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # a live holder on another host
+    assert run_main([*args, "--fold", "full"]) == 2
+    (full / "lock").unlink()
+    assert run_main([*args, "--fold", "full"]) == 0
+    first = json.loads((full / "done.json").read_text())
+    assert first["fold"] == "full" and not (full / "oof.csv").exists()
+    assert run_main([*args, "--fold", "full", "--force", "--full-epochs", "2"]) == 0
+    assert json.loads((full / "done.json").read_text())["epochs"] == 2  # no stale done.json after --force
+
+
+def test_check_compatible_leaves_its_inputs_alone(demo_source, tmp_path):
+    from ensemble.runs import check_compatible, load_run
+    for seed in (0, 1):
+        assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--name": f"s{seed}",
+                                                            "--seed": seed})) == 0
+    a, b = load_run(tmp_path / "runs" / "s0"), load_run(tmp_path / "runs" / "s1")
+    b.oof = b.oof.iloc[::-1].reset_index(drop=True)  # another row order
+    before = b.oof.copy()
+    aligned = check_compatible([a, b], True)
+    assert b.oof.equals(before)
+    assert list(aligned[1].oof["id"]) == list(a.oof["id"])
+
+
+def test_the_run_folder_layout_is_spelled_out_once():
+    # file names of the run folder appear as string literals only in common/layout.py
+    names = ["done.json", "oof_crops.csv", "test_probs.csv", "last.pt", "best.pt", "fold_{k}", "classes.json"]
+    offenders = [(p.relative_to(ROOT), n) for p in SOURCES if p.name != "layout.py" for n in names
+                 if re.search(rf"[\"']{re.escape(n)}[\"']", p.read_text())]
+    assert offenders == []
+
+
+def test_one_fold_mean_and_one_registry_per_choice():
+    text = {p: p.read_text() for p in SOURCES}
+    assert not [p for p, t in text.items() if re.search(r"np\.mean\(.*(test|fold)", t)]
+    from ensemble.blend import BLENDS
+    from ensemble.build import build_parser
+    from folds.config import CHOICES
+    from tuning.study import PRUNERS
+    method = next(a for a in build_parser()._actions if a.dest == "method")
+    assert list(method.choices) == list(BLENDS)
+    assert set(CHOICES["tta"]) == set(__import__("ensemble.tta", fromlist=["TTA_MODES"]).TTA_MODES)
+    assert PRUNERS.keys() == {"median", "hyperband", "none"}
+
+
+def test_help_defaults_come_from_the_config(capsys):
+    from folds.run import build_parser
+    text = " ".join(build_parser().format_help().split())
+    assert "maximum epochs per fold (default: 30; 12 with the demo preset)" in text
+    assert "(default: efficientnet_b3; resnet10t with the demo preset)" in text
