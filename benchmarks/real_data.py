@@ -37,7 +37,7 @@ def train_run(name: str, preset: str, args, **over) -> dict:
            "submissions_dir": str(Path(args.out) / "submissions"), "name": name, "img_size": args.img_size,
            "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
     cfg = resolve_config(cli, preset)
-    runner = FoldRunner(cfg, resume=True)
+    runner = FoldRunner.open(cfg, resume=True)
     res = runner.run(runner.planned_folds)
     sub = build([runner.run_dir], method="mean", oof="crops" if runner.cfg.crop_oof else "whole", report=False,
                 out=Path(runner.cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     try:
         cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
         from folds.runner import FoldRunner, summary_table
-        runner = FoldRunner(cfg, resume=args.resume, force=args.force)
+        runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
             print(f"full-data model: {result['epochs']} epochs; test probabilities in "

@@ -3,7 +3,7 @@
 It writes run files only (``common.layout``); every submission, the single run's fold mean
 included, is built from those files by ``ensemble/build.py``.
 
->>> runner = FoldRunner(resolve_config({"data_dir": None}))   # doctest: +SKIP
+>>> runner = FoldRunner.open(resolve_config({"data_dir": None}))   # doctest: +SKIP
 >>> runner.run(runner.planned_folds)                          # doctest: +SKIP
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from folds.engine import scores
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
 from folds.predict import Predictor, crop_boxes
-from folds.prepare import prepare_run, with_data_dir
+from folds.prepare import PreparedRun, prepare_run, with_data_dir
 from folds.train import train_fold
 
 log = logging.getLogger(__name__)
@@ -37,53 +37,28 @@ def default_run_name(cfg: RunConfig, demo: bool) -> str:
 
 
 class FoldRunner:
-    """Trains and predicts the folds of one run folder ``<runs_dir>/<name>/``.
+    """Trains and predicts the folds of one prepared run folder ``<runs_dir>/<name>/``.
 
-    The caller's config is never changed: ``self.cfg`` is the resolved copy (data folder and
-    run name filled in).
+    ``FoldRunner.open(cfg)`` does the setup (checks, data, split, run files); the runner
+    itself only runs. The caller's config is never changed.
     """
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, force: bool = False):
+    def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False):
+        self.cfg, self.ds, self.folds, self.demo = prep.cfg, prep.ds, prep.folds, prep.demo
+        self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force = resume, force
+
+    @classmethod
+    def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False) -> "FoldRunner":
+        """Resolve the data folder and run name, check the run folder, prepare the data, write the run files."""
         cfg, demo = with_data_dir(cfg)
         cfg = replace(cfg, name=cfg.name or default_run_name(cfg, demo))
-        self.run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
-        self._check_settings(cfg)
-        prep = prepare_run(cfg, self.run_dir / layout.FOLDS, demo=demo)
-        self.cfg, self.ds, self.folds, self.demo = prep.cfg, prep.ds, prep.folds, demo
-        self._check_classes()
-        self._write_run_files(prep)
-
-    # -- run folder ---------------------------------------------------------------------
-    def _check_settings(self, cfg: RunConfig) -> None:
-        """Refuse changed settings once a fold has trained; a folder that never started takes new ones."""
-        saved = self.run_dir / layout.CONFIG
-        if not saved.is_file():
-            return
-        old = json.loads(saved.read_text())
-        diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
-        if not diff:
-            return
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        if layout.has_started(self.run_dir):
-            raise UserError(f"{self.run_dir} was made with other settings ({shown}). Its folds were trained with "
-                            "the old ones: use a new --name for the new settings, or delete the folder.")
-        log.info("%s: no fold has started yet, so it takes the new settings (%s).", self.run_dir, shown)
-        (self.run_dir / layout.FOLDS).unlink(missing_ok=True)  # the split may change with them
-
-    def _check_classes(self) -> None:
-        saved = self.run_dir / layout.CLASSES
-        if saved.is_file() and layout.has_started(self.run_dir) and json.loads(saved.read_text()) != self.ds.classes:
-            raise UserError(f"{saved} differs from the classes in {self.cfg.data_dir}/train.csv.")
-
-    def _write_run_files(self, prep) -> None:
-        write_json(self.run_dir / layout.CONFIG, self.cfg.to_dict())
-        write_json(self.run_dir / layout.CLASSES, self.ds.classes)
-        manifest = self.run_dir / layout.MANIFEST
-        if not manifest.is_file() or not layout.has_started(self.run_dir):
-            write_json(manifest, make_manifest(data_hash=self.ds.data_hash(), split_key=prep.split_key,
-                                               split_hash=prep.split_hash, demo=self.demo,
-                                               n_train=len(self.ds.train), n_test=len(self.ds.test)))
+        run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
+        check_settings(run_dir, cfg)
+        prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo)
+        check_classes(run_dir, prep)
+        write_run_files(run_dir, prep)
+        return cls(prep, resume=resume, force=force)
 
     @property
     def planned_folds(self) -> list[int]:
@@ -217,6 +192,39 @@ class FoldRunner:
         write_json(self.run_dir / layout.MANIFEST, manifest)
         write_json(self.run_dir / layout.SCORES, {k: v for k, v in out.items() if k != "fold_results"})
         return out
+
+
+def check_settings(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse changed settings once a fold has trained; a folder that never started takes new ones."""
+    saved = run_dir / layout.CONFIG
+    if not saved.is_file():
+        return
+    old = json.loads(saved.read_text())
+    diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
+    if not diff:
+        return
+    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    if layout.has_started(run_dir):
+        raise UserError(f"{run_dir} was made with other settings ({shown}). Its folds were trained with "
+                        "the old ones: use a new --name for the new settings, or delete the folder.")
+    log.info("%s: no fold has started yet, so it takes the new settings (%s).", run_dir, shown)
+    (run_dir / layout.FOLDS).unlink(missing_ok=True)  # the split may change with them
+
+
+def check_classes(run_dir: Path, prep: PreparedRun) -> None:
+    saved = run_dir / layout.CLASSES
+    if saved.is_file() and layout.has_started(run_dir) and json.loads(saved.read_text()) != prep.ds.classes:
+        raise UserError(f"{saved} differs from the classes in {prep.cfg.data_dir}/train.csv.")
+
+
+def write_run_files(run_dir: Path, prep: PreparedRun) -> None:
+    write_json(run_dir / layout.CONFIG, prep.cfg.to_dict())
+    write_json(run_dir / layout.CLASSES, prep.ds.classes)
+    manifest = run_dir / layout.MANIFEST
+    if not manifest.is_file() or not layout.has_started(run_dir):
+        write_json(manifest, make_manifest(data_hash=prep.ds.data_hash(), split_key=prep.split_key,
+                                           split_hash=prep.split_hash, demo=prep.demo,
+                                           n_train=len(prep.ds.train), n_test=len(prep.ds.test)))
 
 
 def summary_table(fold_results: dict) -> str:

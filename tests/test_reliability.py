@@ -246,7 +246,7 @@ def test_bad_weights_write_nothing_and_a_fresh_folder_takes_new_settings(demo_so
     from folds.runner import FoldRunner
     cfg = resolve_config({"data_dir": str(demo_source), "runs_dir": str(tmp_path / "runs"), "name": "t",
                           "lr": 0.5, "n_folds": 3}, "demo")
-    FoldRunner(cfg)
+    FoldRunner.open(cfg)
     assert json.loads((tmp_path / "runs" / "t" / "config.json").read_text())["lr"] == 0.5
     assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})) == 0
     assert json.loads((tmp_path / "runs" / "t" / "config.json").read_text())["n_folds"] == 2
