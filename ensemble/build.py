@@ -30,6 +30,7 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
+from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import ANSWER_KEY, answer_key, write_submission  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     labels = np.asarray(classes)[test.argmax(1)]
     write_submission(out, first.test_ids, labels, sample_df, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
-    result = {"out": out, "table": table, "chosen": chosen}
+    # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
+    result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
+        "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "with_full": with_full,
+        "runs": [str(r.path.resolve()) for r in runs], "classes": classes})}
     truth = answer_key(data_dir, first.test_ids, classes)
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result["test_f1"] = macro_f1(truth, test)
@@ -157,7 +161,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
             else first.oof.drop_duplicates("id")["label"]
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
-                                        sub_labels=labels, notes=notes)
+                                        sub_labels=labels, notes=notes,
+                                        oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof])
     result["notes"] = notes
     return result
 
@@ -184,7 +189,8 @@ def main(argv=None) -> int:
     print(format_table(result["table"], result["chosen"]))
     for n in result["notes"]:
         print(f"note: {n}")
-    print(f"submission: {result['out']}")
+    print(f"submission: {result['out']}\nfitted blend (for ensemble/predict.py and ensemble/export.py): "
+          f"{result['blend']}")
     if "report" in result:
         print(f"report: {result['report']}")
     return 0

@@ -36,18 +36,24 @@ def per_class_f1_plot(y, pred, classes, path: Path) -> str:
     return _save(fig, path)
 
 
-def confusion_plot(y, pred, classes, path: Path) -> str:
+def class_codes(classes) -> list[str]:
+    """Short axis labels: the names themselves when few, else C01, C02, ... (the report lists them)."""
+    return list(classes) if len(classes) <= 12 else [f"C{i + 1:02d}" for i in range(len(classes))]
+
+
+def confusion_plot(y, pred, classes, path: Path, oof_kind: str = "OOF") -> str:
     cm = confusion_matrix(y, pred, labels=np.arange(len(classes))).astype(float)
-    cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(5, 0.18 * len(classes))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)  # each true class's row sums to 1: one colour scale
+    size = max(6, 0.24 * len(classes))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, _short(classes, 12), rotation=90, fontsize=6)
-    ax.set_yticks(ticks, _short(classes, 12), fontsize=6)
+    codes = class_codes(classes)
+    ax.set_xticks(ticks, codes, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, codes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (rows normalised)")
+    ax.set_title(f"Confusion matrix on the {oof_kind} (rows normalised to 1)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
@@ -68,14 +74,14 @@ def distribution_plot(train_labels, sub_labels, classes, path: Path) -> str:
 
 
 def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: list[dict], y, pred, classes,
-                 train_labels, sub_labels, notes: list[str]) -> Path:
+                 train_labels, sub_labels, notes: list[str], oof_kind: str = "crop-OOF") -> Path:
     """``<csv stem>_report.md`` beside the CSV, with its plots in ``<csv stem>_report/``."""
     csv_path = Path(csv_path)
     fig_dir = csv_path.with_name(csv_path.stem + "_report")
     md = csv_path.with_name(csv_path.stem + "_report.md")
     figs = {
         "Per-class F1": per_class_f1_plot(y, pred, classes, fig_dir / "per_class_f1.png"),
-        "Confusion matrix": confusion_plot(y, pred, classes, fig_dir / "confusion.png"),
+        "Confusion matrix": confusion_plot(y, pred, classes, fig_dir / "confusion.png", oof_kind),
         "Class distribution": distribution_plot(train_labels, sub_labels, classes, fig_dir / "distribution.png"),
     }
     lines = [f"# Ensemble report: {csv_path.name}", "", f"Final method: **{chosen}**.", "",
@@ -90,4 +96,7 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
     lines += [""] + [f"- {n}" for n in notes] + [""]
     for title, name in figs.items():
         lines += [f"## {title}", "", f"![{title}]({fig_dir.name}/{name})", ""]
+    if class_codes(classes) != list(classes):
+        lines += ["## Class codes in the plots", "", "| code | class |", "| --- | --- |"]
+        lines += [f"| {c} | {name} |" for c, name in zip(class_codes(classes), classes)] + [""]
     return write_text(md, "\n".join(lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import UserError
-from common.layout import BEST
+from common.layout import BEST, BEST_EXPORTED
 from folds.checkpoint import fold_hint, read_checkpoint
 from folds.config import RunConfig
 from folds.engine import InputPipe, Precision
@@ -22,8 +22,14 @@ def load_best(cfg: RunConfig, num_classes: int, out_dir: Path):
     prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last)
     model, dcfg = build_model(cfg, num_classes, pretrained=False)
     path = Path(out_dir) / BEST
+    if not path.is_file() and (Path(out_dir) / BEST_EXPORTED).is_file():  # an export folder
+        from safetensors.torch import load_file
+        path = Path(out_dir) / BEST_EXPORTED
+        state = load_file(str(path))
+    else:
+        state = read_checkpoint(path)
     try:
-        model.load_state_dict(read_checkpoint(path))
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: the weights do not fit this run's model ({type(e).__name__}). "
                         f"{fold_hint(path)}") from None

@@ -26,10 +26,14 @@ def _default(key: str) -> str:
     return f"({text})"
 
 
-def add_training_options(p: argparse.ArgumentParser, k_flags: tuple[str, ...] = ("--n-folds", "--folds")) -> None:
-    """Every RunConfig option as a flag; all default to None so lower layers survive."""
+def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
+    """Every RunConfig option as a flag; all default to None so lower layers survive.
+
+    ``skip``: flags that do not apply to the calling command (they are not offered at all).
+    """
     def opt(group, *flags, key, help, **kw):  # noqa: A002 - argparse's own name
-        group.add_argument(*flags, dest=key, help=f"{help} {_default(key)}".strip(), **kw)
+        if flags[0] not in skip:
+            group.add_argument(*flags, dest=key, help=f"{help} {_default(key)}".strip(), **kw)
 
     def pick(group, flag, key, help):  # noqa: A002
         opt(group, flag, key=key, choices=CHOICES[key], help=help)
@@ -38,18 +42,21 @@ def add_training_options(p: argparse.ArgumentParser, k_flags: tuple[str, ...] = 
     g.add_argument("--data-dir", help="folder with train.csv, test.csv, sample_submission.csv and the images "
                    "(Dacon layout). Omitted: the built-in demo dataset.")
     g.add_argument("--corrections", help="CSV of id,artist that overrides train labels (each change is logged)")
-    g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: MODEL-seedSEED, or 'demo')")
+    if "--name" not in skip:
+        g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: MODEL-seedSEED, or 'demo')")
     opt(g, "--runs-dir", key="runs_dir", help="where run folders live")
     opt(g, "--submissions-dir", key="submissions_dir", help="where submission CSVs go")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="named defaults: 'demo' (tiny model, runs on a CPU; the default when no layer names a data "
                         "folder), 'seed' (the original recipe: whole-image resize, one 80/20 split, no TTA), 'default'")
     g.add_argument("--config", help="JSON or YAML file of options (overrides the preset; the CLI overrides it)")
-    g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json (overrides --config)")
+    if "--params" not in skip:
+        g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json, which also restores "
+                       "the study's training setup (overrides --config; the command line overrides it)")
     opt(g, "--max-image-pixels", key="max_image_pixels", type=int,
         help="PIL's decompression-bomb limit, for genuinely huge paintings (none: PIL's, about 89 million; 0: off)")
     g = p.add_argument_group("split")
-    opt(g, *k_flags, key="n_folds", type=int, help="K of the stratified K-fold split")
+    opt(g, "--n-folds", key="n_folds", type=int, help="K of the stratified K-fold split")
     opt(g, "--split-seed", key="split_seed", type=int, help="seed of the split, separate from --seed so runs "
         "share folds")
     opt(g, "--holdout", key="holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
@@ -89,8 +96,34 @@ def add_training_options(p: argparse.ArgumentParser, k_flags: tuple[str, ...] = 
     opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
     opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: CPU cores - 1, "
         "at most 8)")
+    opt(g, "--keep-last", key="keep_last", action="store_true", default=None,
+        help="keep a finished fold's last.pt (its full training state, about 3x the weights); it is deleted "
+        "once the fold is done otherwise")
     opt(g, "--cache", key="cache", action="store_true", default=None,
         help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
+
+
+def add_legacy_folds(p: argparse.ArgumentParser) -> None:
+    """The old ``--folds``, meaning K in folds/run.py and the fold list in tuning/tune.py, kept for one release."""
+    p.add_argument("--folds", dest="legacy_folds", help=argparse.SUPPRESS)
+
+
+def legacy_folds(args: argparse.Namespace, log, meaning: str) -> None:
+    """Map an old ``--folds VALUE`` onto ``--n-folds`` (meaning 'k') or ``--fold`` (meaning 'spec'), with a hint."""
+    value = getattr(args, "legacy_folds", None)
+    if value is None:
+        return
+    from common import UserError
+    if meaning == "k":
+        if not value.strip().isdigit():
+            raise UserError(f"--folds {value!r}: --folds was K, the number of folds, and is now --n-folds. To train "
+                            f"some folds, use --fold {value}.")
+        log.warning("--folds K is now --n-folds K (the old spelling works for one more release).")
+        args.n_folds = args.n_folds or int(value)
+    else:
+        log.warning("--folds SPEC is now --fold SPEC, as in folds/run.py (the old spelling works for one more "
+                    "release); K is --n-folds.")
+        args.fold = value
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:

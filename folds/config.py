@@ -59,6 +59,7 @@ class RunConfig:
     workers: int | None = None
     cache: bool = False  # decode each image once into a downsized on-disk cache
     max_image_pixels: int | None = None  # PIL's decompression-bomb limit (None: PIL's default; 0: off)
+    keep_last: bool = False  # keep a finished fold's last.pt (the full training state; large)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +67,8 @@ class RunConfig:
 
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
-RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels"}
+RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
+               "keep_last"}
 
 def learning_settings(cfg: RunConfig, exclude=()) -> dict:
     """The settings that decide what a fold learns: the one "same experiment" key.
@@ -111,7 +113,8 @@ def read_config_file(path, option: str) -> dict:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{option} {path}: cannot parse ({e}).") from None
     if isinstance(data, dict) and isinstance(data.get("params"), dict):
-        data = data["params"]  # tuning/<study>/best.json keeps them under "params"
+        # tuning/<study>/best.json: the study's training setup, with the best parameters over it
+        data = {**(data.get("config") or {}), **data["params"]}
     if not isinstance(data, dict):
         raise UserError(f"{option} {path}: expected a mapping of option names to values.")
     return data

@@ -202,6 +202,29 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     return train
 
 
+def check_sample(sub: pd.DataFrame, test: pd.DataFrame, sub_csv: Path, test_csv: Path) -> None:
+    if set(sub["id"]) != set(test["id"]) or len(sub) != len(test):
+        extra = sorted(set(sub["id"]) - set(test["id"]))[:MAX_LISTED]
+        lack = sorted(set(test["id"]) - set(sub["id"]))[:MAX_LISTED]
+        raise UserError(f"{sub_csv}: ids do not match {test_csv}: only in the submission {extra}, "
+                        f"only in test {lack}.")
+
+
+def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """test.csv (with absolute ``path``) and sample_submission.csv of a Dacon-layout folder, validated;
+    no train data needed (an inference kernel's hidden test set)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding test.csv.")
+    test_csv, sub_csv = data_dir / "test.csv", data_dir / "sample_submission.csv"
+    test = read_csv(test_csv, TEST_COLUMNS)
+    sub = read_csv(sub_csv, SUBMISSION_COLUMNS)
+    test["path"] = resolve_paths(test, data_dir, test_csv)
+    check_readable([(test, test_csv)], verified_cache)
+    check_sample(sub, test, sub_csv, test_csv)
+    return test.reset_index(drop=True), sub
+
+
 def load_dataset(data_dir, corrections=None, check_images: bool = True, verified_cache=None) -> Dataset:
     """Read train.csv, test.csv and sample_submission.csv from ``data_dir`` and validate them.
 
@@ -226,11 +249,7 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
                         "classes. Check the artist column.")
     if check_images:
         check_readable([(train, train_csv), (test, test_csv)], verified_cache)
-    if set(sub["id"]) != set(test["id"]) or len(sub) != len(test):
-        extra = sorted(set(sub["id"]) - set(test["id"]))[:MAX_LISTED]
-        lack = sorted(set(test["id"]) - set(sub["id"]))[:MAX_LISTED]
-        raise UserError(f"{sub_csv}: ids do not match {test_csv}: only in the submission {extra}, "
-                        f"only in test {lack}.")
+    check_sample(sub, test, sub_csv, test_csv)
     train["label"] = train["artist"].map({c: i for i, c in enumerate(classes)}).astype(int)
     labels = None
     labels_csv = data_dir / "test_labels.csv"

@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, log_loss
-from tqdm.auto import tqdm
-
 from common.metrics import macro_f1
+from common.progress import progress
 from folds.loader import batches
 
 
@@ -82,8 +81,7 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     """One pass over the loader; returns the mean training loss."""
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(batches(loader), total=len(loader), desc=desc, leave=False, dynamic_ncols=True, disable=None)
-    for x, y in bar:
+    for x, y in progress(batches(loader), len(loader), desc):
         x, y = inputs(x), y.to(prec.device, non_blocking=True)
         with prec.autocast():
             loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
@@ -93,7 +91,6 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
         scaler.update()
         total += loss.item() * len(y)
         n += len(y)
-        bar.set_postfix(loss=f"{total / n:.3f}")
     if not np.isfinite(total):
         raise FloatingPointError("training loss is not finite; try a lower --lr or --amp off.")
     return total / max(n, 1)

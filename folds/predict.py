@@ -9,10 +9,10 @@ import zlib
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from common.progress import progress
 from ensemble.merge import merge
-from ensemble.tta import BatchedTTA
+from ensemble.tta import BatchedTTA, tta_transforms
 from folds.augment import eval_transform
 from folds.backbone import load_best
 from folds.cache import image_cache
@@ -43,7 +43,7 @@ def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = 
     model.eval()
     wrapped = BatchedTTA(model, tta)
     out = []
-    for batch in tqdm(batches(loader), total=len(loader), desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    for batch in progress(batches(loader), len(loader), desc, unit="images", scale=loader.batch_size or 1):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         with prec.autocast():
             views = wrapped(inputs(x))
@@ -65,9 +65,15 @@ class Predictor:
         self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
         self.cache = image_cache(cfg, size)
         self.batch_size, self.workers, self.tta = cfg.batch_size * 2, num_workers(cfg), cfg.tta
+        self.views = max(1, len(list(tta_transforms(cfg.tta))))
 
     def predict(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
-        """(N, K) probabilities of whole images, or of ``crops`` (one box per path) of them."""
+        """(N, K) probabilities of whole images, or of ``crops`` (one box per path) of them.
+
+        ``desc`` names the phase; the progress line adds the count and the TTA views.
+        """
+        paths = list(paths)
+        desc = f"{desc}: {len(paths):,} {'crops' if crops is not None else 'images'} x {self.views} views"
         data = ImageDataset(paths, None, self.transform, crops=crops, cache=self.cache)
         loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
                              pin_memory=self.prec.device.type == "cuda")

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from common import UserError  # noqa: E402
-from folds.cli import add_training_options, cli_overrides  # noqa: E402
+from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds  # noqa: E402
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the run's folds)")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     add_training_options(p)
+    add_legacy_folds(p)
     return p
 
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stdout, force=True)
     try:
+        legacy_folds(args, logging.getLogger("folds.run"), "k")
         cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
         from folds.runner import FoldRunner, summary_table
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)

@@ -111,6 +111,8 @@ class FoldRunner:
         if epochs is not None:
             result["epochs"] = epochs
         write_json(d / layout.DONE, result)  # written last: a fold is finished only with all its files
+        if not self.cfg.keep_last:  # the full training state is only needed to resume an unfinished fold
+            (d / layout.LAST).unlink(missing_ok=True)
         if "oof" in result:
             log.info("fold %s: OOF macro-F1 %.4f%s", k, result["oof"]["f1"],
                      f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
@@ -140,7 +142,7 @@ class FoldRunner:
         it can join a soft vote but not a stacker's fit.
         """
         if epochs is None:
-            best = [json.loads((self.fold_dir(k) / layout.DONE).read_text())["best_epoch"] + 1
+            best = [json.loads((self.fold_dir(k) / layout.DONE).read_text())["best_epoch"]
                     for k in self.planned_folds if self.is_done(k)]
             if not best:
                 raise UserError("--fold full needs the run's folds first (for the epoch count), or --full-epochs N.")
@@ -228,11 +230,14 @@ def write_run_files(run_dir: Path, prep: PreparedRun) -> None:
 
 
 def summary_table(fold_results: dict) -> str:
-    """One line per fold: best epoch, validation F1 and loss, crop-OOF F1, minutes."""
-    head = f"{'fold':>5} {'best epoch':>10} {'val F1':>8} {'val loss':>9} {'crop F1':>8} {'minutes':>8}"
+    """One line per fold: best epoch, its validation F1 and loss (no TTA), then the fold's OOF and
+    crop-OOF macro-F1 (with TTA, what the run's scores are made of), and minutes."""
+    head = (f"{'fold':>5} {'best epoch':>10} {'val F1':>8} {'val loss':>9} {'OOF F1':>8} {'crop-OOF F1':>11} "
+            f"{'minutes':>8}")
     lines = [head, "-" * len(head)]
     for k, r in sorted(fold_results.items(), key=lambda kv: str(kv[0])):
+        oof = r.get("oof", {}).get("f1", float("nan"))
         crop = r.get("crop_oof", {}).get("f1", float("nan"))
-        lines.append(f"{k!s:>5} {r['best_epoch'] + 1:>10} {r['best_f1']:>8.4f} {r['best_loss']:>9.4f} "
-                     f"{crop:>8.4f} {r['minutes']:>8.2f}")
+        lines.append(f"{k!s:>5} {r['best_epoch']:>10} {r['best_f1']:>8.4f} {r['best_loss']:>9.4f} {oof:>8.4f} "
+                     f"{crop:>11.4f} {r['minutes']:>8.2f}")
     return "\n".join(lines)

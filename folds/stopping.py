@@ -17,7 +17,7 @@ class EarlyStopping:
 
     def __init__(self, monitor: str, patience: int | None):
         self.key, self.patience = MONITORS[monitor], patience
-        self.best, self.best_epoch, self.bad_epochs = None, -1, 0
+        self.best, self.best_epoch, self.bad_epochs = None, 0, 0  # epochs count from 1; 0: none yet
 
     def update(self, row: dict) -> bool:
         """Record an epoch's row; True when it is the new best."""

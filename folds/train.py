@@ -80,7 +80,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     pin = prec.device.type == "cuda"
     val_loader = make_loader(val_ds, cfg.batch_size * 2, train=False, num_workers=workers,
                              pin_memory=pin) if has_val else None
-    for epoch in range(len(history), n_epochs):
+    for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
         t0 = time.time()
@@ -90,8 +90,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                              pin_memory=pin)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, cfg.label_smoothing,
-                                     desc=f"{out_dir.name} epoch {epoch + 1}/{n_epochs}")
-        scheduler.step(epoch + 1)
+                                     desc=f"{out_dir.name} epoch {epoch}/{n_epochs}")
+        scheduler.step(epoch)  # epochs done so far
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"), "val_f1": float("nan"),
                "val_acc": float("nan"), "lr": lr}
         if has_val:
@@ -105,13 +105,13 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             ckpt.save_best(model)
         ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds)
         log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_acc %.4f lr %.2e (%.1fs)",
-                 out_dir.name, epoch + 1, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_acc"],
+                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_acc"],
                  lr, row["seconds"])
         if on_epoch is not None:
             on_epoch(epoch, row)
-    if stopper.best_epoch < 0:
+    if stopper.best_epoch < 1:
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
-    best_row = history[stopper.best_epoch]
+    best_row = history[stopper.best_epoch - 1]
     return {"best_epoch": stopper.best_epoch, "best_f1": best_row["val_f1"], "best_loss": best_row["val_loss"],
             "best_acc": best_row["val_acc"], "epochs_run": len(history), "seconds": seconds,
             "img_size": size, "data_config": dcfg, "device": prec.describe()}

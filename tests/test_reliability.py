@@ -53,9 +53,11 @@ def test_storage_errors_never_print_the_password(url, demo_source, tmp_path_fact
 
 
 def test_rdb_storage_uses_the_current_retry_api(tmp_path):
+    from tuning.storage import has_heartbeat
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        make_storage(f"sqlite:///{tmp_path}/s.db", tmp_path)
+        rdb = make_storage(f"sqlite:///{tmp_path}/s.db", tmp_path)
+    assert has_heartbeat(rdb) and not has_heartbeat(make_storage(None, tmp_path))
 
 
 # -- 7. tuner arguments are checked before the storage is touched ------------------------------
@@ -177,7 +179,8 @@ def test_bad_input_in_a_real_subprocess(demo_dir, tmp_path):
 @pytest.fixture(scope="module")
 def small_run(demo_source, tmp_path_factory):
     out = tmp_path_factory.mktemp("small")
-    assert run_main(tiny_args(demo_source, out, **{"--epochs": 2, "--n-folds": 2})) == 0
+    assert run_main(tiny_args(demo_source, out, **{"--epochs": 2, "--n-folds": 2, "--keep-last": True})) == 0
+    assert (out / "runs" / "t" / "fold_1" / "last.pt").is_file()
     return out
 
 

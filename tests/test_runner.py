@@ -52,8 +52,9 @@ def test_outputs_and_submission_match_sample(finished_run, demo_source):
     assert not (run / "test_probs.csv").exists()
     assert (out / "subs" / "t_folds-mean_probs.csv").is_file() and (out / "subs" / "t_folds-mean_report.md").is_file()
     for k in range(5):
-        for f in ("history.csv", "best.pt", "last.pt", "test_probs.csv", "oof.csv", "done.json"):
+        for f in ("history.csv", "best.pt", "test_probs.csv", "oof.csv", "done.json"):
             assert (run / f"fold_{k}" / f).is_file()
+        assert not (run / f"fold_{k}" / "last.pt").exists()  # deleted once the fold is done (--keep-last keeps it)
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"packages", "git", "data_hash", "split_hash", "device", "fold_minutes"} <= set(manifest)
     sample = pd.read_csv(demo_source / "sample_submission.csv", dtype=str)
@@ -98,7 +99,7 @@ def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 6, "--resume": True})) == 0
     assert (run / "fold_0" / "done.json").stat().st_mtime == fold0  # finished fold not redone
     history = pd.read_csv(run / "fold_1" / "history.csv")
-    assert list(history["epoch"]) == list(range(len(history))) and len(history) >= epochs_before
+    assert list(history["epoch"]) == list(range(1, len(history) + 1)) and len(history) >= epochs_before
     assert (tmp_path / "subs" / "t_folds-mean.csv").is_file()
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
 
@@ -176,7 +177,7 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     full = train_fold(cfg, ds, tr, va, tmp_path / "full")
 
     def stop_after_first(epoch, row):
-        if epoch == 0:
+        if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -47,9 +47,9 @@ class Objective:
                 def report(epoch, row, i=i):
                     # One step counter across folds (fold index x epochs + epoch): Optuna refuses a
                     # step reported twice, which per-fold numbering would do.
-                    trial.report(row["val_f1"], step=i * cfg.epochs + epoch)
+                    trial.report(row["val_f1"], step=i * cfg.epochs + epoch - 1)  # epochs count from 1
                     if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch + 1}: val F1 {row['val_f1']:.4f}")
+                        raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: val F1 {row['val_f1']:.4f}")
 
                 r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
                                fold_dir(out, k), fold_index=k, on_epoch=report)

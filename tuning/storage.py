@@ -116,4 +116,4 @@ def check_parallel_safe(url: str | None, workers: int) -> None:
 
 def has_heartbeat(storage) -> bool:
     """RDB storages fail and retry a dead worker's trial themselves; the journal file cannot."""
-    return isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled()
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None

@@ -97,11 +97,21 @@ def summary(study) -> str:
             + (f", {c['running']} running" if c["running"] else ""))
 
 
-def write_best(study, path: Path, storage_url: str | None) -> Path:
+def next_command(path: Path) -> str:
+    return f"python folds/run.py --params {path} --fold all"
+
+
+def write_best(study, path: Path, storage_url: str | None, config: dict) -> Path:
+    """best.json: the best parameters, and the study's training setup (``config``) that
+    ``folds/run.py --params`` restores under them, so the printed command trains what was tuned."""
     b = best_trial(study)
+    config = {k: v for k, v in config.items() if k not in b.params}
     return write_json(path, {"study": study.study_name, "storage": mask(storage_url) or "journal file",
-                             "value": b.value, "trial": b.number, "params": b.params, "counts": counts(study),
-                             "use": f"python folds/run.py --params {path}"})
+                             "value": b.value, "trial": b.number, "params": b.params, "config": config,
+                             "counts": counts(study), "use": next_command(path)})
+
+
+MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA importances from fewer complete trials are mostly noise
 
 
 def save_plots(study, out_dir: Path) -> list[Path]:
@@ -124,7 +134,14 @@ def save_plots(study, out_dir: Path) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = make()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            first = ax.flat[0] if hasattr(ax, "flat") else ax
+            fig = first.figure
+            n_complete = counts(study)["complete"]
+            if name == "importances.png" and n_complete < MIN_TRIALS_FOR_IMPORTANCE:
+                first.set_title(f"Parameter importances from only {n_complete} complete trials: not meaningful "
+                                f"yet (need {MIN_TRIALS_FOR_IMPORTANCE})", color="tab:red", fontsize=9)
+                log.warning("importances.png: only %d complete trials; importances are not meaningful below %d.",
+                            n_complete, MIN_TRIALS_FOR_IMPORTANCE)
             with atomic_write(Path(out_dir) / name, "wb") as f:
                 fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
             plt.close(fig)

@@ -2,7 +2,7 @@
 
 Examples:
     python tuning/tune.py --study demo --n-trials 6                       # demo data, embedded storage
-    python tuning/tune.py --study b3 --n-trials 30 --folds 0 --data-dir data
+    python tuning/tune.py --study b3 --n-trials 30 --fold 0 --data-dir data
     python tuning/tune.py --study b3 --n-trials 60 --data-dir data --workers 2          # 2 local workers/GPUs
     python tuning/tune.py --study b3 --n-trials 60 --data-dir data \\
         --storage postgresql://user:pw@db-host/optuna                      # run the same on every machine
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError  # noqa: E402
-from folds.cli import add_training_options, cli_overrides  # noqa: E402
+from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds  # noqa: E402
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 from tuning.study import PRUNERS  # noqa: E402
 
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--study", required=True, help="study name; outputs go to tuning/<study>/")
     g.add_argument("--n-trials", type=int, default=20, help="target number of finished trials in the study "
                    "(default: 20; 0 only summarises)")
-    g.add_argument("--folds", default="0", help="folds each trial trains, e.g. 0 or 0,1 (default: 0)")
+    g.add_argument("--fold", default="0", help="folds each trial trains, e.g. 0 or 0,1, as --fold in "
+                   "folds/run.py (default: 0)")
     g.add_argument("--storage", help="RDB URL shared by several machines, e.g. postgresql://user:pw@host/db "
                    "(default: a journal file tuning/<study>/journal.log, no server)")
     g.add_argument("--workers", dest="study_workers", type=int, default=1, help="local worker processes on this study, one per GPU "
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
     g.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    add_training_options(p, k_flags=("--n-folds",))
+    # Options of a run folder do not apply to a study: they are not offered here.
+    add_training_options(p, skip=("--name", "--submissions-dir", "--holdout", "--params", "--keep-last"))
+    add_legacy_folds(p)
     return p
 
 
@@ -85,12 +88,14 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import fail_orphaned_local_trials, make_pruner, open_study, save_plots, summary, write_best
+    from tuning.study import (fail_orphaned_local_trials, make_pruner, next_command, open_study, save_plots,
+                              summary, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
+    legacy_folds(args, log, "spec")
     check_tuner_args(args)
-    cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
-    fold_ids = parse_fold_spec(args.folds, cfg.n_folds)
+    cfg = resolve_config(cli_overrides(args), args.preset, args.config)
+    fold_ids = parse_fold_spec(args.fold, cfg.n_folds)
     space = load_space(args.space)
     check_parallel_safe(args.storage, args.study_workers)
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
@@ -123,9 +128,12 @@ def run(args) -> int:
     if args.worker_index is not None:
         return 0
     print(summary(study))
-    best = write_best(study, study_dir / "best.json", args.storage)
+    # the training setup a run needs besides the tuned parameters (not the run folder's own options)
+    machine = ("name", "submissions_dir", "keep_last", "workers", "device", "max_image_pixels")
+    setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
+    best = write_best(study, study_dir / "best.json", args.storage, setup_cfg)
     plots = save_plots(study, study_dir)
-    print(f"best parameters: {best}  (use: python folds/run.py --params {best})")
+    print(f"best parameters and training setup: {best}\nnext: {next_command(best)}")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 

@@ -1,0 +1,143 @@
+"""Predict a new test set with trained runs: the inference-kernel workflow of code competitions.
+
+The runs' best fold weights predict every image of a Dacon-layout folder (test.csv,
+sample_submission.csv, the images; no train data), with each run's TTA; the fold mean goes
+through the project's merger, and the runs are combined by a blend: a soft vote by name, or
+the fitted blend that ``ensemble/build.py`` saved (reused, never refit). Nothing comes from a
+hub, so it runs offline, from an export folder (``ensemble/export.py``) too.
+
+Examples:
+    python ensemble/predict.py runs/a runs/b --data-dir new_test --method mean --out submission.csv
+    python ensemble/predict.py --blend submissions/ab_stack_blend.json --data-dir new_test --out submission.csv
+    python export/code/ensemble/predict.py export --data-dir /kaggle/input/comp --out submission.csv
+
+It runs fold models, so it uses the inference half of folds/ (folds.predict), never the
+training loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from common import UserError, layout, write_csv  # noqa: E402
+from common.layout import prob_frame  # noqa: E402
+from ensemble.blend import full_proba, make_blend, members_to_X  # noqa: E402
+from ensemble.merge import merge  # noqa: E402
+from ensemble.saved_blend import load_blend  # noqa: E402
+from ensemble.submission import write_submission  # noqa: E402
+
+log = logging.getLogger("predict")
+VOTES = ("mean", "gmean", "vote")  # blends that learn nothing: usable without a fitted one
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemble/predict.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="*", help="run folders (runs/<name>), or one export folder")
+    p.add_argument("--data-dir", required=True, help="Dacon-layout folder to predict: test.csv, "
+                   "sample_submission.csv and the images")
+    p.add_argument("--out", required=True, help="submission CSV to write (its probabilities go beside it)")
+    p.add_argument("--method", choices=VOTES, help="combine the runs by this vote (default: mean); learned "
+                   "blends come from --blend")
+    p.add_argument("--blend", help="a fitted blend, <out>_blend.json from ensemble/build.py (its runs are used "
+                   "unless run folders are given)")
+    p.add_argument("--with-full", action="store_true", default=None, help="add each run's full-data model to its "
+                   "fold mean (default: as the blend was built)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: twice the run's training batch)")
+    return p
+
+
+def resolve_sources(args) -> tuple[list[Path], object, dict]:
+    """(run folders, fitted blend, blend description) from an export folder, --blend or --method."""
+    sources = [Path(s) for s in args.sources]
+    if len(sources) == 1 and (sources[0] / layout.EXPORT).is_file():
+        export = json.loads((sources[0] / layout.EXPORT).read_text())
+        blend, meta = load_blend(sources[0] / export["blend"])
+        return [sources[0] / "runs" / name for name in export["runs"]], blend, meta
+    if args.blend:
+        if args.method:
+            raise UserError("--blend and --method: give one (the fitted blend already has its method).")
+        blend, meta = load_blend(args.blend)
+        return (sources or [Path(r) for r in meta["runs"]]), blend, meta
+    if not sources:
+        raise UserError("no runs: pass run folders, an export folder, or --blend.")
+    method = args.method or "mean"
+    return sources, make_blend(method, n_members=len(sources)), {"method": method, "with_full": False}
+
+
+def run_config(run: Path, args):
+    """The run's RunConfig, set up for prediction on this machine."""
+    from folds.config import RunConfig
+    saved = json.loads((run / layout.CONFIG).read_text())
+    cfg = RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
+    return replace(cfg, device=args.device, cache=False, workers=args.num_workers if args.num_workers is not None
+                   else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
+
+
+def predict_run(run: Path, paths, with_full: bool, args) -> tuple[list, np.ndarray]:
+    """A run's classes and its fold-mean test probabilities (the full-data model joins when asked)."""
+    from folds.predict import Predictor
+
+    if not (run / layout.CONFIG).is_file():
+        raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
+    cfg = run_config(run, args)
+    classes = json.loads((run / layout.CLASSES).read_text())
+    folds = layout.planned_folds(cfg) + ([layout.FULL] if with_full else [])
+    missing = [k for k in folds if not layout.is_done(run, k)]
+    if missing:
+        raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
+    probs = [Predictor(cfg, len(classes), layout.fold_dir(run, k)).predict(paths, desc=f"{run.name} fold {k}")
+             for k in folds]
+    return classes, merge(np.stack(probs), "mean")
+
+
+def predict(args) -> dict:
+    from folds.data import load_test_set
+
+    runs, blend, meta = resolve_sources(args)
+    with_full = meta.get("with_full", False) if args.with_full is None else args.with_full
+    test, sample = load_test_set(args.data_dir)
+    members, classes = [], None
+    for run in runs:
+        run_classes, probs = predict_run(run, test["path"], with_full, args)
+        if classes is not None and run_classes != classes:
+            raise UserError(f"{run} has other classes than {runs[0]}; runs must share train.csv.")
+        classes = run_classes
+        members.append(probs)
+    if meta.get("classes") not in (None, classes):
+        raise UserError(f"the blend was fit on other classes than the runs' {layout.CLASSES}.")
+    X = members_to_X(members)
+    fitted = blend if hasattr(blend, "classes_") else blend.fit(X)  # a vote learns nothing: fit only sizes it
+    final = full_proba(fitted, X, len(classes))
+    out = Path(args.out)
+    ids = test["id"].to_numpy()
+    write_submission(out, ids, np.asarray(classes)[final.argmax(1)], sample, classes)
+    write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(final, classes, id=ids))
+    return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test)}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    try:
+        result = predict(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"predicted {result['images']:,} images with {', '.join(result['runs'])} ({result['method']}); "
+          f"submission: {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
