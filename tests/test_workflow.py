@@ -1,0 +1,151 @@
+"""The competitor's workflow end to end: inference-only prediction, export, and the hand-offs."""
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, tiny_args
+from ensemble.build import main as build_main
+from ensemble.export import main as export_main
+from ensemble.predict import main as predict_main
+from folds.run import main as run_main
+from tuning.tune import main as tune_main
+
+
+@pytest.fixture(scope="module")
+def trained(demo_source, tmp_path_factory):
+    """Two tiny runs and a stack+offsets build over them (its fitted blend is saved)."""
+    out = tmp_path_factory.mktemp("wf")
+    for seed in (0, 1):
+        args = tiny_args(demo_source, out, **{"--epochs": 2, "--n-folds": 2, "--seed": seed, "--name": f"s{seed}"})
+        assert run_main(args) == 0
+    runs = [str(out / "runs" / f"s{s}") for s in (0, 1)]
+    assert build_main([*runs, "--method", "stack", "--offsets", "--out", str(out / "subs" / "st.csv"),
+                       "--no-report"]) == 0
+    return out
+
+
+def probs(path):
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False).set_index("id")
+
+
+def new_test_folder(demo_source, dst, n=20):
+    """A hidden test set as a kernel sees it: other ids, another order, a subset of the images."""
+    test = pd.read_csv(demo_source / "test.csv", dtype=str).sample(n, random_state=3)
+    dst.mkdir(parents=True)
+    (dst / "test").mkdir()
+    new = test.assign(id=[f"NEW_{i:03d}" for i in range(n)], img_path=[f"./test/n{i}.jpg" for i in range(n)])
+    for old, rel in zip(test["img_path"], new["img_path"]):
+        shutil.copy(demo_source / old, dst / rel)
+    new[["id", "img_path"]].to_csv(dst / "test.csv", index=False)
+    new[["id"]].assign(artist="x").to_csv(dst / "sample_submission.csv", index=False)
+    return dict(zip(new["id"], test["id"]))
+
+
+def test_export_then_predict_offline_equals_the_builds_own_predictions(trained, demo_source, tmp_path):
+    export = tmp_path / "export"
+    assert export_main(["--blend", str(trained / "subs" / "st_blend.json"), "--out", str(export), "--no-wheels"]) == 0
+    runs_copy = tmp_path / "runs-backup"
+    shutil.move(trained / "runs", runs_copy)  # the kernel has no runs/, no training data, no hub
+    try:
+        new = tmp_path / "hidden"
+        old_of = new_test_folder(demo_source, new)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+        for data, out in ((demo_source, tmp_path / "same.csv"), (new, tmp_path / "new.csv")):
+            proc = subprocess.run([sys.executable, str(export / "code" / "ensemble" / "predict.py"), str(export),
+                                   "--data-dir", str(data), "--out", str(out)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        built = probs(trained / "subs" / "st_probs.csv")
+        same = probs(tmp_path / "same_probs.csv")
+        np.testing.assert_allclose(same.loc[built.index].to_numpy(), built.to_numpy(), atol=1e-5)
+        fresh = probs(tmp_path / "new_probs.csv")
+        np.testing.assert_allclose(fresh.to_numpy(), built.loc[[old_of[i] for i in fresh.index]].to_numpy(),
+                                   atol=1e-5)
+        sub = pd.read_csv(tmp_path / "new.csv", dtype=str)
+        assert list(sub["id"]) == list(pd.read_csv(new / "sample_submission.csv", dtype=str)["id"])
+    finally:
+        shutil.move(runs_copy, trained / "runs")
+    assert (export / "runs" / "s0" / "fold_0" / "best.safetensors").is_file()
+    assert not list(export.rglob("*.pt"))  # best weights only, and no pickle
+
+
+def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, capsys):
+    runs = [str(trained / "runs" / f"s{s}") for s in (0, 1)]
+    assert predict_main([*runs, "--data-dir", str(demo_source), "--out", str(tmp_path / "m.csv")]) == 0
+    assert "predicted 72 images" in capsys.readouterr().out
+    assert build_main([*runs, "--method", "mean", "--out", str(tmp_path / "b.csv"), "--no-report"]) == 0
+    np.testing.assert_allclose(probs(tmp_path / "m_probs.csv").to_numpy(), probs(tmp_path / "b_probs.csv").to_numpy(),
+                               atol=1e-5)
+    assert predict_main([*runs, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_tuning_hands_off_a_runnable_command(demo_source, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tune_main(["--study", "h", "--n-trials", "1", "--preset", "demo", "--img-size", "32", "--epochs", "1",
+                      "--num-workers", "0", "--n-folds", "2", "--pruner", "none"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("next: ")][0]
+    argv = shlex.split(line.removeprefix("next: "))
+    assert argv[:2] == ["python", "folds/run.py"]
+    assert run_main(argv[2:] + ["-q"]) == 0  # run literally: the study's setup, not efficientnet_b3 from the hub
+    cfg = json.loads(next((tmp_path / "runs").glob("*/config.json")).read_text())
+    best = json.loads((tmp_path / "tuning" / "h" / "best.json").read_text())
+    assert (cfg["model"], cfg["img_size"], cfg["epochs"], cfg["n_folds"]) == ("resnet10t", 32, 1, 2)
+    assert cfg["lr"] == best["params"]["lr"]
+    assert run_main(argv[2:] + ["-q", "--epochs", "2", "--name", "more"]) == 0  # the command line still wins
+    assert json.loads((tmp_path / "runs" / "more" / "config.json").read_text())["epochs"] == 2
+
+
+def test_one_spelling_for_folds_with_hints_for_the_old_one(demo_source, tmp_path, capsys):
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--folds": "0,1", "--n-folds": None})) == 2
+    assert "use --fold 0,1" in capsys.readouterr().err
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--folds": "2", "--n-folds": None, "--epochs": 1})) == 0
+    assert json.loads((tmp_path / "runs" / "t" / "config.json").read_text())["n_folds"] == 2
+    assert "--folds K is now --n-folds K" in capsys.readouterr().out
+    from tuning.tune import build_parser
+    offered = build_parser()._option_string_actions
+    for hidden in ("--name", "--submissions-dir", "--holdout", "--params", "--keep-last"):
+        assert hidden not in offered
+    assert "--fold" in offered and "--n-folds" in offered
+
+
+def test_epochs_count_from_one_everywhere(trained):
+    run = trained / "runs" / "s0"
+    history = pd.read_csv(run / "fold_0" / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    done = json.loads((run / "fold_0" / "done.json").read_text())
+    assert 1 <= done["best_epoch"] <= 2 and done["epochs_run"] == 2
+
+
+def test_progress_lines_count_images_and_views_in_a_log(trained, demo_source, tmp_path, monkeypatch, capsys):
+    import common.progress as progress
+    monkeypatch.setattr(progress, "MIN_SECONDS", 0.0)  # every 10% step (a real log waits 5 s between lines)
+    assert predict_main([str(trained / "runs" / "s0"), "--data-dir", str(demo_source), "--out",
+                         str(tmp_path / "p.csv"), "--batch-size", "8"]) == 0
+    assert "s0 fold 0: 72 images x 2 views: 100% (72/72 images" in capsys.readouterr().out
+
+
+def test_subset_tool_says_what_it_made(demo_source, tmp_path, capsys):
+    from benchmarks.subset import main as subset_main
+    assert subset_main([str(demo_source), str(tmp_path / "sub"), "--classes", "9", "--per-class", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "6 artists, 24 train paintings (4 to 4 per artist)" in out and "--classes 9 -> 6" in out
+    assert subset_main([str(demo_source), str(tmp_path / "x"), "--per-class", "0"]) == 2
+
+
+def test_report_names_the_oof_and_lists_class_codes(tmp_path):
+    from ensemble.report import write_report
+    classes = [f"Painter number {i} with a long name" for i in range(20)]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 20, 200)
+    md = write_report(tmp_path / "r.csv", table=[{"method": "mean", "f1": 0.5, "acc": 0.5}], chosen="mean",
+                      run_rows=[], y=y, pred=y, classes=classes, train_labels=np.asarray(classes)[y],
+                      sub_labels=np.asarray(classes)[y], notes=[], oof_kind="crop-OOF").read_text()
+    assert "| C07 | Painter number 6 with a long name |" in md
