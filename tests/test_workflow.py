@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_args
+from conftest import tiny_args
 from ensemble.build import main as build_main
 from ensemble.export import main as export_main
 from ensemble.predict import main as predict_main
