@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)
     p.add_argument("--cache", action="store_true")
-    p.add_argument("--stages", default="a,b,c", help="which of a, b, c to run")
+    p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), c (ensemble) "
+                   "to run")
     p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c) when "
                    "less than the minutes (b) took are left")
     p.add_argument("--out", default="benchmarks/out")
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
 
     if "a" in stages:
         record({"stage": "a", **train_run("bench-seed", "seed", args)})
+    if "s" in stages:
+        record({"stage": "b+", **train_run("bench-strong", "strong", args)})
     suite = []
     if "b" in stages or "c" in stages:
         b = train_run("bench-suite", "default", args)

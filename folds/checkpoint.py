@@ -26,13 +26,15 @@ class Checkpointer:
     def save_best(self, model) -> None:
         save_torch(self.dir / BEST, model.state_dict())
 
-    def save_last(self, model, optimizer, scheduler, scaler, stopper, history: list, seconds: float) -> None:
+    def save_last(self, model, optimizer, scheduler, scaler, stopper, history: list, seconds: float,
+                  ema=None) -> None:
         save_torch(self.dir / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                     "stopper": stopper.state_dict(), "history": history, "seconds": seconds})
+                                     "stopper": stopper.state_dict(), "history": history, "seconds": seconds,
+                                     "ema": None if ema is None else ema.state_dict()})
         write_csv(self.dir / HISTORY, pd.DataFrame(history))
 
-    def restore_last(self, model, optimizer, scheduler, scaler, stopper, device) -> tuple[list, float]:
+    def restore_last(self, model, optimizer, scheduler, scaler, stopper, device, ema=None) -> tuple[list, float]:
         """Load ``last.pt`` into the given objects; returns (history, seconds)."""
         path = self.dir / LAST
         ckpt = read_checkpoint(path, map_location=device)
@@ -42,6 +44,8 @@ class Checkpointer:
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             stopper.load_state_dict(ckpt["stopper"])
+            if ema is not None:
+                ema.load_state_dict(ckpt["ema"])
             return list(ckpt["history"]), float(ckpt["seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path}: not a checkpoint of this run's settings ({type(e).__name__}: "

@@ -9,6 +9,7 @@ import argparse
 from dataclasses import fields
 
 from folds.config import CHOICES, PRESETS, RunConfig
+from folds.stopping import MONITORS
 
 CONFIG_KEYS = {f.name for f in fields(RunConfig)}
 _DEFAULTS = RunConfig()
@@ -76,14 +77,31 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--gamma", key="gamma", type=float, help="StepLR decay factor")
     pick(g, "--optimizer", "optimizer", "timm optimizer (weight decay is kept off norms and biases)")
     opt(g, "--weight-decay", key="weight_decay", type=float, help="weight decay")
+    pick(g, "--sched", "sched", "timm schedule: 'step' (StepLR: --step-size, --gamma) or 'cosine' (to 1%% of --lr)")
+    opt(g, "--warmup-epochs", key="warmup_epochs", type=int, help="linear warm-up from 1%% of --lr")
     opt(g, "--label-smoothing", key="label_smoothing", type=float, help="cross-entropy label smoothing")
+    opt(g, "--mixup", key="mixup", type=float, help="MixUp alpha, e.g. 0.2 (timm Mixup, soft-target loss; 0: off)")
+    opt(g, "--cutmix", key="cutmix", type=float, help="CutMix alpha, e.g. 1.0 (0: off; with --mixup, each batch "
+        "picks one)")
+    opt(g, "--erasing", key="erasing", type=float, help="random-erasing probability per image, on the device "
+        "(timm RandomErasing; 0: off)")
+    opt(g, "--ema", key="ema", type=float, help="weight-EMA decay, e.g. 0.999 (timm ModelEmaV3, warmed up; the EMA "
+        "weights are validated and saved; 0: off)")
     opt(g, "--patience", key="patience", type=int, help="early-stopping patience in epochs")
-    pick(g, "--monitor", "monitor", "early-stopping metric")
+    opt(g, "--monitor", key="monitor", choices=tuple(MONITORS), help="early-stopping and best-checkpoint metric "
+        "(none: crop-f1 when training on test-scale crops with --val-crops, else f1)")
+    opt(g, "--val-crops", key="val_crops", type=int, help="fixed half-size crops per validation painting, scored "
+        "every epoch beside the whole painting (0: off)")
     opt(g, "--batch-size", key="batch_size", type=int, help="batch size")
     opt(g, "--no-balanced-sampler", key="balanced_sampler", action="store_false", default=None,
         help="turn off the class-balanced (inverse frequency) sampler")
     pick(g, "--crop", "crop", "train crops: 'test-scale' (quarter-area crops like the test images) or 'whole' "
          "(resize the painting, then a default-scale crop)")
+    opt(g, "--pseudo", key="pseudo", help="a finished run's folder: fold k adds the test images as labelled by "
+        "fold k of that run (same split), so the OOF stays honest")
+    pick(g, "--pseudo-mode", "pseudo_mode", "pseudo-labels: 'hard' (confident argmax) or 'soft' (probabilities)")
+    opt(g, "--pseudo-threshold", key="pseudo_threshold", type=float, help="hard mode: keep test images whose top "
+        "probability reaches this")
     g = p.add_argument_group("prediction")
     pick(g, "--tta", "tta", "test-time augmentation: none, hflip (2 views), flips (4), d4 (8)")
     opt(g, "--crop-oof", key="crop_oof", type=int, help="fixed half-size crops per validation painting for the "

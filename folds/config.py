@@ -13,7 +13,7 @@ from common import UserError
 from ensemble.tta import TTA_MODES
 from folds.augment import CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
-from folds.optim import OPTIMIZERS
+from folds.optim import OPTIMIZERS, SCHEDULERS
 from folds.stopping import MONITORS
 
 
@@ -42,12 +42,23 @@ class RunConfig:
     gamma: float = 0.1
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    sched: str = "step"  # timm scheduler: StepLR(step_size, gamma) or cosine to 1% of lr
+    warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # MixUp alpha (timm.data.Mixup; 0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    erasing: float = 0.0  # random-erasing probability per image, on the device (timm RandomErasing)
+    ema: float = 0.0  # weight-EMA decay (timm ModelEmaV3; 0: off); validated and saved when on
     patience: int = 5
-    monitor: str = "f1"
+    monitor: str | None = None  # None: crop-f1 with test-scale crops and --val-crops, else f1
+    val_crops: int = 2  # fixed half-size crops per validation painting, scored every epoch (0: off)
     batch_size: int = 32
     balanced_sampler: bool = True
     crop: str = "test-scale"
+    # pseudo-labels: fold k adds the test crops as labelled by fold k of a finished run
+    pseudo: str | None = None  # that run's folder
+    pseudo_mode: str = "hard"  # hard: confident argmax labels; soft: the probabilities themselves
+    pseudo_threshold: float = 0.9  # hard mode: keep test crops whose top probability reaches this
     # prediction
     tta: str = "flips"
     crop_oof: int = 5  # fixed half-size crops per validation painting (0: off)
@@ -85,14 +96,20 @@ PRESETS = {
              "patience": 4, "batch_size": 32, "tta": "flips", "crop_oof": 3, "lr": 2e-3},
     # The original team's recipe: whole painting resized, default-scale RRC, one 80/20 split, no TTA.
     "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5},
+    # A modern fine-tuning recipe from timm's parts, checkpoints chosen on validation crops. A
+    # candidate until GPU runs choose it by crop-OOF (benchmarks/RESULTS.md has what was measured).
+    "strong": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.02, "sched": "cosine", "warmup_epochs": 2,
+               "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0, "erasing": 0.25, "ema": 0.998,
+               "patience": 8, "monitor": "crop-f1"},
 }
 
 # Options with a fixed set of values: each set comes from its own registry, stated once there.
 CHOICES = {
-    "monitor": tuple(MONITORS),
     "optimizer": tuple(OPTIMIZERS),
     "crop": tuple(CROPS),
     "tta": tuple(TTA_MODES),
+    "sched": tuple(SCHEDULERS),
+    "pseudo_mode": ("hard", "soft"),
     "amp": AMP_MODES,
     "channels_last": CHANNELS_LAST_MODES,
 }
@@ -158,6 +175,23 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--dropout must be in [0, 1), but got {cfg.dropout}.")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), but got {cfg.label_smoothing}.")
+    if cfg.monitor is not None and cfg.monitor not in MONITORS:
+        raise UserError(f"--monitor must be one of {list(MONITORS)}, but got {cfg.monitor!r}.")
+    if cfg.monitor in ("crop-f1", "crop-loss") and not cfg.val_crops:
+        raise UserError(f"--monitor {cfg.monitor} needs validation crops; set --val-crops 1 or more.")
+    for key in ("mixup", "cutmix", "warmup_epochs", "val_crops"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"--{key.replace('_', '-')} must be 0 (off) or more, but got {getattr(cfg, key)}.")
+    for key in ("erasing", "pseudo_threshold"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], but got {getattr(cfg, key)}.")
+    if not (cfg.ema == 0 or 0.5 <= cfg.ema < 1):
+        raise UserError(f"--ema must be 0 (off) or a decay in [0.5, 1), like 0.999, but got {cfg.ema}.")
+    if (cfg.mixup or cfg.cutmix) and cfg.batch_size % 2:
+        raise UserError(f"--mixup/--cutmix mix pairs within a batch: --batch-size must be even, got {cfg.batch_size}.")
+    if cfg.pseudo and cfg.pseudo_mode == "soft" and (cfg.mixup or cfg.cutmix):
+        raise UserError("--pseudo-mode soft with --mixup/--cutmix: timm's Mixup mixes class labels only; use "
+                        "--pseudo-mode hard.")
     if cfg.max_image_pixels is not None and cfg.max_image_pixels < 0:
         raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {cfg.max_image_pixels}.")
     if cfg.crop_oof < 0:

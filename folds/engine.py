@@ -76,19 +76,28 @@ class InputPipe:
         return x.contiguous(memory_format=torch.channels_last) if self.prec.channels_last else x
 
 
-def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe,
-                    label_smoothing: float = 0.0, desc: str = "train") -> float:
-    """One pass over the loader; returns the mean training loss."""
+def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
+                    desc: str = "train") -> float:
+    """One pass over the loader; returns the mean training loss.
+
+    ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
+    cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every step.
+    """
+    from folds.recipe import Recipe
+
+    recipe = recipe or Recipe()
     model.train()
     total, n = 0.0, 0
     for x, y in progress(batches(loader), len(loader), desc):
-        x, y = inputs(x), y.to(prec.device, non_blocking=True)
+        x, y = recipe.batch(inputs(x), y.to(prec.device, non_blocking=True))
         with prec.autocast():
-            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            loss = recipe.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(model)
         total += loss.item() * len(y)
         n += len(y)
     if not np.isfinite(total):

@@ -23,7 +23,10 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths, labels=None, transform=None, cache=None, crops=None):
         self.paths = list(paths)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        # class indices, or probability rows (soft pseudo-labels)
+        self.labels = None if labels is None else np.asarray(labels)
+        if self.labels is not None and self.labels.ndim == 1:
+            self.labels = self.labels.astype(np.int64)
         self.transform = transform
         self.cache = cache  # optional ImageCache: decode once, keep a downsized copy
         self.crops = crops  # optional per-item (x0, y0, x1, y1) fractions, for crop-OOF
@@ -46,7 +49,10 @@ class ImageDataset(Dataset):
             raise
         except Exception as e:  # noqa: BLE001 - name the image; a worker's traceback names nothing useful
             raise UserError(f"{self.paths[i]}: cannot load or transform the image ({type(e).__name__}: {e}).") from e
-        return (x, int(self.labels[i])) if self.labels is not None else x
+        if self.labels is None:
+            return x
+        y = self.labels[i]
+        return x, (int(y) if y.ndim == 0 else torch.from_numpy(y.astype(np.float32)))
 
 
 def batches(loader):
@@ -103,7 +109,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: in
         dataset.transform.set_random_seed(epoch_seed(seed, epoch))
     sampler, shuffle = None, train
     if train and balanced:
-        w = class_weights(dataset.labels)
+        labels = dataset.labels if dataset.labels.ndim == 1 else dataset.labels.argmax(axis=1)
+        w = class_weights(labels)
         sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(w), replacement=True, generator=g)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,

@@ -20,6 +20,12 @@ from folds.engine import InputPipe, Precision
 from folds.loader import ImageDataset, batches, make_loader, num_workers
 
 
+# Crop boxes are fixed across runs, so crop-OOF rows line up for stacking; the per-epoch
+# validation crops use another seed (they are a monitor, not the reported crop OOF).
+CROP_OOF_SEED = 20240607
+VAL_CROP_SEED = 20240608
+
+
 def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, float, float]]:
     """``n_crops`` half-size boxes per id as (x0, y0, x1, y1) fractions; fixed by (seed, id)."""
     boxes = []

@@ -30,6 +30,11 @@ class PreparedRun:
     demo: bool
 
 
+def split_store(cfg: RunConfig) -> Path:
+    """Where splits are shared between runs on the same data, K and split seed."""
+    return Path(cfg.runs_dir) / "splits"
+
+
 def with_data_dir(cfg: RunConfig) -> tuple[RunConfig, bool]:
     """A config whose ``data_dir`` is set: the built-in demo dataset when none was given."""
     if cfg.data_dir is not None:
@@ -40,10 +45,11 @@ def with_data_dir(cfg: RunConfig) -> tuple[RunConfig, bool]:
     return replace(cfg, data_dir=str(data_dir)), True
 
 
-def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None) -> PreparedRun:
+def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, write_split: bool = True) -> PreparedRun:
     """Check the model and weights, load and validate the data, then load or make the split.
 
-    Nothing is written before every check has passed (the split goes to ``folds_csv`` last).
+    Nothing is written before every check has passed: the split goes to ``folds_csv`` last, or
+    not at all with ``write_split=False`` (the caller saves it after its own checks).
     """
     if demo is None:
         cfg, demo = with_data_dir(cfg)
@@ -51,5 +57,5 @@ def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None) ->
     set_max_image_pixels(cfg.max_image_pixels)
     ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
-                                                cfg.split_seed, shared_dir=Path(cfg.runs_dir) / "splits")
+                                                cfg.split_seed, shared_dir=split_store(cfg), write=write_split)
     return PreparedRun(cfg, ds, folds, key, split_hash, demo)

@@ -23,12 +23,13 @@ from folds.config import RunConfig, learning_settings
 from folds.engine import scores
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
-from folds.predict import Predictor, crop_boxes
-from folds.prepare import PreparedRun, prepare_run, with_data_dir
+from folds.predict import CROP_OOF_SEED, Predictor, crop_boxes
+from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
+from folds.pseudo import check_source, pseudo_labels
+from folds.split import save_folds
 from folds.train import train_fold
 
 log = logging.getLogger(__name__)
-CROP_SEED = 20240607  # crop boxes are fixed across runs so crop-OOF rows line up for stacking
 
 
 def default_run_name(cfg: RunConfig, demo: bool) -> str:
@@ -45,6 +46,7 @@ class FoldRunner:
 
     def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False):
         self.cfg, self.ds, self.folds, self.demo = prep.cfg, prep.ds, prep.folds, prep.demo
+        self.split_hash = prep.split_hash
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force = resume, force
 
@@ -55,8 +57,10 @@ class FoldRunner:
         cfg = replace(cfg, name=cfg.name or default_run_name(cfg, demo))
         run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
         check_settings(run_dir, cfg)
-        prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo)
+        prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
+        if cfg.pseudo:  # before anything is written: the source must fit this run's split
+            check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg))
         write_run_files(run_dir, prep)
         return cls(prep, resume=resume, force=force)
 
@@ -99,9 +103,17 @@ class FoldRunner:
             tr, va, index = np.arange(len(fold_of)), np.array([], dtype=int), self.cfg.n_folds
         else:
             tr, va, index = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
-        log.info("fold %s: %d train / %d validation paintings", k, len(tr), len(va))
+        extra = None
+        if self.cfg.pseudo:
+            extra = pseudo_labels(check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL
+                                               else [k]), k, self.ds.test, self.ds.classes, self.cfg.pseudo_mode,
+                                  self.cfg.pseudo_threshold)
+        log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
+                 f" + {len(extra[0])} pseudo-labelled test images" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            on_epoch=lambda *_: lock.heartbeat(), epochs=epochs)
+                            on_epoch=lambda *_: lock.heartbeat(), epochs=epochs, extra=extra)
+        if extra:
+            result["pseudo_images"] = len(extra[0])
         predictor = Predictor(self.cfg, self.ds.num_classes, d)
         if len(va):
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))
@@ -127,7 +139,7 @@ class FoldRunner:
         out["oof"] = scores(oof, labels, self.ds.num_classes)
         n = self.cfg.crop_oof
         if n:
-            crops = predictor.predict(np.repeat(val["path"].to_numpy(), n), crops=crop_boxes(ids, n, CROP_SEED),
+            crops = predictor.predict(np.repeat(val["path"].to_numpy(), n), crops=crop_boxes(ids, n, CROP_OOF_SEED),
                                       desc=f"fold {k} crop OOF")
             write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
                                                        crop=np.tile(np.arange(n), len(val)), fold=k,
@@ -220,6 +232,7 @@ def check_classes(run_dir: Path, prep: PreparedRun) -> None:
 
 
 def write_run_files(run_dir: Path, prep: PreparedRun) -> None:
+    save_folds(run_dir / layout.FOLDS, prep.folds, prep.split_key, split_store(prep.cfg))
     write_json(run_dir / layout.CONFIG, prep.cfg.to_dict())
     write_json(run_dir / layout.CLASSES, prep.ds.classes)
     manifest = run_dir / layout.MANIFEST

@@ -49,11 +49,13 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42) -> pd.DataFr
     return pd.DataFrame({"id": list(map(str, ids)), "label": labels.values, "fold": fold})
 
 
-def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None):
+def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
+                       write: bool = True):
     """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.
 
     A saved split made from other data, K or seed is refused rather than silently replaced:
-    a run's finished folds were trained on it.
+    a run's finished folds were trained on it. ``write=False`` leaves saving to ``save_folds``
+    (a caller with more checks to make first).
     """
     key = split_key(ids, labels, n_folds, split_seed)
     path = Path(path)
@@ -70,9 +72,15 @@ def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, s
             break
     else:
         folds = make_folds(ids, labels, n_folds, split_seed)
+    if write:
+        save_folds(path, folds, key, shared_dir)
+    return folds, key, assignment_hash(folds)
+
+
+def save_folds(path: Path, folds: pd.DataFrame, key: str, shared_dir: Path | None = None) -> None:
+    """The split into ``path`` and the shared ``splits/<key>.csv``, where not there yet."""
     out = folds.assign(split_key=key)
-    if not path.is_file():
+    if not Path(path).is_file():
         write_csv(path, out)
     if shared_dir and not (Path(shared_dir) / f"{key}.csv").is_file():
         write_csv(Path(shared_dir) / f"{key}.csv", out)
-    return folds, key, assignment_hash(folds)

@@ -9,7 +9,18 @@ MONITORS = {
     # ties on macro-F1 (common on small validation sets) go to the lower loss
     "f1": lambda row: [row["val_f1"], -row["val_loss"]],
     "loss": lambda row: [-row["val_loss"], row["val_f1"]],
+    # the same on fixed half-size crops of the validation paintings: the test's distribution
+    "crop-f1": lambda row: [row["val_crop_f1"], -row["val_crop_loss"]],
+    "crop-loss": lambda row: [-row["val_crop_loss"], row["val_crop_f1"]],
 }
+F1_COLUMN = {"f1": "val_f1", "loss": "val_f1", "crop-f1": "val_crop_f1", "crop-loss": "val_crop_f1"}
+
+
+def resolve_monitor(cfg) -> str:
+    """``--monitor``, or its default: the crops' macro-F1 when the model is trained for crops."""
+    if cfg.monitor:
+        return cfg.monitor
+    return "crop-f1" if cfg.crop == "test-scale" and cfg.val_crops else "f1"
 
 
 class EarlyStopping:

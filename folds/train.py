@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from common import UserError
 from folds.augment import eval_transform, train_transform
@@ -24,8 +25,9 @@ from folds.data import Dataset
 from folds.engine import InputPipe, Precision, scores, train_one_epoch
 from folds.loader import ImageDataset, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler
-from folds.predict import predict_probs
-from folds.stopping import EarlyStopping
+from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
+from folds.recipe import build_recipe
+from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,26 @@ def fold_seed(cfg: RunConfig, fold_index: int) -> int:
     return cfg.seed * 1000 + fold_index
 
 
+def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
+    """Class indices, or, when pseudo-labels are soft, probability rows for every training item."""
+    labels = np.asarray(labels)
+    if extra_targets is None:
+        return labels
+    extra_targets = np.asarray(extra_targets)
+    if extra_targets.ndim == 1:
+        return np.concatenate([labels, extra_targets])
+    onehot = np.eye(num_classes)[labels] * (1 - smoothing) + smoothing / num_classes
+    return np.vstack([onehot, extra_targets]).astype(np.float32)
+
+
 def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *, fold_index: int = 0,
-               resume: bool = False, on_epoch=None, epochs: int | None = None) -> dict:
+               resume: bool = False, on_epoch=None, epochs: int | None = None, extra=None) -> dict:
     """Train on ``train_idx``, early-stop on ``val_idx``; keep best and last checkpoints.
 
     ``on_epoch(epoch, row)`` is called after each epoch (the tuner reports and prunes there).
     With an empty ``val_idx`` (the full-data model) it trains exactly ``epochs`` epochs.
-    Returns the best epoch's scores and the timing.
+    ``extra``: (paths, targets) added to the training data (pseudo-labelled test images;
+    targets are class indices or probability rows). Returns the best epoch's scores and timing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,57 +76,72 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     size = dcfg["input_size"][-1]
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     cache = image_cache(cfg, size)
-    train_ds = ImageDataset(ds.train["path"].iloc[train_idx], ds.train["label"].iloc[train_idx],
-                            train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed), cache=cache)
-    val_ds = ImageDataset(ds.train["path"].iloc[val_idx], ds.train["label"].iloc[val_idx],
-                          eval_transform(size, dcfg["mean"], dcfg["std"]), cache=cache)
+    paths = list(ds.train["path"].iloc[train_idx])
+    targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra[1], ds.num_classes,
+                            cfg.label_smoothing)
+    if extra is not None:
+        paths += list(extra[0])
+    train_ds = ImageDataset(paths, targets, train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed),
+                            cache=cache)
+    val = ds.train.iloc[val_idx]
+    eval_tf = eval_transform(size, dcfg["mean"], dcfg["std"])
+    val_ds = ImageDataset(val["path"], val["label"], eval_tf, cache=cache)
+    # the same paintings as fixed half-size crops: the distribution the model is judged on
+    n_crops = cfg.val_crops
+    val_crop_ds = ImageDataset(np.repeat(val["path"].to_numpy(), n_crops), np.repeat(val["label"].to_numpy(), n_crops),
+                               eval_tf, cache=cache, crops=crop_boxes(val["id"], n_crops, VAL_CROP_SEED))
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    scaler = prec.scaler()
-    step_model = torch.compile(model) if cfg.compile else model
     n_epochs = epochs or cfg.epochs
+    scheduler = build_scheduler(cfg, optimizer, n_epochs)
+    scaler = prec.scaler()
+    recipe = build_recipe(cfg, ds.num_classes, prec.device)
+    ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
+    step_model = torch.compile(model) if cfg.compile else model
+    judged = ema.module if ema is not None else step_model  # the weights that are validated and saved
     has_val = len(val_idx) > 0
-    stopper = EarlyStopping(cfg.monitor, cfg.patience if has_val else None)
+    monitor = resolve_monitor(cfg)
+    stopper = EarlyStopping(monitor, cfg.patience if has_val else None)
     history, seconds = [], 0.0
     if resuming:
-        history, seconds = ckpt.restore_last(model, optimizer, scheduler, scaler, stopper, prec.device)
-        log.info("resuming %s after epoch %d", out_dir, len(history) - 1)
+        history, seconds = ckpt.restore_last(model, optimizer, scheduler, scaler, stopper, prec.device, ema)
+        log.info("resuming %s after epoch %d", out_dir, len(history))
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
-    val_loader = make_loader(val_ds, cfg.batch_size * 2, train=False, num_workers=workers,
-                             pin_memory=pin) if has_val else None
+    val_loaders = {prefix: make_loader(d, cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
+                   for prefix, d in (("val", val_ds), ("val_crop", val_crop_ds)) if has_val and len(d)}
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
         t0 = time.time()
-        torch.manual_seed(epoch_seed(seed, epoch))  # dropout depends on (seed, epoch) alone: a resume replays it
+        seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, epoch=epoch,
-                             balanced=cfg.balanced_sampler, num_workers=workers,
-                             pin_memory=pin)
+                             balanced=cfg.balanced_sampler, num_workers=workers, pin_memory=pin)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, cfg.label_smoothing,
+        train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}")
         scheduler.step(epoch)  # epochs done so far
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"), "val_f1": float("nan"),
-               "val_acc": float("nan"), "lr": lr}
-        if has_val:
-            probs = predict_probs(step_model, val_loader, prec, inputs, tta="none", desc="validate")
-            s = scores(probs, val_ds.labels, ds.num_classes)
-            row.update(val_loss=s["loss"], val_f1=s["f1"], val_acc=s["acc"])
-        row["seconds"] = time.time() - t0
+        row = {"epoch": epoch, "train_loss": train_loss}
+        for prefix in ("val", "val_crop"):
+            row.update({f"{prefix}_loss": float("nan"), f"{prefix}_f1": float("nan"), f"{prefix}_acc": float("nan")})
+            if prefix in val_loaders:
+                probs = predict_probs(judged, val_loaders[prefix], prec, inputs, tta="none", desc=f"validate {prefix}")
+                s = scores(probs, val_loaders[prefix].dataset.labels, ds.num_classes)
+                row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
+        row.update(lr=lr, seconds=time.time() - t0)
         history.append(row)
         seconds += row["seconds"]
         if stopper.update(row):
-            ckpt.save_best(model)
-        ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds)
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_acc %.4f lr %.2e (%.1fs)",
-                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_acc"],
+            ckpt.save_best(judged)
+        ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_crop_f1 %.4f lr %.2e (%.1fs)",
+                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_crop_f1"],
                  lr, row["seconds"])
         if on_epoch is not None:
             on_epoch(epoch, row)
     if stopper.best_epoch < 1:
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
     best_row = history[stopper.best_epoch - 1]
-    return {"best_epoch": stopper.best_epoch, "best_f1": best_row["val_f1"], "best_loss": best_row["val_loss"],
+    return {"best_epoch": stopper.best_epoch, "monitor": monitor, "best_score": best_row[F1_COLUMN[monitor]],
+            "best_f1": best_row["val_f1"], "best_crop_f1": best_row["val_crop_f1"], "best_loss": best_row["val_loss"],
             "best_acc": best_row["val_acc"], "epochs_run": len(history), "seconds": seconds,
             "img_size": size, "data_config": dcfg, "device": prec.describe()}

@@ -17,6 +17,7 @@ from common import write_json
 from common.layout import BEST, LAST, fold_dir
 from folds.config import RunConfig, check_config
 from folds.data import Dataset
+from folds.stopping import F1_COLUMN, resolve_monitor
 from folds.train import train_fold
 from tuning.space import suggest
 
@@ -41,20 +42,21 @@ class Objective:
         out = self.trials_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("dir", str(out))
         fold_of = self.folds["fold"].to_numpy()
+        column = F1_COLUMN[resolve_monitor(cfg)]  # the score the folds are early-stopped on
         best = []
         try:
             for i, k in enumerate(self.fold_ids):
                 def report(epoch, row, i=i):
                     # One step counter across folds (fold index x epochs + epoch): Optuna refuses a
                     # step reported twice, which per-fold numbering would do.
-                    trial.report(row["val_f1"], step=i * cfg.epochs + epoch - 1)  # epochs count from 1
+                    trial.report(row[column], step=i * cfg.epochs + epoch - 1)  # epochs count from 1
                     if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: val F1 {row['val_f1']:.4f}")
+                        raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: {column} {row[column]:.4f}")
 
                 r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
                                fold_dir(out, k), fold_index=k, on_epoch=report)
-                best.append(r["best_f1"])
-                trial.set_user_attr(f"fold_{k}_f1", r["best_f1"])
+                best.append(r["best_score"])
+                trial.set_user_attr(f"fold_{k}_f1", r["best_score"])
             value = float(np.mean(best))
             write_json(out / "result.json", {"number": trial.number, "value": value, "params": params, "seed": seed,
                                              "fold_f1": dict(zip(map(str, self.fold_ids), best))})

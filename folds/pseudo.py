@@ -1,0 +1,60 @@
+"""Pseudo-labels from a finished run, kept honest: fold k learns only from fold k's predictions.
+
+A run's fold-mean test prediction carries information from every train painting, fold k's
+validation paintings included. Training fold k of a new run on it would leak those paintings
+into the model that is then scored on them, and the OOF would flatter. So fold k of the new
+run takes the test images as labelled by fold k of the source run, whose model never saw
+fold k's validation paintings; that needs the same split, which is checked. The full-data
+model has no validation paintings, so it takes the source's fold mean.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common import UserError, layout
+from ensemble.merge import merge
+
+
+def check_source(run, classes, split_hash: str, folds) -> Path:
+    """The source run folder, checked: same classes, same split, the needed folds finished."""
+    run = Path(run)
+    if not (run / layout.CONFIG).is_file():
+        raise UserError(f"--pseudo {run}: not a run folder (no {layout.CONFIG}).")
+    if json.loads((run / layout.CLASSES).read_text()) != list(classes):
+        raise UserError(f"--pseudo {run}: trained on other classes than this run's train.csv.")
+    theirs = json.loads((run / layout.MANIFEST).read_text()).get("split_hash")
+    if theirs != split_hash:
+        raise UserError(f"--pseudo {run}: made on another split (split hash {theirs} != {split_hash}). Fold k may "
+                        "only learn from fold k's test predictions of the same split, or its validation paintings "
+                        "leak in; use the same --n-folds and --split-seed as that run.")
+    missing = [k for k in folds if not layout.is_done(run, k)]
+    if missing:
+        raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first.")
+    return run
+
+
+def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
+    """The source's test probabilities that fold ``fold`` may learn from, in ``test_ids`` order."""
+    config = json.loads((run / layout.CONFIG).read_text())
+    sources = layout.planned_folds(config) if fold == layout.FULL else [fold]
+    probs = []
+    for k in sources:
+        df = layout.read_frame(layout.fold_dir(run, k) / layout.TEST_PROBS).set_index("id")
+        missing = sorted(set(map(str, test_ids)) - set(df.index))[:5]
+        if missing:
+            raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing}.")
+        probs.append(df.loc[list(map(str, test_ids)), list(classes)].to_numpy(dtype=np.float64))
+    return merge(np.stack(probs), "mean")
+
+
+def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9):
+    """(paths, targets) of the test images for fold ``fold``: confident class indices (hard) or
+    probability rows (soft)."""
+    probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
+    if mode == "soft":
+        return list(test["path"]), probs.astype(np.float32)
+    keep = probs.max(axis=1) >= threshold
+    return list(test["path"][keep]), probs[keep].argmax(axis=1)

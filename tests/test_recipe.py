@@ -1,0 +1,151 @@
+"""The fine-tuning recipe: validation on crops, timm's parts, and honest pseudo-labels."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import UserError, layout
+from conftest import tiny_args
+from folds.config import resolve_config
+from folds.run import main as run_main
+
+
+@pytest.fixture(scope="module")
+def source_run(demo_source, tmp_path_factory):
+    """A finished 2-fold run to take pseudo-labels from."""
+    out = tmp_path_factory.mktemp("src")
+    assert run_main(tiny_args(demo_source, out, **{"--epochs": 3, "--n-folds": 2, "--name": "src"})) == 0
+    return out
+
+
+def test_every_epoch_is_scored_on_validation_crops_and_they_pick_the_checkpoint(source_run):
+    run = source_run / "runs" / "src"
+    history = pd.read_csv(run / "fold_0" / "history.csv")
+    assert {"val_f1", "val_loss", "val_crop_f1", "val_crop_loss"} <= set(history.columns)
+    done = json.loads((run / "fold_0" / "done.json").read_text())
+    assert done["monitor"] == "crop-f1"  # the default when training on test-scale crops
+    best = history.loc[history["val_crop_f1"] == history["val_crop_f1"].max(), "epoch"]
+    assert done["best_epoch"] in set(best) and done["best_score"] == pytest.approx(history["val_crop_f1"].max())
+
+
+@pytest.mark.parametrize("over,monitor", [({"crop": "whole"}, "f1"), ({"val_crops": 0}, "f1"),
+                                          ({"monitor": "loss"}, "loss"), ({}, "crop-f1")])
+def test_the_monitor_default_follows_the_crop_mode(over, monitor, demo_source):
+    from folds.stopping import resolve_monitor
+    assert resolve_monitor(resolve_config({"data_dir": str(demo_source), **over})) == monitor
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"mixup": 0.2, "batch_size": 7}, "--batch-size must be even"),
+    ({"monitor": "crop-f1", "val_crops": 0}, "needs validation crops"),
+    ({"ema": 0.2}, "--ema must be 0"),
+    ({"erasing": 1.5}, r"--erasing must be in \[0, 1\]"),
+    ({"sched": "linear"}, "--sched must be one of"),
+    ({"pseudo": "x", "pseudo_mode": "soft", "cutmix": 1.0}, "--pseudo-mode soft with --mixup/--cutmix"),
+])
+def test_recipe_options_are_checked(over, message, demo_source):
+    with pytest.raises(UserError, match=message):
+        resolve_config({"data_dir": str(demo_source), **over})
+
+
+def test_recipe_batch_mixes_on_the_device_with_soft_targets():
+    from folds.recipe import build_recipe
+    cfg = resolve_config({"data_dir": "x", "mixup": 0.4, "cutmix": 1.0, "erasing": 1.0, "label_smoothing": 0.1})
+    recipe = build_recipe(cfg, 5, "cpu")
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    torch.manual_seed(0)
+    xm, ym = recipe.batch(x.clone(), y)
+    assert ym.shape == (8, 5) and torch.allclose(ym.sum(1), torch.ones(8)) and not torch.equal(xm, x)
+    loss = recipe.loss(torch.randn(8, 5), ym)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tmp_path):
+    import numpy as np
+
+    from folds.data import load_dataset
+    from folds.train import train_fold
+    cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 3, "workers": 0, "patience": 10,
+                          "optimizer": "adamw", "weight_decay": 0.02, "sched": "cosine", "warmup_epochs": 1,
+                          "mixup": 0.2, "cutmix": 1.0, "erasing": 0.25, "ema": 0.9, "label_smoothing": 0.1}, "demo")
+    ds = load_dataset(demo_source)
+    tr, va = np.arange(0, len(ds.train), 2), np.arange(1, len(ds.train), 2)
+    train_fold(cfg, ds, tr, va, tmp_path / "full")
+
+    def stop_after_first(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, ds, tr, va, tmp_path / "cut", on_epoch=stop_after_first)
+    train_fold(cfg, ds, tr, va, tmp_path / "cut", resume=True)
+    a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)  # MixUp, erasing and the EMA replay from (seed, epoch)
+    lrs = a["lr"].to_numpy()
+    assert lrs[0] < lrs[1]  # warm-up, then the cosine
+
+
+def test_the_recipe_knobs_are_tunable(tmp_path):
+    from tuning.space import load_space
+    f = tmp_path / "space.yaml"
+    f.write_text("mixup: {type: float, low: 0.0, high: 0.4}\nema: {type: categorical, choices: [0.0, 0.999]}\n"
+                 "sched: {type: categorical, choices: [step, cosine]}\n")
+    assert {"mixup", "ema", "sched"} <= set(load_space(f))
+
+
+# -- pseudo-labels ------------------------------------------------------------------------------
+def test_fold_k_pseudo_labels_come_from_fold_k_alone(source_run, demo_source):
+    """No validation painting of fold k can influence fold k's pseudo-labels: they are fold k's
+    test predictions, made by a model that never saw those paintings. Changing every other fold
+    of the source leaves them unchanged; changing fold k changes them."""
+    from folds.data import load_dataset
+    from folds.pseudo import pseudo_labels
+    run = source_run / "runs" / "src"
+    ds = load_dataset(demo_source)
+    before = {k: pseudo_labels(run, k, ds.test, ds.classes, "soft")[1] for k in (0, 1)}
+    probs_1 = layout.fold_dir(run, 1) / layout.TEST_PROBS
+    saved = probs_1.read_text()
+    try:
+        df = layout.read_frame(probs_1)
+        df[ds.classes] = np.roll(df[ds.classes].to_numpy(), 1, axis=1)  # another model entirely
+        df.to_csv(probs_1, index=False)
+        np.testing.assert_array_equal(pseudo_labels(run, 0, ds.test, ds.classes, "soft")[1], before[0])
+        assert not np.allclose(pseudo_labels(run, 1, ds.test, ds.classes, "soft")[1], before[1])
+    finally:
+        probs_1.write_text(saved)
+    # the fold's model really is the one that never saw fold k: same split, checked
+    folds = pd.read_csv(run / "folds.csv", dtype=str)
+    trained_on = json.loads((layout.fold_dir(run, 0) / layout.DONE).read_text())
+    assert trained_on["fold"] == 0 and set(folds["fold"]) == {"0", "1"}
+
+
+def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp_path):
+    args = tiny_args(demo_source, source_run, **{"--epochs": 2, "--n-folds": 2, "--name": "ps",
+                                                  "--pseudo": source_run / "runs" / "src", "--pseudo-threshold": 0.3})
+    assert run_main(args) == 0
+    done = json.loads((source_run / "runs" / "ps" / "fold_0" / "done.json").read_text())
+    assert done["pseudo_images"] > 0
+    # hard labels keep only confident images; soft keeps every one
+    from folds.data import load_dataset
+    from folds.pseudo import pseudo_labels
+    ds = load_dataset(demo_source)
+    hard = pseudo_labels(source_run / "runs" / "src", 0, ds.test, ds.classes, "hard", 0.3)
+    soft = pseudo_labels(source_run / "runs" / "src", 0, ds.test, ds.classes, "soft")
+    assert len(hard[0]) == done["pseudo_images"] and len(soft[0]) == len(ds.test)
+
+
+def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_source, tmp_path, capsys):
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 3, "--pseudo": source_run / "runs" / "src"})
+    assert run_main(args) == 2
+    assert "made on another split" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "t").exists()
+    other = tmp_path / "half"
+    shutil.copytree(source_run / "runs" / "src", other)
+    (other / "fold_1" / "done.json").unlink()
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--pseudo": other})
+    assert run_main(args) == 2
+    assert "folds [1] are not finished" in capsys.readouterr().err
