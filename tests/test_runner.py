@@ -27,7 +27,8 @@ def test_tiny_run_learns(finished_run):
     assert scores["oof"]["f1"] > 0.6, scores
     assert scores["oof_crops"]["f1"] > 0.5, scores
     history = pd.read_csv(run / "fold_0" / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "val_crop_loss",
+                                     "val_crop_f1", "val_crop_acc", "lr", "seconds"]
 
 
 def test_oof_covers_every_train_id_once(finished_run, demo_source):
