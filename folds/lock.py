@@ -29,9 +29,12 @@ def _alive(pid: int) -> bool:
 
 
 class FoldLock:
-    def __init__(self, path: Path):
+    """``owner`` names a job that may outlive its process: a Ray task keeps its id across retries,
+    so a retried attempt takes over the lock its killed attempt left (Ray runs one attempt at a time)."""
+
+    def __init__(self, path: Path, owner: str | None = None):
         self.path = Path(path)
-        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), **({"owner": owner} if owner else {})}
 
     def holder(self) -> dict | None:
         """The live holder of the lock, or None when it is free or stale."""
@@ -41,7 +44,7 @@ class FoldLock:
             return None
         except ValueError:  # being written this instant by its creator: held, unless it was left empty long ago
             return None if self._age(self.path) > EMPTY_STALE_SECONDS else {"host": "?", "pid": -1}
-        if info == self.me:
+        if info == self.me or (self.me.get("owner") and info.get("owner") == self.me["owner"]):
             return None
         return info if self._is_live(info, self.path) else None
 

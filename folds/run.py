@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--full-epochs", type=int, help="epochs of --fold full (default: the median best epoch "
                    "of the run's folds)")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    g = p.add_argument_group("scaling out with Ray (pip install -r requirements-ray.txt)")
+    g.add_argument("--ray", metavar="ADDRESS", help="run each fold as a Ray task: 'local' (start Ray here), "
+                   "'auto' (the cluster this node joined) or HOST:PORT; run folders must be on storage every "
+                   "node sees")
+    g.add_argument("--ray-runs", nargs="+", metavar="SPEC", help="several runs in one job: YAML/JSON files "
+                   "applied over this command's options (e.g. 'seed: 1'), or existing run folders")
+    g.add_argument("--ray-gpus", type=float, help="GPUs per fold task (default: 1 on a GPU cluster, 0 on CPU)")
+    g.add_argument("--ray-cpus", type=int, help="CPUs per fold task: its loader workers + 1 (default: "
+                   "--num-workers + 1, or 2)")
+    g.add_argument("--max-retries", type=int, default=3, help="Ray retries of a fold whose worker or node died; "
+                   "each retry resumes from last.pt (default: 3)")
     add_training_options(p)
     add_legacy_folds(p)
     return p
@@ -52,6 +63,41 @@ def finish_run(runner, result: dict) -> str:
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
+def run_on_ray(args, cfg) -> int:
+    """Every requested fold of every run as a Ray task; then each complete run is joined and built."""
+    from common.layout import FULL
+    from folds.on_ray import configs_for, run_folds
+    from folds.runner import FoldRunner, summary_table
+
+    if not args.ray:
+        raise UserError("--ray-runs needs --ray ADDRESS (local, auto or HOST:PORT).")
+    runners = [FoldRunner.open(c, resume=True, force=args.force) for c in configs_for(cfg, args.ray_runs or [])]
+    names = [r.run_dir for r in runners]
+    if len(set(names)) != len(names):
+        raise UserError(f"--ray-runs: two runs share a folder ({[str(n) for n in names]}); give each a name or "
+                        "another seed or model.")
+
+    def folds_of(runner):
+        if args.fold == "full":
+            return [FULL]
+        return runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
+
+    if args.force:
+        for runner in runners:
+            for k in folds_of(runner):
+                runner.clear_fold(k)
+    run_folds(runners, folds_of, address=args.ray, gpus=args.ray_gpus, cpus=args.ray_cpus,
+              max_retries=args.max_retries, full_epochs=args.full_epochs)
+    for runner in runners:
+        if args.fold == "full" or not all(runner.is_done(k) for k in runner.planned_folds):
+            print(f"{runner.run_dir}: folds done: {[k for k in runner.planned_folds if runner.is_done(k)]}")
+            continue
+        result = runner.assemble()
+        print("\n" + summary_table(result["fold_results"]))
+        print(finish_run(runner, result))
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
@@ -60,6 +106,8 @@ def main(argv=None) -> int:
         legacy_folds(args, logging.getLogger("folds.run"), "k")
         cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
         from folds.runner import FoldRunner, summary_table
+        if args.ray or args.ray_runs:
+            return run_on_ray(args, cfg)
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)

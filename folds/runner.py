@@ -44,11 +44,11 @@ class FoldRunner:
     itself only runs. The caller's config is never changed.
     """
 
-    def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False):
+    def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False, lock_owner: str | None = None):
         self.cfg, self.ds, self.folds, self.demo = prep.cfg, prep.ds, prep.folds, prep.demo
         self.split_hash = prep.split_hash
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
-        self.resume, self.force = resume, force
+        self.resume, self.force, self.lock_owner = resume, force, lock_owner
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False) -> "FoldRunner":
@@ -81,7 +81,7 @@ class FoldRunner:
         if self.is_done(k) and not self.force:
             log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
             return json.loads((d / layout.DONE).read_text())
-        lock = FoldLock(d / layout.LOCK)
+        lock = FoldLock(d / layout.LOCK, owner=self.lock_owner)
         if not lock.acquire():
             log.info("fold %s is being trained by %s; skipping it here.", k, lock.holder())
             return None
@@ -90,8 +90,7 @@ class FoldRunner:
                 raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
                                 "from its last epoch, or --force to retrain it from scratch.")
             if self.force:
-                for f in layout.FOLD_FILES:
-                    (d / f).unlink(missing_ok=True)
+                self.clear_fold(k)
             return self._train_and_predict(k, d, lock, epochs)
         finally:
             lock.release()
@@ -147,19 +146,28 @@ class FoldRunner:
             out["crop_oof"] = scores(crops, np.repeat(labels, n), self.ds.num_classes)
         return out
 
+    def full_epochs(self, epochs: int | None = None) -> int:
+        """``epochs``, or the median best epoch of the run's finished folds."""
+        if epochs is not None:
+            return epochs
+        best = [json.loads((self.fold_dir(k) / layout.DONE).read_text())["best_epoch"]
+                for k in self.planned_folds if self.is_done(k)]
+        if not best:
+            raise UserError("--fold full needs the run's folds first (for the epoch count), or --full-epochs N.")
+        return int(np.median(best))
+
+    def clear_fold(self, k) -> None:
+        """Remove what fold ``k`` wrote (``--force``)."""
+        for f in layout.FOLD_FILES:
+            (self.fold_dir(k) / f).unlink(missing_ok=True)
+
     def run_full(self, epochs: int | None = None) -> dict:
         """One model on all train data for a fixed number of epochs, for the test soft vote.
 
         Default epochs: the median best epoch of the run's finished folds. It has no OOF, so
         it can join a soft vote but not a stacker's fit.
         """
-        if epochs is None:
-            best = [json.loads((self.fold_dir(k) / layout.DONE).read_text())["best_epoch"]
-                    for k in self.planned_folds if self.is_done(k)]
-            if not best:
-                raise UserError("--fold full needs the run's folds first (for the epoch count), or --full-epochs N.")
-            epochs = int(np.median(best))
-        result = self.run_fold(FULL, epochs)
+        result = self.run_fold(FULL, self.full_epochs(epochs))
         if result is None:
             raise UserError(f"the full-data model of {self.run_dir} is being trained by another process.")
         return result

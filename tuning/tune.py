@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
     g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
+    g.add_argument("--ray", metavar="ADDRESS", help="start the --workers as Ray tasks ('local', 'auto' or "
+                   "HOST:PORT); across machines the storage must be PostgreSQL")
+    g.add_argument("--ray-gpus", type=float, help="GPUs per Ray worker (default: 1 on a GPU cluster, 0 on CPU)")
     g.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     # Options of a run folder do not apply to a study: they are not offered here.
     add_training_options(p, skip=("--name", "--submissions-dir", "--holdout", "--params", "--keep-last"))
@@ -67,12 +70,55 @@ def _worker_env(i: int) -> dict:
     return env
 
 
+def _ray_worker(argv: list[str], cwd: str) -> int:
+    """One Optuna worker in a Ray task: this script's own main, on the shared study, from the driver's
+    folder (relative paths mean the same on every node of a shared file system)."""
+    os.chdir(cwd)
+    return main(argv)
+
+
+def run_workers_on_ray(args) -> None:
+    """``--workers`` Optuna workers as Ray tasks on one study. A worker lost with its node is retried
+    by Optuna's heartbeat (PostgreSQL), as without Ray."""
+    from folds.on_ray import connect
+
+    ray = connect(args.ray)
+    gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+    argv = list(args.argv)
+    remote = ray.remote(_ray_worker)
+    refs = [remote.options(num_gpus=gpus, num_cpus=1, name=f"optuna-{args.study}-{i}").remote(
+        [*strip_ray(argv), "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
+    codes = ray.get(refs)
+    if any(codes):
+        log.warning("Ray worker exit codes: %s", codes)
+
+
+def strip_ray(argv: list[str]) -> list[str]:
+    """The worker's own command line: this one without --ray, --ray-gpus and --workers."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--ray", "--ray-gpus", "--workers"):
+            skip = True
+            continue
+        if a.split("=")[0] in ("--ray", "--ray-gpus", "--workers"):
+            continue
+        out.append(a)
+    return out
+
+
 def check_tuner_args(args) -> None:
     """The study's own options, each with the value shown; called before any file or study is touched."""
     if args.n_trials < 0:
         raise UserError(f"--n-trials must be 0 (summary only) or more, but got {args.n_trials}.")
     if args.study_workers < 1:
         raise UserError(f"--workers must be at least 1, but got {args.study_workers}.")
+    if args.ray and args.ray != "local" and (args.storage is None or args.storage.startswith("sqlite")):
+        raise UserError(f"--ray {args.ray} with {'the journal file' if args.storage is None else 'SQLite'}: workers on "
+                        "other machines do not share this disk. Use a PostgreSQL --storage URL (see README), or "
+                        "--ray local.")
     if args.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, but got {args.heartbeat}.")
     name = args.study.strip()
@@ -109,7 +155,9 @@ def run(args) -> int:
     seed = args.sampler_seed + (args.worker_index or 0)
     study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
 
-    if args.study_workers > 1 and args.worker_index is None:
+    if args.ray and args.worker_index is None:
+        run_workers_on_ray(args)
+    elif args.study_workers > 1 and args.worker_index is None:
         argv = list(args.argv)
         procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
                                    "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
