@@ -58,7 +58,16 @@ def atomic_write(path, mode="w", **kwargs):
         raise
 
 
+def _only_rank_zero(path) -> None:
+    # Under torchrun every rank runs the same code; run files are written by rank 0 alone. (The
+    # image cache may be filled by any rank: it writes through atomic_write directly.)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank != 0:
+        raise RuntimeError(f"rank {rank} tried to write {path}: only rank 0 writes run files.")
+
+
 def write_text(path, text: str) -> Path:
+    _only_rank_zero(path)
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
@@ -69,6 +78,7 @@ def write_json(path, obj) -> Path:
 
 
 def write_csv(path, df, **kwargs) -> Path:
+    _only_rank_zero(path)
     kwargs.setdefault("index", False)
     with atomic_write(path, "w", encoding="utf-8", newline="") as f:
         df.to_csv(f, **kwargs)
@@ -78,6 +88,7 @@ def write_csv(path, df, **kwargs) -> Path:
 def save_torch(path, obj) -> Path:
     import torch
 
+    _only_rank_zero(path)
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)

@@ -15,6 +15,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from common import UserError
+from folds import distributed
 from folds.data import read_rgb
 
 
@@ -113,7 +114,12 @@ def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: in
         w = class_weights(labels)
         sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(w), replacement=True, generator=g)
         shuffle = False
+    if train and distributed.world()[1] > 1:
+        # every rank makes the same draw from (seed, epoch), then takes its share
+        order = list(sampler) if sampler is not None else torch.randperm(len(dataset), generator=g).tolist()
+        sampler, shuffle = distributed.shard(order).tolist(), False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
                       num_workers=num_workers, worker_init_fn=_seed_worker if num_workers else None,
-                      pin_memory=pin_memory, drop_last=train and len(dataset) > batch_size,
+                      pin_memory=pin_memory,
+                      drop_last=train and (len(sampler) if sampler is not None else len(dataset)) > batch_size,
                       persistent_workers=False)

@@ -13,6 +13,7 @@ import torch
 from common.progress import progress
 from ensemble.merge import merge
 from ensemble.tta import BatchedTTA, tta_transforms
+from folds import distributed
 from folds.augment import eval_transform
 from folds.backbone import load_best
 from folds.cache import image_cache
@@ -80,7 +81,10 @@ class Predictor:
         """
         paths = list(paths)
         desc = f"{desc}: {len(paths):,} {'crops' if crops is not None else 'images'} x {self.views} views"
-        data = ImageDataset(paths, None, self.transform, crops=crops, cache=self.cache)
+        rank, size = distributed.world()  # under torchrun: rows rank::size here, all of them gathered after
+        data = ImageDataset(paths[rank::size], None, self.transform, cache=self.cache,
+                            crops=None if crops is None else list(crops)[rank::size])
         loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
                              pin_memory=self.prec.device.type == "cuda")
-        return predict_probs(self.model, loader, self.prec, self.inputs, self.tta, desc=desc)
+        return distributed.gather_rows(predict_probs(self.model, loader, self.prec, self.inputs, self.tta, desc=desc),
+                                       len(paths))

@@ -105,18 +105,26 @@ def main(argv=None) -> int:
     try:
         legacy_folds(args, logging.getLogger("folds.run"), "k")
         cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
+        from folds import distributed
         from folds.runner import FoldRunner, summary_table
+        distributed.init(cfg.device)  # under torchrun: one fold data-parallel on every rank
+        if not distributed.is_main():
+            logging.getLogger().setLevel(logging.WARNING)
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
+            if not distributed.is_main():
+                return 0
             print(f"full-data model: {result['epochs']} epochs; test probabilities in "
                   f"{runner.fold_dir('full')}. Add it to a soft vote with "
                   f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
         folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
         result = runner.run(folds)
+        if not distributed.is_main():
+            return 0
         done = result.get("fold_results", result["folds"])
         if done:
             print("\n" + summary_table(done))

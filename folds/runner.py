@@ -19,6 +19,7 @@ import pandas as pd
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
+from folds import distributed
 from folds.config import RunConfig, learning_settings
 from folds.engine import scores
 from folds.lock import FoldLock
@@ -53,6 +54,8 @@ class FoldRunner:
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False) -> "FoldRunner":
         """Resolve the data folder and run name, check the run folder, prepare the data, write the run files."""
+        if not distributed.is_main():
+            distributed.barrier()  # under torchrun rank 0 checks and writes (demo data, run folder) first
         cfg, demo = with_data_dir(cfg)
         cfg = replace(cfg, name=cfg.name or default_run_name(cfg, demo))
         run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
@@ -61,7 +64,9 @@ class FoldRunner:
         check_classes(run_dir, prep)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
             check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg))
-        write_run_files(run_dir, prep)
+        if distributed.is_main():
+            write_run_files(run_dir, prep)
+            distributed.barrier()
         return cls(prep, resume=resume, force=force)
 
     @property
@@ -78,22 +83,25 @@ class FoldRunner:
     def run_fold(self, k, epochs: int | None = None) -> dict | None:
         """Train and predict fold ``k`` (or ``FULL``); None when another process holds it."""
         d = self.fold_dir(k)
-        if self.is_done(k) and not self.force:
+        # under torchrun, rank 0 decides for the group (skip, lock) and alone touches files
+        if distributed.agree(self.is_done(k) and not self.force):
             log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
             return json.loads((d / layout.DONE).read_text())
-        lock = FoldLock(d / layout.LOCK, owner=self.lock_owner)
-        if not lock.acquire():
-            log.info("fold %s is being trained by %s; skipping it here.", k, lock.holder())
+        lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
+        if not distributed.agree(lock.acquire() if lock else None):
+            log.info("fold %s is being trained by %s; skipping it here.", k, lock.holder() if lock else "?")
             return None
         try:
             if (d / layout.LAST).is_file() and not (self.resume or self.force):
                 raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
                                 "from its last epoch, or --force to retrain it from scratch.")
-            if self.force:
+            if self.force and distributed.is_main():
                 self.clear_fold(k)
+            distributed.barrier()
             return self._train_and_predict(k, d, lock, epochs)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _train_and_predict(self, k, d: Path, lock: FoldLock, epochs: int | None) -> dict:
         t0 = time.time()
@@ -110,20 +118,22 @@ class FoldRunner:
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
                  f" + {len(extra[0])} pseudo-labelled test images" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            on_epoch=lambda *_: lock.heartbeat(), epochs=epochs, extra=extra)
+                            on_epoch=lambda *_: lock and lock.heartbeat(), epochs=epochs, extra=extra)
         if extra:
             result["pseudo_images"] = len(extra[0])
         predictor = Predictor(self.cfg, self.ds.num_classes, d)
         if len(va):
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))
         test = predictor.predict(self.ds.test["path"], desc=f"fold {k} test")
-        write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=self.ds.test["id"].to_numpy()))
         result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta)
         if epochs is not None:
             result["epochs"] = epochs
-        write_json(d / layout.DONE, result)  # written last: a fold is finished only with all its files
-        if not self.cfg.keep_last:  # the full training state is only needed to resume an unfinished fold
-            (d / layout.LAST).unlink(missing_ok=True)
+        if distributed.is_main():
+            write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=self.ds.test["id"].to_numpy()))
+            write_json(d / layout.DONE, result)  # written last: a fold is finished only with all its files
+            if not self.cfg.keep_last:  # the full training state is only needed to resume an unfinished fold
+                (d / layout.LAST).unlink(missing_ok=True)
+        distributed.barrier()
         if "oof" in result:
             log.info("fold %s: OOF macro-F1 %.4f%s", k, result["oof"]["f1"],
                      f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
@@ -134,15 +144,17 @@ class FoldRunner:
         out = {}
         ids, labels, artists = val["id"].to_numpy(), val["label"].to_numpy(), val["artist"].to_numpy()
         oof = predictor.predict(val["path"], desc=f"fold {k} OOF")
-        write_csv(d / layout.OOF, prob_frame(oof, self.ds.classes, id=ids, fold=k, label=artists))
+        if distributed.is_main():
+            write_csv(d / layout.OOF, prob_frame(oof, self.ds.classes, id=ids, fold=k, label=artists))
         out["oof"] = scores(oof, labels, self.ds.num_classes)
         n = self.cfg.crop_oof
         if n:
             crops = predictor.predict(np.repeat(val["path"].to_numpy(), n), crops=crop_boxes(ids, n, CROP_OOF_SEED),
                                       desc=f"fold {k} crop OOF")
-            write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
-                                                       crop=np.tile(np.arange(n), len(val)), fold=k,
-                                                       label=np.repeat(artists, n)))
+            if distributed.is_main():
+                write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
+                                                           crop=np.tile(np.arange(n), len(val)), fold=k,
+                                                           label=np.repeat(artists, n)))
             out["crop_oof"] = scores(crops, np.repeat(labels, n), self.ds.num_classes)
         return out
 
@@ -184,6 +196,8 @@ class FoldRunner:
             if r is not None:
                 results[k] = r
         missing = [k for k in self.planned_folds if not self.is_done(k)]
+        if not distributed.is_main():
+            return {"folds": results, "complete": False}  # rank 0 joins the run
         if missing:
             log.info("folds %s are not finished yet; the OOF and the submission are written when they are "
                      "(run them with --fold %s).", missing, ",".join(map(str, missing)))

@@ -18,6 +18,7 @@ from timm.utils import ModelEmaV3
 from common import UserError
 from folds.augment import eval_transform, train_transform
 from folds.backbone import build_model
+from folds import distributed
 from folds.cache import image_cache
 from folds.checkpoint import Checkpointer
 from folds.config import RunConfig
@@ -85,19 +86,22 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                             cache=cache)
     val = ds.train.iloc[val_idx]
     eval_tf = eval_transform(size, dcfg["mean"], dcfg["std"])
-    val_ds = ImageDataset(val["path"], val["label"], eval_tf, cache=cache)
-    # the same paintings as fixed half-size crops: the distribution the model is judged on
+    # the same paintings as fixed half-size crops too: the distribution the model is judged on
     n_crops = cfg.val_crops
-    val_crop_ds = ImageDataset(np.repeat(val["path"].to_numpy(), n_crops), np.repeat(val["label"].to_numpy(), n_crops),
-                               eval_tf, cache=cache, crops=crop_boxes(val["id"], n_crops, VAL_CROP_SEED))
+    val_sets = {"val": (val["path"].to_numpy(), val["label"].to_numpy(), None),
+                "val_crop": (np.repeat(val["path"].to_numpy(), n_crops), np.repeat(val["label"].to_numpy(), n_crops),
+                             crop_boxes(val["id"], n_crops, VAL_CROP_SEED))}
+    rank, size_w = distributed.world()  # under torchrun each rank scores rows rank::size, then all are gathered
+    val_ds = {p: ImageDataset(x[rank::size_w], y[rank::size_w], eval_tf, cache=cache,
+                              crops=None if c is None else c[rank::size_w]) for p, (x, y, c) in val_sets.items()}
     optimizer = build_optimizer(cfg, model)
     n_epochs = epochs or cfg.epochs
     scheduler = build_scheduler(cfg, optimizer, n_epochs)
     scaler = prec.scaler()
     recipe = build_recipe(cfg, ds.num_classes, prec.device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
-    step_model = torch.compile(model) if cfg.compile else model
-    judged = ema.module if ema is not None else step_model  # the weights that are validated and saved
+    step_model = distributed.wrap(torch.compile(model) if cfg.compile else model, prec.device)
+    judged = ema.module if ema is not None else model  # the weights that are validated and saved
     has_val = len(val_idx) > 0
     monitor = resolve_monitor(cfg)
     stopper = EarlyStopping(monitor, cfg.patience if has_val else None)
@@ -108,7 +112,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
     val_loaders = {prefix: make_loader(d, cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
-                   for prefix, d in (("val", val_ds), ("val_crop", val_crop_ds)) if has_val and len(d)}
+                   for prefix, d in val_ds.items() if has_val and len(val_sets[prefix][0])}
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
@@ -125,14 +129,18 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             row.update({f"{prefix}_loss": float("nan"), f"{prefix}_f1": float("nan"), f"{prefix}_acc": float("nan")})
             if prefix in val_loaders:
                 probs = predict_probs(judged, val_loaders[prefix], prec, inputs, tta="none", desc=f"validate {prefix}")
-                s = scores(probs, val_loaders[prefix].dataset.labels, ds.num_classes)
+                probs = distributed.gather_rows(probs, len(val_sets[prefix][1]))
+                s = scores(probs, val_sets[prefix][1], ds.num_classes)
                 row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
         row.update(lr=lr, seconds=time.time() - t0)
         history.append(row)
         seconds += row["seconds"]
-        if stopper.update(row):
-            ckpt.save_best(judged)
-        ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
+        improved = stopper.update(row)  # the same on every rank: the scores were gathered
+        if distributed.is_main():
+            if improved:
+                ckpt.save_best(judged)
+            ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
+        distributed.barrier()  # a resume must find last.pt complete on every rank
         log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_crop_f1 %.4f lr %.2e (%.1fs)",
                  out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_crop_f1"],
                  lr, row["seconds"])

@@ -1,0 +1,82 @@
+"""One fold data-parallel under torchrun (gloo on the CPU): 2 ranks, the demo data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, tiny_args
+
+
+def torchrun(demo_source, tmp_path, *extra, epochs=2):
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": epochs, "--n-folds": 2, "--num-workers": 0,
+                                               "--name": "ddp", "--fold": 0})
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(29500 + os.getpid() % 1000), str(ROOT / "folds" / "run.py"), *args, *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_two_ranks_train_one_fold_and_only_rank_0_writes(demo_source, tmp_path):
+    proc = subprocess.run(torchrun(demo_source, tmp_path), cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    # a write from rank 1 raises (common.atomic), so a clean exit means rank 0 wrote every file
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    fold = tmp_path / "runs" / "ddp" / "fold_0"
+    for f in ("done.json", "best.pt", "history.csv", "oof.csv", "oof_crops.csv", "test_probs.csv"):
+        assert (fold / f).is_file(), f
+    folds = pd.read_csv(tmp_path / "runs" / "ddp" / "folds.csv", dtype=str)
+    oof = pd.read_csv(fold / "oof.csv", dtype={"id": str})
+    # predictions were sharded across the ranks and gathered: every validation painting, once, in order
+    assert list(oof["id"]) == list(folds.loc[folds["fold"] == "0", "id"])
+    test = pd.read_csv(fold / "test_probs.csv", dtype={"id": str})
+    assert len(test) == len(pd.read_csv(demo_source / "test.csv")) and np.allclose(test.iloc[:, 1:].sum(axis=1), 1, atol=1e-4)
+    assert list(pd.read_csv(fold / "history.csv")["epoch"]) == [1, 2]
+
+
+def test_each_rank_takes_its_share_of_the_same_balanced_draw(monkeypatch):
+    from folds.loader import ImageDataset, make_loader
+    y = np.array([0] * 40 + [1] * 8 + [2] * 2)
+    data = ImageDataset(["x"] * 50, y, transform=None)
+    full = list(make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append(list(make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler))
+    assert len(shares[0]) == len(shares[1]) == 25  # equal steps on every rank, as DDP needs
+    assert shares[0] == full[0::2] and shares[1] == full[1::2]  # one draw, split
+
+
+def test_gather_rows_is_the_identity_in_one_process():
+    from folds.distributed import gather_rows, shard
+    rows = np.arange(12).reshape(6, 2)
+    assert (gather_rows(rows, 6) == rows).all() and (shard(np.arange(5)) == np.arange(5)).all()
+
+
+def test_a_killed_ddp_fold_resumes(demo_source, tmp_path):
+    cmd = torchrun(demo_source, tmp_path, epochs=4)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    history = tmp_path / "runs" / "ddp" / "fold_0" / "history.csv"
+    deadline = time.time() + 300
+    while not history.is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait()
+    fold = history.parent
+    assert not (fold / "done.json").exists()
+    done_before = len(pd.read_csv(history))
+    proc = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    h = pd.read_csv(history)
+    assert list(h["epoch"]) == list(range(1, len(h) + 1)) and len(h) >= done_before
+    assert json.loads((fold / "done.json").read_text())["epochs_run"] == len(h)
