@@ -76,18 +76,20 @@ class InputPipe:
 
 
 def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
-                    desc: str = "train") -> float:
+                    first_step: int = 0, desc: str = "train") -> float:
     """One pass over the loader; returns the mean training loss.
 
     ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
-    cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every step.
+    cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every step, with the
+    global step number (``first_step`` + the batch index): without it timm skips the EMA warm-up,
+    and the EMA weights stay near the initial ones for thousands of steps.
     """
     from folds.recipe import Recipe
 
     recipe = recipe or Recipe()
     model.train()
     total, n = 0.0, 0
-    for x, y in progress(batches(loader), len(loader), desc):
+    for step, (x, y) in enumerate(progress(batches(loader), len(loader), desc), first_step + 1):
         x, y = recipe.batch(inputs(x), y.to(prec.device, non_blocking=True))
         with prec.autocast():
             loss = recipe.loss(model(x), y)
@@ -96,7 +98,7 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
-            ema.update(model)
+            ema.update(model, step=step)
         total += loss.item() * len(y)
         n += len(y)
     if not np.isfinite(total):

@@ -122,6 +122,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                              balanced=cfg.balanced_sampler, num_workers=workers, pin_memory=pin)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
+                                     first_step=(epoch - 1) * len(loader),  # same batches every epoch
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}")
         scheduler.step(epoch)  # epochs done so far
         row = {"epoch": epoch, "train_loss": train_loss}
