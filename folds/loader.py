@@ -1,9 +1,9 @@
 """Torch datasets, the class-balanced sampler and seeded DataLoaders.
 
-Each epoch gets a fresh DataLoader whose generator is seeded from (seed, epoch), and
-each worker reseeds its albumentations pipeline from torch's per-worker seed. Without
-that, albumentations 2.0.8 copies one RNG state into every worker and every epoch, so
-a batch position sees the same augmentation forever (AlbumentationsX#266).
+Training order and every sample's augmentation come from (seed, epoch) alone, through
+``EpochSampler``: loader workers persist across epochs, and the result does not depend on
+how many there are. (albumentations 2.0.8 copies one RNG state into every worker, so a batch
+position would otherwise see the same augmentation forever: AlbumentationsX#266.)
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_sample_weight
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import UserError
 from folds import distributed
@@ -43,7 +43,10 @@ class ImageDataset(Dataset):
             img = img[int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)), int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))]
         return img
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        i, sample_seed = item if isinstance(item, tuple) else (item, None)
+        if sample_seed is not None:  # a training sample: its augmentation is its own (EpochSampler)
+            self.transform.set_random_seed(sample_seed)
         try:
             x = self.transform(image=self.image(i))["image"]
         except UserError:
@@ -77,14 +80,9 @@ def class_weights(labels) -> np.ndarray:
 
 
 def _seed_worker(worker_id: int) -> None:
-    # torch gives each worker base_seed + worker_id, and base_seed comes from the loader's
-    # seeded generator: so this is distinct per worker and per epoch, and reproducible.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    info = get_worker_info()
-    tf = getattr(info.dataset, "transform", None)
-    if hasattr(tf, "set_random_seed"):
-        tf.set_random_seed(seed)
+    # Anything outside the transform that draws from numpy's global RNG gets a reproducible,
+    # per-worker seed; the augmentations themselves are seeded per sample (EpochSampler).
+    np.random.seed(torch.initial_seed() % 2**32)
 
 
 def default_workers() -> int:
@@ -101,25 +99,58 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+class EpochSampler(Sampler):
+    """The training order of one epoch, as (index, sample seed) pairs, from (seed, epoch) alone.
+
+    Each sample's augmentation is seeded by its own seed (``ImageDataset`` reseeds the
+    albumentations pipeline with it), so the augmentations depend on (seed, epoch, position)
+    only: not on the number of loader workers nor on which worker draws the item. That lets the
+    workers persist across epochs (no start-up per epoch), keeps a resumed fold exact, and avoids
+    AlbumentationsX#266 (a worker repeating one augmentation at a batch position every epoch).
+    Under torchrun, every rank makes the same draw and takes its share.
+    """
+
+    def __init__(self, labels, *, seed: int = 0, balanced: bool = False):
+        self.labels, self.seed, self.balanced, self.epoch = np.asarray(labels), seed, balanced, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        n = len(self.labels)
+        if self.balanced:
+            labels = self.labels if self.labels.ndim == 1 else self.labels.argmax(axis=1)
+            w = torch.as_tensor(class_weights(labels))
+            order = torch.multinomial(w, n, replacement=True, generator=g)  # as WeightedRandomSampler draws
+        else:
+            order = torch.randperm(n, generator=g)
+        return order.tolist()
+
+    def __iter__(self):
+        # a sample's seed is its position in the whole epoch's draw, so ranks never share one
+        base = epoch_seed(self.seed, self.epoch) * 1_000_003
+        seeded = np.array([(i, (base + pos) % 2**32) for pos, i in enumerate(self.order())], dtype=np.int64)
+        return iter([(int(i), int(s)) for i, s in distributed.shard(seeded)])
+
+    def __len__(self) -> int:
+        n, size = len(self.labels), distributed.world()[1]
+        return n // size if size > 1 else n
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                balanced: bool = False, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """A DataLoader whose order and augmentations depend only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    if train and num_workers == 0 and hasattr(dataset.transform, "set_random_seed"):
-        dataset.transform.set_random_seed(epoch_seed(seed, epoch))
-    sampler, shuffle = None, train
-    if train and balanced:
-        labels = dataset.labels if dataset.labels.ndim == 1 else dataset.labels.argmax(axis=1)
-        w = class_weights(labels)
-        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(w), replacement=True, generator=g)
-        shuffle = False
-    if train and distributed.world()[1] > 1:
-        # every rank makes the same draw from (seed, epoch), then takes its share
-        order = list(sampler) if sampler is not None else torch.randperm(len(dataset), generator=g).tolist()
-        sampler, shuffle = distributed.shard(order).tolist(), False
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=g,
+                balanced: bool = False, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order and augmentations depend only on (seed, epoch).
+
+    Its workers persist: a training loader serves every epoch; call ``loader.sampler.set_epoch(e)``
+    before each (``make_loader`` sets ``epoch``).
+    """
+    sampler = None
+    if train:
+        sampler = EpochSampler(dataset.labels, seed=seed, balanced=balanced)
+        sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
                       num_workers=num_workers, worker_init_fn=_seed_worker if num_workers else None,
-                      pin_memory=pin_memory,
-                      drop_last=train and (len(sampler) if sampler is not None else len(dataset)) > batch_size,
-                      persistent_workers=False)
+                      pin_memory=pin_memory, drop_last=train and len(sampler) > batch_size,
+                      persistent_workers=num_workers > 0)

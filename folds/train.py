@@ -113,13 +113,15 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     pin = prec.device.type == "cuda"
     val_loaders = {prefix: make_loader(d, cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
                    for prefix, d in val_ds.items() if has_val and len(val_sets[prefix][0])}
+    # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
+    loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
+                         num_workers=workers, pin_memory=pin)
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
         t0 = time.time()
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
-        loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, epoch=epoch,
-                             balanced=cfg.balanced_sampler, num_workers=workers, pin_memory=pin)
+        loader.sampler.set_epoch(epoch)  # the order and the augmentations too
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
                                      first_step=(epoch - 1) * len(loader),  # same batches every epoch

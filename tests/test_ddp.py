@@ -45,12 +45,12 @@ def test_each_rank_takes_its_share_of_the_same_balanced_draw(monkeypatch):
     from folds.loader import ImageDataset, make_loader
     y = np.array([0] * 40 + [1] * 8 + [2] * 2)
     data = ImageDataset(["x"] * 50, y, transform=None)
-    full = list(make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler)
+    full = [i for i, _ in make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler]
     shares = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        shares.append(list(make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler))
+        shares.append([i for i, _ in make_loader(data, 5, train=True, balanced=True, seed=3, epoch=2).sampler])
     assert len(shares[0]) == len(shares[1]) == 25  # equal steps on every rank, as DDP needs
     assert shares[0] == full[0::2] and shares[1] == full[1::2]  # one draw, split
 

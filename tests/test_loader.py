@@ -25,7 +25,7 @@ def test_balanced_sampler_draws_classes_evenly():
     y = np.array([0] * 90 + [1] * 9 + [2] * 1)
     ds = ImageDataset(["x"] * 100, y, transform=None)
     loader = make_loader(ds, 10, train=True, balanced=True)
-    drawn = np.concatenate([y[list(b)] for b in loader.batch_sampler])
+    drawn = y[[i for i, _ in loader.sampler]]
     share = np.bincount(drawn, minlength=3) / len(drawn)
     assert (share > 0.15).all(), share
 
@@ -45,6 +45,22 @@ def test_augmentations_differ_across_epochs_workers_and_positions():
     assert sum(per_position_same) <= 2  # epochs differ at the same position
     # worker 0 holds batches 0, 2; worker 1 holds 1, 3: their first items differ
     assert not torch.equal(e0[0], e0[4])
+
+
+def test_augmentations_do_not_depend_on_the_number_of_workers():
+    ds = Constant(["x"] * 12, np.zeros(12), train_transform(32, (0.5,) * 3, (0.25,) * 3, seed=0))
+    assert torch.equal(batches(ds, 2, 0), batches(ds, 2, 2))
+
+
+def test_persistent_workers_serve_every_epoch_with_new_augmentations():
+    ds = Constant(["x"] * 8, np.zeros(8), train_transform(32, (0.5,) * 3, (0.25,) * 3, seed=0))
+    loader = make_loader(ds, 4, train=True, seed=1, num_workers=2)
+    assert loader.persistent_workers
+    epochs = []
+    for epoch in (1, 2, 1):
+        loader.sampler.set_epoch(epoch)
+        epochs.append(torch.cat([x for x, _ in loader]))
+    assert torch.equal(epochs[0], epochs[2]) and not torch.equal(epochs[0], epochs[1])
 
 
 def test_augmentations_reproduce_with_the_same_seed():
