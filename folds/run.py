@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--full-epochs", type=int, help="epochs of --fold full (default: the median best epoch "
                    "of the run's folds)")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    g.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train N folds at once on one "
+                   "device, each in its own process with its share of the CPU cores for its loader (a small "
+                   "backbone does not fill a big GPU); the result equals the one-process run (default: 1)")
     g = p.add_argument_group("scaling out with Ray (pip install -r requirements-ray.txt)")
     g.add_argument("--ray", metavar="ADDRESS", help="run each fold as a Ray task: 'local' (start Ray here), "
                    "'auto' (the cluster this node joined) or HOST:PORT; run folders must be on storage every "
@@ -61,6 +64,42 @@ def finish_run(runner, result: dict) -> str:
     if "test_f1" in sub:
         line += f" | test macro-F1 {sub['test_f1']:.4f} (scored with test_labels.csv, for reporting only)"
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
+
+
+def run_side_by_side(args, runner) -> None:
+    """``--procs-per-gpu N``: the requested folds in N processes at once, round-robin; each gets
+    ``cores // N - 1`` loader workers unless --num-workers says otherwise. They share the run
+    folder (its per-fold locks), and this process then joins the run as usual."""
+    import os
+    import subprocess
+
+    n = args.procs_per_gpu
+    folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
+    groups = [g for g in (folds[i::n] for i in range(n)) if g]
+    workers = runner.cfg.workers if runner.cfg.workers is not None else max(0, (os.cpu_count() or 1) // n - 1)
+    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--num-workers": 1, "--name": 1})
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base, "--name", runner.cfg.name,
+                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
+                               "1", "-q"]) for g in groups]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise UserError(f"--procs-per-gpu: fold processes exited with {codes}; finished folds are kept, rerun with "
+                        "--resume.")
+
+
+def strip_options(argv: list[str], options: dict) -> list[str]:
+    """``argv`` without the given options (name -> number of values), in either --opt v or --opt=v form."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=")[0]
+        if name in options:
+            skip = 0 if "=" in a else options[name]
+            continue
+        out.append(a)
+    return out
 
 
 def run_on_ray(args, cfg) -> int:
@@ -100,6 +139,7 @@ def run_on_ray(args, cfg) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --procs-per-gpu hands it to its processes
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stdout, force=True)
     try:
@@ -113,6 +153,8 @@ def main(argv=None) -> int:
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
+        if args.procs_per_gpu > 1 and args.fold != "full":
+            run_side_by_side(args, runner)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
             if not distributed.is_main():

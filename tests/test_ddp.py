@@ -8,8 +8,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch
 
 from conftest import ROOT, tiny_args
 

@@ -188,3 +188,17 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
     assert resumed["best_epoch"] == full["best_epoch"]
+
+
+def test_several_fold_processes_on_one_device_equal_one_process(demo_source, tmp_path):
+    # one thread per process on both sides: CPU kernels then add up in the same order
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name, extra in (("one", []), ("three", ["--procs-per-gpu", "3"])):
+        args = tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 3, "--name": name, "--num-workers": 0})
+        proc = subprocess.run([sys.executable, str(ROOT / "folds" / "run.py"), *args, *extra], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (pd.read_csv(tmp_path / "runs" / n / "oof.csv", dtype={"id": str}) for n in ("one", "three"))
+    pd.testing.assert_frame_equal(a, b)
+    subs = [pd.read_csv(tmp_path / "subs" / f"{n}_folds-mean.csv", dtype=str) for n in ("one", "three")]
+    pd.testing.assert_frame_equal(*subs)
