@@ -9,6 +9,9 @@
 - train: images/s of training steps, the suite's path (cached uint8 images, AMP bf16/fp16 and
   channels_last on CUDA, optional torch.compile) vs a naive seed-style loop (PIL decode per
   sample, fp32, no channels_last).
+- epochs: whole epochs of the shipped path (the fold's persistent loader + train_one_epoch) on
+  real or generated images, against the compute ceiling (the same step on batches already on the
+  device) in the same process; the first epoch against a steady one.
 - infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
   fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold.
 Each prints a JSON line (also appended to --out) with both figures and their ratio.
@@ -136,6 +139,72 @@ def bench_train(args) -> dict:
     return row
 
 
+def bench_epochs(args) -> dict:
+    """Whole epochs of the shipped training path against the compute ceiling, in one process.
+
+    The suite's path: the fold's one training loader (persistent workers, the balanced sampler,
+    the train augmentations, optional cache) feeding ``train_one_epoch``, over ``--epochs`` steady
+    epochs after a first one, on the real train images (``--data-dir``) or generated JPEGs. The
+    ceiling: the same ``train_one_epoch`` on uint8 batches already on the device (no loader), with
+    the same model, size, batch and precision.
+    """
+    from folds.data import load_dataset
+    from folds.optim import build_optimizer
+    from folds.config import RunConfig
+
+    if args.data_dir:
+        ds = load_dataset(args.data_dir, check_images=False)
+        paths, labels = list(ds.train["path"])[: args.n_images or None], ds.train["label"].to_numpy()
+        labels = labels[: len(paths)]
+    else:
+        paths = large_jpegs(Path(tempfile.mkdtemp()) / "jpg", args.n_images, args.side)
+        labels = np.arange(len(paths)) % 10
+    prec = Precision.resolve(args.device, args.amp, "auto")
+    n_classes = int(labels.max()) + 1
+    model = prec.prepare(create_model(args.model, n_classes, weights="none"))
+    dcfg = data_config(model, args.img_size)
+    size = dcfg["input_size"][-1]
+    model = torch.compile(model) if args.compile else model
+    inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
+    opt = build_optimizer(RunConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01), model)
+    scaler = prec.scaler()
+    cache = ImageCache(Path(tempfile.mkdtemp()) / "cache", 2 * size) if args.cache else None
+    if cache is not None:
+        cache.fill(paths, workers=max(1, args.workers))
+    data = ImageDataset(paths, labels, train_transform(size, dcfg["mean"], dcfg["std"], seed=0), cache=cache)
+    loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
+                         pin_memory=prec.device.type == "cuda")
+    sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
+    times = []
+    for epoch in range(1, args.epochs + 2):
+        loader.sampler.set_epoch(epoch)
+        t = time.perf_counter()
+        train_one_epoch(model, loader, opt, scaler, prec, inputs, desc=f"epoch {epoch}")
+        sync()
+        times.append(time.perf_counter() - t)
+    per_epoch = len(loader) * args.batch_size
+    steady = float(np.median(times[1:]))
+    g = torch.Generator(device=prec.device).manual_seed(0)
+    synthetic = [(torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=prec.device,
+                                generator=g), torch.randint(0, n_classes, (args.batch_size,), device=prec.device,
+                                                            generator=g)) for _ in range(min(len(loader), 16))]
+    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, desc="ceiling warm-up")
+    sync()
+    t = time.perf_counter()
+    reps = max(1, len(loader) // len(synthetic))
+    for _ in range(reps):
+        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, desc="ceiling")
+    sync()
+    ceiling = reps * len(synthetic) * args.batch_size / (time.perf_counter() - t)
+    suite = per_epoch / steady
+    return {"bench": "epochs", "model": args.model, "img_size": size, "device": prec.describe(),
+            "images_per_epoch": per_epoch, "workers": args.workers, "cache": bool(args.cache),
+            "suite_img_s": round(suite, 1), "ceiling_img_s": round(ceiling, 1),
+            "of_ceiling": round(suite / ceiling, 3), "first_epoch_s": round(times[0], 2),
+            "steady_epoch_s": round(steady, 2), "first_vs_steady": round(times[0] / steady, 2),
+            "epochs": args.epochs, "compile": args.compile}
+
+
 def bench_infer(args) -> dict:
     import ttach as tta
 
@@ -185,7 +254,7 @@ def bench_infer(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("loader", "train", "infer"))
+    p.add_argument("what", choices=("loader", "train", "epochs", "infer"))
     p.add_argument("--model", default="efficientnet_b3")
     p.add_argument("--img-size", type=int, default=288)
     p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
@@ -197,10 +266,13 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-images", type=int, help="infer: time the slow baseline on this many images")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--epochs", type=int, default=3, help="epochs: steady epochs timed after the first (default: 3)")
+    p.add_argument("--amp", default="auto", help="epochs: auto, bf16, fp16 or off (default: auto)")
+    p.add_argument("--cache", action="store_true", help="epochs: read the pre-resized cache")
     p.add_argument("--data-dir", help="infer: use this dataset's test images")
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
-    row = {"loader": bench_loader, "train": bench_train, "infer": bench_infer}[args.what](args)
+    row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer}[args.what](args)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
     emit(row, args.out)
     return 0
