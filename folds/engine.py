@@ -88,7 +88,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
 
     recipe = recipe or Recipe()
     model.train()
-    total, n = 0.0, 0
+    # the running loss stays on the device: a .item() per step would make the host wait for the GPU
+    total, n = torch.zeros((), device=prec.device), 0
     for step, (x, y) in enumerate(progress(batches(loader), len(loader), desc), first_step + 1):
         x, y = recipe.batch(inputs(x), y.to(prec.device, non_blocking=True))
         with prec.autocast():
@@ -99,8 +100,9 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
         scaler.update()
         if ema is not None:
             ema.update(model, step=step)
-        total += loss.item() * len(y)
+        total += loss.detach().float() * len(y)
         n += len(y)
+    total = total.item()
     if not np.isfinite(total):
         raise FloatingPointError("training loss is not finite; try a lower --lr or --amp off.")
     return total / max(n, 1)
