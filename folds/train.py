@@ -44,6 +44,36 @@ def fold_seed(cfg: RunConfig, fold_index: int) -> int:
     return cfg.seed * 1000 + fold_index
 
 
+class Validation:
+    """The validation paintings, whole (``val_*``) and as fixed half-size crops (``val_crop_*``, the
+    distribution the model is judged on), scored every epoch. Under torchrun each rank scores
+    rows rank::size; the gathered scores are the same on every rank."""
+
+    def __init__(self, val, cfg: RunConfig, transform, cache, num_classes: int, workers: int, pin: bool):
+        n = cfg.val_crops
+        sets = {"val": (val["path"].to_numpy(), val["label"].to_numpy(), None),
+                "val_crop": (np.repeat(val["path"].to_numpy(), n), np.repeat(val["label"].to_numpy(), n),
+                             crop_boxes(val["id"], n, VAL_CROP_SEED))}
+        rank, size = distributed.world()
+        self.labels = {p: y for p, (_, y, _) in sets.items()}
+        self.loaders = {p: make_loader(ImageDataset(x[rank::size], y[rank::size], transform, cache=cache,
+                                                    crops=None if c is None else c[rank::size]),
+                                       cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
+                        for p, (x, y, c) in sets.items() if len(x)}
+        self.num_classes = num_classes
+
+    def score(self, model, prec, inputs) -> dict:
+        row = {}
+        for prefix in ("val", "val_crop"):
+            s = {"loss": float("nan"), "f1": float("nan"), "acc": float("nan")}
+            if prefix in self.loaders:
+                probs = predict_probs(model, self.loaders[prefix], prec, inputs, tta="none", desc=f"validate {prefix}")
+                s = scores(distributed.gather_rows(probs, len(self.labels[prefix])), self.labels[prefix],
+                           self.num_classes)
+            row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
+        return row
+
+
 def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
     """Class indices, or, when pseudo-labels are soft, probability rows for every training item."""
     labels = np.asarray(labels)
@@ -84,16 +114,6 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         paths += list(extra[0])
     train_ds = ImageDataset(paths, targets, train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed),
                             cache=cache)
-    val = ds.train.iloc[val_idx]
-    eval_tf = eval_transform(size, dcfg["mean"], dcfg["std"])
-    # the same paintings as fixed half-size crops too: the distribution the model is judged on
-    n_crops = cfg.val_crops
-    val_sets = {"val": (val["path"].to_numpy(), val["label"].to_numpy(), None),
-                "val_crop": (np.repeat(val["path"].to_numpy(), n_crops), np.repeat(val["label"].to_numpy(), n_crops),
-                             crop_boxes(val["id"], n_crops, VAL_CROP_SEED))}
-    rank, size_w = distributed.world()  # under torchrun each rank scores rows rank::size, then all are gathered
-    val_ds = {p: ImageDataset(x[rank::size_w], y[rank::size_w], eval_tf, cache=cache,
-                              crops=None if c is None else c[rank::size_w]) for p, (x, y, c) in val_sets.items()}
     optimizer = build_optimizer(cfg, model)
     n_epochs = epochs or cfg.epochs
     scheduler = build_scheduler(cfg, optimizer, n_epochs)
@@ -111,8 +131,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         log.info("resuming %s after epoch %d", out_dir, len(history))
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
-    val_loaders = {prefix: make_loader(d, cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
-                   for prefix, d in val_ds.items() if has_val and len(val_sets[prefix][0])}
+    validation = Validation(ds.train.iloc[val_idx], cfg, eval_transform(size, dcfg["mean"], dcfg["std"]), cache,
+                            ds.num_classes, workers, pin)
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
                          num_workers=workers, pin_memory=pin)
@@ -127,15 +147,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                                      first_step=(epoch - 1) * len(loader),  # same batches every epoch
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}")
         scheduler.step(epoch)  # epochs done so far
-        row = {"epoch": epoch, "train_loss": train_loss}
-        for prefix in ("val", "val_crop"):
-            row.update({f"{prefix}_loss": float("nan"), f"{prefix}_f1": float("nan"), f"{prefix}_acc": float("nan")})
-            if prefix in val_loaders:
-                probs = predict_probs(judged, val_loaders[prefix], prec, inputs, tta="none", desc=f"validate {prefix}")
-                probs = distributed.gather_rows(probs, len(val_sets[prefix][1]))
-                s = scores(probs, val_sets[prefix][1], ds.num_classes)
-                row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
-        row.update(lr=lr, seconds=time.time() - t0)
+        row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
+               "seconds": time.time() - t0}
         history.append(row)
         seconds += row["seconds"]
         improved = stopper.update(row)  # the same on every rank: the scores were gathered
