@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.build import build, compare  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
+from common.metrics import macro_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
@@ -41,20 +42,27 @@ def train_run(name: str, preset: str, args, **over) -> dict:
     res = runner.run(runner.planned_folds)
     sub = build([runner.run_dir], method="mean", oof="crops" if runner.cfg.crop_oof else "whole", report=False,
                 out=Path(runner.cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
+    # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
+    run = load_run(runner.run_dir, "crops" if runner.cfg.crop_oof else "whole")
+    truth = answer_key(args.data_dir, run.test_ids, run.classes)
+    single = [macro_f1(truth, p) for p in run.fold_test.values()]
     return {"name": name, "preset": preset, "oof_f1": res["oof"]["f1"],
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
+            "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
+            "fold_mean_gain": round(sub["test_f1"] - float(sum(single) / len(single)), 4),
             "minutes": round((time.time() - t) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
 
 
-def ensemble_rows(run_dirs, data_dir: Path) -> list[dict]:
+def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dict]:
     t = time.time()
     runs = check_compatible([load_run(r, "crops") for r in run_dirs], need_same_split=True)
     classes = runs[0].classes
     y = runs[0].oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
-    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth)
+    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
+                      with_full=with_full and all(r.full_test is not None for r in runs))
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]
@@ -73,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)
     p.add_argument("--cache", action="store_true")
-    p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), c (ensemble) "
+    p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
+                   "round on s), f (s's full-data model, joining c's soft votes), c (every method over the runs) "
                    "to run")
     p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c) when "
                    "less than the minutes (b) took are left")
@@ -93,9 +102,21 @@ def main(argv=None) -> int:
 
     if "a" in stages:
         record({"stage": "a", **train_run("bench-seed", "seed", args)})
-    if "s" in stages:
-        record({"stage": "b+", **train_run("bench-strong", "strong", args)})
     suite = []
+    if "s" in stages:  # the strong candidate, then (p) a pseudo-label round on it, (f) its full-data model
+        s = train_run("bench-strong", "strong", args)
+        record({"stage": "b+", **s})
+        suite.append(s["run_dir"])
+        if "p" in stages:
+            p = train_run("bench-strong-pseudo", "strong", args, pseudo=s["run_dir"])
+            record({"stage": "p", **p, "gain_over_source": round(p["test_f1"] - s["test_f1"], 4)})
+            suite.append(p["run_dir"])
+        if "f" in stages:
+            t = time.time()
+            cfg = resolve_config({**json.loads((Path(s["run_dir"]) / "config.json").read_text())}, "strong")
+            FoldRunner.open(cfg, resume=True).run_full()
+            record({"stage": "f", "name": "bench-strong full-data model", "minutes": round((time.time() - t) / 60, 2),
+                    "test_f1": float("nan")})
     if "b" in stages or "c" in stages:
         b = train_run("bench-suite", "default", args)
         record({"stage": "b", **b})
@@ -106,7 +127,7 @@ def main(argv=None) -> int:
             record({"stage": "b2", **b2})
             suite.append(b2["run_dir"])
     if "c" in stages:
-        for r in ensemble_rows(suite, Path(args.data_dir)):
+        for r in ensemble_rows(suite, Path(args.data_dir), with_full="f" in stages):
             record({"stage": "c", **r})
     print("\n| stage | what | OOF F1 | crop-OOF F1 | test F1 | minutes |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
