@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu.sh setup                  # install the carried wheels into /tmp/site
 #   bash benchmarks/gpu.sh train                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
-#                                                   (STAGES=a,b,s,c picks them; s is --preset strong)
+#                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model)
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -39,7 +39,7 @@ case "$step" in
       2>&1 | tee -a "$out/log.txt"
     left=$(( budget - ($(date +%s) - start) ))
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real --workers "$workers" --out "$out" \
-      --stages "${STAGES:-a,b,s,c}" \
+      --stages "${STAGES:-a,b,s,p,f,c}" \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
     rm -rf "$out/runs" "$out/submissions" ;;
