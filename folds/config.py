@@ -81,6 +81,7 @@ class RunConfig:
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
                "keep_last"}
 
+
 def learning_settings(cfg: RunConfig, exclude=()) -> dict:
     """The settings that decide what a fold learns: the one "same experiment" key.
 

@@ -235,7 +235,8 @@ def check_settings(run_dir: Path, cfg: RunConfig) -> None:
     saved = run_dir / layout.CONFIG
     if not saved.is_file():
         return
-    old = json.loads(saved.read_text())
+    # a setting newer than the folder counts as its default there (it did not exist, so it was off)
+    old = {**RunConfig().to_dict(), **json.loads(saved.read_text())}
     diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
     if not diff:
         return
