@@ -109,7 +109,7 @@ def export(args) -> dict:
             raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
         (out / "runs" / run.name).mkdir(parents=True)
         export_run(run, out / "runs" / run.name, with_full)
-    blend_json = save_blend(out / "blend.csv", blend, {**meta, "with_full": with_full, "runs": names})
+    blend_json = save_blend(out / "ensemble.csv", blend, {**meta, "with_full": with_full, "runs": names})
     for package in CODE:
         shutil.copytree(ROOT / package, out / "code" / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = [] if args.no_wheels else download_wheels(out / "wheels")
