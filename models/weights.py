@@ -49,7 +49,8 @@ def read_state_dict(path: Path) -> dict:
     try:
         sd = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
-        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {first}). "
                         "Use a .safetensors or .pth state dict.") from None
     if not isinstance(sd, dict):
         raise UserError(f"--weights {path}: expected a state dict, got {type(sd).__name__}.")
