@@ -213,6 +213,11 @@ BLENDS = {
 }
 
 
+def votes() -> list[str]:
+    """The methods that learn nothing from the OOF: usable without a fitted blend."""
+    return [m for m in BLENDS if not BLENDS[m]("logreg", 1).learns]
+
+
 def make_blend(method: str, stacker: str = "logreg", offsets: bool = False, n_members: int = 1):
     if method not in BLENDS:
         raise UserError(f"--method {method!r}: choose one of {sorted(BLENDS)}.")

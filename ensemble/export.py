@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, layout, write_json, write_text  # noqa: E402
-from ensemble.blend import make_blend  # noqa: E402
+from ensemble.blend import make_blend, votes  # noqa: E402
 from ensemble.saved_blend import load_blend, save_blend  # noqa: E402
 
 log = logging.getLogger("export")
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="*", help="run folders (default: the runs of --blend)")
     p.add_argument("--blend", help="<out>_blend.json from ensemble/build.py: its fitted blend and runs")
-    p.add_argument("--method", choices=("mean", "gmean", "vote"), help="a soft or hard vote instead (default: mean)")
+    p.add_argument("--method", choices=votes(), help="a soft or hard vote instead (default: mean)")
     p.add_argument("--with-full", action="store_true", help="include the full-data models (default: as the blend)")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
     p.add_argument("--no-wheels", action="store_true", help="skip downloading wheels (the target has the packages)")

@@ -29,13 +29,12 @@ import numpy as np  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
-from ensemble.blend import full_proba, make_blend, members_to_X  # noqa: E402
+from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
 from ensemble.saved_blend import load_blend  # noqa: E402
 from ensemble.submission import write_submission  # noqa: E402
 
 log = logging.getLogger("predict")
-VOTES = ("mean", "gmean", "vote")  # blends that learn nothing: usable without a fitted one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="Dacon-layout folder to predict: test.csv, "
                    "sample_submission.csv and the images")
     p.add_argument("--out", required=True, help="submission CSV to write (its probabilities go beside it)")
-    p.add_argument("--method", choices=VOTES, help="combine the runs by this vote (default: mean); learned "
+    p.add_argument("--method", choices=votes(), help="combine the runs by this vote (default: mean); learned "
                    "blends come from --blend")
     p.add_argument("--blend", help="a fitted blend, <out>_blend.json from ensemble/build.py (its runs are used "
                    "unless run folders are given)")

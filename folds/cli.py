@@ -144,5 +144,20 @@ def legacy_folds(args: argparse.Namespace, log, meaning: str) -> None:
         args.fold = value
 
 
+def strip_options(argv: list[str], options: dict) -> list[str]:
+    """``argv`` without the given options (name -> number of values), in either --opt v or --opt=v form."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=")[0]
+        if name in options:
+            skip = 0 if "=" in a else options[name]
+            continue
+        out.append(a)
+    return out
+
+
 def cli_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}

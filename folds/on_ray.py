@@ -133,8 +133,6 @@ def configs_for(base: RunConfig, specs: list[str]) -> list[RunConfig]:
             if unknown:
                 raise UserError(f"--ray-runs {p}: unknown option(s) {unknown}.")
             cfg = replace(base, **layer)
-            if "name" not in layer and base.name is None:
-                cfg = replace(cfg, name=None)
         check_config(cfg)
         out.append(cfg)
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from common import UserError  # noqa: E402
-from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds  # noqa: E402
+from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 
 
@@ -85,21 +85,6 @@ def run_side_by_side(args, runner) -> None:
     if any(codes):
         raise UserError(f"--procs-per-gpu: fold processes exited with {codes}; finished folds are kept, rerun with "
                         "--resume.")
-
-
-def strip_options(argv: list[str], options: dict) -> list[str]:
-    """``argv`` without the given options (name -> number of values), in either --opt v or --opt=v form."""
-    out, skip = [], 0
-    for a in argv:
-        if skip:
-            skip -= 1
-            continue
-        name = a.split("=")[0]
-        if name in options:
-            skip = 0 if "=" in a else options[name]
-            continue
-        out.append(a)
-    return out
 
 
 def run_on_ray(args, cfg) -> int:

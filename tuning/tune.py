@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError  # noqa: E402
-from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds  # noqa: E402
+from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 from tuning.study import PRUNERS  # noqa: E402
 
@@ -87,26 +87,10 @@ def run_workers_on_ray(args) -> None:
     argv = list(args.argv)
     remote = ray.remote(_ray_worker)
     refs = [remote.options(num_gpus=gpus, num_cpus=1, name=f"optuna-{args.study}-{i}").remote(
-        [*strip_ray(argv), "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
+        [*strip_options(argv, {"--ray": 1, "--ray-gpus": 1, "--workers": 1}), "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
     codes = ray.get(refs)
     if any(codes):
         log.warning("Ray worker exit codes: %s", codes)
-
-
-def strip_ray(argv: list[str]) -> list[str]:
-    """The worker's own command line: this one without --ray, --ray-gpus and --workers."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--ray", "--ray-gpus", "--workers"):
-            skip = True
-            continue
-        if a.split("=")[0] in ("--ray", "--ray-gpus", "--workers"):
-            continue
-        out.append(a)
-    return out
 
 
 def check_tuner_args(args) -> None:
