@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu.sh setup                  # install the carried wheels into /tmp/site
 #   bash benchmarks/gpu.sh train                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
-#                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model)
+#                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
+#                                                    PROCS=3 fold processes share the GPU)
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -38,7 +39,9 @@ case "$step" in
     timeout 150 $py benchmarks/speed.py infer $inf --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
       2>&1 | tee -a "$out/log.txt"
     left=$(( budget - ($(date +%s) - start) ))
-    timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real --workers "$workers" --out "$out" \
+    # PROCS fold processes share the GPU (a small backbone does not fill it), each with its share of the cores
+    procs=${PROCS:-3}; if [ "$procs" -gt 1 ]; then par="--procs-per-gpu $procs"; else par="--workers $workers"; fi
+    timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real $par --out "$out" \
       --stages "${STAGES:-a,b,s,p,f,c}" \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done

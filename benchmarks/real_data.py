@@ -8,6 +8,8 @@
 (b) the suite's default: 5 folds, test-scale crops, flip TTA, crop OOF;
 (c) the suite's best ensemble: every method of ensemble/build.py over the suite's runs (b, and a
     second seed when the time budget allows), chosen by honest crop-OOF macro-F1.
+(v) ablations: --variant NAME:PRESET:key=value,... trains the preset with those options changed,
+    so each part of a recipe gets its measured gain (choose by crop-OOF, not by the test column).
 Both sides use the same backbone, weights, epochs and batch size. Every row gives OOF,
 crop-OOF and test macro-F1 (test_labels.csv) and minutes; the rows are appended as JSON lines
 to --out/results.jsonl and printed as a Markdown table for benchmarks/RESULTS.md.
@@ -25,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.build import build, compare  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
+from common import layout  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
+from folds.run import side_by_side  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
 
 
@@ -39,7 +43,10 @@ def train_run(name: str, preset: str, args, **over) -> dict:
            "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
     cfg = resolve_config(cli, preset)
     runner = FoldRunner.open(cfg, resume=True)
-    res = runner.run(runner.planned_folds)
+    if args.procs_per_gpu > 1:  # as `folds/run.py --procs-per-gpu N`: N fold processes share the GPU
+        side_by_side(["--config", str(runner.run_dir / layout.CONFIG)], runner.cfg,
+                     runner.planned_folds, args.procs_per_gpu)
+    res = runner.run(runner.planned_folds)  # joins the run (every fold done) or trains the folds here
     sub = build([runner.run_dir], method="mean", oof="crops" if runner.cfg.crop_oof else "whole", report=False,
                 out=Path(runner.cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
@@ -53,6 +60,23 @@ def train_run(name: str, preset: str, args, **over) -> dict:
             "minutes": round((time.time() - t) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
+
+
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """'lighter:strong:mixup=0,ema=0' -> ('lighter', 'strong', {'mixup': 0, 'ema': 0})."""
+    name, preset, *rest = text.split(":", 2) + [""]
+    over = {}
+    for item in filter(None, (rest[0] if rest else "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not key=value.")
+        try:
+            over[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key.strip().replace("-", "_")] = value  # a word such as adamw or cosine
+    if not name or not preset:
+        raise SystemExit(f"--variant {text!r}: use NAME:PRESET:key=value,... (for example lite:strong:ema=0).")
+    return name, preset, over
 
 
 def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dict]:
@@ -81,9 +105,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)
     p.add_argument("--cache", action="store_true")
+    p.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train each run's folds in N "
+                   "processes at once, as folds/run.py --procs-per-gpu N (--workers: per process; default: "
+                   "the cores split between them)")
     p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
                    "round on s), f (s's full-data model, joining c's soft votes), c (every method over the runs) "
                    "to run")
+    p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME:PRESET:K=V,...",
+                   help="also train PRESET with these options changed (repeatable; stage v), for ablations")
     p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c) when "
                    "less than the minutes (b) took are left")
     p.add_argument("--out", default="benchmarks/out")
@@ -113,7 +142,7 @@ def main(argv=None) -> int:
             suite.append(p["run_dir"])
         if "f" in stages:
             t = time.time()
-            cfg = resolve_config({**json.loads((Path(s["run_dir"]) / "config.json").read_text())}, "strong")
+            cfg = resolve_config({**json.loads((Path(s["run_dir"]) / layout.CONFIG).read_text())}, "strong")
             FoldRunner.open(cfg, resume=True).run_full()
             record({"stage": "f", "name": "bench-strong full-data model", "minutes": round((time.time() - t) / 60, 2),
                     "test_f1": float("nan")})
@@ -126,6 +155,8 @@ def main(argv=None) -> int:
             b2 = train_run("bench-suite-s1", "default", args, seed=1)
             record({"stage": "b2", **b2})
             suite.append(b2["run_dir"])
+    for name, preset, over in args.variant:
+        record({"stage": "v", **train_run(f"bench-v-{name}", preset, args, **over), "overrides": over})
     if "c" in stages:
         for r in ensemble_rows(suite, Path(args.data_dir), with_full="f" in stages):
             record({"stage": "c", **r})

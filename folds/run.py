@@ -67,18 +67,23 @@ def finish_run(runner, result: dict) -> str:
 
 
 def run_side_by_side(args, runner) -> None:
-    """``--procs-per-gpu N``: the requested folds in N processes at once, round-robin; each gets
-    ``cores // N - 1`` loader workers unless --num-workers says otherwise. They share the run
-    folder (its per-fold locks), and this process then joins the run as usual."""
+    """``--procs-per-gpu N``: the requested folds in N processes at once (``side_by_side``); this
+    process then joins the run as usual."""
+    folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
+    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--num-workers": 1, "--name": 1})
+    side_by_side(base, runner.cfg, folds, args.procs_per_gpu)
+
+
+def side_by_side(base_argv: list[str], cfg, folds: list[int], n: int) -> None:
+    """Train ``folds`` in ``n`` processes of this script at once, round-robin, each started with
+    ``base_argv`` (options that resolve to ``cfg``). Each gets ``cores // n - 1`` loader workers
+    unless the config names them. They share the run folder through its per-fold locks."""
     import os
     import subprocess
 
-    n = args.procs_per_gpu
-    folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
-    workers = runner.cfg.workers if runner.cfg.workers is not None else max(0, (os.cpu_count() or 1) // n - 1)
-    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--num-workers": 1, "--name": 1})
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base, "--name", runner.cfg.name,
+    workers = cfg.workers if cfg.workers is not None else max(0, (os.cpu_count() or 1) // n - 1)
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                                "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
                                "1", "-q"]) for g in groups]
     codes = [p.wait() for p in procs]
