@@ -11,7 +11,8 @@
   sample, fp32, no channels_last).
 - epochs: whole epochs of the shipped path (the fold's persistent loader + train_one_epoch) on
   real or generated images, against the compute ceiling (the same step on batches already on the
-  device) in the same process; the first epoch against a steady one.
+  device) in the same process; the first epoch against a steady one; the share of a steady epoch
+  the loop waits for its loader; --profile FILE: torch.profiler's table of one more epoch.
 - infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
   fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold.
 Each prints a JSON line (also appended to --out) with both figures and their ratio.
@@ -62,6 +63,31 @@ def rate(fn, n_items: int, repeat: int = 1, warmup: bool = True) -> float:
     for _ in range(repeat):
         fn()
     return n_items * repeat / (time.perf_counter() - t)
+
+
+class WaitTimer:
+    """A loader as ``train_one_epoch`` sees it, summing the time the loop waits for each batch.
+
+    With the GPU's work queued asynchronously, that wait is the time the device may sit idle
+    for want of data: the loader's share of an epoch.
+    """
+
+    def __init__(self, loader):
+        self.loader, self.wait = loader, 0.0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t
+            yield batch
 
 
 def emit(row: dict, out: str | None) -> None:
@@ -175,13 +201,24 @@ def bench_epochs(args) -> dict:
     loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
                          pin_memory=prec.device.type == "cuda")
     sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
-    times = []
+    times, waits = [], []
     for epoch in range(1, args.epochs + 2):
         loader.sampler.set_epoch(epoch)
+        timed = WaitTimer(loader)
         t = time.perf_counter()
-        train_one_epoch(model, loader, opt, scaler, prec, inputs, desc=f"epoch {epoch}")
+        train_one_epoch(model, timed, opt, scaler, prec, inputs, desc=f"epoch {epoch}")
         sync()
         times.append(time.perf_counter() - t)
+        waits.append(timed.wait)
+    if args.profile:  # where a steady epoch's time goes, by operator (torch.profiler)
+        from torch.profiler import ProfilerActivity, profile
+        cuda = prec.device.type == "cuda"
+        loader.sampler.set_epoch(args.epochs + 2)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            train_one_epoch(model, loader, opt, scaler, prec, inputs, desc="profiled epoch")
+            sync()
+        Path(args.profile).write_text(prof.key_averages().table(
+            sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30))
     per_epoch = len(loader) * args.batch_size
     steady = float(np.median(times[1:]))
     g = torch.Generator(device=prec.device).manual_seed(0)
@@ -202,6 +239,8 @@ def bench_epochs(args) -> dict:
             "suite_img_s": round(suite, 1), "ceiling_img_s": round(ceiling, 1),
             "of_ceiling": round(suite / ceiling, 3), "first_epoch_s": round(times[0], 2),
             "steady_epoch_s": round(steady, 2), "first_vs_steady": round(times[0] / steady, 2),
+            "first_epoch_loader_wait_s": round(waits[0], 2),
+            "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
             "epochs": args.epochs, "compile": args.compile}
 
 
@@ -269,7 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs: steady epochs timed after the first (default: 3)")
     p.add_argument("--amp", default="auto", help="epochs: auto, bf16, fp16 or off (default: auto)")
     p.add_argument("--cache", action="store_true", help="epochs: read the pre-resized cache")
-    p.add_argument("--data-dir", help="infer: use this dataset's test images")
+    p.add_argument("--profile", help="epochs: write torch.profiler's operator table of one more epoch here")
+    p.add_argument("--data-dir", help="epochs, infer: use this dataset's images")
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
     row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer}[args.what](args)
