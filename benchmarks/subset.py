@@ -19,24 +19,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a Dacon-layout folder with train.csv, test.csv and test_labels.csv")
     p.add_argument("dst", help="where to write the subset (created; images are symlinks into SRC)")
-    p.add_argument("--classes", type=int, default=6, help="keep the N most frequent artists (default: 6)")
-    p.add_argument("--per-class", type=int, default=10, help="train paintings per artist, at most (default: 10)")
-    p.add_argument("--test", type=int, default=60, help="test crops of the kept artists, at most (default: 60)")
+    p.add_argument("--classes", type=int, default=6, help="keep the N most frequent artists (default: 6; 0: all)")
+    p.add_argument("--per-class", type=int, default=10, help="train paintings per artist, at most (default: 10; "
+                   "0: all)")
+    p.add_argument("--test", type=int, default=60, help="test crops of the kept artists, at most (default: 60; "
+                   "0: all)")
+    p.add_argument("--test-every", type=int, default=1, metavar="N", help="take every Nth of those test crops, in "
+                   "file order, before --test caps them (5: a fixed fifth; default: 1)")
     a = p.parse_args(argv)
     src, dst = Path(a.src), Path(a.dst)
-    for name, value in (("--classes", a.classes), ("--per-class", a.per_class), ("--test", a.test)):
-        if value < 1:
-            print(f"error: {name} must be at least 1, but got {value}.", file=sys.stderr)
+    for name, value, low in (("--classes", a.classes, 0), ("--per-class", a.per_class, 0), ("--test", a.test, 0),
+                             ("--test-every", a.test_every, 1)):
+        if value < low:
+            print(f"error: {name} must be at least {low}, but got {value}.", file=sys.stderr)
             return 2
     if not (src / "test_labels.csv").is_file():
         print(f"error: {src}/test_labels.csv not found: the subset picks test crops by their labels.", file=sys.stderr)
         return 2
     train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
     counts = train["artist"].value_counts()
-    keep = counts.index[: a.classes]
-    train = train[train["artist"].isin(keep)].groupby("artist").head(a.per_class)
+    keep = counts.index[: a.classes or None]
+    train = train[train["artist"].isin(keep)]
+    if a.per_class:
+        train = train.groupby("artist").head(a.per_class)
     labels = pd.read_csv(src / "test_labels.csv", dtype=str, keep_default_na=False)
-    labels = labels[labels["artist"].isin(keep)].head(a.test)
+    labels = labels[labels["artist"].isin(keep)].iloc[:: a.test_every]
+    labels = labels.head(a.test) if a.test else labels
     test = pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False).set_index("id").loc[labels["id"]].reset_index()
     for df in (train, test):
         for rel in df["img_path"]:
@@ -48,7 +56,7 @@ def main(argv=None) -> int:
     test[["id"]].assign(artist=keep[0]).to_csv(dst / "sample_submission.csv", index=False)
     labels.to_csv(dst / "test_labels.csv", index=False)
     capped = [f"{name} {asked} -> {got}" for name, asked, got in (
-        ("--classes", a.classes, len(keep)), ("--test", a.test, len(test))) if got < asked]
+        ("--classes", a.classes, len(keep)), ("--test", a.test, len(test))) if asked and got < asked]
     per = train["artist"].value_counts()
     print(f"{dst}: {len(keep)} artists, {len(train)} train paintings ({per.min()} to {per.max()} per artist), "
           f"{len(test)} test crops with labels (symlinks into {src})")
