@@ -5,6 +5,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,42 @@ def test_subset_tool_says_what_it_made(demo_source, tmp_path, capsys):
     assert subset_main([str(demo_source), str(tmp_path / "sub"), "--classes", "9", "--per-class", "4"]) == 0
     out = capsys.readouterr().out
     assert "6 artists, 24 train paintings (4 to 4 per artist)" in out and "--classes 9 -> 6" in out
-    assert subset_main([str(demo_source), str(tmp_path / "x"), "--per-class", "0"]) == 2
+    assert subset_main([str(demo_source), str(tmp_path / "x"), "--per-class", "-1"]) == 2
+    # the GPU benchmark's data: every painting, every 5th labelled test crop
+    assert subset_main([str(demo_source), str(tmp_path / "fifth"), "--classes", "0", "--per-class", "0", "--test",
+                        "0", "--test-every", "5"]) == 0
+    full = pd.read_csv(demo_source / "test_labels.csv", dtype=str, keep_default_na=False)
+    fifth = pd.read_csv(tmp_path / "fifth" / "test_labels.csv", dtype=str, keep_default_na=False)
+    assert list(fifth["id"]) == list(full["id"].iloc[::5])
+    assert len(pd.read_csv(tmp_path / "fifth" / "train.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+
+
+def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
+    import tarfile
+
+    from benchmarks.pack import main as pack_main, repo_bytes
+    from benchmarks.subset import main as subset_main
+    assert subset_main([str(demo_source), str(tmp_path / "sub"), "--classes", "0", "--per-class", "0"]) == 0
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    (wheels / "w.whl").write_bytes(b"0" * 60_000)
+    data = sum(f.stat().st_size + 1024 for f in (tmp_path / "sub").rglob("*") if f.is_file())
+    # the repo's files travel with every call; room for about 60% of the data per call
+    limit_mib = (repo_bytes(Path(__file__).resolve().parents[1]) + 10240 + 0.6 * data) / 2**20
+    assert pack_main([str(tmp_path / "sub"), str(tmp_path / "parts" / "d"), "--limit-mib", str(limit_mib),
+                      "--margin-mib", "0", "--wheels", str(wheels)]) == 0
+    parts = sorted((tmp_path / "parts").glob("d.part*.tar"))
+    assert len(parts) >= 2
+    names = []
+    for k, part in enumerate(parts):
+        with tarfile.open(part) as tar:
+            members = tar.getmembers()
+        assert all(m.isfile() for m in members)  # symlinks were packed as their files
+        names += [m.name for m in members]
+        assert part.stat().st_size + (60_000 if k == 0 else 0) < 0.6 * data + 10240
+    assert names[:3] == ["sample_submission.csv", "test.csv", "test_labels.csv"]  # part 1 holds the CSVs
+    assert sorted(names) == sorted(str(f.relative_to(tmp_path / "sub")) for f in (tmp_path / "sub").rglob("*")
+                                   if f.is_file())
 
 
 def test_report_names_the_oof_and_lists_class_codes(tmp_path):
