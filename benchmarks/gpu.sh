@@ -5,6 +5,8 @@
 #                                                   (generated JPEGs: no data needed)
 #   bash benchmarks/gpu.sh epochs /tmp/w50        # lite2 @260 epochs on the real train images vs the ceiling,
 #                                                   first vs steady epoch, loader wait, torch.profiler table
+#   bash benchmarks/gpu.sh compile /tmp/w50       # epochs again under torch.compile: its first epoch holds the
+#                                                   compile time, so the 5-fold payoff is read from the two rows
 #   bash benchmarks/gpu.sh train /tmp/w50         # speed, then epochs
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
@@ -39,6 +41,9 @@ case "$step" in
     # whole epochs of the shipped path on the real train images vs the ceiling, and the first epoch
     timeout 240 $py benchmarks/speed.py epochs $ep --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
       --profile "$out/profile.txt" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
+  compile)
+    timeout 400 $py benchmarks/speed.py epochs $ep --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
+      --compile 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
   train)
     bash "$0" speed && bash "$0" epochs "$data" ;;
   main)
