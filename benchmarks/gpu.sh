@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu.sh train /tmp/w50         # speed, then epochs
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
-#                                                    PROCS=3 fold processes share the GPU)
+#                                                    PROCS=3 fold processes share the GPU; EXTRA: more real_data.py
+#                                                    options, e.g. "--join --variant lite1:strong:model=...")
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -54,7 +55,7 @@ case "$step" in
     # PROCS fold processes share the GPU (a small backbone does not fill it), each with its share of the cores
     procs=${PROCS:-3}; if [ "$procs" -gt 1 ]; then par="--procs-per-gpu $procs"; else par="--workers $workers"; fi
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real $par --out "$out" \
-      --stages "${STAGES:-a,b,s,p,f,c}" \
+      --stages "${STAGES:-a,b,s,p,f,c}" ${EXTRA:-} \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
     rm -rf "$out/runs" "$out/submissions" ;;
