@@ -31,26 +31,26 @@ from common import layout  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
-from folds.run import side_by_side  # noqa: E402
+from folds.run import start_side_by_side, wait_for  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
 
 
-def train_run(name: str, preset: str, args, **over) -> dict:
-    t = time.time()
+def open_run(name: str, preset: str, args, **over) -> FoldRunner:
     cli = {"data_dir": args.data_dir, "model": args.model, "weights": args.weights, "epochs": args.epochs,
            "step_size": args.step_size, "batch_size": args.batch_size, "runs_dir": str(Path(args.out) / "runs"),
            "submissions_dir": str(Path(args.out) / "submissions"), "name": name, "img_size": args.img_size,
            "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
-    cfg = resolve_config(cli, preset)
-    runner = FoldRunner.open(cfg, resume=True)
-    if args.procs_per_gpu > 1:  # as `folds/run.py --procs-per-gpu N`: N fold processes share the GPU
-        side_by_side(["--config", str(runner.run_dir / layout.CONFIG)], runner.cfg,
-                     runner.planned_folds, args.procs_per_gpu)
-    res = runner.run(runner.planned_folds)  # joins the run (every fold done) or trains the folds here
-    sub = build([runner.run_dir], method="mean", oof="crops" if runner.cfg.crop_oof else "whole", report=False,
-                out=Path(runner.cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
+    return FoldRunner.open(resolve_config(cli, preset), resume=True)
+
+
+def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
+    """Join the run (training here whatever folds no process trained) and score it."""
+    cfg, name = runner.cfg, runner.cfg.name
+    res = runner.run(runner.planned_folds)
+    sub = build([runner.run_dir], method="mean", oof="crops" if cfg.crop_oof else "whole", report=False,
+                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
-    run = load_run(runner.run_dir, "crops" if runner.cfg.crop_oof else "whole")
+    run = load_run(runner.run_dir, "crops" if cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
     single = [macro_f1(truth, p) for p in run.fold_test.values()]
     return {"name": name, "preset": preset, "model": cfg.model, "weights": cfg.weights, "epochs": cfg.epochs,
@@ -58,9 +58,33 @@ def train_run(name: str, preset: str, args, **over) -> dict:
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
             "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
             "fold_mean_gain": round(sub["test_f1"] - float(sum(single) / len(single)), 4),
-            "minutes": round((time.time() - t) / 60, 2),
+            "minutes": round((time.time() - started) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
+
+
+def fold_processes(runner: FoldRunner, args, share: int) -> list:
+    """``folds/run.py --procs-per-gpu N`` for this run: its fold processes, started."""
+    return start_side_by_side(["--config", str(runner.run_dir / layout.CONFIG)], runner.cfg, runner.planned_folds,
+                              args.procs_per_gpu, share=share)
+
+
+def train_run(name: str, preset: str, args, **over) -> dict:
+    t = time.time()
+    runner = open_run(name, preset, args, **over)
+    if args.procs_per_gpu > 1:  # N fold processes share the GPU (a small backbone does not fill it)
+        wait_for(fold_processes(runner, args, args.procs_per_gpu))
+    return score_run(runner, preset, args, t)
+
+
+def train_together(specs: list[tuple[str, str, dict]], args) -> list[dict]:
+    """Every (name, preset, overrides) run's fold processes at once, sharing the GPU and splitting
+    the cores; each row's minutes are then the shared wall time."""
+    t = time.time()
+    runners = [open_run(name, preset, args, **over) for name, preset, over in specs]
+    share = len(runners) * args.procs_per_gpu
+    wait_for([proc for r in runners for proc in fold_processes(r, args, share)])
+    return [{**score_run(r, preset, args, t), "together": len(runners)} for r, (_, preset, _) in zip(runners, specs)]
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -112,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
                    "round on s), f (s's full-data model, joining c's soft votes), c (every method over the runs) "
                    "to run")
+    p.add_argument("--together", action="store_true", help="train the first round's runs (a, s, b and the "
+                   "variants) at once: all their fold processes share the GPU (a small backbone does not fill "
+                   "one) and split the cores")
     p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME:PRESET:K=V,...",
                    help="also train PRESET with these options changed (repeatable; stage v), for ablations")
     p.add_argument("--join", action="store_true", help="the variants join (c)'s ensemble too (for example "
@@ -135,13 +162,29 @@ def main(argv=None) -> int:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    if "a" in stages:
-        record({"stage": "a", **train_run("bench-seed", "seed", args)})
-    suite = []
-    if "s" in stages:  # the strong candidate, then (p) a pseudo-label round on it, (f) its full-data model
-        s = train_run("bench-strong", "strong", args)
-        record({"stage": "b+", **s})
-        suite.append(s["run_dir"])
+    # the first round: runs that need no other run; --together trains them at once
+    first = [("a", "bench-seed", "seed", {})] if "a" in stages else []
+    first += [("b+", "bench-strong", "strong", {})] if "s" in stages else []
+    first += [("b", "bench-suite", "default", {})] if "b" in stages or "c" in stages else []
+    first += [("v", f"bench-v-{name}", preset, over) for name, preset, over in args.variant]
+    if args.together:
+        done = train_together([spec[1:] for spec in first], args)
+    else:
+        done = []
+        for stage, name, preset, over in first:
+            longest = max([r["minutes"] for r in done] or [0])
+            if stage == "v" and args.budget_min - (time.time() - start) / 60 < 1.3 * longest:
+                print(f"variant {name}: skipped, the --budget-min left is less than a run takes", flush=True)
+                continue
+            done.append(train_run(name, preset, args, **over))
+    suite, result = [], {}
+    for (stage, _, _, over), row in zip(first, done):
+        record({"stage": stage, **row, **({"overrides": over} if stage == "v" else {})})
+        result[stage] = row
+        if stage in ("b+", "b") or (stage == "v" and args.join):
+            suite.append(row["run_dir"])
+    if "b+" in result:  # (p) a pseudo-label round on the strong run, (f) its full-data model
+        s = result["b+"]
         if "p" in stages:
             p = train_run("bench-strong-pseudo", "strong", args, pseudo=s["run_dir"])
             record({"stage": "p", **p, "gain_over_source": round(p["test_f1"] - s["test_f1"], 4)})
@@ -152,25 +195,10 @@ def main(argv=None) -> int:
             FoldRunner.open(cfg, resume=True).run_full()
             record({"stage": "f", "name": "bench-strong full-data model", "minutes": round((time.time() - t) / 60, 2),
                     "test_f1": float("nan")})
-    if "b" in stages or "c" in stages:
-        b = train_run("bench-suite", "default", args)
-        record({"stage": "b", **b})
-        suite.append(b["run_dir"])
-        left = args.budget_min - (time.time() - start) / 60
-        if "c" in stages and left > 1.3 * b["minutes"]:
-            b2 = train_run("bench-suite-s1", "default", args, seed=1)
-            record({"stage": "b2", **b2})
-            suite.append(b2["run_dir"])
-    last = max([r["minutes"] for r in rows if "folds" in r] or [0])
-    for name, preset, over in args.variant:
-        if args.budget_min - (time.time() - start) / 60 < 1.3 * last:
-            print(f"variant {name}: skipped, the --budget-min left is less than a run takes", flush=True)
-            continue
-        v = train_run(f"bench-v-{name}", preset, args, **over)
-        record({"stage": "v", **v, "overrides": over})
-        last = max(last, v["minutes"])
-        if args.join:
-            suite.append(v["run_dir"])
+    if "c" in stages and args.budget_min - (time.time() - start) / 60 > 1.3 * result["b"]["minutes"]:
+        b2 = train_run("bench-suite-s1", "default", args, seed=1)  # a second seed for (c)
+        record({"stage": "b2", **b2})
+        suite.append(b2["run_dir"])
     if "c" in stages:
         for r in ensemble_rows(suite, Path(args.data_dir), with_full="f" in stages):
             record({"stage": "c", **r})

@@ -78,14 +78,23 @@ def side_by_side(base_argv: list[str], cfg, folds: list[int], n: int) -> None:
     """Train ``folds`` in ``n`` processes of this script at once, round-robin, each started with
     ``base_argv`` (options that resolve to ``cfg``). Each gets ``cores // n - 1`` loader workers
     unless the config names them. They share the run folder through its per-fold locks."""
+    wait_for(start_side_by_side(base_argv, cfg, folds, n))
+
+
+def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None) -> list:
+    """Start ``side_by_side``'s processes and return them; ``share``: how many processes split the
+    CPU cores (more than ``n`` when several runs train at once; default ``n``)."""
     import os
     import subprocess
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
-    workers = cfg.workers if cfg.workers is not None else max(0, (os.cpu_count() or 1) // n - 1)
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
-                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                               "1", "-q"]) for g in groups]
+    workers = cfg.workers if cfg.workers is not None else max(0, (os.cpu_count() or 1) // (share or n) - 1)
+    return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
+                              "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
+                              "1", "-q"]) for g in groups]
+
+
+def wait_for(procs: list) -> None:
     codes = [p.wait() for p in procs]
     if any(codes):
         raise UserError(f"--procs-per-gpu: fold processes exited with {codes}; finished folds are kept, rerun with "
