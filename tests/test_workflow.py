@@ -171,7 +171,10 @@ def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
         assert all(m.isfile() for m in members)  # symlinks were packed as their files
         names += [m.name for m in members]
         assert part.stat().st_size + (60_000 if k == 0 else 0) < 0.6 * data + 10240
-    assert names[:3] == ["sample_submission.csv", "test.csv", "test_labels.csv"]  # part 1 holds the CSVs
+    # part 1 holds the CSVs, then the train images come before the test images
+    assert set(names[:4]) == {"sample_submission.csv", "test.csv", "test_labels.csv", "train.csv"}
+    kinds = [n.split("/")[0] for n in names[4:]]
+    assert kinds == sorted(kinds, key=lambda k: k != "train") and "train" in kinds and "test" in kinds
     assert sorted(names) == sorted(str(f.relative_to(tmp_path / "sub")) for f in (tmp_path / "sub").rglob("*")
                                    if f.is_file())
 
