@@ -83,6 +83,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--mixup", key="mixup", type=float, help="MixUp alpha, e.g. 0.2 (timm Mixup, soft-target loss; 0: off)")
     opt(g, "--cutmix", key="cutmix", type=float, help="CutMix alpha, e.g. 1.0 (0: off; with --mixup, each batch "
         "picks one)")
+    opt(g, "--mix-prob", key="mix_prob", type=float, help="share of batches that MixUp/CutMix touch; the others "
+        "train on plain images (timm Mixup's prob)")
     opt(g, "--erasing", key="erasing", type=float, help="random-erasing probability per image, on the device "
         "(timm RandomErasing; 0: off)")
     opt(g, "--ema", key="ema", type=float, help="weight-EMA decay, e.g. 0.999 (timm ModelEmaV3, warmed up; the EMA "

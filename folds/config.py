@@ -47,6 +47,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # MixUp alpha (timm.data.Mixup; 0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
+    mix_prob: float = 1.0  # the share of batches MixUp/CutMix touch (timm Mixup's prob)
     erasing: float = 0.0  # random-erasing probability per image, on the device (timm RandomErasing)
     ema: float = 0.0  # weight-EMA decay (timm ModelEmaV3; 0: off); validated and saved when on
     patience: int = 5
@@ -183,7 +184,7 @@ def check_config(cfg: RunConfig) -> None:
     for key in ("mixup", "cutmix", "warmup_epochs", "val_crops"):
         if getattr(cfg, key) < 0:
             raise UserError(f"--{key.replace('_', '-')} must be 0 (off) or more, but got {getattr(cfg, key)}.")
-    for key in ("erasing", "pseudo_threshold"):
+    for key in ("erasing", "pseudo_threshold", "mix_prob"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], but got {getattr(cfg, key)}.")
     if not (cfg.ema == 0 or 0.5 <= cfg.ema < 1):

@@ -38,7 +38,7 @@ class Recipe:
 def build_recipe(cfg, num_classes: int, device) -> Recipe:
     mixup = None
     if cfg.mixup or cfg.cutmix:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                      num_classes=num_classes)
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                      label_smoothing=cfg.label_smoothing, num_classes=num_classes)
     erase = RandomErasing(cfg.erasing, mode="pixel", device=str(device)) if cfg.erasing else None
     return Recipe(cfg.label_smoothing, mixup, erase)

@@ -43,6 +43,7 @@ def test_the_monitor_default_follows_the_crop_mode(over, monitor, demo_source):
     ({"monitor": "crop-f1", "val_crops": 0}, "needs validation crops"),
     ({"ema": 0.2}, "--ema must be 0"),
     ({"erasing": 1.5}, r"--erasing must be in \[0, 1\]"),
+    ({"mix_prob": 1.2}, r"--mix-prob must be in \[0, 1\]"),
     ({"sched": "linear"}, "--sched must be one of"),
     ({"pseudo": "x", "pseudo_mode": "soft", "cutmix": 1.0}, "--pseudo-mode soft with --mixup/--cutmix"),
 ])
@@ -61,6 +62,18 @@ def test_recipe_batch_mixes_on_the_device_with_soft_targets():
     assert ym.shape == (8, 5) and torch.allclose(ym.sum(1), torch.ones(8)) and not torch.equal(xm, x)
     loss = recipe.loss(torch.randn(8, 5), ym)
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_mix_prob_leaves_that_share_of_batches_unmixed():
+    from folds.recipe import build_recipe
+    cfg = resolve_config({"data_dir": "x", "cutmix": 1.0, "mix_prob": 0.5})
+    recipe = build_recipe(cfg, 5, "cpu")
+    np.random.seed(0)  # timm's Mixup draws from numpy (seeded per epoch in training)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    mixed = [not torch.equal(recipe.batch(x.clone(), y)[0], x) for _ in range(200)]
+    assert 0.35 < np.mean(mixed) < 0.65
+    never = build_recipe(resolve_config({"data_dir": "x", "cutmix": 1.0, "mix_prob": 0.0}), 5, "cpu")
+    assert all(torch.equal(never.batch(x.clone(), y)[0], x) for _ in range(20))
 
 
 def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tmp_path):
