@@ -112,9 +112,11 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
     rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
                       with_full=with_full and all(r.full_test is not None for r in runs))
+    best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]
+        r["chosen"] = r is best
     return rows
 
 
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
             record({"stage": "c", **r})
     print("\n| stage | what | OOF F1 | crop-OOF F1 | test F1 | minutes |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        what = r.get("name") or r.get("method")
+        what = (r.get("name") or r.get("method")) + (" **(chosen by crop-OOF)**" if r.get("chosen") else "")
         print(f"| {r['stage']} | {what} | {r.get('oof_f1', r.get('f1', float('nan'))):.4f} | "
               f"{r.get('crop_oof_f1') or r.get('f1', float('nan')):.4f} | {r['test_f1']:.4f} | {r['minutes']} |")
     return 0
