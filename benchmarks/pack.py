@@ -63,8 +63,15 @@ def main(argv=None) -> int:
     if first <= 0 or max(n for _, n in files) > rest:
         print(f"error: the wheels or a file leave no room under {a.limit_mib} MiB a call.", file=sys.stderr)
         return 2
-    prefix = Path(a.prefix)
+    prefix = Path(a.prefix).resolve()
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    if prefix.is_relative_to(root) and (root / ".git").is_dir():  # keep the parts out of every call's tree
+        top = "/" + prefix.relative_to(root).parts[0] + "/"
+        exclude = root / ".git" / "info" / "exclude"
+        if top not in (exclude.read_text().split() if exclude.is_file() else []):
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            with open(exclude, "a") as f:
+                f.write(top + "\n")
     for old in prefix.parent.glob(prefix.name + ".part*.tar"):
         old.unlink()
     parts = split(files, first, rest)
@@ -73,10 +80,11 @@ def main(argv=None) -> int:
         with tarfile.open(f"{prefix}.part{k}.tar", "w", dereference=True, format=tarfile.GNU_FORMAT) as tar:
             for name in names:
                 tar.add(src / name, arcname=name)
-        print(f"{prefix}.part{k}.tar: {len(names)} files, {Path(f'{prefix}.part{k}.tar').stat().st_size / MIB:.1f} MiB"
+        size = Path(f"{prefix}.part{k}.tar").stat().st_size / MIB
+        print(f"{Path(a.prefix)}.part{k}.tar: {len(names)} files, {size:.1f} MiB"
               + (f" (+ {a.wheels}/ in the same call)" if k == 1 else ""))
-    print(f"{len(parts)} calls, back to back; each unpacks its part with `mkdir -p /tmp/w50 && tar -xf "
-          f"{prefix}.partK.tar -C /tmp/w50`.")
+    print(f"{len(parts)} calls, back to back; each unpacks its part with `mkdir -p /tmp/DATA && tar -xf "
+          f"{Path(a.prefix)}.partK.tar -C /tmp/DATA` (benchmarks/RESULTS.md has the calls).")
     return 0
 
 
