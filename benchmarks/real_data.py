@@ -69,22 +69,20 @@ def fold_processes(runner: FoldRunner, args, share: int) -> list:
                               args.procs_per_gpu, share=share)
 
 
-def train_run(name: str, preset: str, args, **over) -> dict:
-    t = time.time()
-    runner = open_run(name, preset, args, **over)
-    if args.procs_per_gpu > 1:  # N fold processes share the GPU (a small backbone does not fill it)
-        wait_for(fold_processes(runner, args, args.procs_per_gpu))
-    return score_run(runner, preset, args, t)
-
-
-def train_together(specs: list[tuple[str, str, dict]], args) -> list[dict]:
-    """Every (name, preset, overrides) run's fold processes at once, sharing the GPU and splitting
-    the cores; each row's minutes are then the shared wall time."""
+def train_runs(specs: list[tuple[str, str, dict]], args) -> list[dict]:
+    """Train the (name, preset, overrides) runs at once: their fold processes share the GPU and
+    split the cores, so each row's minutes are the shared wall time. One run with
+    --procs-per-gpu 1 trains in this process."""
     t = time.time()
     runners = [open_run(name, preset, args, **over) for name, preset, over in specs]
     share = len(runners) * args.procs_per_gpu
-    wait_for([proc for r in runners for proc in fold_processes(r, args, share)])
+    if share > 1:
+        wait_for([proc for r in runners for proc in fold_processes(r, args, share)])
     return [{**score_run(r, preset, args, t), "together": len(runners)} for r, (_, preset, _) in zip(runners, specs)]
+
+
+def train_run(name: str, preset: str, args, **over) -> dict:
+    return train_runs([(name, preset, over)], args)[0]
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -170,7 +168,7 @@ def main(argv=None) -> int:
     first += [("b", "bench-suite", "default", {})] if "b" in stages or "c" in stages else []
     first += [("v", f"bench-v-{name}", preset, over) for name, preset, over in args.variant]
     if args.together:
-        done = train_together([spec[1:] for spec in first], args)
+        done = train_runs([spec[1:] for spec in first], args)
     else:
         done = []
         for stage, name, preset, over in first:

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     labels = pd.read_csv(src / "test_labels.csv", dtype=str, keep_default_na=False)
     labels = labels[labels["artist"].isin(keep)].iloc[:: a.test_every]
     labels = labels.head(a.test) if a.test else labels
-    test = pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False).set_index("id").loc[labels["id"]].reset_index()
+    test = pd.read_csv(src / "test.csv", dtype=str, keep_default_na=False)
+    test = test.set_index("id").loc[labels["id"]].reset_index()
     for df in (train, test):
         for rel in df["img_path"]:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)

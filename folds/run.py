@@ -67,23 +67,18 @@ def finish_run(runner, result: dict) -> str:
 
 
 def run_side_by_side(args, runner) -> None:
-    """``--procs-per-gpu N``: the requested folds in N processes at once (``side_by_side``); this
-    process then joins the run as usual."""
+    """``--procs-per-gpu N``: the requested folds in N processes at once; this process then joins
+    the run as usual."""
     folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
     base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--num-workers": 1, "--name": 1})
-    side_by_side(base, runner.cfg, folds, args.procs_per_gpu)
-
-
-def side_by_side(base_argv: list[str], cfg, folds: list[int], n: int) -> None:
-    """Train ``folds`` in ``n`` processes of this script at once, round-robin, each started with
-    ``base_argv`` (options that resolve to ``cfg``). Each gets ``cores // n - 1`` loader workers
-    unless the config names them. They share the run folder through its per-fold locks."""
-    wait_for(start_side_by_side(base_argv, cfg, folds, n))
+    wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu))
 
 
 def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None) -> list:
-    """Start ``side_by_side``'s processes and return them; ``share``: how many processes split the
-    CPU cores (more than ``n`` when several runs train at once; default ``n``)."""
+    """Start ``n`` processes of this script that train ``folds`` round-robin, each started with
+    ``base_argv`` (options that resolve to ``cfg``); they share the run folder through its per-fold
+    locks. Each gets ``cores // share - 1`` loader workers unless the config names them; ``share``:
+    how many processes split the cores (more than ``n`` when several runs train at once)."""
     import os
     import subprocess
 
