@@ -43,17 +43,33 @@ def hash_id(i) -> int:
     return zlib.crc32(str(i).encode())
 
 
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with zero images appended up to ``size`` rows (their predictions are dropped)."""
+    return x if len(x) >= size else torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
+
+
 @torch.no_grad()
 def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = "none",
-                  desc: str = "predict") -> np.ndarray:
-    """(N, K) probabilities: every TTA view of a batch in one forward pass, merged on probabilities."""
+                  desc: str = "predict", fixed_shape: bool | None = None) -> np.ndarray:
+    """(N, K) probabilities: every TTA view of a batch in one forward pass, merged on probabilities.
+
+    ``fixed_shape`` (default: on CUDA with cuDNN autotuning) pads the last, smaller batch to the
+    loader's batch size. cuDNN autotunes every convolution again for each new input shape, and
+    each validation set, crop set and test set would bring one more in the first epoch; in eval
+    mode a row's output does not depend on the rest of its batch, so padding changes nothing else.
+    """
     model.eval()
     wrapped = BatchedTTA(model, tta)
+    if fixed_shape is None:
+        fixed_shape = prec.device.type == "cuda" and torch.backends.cudnn.benchmark
     out = []
     for batch in progress(batches(loader), len(loader), desc, unit="images", scale=loader.batch_size or 1):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        n = len(x)
+        if fixed_shape and loader.batch_size:
+            x = pad_batch(x, loader.batch_size)
         with prec.autocast():
-            views = wrapped(inputs(x))
+            views = wrapped(inputs(x))[:, :n]
         out.append(merge(views.float().cpu().numpy(), "mean"))
     return np.concatenate(out).astype(np.float32)
 

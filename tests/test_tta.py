@@ -59,3 +59,23 @@ def test_merges_equal_hand_computed_values():
 def test_unknown_merge_mode():
     with pytest.raises(ValueError, match="merge mode must be one of"):
         merge(np.ones((1, 1, 2)) / 2, "median")
+
+
+@pytest.mark.parametrize("mode", ["none", "flips"])
+def test_padding_the_last_batch_to_a_fixed_shape_changes_no_prediction(mode):
+    """On CUDA the last, smaller batch is padded so cuDNN autotunes one shape; rows must not change."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from folds.engine import InputPipe, Precision
+    from folds.predict import predict_probs
+
+    images = torch.randint(0, 256, (7, 3, 17, 17), dtype=torch.uint8)
+    loader = DataLoader(TensorDataset(images), batch_size=4)  # batches of 4 and 3
+    prec = Precision.resolve("cpu")
+    inputs = InputPipe(prec, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model = small_cnn()
+    model[1].running_mean.fill_(0.3)  # eval-mode BatchNorm with non-trivial statistics
+    plain = predict_probs(model, loader, prec, inputs, mode, fixed_shape=False)
+    padded = predict_probs(model, loader, prec, inputs, mode, fixed_shape=True)
+    assert padded.shape == (7, 5)
+    np.testing.assert_allclose(padded, plain, atol=1e-6)
