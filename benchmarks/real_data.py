@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.build import build, compare  # noqa: E402
@@ -60,7 +62,19 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
             "fold_mean_gain": round(sub["test_f1"] - float(sum(single) / len(single)), 4),
             "minutes": round((time.time() - started) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
-            "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()], "run_dir": str(runner.run_dir)}
+            "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()],
+            "first_vs_steady": first_vs_steady(runner), "run_dir": str(runner.run_dir)}
+
+
+def first_vs_steady(runner: FoldRunner) -> float | None:
+    """The slowest fold's first epoch (training and validation, from history.csv) over its median
+    later epoch: what a process pays once (workers, autotuning, the cache) in a real run."""
+    ratios = []
+    for k in runner.planned_folds:
+        seconds = layout.read_frame(runner.fold_dir(k) / layout.HISTORY)["seconds"].to_numpy()
+        if len(seconds) > 1:
+            ratios.append(seconds[0] / float(np.median(seconds[1:])))
+    return round(max(ratios), 2) if ratios else None
 
 
 def fold_processes(runner: FoldRunner, args, share: int) -> list:
