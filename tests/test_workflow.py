@@ -203,3 +203,15 @@ def test_benchmark_variants_parse_to_run_options():
     for bad in ("nopreset", "x:strong:ema", ":strong:ema=0"):
         with pytest.raises(SystemExit):
             parse_variant(bad)
+
+
+def test_tta_modes_reproduce_the_runs_own_crop_oof(trained, capsys):
+    from benchmarks.tta_modes import main as tta_main
+    run = trained / "runs" / "s0"  # trained with --tta hflip and 2 crop-OOF crops per painting
+    assert tta_main([str(run), "--modes", "none,hflip", "--device", "cpu", "--workers", "0"]) == 0
+    rows = {r["tta"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    own = json.loads((run / "scores.json").read_text())["oof_crops"]["f1"]
+    assert rows["hflip"]["crop_oof_f1"] == pytest.approx(own, abs=1e-4)
+    assert rows["none"]["views"] == 1 and rows["hflip"]["views"] == 2
+    assert sum(r["chosen"] for r in rows.values()) == 1
+    assert "fold_mean_test_f1" in rows["none"]  # the demo has an answer key, reported beside
