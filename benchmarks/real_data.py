@@ -216,12 +216,23 @@ def main(argv=None) -> int:
     if "c" in stages:
         for r in ensemble_rows(suite, Path(args.data_dir), with_full="f" in stages):
             record({"stage": "c", **r})
-    print("\n| stage | what | OOF F1 | crop-OOF F1 | test F1 | minutes |\n| --- | --- | --- | --- | --- | --- |")
+    print(markdown_table(rows))
+    return 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as benchmarks/RESULTS.md shows them; an ensemble row has no single fold model."""
+    def f(x):
+        return "" if x is None or x != x else f"{x:.4f}"
+
+    lines = ["", "| stage | what | OOF F1 | crop-OOF F1 | mean single-fold test F1 | fold-mean test F1 | minutes "
+             "| first / steady epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         what = (r.get("name") or r.get("method")) + (" **(chosen by crop-OOF)**" if r.get("chosen") else "")
-        print(f"| {r['stage']} | {what} | {r.get('oof_f1', r.get('f1', float('nan'))):.4f} | "
-              f"{r.get('crop_oof_f1') or r.get('f1', float('nan')):.4f} | {r['test_f1']:.4f} | {r['minutes']} |")
-    return 0
+        lines.append(f"| {r['stage']} | {what} | {f(r.get('oof_f1'))} | "
+                     f"{f(r.get('crop_oof_f1') or r.get('f1'))} | {f(r.get('single_fold_test_f1'))} | "
+                     f"{f(r.get('test_f1'))} | {r['minutes']} | {r.get('first_vs_steady') or ''} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
