@@ -13,7 +13,8 @@
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
 #                                                    PROCS=3 fold processes share the GPU; TOGETHER=1 trains a, s, b
 #                                                    and the variants at once; EPOCHS=8 STEP=6 PATIENCE=4; EXTRA: more
-#                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...")
+#                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...";
+#                                                    TTA=1: then each TTA mode of (b) by crop-OOF, benchmarks/tta_modes.py)
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -61,6 +62,9 @@ case "$step" in
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real $par --out "$out" \
       --stages "${STAGES:-a,b,s,p,f,c}" ${EXTRA:-} \
       --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
+    # TTA=1: every TTA mode of the default run by its crop-OOF (inference only, about a minute for lite2)
+    [ "${TTA:-0}" = 1 ] && [ -d "$out/runs/bench-suite" ] && $py benchmarks/tta_modes.py "$out/runs/bench-suite" \
+      --out "$out/tta.jsonl" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
     rm -rf "$out/runs" "$out/submissions" ;;
   *) echo "unknown step $step"; exit 2 ;;
