@@ -33,8 +33,9 @@ from folds.predict import CROP_OOF_SEED, Predictor, crop_boxes  # noqa: E402
 def score_modes(run: Path, modes, device: str = "auto", workers: int | None = None, data_dir=None) -> list[dict]:
     saved = json.loads((run / layout.CONFIG).read_text())
     cfg = RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
+    # no image cache: its folder is relative to where the run was started (as in ensemble/predict.py)
     cfg = replace(cfg, device=device, workers=cfg.workers if workers is None else workers,
-                  data_dir=str(data_dir or cfg.data_dir))
+                  data_dir=str(data_dir or cfg.data_dir), cache=False)
     n = cfg.crop_oof or 5
     ds = load_dataset(cfg.data_dir, check_images=False)
     fold_of = layout.read_frame(run / layout.FOLDS).set_index("id")["fold"].astype(str)
