@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,14 +25,13 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from ensemble.tta import TTA_MODES  # noqa: E402
-from folds.config import RunConfig  # noqa: E402
+from folds.config import saved_config  # noqa: E402
 from folds.data import load_dataset  # noqa: E402
-from folds.predict import CROP_OOF_SEED, Predictor, crop_boxes  # noqa: E402
+from folds.predict import Predictor, predict_crop_oof  # noqa: E402
 
 
 def score_modes(run: Path, modes, device: str = "auto", workers: int | None = None, data_dir=None) -> list[dict]:
-    saved = json.loads((run / layout.CONFIG).read_text())
-    cfg = RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
+    cfg = saved_config(run)
     # no image cache: its folder is relative to where the run was started (as in ensemble/predict.py)
     cfg = replace(cfg, device=device, workers=cfg.workers if workers is None else workers,
                   data_dir=str(data_dir or cfg.data_dir), cache=False)
@@ -46,8 +45,7 @@ def score_modes(run: Path, modes, device: str = "auto", workers: int | None = No
         for k in layout.planned_folds(cfg):
             val = ds.train[ds.train["id"].map(fold_of) == str(k)]
             predictor = Predictor(replace(cfg, tta=mode), ds.num_classes, layout.fold_dir(run, k))
-            probs.append(predictor.predict(np.repeat(val["path"].to_numpy(), n),
-                                           crops=crop_boxes(val["id"], n, CROP_OOF_SEED), desc=f"fold {k} {mode}"))
+            probs.append(predict_crop_oof(predictor, val, n, desc=f"fold {k} {mode}"))
             labels.append(np.repeat(val["label"].to_numpy(), n))
             if truth is not None:
                 tests.append(predictor.predict(ds.test["path"], desc=f"fold {k} test {mode}"))

@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,9 +76,8 @@ def resolve_sources(args) -> tuple[list[Path], object, dict]:
 
 def run_config(run: Path, args):
     """The run's RunConfig, set up for prediction on this machine."""
-    from folds.config import RunConfig
-    saved = json.loads((run / layout.CONFIG).read_text())
-    cfg = RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
+    from folds.config import saved_config
+    cfg = saved_config(run)
     return replace(cfg, device=args.device, cache=False, workers=args.num_workers if args.num_workers is not None
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 

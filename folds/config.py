@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from common import UserError
+from common import UserError, layout
 from ensemble.tta import TTA_MODES
 from folds.augment import CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
@@ -137,6 +137,12 @@ def read_config_file(path, option: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{option} {path}: expected a mapping of option names to values.")
     return data
+
+
+def saved_config(run_dir) -> RunConfig:
+    """The resolved config a run folder saved (``config.json``); keys this version lacks are ignored."""
+    saved = json.loads((Path(run_dir) / layout.CONFIG).read_text())
+    return RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
 
 
 def resolve_config(cli: dict, preset: str | None = None, config_file=None, params_file=None) -> RunConfig:

@@ -115,9 +115,7 @@ def run_folds(runners: list, folds_of, *, address: str, gpus: float | None = Non
 def configs_for(base: RunConfig, specs: list[str]) -> list[RunConfig]:
     """One config per ``--ray-runs`` entry: a YAML/JSON file over the command line's config, or an
     existing run folder (its saved config)."""
-    import json
-
-    from folds.config import check_config, read_config_file
+    from folds.config import check_config, read_config_file, saved_config
 
     if not specs:
         return [base]
@@ -125,8 +123,7 @@ def configs_for(base: RunConfig, specs: list[str]) -> list[RunConfig]:
     for spec in specs:
         p = Path(spec)
         if (p / layout.CONFIG).is_file():
-            saved = json.loads((p / layout.CONFIG).read_text())
-            cfg = RunConfig(**{k: v for k, v in saved.items() if k in asdict(base)})
+            cfg = saved_config(p)
         else:
             layer = read_config_file(p, "--ray-runs")
             unknown = sorted(set(layer) - set(asdict(base)))

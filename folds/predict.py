@@ -74,6 +74,13 @@ def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = 
     return np.concatenate(out).astype(np.float32)
 
 
+def predict_crop_oof(predictor: "Predictor", val, n_crops: int, desc: str = "crop OOF") -> np.ndarray:
+    """(len(val) * n_crops, K): the validation paintings ``val`` (id, path) as their fixed crop-OOF
+    crops, ``n_crops`` per painting in order: the rows of ``oof_crops.csv``."""
+    return predictor.predict(np.repeat(val["path"].to_numpy(), n_crops),
+                             crops=crop_boxes(val["id"], n_crops, CROP_OOF_SEED), desc=desc)
+
+
 class Predictor:
     """A finished fold's best weights with the eval transform, the image cache and TTA.
 

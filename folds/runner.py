@@ -24,7 +24,7 @@ from folds.config import RunConfig, learning_settings
 from folds.engine import scores
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
-from folds.predict import CROP_OOF_SEED, Predictor, crop_boxes
+from folds.predict import Predictor, predict_crop_oof
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
 from folds.pseudo import check_source, pseudo_labels
 from folds.split import save_folds
@@ -149,8 +149,7 @@ class FoldRunner:
         out["oof"] = scores(oof, labels, self.ds.num_classes)
         n = self.cfg.crop_oof
         if n:
-            crops = predictor.predict(np.repeat(val["path"].to_numpy(), n), crops=crop_boxes(ids, n, CROP_OOF_SEED),
-                                      desc=f"fold {k} crop OOF")
+            crops = predict_crop_oof(predictor, val, n, desc=f"fold {k} crop OOF")
             if distributed.is_main():
                 write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
                                                            crop=np.tile(np.arange(n), len(val)), fold=k,
