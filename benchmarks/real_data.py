@@ -63,17 +63,21 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
             "minutes": round((time.time() - started) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()],
-            "first_vs_steady": first_vs_steady(runner), "run_dir": str(runner.run_dir)}
+            "fold_minutes": {k: round(v["minutes"], 2) for k, v in res["fold_results"].items()},
+            "epoch_seconds": epoch_seconds(runner), "first_vs_steady": first_vs_steady(runner),
+            "run_dir": str(runner.run_dir)}
+
+
+def epoch_seconds(runner: FoldRunner) -> dict:
+    """Each fold's epochs (training and validation, from history.csv), in seconds."""
+    return {k: [round(float(x), 1) for x in layout.read_frame(runner.fold_dir(k) / layout.HISTORY)["seconds"]]
+            for k in runner.planned_folds}
 
 
 def first_vs_steady(runner: FoldRunner) -> float | None:
-    """The slowest fold's first epoch (training and validation, from history.csv) over its median
-    later epoch: what a process pays once (workers, autotuning, the cache) in a real run."""
-    ratios = []
-    for k in runner.planned_folds:
-        seconds = layout.read_frame(runner.fold_dir(k) / layout.HISTORY)["seconds"].to_numpy()
-        if len(seconds) > 1:
-            ratios.append(seconds[0] / float(np.median(seconds[1:])))
+    """The slowest fold's first epoch over its median later epoch (``epoch_seconds``): what a
+    process pays once (workers, autotuning, the cache) in a real run."""
+    ratios = [s[0] / float(np.median(s[1:])) for s in epoch_seconds(runner).values() if len(s) > 1]
     return round(max(ratios), 2) if ratios else None
 
 
@@ -83,20 +87,23 @@ def fold_processes(runner: FoldRunner, args, share: int) -> list:
                               args.procs_per_gpu, share=share)
 
 
-def train_runs(specs: list[tuple[str, str, dict]], args) -> list[dict]:
+def train_runs(specs: list[tuple[str, str, dict]], args):
     """Train the (name, preset, overrides) runs at once: their fold processes share the GPU and
     split the cores, so each row's minutes are the shared wall time. One run with
-    --procs-per-gpu 1 trains in this process."""
+    --procs-per-gpu 1 trains in this process. Yields each run's row as soon as it is scored, so
+    a benchmark cut short by its time limit keeps the rows it had."""
     t = time.time()
     runners = [open_run(name, preset, args, **over) for name, preset, over in specs]
     share = len(runners) * args.procs_per_gpu
     if share > 1:
         wait_for([proc for r in runners for proc in fold_processes(r, args, share)])
-    return [{**score_run(r, preset, args, t), "together": len(runners)} for r, (_, preset, _) in zip(runners, specs)]
+        print(f"{', '.join(r.cfg.name for r in runners)}: trained in {(time.time() - t) / 60:.2f} min", flush=True)
+    for r, (_, preset, _) in zip(runners, specs):
+        yield {**score_run(r, preset, args, t), "together": len(runners)}
 
 
 def train_run(name: str, preset: str, args, **over) -> dict:
-    return train_runs([(name, preset, over)], args)[0]
+    return next(train_runs([(name, preset, over)], args))
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
     first += [("b", "bench-suite", "default", {})] if "b" in stages or "c" in stages else []
     first += [("v", f"bench-v-{name}", preset, over) for name, preset, over in args.variant]
     if args.together:
-        done = train_runs([spec[1:] for spec in first], args)
+        done = train_runs([spec[1:] for spec in first], args)  # rows as they are scored, recorded below
     else:
         done = []
         for stage, name, preset, over in first:

@@ -11,8 +11,10 @@
   sample, fp32, no channels_last).
 - epochs: whole epochs of the shipped path (the fold's persistent loader + train_one_epoch) on
   real or generated images, against the compute ceiling (the same step on batches already on the
-  device) in the same process; the first epoch against a steady one; the share of a steady epoch
-  the loop waits for its loader; --profile FILE: torch.profiler's table of one more epoch.
+  device) in the same process; the first epoch against a steady one, with its first batch's wait
+  (worker start-up) and its first step's host time (cuDNN autotuning; --cudnn-benchmark off for
+  the other side); the share of a steady epoch the loop waits for its loader; --profile FILE:
+  torch.profiler's table of one more epoch.
 - infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
   fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold.
 Each prints a JSON line (also appended to --out) with both figures and their ratio.
@@ -74,6 +76,7 @@ class WaitTimer:
 
     def __init__(self, loader):
         self.loader, self.wait = loader, 0.0
+        self.first_batch = self.first_step = None  # the wait for batch 1; the host time of step 1
 
     def __len__(self):
         return len(self.loader)
@@ -82,11 +85,17 @@ class WaitTimer:
         it = iter(self.loader)
         while True:
             t = time.perf_counter()
+            if self.first_batch is not None and self.first_step is None:
+                # cuDNN autotuning runs on the host inside the first step: a long one is autotuning
+                self.first_step = t - self.given
             try:
                 batch = next(it)
             except StopIteration:
                 return
-            self.wait += time.perf_counter() - t
+            self.given = time.perf_counter()
+            self.wait += self.given - t
+            if self.first_batch is None:
+                self.first_batch = self.given - t
             yield batch
 
 
@@ -186,6 +195,7 @@ def bench_epochs(args) -> dict:
         paths = large_jpegs(Path(tempfile.mkdtemp()) / "jpg", args.n_images, args.side)
         labels = np.arange(len(paths)) % 10
     prec = Precision.resolve(args.device, args.amp, "auto")
+    torch.backends.cudnn.benchmark = prec.device.type == "cuda" and args.cudnn_benchmark == "on"
     n_classes = int(labels.max()) + 1
     model = prec.prepare(create_model(args.model, n_classes, weights="none"))
     dcfg = data_config(model, args.img_size)
@@ -201,7 +211,7 @@ def bench_epochs(args) -> dict:
     loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
                          pin_memory=prec.device.type == "cuda")
     sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
-    times, waits = [], []
+    times, waits, firsts = [], [], None
     for epoch in range(1, args.epochs + 2):
         loader.sampler.set_epoch(epoch)
         timed = WaitTimer(loader)
@@ -210,6 +220,10 @@ def bench_epochs(args) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         waits.append(timed.wait)
+        firsts = firsts or (timed.first_batch, timed.first_step)
+        # a line per epoch, so a run cut short by its time limit still says what it measured
+        print(f"epoch {epoch}: {times[-1]:.2f} s, loader wait {timed.wait:.2f} s, first batch "
+              f"{timed.first_batch:.2f} s, first step {timed.first_step or 0:.2f} s", flush=True)
     if args.profile:  # where a steady epoch's time goes, by operator (torch.profiler)
         from torch.profiler import ProfilerActivity, profile
         cuda = prec.device.type == "cuda"
@@ -239,7 +253,8 @@ def bench_epochs(args) -> dict:
             "suite_img_s": round(suite, 1), "ceiling_img_s": round(ceiling, 1),
             "of_ceiling": round(suite / ceiling, 3), "first_epoch_s": round(times[0], 2),
             "steady_epoch_s": round(steady, 2), "first_vs_steady": round(times[0] / steady, 2),
-            "first_epoch_loader_wait_s": round(waits[0], 2),
+            "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(firsts[0], 2),
+            "first_step_s": round(firsts[1] or 0.0, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
             "epochs": args.epochs, "compile": args.compile}
 
@@ -308,6 +323,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs: steady epochs timed after the first (default: 3)")
     p.add_argument("--amp", default="auto", help="epochs: auto, bf16, fp16 or off (default: auto)")
     p.add_argument("--cache", action="store_true", help="epochs: read the pre-resized cache")
+    p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
+                   help="epochs: cuDNN autotuning (the suite's CUDA setting is on); off shows what it costs the first "
+                   "epoch and gives the steady one")
     p.add_argument("--profile", help="epochs: write torch.profiler's operator table of one more epoch here")
     p.add_argument("--data-dir", help="epochs, infer: use this dataset's images")
     p.add_argument("--out", help="append the JSON line here")

@@ -74,6 +74,43 @@ def batches(loader):
         raise UserError(text.rpartition("UserError: ")[2].strip()) from None
 
 
+class KeptBatches:
+    """A loader whose one deterministic pass is kept in memory: later passes cost no decoding.
+
+    The validation paintings (whole and as fixed crops) are scored every epoch with the same
+    eval transform, so every pass gives the same uint8 batches. On a GPU the loader workers set
+    the pace of an epoch, and that re-decoding was about a third of their work per epoch. The
+    loader (and its workers) is dropped after the first pass. ``max_bytes`` (an estimate from
+    the first batch) keeps large sets streaming instead.
+    """
+
+    def __init__(self, loader, max_bytes: int = 2 << 30):
+        self.loader, self.max_bytes, self.kept = loader, max_bytes, None
+        self.batch_size = loader.batch_size
+
+    def __len__(self):
+        return len(self.kept) if self.kept is not None else len(self.loader)
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept, n = [], len(self.loader)
+        for batch in batches(self.loader):
+            if kept is not None:
+                kept.append(batch)
+                if _nbytes(batch) * n > self.max_bytes:
+                    kept = None  # too large to keep: this loader keeps streaming
+            yield batch
+        if kept is not None:
+            self.kept, self.loader = kept, None
+
+
+def _nbytes(batch) -> int:
+    items = batch if isinstance(batch, (list, tuple)) else [batch]
+    return sum(t.element_size() * t.nelement() for t in items if isinstance(t, torch.Tensor))
+
+
 def class_weights(labels) -> np.ndarray:
     """Per-sample weights proportional to 1 / (count of its class): each class is drawn equally often."""
     return compute_sample_weight("balanced", np.asarray(labels))

@@ -74,16 +74,27 @@ def run_side_by_side(args, runner) -> None:
     wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu))
 
 
+def side_by_side_workers(cores: int, procs: int) -> int:
+    """Loader workers for each of ``procs`` fold processes on ``cores`` cores.
+
+    A fold process's main thread mostly waits for the GPU and its loader, so it is counted as
+    half a core; the rest go to the loader workers, which set the pace of a small backbone.
+    (Counting it as a whole core gave 6 processes on 16 cores one worker each: 4 cores idle and
+    every epoch loader-bound, measured in benchmarks/RESULTS.md, GPU run of 2026-11-27.)
+    """
+    return max(0, (2 * cores - procs) // (2 * procs))
+
+
 def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None) -> list:
     """Start ``n`` processes of this script that train ``folds`` round-robin, each started with
     ``base_argv`` (options that resolve to ``cfg``); they share the run folder through its per-fold
-    locks. Each gets ``cores // share - 1`` loader workers unless the config names them; ``share``:
+    locks. Each gets ``side_by_side_workers`` loader workers unless the config names them; ``share``:
     how many processes split the cores (more than ``n`` when several runs train at once)."""
     import os
     import subprocess
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
-    workers = cfg.workers if cfg.workers is not None else max(0, (os.cpu_count() or 1) // (share or n) - 1)
+    workers = cfg.workers if cfg.workers is not None else side_by_side_workers(os.cpu_count() or 1, share or n)
     return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
                               "1", "-q"]) for g in groups]

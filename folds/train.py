@@ -24,7 +24,7 @@ from folds.checkpoint import Checkpointer
 from folds.config import RunConfig
 from folds.data import Dataset
 from folds.engine import InputPipe, Precision, scores, train_one_epoch
-from folds.loader import ImageDataset, epoch_seed, make_loader, num_workers
+from folds.loader import ImageDataset, KeptBatches, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler
 from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
 from folds.recipe import build_recipe
@@ -56,9 +56,11 @@ class Validation:
                              crop_boxes(val["id"], n, VAL_CROP_SEED))}
         rank, size = distributed.world()
         self.labels = {p: y for p, (_, y, _) in sets.items()}
-        self.loaders = {p: make_loader(ImageDataset(x[rank::size], y[rank::size], transform, cache=cache,
-                                                    crops=None if c is None else c[rank::size]),
-                                       cfg.batch_size * 2, train=False, num_workers=workers, pin_memory=pin)
+        # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
+        self.loaders = {p: KeptBatches(make_loader(ImageDataset(x[rank::size], y[rank::size], transform, cache=cache,
+                                                                crops=None if c is None else c[rank::size]),
+                                                   cfg.batch_size * 2, train=False, num_workers=workers,
+                                                   pin_memory=pin))
                         for p, (x, y, c) in sets.items() if len(x)}
         self.num_classes = num_classes
 

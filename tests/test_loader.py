@@ -102,3 +102,32 @@ def test_uint8_batches_are_normalised_on_the_device():
     pipe = InputPipe(Precision.resolve("cpu", "off", "off"), (0.5,) * 3, (0.25,) * 3)
     assert torch.allclose(pipe(fast[None]), pipe(slow[None]), atol=1e-5)
     assert torch.allclose(pipe(fast[None]), torch.full((1, 3, 8, 8), 2.0))
+
+
+class Counting(ImageDataset):
+    """Images that differ per item, and a count of how many were decoded."""
+
+    decoded = 0
+
+    def image(self, i):
+        Counting.decoded += 1
+        return np.full((16, 16, 3), i * 10, np.uint8)
+
+
+def test_validation_batches_are_decoded_once_and_served_the_same_every_epoch():
+    from folds.augment import eval_transform
+    from folds.loader import KeptBatches
+
+    tf = eval_transform(8, (0.5,) * 3, (0.25,) * 3)
+    Counting.decoded = 0
+    kept = KeptBatches(make_loader(Counting(["x"] * 10, np.arange(10), tf), 4, train=False))
+    first = [(x.clone(), y.clone()) for x, y in kept]
+    assert Counting.decoded == 10 and len(kept) == 3 and kept.batch_size == 4
+    second = list(kept)
+    assert Counting.decoded == 10 and kept.loader is None  # no decoding, no workers after the first pass
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, second))
+    # a set too large to keep streams every pass, as a plain loader does
+    Counting.decoded = 0
+    streamed = KeptBatches(make_loader(Counting(["x"] * 10, np.arange(10), tf), 4, train=False), max_bytes=100)
+    list(streamed), list(streamed)
+    assert Counting.decoded == 20 and streamed.kept is None

@@ -202,3 +202,15 @@ def test_several_fold_processes_on_one_device_equal_one_process(demo_source, tmp
     pd.testing.assert_frame_equal(a, b)
     subs = [pd.read_csv(tmp_path / "subs" / f"{n}_folds-mean.csv", dtype=str) for n in ("one", "three")]
     pd.testing.assert_frame_equal(*subs)
+
+
+def test_side_by_side_processes_use_the_cores_without_oversubscribing_them():
+    from folds.run import side_by_side_workers
+
+    for cores, procs in ((16, 6), (16, 3), (16, 2), (8, 3), (2, 2), (2, 1)):
+        w = side_by_side_workers(cores, procs)
+        # each main thread counts as half a core: together they fit the machine ...
+        assert procs * (w + 0.5) <= cores, (cores, procs, w)
+        # ... and leave less than one more worker per process idle
+        assert procs * (w + 1.5) > cores, (cores, procs, w)
+    assert side_by_side_workers(16, 6) == 2  # was 1: 6 processes on 16 cores left 4 cores idle
