@@ -54,10 +54,10 @@ case "$step" in
   speed)
     # the ceiling, first epoch and loader wait of the model the benchmark trains; then B3 in both precisions
     # (AMP + channels_last vs fp32 in the real pipeline); then the first epoch without cuDNN autotuning
-    epochs 100 $lite --profile "$out/profile.txt"
-    epochs 80 $big
-    epochs 80 $big --amp off
-    epochs 60 $lite --cudnn-benchmark off ;;
+    epochs 90 $lite --profile "$out/profile.txt"
+    epochs 70 $big
+    epochs 70 $big --amp off
+    epochs 45 $lite --cudnn-benchmark off ;;
   compile)
     epochs 400 $lite --compile ;;
   train)
