@@ -78,10 +78,11 @@ class KeptBatches:
     """A loader whose one deterministic pass is kept in memory: later passes cost no decoding.
 
     The validation paintings (whole and as fixed crops) are scored every epoch with the same
-    eval transform, so every pass gives the same uint8 batches. On a GPU the loader workers set
-    the pace of an epoch, and that re-decoding was about a third of their work per epoch. The
-    loader (and its workers) is dropped after the first pass. ``max_bytes`` (an estimate from
-    the first batch) keeps large sets streaming instead.
+    eval transform, so every pass gives the same uint8 batches. Decoding them again was about a
+    quarter of the loader's work per epoch (WikiArt-50, lite2: benchmarks/RESULTS.md), which
+    counts wherever the loader workers set the pace. The loader (and its workers) is dropped
+    after the first pass. ``max_bytes`` (an estimate from the first batch) keeps large sets
+    streaming instead.
     """
 
     def __init__(self, loader, max_bytes: int = 2 << 30):
