@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu.sh speed /tmp/w50         # training epochs of the shipped path on the real train images vs
 #                                                   the ceiling, first vs steady epoch (first batch, first step),
 #                                                   loader wait: lite2 @260 (+ torch.profiler table), B3 @288 bf16
-#                                                   and fp32, lite2 without cuDNN autotuning
+#                                                   and fp32, lite2 with --affine device, lite2 without cuDNN
+#                                                   autotuning
 #                                                   (EPOCH_IMAGES=2500: the first rows of train.csv only)
 #   bash benchmarks/gpu.sh compile /tmp/w50       # lite2 epochs under torch.compile: its first epoch holds the
 #                                                   compile time, so the 5-fold payoff is read from the two rows
@@ -53,11 +54,13 @@ case "$step" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" ;;
   speed)
     # the ceiling, first epoch and loader wait of the model the benchmark trains; then B3 in both precisions
-    # (AMP + channels_last vs fp32 in the real pipeline); then the first epoch without cuDNN autotuning
-    epochs 90 $lite --profile "$out/profile.txt"
-    epochs 70 $big
-    epochs 70 $big --amp off
-    epochs 45 $lite --cudnn-benchmark off ;;
+    # (AMP + channels_last vs fp32 in the real pipeline); then lite2 with the affine on the GPU, and its
+    # first epoch without cuDNN autotuning. Each has its own limit: a slow one does not stop the rest.
+    epochs 80 $lite --profile "$out/profile.txt"
+    epochs 60 $big
+    epochs 60 $big --amp off
+    epochs 40 $lite --affine device
+    epochs 35 $lite --cudnn-benchmark off ;;
   compile)
     epochs 400 $lite --compile ;;
   train)

@@ -5,7 +5,8 @@
     python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
 
 - loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
-  with workers=0, decoding each JPEG every time vs reading the pre-resized cache.
+  with workers=0, decoding each JPEG every time vs reading the pre-resized cache; and the cached
+  pipeline without its affine (what the loader does with --affine device).
 - train: images/s of training steps, the suite's path (cached uint8 images, AMP bf16/fp16 and
   channels_last on CUDA, optional torch.compile) vs a naive seed-style loop (PIL decode per
   sample, fp32, no channels_last).
@@ -36,10 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from folds.augment import eval_transform, train_transform  # noqa: E402
+from folds.augment import AFFINE, AFFINE_ON, eval_transform, train_transform  # noqa: E402
 from folds.cache import ImageCache  # noqa: E402
 from folds.engine import InputPipe, Precision, train_one_epoch  # noqa: E402
 from folds.loader import ImageDataset, make_loader  # noqa: E402
+from folds.recipe import DeviceAffine, Recipe  # noqa: E402
 from models import create_model, data_config  # noqa: E402
 
 
@@ -119,10 +121,11 @@ def bench_loader(args) -> dict:
     tmp = Path(tempfile.mkdtemp())
     paths = large_jpegs(tmp / "jpg", args.n_images, args.side)
     tf = train_transform(args.img_size, (0.5,) * 3, (0.5,) * 3, seed=0)
+    tf_no_affine = train_transform(args.img_size, (0.5,) * 3, (0.5,) * 3, seed=0, affine="device")
     labels = np.zeros(len(paths))
 
-    def run(cache):
-        loader = make_loader(ImageDataset(paths, labels, tf, cache=cache), 16, train=True, num_workers=0)
+    def run(cache, transform=tf):
+        loader = make_loader(ImageDataset(paths, labels, transform, cache=cache), 16, train=True, num_workers=0)
         for _ in loader:
             pass
     cache = ImageCache(tmp / "cache", 2 * args.img_size)
@@ -132,8 +135,12 @@ def bench_loader(args) -> dict:
     torch.set_num_threads(1)  # per core
     plain = rate(lambda: run(None), len(paths))
     cached = rate(lambda: run(cache), len(paths), repeat=3)
+    # --affine device: the loader's share of the work when the shift-scale-rotate runs on the device
+    no_affine = rate(lambda: run(cache, tf_no_affine), len(paths), repeat=3)
     return {"bench": "loader", "side": args.side, "img_size": args.img_size, "images": len(paths),
             "uncached_img_s": round(plain, 1), "cached_img_s": round(cached, 1), "ratio": round(cached / plain, 2),
+            "cached_affine_on_device_img_s": round(no_affine, 1),
+            "affine_on_device_ratio": round(no_affine / cached, 2),
             "cache_fill_s": round(fill_s, 2), "workers": 0, "threads": 1}
 
 
@@ -215,7 +222,9 @@ def bench_epochs(args) -> dict:
     cache = ImageCache(Path(tempfile.mkdtemp()) / "cache", 2 * size) if args.cache else None
     if cache is not None:
         cache.fill(paths, workers=max(1, args.workers))
-    data = ImageDataset(paths, labels, train_transform(size, dcfg["mean"], dcfg["std"], seed=0), cache=cache)
+    data = ImageDataset(paths, labels, train_transform(size, dcfg["mean"], dcfg["std"], seed=0, affine=args.affine),
+                        cache=cache)
+    recipe = Recipe(affine=DeviceAffine(**AFFINE)) if args.affine == "device" else None  # the ceiling's too
     loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
                          pin_memory=prec.device.type == "cuda")
     sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
@@ -224,7 +233,7 @@ def bench_epochs(args) -> dict:
         loader.sampler.set_epoch(epoch)
         timed = WaitTimer(loader)
         t = time.perf_counter()
-        train_one_epoch(model, timed, opt, scaler, prec, inputs, desc=f"epoch {epoch}")
+        train_one_epoch(model, timed, opt, scaler, prec, inputs, recipe, desc=f"epoch {epoch}")
         sync()
         times.append(time.perf_counter() - t)
         waits.append(timed.wait)
@@ -237,7 +246,7 @@ def bench_epochs(args) -> dict:
         cuda = prec.device.type == "cuda"
         loader.sampler.set_epoch(args.epochs + 2)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            train_one_epoch(model, loader, opt, scaler, prec, inputs, desc="profiled epoch")
+            train_one_epoch(model, loader, opt, scaler, prec, inputs, recipe, desc="profiled epoch")
             sync()
         Path(args.profile).write_text(prof.key_averages().table(
             sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30))
@@ -247,12 +256,12 @@ def bench_epochs(args) -> dict:
     synthetic = [(torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=prec.device,
                                 generator=g), torch.randint(0, n_classes, (args.batch_size,), device=prec.device,
                                                             generator=g)) for _ in range(min(len(loader), 16))]
-    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, desc="ceiling warm-up")
+    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling warm-up")
     sync()
     t = time.perf_counter()
     reps = max(1, len(loader) // len(synthetic))
     for _ in range(reps):
-        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, desc="ceiling")
+        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling")
     sync()
     ceiling = reps * len(synthetic) * args.batch_size / (time.perf_counter() - t)
     suite = per_epoch / steady
@@ -264,7 +273,7 @@ def bench_epochs(args) -> dict:
             "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(firsts[0], 2),
             "first_step_s": round(firsts[1] or 0.0, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
-            "epochs": args.epochs, "compile": args.compile}
+            "epochs": args.epochs, "compile": args.compile, "affine": args.affine}
 
 
 def bench_infer(args) -> dict:
@@ -348,6 +357,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs: steady epochs timed after the first (default: 3)")
     p.add_argument("--amp", default="auto", help="epochs: auto, bf16, fp16 or off (default: auto)")
     p.add_argument("--cache", action="store_true", help="epochs: read the pre-resized cache")
+    p.add_argument("--affine", choices=AFFINE_ON, default="loader", help="epochs: where the shift-scale-rotate runs "
+                   "(the suite's --affine)")
     p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
                    help="epochs: cuDNN autotuning (the suite's CUDA setting is on); off shows what it costs the first "
                    "epoch and gives the steady one")

@@ -19,6 +19,14 @@ CROPS = {
 }
 
 
+# The shift-scale-rotate augmentation, stated once for both places it can run (--affine):
+# "loader" (albumentations Affine, per image in the loader workers) or "device" (one grid_sample
+# per batch on the device: folds.recipe.DeviceAffine). On few CPU cores the loader's affine is
+# its largest per-image cost (benchmarks/RESULTS.md).
+AFFINE = {"translate": (-0.0625, 0.0625), "scale": (0.9, 1.1), "rotate": (-45, 45), "p": 0.5}
+AFFINE_ON = ("loader", "device")
+
+
 def _to_tensor(mean, std, cpu_normalize: bool) -> list:
     # Default: uint8 CHW tensors; the GPU normalises (folds.engine.InputPipe). That moves a
     # quarter of the bytes and takes the float work off the loader's CPU cores.
@@ -26,21 +34,24 @@ def _to_tensor(mean, std, cpu_normalize: bool) -> list:
 
 
 def train_transform(img_size: int, mean, std, crop: str = "test-scale", seed: int | None = None,
-                    cpu_normalize: bool = False) -> A.Compose:
-    """Random crop + flips + shift-scale-rotate, each augmentation at p=0.5; uint8 CHW out."""
+                    cpu_normalize: bool = False, affine: str = "loader") -> A.Compose:
+    """Random crop + flips + shift-scale-rotate (``AFFINE``; left to the device when ``affine`` is
+    "device"), each augmentation at p=0.5; uint8 CHW out."""
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {sorted(CROPS)}, got {crop!r}")
+    if affine not in AFFINE_ON:
+        raise ValueError(f"affine must be one of {AFFINE_ON}, got {affine!r}")
     resize_first, scale = CROPS[crop]
     pre = [A.Resize(img_size, img_size)] if resize_first else []
+    shift_scale_rotate = [A.Affine(translate_percent=AFFINE["translate"], scale=AFFINE["scale"],
+                                   rotate=AFFINE["rotate"], border_mode=cv2.BORDER_REFLECT_101, p=AFFINE["p"])]
     return A.Compose(
         pre + [
             A.RandomResizedCrop(size=(img_size, img_size), scale=scale, ratio=(3 / 4, 4 / 3),
                                 interpolation=cv2.INTER_AREA, p=1.0),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
-            A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
-                     border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-        ] + _to_tensor(mean, std, cpu_normalize),
+        ] + (shift_scale_rotate if affine == "loader" else []) + _to_tensor(mean, std, cpu_normalize),
         seed=seed,
     )
 

@@ -99,6 +99,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         help="turn off the class-balanced (inverse frequency) sampler")
     pick(g, "--crop", "crop", "train crops: 'test-scale' (quarter-area crops like the test images) or 'whole' "
          "(resize the painting, then a default-scale crop)")
+    pick(g, "--affine", "affine", "where the shift-scale-rotate augmentation runs: 'loader' (albumentations, per "
+         "image in the loader workers) or 'device' (per batch on the GPU: for machines with few CPU cores)")
     opt(g, "--pseudo", key="pseudo", help="a finished run's folder: fold k adds the test images as labelled by "
         "fold k of that run (same split), so the OOF stays honest")
     pick(g, "--pseudo-mode", "pseudo_mode", "pseudo-labels: 'hard' (confident argmax) or 'soft' (probabilities)")

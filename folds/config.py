@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import UserError, layout
 from ensemble.tta import TTA_MODES
-from folds.augment import CROPS
+from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
 from folds.optim import OPTIMIZERS, SCHEDULERS
 from folds.stopping import MONITORS
@@ -56,6 +56,7 @@ class RunConfig:
     batch_size: int = 32
     balanced_sampler: bool = True
     crop: str = "test-scale"
+    affine: str = "loader"  # where the shift-scale-rotate runs: the loader workers, or the device per batch
     # pseudo-labels: fold k adds the test crops as labelled by fold k of a finished run
     pseudo: str | None = None  # that run's folder
     pseudo_mode: str = "hard"  # hard: confident argmax labels; soft: the probabilities themselves
@@ -109,6 +110,7 @@ PRESETS = {
 CHOICES = {
     "optimizer": tuple(OPTIMIZERS),
     "crop": tuple(CROPS),
+    "affine": AFFINE_ON,
     "tta": tuple(TTA_MODES),
     "sched": tuple(SCHEDULERS),
     "pseudo_mode": ("hard", "soft"),

@@ -114,8 +114,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                             cfg.label_smoothing)
     if extra is not None:
         paths += list(extra[0])
-    train_ds = ImageDataset(paths, targets, train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed),
-                            cache=cache)
+    transform = train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed, affine=cfg.affine)
+    train_ds = ImageDataset(paths, targets, transform, cache=cache)
     optimizer = build_optimizer(cfg, model)
     n_epochs = epochs or cfg.epochs
     scheduler = build_scheduler(cfg, optimizer, n_epochs)

@@ -76,6 +76,34 @@ def test_mix_prob_leaves_that_share_of_batches_unmixed():
     assert all(torch.equal(never.batch(x.clone(), y)[0], x) for _ in range(20))
 
 
+def test_the_device_affine_shifts_scales_and_rotates_each_image_of_a_batch():
+    from folds.augment import AFFINE, train_transform
+    from folds.recipe import DeviceAffine, build_recipe
+    x = torch.randn(6, 3, 8, 8)
+    # no change drawn: the images come back as they were
+    assert torch.allclose(DeviceAffine(p=1.0, translate=(0, 0), scale=(1, 1), rotate=(0, 0))(x.clone()), x, atol=1e-5)
+    assert torch.equal(DeviceAffine(p=0.0)(x.clone()), x)
+    # a quarter turn about the centre moves pixel centres onto pixel centres: exactly a rot90
+    turned = DeviceAffine(p=1.0, translate=(0, 0), scale=(1, 1), rotate=(90, 90))(x.clone())
+    assert any(torch.allclose(turned, torch.rot90(x, k, dims=(2, 3)), atol=1e-5) for k in (1, 3))
+    # a shift of a quarter of the side moves the content by 2 of 8 pixels (one way or the other)
+    moved = DeviceAffine(p=1.0, translate=(0.25, 0.25), scale=(1, 1), rotate=(0, 0))(x.clone())
+    assert any(torch.allclose(moved[..., 2:6, 2:6], x[..., 2 + d:6 + d, 2 + d:6 + d], atol=1e-5) for d in (-2, 2))
+    # each image draws its own parameters, from torch's seeded RNG
+    torch.manual_seed(3)
+    a = DeviceAffine(p=1.0)(x.clone())
+    torch.manual_seed(3)
+    assert torch.equal(a, DeviceAffine(p=1.0)(x.clone()))
+    assert len({tuple(a[i].flatten()[:8].tolist()) for i in range(6)}) == 6
+    # --affine device: the loader leaves the affine out and the recipe takes it, with the same ranges
+    names = lambda tf: [type(t).__name__ for t in tf.transforms]  # noqa: E731
+    assert "Affine" in names(train_transform(32, (0.5,) * 3, (0.25,) * 3))
+    assert "Affine" not in names(train_transform(32, (0.5,) * 3, (0.25,) * 3, affine="device"))
+    recipe = build_recipe(resolve_config({"data_dir": "x", "affine": "device"}), 5, "cpu")
+    assert vars(recipe.affine) == AFFINE
+    assert build_recipe(resolve_config({"data_dir": "x"}), 5, "cpu").affine is None
+
+
 def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tmp_path):
     import numpy as np
 
@@ -83,7 +111,8 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     from folds.train import train_fold
     cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 3, "workers": 0, "patience": 10,
                           "optimizer": "adamw", "weight_decay": 0.02, "sched": "cosine", "warmup_epochs": 1,
-                          "mixup": 0.2, "cutmix": 1.0, "erasing": 0.25, "ema": 0.9, "label_smoothing": 0.1}, "demo")
+                          "mixup": 0.2, "cutmix": 1.0, "erasing": 0.25, "ema": 0.9, "label_smoothing": 0.1,
+                          "affine": "device"}, "demo")
     ds = load_dataset(demo_source)
     tr, va = np.arange(0, len(ds.train), 2), np.arange(1, len(ds.train), 2)
     train_fold(cfg, ds, tr, va, tmp_path / "full")
@@ -97,7 +126,7 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     train_fold(cfg, ds, tr, va, tmp_path / "cut", resume=True)
     a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
     b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(a, b)  # MixUp, erasing and the EMA replay from (seed, epoch)
+    pd.testing.assert_frame_equal(a, b)  # MixUp, erasing, the device affine and the EMA replay from (seed, epoch)
     lrs = a["lr"].to_numpy()
     assert lrs[0] < lrs[1]  # warm-up, then the cosine
 

@@ -222,12 +222,14 @@ def test_speed_benchmarks_time_the_shipped_path_against_their_ceiling(demo_sourc
     from benchmarks.speed import main as speed_main
     tiny = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--workers", "0",
             "--data-dir", str(demo_source), "--out", str(tmp_path / "speed.jsonl")]
-    assert speed_main(["epochs", *tiny, "--n-images", "32", "--epochs", "2", "--cudnn-benchmark", "off"]) == 0
+    assert speed_main(["epochs", *tiny, "--n-images", "32", "--epochs", "2", "--cudnn-benchmark", "off",
+                       "--affine", "device"]) == 0
     assert speed_main(["infer", *tiny, "--n-images", "16", "--folds", "2"]) == 0
     out = capsys.readouterr().out
     assert "epoch 3:" in out  # a line per epoch: a run cut by its time limit still says what it measured
     epochs, infer = (json.loads(line) for line in (tmp_path / "speed.jsonl").read_text().splitlines())
     assert epochs["images_per_epoch"] == 32 and epochs["ceiling_img_s"] > 0 and epochs["suite_img_s"] > 0
     assert epochs["first_batch_s"] > 0 and epochs["first_step_s"] > 0 and epochs["cudnn_benchmark"] is False
+    assert epochs["affine"] == "device"
     assert infer["images"] == 16 and infer["ceiling_img_s"] > 0
     assert infer["vs_ceiling_time"] == pytest.approx(infer["ceiling_img_s"] / infer["batched_img_s"], rel=0.02)
