@@ -81,12 +81,13 @@ class KeptBatches:
     eval transform, so every pass gives the same uint8 batches. Decoding them again was about a
     quarter of the loader's work per epoch (WikiArt-50, lite2: benchmarks/RESULTS.md), which
     counts wherever the loader workers set the pace. The loader (and its workers) is dropped
-    after the first pass. ``max_bytes`` (an estimate from the first batch) keeps large sets
-    streaming instead.
+    after the first pass. A set larger than ``max_bytes`` (``keep_limit()``; estimated from the
+    first batch) keeps streaming instead.
     """
 
-    def __init__(self, loader, max_bytes: int = 2 << 30):
-        self.loader, self.max_bytes, self.kept = loader, max_bytes, None
+    def __init__(self, loader, max_bytes: int | None = None):
+        self.loader, self.kept = loader, None
+        self.max_bytes = keep_limit() if max_bytes is None else max_bytes
         self.batch_size = loader.batch_size
 
     def __len__(self):
@@ -105,6 +106,16 @@ class KeptBatches:
             yield batch
         if kept is not None:
             self.kept, self.loader = kept, None
+
+
+def keep_limit() -> int:
+    """The most bytes a ``KeptBatches`` set keeps: 2 GiB, or a 16th of the machine's memory if less
+    (a 12 GiB Colab keeps 750 MiB a set; several fold processes each keep their own)."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: assume enough
+        ram = 32 << 30
+    return min(2 << 30, ram // 16)
 
 
 def _nbytes(batch) -> int:

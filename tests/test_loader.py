@@ -131,3 +131,14 @@ def test_validation_batches_are_decoded_once_and_served_the_same_every_epoch():
     streamed = KeptBatches(make_loader(Counting(["x"] * 10, np.arange(10), tf), 4, train=False), max_bytes=100)
     list(streamed), list(streamed)
     assert Counting.decoded == 20 and streamed.kept is None
+
+
+def test_the_kept_sets_fit_the_machine(monkeypatch):
+    import os
+
+    from folds.loader import keep_limit
+    pages = {"SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name, (12 << 30) // 4096))  # a 12 GiB Colab
+    assert keep_limit() == (12 << 30) // 16
+    monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name, (128 << 30) // 4096))
+    assert keep_limit() == 2 << 30
