@@ -27,7 +27,7 @@ class DeviceAffine:
     Borders reflect, as the loader's BORDER_REFLECT_101 does (within half a pixel). Square inputs.
     """
 
-    def __init__(self, translate=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45), p=0.5):
+    def __init__(self, translate: tuple, scale: tuple, rotate: tuple, p: float):  # ranges: folds.augment.AFFINE
         self.translate, self.scale, self.rotate, self.p = translate, scale, rotate, p
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

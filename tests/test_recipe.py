@@ -81,19 +81,21 @@ def test_the_device_affine_shifts_scales_and_rotates_each_image_of_a_batch():
     from folds.recipe import DeviceAffine, build_recipe
     x = torch.randn(6, 3, 8, 8)
     # no change drawn: the images come back as they were
-    assert torch.allclose(DeviceAffine(p=1.0, translate=(0, 0), scale=(1, 1), rotate=(0, 0))(x.clone()), x, atol=1e-5)
-    assert torch.equal(DeviceAffine(p=0.0)(x.clone()), x)
+    still = {"p": 1.0, "translate": (0, 0), "scale": (1, 1), "rotate": (0, 0)}
+    assert torch.allclose(DeviceAffine(**still)(x.clone()), x, atol=1e-5)
+    assert torch.equal(DeviceAffine(**{**AFFINE, "p": 0.0})(x.clone()), x)
     # a quarter turn about the centre moves pixel centres onto pixel centres: exactly a rot90
-    turned = DeviceAffine(p=1.0, translate=(0, 0), scale=(1, 1), rotate=(90, 90))(x.clone())
+    turned = DeviceAffine(**{**still, "rotate": (90, 90)})(x.clone())
     assert any(torch.allclose(turned, torch.rot90(x, k, dims=(2, 3)), atol=1e-5) for k in (1, 3))
     # a shift of a quarter of the side moves the content by 2 of 8 pixels (one way or the other)
-    moved = DeviceAffine(p=1.0, translate=(0.25, 0.25), scale=(1, 1), rotate=(0, 0))(x.clone())
+    moved = DeviceAffine(**{**still, "translate": (0.25, 0.25)})(x.clone())
     assert any(torch.allclose(moved[..., 2:6, 2:6], x[..., 2 + d:6 + d, 2 + d:6 + d], atol=1e-5) for d in (-2, 2))
     # each image draws its own parameters, from torch's seeded RNG
     torch.manual_seed(3)
-    a = DeviceAffine(p=1.0)(x.clone())
+    always = {**AFFINE, "p": 1.0}
+    a = DeviceAffine(**always)(x.clone())
     torch.manual_seed(3)
-    assert torch.equal(a, DeviceAffine(p=1.0)(x.clone()))
+    assert torch.equal(a, DeviceAffine(**always)(x.clone()))
     assert len({tuple(a[i].flatten()[:8].tolist()) for i in range(6)}) == 6
     # --affine device: the loader leaves the affine out and the recipe takes it, with the same ranges
     names = lambda tf: [type(t).__name__ for t in tf.transforms]  # noqa: E731
