@@ -5,8 +5,9 @@
     python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
 
 - loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
-  with workers=0, decoding each JPEG every time vs reading the pre-resized cache; and the cached
-  pipeline without its affine (what the loader does with --affine device).
+  with workers=0, decoding each JPEG every time vs reading the pre-resized cache; the pipeline
+  without its affine (what the loader does with --affine device); the eval transform (a
+  validation image). --data-dir: the real train images instead of generated JPEGs.
 - train: images/s of training steps, the suite's path (cached uint8 images, AMP bf16/fp16 and
   channels_last on CUDA, optional torch.compile) vs a naive seed-style loop (PIL decode per
   sample, fp32, no channels_last).
@@ -119,7 +120,11 @@ def emit(row: dict, out: str | None) -> None:
 
 def bench_loader(args) -> dict:
     tmp = Path(tempfile.mkdtemp())
-    paths = large_jpegs(tmp / "jpg", args.n_images, args.side)
+    if args.data_dir:  # the real train images (WikiArt-50's are 224 px) instead of generated large JPEGs
+        from folds.data import load_dataset
+        paths = list(load_dataset(args.data_dir, check_images=False).train["path"])[: args.n_images]
+    else:
+        paths = large_jpegs(tmp / "jpg", args.n_images, args.side)
     tf = train_transform(args.img_size, (0.5,) * 3, (0.5,) * 3, seed=0)
     tf_no_affine = train_transform(args.img_size, (0.5,) * 3, (0.5,) * 3, seed=0, affine="device")
     labels = np.zeros(len(paths))
@@ -137,10 +142,14 @@ def bench_loader(args) -> dict:
     cached = rate(lambda: run(cache), len(paths), repeat=3)
     # --affine device: the loader's share of the work when the shift-scale-rotate runs on the device
     no_affine = rate(lambda: run(cache, tf_no_affine), len(paths), repeat=3)
-    return {"bench": "loader", "side": args.side, "img_size": args.img_size, "images": len(paths),
-            "uncached_img_s": round(plain, 1), "cached_img_s": round(cached, 1), "ratio": round(cached / plain, 2),
-            "cached_affine_on_device_img_s": round(no_affine, 1),
+    plain_no_affine = rate(lambda: run(None, tf_no_affine), len(paths))
+    # a validation image every epoch: decode and resize (what KeptBatches saves after the first epoch)
+    evaluation = rate(lambda: run(None, eval_transform(args.img_size, (0.5,) * 3, (0.5,) * 3)), len(paths))
+    return {"bench": "loader", "data": args.data_dir or f"generated {args.side} px JPEGs", "img_size": args.img_size,
+            "images": len(paths), "uncached_img_s": round(plain, 1), "cached_img_s": round(cached, 1),
+            "ratio": round(cached / plain, 2), "cached_affine_on_device_img_s": round(no_affine, 1),
             "affine_on_device_ratio": round(no_affine / cached, 2),
+            "uncached_affine_on_device_img_s": round(plain_no_affine, 1), "eval_uncached_img_s": round(evaluation, 1),
             "cache_fill_s": round(fill_s, 2), "workers": 0, "threads": 1}
 
 
@@ -228,7 +237,7 @@ def bench_epochs(args) -> dict:
     loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
                          pin_memory=prec.device.type == "cuda")
     sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
-    times, waits, firsts = [], [], None
+    times, waits = [], []
     for epoch in range(1, args.epochs + 2):
         loader.sampler.set_epoch(epoch)
         timed = WaitTimer(loader)
@@ -237,7 +246,8 @@ def bench_epochs(args) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         waits.append(timed.wait)
-        firsts = firsts or (timed.first_batch, timed.first_step)
+        if epoch == 1:
+            first_batch, first_step = timed.first_batch, timed.first_step or 0.0
         # a line per epoch, so a run cut short by its time limit still says what it measured
         print(f"epoch {epoch}: {times[-1]:.2f} s, loader wait {timed.wait:.2f} s, first batch "
               f"{timed.first_batch:.2f} s, first step {timed.first_step or 0:.2f} s", flush=True)
@@ -270,8 +280,8 @@ def bench_epochs(args) -> dict:
             "suite_img_s": round(suite, 1), "ceiling_img_s": round(ceiling, 1),
             "of_ceiling": round(suite / ceiling, 3), "first_epoch_s": round(times[0], 2),
             "steady_epoch_s": round(steady, 2), "first_vs_steady": round(times[0] / steady, 2),
-            "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(firsts[0], 2),
-            "first_step_s": round(firsts[1] or 0.0, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(first_batch, 2),
+            "first_step_s": round(first_step, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
             "epochs": args.epochs, "compile": args.compile, "affine": args.affine}
 
@@ -363,7 +373,7 @@ def main(argv=None) -> int:
                    help="epochs: cuDNN autotuning (the suite's CUDA setting is on); off shows what it costs the first "
                    "epoch and gives the steady one")
     p.add_argument("--profile", help="epochs: write torch.profiler's operator table of one more epoch here")
-    p.add_argument("--data-dir", help="epochs, infer: use this dataset's images")
+    p.add_argument("--data-dir", help="loader, epochs, infer: use this dataset's images")
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
     row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer}[args.what](args)

@@ -49,7 +49,7 @@ def score_modes(run: Path, modes, device: str = "auto", workers: int | None = No
             labels.append(np.repeat(val["label"].to_numpy(), n))
             if truth is not None:
                 tests.append(predictor.predict(ds.test["path"], desc=f"fold {k} test {mode}"))
-        row = {"run": run.name, "tta": mode, "views": max(1, len(list(TTA_MODES[mode]()))),
+        row = {"run": run.name, "tta": mode, "views": predictor.views,
                "crop_oof_f1": round(macro_f1(np.concatenate(labels), np.concatenate(probs)), 4),
                "trained_with": cfg.tta}
         if tests:

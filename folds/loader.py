@@ -78,8 +78,8 @@ class KeptBatches:
     """A loader whose one deterministic pass is kept in memory: later passes cost no decoding.
 
     The validation paintings (whole and as fixed crops) are scored every epoch with the same
-    eval transform, so every pass gives the same uint8 batches. Decoding them again was about a
-    quarter of the loader's work per epoch (WikiArt-50, lite2: benchmarks/RESULTS.md), which
+    eval transform, so every pass gives the same uint8 batches. Decoding them again was 30% of
+    the loader's work per epoch (WikiArt-50, lite2: benchmarks/RESULTS.md), which
     counts wherever the loader workers set the pace. The loader (and its workers) is dropped
     after the first pass. A set larger than ``max_bytes`` (``keep_limit()``; estimated from the
     first batch) keeps streaming instead.

@@ -22,7 +22,8 @@ class DeviceAffine:
     """The train transform's shift-scale-rotate (``folds.augment.AFFINE``), per image of a batch on the device.
 
     One ``affine_grid`` + ``grid_sample`` does the batch, where the loader's albumentations Affine
-    costs each worker about 0.74 ms per image at 260 px. Parameters come from torch's global RNG
+    costs each worker 0.49 ms per training image at 260 px on average (benchmarks/RESULTS.md), 38%
+    of the image's loader time. Parameters come from torch's global RNG
     on the CPU, which training reseeds from (seed, epoch) every epoch, so a resume replays them.
     Borders reflect, as the loader's BORDER_REFLECT_101 does (within half a pixel). Square inputs.
     """
@@ -48,8 +49,8 @@ class DeviceAffine:
         inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2) / scale[idx, None, None]
         theta = torch.cat([inv, -(inv @ shift[idx, :, None])], -1).to(x.device, x.dtype)
         grid = F.affine_grid(theta, [len(idx), *x.shape[1:]], align_corners=False)
-        x[idx.to(x.device)] = F.grid_sample(x[idx.to(x.device)], grid, mode="bilinear", padding_mode="reflection",
-                                            align_corners=False)
+        idx = idx.to(x.device)
+        x[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         return x
 
 
