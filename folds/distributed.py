@@ -39,6 +39,13 @@ def init(device: str = "auto") -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
 
 
+def close() -> None:
+    """Leave the process group before the interpreter exits. Left to exit, gloo's threads can be
+    torn down while still joinable, and the rank dies with SIGABRT after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def agree(value):
     """Rank 0's ``value`` on every rank: one decision (skip a fold, take a lock) for the whole group."""
     if not active():

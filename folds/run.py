@@ -184,6 +184,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished folds are kept; continue with --resume.", file=sys.stderr)
         return 130
+    finally:
+        from folds import distributed
+        distributed.close()
 
 
 if __name__ == "__main__":
