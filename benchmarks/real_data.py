@@ -57,9 +57,13 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     single = [macro_f1(truth, p) for p in run.fold_test.values()]
     return {"name": name, "preset": preset, "model": cfg.model, "weights": cfg.weights, "epochs": cfg.epochs,
             "oof_f1": res["oof"]["f1"],
-            "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1"],
+            "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1_without_neighbours"],
             "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
-            "fold_mean_gain": round(sub["test_f1"] - float(sum(single) / len(single)), 4),
+            "fold_mean_gain": round(sub["test_f1_without_neighbours"] - float(sum(single) / len(single)), 4),
+            # the fold mean with neighbour smoothing (ensemble/neighbours.py), as the build makes it by default
+            "neighbours": sub["neighbours"], "neighbours_crop_oof_f1": next(
+                (r["f1"] for r in sub["table"] if r["method"].endswith("+neighbours")), None),
+            "neighbours_test_f1": sub["test_f1"],
             "minutes": round((time.time() - started) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()],
@@ -129,9 +133,18 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     classes = runs[0].classes
     y = runs[0].oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
+    with_full = with_full and all(r.full_test is not None for r in runs)
     rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
-                      with_full=with_full and all(r.full_test is not None for r in runs))
+                      with_full=with_full)
     best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
+    if not best["method"].startswith("run "):  # the best method with neighbour smoothing, as the build adds it
+        method, _, offsets = best["method"].partition("+")
+        sub = build(run_dirs, method=method, offsets=bool(offsets), with_full=with_full, report=False,
+                    out=Path(run_dirs[0]).parent.parent / "submissions" / f"c_{best['method']}+neighbours.csv")
+        if sub["neighbours"] not in (None, "off"):
+            rows.append({"method": sub["chosen"], "f1": sub["table"][-1]["f1"], "acc": sub["table"][-1]["acc"],
+                         "test_f1": sub["test_f1"], "note": sub["table"][-1]["note"]})
+            best = max(rows, key=lambda r: r["f1"])
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]

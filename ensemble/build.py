@@ -27,6 +27,7 @@ from sklearn.metrics import accuracy_score  # noqa: E402
 from common import UserError, write_csv  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
+from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
+    p.add_argument("--neighbours", default="auto", choices=("auto", "off"), help="auto (default): mix each test "
+                   "crop's probabilities with those of its look-alike crops (several crops of one painting), "
+                   "with k and the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py)")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p
@@ -101,7 +105,7 @@ def check_out_path(out: Path) -> None:
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
           offsets: bool = False, with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True) -> dict:
+          report: bool = True, neighbours: str = "auto") -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
@@ -136,6 +140,22 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                      "(and any stacker fit) use the fold models only.")
     test = full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(classes))
     data_dir = Path(first.config["data_dir"])
+    truth = answer_key(data_dir, first.test_ids, classes)
+    plain_test_f1 = None if truth is None else macro_f1(truth, test)
+    smoothing = None
+    if neighbours == "auto" and oof != "crops":
+        notes.append("neighbour smoothing is chosen on the crop OOF; with --oof whole it is off.")
+    if neighbours == "auto" and oof == "crops":
+        smooth = for_runs(data_dir, first.oof, final_oof, y, first.test_ids, test)
+        notes.extend(smooth["notes"])
+        smoothing = smooth["smoothing"]
+        if smoothing.on:
+            chosen += "+neighbours"
+            final_oof, test = smooth["honest_oof"], smooth["test"]
+            table.append({"method": chosen, "f1": macro_f1(y, final_oof), "acc": accuracy_score(y, final_oof.argmax(1)),
+                          "note": f"{smoothing.describe()}; honest: chosen on the other half of the OOF"})
+            if truth is not None:
+                notes.append(f"test macro-F1 without the neighbour smoothing: {plain_test_f1:.4f} (for reporting only)")
     sample_path = Path(sample) if sample else data_dir / "sample_submission.csv"
     if not sample_path.is_file():
         raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
@@ -146,10 +166,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
         "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "with_full": with_full,
-        "runs": [str(r.path.resolve()) for r in runs], "classes": classes})}
-    truth = answer_key(data_dir, first.test_ids, classes)
+        "runs": [str(r.path.resolve()) for r in runs], "classes": classes,
+        "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None})}
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
-        result["test_f1"] = macro_f1(truth, test)
+        result["test_f1"], result["test_f1_without_neighbours"] = macro_f1(truth, test), plain_test_f1
         notes.append(f"test macro-F1 against {data_dir / ANSWER_KEY}: {result['test_f1']:.4f} (for reporting only)")
     if report:
         run_rows = [{"run": r.name, "fold": k, "val_f1": d.get("best_f1", float("nan")),
@@ -164,6 +184,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                                         sub_labels=labels, notes=notes,
                                         oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof])
     result["notes"] = notes
+    result["neighbours"] = None if smoothing is None else smoothing.describe()
     return result
 
 
@@ -182,7 +203,7 @@ def main(argv=None) -> int:
     try:
         result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
                        offsets=args.offsets, with_full=args.with_full, sample=args.sample,
-                       inner_folds=args.inner_folds, report=not args.no_report)
+                       inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

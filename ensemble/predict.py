@@ -31,6 +31,7 @@ from common import UserError, layout, write_csv  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
+from ensemble.neighbours import smooth_test  # noqa: E402
 from ensemble.saved_blend import load_blend  # noqa: E402
 from ensemble.submission import write_submission  # noqa: E402
 
@@ -117,11 +118,12 @@ def predict(args) -> dict:
     X = members_to_X(members)
     fitted = blend if hasattr(blend, "classes_") else blend.fit(X)  # a vote learns nothing: fit only sizes it
     final = full_proba(fitted, X, len(classes))
+    final, notes = smooth_test(test["path"], final, meta.get("neighbours"))  # as the build chose on its crop OOF
     out = Path(args.out)
     ids = test["id"].to_numpy()
     write_submission(out, ids, np.asarray(classes)[final.argmax(1)], sample, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(final, classes, id=ids))
-    return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test)}
+    return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test), "notes": notes}
 
 
 def main(argv=None) -> int:
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for n in result["notes"]:
+        print(f"note: {n}")
     print(f"predicted {result['images']:,} images with {', '.join(result['runs'])} ({result['method']}); "
           f"submission: {result['out']}")
     return 0

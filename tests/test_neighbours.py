@@ -1,0 +1,117 @@
+"""Neighbour smoothing: look-alike crops are found from real image files, the smoothing is chosen
+honestly on the crop OOF, it turns itself off where it cannot help, and the build applies it."""
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from common.metrics import macro_f1
+from ensemble import neighbours as nb
+from folds.demo import PAINTERS, paint
+from folds.predict import crop_boxes
+
+
+def painted_crops(tmp_path, paintings_per_painter=4, crops=4, seed=0):
+    """Demo-style paintings on disk and ``crops`` half-size crop boxes of each: (paths, boxes, painting, painter)."""
+    rng = np.random.default_rng(seed)
+    paths, painting, painter = [], [], []
+    for p, (palette, angle, grain) in enumerate(PAINTERS.values()):
+        for _ in range(paintings_per_painter):
+            path = tmp_path / f"{len(set(painting)):03d}.jpg"
+            Image.fromarray(paint(rng, palette, angle, grain, 160, 200)).save(path, quality=90)
+            paths += [path] * crops
+            painting += [len(set(painting))] * crops
+            painter += [p] * crops
+    boxes = crop_boxes(sorted(set(painting)), crops, seed=1)
+    return paths, boxes, np.array(painting), np.array(painter)
+
+
+def test_a_crops_nearest_look_alikes_are_mostly_its_siblings(tmp_path):
+    paths, boxes, painting, _ = painted_crops(tmp_path)
+    idx, sim = nb.nearest(nb.describe(paths, boxes, workers=2), 3)
+    precision = (painting[idx] == painting[:, None]).mean()
+    chance = 3 / (len(painting) - 1)
+    assert precision > 0.6 > 5 * chance, precision
+    assert (np.diff(sim, axis=1) <= 1e-6).all()  # most similar first
+
+
+def noisy_crop_probs(painting, painter, k_classes, rng, noise=1.2):
+    """Each crop's prediction is its painter plus crop noise; the siblings' mean is closer to the truth."""
+    logits = rng.normal(0, noise, (len(painting), k_classes))
+    logits[np.arange(len(painting)), painter] += 1.0
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+def sibling_neighbours(painting, k):
+    """Each row's neighbours: its siblings first (as a perfect descriptor would find them)."""
+    rows = np.arange(len(painting))
+    return np.stack([np.r_[rows[(painting == g) & (rows != i)], rows[painting != g]][:k]
+                     for i, g in enumerate(painting)])
+
+
+def test_smoothing_is_chosen_where_siblings_agree_and_left_off_where_neighbours_mislead():
+    rng = np.random.default_rng(0)
+    painting = np.repeat(np.arange(300), 5)
+    painter = painting % 6
+    probs = noisy_crop_probs(painting, painter, 6, rng)
+    good, f1_good = nb.choose(probs, painter, sibling_neighbours(painting, 16))
+    assert good.on and f1_good > macro_f1(painter, probs) + 0.05
+    wrong = (np.arange(len(painting))[:, None] + 5 * np.arange(1, 17)[None, :] + 1) % len(painting)
+    wrong = np.where(painter[wrong] == painter[:, None], (wrong + 5) % len(painting), wrong)  # other painters only
+    bad, f1_bad = nb.choose(probs, painter, wrong)
+    assert not bad.on and f1_bad == macro_f1(painter, probs)
+    assert np.array_equal(bad.apply(probs, wrong), probs)
+
+
+def test_the_oof_score_is_honest_each_half_uses_the_choice_of_the_other(tmp_path, monkeypatch):
+    paths, boxes, painting, painter = painted_crops(tmp_path, paintings_per_painter=6, crops=3)
+    desc = nb.describe(paths, boxes, workers=2)
+    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
+    seen = []
+    real_choose = nb.choose
+
+    def spy(p, y, neighbours, **kw):
+        seen.append(len(p))
+        assert neighbours.max() < len(p)  # renumbered into the half: no row of the other half is reachable
+        return real_choose(p, y, neighbours, **kw)
+
+    monkeypatch.setattr(nb, "choose", spy)
+    fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 4)
+    pools = nb.oof_pools(painting, len(painting) // 4)
+    assert all(len(set(painting[rows])) == len(np.unique(painting[rows])) for rows in pools)
+    assert {g for rows in pools for g in painting[rows]} == set(painting)  # every painting in exactly one pool
+    assert not set.intersection(*[set(painting[rows]) for rows in pools[:2]])
+    assert seen[:2] == [sum(len(r) for r in pools[0::2]), sum(len(r) for r in pools[1::2])] and seen[2] == len(probs)
+    assert fit["honest_oof"].shape == probs.shape
+
+
+def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tmp_path):
+    paths, boxes, painting, painter = painted_crops(tmp_path, crops=4)
+    desc = nb.describe(paths, boxes, workers=2)
+    fit = nb.fit_on_oof(np.eye(len(PAINTERS))[painter], painter, painting, desc, pool_rows=len(painting))
+    sibling, stranger = fit["nearest_similarity"], fit["stranger_similarity"]
+    assert np.median(sibling) > np.median(stranger)
+    one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])  # the first crop of each painting
+    _, single = nb.nearest(desc[one_each], 1)
+    _, several = nb.nearest(desc[: len(desc) // 2], 1)  # half the paintings, all their crops
+    assert nb.sibling_check(sibling, stranger, several[:, 0]) is None
+    assert "several crops per painting" in nb.sibling_check(sibling, stranger, single[:, 0])
+
+
+def test_the_build_applies_it_on_the_demo_and_off_leaves_the_soft_vote(demo_source, tmp_path, capsys):
+    from ensemble.build import build
+    from folds.run import main as run_main
+    from conftest import tiny_args
+
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "nb", "--epochs": 2})) == 0
+    run = tmp_path / "runs" / "nb"
+    off = build([run], out=tmp_path / "off.csv", report=False, neighbours="off")
+    auto = build([run], out=tmp_path / "auto.csv", report=False)
+    assert off["chosen"] == "mean" and not any("neighbour" in n for n in off["notes"])
+    assert any(n.startswith("neighbour smoothing chosen on the crop OOF") for n in auto["notes"])
+    sub_off, sub_auto = (pd.read_csv(tmp_path / f"{n}.csv", dtype=str) for n in ("off", "auto"))
+    assert list(sub_off["id"]) == list(sub_auto["id"])
+    if auto["chosen"].endswith("+neighbours"):
+        assert auto["table"][-1]["method"] == "mean+neighbours"
+    else:
+        assert sub_off.equals(sub_auto)
