@@ -61,9 +61,8 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
             "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
             "fold_mean_gain": round(sub["test_f1_without_neighbours"] - float(sum(single) / len(single)), 4),
             # the fold mean with neighbour smoothing (ensemble/neighbours.py), as the build makes it by default
-            "neighbours": sub["neighbours"], "neighbours_crop_oof_f1": next(
-                (r["f1"] for r in sub["table"] if r["method"].endswith("+neighbours")), None),
-            "neighbours_test_f1": sub["test_f1"],
+            "neighbours": sub["neighbours"], "neighbours_on_oof": sub.get("neighbours_on_oof"),
+            "neighbours_crop_oof_f1": sub.get("neighbours_crop_oof_f1"), "neighbours_test_f1": sub["test_f1"],
             "minutes": round((time.time() - started) / 60, 2),
             "folds": len(runner.planned_folds), "tta": cfg.tta, "crop": cfg.crop,
             "best_epochs": [v["best_epoch"] for v in res["fold_results"].values()],
@@ -141,9 +140,10 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
         method, _, offsets = best["method"].partition("+")
         sub = build(run_dirs, method=method, offsets=bool(offsets), with_full=with_full, report=False,
                     out=Path(run_dirs[0]).parent.parent / "submissions" / f"c_{best['method']}+neighbours.csv")
-        if sub["neighbours"] not in (None, "off"):
-            rows.append({"method": sub["chosen"], "f1": sub["table"][-1]["f1"], "acc": sub["table"][-1]["acc"],
-                         "test_f1": sub["test_f1"], "note": sub["table"][-1]["note"]})
+        if sub.get("neighbours_on_oof", "off") != "off":  # its honest crop-OOF, also when the test turned it off
+            rows.append({"method": f"{best['method']}+neighbours", "f1": sub["neighbours_crop_oof_f1"],
+                         "acc": float("nan"), "test_f1": sub["test_f1"],
+                         "note": f"on the OOF: {sub['neighbours_on_oof']}; on the test: {sub['neighbours']}"})
             best = max(rows, key=lambda r: r["f1"])
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)

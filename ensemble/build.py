@@ -142,13 +142,16 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     data_dir = Path(first.config["data_dir"])
     truth = answer_key(data_dir, first.test_ids, classes)
     plain_test_f1 = None if truth is None else macro_f1(truth, test)
-    smoothing = None
+    smoothing, smoothing_oof = None, {}
     if neighbours == "auto" and oof != "crops":
         notes.append("neighbour smoothing is chosen on the crop OOF; with --oof whole it is off.")
     if neighbours == "auto" and oof == "crops":
         smooth = for_runs(data_dir, first.oof, final_oof, y, first.test_ids, test)
         notes.extend(smooth["notes"])
         smoothing = smooth["smoothing"]
+        # what the crop OOF chose and its honest score, also when the test set turned it off
+        smoothing_oof = {"neighbours_on_oof": smooth["chosen_on_oof"].describe(),
+                         "neighbours_crop_oof_f1": macro_f1(y, smooth["honest_oof"])}
         if smoothing.on:
             chosen += "+neighbours"
             final_oof, test = smooth["honest_oof"], smooth["test"]
@@ -185,6 +188,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                                         oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof])
     result["notes"] = notes
     result["neighbours"] = None if smoothing is None else smoothing.describe()
+    result.update(smoothing_oof)
     return result
 
 

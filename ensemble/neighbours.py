@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from common.metrics import macro_f1
-from folds.loader import ImageDataset
+from folds.data import read_rgb
+from folds.loader import crop_array
 
 BINS = (16, 4, 4)  # HSV: hue finely, saturation and value coarsely (a palette, not a brightness)
 SIDE = 64  # every crop is resized to this before its histogram, so crop size and JPEG noise matter less
@@ -42,10 +43,22 @@ def colour_histogram(rgb: np.ndarray) -> np.ndarray:
 
 
 def describe(paths, crops=None, workers: int = 8) -> np.ndarray:
-    """(N, D) descriptors of images, or of ``crops`` of them (one (x0, y0, x1, y1) box per path)."""
-    data = ImageDataset(paths, crops=crops)  # the same cropping as the crop OOF's predictions
+    """(N, D) descriptors of images, or of ``crops`` of them (one (x0, y0, x1, y1) box per path).
+    Each image is decoded once, however many of its crops are asked for."""
+    paths = [str(p) for p in paths]
+    rows_of: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        rows_of.setdefault(p, []).append(i)
+
+    def one(path):
+        img = read_rgb(path)  # the crop OOF's predictions crop the same way (folds.loader.crop_array)
+        return [colour_histogram(img if crops is None else crop_array(img, crops[i])) for i in rows_of[path]]
+
+    out = np.empty((len(paths), int(np.prod(BINS))), np.float32)
     with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while it decodes
-        return np.stack(list(ex.map(lambda i: colour_histogram(data.image(i)), range(len(data)))))
+        for path, hists in zip(rows_of, ex.map(one, rows_of)):
+            out[rows_of[path]] = hists
+    return out
 
 
 def nearest(desc: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +178,9 @@ def sibling_check(oof_sibling: np.ndarray, oof_stranger: np.ndarray, test_neares
 def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8) -> dict:
     """Choose the smoothing on a run's crop OOF (rows: id, crop) and apply it to the test crops.
 
-    Returns the choice, the honest OOF probabilities, the smoothed test probabilities and notes."""
+    Returns the smoothing applied to the test (off when the test crops do not look like several
+    per painting), the one chosen on the OOF, the honest OOF probabilities, the smoothed test
+    probabilities, what a saved blend keeps, and notes."""
     from folds.data import load_dataset
     from folds.predict import CROP_OOF_SEED, crop_boxes
 
@@ -185,6 +200,7 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
     notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {len(test_ids):,} crops): "
                     f"{fit['smoothing'].describe()}")
     return {"smoothing": fit["smoothing"] if test is not test_probs else Smoothing(), "saved": saved,
+            "chosen_on_oof": fit["smoothing"],
             "honest_oof": fit["honest_oof"], "test": test, "notes": notes}
 
 

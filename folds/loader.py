@@ -37,11 +37,7 @@ class ImageDataset(Dataset):
 
     def image(self, i) -> np.ndarray:
         img = self.cache.get(self.paths[i]) if self.cache is not None else read_rgb(self.paths[i])
-        if self.crops is not None:
-            x0, y0, x1, y1 = self.crops[i]
-            h, w = img.shape[:2]
-            img = img[int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)), int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))]
-        return img
+        return img if self.crops is None else crop_array(img, self.crops[i])
 
     def __getitem__(self, item):
         i, sample_seed = item if isinstance(item, tuple) else (item, None)
@@ -57,6 +53,13 @@ class ImageDataset(Dataset):
             return x
         y = self.labels[i]
         return x, (int(y) if y.ndim == 0 else torch.from_numpy(y.astype(np.float32)))
+
+
+def crop_array(img: np.ndarray, box) -> np.ndarray:
+    """The (x0, y0, x1, y1) fractions ``box`` of an HxWxC image; at least one pixel each way."""
+    x0, y0, x1, y1 = box
+    h, w = img.shape[:2]
+    return img[int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)), int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))]
 
 
 def batches(loader):

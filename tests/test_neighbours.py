@@ -115,3 +115,27 @@ def test_the_build_applies_it_on_the_demo_and_off_leaves_the_soft_vote(demo_sour
         assert auto["table"][-1]["method"] == "mean+neighbours"
     else:
         assert sub_off.equals(sub_auto)
+
+
+def test_a_saved_choice_smooths_a_new_test_set_of_sibling_crops_and_not_one_of_single_crops(tmp_path):
+    paths, boxes, painting, painter = painted_crops(tmp_path, crops=4)
+    desc = nb.describe(paths, boxes, workers=2)
+    fit = nb.fit_on_oof(np.eye(len(PAINTERS))[painter], painter, painting, desc, pool_rows=len(painting))
+    saved = {"k": 3, "w": 0.5, "oof_sibling": float(np.median(fit["nearest_similarity"])),
+             "oof_stranger": float(np.median(fit["stranger_similarity"]))}
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    files = []
+    for i, (path, box) in enumerate(zip(paths, boxes)):  # the crops as files, as a test set holds them
+        im = Image.open(path)
+        w, h = im.size
+        files.append(crops / f"{i}.jpg")
+        im.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h))).save(files[-1], quality=90)
+    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(2))
+    smoothed, notes = nb.smooth_test(files, probs, saved, workers=2)
+    assert not notes and macro_f1(painter, smoothed) > macro_f1(painter, probs)
+    one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])
+    kept, notes = nb.smooth_test([files[i] for i in one_each], probs[one_each], saved, workers=2)
+    assert kept is probs[one_each] or np.array_equal(kept, probs[one_each])
+    assert notes and "several crops per painting" in notes[0]
+    assert nb.smooth_test(files, probs, None)[0] is probs  # a blend built with --neighbours off
