@@ -50,7 +50,8 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     cfg, name = runner.cfg, runner.cfg.name
     res = runner.run(runner.planned_folds)
     sub = build([runner.run_dir], method="mean", oof="crops" if cfg.crop_oof else "whole", report=False,
-                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
+                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv",  # the fold mean, as users get it
+                neighbours="auto")  # its test F1 without the smoothing too: test_f1_without_neighbours
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
     run = load_run(runner.run_dir, "crops" if cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
@@ -60,7 +61,7 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1_without_neighbours"],
             "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
             "fold_mean_gain": round(sub["test_f1_without_neighbours"] - float(sum(single) / len(single)), 4),
-            # the fold mean with neighbour smoothing (ensemble/neighbours.py), as the build makes it by default
+            # the fold mean with neighbour smoothing (ensemble/neighbours.py, build.py --neighbours auto)
             "neighbours": sub["neighbours"], "neighbours_on_oof": sub.get("neighbours_on_oof"),
             "neighbours_crop_oof_f1": sub.get("neighbours_crop_oof_f1"), "neighbours_test_f1": sub["test_f1"],
             "minutes": round((time.time() - started) / 60, 2),
@@ -139,6 +140,7 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     if not best["method"].startswith("run "):  # the best method with neighbour smoothing, as the build adds it
         method, _, offsets = best["method"].partition("+")
         sub = build(run_dirs, method=method, offsets=bool(offsets), with_full=with_full, report=False,
+                    neighbours="auto",
                     out=Path(run_dirs[0]).parent.parent / "submissions" / f"c_{best['method']}+neighbours.csv")
         if sub.get("neighbours_on_oof", "off") != "off":  # its honest crop-OOF, also when the test turned it off
             rows.append({"method": f"{best['method']}+neighbours", "f1": sub["neighbours_crop_oof_f1"],

@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
-    p.add_argument("--neighbours", default="auto", choices=("auto", "off"), help="auto (default): mix each test "
-                   "crop's probabilities with those of its look-alike crops (several crops of one painting), "
-                   "with k and the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py)")
+    p.add_argument("--neighbours", default="off", choices=("auto", "off"), help="auto: mix each test crop's "
+                   "probabilities with those of its look-alike crops (several crops of one painting), with k and "
+                   "the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py). "
+                   "Default off: not yet measured on a full-size run (benchmarks/RESULTS.md)")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p
@@ -105,7 +106,7 @@ def check_out_path(out: Path) -> None:
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
           offsets: bool = False, with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True, neighbours: str = "auto") -> dict:
+          report: bool = True, neighbours: str = "off") -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP

@@ -9,10 +9,13 @@ averaging their predictions is close to predicting the whole painting. Each crop
 
 The descriptor needs no model or weights. ``k`` and ``w`` are chosen on the crop OOF, which has
 the same structure (several crops of each validation painting), in pools of the test set's size,
-so the neighbour density matches; ``w = 0`` (off) is one of the choices. The OOF score is honest:
+so the neighbour density matches; off is one of the choices. The OOF score is honest:
 the pools are split in two halves, and each half is scored with the (k, w) chosen on the other.
 This assumes the test set has several crops per painting, as Dacon's does; when its crops look
 less alike than the OOF's (one crop per painting), ``sibling_check`` turns it off and says why.
+
+``ensemble/build.py --neighbours auto`` uses it; the default is off until a full-size run
+measures it (benchmarks/RESULTS.md: on a 10-artist CPU subset the crop OOF overrated it).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from folds.loader import crop_array
 BINS = (16, 4, 4)  # HSV: hue finely, saturation and value coarsely (a palette, not a brightness)
 SIDE = 64  # every crop is resized to this before its histogram, so crop size and JPEG noise matter less
 GRID_K = (2, 4, 8, 16)
-GRID_W = (0.0, 0.3, 0.5, 0.7, 0.9)
+GRID_W = (0.3, 0.5, 0.7, 0.9)  # and off, always a candidate
 POOL_SEED = 0
 
 
@@ -122,11 +125,10 @@ def choose(probs, y, neighbours, grid_k=GRID_K, grid_w=GRID_W) -> tuple[Smoothin
         if k > neighbours.shape[1]:
             continue
         for w in grid_w:
-            if w > 0:
-                s = Smoothing(k, w)
-                f = macro_f1(y, s.apply(probs, neighbours))
-                if f > best[0] + 1e-9:
-                    best = (f, s)
+            s = Smoothing(k, w)
+            f = macro_f1(y, s.apply(probs, neighbours))
+            if f > best[0] + 1e-9:
+                best = (f, s)
     return best[1], best[0]
 
 

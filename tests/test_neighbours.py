@@ -1,5 +1,7 @@
 """Neighbour smoothing: look-alike crops are found from real image files, the smoothing is chosen
 honestly on the crop OOF, it turns itself off where it cannot help, and the build applies it."""
+import json
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -98,21 +100,22 @@ def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tm
     assert "several crops per painting" in nb.sibling_check(sibling, stranger, single[:, 0])
 
 
-def test_the_build_applies_it_on_the_demo_and_off_leaves_the_soft_vote(demo_source, tmp_path, capsys):
+def test_the_build_applies_it_on_the_demo_when_asked_and_off_leaves_the_soft_vote(demo_source, tmp_path, capsys):
     from ensemble.build import build
     from folds.run import main as run_main
     from conftest import tiny_args
 
     assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "nb", "--epochs": 2})) == 0
     run = tmp_path / "runs" / "nb"
-    off = build([run], out=tmp_path / "off.csv", report=False, neighbours="off")
-    auto = build([run], out=tmp_path / "auto.csv", report=False)
+    off = build([run], out=tmp_path / "off.csv", report=False)  # the default
+    auto = build([run], out=tmp_path / "auto.csv", report=False, neighbours="auto")
     assert off["chosen"] == "mean" and not any("neighbour" in n for n in off["notes"])
     assert any(n.startswith("neighbour smoothing chosen on the crop OOF") for n in auto["notes"])
     sub_off, sub_auto = (pd.read_csv(tmp_path / f"{n}.csv", dtype=str) for n in ("off", "auto"))
     assert list(sub_off["id"]) == list(sub_auto["id"])
     if auto["chosen"].endswith("+neighbours"):
         assert auto["table"][-1]["method"] == "mean+neighbours"
+        assert json.loads((tmp_path / "auto_blend.json").read_text())["neighbours"]["k"] > 0  # predict.py reuses it
     else:
         assert sub_off.equals(sub_auto)
 
@@ -139,3 +142,11 @@ def test_a_saved_choice_smooths_a_new_test_set_of_sibling_crops_and_not_one_of_s
     assert kept is probs[one_each] or np.array_equal(kept, probs[one_each])
     assert notes and "several crops per painting" in notes[0]
     assert nb.smooth_test(files, probs, None)[0] is probs  # a blend built with --neighbours off
+
+
+def test_the_sibling_benchmark_runs_on_the_demo(demo_source, capsys):
+    from benchmarks.neighbours import main
+    assert main([str(demo_source), "--paintings", "12", "--crops", "3", "--workers", "2"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["pool_crops"] == 36 and row["sibling_at_4"] > 3 / 35  # better than chance
+    assert row["test_crops"] > 0 and 0 <= row["test_same_artist_at_4"] <= 1
