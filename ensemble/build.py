@@ -27,8 +27,8 @@ from sklearn.metrics import accuracy_score  # noqa: E402
 from common import UserError, write_csv  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
-from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
+from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from ensemble.saved_blend import save_blend  # noqa: E402
