@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neighbours", default="off", choices=("auto", "off"), help="auto: mix each test crop's "
                    "probabilities with those of its look-alike crops (several crops of one painting), with k and "
                    "the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py). "
-                   "Default off: not yet measured on a full-size run (benchmarks/RESULTS.md)")
+                   "Default off: a candidate until GPU runs on the full data choose it by crop-OOF")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p

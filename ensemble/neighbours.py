@@ -14,13 +14,14 @@ the pools are split in two halves, and each half is scored with the (k, w) chose
 This assumes the test set has several crops per painting, as Dacon's does; when its crops look
 less alike than the OOF's (one crop per painting), ``sibling_check`` turns it off and says why.
 
-``ensemble/build.py --neighbours auto`` uses it; the default is off until a full-size run
-measures it (benchmarks/RESULTS.md: on a 10-artist CPU subset the crop OOF overrated it).
+``ensemble/build.py --neighbours auto`` uses it. Like the ``strong`` preset, it is off by default
+until GPU runs on the full data choose it by crop-OOF (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -47,8 +48,14 @@ def colour_histogram(rgb: np.ndarray) -> np.ndarray:
 
 def describe(paths, crops=None, workers: int = 8) -> np.ndarray:
     """(N, D) descriptors of images, or of ``crops`` of them (one (x0, y0, x1, y1) box per path).
-    Each image is decoded once, however many of its crops are asked for."""
-    paths = [str(p) for p in paths]
+    Each image is decoded once, however many of its crops are asked for. The last few results
+    are kept: a benchmark builds several runs of one split, whose crop OOF and test set are the
+    same images."""
+    return _describe(tuple(str(p) for p in paths), None if crops is None else tuple(map(tuple, crops)), workers)
+
+
+@lru_cache(maxsize=4)
+def _describe(paths: tuple, crops: tuple | None, workers: int) -> np.ndarray:
     rows_of: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
         rows_of.setdefault(p, []).append(i)
@@ -61,6 +68,7 @@ def describe(paths, crops=None, workers: int = 8) -> np.ndarray:
     with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while it decodes
         for path, hists in zip(rows_of, ex.map(one, rows_of)):
             out[rows_of[path]] = hists
+    out.setflags(write=False)  # shared by later calls
     return out
 
 
@@ -133,13 +141,16 @@ def choose(probs, y, neighbours, grid_k=GRID_K, grid_w=GRID_W) -> tuple[Smoothin
 
 
 def fit_on_oof(probs, y, groups, desc, pool_rows: int) -> dict:
-    """Choose (k, w) on the crop OOF; return the choice and its honest OOF probabilities.
+    """Choose (k, w) on the crop OOF; return the choice, its honest OOF probabilities, the pools'
+    size, and the median similarity of a crop to its nearest crop and to the nearest crop of
+    another painting (what ``sibling_check`` compares a test set with).
 
     Honest: the pools are split in two halves, each half's rows smoothed with the (k, w) chosen
     on the other half. The final choice is made on all rows, and is off when the honest score
-    does not beat the unsmoothed one."""
-    # two pools at least, for the two halves (then a pool is smaller than the test set: conservative)
-    pools = oof_pools(groups, min(pool_rows, len(groups) // 2))
+    does not beat the unsmoothed one, or when the OOF is too small for pools of at least half the
+    test set's size (sparser pools put more siblings among a crop's k nearest than the test
+    will, so the choice would overrate the smoothing)."""
+    pools = oof_pools(groups, min(pool_rows, len(groups) // 2))  # two pools at least, for the two halves
     neighbours, sim = pool_neighbours(desc, pools, max(GRID_K))
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
@@ -147,11 +158,19 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int) -> dict:
         s, _ = choose(probs[fit_rows], y[fit_rows], _local(neighbours, fit_rows))
         honest[score_rows] = s.apply(probs, neighbours)[score_rows]
     chosen, _ = choose(probs, y, neighbours)
-    if macro_f1(y, honest) < macro_f1(y, probs):  # it did not help out of sample: leave it off
+    pool_size = int(np.median([len(p) for p in pools]))
+    reason = None
+    if pool_size < pool_rows / 2:
+        reason = (f"the crop OOF has too few crops for pools of the test set's density ({pool_size:,} crops "
+                  f"a pool against {pool_rows:,} test crops), so its choice would overrate the smoothing")
+    elif macro_f1(y, honest) < macro_f1(y, probs):
+        reason = "it did not beat the method alone on the honest crop OOF"
+    if reason:
         chosen, honest = Smoothing(), np.array(probs, dtype=np.float64, copy=True)
     stranger = groups[neighbours] != groups[:, None]  # the nearest crop of another painting
-    return {"smoothing": chosen, "honest_oof": honest, "nearest_similarity": sim[:, 0],
-            "stranger_similarity": sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]}
+    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason,
+            "oof_sibling": float(np.median(sim[:, 0])),
+            "oof_stranger": float(np.median(sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]))}
 
 
 def _local(neighbours: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -161,19 +180,18 @@ def _local(neighbours: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return pos[neighbours[rows]]
 
 
-def sibling_check(oof_sibling: np.ndarray, oof_stranger: np.ndarray, test_nearest: np.ndarray) -> str | None:
+def sibling_check(oof_sibling: float, oof_stranger: float, test_nearest: np.ndarray) -> str | None:
     """A warning when the test crops' nearest look-alikes are no closer than the OOF's nearest
     crops of *other* paintings: then the test set likely holds one crop per painting, and the
     choice made on the OOF (where every crop has siblings) would overrate the smoothing.
 
-    Each argument is a per-crop similarity: to the nearest crop in the OOF pools, to the nearest
-    crop of another painting there, and to the nearest other test crop."""
-    sib, stranger, test = (float(np.median(a)) for a in (oof_sibling, oof_stranger, test_nearest))
-    if test < (sib + stranger) / 2:
+    ``oof_sibling``, ``oof_stranger``: ``fit_on_oof``'s medians; ``test_nearest``: each test
+    crop's similarity to its nearest other test crop."""
+    test = float(np.median(test_nearest))
+    if test < (oof_sibling + oof_stranger) / 2:
         return (f"the test crops look less alike than the crop OOF's (median similarity to the nearest crop "
-                f"{test:.2f}; in the OOF {sib:.2f}, and {stranger:.2f} to another painting's crop): the test set "
-                "may not hold "
-                "several crops per painting, which the smoothing assumes, so it is off.")
+                f"{test:.2f}; in the OOF {oof_sibling:.2f}, and {oof_stranger:.2f} to another painting's crop): "
+                "the test set may not hold several crops per painting, which the smoothing assumes, so it is off.")
     return None
 
 
@@ -195,12 +213,12 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
                                                     (-1, n, 4))))
     oof_desc = describe([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)], workers)
     fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids))
-    saved = {"k": fit["smoothing"].k, "w": fit["smoothing"].w,
-             "oof_sibling": float(np.median(fit["nearest_similarity"])),
-             "oof_stranger": float(np.median(fit["stranger_similarity"]))}
+    saved = {"k": fit["smoothing"].k, "w": fit["smoothing"].w, "oof_sibling": fit["oof_sibling"],
+             "oof_stranger": fit["oof_stranger"]}
     test, notes = smooth_test([test_path[i] for i in test_ids], test_probs, saved, workers)
-    notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {len(test_ids):,} crops): "
-                    f"{fit['smoothing'].describe()}")
+    notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {fit['pool_size']:,} crops; the test "
+                    f"set has {len(test_ids):,}): {fit['smoothing'].describe()}"
+                    + (f": {fit['reason']}" if fit["reason"] else ""))
     return {"smoothing": fit["smoothing"] if test is not test_probs else Smoothing(), "saved": saved,
             "chosen_on_oof": fit["smoothing"],
             "honest_oof": fit["honest_oof"], "test": test, "notes": notes}
@@ -213,7 +231,7 @@ def smooth_test(paths, probs, saved: dict | None, workers: int = 8) -> tuple[np.
     if not s.on or len(probs) < 2:
         return probs, []
     idx, sim = nearest(describe(paths, workers=workers), s.k)
-    warning = sibling_check(np.array([saved["oof_sibling"]]), np.array([saved["oof_stranger"]]), sim[:, 0])
+    warning = sibling_check(saved["oof_sibling"], saved["oof_stranger"], sim[:, 0])
     if warning:
         return probs, [warning]
     return s.apply(probs, idx), []

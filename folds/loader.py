@@ -84,8 +84,8 @@ class KeptBatches:
     eval transform, so every pass gives the same uint8 batches. Decoding them again was 30% of
     the loader's work per epoch (WikiArt-50, lite2: benchmarks/RESULTS.md), which
     counts wherever the loader workers set the pace. The loader (and its workers) is dropped
-    after the first pass. A set larger than ``max_bytes`` (``keep_limit()``; estimated from the
-    first batch) keeps streaming instead.
+    after the first pass. A set larger than ``max_bytes`` (``keep_limit()``; estimated from each
+    batch's size times the batch count) keeps streaming instead.
     """
 
     def __init__(self, loader, max_bytes: int | None = None):

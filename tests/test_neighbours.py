@@ -87,12 +87,25 @@ def test_the_oof_score_is_honest_each_half_uses_the_choice_of_the_other(tmp_path
     assert fit["honest_oof"].shape == probs.shape
 
 
+def test_an_oof_too_small_for_the_test_sets_density_leaves_it_off():
+    rng = np.random.default_rng(0)
+    painting = np.repeat(np.arange(300), 5)
+    painter = painting % 6
+    probs = noisy_crop_probs(painting, painter, 6, rng)
+    desc = np.eye(300)[painting] + rng.normal(0, 0.05, (len(painting), 300))  # siblings alike, others not
+    matched = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 2)
+    assert matched["smoothing"].on and matched["reason"] is None
+    sparse = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=4 * len(painting))  # a test 4x the OOF
+    assert not sparse["smoothing"].on and "density" in sparse["reason"]
+    assert np.array_equal(sparse["honest_oof"], probs)
+
+
 def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tmp_path):
     paths, boxes, painting, painter = painted_crops(tmp_path, crops=4)
     desc = nb.describe(paths, boxes, workers=2)
     fit = nb.fit_on_oof(np.eye(len(PAINTERS))[painter], painter, painting, desc, pool_rows=len(painting))
-    sibling, stranger = fit["nearest_similarity"], fit["stranger_similarity"]
-    assert np.median(sibling) > np.median(stranger)
+    sibling, stranger = fit["oof_sibling"], fit["oof_stranger"]
+    assert sibling > stranger
     one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])  # the first crop of each painting
     _, single = nb.nearest(desc[one_each], 1)
     _, several = nb.nearest(desc[: len(desc) // 2], 1)  # half the paintings, all their crops
@@ -124,8 +137,7 @@ def test_a_saved_choice_smooths_a_new_test_set_of_sibling_crops_and_not_one_of_s
     paths, boxes, painting, painter = painted_crops(tmp_path, crops=4)
     desc = nb.describe(paths, boxes, workers=2)
     fit = nb.fit_on_oof(np.eye(len(PAINTERS))[painter], painter, painting, desc, pool_rows=len(painting))
-    saved = {"k": 3, "w": 0.5, "oof_sibling": float(np.median(fit["nearest_similarity"])),
-             "oof_stranger": float(np.median(fit["stranger_similarity"]))}
+    saved = {"k": 3, "w": 0.5, "oof_sibling": fit["oof_sibling"], "oof_stranger": fit["oof_stranger"]}
     crops = tmp_path / "crops"
     crops.mkdir()
     files = []
