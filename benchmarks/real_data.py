@@ -27,7 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ensemble.blend import full_proba, make_blend, members_to_X  # noqa: E402
 from ensemble.build import build, compare  # noqa: E402
+from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import layout  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
@@ -134,18 +136,22 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     y = runs[0].oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
     with_full = with_full and all(r.full_test is not None for r in runs)
-    rows, _ = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
-                      with_full=with_full)
+    rows, oofs = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
+                         with_full=with_full)
     best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
-    if not best["method"].startswith("run "):  # the best method with neighbour smoothing, as the build adds it
+    if best["method"] in oofs:  # a method, not one run alone: the same with neighbour smoothing, as build adds it
         method, _, offsets = best["method"].partition("+")
-        sub = build(run_dirs, method=method, offsets=bool(offsets), with_full=with_full, report=False,
-                    neighbours="auto",
-                    out=Path(run_dirs[0]).parent.parent / "submissions" / f"c_{best['method']}+neighbours.csv")
-        if sub.get("neighbours_on_oof", "off") != "off":  # its honest crop-OOF, also when the test turned it off
-            rows.append({"method": f"{best['method']}+neighbours", "f1": sub["neighbours_crop_oof_f1"],
-                         "acc": float("nan"), "test_f1": sub["test_f1"],
-                         "note": f"on the OOF: {sub['neighbours_on_oof']}; on the test: {sub['neighbours']}"})
+        blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
+        test = full_proba(blend.fit(members_to_X([r.oof_probs for r in runs]), y),
+                          members_to_X([r.test_probs(with_full) for r in runs]), len(classes))
+        smooth = for_runs(data_dir, runs[0].oof, oofs[best["method"]], y, runs[0].test_ids, test)
+        if smooth["chosen_on_oof"].on:  # its honest crop-OOF, also when the test set turned it off
+            honest = smooth["honest_oof"]
+            rows.append({"method": f"{best['method']}+neighbours", "f1": macro_f1(y, honest),
+                         "acc": float((honest.argmax(1) == y).mean()),
+                         "test_f1": macro_f1(truth, smooth["test"]) if truth is not None else float("nan"),
+                         "note": f"on the OOF: {smooth['chosen_on_oof'].describe()}; "
+                                 f"on the test: {smooth['smoothing'].describe()}"})
             best = max(rows, key=lambda r: r["f1"])
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
