@@ -25,6 +25,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, write_csv  # noqa: E402
+from common.cli import entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
@@ -202,16 +203,13 @@ def format_table(table: list[dict], chosen: str) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    try:
-        result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
-                       offsets=args.offsets, with_full=args.with_full, sample=args.sample,
-                       inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    log_to_stdout()
+    result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
+                   offsets=args.offsets, with_full=args.with_full, sample=args.sample,
+                   inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours)
     print(format_table(result["table"], result["chosen"]))
     for n in result["notes"]:
         print(f"note: {n}")

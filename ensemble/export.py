@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, layout, write_json, write_text  # noqa: E402
+from common.cli import entry_point, log_to_stdout  # noqa: E402
 from ensemble.blend import make_blend, votes  # noqa: E402
 from ensemble.saved_blend import load_blend, save_blend  # noqa: E402
 
@@ -125,14 +126,11 @@ def export(args) -> dict:
     return {"out": out, "runs": names, "wheels": wheels}
 
 
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    try:
-        result = export(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    log_to_stdout()
+    result = export(args)
     print(f"exported {', '.join(result['runs'])} to {result['out']}"
           + (f" with wheels {', '.join(result['wheels'])}" if result["wheels"] else " (no wheels)"))
     print(f"next, offline: python {result['out']}/code/ensemble/predict.py {result['out']} --data-dir NEW "

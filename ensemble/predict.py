@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
+from common.cli import entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
@@ -126,14 +127,11 @@ def predict(args) -> dict:
     return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test), "notes": notes}
 
 
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    try:
-        result = predict(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    log_to_stdout()
+    result = predict(args)
     for n in result["notes"]:
         print(f"note: {n}")
     print(f"predicted {result['images']:,} images with {', '.join(result['runs'])} ({result['method']}); "

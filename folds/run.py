@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from common import UserError  # noqa: E402
+from common.cli import entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 
@@ -142,11 +143,11 @@ def run_on_ray(args, cfg) -> int:
     return 0
 
 
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --procs-per-gpu hands it to its processes
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stdout, force=True)
+    log_to_stdout(logging.WARNING if args.quiet else logging.INFO)
     try:
         legacy_folds(args, logging.getLogger("folds.run"), "k")
         cfg = resolve_config(cli_overrides(args), args.preset, args.config, args.params)
@@ -178,9 +179,6 @@ def main(argv=None) -> int:
         if result["complete"]:
             print(finish_run(runner, result))
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished folds are kept; continue with --resume.", file=sys.stderr)
         return 130

@@ -108,3 +108,17 @@ def test_help_defaults_come_from_the_config(capsys):
     text = " ".join(build_parser().format_help().split())
     assert "maximum epochs per fold (default: 30; 12 with the demo preset)" in text
     assert "(default: efficientnet_b3; resnet10t with the demo preset)" in text
+
+
+def test_every_entry_point_ends_a_user_error_the_one_way(capsys):
+    # "error: <message>" on stderr and exit 2 is stated once, in common.cli.entry_point
+    assert not [p.relative_to(ROOT) for p in SOURCES if p.name != "cli.py"
+                and re.search(r"except UserError as \w+:\s*\n\s*print\(f\"error:", p.read_text())]
+    from common.cli import entry_point
+
+    @entry_point
+    def main():
+        raise UserError("train.csv: no such file.")
+
+    assert main() == 2
+    assert capsys.readouterr().err == "error: train.csv: no such file.\n"

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError  # noqa: E402
+from common.cli import entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 from tuning.study import PRUNERS  # noqa: E402
@@ -170,19 +171,15 @@ def run(args) -> int:
     return 0
 
 
+@entry_point
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the workers get the same options
-    logging.basicConfig(level=logging.INFO if args.worker_index is None else logging.WARNING,
-                        format="%(message)s", stream=sys.stdout, force=True)
+    log_to_stdout(logging.INFO if args.worker_index is None else logging.WARNING)
     import optuna
     optuna.logging.set_verbosity(optuna.logging.INFO)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 if __name__ == "__main__":
