@@ -32,7 +32,7 @@ from ensemble.build import build, compare  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import layout  # noqa: E402
-from common.metrics import macro_f1  # noqa: E402
+from common.metrics import macro_f1, mean_single_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
 from folds.run import start_side_by_side, wait_for  # noqa: E402
@@ -57,12 +57,12 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
     run = load_run(runner.run_dir, "crops" if cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
-    single = [macro_f1(truth, p) for p in run.fold_test.values()]
+    single = mean_single_f1(truth, run.fold_test.values())
     return {"name": name, "preset": preset, "model": cfg.model, "weights": cfg.weights, "epochs": cfg.epochs,
             "oof_f1": res["oof"]["f1"],
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1_without_neighbours"],
-            "single_fold_test_f1": round(float(sum(single) / len(single)), 4),
-            "fold_mean_gain": round(sub["test_f1_without_neighbours"] - float(sum(single) / len(single)), 4),
+            "single_fold_test_f1": round(single, 4),
+            "fold_mean_gain": round(sub["test_f1_without_neighbours"] - single, 4),
             # the fold mean with neighbour smoothing (ensemble/neighbours.py, build.py --neighbours auto)
             "neighbours": sub["neighbours"], "neighbours_on_oof": sub.get("neighbours_on_oof"),
             "neighbours_crop_oof_f1": sub.get("neighbours_crop_oof_f1"), "neighbours_test_f1": sub["test_f1"],

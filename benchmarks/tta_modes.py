@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common import layout  # noqa: E402
-from common.metrics import macro_f1  # noqa: E402
+from common.metrics import macro_f1, mean_single_f1  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from ensemble.tta import TTA_MODES  # noqa: E402
@@ -53,8 +53,7 @@ def score_modes(run: Path, modes, device: str = "auto", workers: int | None = No
                "crop_oof_f1": round(macro_f1(np.concatenate(labels), np.concatenate(probs)), 4),
                "trained_with": cfg.tta}
         if tests:
-            single = [macro_f1(truth, t) for t in tests]  # what one fold model scores
-            row.update(single_fold_test_f1=round(sum(single) / len(single), 4),
+            row.update(single_fold_test_f1=round(mean_single_f1(truth, tests), 4),
                        fold_mean_test_f1=round(macro_f1(truth, merge(np.stack(tests), "mean")), 4))
         rows.append(row)
     best = max(rows, key=lambda r: r["crop_oof_f1"])
