@@ -109,13 +109,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     size = dcfg["input_size"][-1]
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     cache = image_cache(cfg, size)
-    paths = list(ds.train["path"].iloc[train_idx])
-    targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra[1], ds.num_classes,
-                            cfg.label_smoothing)
-    if extra is not None:
-        paths += list(extra[0])
-    transform = train_transform(size, dcfg["mean"], dcfg["std"], cfg.crop, seed=seed, affine=cfg.affine)
-    train_ds = ImageDataset(paths, targets, transform, cache=cache)
+    train_ds = training_images(cfg, ds, train_idx, extra, dcfg, seed, cache)
     optimizer = build_optimizer(cfg, model)
     n_epochs = epochs or cfg.epochs
     scheduler = build_scheduler(cfg, optimizer, n_epochs)
@@ -166,8 +160,25 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             on_epoch(epoch, row)
     if stopper.best_epoch < 1:
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
-    best_row = history[stopper.best_epoch - 1]
-    return {"best_epoch": stopper.best_epoch, "monitor": monitor, "best_score": best_row[F1_COLUMN[monitor]],
-            "best_f1": best_row["val_f1"], "best_crop_f1": best_row["val_crop_f1"], "best_loss": best_row["val_loss"],
-            "best_acc": best_row["val_acc"], "epochs_run": len(history), "seconds": seconds,
+    return {**best_scores(history, stopper.best_epoch, monitor), "epochs_run": len(history), "seconds": seconds,
             "img_size": size, "data_config": dcfg, "device": prec.describe()}
+
+
+def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, seed: int, cache) -> ImageDataset:
+    """The fold's training paintings, plus ``extra`` (pseudo-labelled test images), with the train transform."""
+    paths = list(ds.train["path"].iloc[train_idx])
+    targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra[1], ds.num_classes,
+                            cfg.label_smoothing)
+    if extra is not None:
+        paths += list(extra[0])
+    transform = train_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"], cfg.crop, seed=seed,
+                                affine=cfg.affine)
+    return ImageDataset(paths, targets, transform, cache=cache)
+
+
+def best_scores(history: list, best_epoch: int, monitor: str) -> dict:
+    """The scores of the epoch whose weights were kept (best.pt)."""
+    row = history[best_epoch - 1]
+    return {"best_epoch": best_epoch, "monitor": monitor, "best_score": row[F1_COLUMN[monitor]],
+            "best_f1": row["val_f1"], "best_crop_f1": row["val_crop_f1"], "best_loss": row["val_loss"],
+            "best_acc": row["val_acc"]}
