@@ -54,10 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
-    p.add_argument("--neighbours", default="off", choices=("auto", "off"), help="auto: mix each test crop's "
-                   "probabilities with those of its look-alike crops (several crops of one painting), with k and "
-                   "the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py). "
-                   "Default off: a candidate until GPU runs on the full data choose it by crop-OOF")
+    p.add_argument("--neighbours", default="auto", choices=("auto", "off"), help="auto (default): mix each test "
+                   "crop's probabilities with those of its look-alike crops (several crops of one painting), with k "
+                   "and the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py)")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p
@@ -107,7 +106,7 @@ def check_out_path(out: Path) -> None:
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
           offsets: bool = False, with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True, neighbours: str = "off") -> dict:
+          report: bool = True, neighbours: str = "auto") -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
@@ -145,10 +144,15 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     truth = answer_key(data_dir, first.test_ids, classes)
     plain_test_f1 = None if truth is None else macro_f1(truth, test)
     smoothing, smoothing_oof = None, {}
+    smooth = None
     if neighbours == "auto" and oof != "crops":
         notes.append("neighbour smoothing is chosen on the crop OOF; with --oof whole it is off.")
-    if neighbours == "auto" and oof == "crops":
-        smooth = for_runs(data_dir, first.oof, final_oof, y, first.test_ids, test)
+    elif neighbours == "auto":
+        try:  # it reads the train paintings and test images; without them the build goes on, unsmoothed
+            smooth = for_runs(data_dir, first.oof, final_oof, y, first.test_ids, test)
+        except UserError as e:
+            notes.append(f"neighbour smoothing is off: it needs the run's images ({e})")
+    if smooth is not None:
         notes.extend(smooth["notes"])
         smoothing = smooth["smoothing"]
         # what the crop OOF chose and its honest score, also when the test set turned it off

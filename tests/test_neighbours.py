@@ -113,15 +113,15 @@ def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tm
     assert "several crops per painting" in nb.sibling_check(sibling, stranger, single[:, 0])
 
 
-def test_the_build_applies_it_on_the_demo_when_asked_and_off_leaves_the_soft_vote(demo_source, tmp_path, capsys):
+def test_the_build_applies_it_on_the_demo_by_default_and_off_leaves_the_soft_vote(demo_source, tmp_path, capsys):
     from ensemble.build import build
     from folds.run import main as run_main
     from conftest import tiny_args
 
     assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "nb", "--epochs": 2})) == 0
     run = tmp_path / "runs" / "nb"
-    off = build([run], out=tmp_path / "off.csv", report=False)  # the default
-    auto = build([run], out=tmp_path / "auto.csv", report=False, neighbours="auto")
+    off = build([run], out=tmp_path / "off.csv", report=False, neighbours="off")
+    auto = build([run], out=tmp_path / "auto.csv", report=False)  # the default
     assert off["chosen"] == "mean" and not any("neighbour" in n for n in off["notes"])
     assert any(n.startswith("neighbour smoothing chosen on the crop OOF") for n in auto["notes"])
     sub_off, sub_auto = (pd.read_csv(tmp_path / f"{n}.csv", dtype=str) for n in ("off", "auto"))

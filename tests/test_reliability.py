@@ -311,3 +311,5 @@ def test_learned_blends_over_noise_score_at_chance_in_the_inner_cv(method, tmp_p
     row = [line for line in printed.splitlines() if "(chosen)" in line][0]
     f1 = float(row.split(")")[1].split()[0])
     assert "inner CV" in row and f1 < 0.42, printed  # chance is about 1/3 for 3 balanced classes
+    # these runs' data folder has no train.csv or images: the default smoothing is off, and says why
+    assert "neighbour smoothing is off: it needs the run's images" in printed
