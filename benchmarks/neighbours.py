@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     g.add_argument("--probe-size", type=int, default=160, help="input side of the frozen features (default: 160)")
     g.add_argument("--probe-c", type=float, default=0.1, help="the logistic regression's C (fixed, not tuned)")
     g.add_argument("--features", help="an .npz to keep the features in (read back when it matches)")
+    g.add_argument("--descriptors", action="store_true", help="also the smoothing with the probe's frozen features "
+                   "as the descriptor, alone and beside the colour histogram")
     a = p.parse_args(argv)
     if a.probe:
         print(json.dumps(probe(a)))
@@ -100,26 +102,30 @@ def frozen_features(paths, crops, model_spec: str, size: int, workers: int) -> n
 
 
 def probe(a) -> dict:
+    """The linear probe's crop OOF and test probabilities, then ``for_runs``, as a build calls it."""
+    import pandas as pd
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from common.metrics import macro_f1, mean_single_f1
     from ensemble.merge import merge
+    from ensemble.submission import answer_key
     from folds.split import make_folds
 
     ds = load_dataset(a.data_dir, check_images=False)
-    if ds.test_labels is None:
+    y_test = answer_key(a.data_dir, ds.test["id"], ds.classes)  # reported only
+    if y_test is None:
         raise SystemExit(f"{a.data_dir}: --probe scores the test crops and needs test_labels.csv")
     n = a.crops
-    ids, paths = ds.train["id"].to_numpy(), ds.train["path"].to_numpy()
-    oof_paths, boxes = np.repeat(paths, n), crop_boxes(ids, n, CROP_OOF_SEED)
+    ids = ds.train["id"].to_numpy()
+    oof_paths, boxes = np.repeat(ds.train["path"].to_numpy(), n), crop_boxes(ids, n, CROP_OOF_SEED)
     test_paths = ds.test["path"].to_numpy()
     key = f"{a.probe_model}@{a.probe_size}:{len(oof_paths)}:{len(test_paths)}"
     t = time.time()
     if a.features and Path(a.features).is_file() and str(np.load(a.features)["key"]) == key:
-        saved = np.load(a.features)
-        oof_x, test_x = saved["oof"], saved["test"]
+        kept = np.load(a.features)
+        oof_x, test_x = kept["oof"], kept["test"]
     else:
         oof_x = frozen_features(oof_paths, boxes, a.probe_model, a.probe_size, a.workers)
         test_x = frozen_features(test_paths, None, a.probe_model, a.probe_size, a.workers)
@@ -136,24 +142,49 @@ def probe(a) -> dict:
         clf.fit(oof_x[fit], y[fit])
         oof[~fit] = clf.predict_proba(oof_x[~fit])
         test_each.append(clf.predict_proba(test_x))
-    y_test = ds.test_labels.set_index("id").loc[ds.test["id"], "artist"].map(
-        {c: i for i, c in enumerate(ds.classes)}).to_numpy()
-    chosen = nb.fit_on_oof(oof, y, np.repeat(ids, n), nb.describe(oof_paths, boxes, a.workers),
-                           pool_rows=len(test_paths))
-    saved = {"k": chosen["smoothing"].k, "w": chosen["smoothing"].w, "oof_sibling": chosen["oof_sibling"],
-             "oof_stranger": chosen["oof_stranger"]}
     fold_mean = merge(np.stack(test_each), "mean")
-    smoothed, notes = nb.smooth_test(test_paths, fold_mean, saved, a.workers)
-    single_smoothed = [nb.smooth_test(test_paths, p, saved, a.workers)[0] for p in test_each]
+    oof_rows = pd.DataFrame({"id": np.repeat(ids, n), "crop": np.tile(np.arange(n), len(ids))})
+    smooth = nb.for_runs(a.data_dir, oof_rows, oof, y, ds.test["id"].to_numpy(), fold_mean, a.workers)
+    single_smoothed = [nb.smooth_test(test_paths, p, smooth["saved"], a.workers)[0] for p in test_each]
     r = lambda v: round(float(v), 4)  # noqa: E731
-    return {"probe": f"{a.probe_model} @{a.probe_size}, logistic C={a.probe_c}", "feature_s": round(feature_s, 1),
-            "oof_crops": len(y), "pool_size": chosen["pool_size"], "chosen": chosen["smoothing"].describe(),
-            "reason_off": chosen["reason"], "notes": notes,
-            "crop_oof_f1": r(macro_f1(y, oof)), "crop_oof_f1_smoothed_honest": r(macro_f1(y, chosen["honest_oof"])),
-            "single_fold_test_f1": r(mean_single_f1(y_test, test_each)),
-            "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
-            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
-            "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smoothed))}
+    row = {"probe": f"{a.probe_model} @{a.probe_size}, logistic C={a.probe_c}", "feature_s": round(feature_s, 1),
+           "oof_crops": len(y), "chosen": smooth["chosen_on_oof"].describe(), "notes": smooth["notes"],
+           "crop_oof_f1": r(macro_f1(y, oof)), "crop_oof_f1_smoothed_honest": r(macro_f1(y, smooth["honest_oof"])),
+           "single_fold_test_f1": r(mean_single_f1(y_test, test_each)),
+           "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
+           "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
+           "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"]))}
+    if a.descriptors:
+        row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.describe(oof_paths, boxes, a.workers),
+                                             oof_x, nb.describe(test_paths, workers=a.workers), test_x, fold_mean,
+                                             y_test)
+    return row
+
+
+def descriptor_rows(oof, y, groups, hsv, features, hsv_test, features_test, fold_mean, y_test) -> list[dict]:
+    """The smoothing with other descriptors of the same crops: the shipped colour histogram, the
+    probe's frozen features, and both (each centred and of unit length), each chosen on the crop OOF
+    as ``fit_on_oof`` chooses. Sibling precision at 4 is measured in the OOF pools of the test's size."""
+    from common.metrics import macro_f1
+
+    def unit(d):
+        d = d - d.mean(0)
+        return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+
+    pool_rows = len(fold_mean)
+    rows = []
+    for name, (d, d_test) in {"hsv": (hsv, hsv_test), "features": (features, features_test),
+                              "hsv+features": (np.hstack([unit(hsv), unit(features)]),
+                                               np.hstack([unit(hsv_test), unit(features_test)]))}.items():
+        fit = nb.fit_on_oof(oof, y, groups, d, pool_rows)
+        near, _ = nb.pool_neighbours(d, nb.oof_pools(groups, min(pool_rows, len(groups) // 2)), 4)
+        test_near, _ = nb.nearest(d_test, max(nb.GRID_K))
+        rows.append({"descriptor": name, "sibling_at_4": round(float((groups[near] == groups[:, None]).mean()), 3),
+                     "chosen": fit["smoothing"].describe(),
+                     "crop_oof_f1_smoothed_honest": round(macro_f1(y, fit["honest_oof"]), 4),
+                     "fold_mean_test_f1_smoothed": round(macro_f1(y_test, fit["smoothing"].apply(fold_mean, test_near)),
+                                                         4)})
+    return rows
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ensemble.blend import full_proba, make_blend, members_to_X  # noqa: E402
-from ensemble.build import build, compare  # noqa: E402
-from ensemble.neighbours import for_runs  # noqa: E402
+from ensemble.blend import make_blend  # noqa: E402
+from ensemble.build import blend_test, build, compare, neighbour_smoothing  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import layout  # noqa: E402
 from common.metrics import macro_f1, mean_single_f1  # noqa: E402
@@ -52,8 +51,7 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     cfg, name = runner.cfg, runner.cfg.name
     res = runner.run(runner.planned_folds)
     sub = build([runner.run_dir], method="mean", oof="crops" if cfg.crop_oof else "whole", report=False,
-                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv",  # the fold mean, as users get it
-                neighbours="auto")  # its test F1 without the smoothing too: test_f1_without_neighbours
+                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
     run = load_run(runner.run_dir, "crops" if cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
@@ -141,11 +139,10 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
     if best["method"] in oofs:  # a method, not one run alone: the same with neighbour smoothing, as build adds it
         method, _, offsets = best["method"].partition("+")
-        blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
-        test = full_proba(blend.fit(members_to_X([r.oof_probs for r in runs]), y),
-                          members_to_X([r.test_probs(with_full) for r in runs]), len(classes))
-        smooth = for_runs(data_dir, runs[0].oof, oofs[best["method"]], y, runs[0].test_ids, test)
-        if smooth["chosen_on_oof"].on:  # its honest crop-OOF, also when the test set turned it off
+        test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, with_full)
+        smooth, _ = neighbour_smoothing("auto", "crops", data_dir, runs[0], oofs[best["method"]], y, test)
+        # its honest crop-OOF, also when the test set turned it off
+        if smooth is not None and smooth["chosen_on_oof"].on:
             honest = smooth["honest_oof"]
             rows.append({"method": f"{best['method']}+neighbours", "f1": macro_f1(y, honest),
                          "acc": float((honest.argmax(1) == y).mean()),

@@ -91,6 +91,27 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
     return rows, oofs
 
 
+def blend_test(blend, runs, y, with_full: bool = False) -> np.ndarray:
+    """The blend fit on all the runs' OOF rows, then applied to their test probabilities."""
+    blend.fit(members_to_X([r.oof_probs for r in runs]), y)
+    return full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(runs[0].classes))
+
+
+def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, test) -> tuple[dict | None, list[str]]:
+    """``for_runs`` on a method's honest crop-OOF ``probs`` and its ``test`` probabilities, with its
+    notes; None when it cannot start: --neighbours off, a whole-painting OOF, or the run's images
+    are not at hand (run folders copied without their data: the build goes on, unsmoothed)."""
+    if neighbours != "auto":
+        return None, []
+    if oof != "crops":
+        return None, ["neighbour smoothing is chosen on the crop OOF; with --oof whole it is off."]
+    try:
+        smooth = for_runs(data_dir, first.oof, probs, y, first.test_ids, test)
+    except UserError as e:
+        return None, [f"neighbour smoothing is off: it needs the run's images ({e})"]
+    return smooth, smooth["notes"]
+
+
 def check_out_path(out: Path) -> None:
     """Fail before any work when the submission cannot be written where asked."""
     for parent in [out.parent, *out.parent.parents]:
@@ -123,7 +144,6 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
     groups = first.oof["id"].to_numpy()
-    X = members_to_X([r.oof_probs for r in runs])
     notes = []
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
@@ -131,7 +151,6 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
                           offsets_for=(method,) if offsets else (), inner_folds=inner_folds)
     final_oof = oofs[chosen]
-    blend.fit(X, y)
     if with_full:
         missing = [r.name for r in runs if r.full_test is None]
         if missing:
@@ -139,21 +158,14 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                             "`python folds/run.py --name NAME --fold full` (same options as the run).")
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
-    test = full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(classes))
+    test = blend_test(blend, runs, y, with_full)
     data_dir = Path(first.config["data_dir"])
     truth = answer_key(data_dir, first.test_ids, classes)
     plain_test_f1 = None if truth is None else macro_f1(truth, test)
     smoothing, smoothing_oof = None, {}
-    smooth = None
-    if neighbours == "auto" and oof != "crops":
-        notes.append("neighbour smoothing is chosen on the crop OOF; with --oof whole it is off.")
-    elif neighbours == "auto":
-        try:  # it reads the train paintings and test images; without them the build goes on, unsmoothed
-            smooth = for_runs(data_dir, first.oof, final_oof, y, first.test_ids, test)
-        except UserError as e:
-            notes.append(f"neighbour smoothing is off: it needs the run's images ({e})")
+    smooth, smooth_notes = neighbour_smoothing(neighbours, oof, data_dir, first, final_oof, y, test)
+    notes.extend(smooth_notes)
     if smooth is not None:
-        notes.extend(smooth["notes"])
         smoothing = smooth["smoothing"]
         # what the crop OOF chose and its honest score, also when the test set turned it off
         smoothing_oof = {"neighbours_on_oof": smooth["chosen_on_oof"].describe(),

@@ -166,13 +166,15 @@ def test_the_sibling_benchmark_runs_on_the_demo(demo_source, capsys):
 
 def test_the_probe_chooses_on_its_crop_oof_and_reads_its_features_back(demo_source, tmp_path, capsys):
     from benchmarks.neighbours import main
-    args = [str(demo_source), "--probe", "--probe-model", "resnet10t:none", "--probe-size", "32", "--crops", "2",
-            "--workers", "0", "--features", str(tmp_path / "f.npz")]
+    args = [str(demo_source), "--probe", "--descriptors", "--probe-model", "resnet10t:none", "--probe-size", "32",
+            "--crops", "2", "--workers", "0", "--features", str(tmp_path / "f.npz")]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["oof_crops"] == 2 * len(pd.read_csv(demo_source / "train.csv"))
     assert 0 < first["crop_oof_f1"] <= 1 and 0 < first["fold_mean_test_f1"] <= 1
     assert first["chosen"] == "off" or first["crop_oof_f1_smoothed_honest"] > first["crop_oof_f1"]
+    assert [d["descriptor"] for d in first["descriptors"]] == ["hsv", "features", "hsv+features"]
+    assert first["descriptors"][0]["chosen"] == first["chosen"]  # the shipped descriptor, as the build chose
     assert main(args) == 0  # the kept features: the same figures
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in second.items() if k != "feature_s"} == {k: v for k, v in first.items() if k != "feature_s"}
