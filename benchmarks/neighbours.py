@@ -57,24 +57,47 @@ def main(argv=None) -> int:
     ds = load_dataset(a.data_dir, check_images=False)
     pick = ds.train.iloc[np.random.default_rng(0).permutation(len(ds.train))[:a.paintings]]
     t = time.time()
-    desc = nb.describe(np.repeat(pick["path"].to_numpy(), a.crops),
-                       crop_boxes(pick["id"], a.crops, CROP_OOF_SEED), a.workers)
+    desc, kept = nb.look(np.repeat(pick["path"].to_numpy(), a.crops),
+                         crop_boxes(pick["id"], a.crops, CROP_OOF_SEED), a.workers)
     seconds = time.time() - t
     painting = np.repeat(np.arange(len(pick)), a.crops)
     artist = np.repeat(pick["label"].to_numpy(), a.crops)
-    idx, sim = nb.nearest(desc, 4)
-    row = {"pool_crops": len(desc), "sibling_at_4": round(float((painting[idx] == painting[:, None]).mean()), 3),
-           "same_artist_at_4": round(float((artist[idx] == artist[:, None]).mean()), 3),
+    idx, sim = nb.nearest(desc, nb.sib.CANDIDATES)
+    row = {"pool_crops": len(desc), "sibling_at_4": round(float((painting[idx[:, :4]] == painting[:, None]).mean()), 3),
+           "same_artist_at_4": round(float((artist[idx[:, :4]] == artist[:, None]).mean()), 3),
            "median_nearest_similarity": round(float(np.median(sim[:, 0])), 3),
            "crops_per_s": round(len(desc) / seconds, 1)}
-    if ds.test_labels is not None:
+    t = time.time()
+    looks = nb.Looks.of(idx, kept)
+    row["overlap_pairs_per_s"] = round(len(looks.pairs) / (time.time() - t), 1)
+    sibling = painting[looks.pairs[:, 0]] == painting[looks.pairs[:, 1]]
+    for threshold in nb.sib.THRESHOLDS:  # a link's chance of joining siblings; the crops that found one
+        group = looks.group(threshold)
+        row[f"overlap_{threshold}_precision"] = round(float(sibling[looks.overlap > threshold].mean()), 3)
+        row[f"overlap_{threshold}_found"] = round(float((np.bincount(group)[group] > 1).mean()), 3)
+        row[f"overlap_{threshold}_groups_one_artist"] = one_label_share(group, artist)
+    if ds.test_labels is not None:  # the test crops' paintings are not known: their artists are
         labels = ds.test_labels.set_index("id").loc[ds.test["id"], "artist"].to_numpy()
-        idx, sim = nb.nearest(nb.describe(ds.test["path"], workers=a.workers), 4)
+        desc, kept = nb.look(ds.test["path"], workers=a.workers)
+        idx, sim = nb.nearest(desc, nb.sib.CANDIDATES)
         row.update(test_crops=len(labels),
-                   test_same_artist_at_4=round(float((labels[idx] == labels[:, None]).mean()), 3),
+                   test_same_artist_at_4=round(float((labels[idx[:, :4]] == labels[:, None]).mean()), 3),
                    test_median_nearest_similarity=round(float(np.median(sim[:, 0])), 3))
+        looks = nb.Looks.of(idx, kept)
+        for threshold in nb.sib.THRESHOLDS:
+            group = looks.group(threshold)
+            row[f"test_overlap_{threshold}_found"] = round(float((np.bincount(group)[group] > 1).mean()), 3)
+            row[f"test_overlap_{threshold}_groups_one_artist"] = one_label_share(group, labels)
     print(json.dumps(row))
     return 0
+
+
+def one_label_share(group: np.ndarray, label: np.ndarray) -> float:
+    """The share of groups of two or more crops whose crops all have one label."""
+    _, label = np.unique(label, return_inverse=True)
+    size = np.bincount(group)
+    labels_in = np.bincount(np.unique(np.stack([group, label], 1), axis=0)[:, 0], minlength=len(size))
+    return round(float((labels_in[size > 1] == 1).mean()), 3) if (size > 1).any() else float("nan")
 
 
 def frozen_features(paths, crops, model_spec: str, size: int, workers: int) -> np.ndarray:
@@ -155,35 +178,41 @@ def probe(a) -> dict:
            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
            "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"]))}
     if a.descriptors:
-        row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.describe(oof_paths, boxes, a.workers),
-                                             oof_x, nb.describe(test_paths, workers=a.workers), test_x, fold_mean,
+        row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.look(oof_paths, boxes, a.workers),
+                                             oof_x, nb.look(test_paths, workers=a.workers), test_x, fold_mean,
                                              y_test)
     return row
 
 
-def descriptor_rows(oof, y, groups, hsv, features, hsv_test, features_test, fold_mean, y_test) -> list[dict]:
-    """The smoothing with other descriptors of the same crops: the shipped colour histogram, the
-    probe's frozen features, and both (each centred and of unit length), each chosen on the crop OOF
-    as ``fit_on_oof`` chooses. Sibling precision at 4 is measured in the OOF pools of the test's size."""
+def descriptor_rows(oof, y, groups, oof_look, features, test_look, features_test, fold_mean, y_test) -> list[dict]:
+    """The smoothing with other ways of finding siblings, each chosen on the crop OOF as
+    ``fit_on_oof`` chooses: the shipped colour histogram with the overlap groups (what a build
+    does), the colour histogram alone, the probe's frozen features, and colour + features (each
+    centred and of unit length). Sibling precision at 4 (by the descriptor) is measured in the OOF
+    pools of the test's size."""
     from common.metrics import macro_f1
 
     def unit(d):
         d = d - d.mean(0)
         return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
 
+    (hsv, kept), (hsv_test, kept_test) = oof_look, test_look
     pool_rows = len(fold_mean)
     rows = []
-    for name, (d, d_test) in {"hsv": (hsv, hsv_test), "features": (features, features_test),
-                              "hsv+features": (np.hstack([unit(hsv), unit(features)]),
-                                               np.hstack([unit(hsv_test), unit(features_test)]))}.items():
-        fit = nb.fit_on_oof(oof, y, groups, d, pool_rows)
+    for name, (d, d_test, with_overlap) in {
+            "hsv+overlap": (hsv, hsv_test, True), "hsv": (hsv, hsv_test, False),
+            "features": (features, features_test, False),
+            "hsv+features": (np.hstack([unit(hsv), unit(features)]), np.hstack([unit(hsv_test), unit(features_test)]),
+                             False)}.items():
+        fit = nb.fit_on_oof(oof, y, groups, d, pool_rows, kept=kept if with_overlap else None)
         near, _ = nb.pool_neighbours(d, nb.oof_pools(groups, min(pool_rows, len(groups) // 2)), 4)
-        test_near, _ = nb.nearest(d_test, max(nb.GRID_K))
+        test_near, _ = nb.nearest(d_test, max(max(nb.GRID_K), nb.sib.CANDIDATES))
+        test_looks = nb.Looks.of(test_near, kept_test if with_overlap and fit["smoothing"].threshold else None)
         rows.append({"descriptor": name, "sibling_at_4": round(float((groups[near] == groups[:, None]).mean()), 3),
                      "chosen": fit["smoothing"].describe(),
                      "crop_oof_f1_smoothed_honest": round(macro_f1(y, fit["honest_oof"]), 4),
-                     "fold_mean_test_f1_smoothed": round(macro_f1(y_test, fit["smoothing"].apply(fold_mean, test_near)),
-                                                         4)})
+                     "fold_mean_test_f1_smoothed": round(
+                         macro_f1(y_test, fit["smoothing"].apply(fold_mean, test_looks)), 4)})
     return rows
 
 

@@ -1,15 +1,20 @@
-"""Neighbour smoothing: each test crop's probabilities mixed with those of its look-alike crops.
+"""Neighbour smoothing: each test crop's probabilities mixed with those of its sibling crops.
 
-Dacon's test set holds several half-size crops of every unseen painting (WikiArt-50: five). Crops
-of one painting share its palette, so a colour histogram finds a crop's siblings among the other
-test crops far better than chance (about 80% of the 4 nearest, 10 artists of WikiArt-50), and
-averaging their predictions is close to predicting the whole painting. Each crop becomes
+Dacon's test set holds several half-size crops of every unseen painting (WikiArt-50: five), and
+averaging the predictions of one painting's crops is close to predicting the whole painting.
+Two ways of finding a crop's siblings are offered, and the crop OOF chooses:
 
-    (1 - w) * p + w * mean(p of its k nearest crops)
+- its ``k`` nearest crops by colour: crops of one painting share its palette, so a colour
+  histogram finds them far better than chance (68% of the 4 nearest on WikiArt-50). Each crop
+  becomes ``(1 - w) * p + w * mean(p of its k nearest crops)``;
+- the crops it shares pixels with (``ensemble.siblings``): of the colour neighbours, those whose
+  overlap correlates above a threshold, joined into groups. Each crop becomes
+  ``(1 - w) * p + w * mean(p of the other crops of its group)``; a crop with no sibling found
+  keeps its own.
 
-The descriptor needs no model or weights. ``k`` and ``w`` are chosen on the crop OOF, which has
-the same structure (several crops of each validation painting), in pools of the test set's size,
-so the neighbour density matches; off is one of the choices. The OOF score is honest:
+Neither needs a model or weights. The way, ``k`` or the threshold, and ``w`` are chosen on the
+crop OOF, which has the same structure (several crops of each validation painting), in pools of
+the test set's size, so the neighbour density matches; off is one of the choices. The OOF score is honest:
 the pools are split in two halves, and each half is scored with the (k, w) chosen on the other.
 This assumes the test set has several crops per painting, as Dacon's does; when its crops look
 less alike than the OOF's (one crop per painting), ``sibling_check`` turns it off and says why.
@@ -21,13 +26,14 @@ is). On the full WikiArt-50 data its honest crop-OOF gain predicted the test cro
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
 from common.metrics import macro_f1
+from ensemble import siblings as sib
 from folds.data import read_rgb
 from folds.loader import crop_array
 
@@ -48,15 +54,20 @@ def colour_histogram(rgb: np.ndarray) -> np.ndarray:
 
 
 def describe(paths, crops=None, workers: int = 8) -> np.ndarray:
-    """(N, D) descriptors of images, or of ``crops`` of them (one (x0, y0, x1, y1) box per path).
-    Each image is decoded once, however many of its crops are asked for. The last few results
-    are kept: a benchmark builds several runs of one split, whose crop OOF and test set are the
-    same images."""
-    return _describe(tuple(str(p) for p in paths), None if crops is None else tuple(map(tuple, crops)), workers)
+    """(N, D) colour descriptors of images, or of ``crops`` of them (one (x0, y0, x1, y1) box per path)."""
+    return look(paths, crops, workers)[0]
+
+
+def look(paths, crops=None, workers: int = 8) -> tuple[np.ndarray, list]:
+    """The colour descriptors of images (or of ``crops`` of them), and what sibling matching keeps
+    of each (``siblings.keep_grey``). Each image is decoded once, however many of its crops are
+    asked for. The last few results are kept: a benchmark builds several runs of one split, whose
+    crop OOF and test set are the same images."""
+    return _look(tuple(str(p) for p in paths), None if crops is None else tuple(map(tuple, crops)), workers)
 
 
 @lru_cache(maxsize=4)
-def _describe(paths: tuple, crops: tuple | None, workers: int) -> np.ndarray:
+def _look(paths: tuple, crops: tuple | None, workers: int) -> tuple[np.ndarray, list]:
     rows_of: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
         rows_of.setdefault(p, []).append(i)
@@ -65,14 +76,17 @@ def _describe(paths: tuple, crops: tuple | None, workers: int) -> np.ndarray:
         # JPEGs decode at a reduced scale that keeps a half-size crop above 2 * SIDE px: about 2x faster on
         # 1000 px paintings, histograms within 0.996 cosine of a full decode (WikiArt-50's are smaller: unchanged)
         img = read_rgb(path, max_side=4 * SIDE)  # the crop OOF's predictions crop the same way (crop_array)
-        return [colour_histogram(img if crops is None else crop_array(img, crops[i])) for i in rows_of[path]]
+        views = [img if crops is None else crop_array(img, crops[i]) for i in rows_of[path]]
+        return [colour_histogram(v) for v in views], [sib.keep_grey(v) for v in views]
 
-    out = np.empty((len(paths), int(np.prod(BINS))), np.float32)
+    out, kept = np.empty((len(paths), int(np.prod(BINS))), np.float32), [None] * len(paths)
     with ThreadPoolExecutor(max(1, workers)) as ex:  # PIL releases the GIL while it decodes
-        for path, hists in zip(rows_of, ex.map(one, rows_of)):
+        for path, (hists, greys) in zip(rows_of, ex.map(one, rows_of)):
             out[rows_of[path]] = hists
+            for i, g in zip(rows_of[path], greys):
+                kept[i] = g
     out.setflags(write=False)  # shared by later calls
-    return out
+    return out, kept
 
 
 def nearest(desc: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -91,23 +105,81 @@ def nearest(desc: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np
     return idx, sim
 
 
+@dataclass
+class Looks:
+    """What the smoothing knows of a set of crops: each crop's nearest crops by colour (most similar
+    first), and the overlap scores of those candidate pairs (``siblings``; none when not searched)."""
+
+    neighbours: np.ndarray
+    pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    overlap: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    _groups: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, neighbours, kept=None) -> "Looks":
+        """``neighbours`` alone, or with the overlap scores of their first ``siblings.CANDIDATES``
+        when ``kept`` (``siblings.keep_grey`` per row) is given."""
+        if kept is None:
+            return cls(np.asarray(neighbours))
+        pairs = sib.candidate_pairs(neighbours[:, :sib.CANDIDATES])
+        return cls(np.asarray(neighbours), pairs, sib.overlap_scores(kept, pairs))
+
+    def group(self, threshold: float) -> np.ndarray:
+        if threshold not in self._groups:
+            self._groups[threshold] = sib.groups(len(self.neighbours), self.pairs, self.overlap, threshold)
+        return self._groups[threshold]
+
+    def subset(self, rows: np.ndarray) -> "Looks":
+        """These rows alone, renumbered (the pools never link rows of two halves)."""
+        pos = np.full(len(self.neighbours), -1, np.int64)
+        pos[rows] = np.arange(len(rows))
+        inside = (pos[self.pairs] >= 0).all(axis=1)
+        return Looks(pos[self.neighbours[rows]], pos[self.pairs[inside]], self.overlap[inside])
+
+
+def _as_looks(looks) -> Looks:
+    return looks if isinstance(looks, Looks) else Looks(np.asarray(looks))
+
+
 @dataclass(frozen=True)
 class Smoothing:
+    """Off, the ``k`` nearest by colour (``threshold`` 0), or the overlap groups above ``threshold``; weight ``w``."""
+
     k: int = 0
     w: float = 0.0
+    threshold: float = 0.0
 
     @property
     def on(self) -> bool:
-        return self.k > 0 and self.w > 0
+        return self.w > 0 and (self.k > 0 or self.threshold > 0)
 
-    def apply(self, probs: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-        """``neighbours``: each row's nearest rows, most similar first (at least ``k`` columns)."""
+    def apply(self, probs: np.ndarray, looks) -> np.ndarray:
+        """``looks``: a ``Looks``, or each row's nearest rows, most similar first (at least ``k`` columns)."""
         if not self.on:
             return probs
-        return (1 - self.w) * probs + self.w * probs[neighbours[:, :self.k]].mean(axis=1)
+        looks = _as_looks(looks)
+        if self.threshold > 0:
+            others, found = sib.group_mean_of_others(probs, looks.group(self.threshold))
+            out = np.array(probs, dtype=np.float64, copy=True)
+            out[found] = (1 - self.w) * probs[found] + self.w * others[found]
+            return out
+        return (1 - self.w) * probs + self.w * probs[looks.neighbours[:, :self.k]].mean(axis=1)
 
     def describe(self) -> str:
-        return f"k={self.k}, w={self.w}" if self.on else "off"
+        if not self.on:
+            return "off"
+        if self.threshold > 0:
+            return f"overlap siblings above {self.threshold}, w={self.w}"
+        return f"k={self.k}, w={self.w}"
+
+    def saved(self) -> dict:
+        return {"k": self.k, "w": self.w, "threshold": self.threshold}
+
+    @classmethod
+    def from_saved(cls, saved: dict | None) -> "Smoothing":
+        if not saved:
+            return cls()
+        return cls(int(saved["k"]), float(saved["w"]), float(saved.get("threshold", 0.0)))  # older blends: colour
 
 
 def oof_pools(groups, pool_rows: int, seed: int = POOL_SEED) -> list[np.ndarray]:
@@ -129,22 +201,25 @@ def pool_neighbours(desc: np.ndarray, pools: list[np.ndarray], k: int) -> tuple[
     return idx, sim
 
 
-def choose(probs, y, neighbours, grid_k=GRID_K, grid_w=GRID_W) -> tuple[Smoothing, float]:
-    """The (k, w) with the best macro-F1 on these rows; w = 0 (off) is always a candidate."""
+def choose(probs, y, looks, grid_k=GRID_K, grid_w=GRID_W,
+           grid_threshold=sib.THRESHOLDS) -> tuple[Smoothing, float]:
+    """The smoothing with the best macro-F1 on these rows; off is always a candidate, the overlap
+    groups only where ``looks`` has overlap scores."""
+    looks = _as_looks(looks)
     best = (macro_f1(y, probs), Smoothing())
-    for k in grid_k:
-        if k > neighbours.shape[1]:
-            continue
-        for w in grid_w:
-            s = Smoothing(k, w)
-            f = macro_f1(y, s.apply(probs, neighbours))
-            if f > best[0] + 1e-9:
-                best = (f, s)
+    candidates = [Smoothing(k, w) for k in grid_k if k <= looks.neighbours.shape[1] for w in grid_w]
+    if len(looks.pairs):
+        candidates += [Smoothing(0, w, t) for t in grid_threshold for w in grid_w]
+    for s in candidates:
+        f = macro_f1(y, s.apply(probs, looks))
+        if f > best[0] + 1e-9:
+            best = (f, s)
     return best[1], best[0]
 
 
-def fit_on_oof(probs, y, groups, desc, pool_rows: int) -> dict:
-    """Choose (k, w) on the crop OOF; return the choice, its honest OOF probabilities, the pools'
+def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
+    """Choose the smoothing on the crop OOF (with overlap siblings when ``kept``, the crops'
+    ``siblings.keep_grey``, is given); return the choice, its honest OOF probabilities, the pools'
     size, and the median similarity of a crop to its nearest crop and to the nearest crop of
     another painting (what ``sibling_check`` compares a test set with).
 
@@ -154,13 +229,14 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int) -> dict:
     test set's size (sparser pools put more siblings among a crop's k nearest than the test
     will, so the choice would overrate the smoothing)."""
     pools = oof_pools(groups, min(pool_rows, len(groups) // 2))  # two pools at least, for the two halves
-    neighbours, sim = pool_neighbours(desc, pools, max(GRID_K))
+    neighbours, sim = pool_neighbours(desc, pools, max(max(GRID_K), sib.CANDIDATES))
+    looks = Looks.of(neighbours, kept)  # candidate pairs never cross pools: neighbours stay in theirs
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
     for fit_rows, score_rows in (halves, halves[::-1]):
-        s, _ = choose(probs[fit_rows], y[fit_rows], _local(neighbours, fit_rows))
-        honest[score_rows] = s.apply(probs, neighbours)[score_rows]
-    chosen, _ = choose(probs, y, neighbours)
+        s, _ = choose(probs[fit_rows], y[fit_rows], looks.subset(fit_rows))
+        honest[score_rows] = s.apply(probs, looks)[score_rows]
+    chosen, _ = choose(probs, y, looks)
     pool_size = int(np.median([len(p) for p in pools]))
     reason = None
     if pool_size < pool_rows / 2:
@@ -174,13 +250,6 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int) -> dict:
     return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason,
             "oof_sibling": float(np.median(sim[:, 0])),
             "oof_stranger": float(np.median(sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]))}
-
-
-def _local(neighbours: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Neighbour indices of ``rows`` renumbered into that subset (pools never cross halves)."""
-    pos = np.full(len(neighbours), -1, np.int64)
-    pos[rows] = np.arange(len(rows))
-    return pos[neighbours[rows]]
 
 
 def sibling_check(oof_sibling: float, oof_stranger: float, test_nearest: np.ndarray) -> str | None:
@@ -214,10 +283,9 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
     n = int(crop.max()) + 1
     boxes = dict(zip(dict.fromkeys(ids), np.reshape(crop_boxes(list(dict.fromkeys(ids)), n, CROP_OOF_SEED),
                                                     (-1, n, 4))))
-    oof_desc = describe([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)], workers)
-    fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids))
-    saved = {"k": fit["smoothing"].k, "w": fit["smoothing"].w, "oof_sibling": fit["oof_sibling"],
-             "oof_stranger": fit["oof_stranger"]}
+    oof_desc, kept = look([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)], workers)
+    fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids), kept=kept)
+    saved = {**fit["smoothing"].saved(), "oof_sibling": fit["oof_sibling"], "oof_stranger": fit["oof_stranger"]}
     test, notes = smooth_test([test_path[i] for i in test_ids], test_probs, saved, workers)
     notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {fit['pool_size']:,} crops; the test "
                     f"set has {len(test_ids):,}): {fit['smoothing'].describe()}"
@@ -228,12 +296,20 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
 
 
 def smooth_test(paths, probs, saved: dict | None, workers: int = 8) -> tuple[np.ndarray, list[str]]:
-    """A test set's probabilities smoothed as ``saved`` (k, w and the OOF's similarities, from
-    ``for_runs``) says; unchanged, with a note, when its crops do not look like several per painting."""
-    s = Smoothing(int(saved["k"]), float(saved["w"])) if saved else Smoothing()
+    """A test set's probabilities smoothed as ``saved`` (the choice and the OOF's similarities, from
+    ``for_runs``) says. By colour neighbours: unchanged, with a note, when its crops do not look like
+    several per painting. By overlap: only crops with a sibling found change, and a note says how many."""
+    s = Smoothing.from_saved(saved)
     if not s.on or len(probs) < 2:
         return probs, []
-    idx, sim = nearest(describe(paths, workers=workers), s.k)
+    desc, kept = look(paths, workers=workers)
+    if s.threshold > 0:
+        looks = Looks.of(nearest(desc, sib.CANDIDATES)[0], kept)
+        group = looks.group(s.threshold)
+        found = np.bincount(group)[group] > 1
+        return s.apply(probs, looks), [f"overlap siblings found for {found.mean():.0%} of the {len(probs):,} "
+                                       "test crops"]
+    idx, sim = nearest(desc, s.k)
     warning = sibling_check(saved["oof_sibling"], saved["oof_stranger"], sim[:, 0])
     if warning:
         return probs, [warning]

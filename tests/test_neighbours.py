@@ -67,18 +67,19 @@ def test_smoothing_is_chosen_where_siblings_agree_and_left_off_where_neighbours_
 
 def test_the_oof_score_is_honest_each_half_uses_the_choice_of_the_other(tmp_path, monkeypatch):
     paths, boxes, painting, painter = painted_crops(tmp_path, paintings_per_painter=6, crops=3)
-    desc = nb.describe(paths, boxes, workers=2)
+    desc, kept = nb.look(paths, boxes, workers=2)
     probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
     seen = []
     real_choose = nb.choose
 
-    def spy(p, y, neighbours, **kw):
+    def spy(p, y, looks, **kw):
         seen.append(len(p))
-        assert neighbours.max() < len(p)  # renumbered into the half: no row of the other half is reachable
-        return real_choose(p, y, neighbours, **kw)
+        # renumbered into the half: no row of the other half is reachable, by colour or by overlap
+        assert looks.neighbours.max() < len(p) and len(looks.pairs) and looks.pairs.max() < len(p)
+        return real_choose(p, y, looks, **kw)
 
     monkeypatch.setattr(nb, "choose", spy)
-    fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 4)
+    fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 4, kept=kept)
     pools = nb.oof_pools(painting, len(painting) // 4)
     assert all(len(set(painting[rows])) == len(np.unique(painting[rows])) for rows in pools)
     assert {g for rows in pools for g in painting[rows]} == set(painting)  # every painting in exactly one pool
@@ -128,7 +129,8 @@ def test_the_build_applies_it_on_the_demo_by_default_and_off_leaves_the_soft_vot
     assert list(sub_off["id"]) == list(sub_auto["id"])
     if auto["chosen"].endswith("+neighbours"):
         assert auto["table"][-1]["method"] == "mean+neighbours"
-        assert json.loads((tmp_path / "auto_blend.json").read_text())["neighbours"]["k"] > 0  # predict.py reuses it
+        saved = json.loads((tmp_path / "auto_blend.json").read_text())["neighbours"]  # predict.py reuses it
+        assert nb.Smoothing.from_saved(saved).describe() == auto["neighbours"]
     else:
         assert sub_off.equals(sub_auto)
 
@@ -173,8 +175,72 @@ def test_the_probe_chooses_on_its_crop_oof_and_reads_its_features_back(demo_sour
     assert first["oof_crops"] == 2 * len(pd.read_csv(demo_source / "train.csv"))
     assert 0 < first["crop_oof_f1"] <= 1 and 0 < first["fold_mean_test_f1"] <= 1
     assert first["chosen"] == "off" or first["crop_oof_f1_smoothed_honest"] > first["crop_oof_f1"]
-    assert [d["descriptor"] for d in first["descriptors"]] == ["hsv", "features", "hsv+features"]
+    assert [d["descriptor"] for d in first["descriptors"]] == ["hsv+overlap", "hsv", "features", "hsv+features"]
     assert first["descriptors"][0]["chosen"] == first["chosen"]  # the shipped descriptor, as the build chose
     assert main(args) == 0  # the kept features: the same figures
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in second.items() if k != "feature_s"} == {k: v for k, v in first.items() if k != "feature_s"}
+
+
+def crop_files(tmp_path, paintings_per_painter=5, crops=4, seed=0, side=(0.45, 0.55)):
+    """Demo paintings cut into ``crops`` random crops each of about half their width and height
+    (``side``), each crop its own JPEG file as a test set holds them: (files, painting, painter)."""
+    rng = np.random.default_rng(seed)
+    files, painting, painter = [], [], []
+    (tmp_path / "crops").mkdir()
+    for p, (palette, angle, grain) in enumerate(PAINTERS.values()):
+        for _ in range(paintings_per_painter):
+            h, w = rng.integers(180, 320, size=2)
+            img = Image.fromarray(paint(rng, palette, angle, grain, int(h), int(w)))
+            for _ in range(crops):
+                cw, ch = (rng.uniform(*side, size=2) * (w, h)).astype(int)
+                x0, y0 = rng.integers(0, w - cw), rng.integers(0, h - ch)
+                files.append(tmp_path / "crops" / f"{len(files):04d}.jpg")
+                img.crop((x0, y0, x0 + cw, y0 + ch)).save(files[-1], quality=90)
+                painting.append(len(set(painting)) if not painting or len(painting) % crops == 0 else painting[-1])
+                painter.append(p)
+    return files, np.array(painting), np.array(painter)
+
+
+def test_crops_of_one_painting_are_linked_by_their_overlap_and_crops_of_others_are_not(tmp_path):
+    from ensemble import siblings as sib
+    files, painting, _ = crop_files(tmp_path)
+    desc, kept = nb.look(files, workers=2)
+    looks = nb.Looks.of(nb.nearest(desc, sib.CANDIDATES)[0], kept)
+    same = painting[looks.pairs[:, 0]] == painting[looks.pairs[:, 1]]
+    linked = looks.overlap > 0.7
+    assert same[linked].mean() >= 0.95, same[linked].mean()  # a link is a sibling
+    group = looks.group(0.7)
+    found = np.bincount(group)[group] > 1
+    assert found.mean() >= 0.8, found.mean()  # most crops find a sibling, directly or through another
+    assert all(len(set(painting[group == g])) == 1 for g in np.unique(group[found]))  # groups do not mix paintings
+
+
+def test_blank_crops_and_crops_of_very_different_sizes_are_never_linked():
+    from ensemble import siblings as sib
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+    texture = np.clip(gaussian_filter(rng.normal(128, 300, (300, 300, 3)), (3, 3, 0)), 0, 255).astype(np.uint8)
+    blank = np.full((110, 110, 3), 200, np.uint8)
+    kept = [sib.keep_grey(x) for x in (blank, blank.copy(), texture[:150, :150], texture[50:200, 40:190],
+                                       texture[:40, :40])]
+    pairs = np.array([[0, 1], [2, 3], [2, 4]])
+    score = sib.overlap_scores(kept, pairs)
+    assert score[0] == -1  # identical, but nothing to match: no texture
+    assert score[1] > 0.9  # the same texture, shifted
+    assert score[2] == -1  # a crop less than half the other's side: not siblings of one painting
+
+
+def test_overlap_smoothing_is_chosen_on_the_oof_and_applied_to_sibling_crops_only(tmp_path):
+    files, painting, painter = crop_files(tmp_path, paintings_per_painter=6)
+    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(3))
+    desc, kept = nb.look(files, workers=2)
+    fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 2, kept=kept)
+    assert fit["smoothing"].on and macro_f1(painter, fit["honest_oof"]) > macro_f1(painter, probs)
+    overlap = nb.Smoothing(0, 0.8, 0.7)
+    smoothed, notes = nb.smooth_test(files, probs, {**overlap.saved(), "oof_sibling": 1, "oof_stranger": 0},
+                                     workers=2)
+    assert macro_f1(painter, smoothed) > macro_f1(painter, probs) and "overlap siblings found for" in notes[0]
+    one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])  # one crop per painting: none found
+    kept_probs, notes = nb.smooth_test([files[i] for i in one_each], probs[one_each], overlap.saved(), workers=2)
+    assert np.array_equal(kept_probs, probs[one_each]) and "found for 0%" in notes[0]
