@@ -106,14 +106,14 @@ def _ncc(patches: np.ndarray, pairs: np.ndarray, chunk: int) -> np.ndarray:
     spec = torch.fft.rfft2(g, s=(P, P))
     mask = torch.fft.rfft2(torch.ones(SIDE, SIDE, device=dev), s=(P, P))
     energy = torch.fft.irfft2(torch.fft.rfft2(g * g, s=(P, P)) * mask.conj(), s=(P, P))  # of x over the overlap
-    energy_back = torch.roll(torch.flip(energy, (1, 2)), (1, 1), (1, 2))  # the same at the opposite shift
     too_small = torch.fft.irfft2(mask * mask.conj(), s=(P, P)) < MIN_OVERLAP * SIDE * SIDE - 0.5
     pr = torch.from_numpy(pairs).to(dev)
     out = torch.empty(len(pairs), device=dev)
     for s in range(0, len(pairs), chunk):
         i, j = pr[s:s + chunk, 0], pr[s:s + chunk, 1]
         r = torch.fft.irfft2(spec[i] * spec[j].conj(), s=(P, P))
-        r = r * torch.rsqrt((energy[i] * energy_back[j]).clamp_min(1e-3))
+        back = torch.roll(torch.flip(energy[j], (1, 2)), (1, 1), (1, 2))  # j's energy at the opposite shift
+        r = r * torch.rsqrt((energy[i] * back).clamp_min(1e-3))
         r[:, too_small] = -1
         out[s:s + chunk] = r.flatten(1).amax(1)
     out[flat[pr[:, 0]] | flat[pr[:, 1]]] = -1
