@@ -3,6 +3,7 @@
     python benchmarks/speed.py loader                    # cached vs uncached on ~1000 px JPEGs, per core
     python benchmarks/speed.py train --model efficientnet_b3 --img-size 288      # on a GPU
     python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
+    python benchmarks/speed.py neighbours --n-images 40   # the build's sibling search on ~1000 px JPEGs
 
 - loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
   with workers=0, decoding each JPEG every time vs reading the pre-resized cache; the pipeline
@@ -21,6 +22,11 @@
   fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold,
   and vs the ceiling (the same models, views, batch and precision on batches already on the
   device): ``vs_ceiling_time`` is the run's time over the ceiling's (target: at most 1.3).
+- neighbours: crops/s of the neighbour smoothing's look at each crop (``ensemble.neighbours.look``:
+  colour histogram and the grey patch kept for overlap matching), 5 crop-OOF boxes per generated
+  JPEG, decoding at reduced scale (the shipped path, PIL draft) vs a full decode, with the
+  histograms' cosine between the two; then candidate pairs/s of the overlap scoring
+  (``ensemble.siblings``), on the device the build would use. --workers: the decode threads.
 Each prints a JSON line (also appended to --out) with both figures and their ratio.
 """
 from __future__ import annotations
@@ -350,9 +356,44 @@ def bench_infer(args) -> dict:
             "vs_ceiling_time": round(top / fast, 2), "baseline_images": n_base}
 
 
+def bench_neighbours(args) -> dict:
+    from unittest import mock
+
+    from ensemble import neighbours as nb
+    from folds.data import read_rgb
+    from folds.predict import crop_boxes
+
+    paths = large_jpegs(Path(tempfile.mkdtemp()) / "jpg", args.n_images, args.side)
+    crops = 5
+    files, boxes = np.repeat(np.array(paths, dtype=object), crops), crop_boxes(range(len(paths)), crops, 0)
+    workers = max(1, args.workers)
+
+    def look():
+        nb._look.cache_clear()  # time the decode, not the cache
+        return nb.look(files, boxes, workers)
+
+    draft = rate(look, len(files), warmup=False)
+    with mock.patch.object(nb, "read_rgb", lambda path, max_side=None: read_rgb(path)):  # the full decode
+        full = rate(look, len(files), warmup=False)
+        full_desc = look()[0]
+    desc, kept = look()
+    cosine = (desc * full_desc).sum(1) / np.linalg.norm(desc, axis=1) / np.linalg.norm(full_desc, axis=1)
+    neighbours, _ = nb.nearest(desc, nb.sib.CANDIDATES)
+    pairs = nb.sib.candidate_pairs(neighbours)
+    t = time.perf_counter()
+    nb.sib.overlap_scores(kept, pairs)
+    pairs_s = len(pairs) / (time.perf_counter() - t)
+    return {"bench": "neighbours", "data": f"generated {args.side} px JPEGs, {crops} crops each", "crops": len(files),
+            "draft_crops_s": round(draft, 1), "full_decode_crops_s": round(full, 1), "ratio": round(draft / full, 2),
+            "histogram_cosine_min": round(float(cosine.min()), 3),
+            "histogram_cosine_median": round(float(np.median(cosine)), 3), "decode_threads": workers,
+            "overlap_pairs": len(pairs), "overlap_pairs_s": round(pairs_s, 1),
+            "overlap_device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("loader", "train", "epochs", "infer"))
+    p.add_argument("what", choices=("loader", "train", "epochs", "infer", "neighbours"))
     p.add_argument("--model", default="efficientnet_b3")
     p.add_argument("--img-size", type=int, default=288)
     p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
@@ -376,7 +417,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="loader, epochs, infer: use this dataset's images")
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
-    row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer}[args.what](args)
+    row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer,
+           "neighbours": bench_neighbours}[args.what](args)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
     emit(row, args.out)
     return 0

@@ -233,3 +233,12 @@ def test_speed_benchmarks_time_the_shipped_path_against_their_ceiling(demo_sourc
     assert epochs["affine"] == "device"
     assert infer["images"] == 16 and infer["ceiling_img_s"] > 0
     assert infer["vs_ceiling_time"] == pytest.approx(infer["ceiling_img_s"] / infer["batched_img_s"], rel=0.02)
+
+
+def test_the_neighbours_speed_bench_times_the_draft_decode_against_a_full_one(capsys):
+    from benchmarks.speed import main as speed_main
+    assert speed_main(["neighbours", "--n-images", "3", "--side", "600"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["crops"] == 15 and row["draft_crops_s"] > 0 and row["full_decode_crops_s"] > 0
+    assert row["histogram_cosine_min"] > 0.95  # the reduced-scale decode keeps the palette
+    assert row["overlap_pairs"] > 0 and row["overlap_pairs_s"] > 0
