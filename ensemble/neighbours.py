@@ -164,7 +164,7 @@ class Smoothing:
         if self.threshold > 0:
             # crops of one painting are separate views of it, so their evidence multiplies: a geometric mean
             # of the group (mean log-probabilities), mixed in by merge's gmean. It beat the arithmetic mean
-            # by 0.011 honest crop-OOF on WikiArt-50's probe (benchmarks/RESULTS.md)
+            # by 0.014 honest crop-OOF on WikiArt-50's probe (benchmarks/RESULTS.md)
             others, found = sib.group_mean_of_others(np.log(np.clip(probs, EPS, 1.0)), looks.group(self.threshold))
             out = np.array(probs, dtype=np.float64, copy=True)
             out[found] = merge(np.stack([probs[found], np.exp(others[found])]), "gmean", weights=[1 - self.w, self.w])
