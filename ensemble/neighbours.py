@@ -119,13 +119,25 @@ class Looks:
     _groups: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, neighbours, kept=None) -> "Looks":
+    def of(cls, neighbours, kept=None, pools=None) -> "Looks":
         """``neighbours`` alone, or with the overlap scores of their first ``siblings.CANDIDATES``
-        when ``kept`` (``siblings.keep_grey`` per row) is given."""
+        when ``kept`` (``siblings.keep_grey`` per row) is given. ``pools``: row sets that no
+        neighbour crosses, scored one at a time (the scoring's memory grows with the crops at once)."""
+        neighbours = np.asarray(neighbours)
         if kept is None:
-            return cls(np.asarray(neighbours))
+            return cls(neighbours)
         pairs = sib.candidate_pairs(neighbours[:, :sib.CANDIDATES])
-        return cls(np.asarray(neighbours), pairs, sib.overlap_scores(kept, pairs))
+        overlap = np.empty(len(pairs), np.float32)
+        pool_of = np.zeros(len(neighbours), np.int64)
+        for p, rows in enumerate(pools or [np.arange(len(neighbours))]):
+            pool_of[rows] = p
+        for p, rows in enumerate(pools or [np.arange(len(neighbours))]):
+            mine = np.flatnonzero(pool_of[pairs[:, 0]] == p)
+            local = np.minimum(np.searchsorted(rows, pairs[mine]), len(rows) - 1)
+            if not np.array_equal(rows[local], pairs[mine]):
+                raise ValueError("a neighbour crosses the pools")
+            overlap[mine] = sib.overlap_scores([kept[r] for r in rows], local)
+        return cls(neighbours, pairs, overlap)
 
     def group(self, threshold: float) -> np.ndarray:
         if threshold not in self._groups:
@@ -236,7 +248,7 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
     will, so the choice would overrate the smoothing)."""
     pools = oof_pools(groups, min(pool_rows, len(groups) // 2))  # two pools at least, for the two halves
     neighbours, sim = pool_neighbours(desc, pools, max(max(GRID_K), sib.CANDIDATES))
-    looks = Looks.of(neighbours, kept)  # candidate pairs never cross pools: neighbours stay in theirs
+    looks = Looks.of(neighbours, kept, pools)  # candidate pairs never cross pools: neighbours stay in theirs
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
     for fit_rows, score_rows in (halves, halves[::-1]):

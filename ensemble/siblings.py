@@ -105,7 +105,8 @@ def _ncc(patches: np.ndarray, pairs: np.ndarray, chunk: int) -> np.ndarray:
     flat = g.flatten(1).std(1) < MIN_STD
     spec = torch.fft.rfft2(g, s=(P, P))
     mask = torch.fft.rfft2(torch.ones(SIDE, SIDE, device=dev), s=(P, P))
-    energy = torch.fft.irfft2(torch.fft.rfft2(g * g, s=(P, P)) * mask.conj(), s=(P, P))  # of x over the overlap
+    energy = torch.cat([torch.fft.irfft2(torch.fft.rfft2(b * b, s=(P, P)) * mask.conj(), s=(P, P))
+                        for b in g.split(chunk)])  # of x over the overlap; in chunks, for the peak memory
     too_small = torch.fft.irfft2(mask * mask.conj(), s=(P, P)) < MIN_OVERLAP * SIDE * SIDE - 0.5
     pr = torch.from_numpy(pairs).to(dev)
     out = torch.empty(len(pairs), device=dev)

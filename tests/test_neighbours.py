@@ -244,3 +244,16 @@ def test_overlap_smoothing_is_chosen_on_the_oof_and_applied_to_sibling_crops_onl
     one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])  # one crop per painting: none found
     kept_probs, notes = nb.smooth_test([files[i] for i in one_each], probs[one_each], overlap.saved(), workers=2)
     assert np.array_equal(kept_probs, probs[one_each]) and "found for 0%" in notes[0]
+
+
+def test_overlap_scored_pool_by_pool_equals_all_at_once_and_pools_must_hold_their_neighbours(tmp_path):
+    import pytest
+    from ensemble import siblings as sib
+    files, painting, _ = crop_files(tmp_path, paintings_per_painter=2)
+    desc, kept = nb.look(files, workers=2)
+    pools = nb.oof_pools(painting, len(painting) // 2)
+    neighbours, _ = nb.pool_neighbours(desc, pools, sib.CANDIDATES)
+    whole, pooled = nb.Looks.of(neighbours, kept), nb.Looks.of(neighbours, kept, pools)  # pooled: less memory
+    assert np.array_equal(whole.pairs, pooled.pairs) and np.allclose(whole.overlap, pooled.overlap)
+    with pytest.raises(ValueError, match="crosses the pools"):
+        nb.Looks.of(nb.nearest(desc, sib.CANDIDATES)[0], kept, pools)
