@@ -1,13 +1,16 @@
-"""How well the neighbour smoothing's colour histogram finds a crop's sibling crops, at the
-test set's density, and whether the test crops look the same way.
+"""How well the neighbour smoothing finds a crop's sibling crops (by colour histogram, and by
+overlap: ``ensemble/siblings.py``), at the test set's density, and whether the test crops behave
+the same way.
 
     python benchmarks/neighbours.py ../shared/data/wikiart50 --paintings 2534
     python benchmarks/neighbours.py ../shared/data/wikiart50 --probe --features /tmp/probe.npz
 
 A pool of ``--paintings`` random train paintings, ``--crops`` crop-OOF boxes each, stands in for
-the test set. It prints the share of each crop's 4 nearest crops that are its siblings or of the
-same artist. With test_labels.csv it prints the same-artist share among the test crops, and the
-median similarity to the nearest crop in both (reported only; nothing is chosen here).
+the test set. It prints the share of each crop's 4 nearest crops by colour that are its siblings
+or of the same artist; for each overlap threshold, the share of links that join two crops of one
+painting, the share of crops that found a sibling, and the share of groups of one artist; and the
+overlap pairs scored a second. With test_labels.csv it prints the same for the test crops, by
+artist (their paintings are not known). Reported only; nothing is chosen here.
 
 ``--probe`` checks the whole smoothing at full size without a GPU: frozen ImageNet features
 (``--probe-model``, offline weights) of every crop-OOF crop and test crop, a class-balanced
