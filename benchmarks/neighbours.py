@@ -70,14 +70,15 @@ def main(argv=None) -> int:
            "same_artist_at_4": round(float((artist[idx[:, :4]] == artist[:, None]).mean()), 3),
            "median_nearest_similarity": round(float(np.median(sim[:, 0])), 3),
            "crops_per_s": round(len(desc) / seconds, 1)}
-    t = time.time()
-    looks = nb.Looks.of(idx, kept)
+    t, rss = time.time(), peak_rss_mb()
+    looks = nb.Looks.of(idx, kept)  # the pool at once, as a test set of its size is scored
     row["overlap_pairs_per_s"] = round(len(looks.pairs) / (time.time() - t), 1)
+    row["overlap_peak_rss_mb"] = [rss, peak_rss_mb()]  # the process's peak before and after the scoring
     sibling = painting[looks.pairs[:, 0]] == painting[looks.pairs[:, 1]]
     for threshold in nb.sib.THRESHOLDS:  # a link's chance of joining siblings; the crops that found one
         group = looks.group(threshold)
         row[f"overlap_{threshold}_precision"] = round(float(sibling[looks.overlap > threshold].mean()), 3)
-        row[f"overlap_{threshold}_found"] = round(float((np.bincount(group)[group] > 1).mean()), 3)
+        row[f"overlap_{threshold}_found"] = round(float(nb.sib.has_sibling(group).mean()), 3)
         row[f"overlap_{threshold}_groups_one_artist"] = one_label_share(group, artist)
     if ds.test_labels is not None:  # the test crops' paintings are not known: their artists are
         labels = ds.test_labels.set_index("id").loc[ds.test["id"], "artist"].to_numpy()
@@ -89,10 +90,15 @@ def main(argv=None) -> int:
         looks = nb.Looks.of(idx, kept)
         for threshold in nb.sib.THRESHOLDS:
             group = looks.group(threshold)
-            row[f"test_overlap_{threshold}_found"] = round(float((np.bincount(group)[group] > 1).mean()), 3)
+            row[f"test_overlap_{threshold}_found"] = round(float(nb.sib.has_sibling(group).mean()), 3)
             row[f"test_overlap_{threshold}_groups_one_artist"] = one_label_share(group, labels)
     print(json.dumps(row))
     return 0
+
+
+def peak_rss_mb() -> int:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
 
 
 def one_label_share(group: np.ndarray, label: np.ndarray) -> float:

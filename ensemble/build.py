@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
     p.add_argument("--neighbours", default="auto", choices=("auto", "off"), help="auto (default): mix each test "
-                   "crop's probabilities with those of its look-alike crops (several crops of one painting), with k "
-                   "and the weight chosen on the crop OOF, off when that does not help (ensemble/neighbours.py)")
+                   "crop's probabilities with those of its sibling crops (several crops of one painting), found by "
+                   "colour or by their overlapping pixels; the way and the weight are chosen on the crop OOF, off "
+                   "when that does not help (ensemble/neighbours.py, ensemble/siblings.py)")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p

@@ -128,10 +128,11 @@ class Looks:
             return cls(neighbours)
         pairs = sib.candidate_pairs(neighbours[:, :sib.CANDIDATES])
         overlap = np.empty(len(pairs), np.float32)
+        pools = pools or [np.arange(len(neighbours))]
         pool_of = np.zeros(len(neighbours), np.int64)
-        for p, rows in enumerate(pools or [np.arange(len(neighbours))]):
+        for p, rows in enumerate(pools):
             pool_of[rows] = p
-        for p, rows in enumerate(pools or [np.arange(len(neighbours))]):
+        for p, rows in enumerate(pools):
             mine = np.flatnonzero(pool_of[pairs[:, 0]] == p)
             local = np.minimum(np.searchsorted(rows, pairs[mine]), len(rows) - 1)
             if not np.array_equal(rows[local], pairs[mine]):
@@ -320,15 +321,21 @@ def smooth_test(paths, probs, saved: dict | None, workers: int = 8) -> tuple[np.
     s = Smoothing.from_saved(saved)
     if not s.on or len(probs) < 2:
         return probs, []
-    desc, kept = look(paths, workers=workers)
+    looks, sim = _test_looks(tuple(str(p) for p in paths), workers, s.threshold > 0)
     if s.threshold > 0:
-        looks = Looks.of(nearest(desc, sib.CANDIDATES)[0], kept)
-        group = looks.group(s.threshold)
-        found = np.bincount(group)[group] > 1
+        found = sib.has_sibling(looks.group(s.threshold))
         return s.apply(probs, looks), [f"overlap siblings found for {found.mean():.0%} of the {len(probs):,} "
                                        "test crops"]
-    idx, sim = nearest(desc, s.k)
     warning = sibling_check(saved["oof_sibling"], saved["oof_stranger"], sim[:, 0])
     if warning:
         return probs, [warning]
-    return s.apply(probs, idx), []
+    return s.apply(probs, looks), []
+
+
+@lru_cache(maxsize=2)
+def _test_looks(paths: tuple, workers: int, overlap: bool) -> tuple[Looks, np.ndarray]:
+    """A test set's neighbours by colour (and their overlap scores), and the nearest one's similarity.
+    Kept: a benchmark smooths several methods' and fold models' predictions of the same test set."""
+    desc, kept = look(paths, workers=workers)
+    neighbours, sim = nearest(desc, max(max(GRID_K), sib.CANDIDATES))
+    return Looks.of(neighbours, kept if overlap else None), sim

@@ -23,8 +23,6 @@ are not compared (not siblings of "about half-size" crops).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
@@ -79,19 +77,17 @@ def candidate_pairs(neighbours: np.ndarray) -> np.ndarray:
 def overlap_scores(kept: list, pairs: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Each pair's best normalised cross-correlation over the shifts with at least ``MIN_OVERLAP``
     overlap; -1 for pairs too far apart in size or with a flat patch. ``kept``: ``keep_grey`` per row."""
-    sides = np.array([s for _, s in kept])
-    lv = np.array([level(s) for s in sides])
-    lo = np.minimum(lv[pairs[:, 0]], lv[pairs[:, 1]]) if len(pairs) else np.empty(0, int)
     out = np.full(len(pairs), -1.0, np.float32)
-    by_level = defaultdict(list)
-    for p in np.flatnonzero(np.abs(lv[pairs[:, 0]] - lv[pairs[:, 1]]) <= LEVELS) if len(pairs) else []:
-        by_level[int(lo[p])].append(p)
-    for lvl, rows in by_level.items():
-        rows = np.array(rows)
+    if not len(pairs):
+        return out
+    lv = np.array([level(side) for _, side in kept])[pairs]  # (pairs, 2)
+    comparable = np.abs(lv[:, 0] - lv[:, 1]) <= LEVELS
+    scale = lv.min(axis=1)  # the smaller crop sets the scale
+    for lvl in np.unique(scale[comparable]):
+        rows = np.flatnonzero(comparable & (scale == lvl))
         crops = np.unique(pairs[rows])
-        at = np.searchsorted(crops, pairs[rows])
         patches = np.stack([patch(kept[c][0], kept[c][1], lvl) for c in crops])
-        out[rows] = _ncc(patches, at, chunk)
+        out[rows] = _ncc(patches, np.searchsorted(crops, pairs[rows]), chunk)
     return out
 
 
@@ -127,6 +123,11 @@ def groups(n: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> n
     linked = pairs[scores > threshold]
     graph = coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def has_sibling(label: np.ndarray) -> np.ndarray:
+    """Whether each row's group (``groups``) holds another row."""
+    return np.bincount(label)[label] > 1
 
 
 def group_mean_of_others(probs: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
