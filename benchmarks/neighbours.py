@@ -18,7 +18,9 @@ logistic regression per fold of the suite's split (trained on crops), then the b
 choice on that crop OOF (``ensemble.neighbours.fit_on_oof``, pools of the test set's size) and
 its application to the test crops (``smooth_test``). It prints the honest crop-OOF with and
 without the smoothing, and the mean single-fold and fold-mean test F1 with and without it (test
-labels for reporting only: the smoothing was chosen on the OOF).
+labels for reporting only: the smoothing was chosen on the OOF). It also prints what a pseudo-label
+round would take from each fold model (``folds/pseudo.py``), with and without the sibling
+consensus: the share of test crops kept at each confidence and how many of them are right.
 """
 from __future__ import annotations
 
@@ -185,12 +187,30 @@ def probe(a) -> dict:
            "single_fold_test_f1": r(mean_single_f1(y_test, test_each)),
            "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
-           "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"]))}
+           "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"])),
+           "pseudo_labels": pseudo_label_rows(test_paths, test_each, y_test, a.workers)}
     if a.descriptors:
         row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.look(oof_paths, boxes, a.workers),
                                              oof_x, nb.look(test_paths, workers=a.workers), test_x, fold_mean,
                                              y_test)
     return row
+
+
+def pseudo_label_rows(test_paths, test_each, y_test, workers: int, confidences=(0.5, 0.7, 0.9)) -> list[dict]:
+    """Each fold model's test probabilities as a pseudo-label round takes them, alone and with the
+    sibling consensus: the mean over folds of the share kept at each confidence and its precision."""
+    from common.metrics import macro_f1
+    rows = []
+    for name, way in (("alone", lambda p: p), ("sibling consensus", lambda p: nb.consensus(test_paths, p, workers)[0])):
+        probs = [way(p) for p in test_each]
+        row = {"labels": name, "f1": round(float(np.mean([macro_f1(y_test, p) for p in probs])), 4)}
+        for c in confidences:
+            keep = [p.max(1) >= c for p in probs]
+            row[f"kept@{c}"] = round(float(np.mean([k.mean() for k in keep])), 3)
+            row[f"right@{c}"] = round(float(np.mean([(p[k].argmax(1) == y_test[k]).mean()
+                                                     for p, k in zip(probs, keep)])), 3)
+        rows.append(row)
+    return rows
 
 
 def descriptor_rows(oof, y, groups, oof_look, features, test_look, features_test, fold_mean, y_test) -> list[dict]:

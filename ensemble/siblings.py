@@ -37,6 +37,9 @@ MIN_OVERLAP = 0.2  # of a patch's area; smaller overlaps correlate by chance too
 MIN_STD = 1.0  # grey levels: flat (blank, single-colour) patches have no texture to match
 CANDIDATES = 16  # nearest crops by colour scored per crop
 THRESHOLDS = (0.6, 0.7, 0.8)  # the choices of link threshold, chosen on the crop OOF
+# where nothing may be chosen on labels (pseudo-labels): the strictest link, 99.7% of its links join
+# crops of one painting on WikiArt-50's crop OOF (benchmarks/RESULTS.md)
+CONSENSUS_THRESHOLD = max(THRESHOLDS)
 
 
 def keep_grey(rgb: np.ndarray) -> tuple[np.ndarray, int]:
@@ -128,6 +131,14 @@ def groups(n: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> n
 def has_sibling(label: np.ndarray) -> np.ndarray:
     """Whether each row's group (``groups``) holds another row."""
     return np.bincount(label)[label] > 1
+
+
+def group_mean(values: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each row's mean over its whole group, its own row included (``label``: ``groups``)."""
+    _, inv, count = np.unique(label, return_inverse=True, return_counts=True)
+    total = np.zeros((len(count), values.shape[1]))
+    np.add.at(total, inv, values)
+    return total[inv] / count[inv][:, None]
 
 
 def group_mean_of_others(probs: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -106,6 +106,9 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     pick(g, "--pseudo-mode", "pseudo_mode", "pseudo-labels: 'hard' (confident argmax) or 'soft' (probabilities)")
     opt(g, "--pseudo-threshold", key="pseudo_threshold", type=float, help="hard mode: keep test images whose top "
         "probability reaches this")
+    opt(g, "--no-pseudo-siblings", key="pseudo_siblings", action="store_false", default=None,
+        help="label each test crop alone; by default it takes the consensus of the crops it shares pixels with "
+             "(crops of one painting), which fits nothing on labels and so stays honest")
     g = p.add_argument_group("prediction")
     pick(g, "--tta", "tta", "test-time augmentation: none, hflip (2 views), flips (4), d4 (8)")
     opt(g, "--crop-oof", key="crop_oof", type=int, help="fixed half-size crops per validation painting for the "

@@ -61,6 +61,7 @@ class RunConfig:
     pseudo: str | None = None  # that run's folder
     pseudo_mode: str = "hard"  # hard: confident argmax labels; soft: the probabilities themselves
     pseudo_threshold: float = 0.9  # hard mode: keep test crops whose top probability reaches this
+    pseudo_siblings: bool = True  # each crop takes its overlap group's consensus first (nothing fitted on labels)
     # prediction
     tta: str = "flips"
     crop_oof: int = 5  # fixed half-size crops per validation painting (0: off)

@@ -6,16 +6,25 @@ into the model that is then scored on them, and the OOF would flatter. So fold k
 run takes the test images as labelled by fold k of the source run, whose model never saw
 fold k's validation paintings; that needs the same split, which is checked. The full-data
 model has no validation paintings, so it takes the source's fold mean.
+
+Crops of one painting should share its label. By default each test crop first takes the
+consensus of its overlap group (``ensemble.neighbours.consensus``: the crops it shares pixels
+with). That fits nothing on labels, so fold k's pseudo-labels still depend on nothing but fold
+k's model and the test pixels. On WikiArt-50's probe it raised the precision of the labels kept
+at 0.9 from 0.75 to 0.89 at the same share kept (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from common import UserError, layout
 from ensemble.merge import merge
+
+log = logging.getLogger(__name__)
 
 
 def check_source(run, classes, split_hash: str, folds) -> Path:
@@ -50,10 +59,17 @@ def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
     return merge(np.stack(probs), "mean")
 
 
-def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9):
+def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9,
+                  siblings: bool = True, workers: int = 8):
     """(paths, targets) of the test images for fold ``fold``: confident class indices (hard) or
-    probability rows (soft)."""
+    probability rows (soft); with ``siblings``, each crop's probabilities are first its overlap
+    group's consensus."""
     probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
+    if siblings:
+        from ensemble.neighbours import consensus  # the image side (PIL, scipy) only when asked for
+        probs, found = consensus(test["path"], probs, workers)
+        log.info("fold %s pseudo-labels: %.0f%% of the %d test crops take their siblings' consensus", fold,
+                 100 * found, len(probs))
     if mode == "soft":
         return list(test["path"]), probs.astype(np.float32)
     keep = probs.max(axis=1) >= threshold

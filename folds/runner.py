@@ -22,6 +22,7 @@ from common.layout import FULL, prob_frame
 from folds import distributed
 from folds.config import RunConfig, learning_settings
 from folds.engine import scores
+from folds.loader import num_workers
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
 from folds.predict import Predictor, predict_crop_oof
@@ -114,7 +115,7 @@ class FoldRunner:
         if self.cfg.pseudo:
             extra = pseudo_labels(check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL
                                                else [k]), k, self.ds.test, self.ds.classes, self.cfg.pseudo_mode,
-                                  self.cfg.pseudo_threshold)
+                                  self.cfg.pseudo_threshold, self.cfg.pseudo_siblings, max(1, num_workers(self.cfg)))
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
                  f" + {len(extra[0])} pseudo-labelled test images" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,

@@ -178,6 +178,9 @@ def test_the_probe_chooses_on_its_crop_oof_and_reads_its_features_back(demo_sour
     assert first["chosen"] == "off" or first["crop_oof_f1_smoothed_honest"] > first["crop_oof_f1"]
     assert [d["descriptor"] for d in first["descriptors"]] == ["hsv+overlap", "hsv", "features", "hsv+features"]
     assert first["descriptors"][0]["chosen"] == first["chosen"]  # the shipped descriptor, as the build chose
+    alone, agreed = first["pseudo_labels"]
+    assert (alone["labels"], agreed["labels"]) == ("alone", "sibling consensus")
+    assert all(0 <= row[f"{k}@0.9"] <= 1 for row in (alone, agreed) for k in ("kept", "right"))
     assert main(args) == 0  # the kept features: the same figures
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in second.items() if k != "feature_s"} == {k: v for k, v in first.items() if k != "feature_s"}
@@ -258,3 +261,22 @@ def test_overlap_scored_pool_by_pool_equals_all_at_once_and_pools_must_hold_thei
     assert np.array_equal(whole.pairs, pooled.pairs) and np.allclose(whole.overlap, pooled.overlap)
     with pytest.raises(ValueError, match="crosses the pools"):
         nb.Looks.of(nb.nearest(desc, sib.CANDIDATES)[0], kept, pools)
+
+
+def test_the_consensus_gives_a_group_one_prediction_and_leaves_single_crops_alone(tmp_path):
+    """Pseudo-labels take it: nothing fitted, each linked group gets its geometric mean."""
+    from ensemble import siblings as sib
+    files, painting, painter = crop_files(tmp_path, paintings_per_painter=6)
+    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(4))
+    agreed, found = nb.consensus(files, probs, workers=2)
+    assert found >= 0.8 and np.allclose(agreed.sum(1), 1)
+    assert macro_f1(painter, agreed) > macro_f1(painter, probs)
+    desc, kept = nb.look(files, workers=2)
+    group = nb.Looks.of(nb.nearest(desc, sib.CANDIDATES)[0], kept).group(sib.CONSENSUS_THRESHOLD)
+    for g in np.unique(group):  # one prediction per group: the normalised geometric mean of its crops
+        rows = group == g
+        expected = np.exp(np.log(probs[rows]).mean(0))
+        np.testing.assert_allclose(agreed[rows], np.tile(expected / expected.sum(), (rows.sum(), 1)), rtol=1e-6)
+    one_each = np.flatnonzero(np.r_[True, painting[1:] != painting[:-1]])
+    alone, found = nb.consensus([files[i] for i in one_each], probs[one_each], workers=2)
+    assert found == 0 and np.allclose(alone, probs[one_each])

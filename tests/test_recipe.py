@@ -194,6 +194,24 @@ def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp
     assert len(hard[0]) == done["pseudo_images"] and len(soft[0]) == len(ds.test)
 
 
+def test_pseudo_labels_take_their_sibling_crops_consensus_unless_told_not_to(source_run, demo_source):
+    from ensemble.submission import answer_key
+    import argparse
+    from folds.cli import add_training_options, cli_overrides
+    from folds.data import load_dataset
+    from folds.pseudo import pseudo_labels
+    run, ds = source_run / "runs" / "src", load_dataset(demo_source)
+    truth = answer_key(demo_source, ds.test["id"], ds.classes)
+    alone = pseudo_labels(run, 0, ds.test, ds.classes, "soft", siblings=False, workers=2)[1]
+    agreed = pseudo_labels(run, 0, ds.test, ds.classes, "soft", workers=2)[1]
+    assert not np.allclose(alone, agreed) and np.allclose(agreed.sum(1), 1, atol=1e-5)
+    assert (agreed.argmax(1) == truth).mean() >= (alone.argmax(1) == truth).mean()
+    parser = argparse.ArgumentParser()
+    add_training_options(parser)
+    assert resolve_config(cli_overrides(parser.parse_args(["--no-pseudo-siblings"]))).pseudo_siblings is False
+    assert resolve_config({}).pseudo_siblings is True
+
+
 def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_source, tmp_path, capsys):
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 3, "--pseudo": source_run / "runs" / "src"})
     assert run_main(args) == 2
