@@ -20,7 +20,9 @@ its application to the test crops (``smooth_test``). It prints the honest crop-O
 without the smoothing, and the mean single-fold and fold-mean test F1 with and without it (test
 labels for reporting only: the smoothing was chosen on the OOF). It also prints what a pseudo-label
 round would take from each fold model (``folds/pseudo.py``), with and without the sibling
-consensus: the share of test crops kept at each confidence and how many of them are right.
+consensus: the share of crops kept at each confidence and how many of them are right. The crop
+OOF shows it first (the consensus within pools of the test set's size, as the smoothing is chosen
+there); the test crops are for reporting.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from ensemble import neighbours as nb  # noqa: E402
+from ensemble import siblings as sib  # noqa: E402
 from folds.data import load_dataset  # noqa: E402
 from folds.predict import CROP_OOF_SEED, crop_boxes  # noqa: E402
 
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     seconds = time.time() - t
     painting = np.repeat(np.arange(len(pick)), a.crops)
     artist = np.repeat(pick["label"].to_numpy(), a.crops)
-    idx, sim = nb.nearest(desc, nb.sib.CANDIDATES)
+    idx, sim = nb.nearest(desc, sib.CANDIDATES)
     row = {"pool_crops": len(desc), "sibling_at_4": round(float((painting[idx[:, :4]] == painting[:, None]).mean()), 3),
            "same_artist_at_4": round(float((artist[idx[:, :4]] == artist[:, None]).mean()), 3),
            "median_nearest_similarity": round(float(np.median(sim[:, 0])), 3),
@@ -77,22 +80,22 @@ def main(argv=None) -> int:
     row["overlap_pairs_per_s"] = round(len(looks.pairs) / (time.time() - t), 1)
     row["overlap_peak_rss_mb"] = [rss, peak_rss_mb()]  # the process's peak before and after the scoring
     sibling = painting[looks.pairs[:, 0]] == painting[looks.pairs[:, 1]]
-    for threshold in nb.sib.THRESHOLDS:  # a link's chance of joining siblings; the crops that found one
+    for threshold in sib.THRESHOLDS:  # a link's chance of joining siblings; the crops that found one
         group = looks.group(threshold)
         row[f"overlap_{threshold}_precision"] = round(float(sibling[looks.overlap > threshold].mean()), 3)
-        row[f"overlap_{threshold}_found"] = round(float(nb.sib.has_sibling(group).mean()), 3)
+        row[f"overlap_{threshold}_found"] = round(float(sib.has_sibling(group).mean()), 3)
         row[f"overlap_{threshold}_groups_one_artist"] = one_label_share(group, artist)
     if ds.test_labels is not None:  # the test crops' paintings are not known: their artists are
         labels = ds.test_labels.set_index("id").loc[ds.test["id"], "artist"].to_numpy()
         desc, kept = nb.look(ds.test["path"], workers=a.workers)
-        idx, sim = nb.nearest(desc, nb.sib.CANDIDATES)
+        idx, sim = nb.nearest(desc, sib.CANDIDATES)
         row.update(test_crops=len(labels),
                    test_same_artist_at_4=round(float((labels[idx[:, :4]] == labels[:, None]).mean()), 3),
                    test_median_nearest_similarity=round(float(np.median(sim[:, 0])), 3))
         looks = nb.Looks.of(idx, kept)
-        for threshold in nb.sib.THRESHOLDS:
+        for threshold in sib.THRESHOLDS:
             group = looks.group(threshold)
-            row[f"test_overlap_{threshold}_found"] = round(float(nb.sib.has_sibling(group).mean()), 3)
+            row[f"test_overlap_{threshold}_found"] = round(float(sib.has_sibling(group).mean()), 3)
             row[f"test_overlap_{threshold}_groups_one_artist"] = one_label_share(group, labels)
     print(json.dumps(row))
     return 0
@@ -188,7 +191,10 @@ def probe(a) -> dict:
            "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
            "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"])),
-           "pseudo_labels": pseudo_label_rows(test_paths, test_each, y_test, a.workers)}
+           "pseudo_labels_oof": pseudo_label_rows([oof], y, lambda p: sib.group_consensus(p, oof_groups(
+               a, oof_paths, boxes, np.repeat(ids, n), len(test_paths)))),
+           "pseudo_labels": pseudo_label_rows(test_each, y_test,
+                                              lambda p: nb.consensus(test_paths, p, a.workers)[0])}
     if a.descriptors:
         row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.look(oof_paths, boxes, a.workers),
                                              oof_x, nb.look(test_paths, workers=a.workers), test_x, fold_mean,
@@ -196,18 +202,28 @@ def probe(a) -> dict:
     return row
 
 
-def pseudo_label_rows(test_paths, test_each, y_test, workers: int, confidences=(0.5, 0.7, 0.9)) -> list[dict]:
-    """Each fold model's test probabilities as a pseudo-label round takes them, alone and with the
-    sibling consensus: the mean over folds of the share kept at each confidence and its precision."""
+def oof_groups(a, paths, boxes, painting, pool_rows: int) -> np.ndarray:
+    """The crop OOF's overlap groups at the consensus threshold, found within pools of the test
+    set's size (``fit_on_oof``'s pools), so a crop meets as many look-alikes as a test crop does."""
+    desc, kept = nb.look(paths, boxes, a.workers)
+    pools = nb.oof_pools(painting, min(pool_rows, len(painting) // 2))
+    looks = nb.Looks.of(nb.pool_neighbours(desc, pools, sib.CANDIDATES)[0], kept, pools)
+    return looks.group(sib.CONSENSUS_THRESHOLD)
+
+
+def pseudo_label_rows(each, y, agree, confidences=(0.5, 0.7, 0.9)) -> list[dict]:
+    """Probabilities as a pseudo-label round takes them, alone and with the sibling consensus
+    (``agree``): the mean over ``each`` of the macro-F1, the share kept at each confidence and how
+    many of those are right."""
     from common.metrics import macro_f1
     rows = []
-    for name, way in (("alone", lambda p: p), ("sibling consensus", lambda p: nb.consensus(test_paths, p, workers)[0])):
-        probs = [way(p) for p in test_each]
-        row = {"labels": name, "f1": round(float(np.mean([macro_f1(y_test, p) for p in probs])), 4)}
+    for name, way in (("alone", lambda p: p), ("sibling consensus", agree)):
+        probs = [way(p) for p in each]
+        row = {"labels": name, "f1": round(float(np.mean([macro_f1(y, p) for p in probs])), 4)}
         for c in confidences:
             keep = [p.max(1) >= c for p in probs]
             row[f"kept@{c}"] = round(float(np.mean([k.mean() for k in keep])), 3)
-            row[f"right@{c}"] = round(float(np.mean([(p[k].argmax(1) == y_test[k]).mean()
+            row[f"right@{c}"] = round(float(np.mean([(p[k].argmax(1) == y[k]).mean()
                                                      for p, k in zip(probs, keep)])), 3)
         rows.append(row)
     return rows
@@ -235,7 +251,7 @@ def descriptor_rows(oof, y, groups, oof_look, features, test_look, features_test
                              False)}.items():
         fit = nb.fit_on_oof(oof, y, groups, d, pool_rows, kept=kept if with_overlap else None)
         near, _ = nb.pool_neighbours(d, nb.oof_pools(groups, min(pool_rows, len(groups) // 2)), 4)
-        test_near, _ = nb.nearest(d_test, max(max(nb.GRID_K), nb.sib.CANDIDATES))
+        test_near, _ = nb.nearest(d_test, max(max(nb.GRID_K), sib.CANDIDATES))
         test_looks = nb.Looks.of(test_near, kept_test if with_overlap and fit["smoothing"].threshold else None)
         rows.append({"descriptor": name, "sibling_at_4": round(float((groups[near] == groups[:, None]).mean()), 3),
                      "chosen": fit["smoothing"].describe(),

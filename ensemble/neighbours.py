@@ -344,8 +344,7 @@ def consensus(paths, probs, workers: int = 8) -> tuple[np.ndarray, float]:
         return probs, 0.0
     looks, _ = _test_looks(tuple(str(p) for p in paths), workers, True)
     groups = looks.group(sib.CONSENSUS_THRESHOLD)
-    logp = sib.group_mean(np.log(np.clip(probs, EPS, 1.0)), groups)
-    return merge(np.exp(logp)[None], "gmean"), float(sib.has_sibling(groups).mean())
+    return sib.group_consensus(probs, groups), float(sib.has_sibling(groups).mean())
 
 
 @lru_cache(maxsize=2)

@@ -29,6 +29,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ensemble.merge import EPS
+
 SIDE = 32  # patch side: a 112 px crop shrinks about 3.5x; enough texture to tell paintings apart
 RATIO = 1.1  # size steps between scale levels
 LEVELS = 2  # crops more than 2 steps (about 21%) apart in size are not compared
@@ -139,6 +141,14 @@ def group_mean(values: np.ndarray, label: np.ndarray) -> np.ndarray:
     total = np.zeros((len(count), values.shape[1]))
     np.add.at(total, inv, values)
     return total[inv] / count[inv][:, None]
+
+
+def group_consensus(probs: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each row's group's geometric mean of probabilities, its own row included and every row
+    weighing the same, renormalised: one prediction per group (``label``: ``groups``)."""
+    logp = group_mean(np.log(np.clip(probs, EPS, 1.0)), label)
+    q = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return q / q.sum(axis=1, keepdims=True)
 
 
 def group_mean_of_others(probs: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -178,9 +178,9 @@ def test_the_probe_chooses_on_its_crop_oof_and_reads_its_features_back(demo_sour
     assert first["chosen"] == "off" or first["crop_oof_f1_smoothed_honest"] > first["crop_oof_f1"]
     assert [d["descriptor"] for d in first["descriptors"]] == ["hsv+overlap", "hsv", "features", "hsv+features"]
     assert first["descriptors"][0]["chosen"] == first["chosen"]  # the shipped descriptor, as the build chose
-    alone, agreed = first["pseudo_labels"]
-    assert (alone["labels"], agreed["labels"]) == ("alone", "sibling consensus")
-    assert all(0 <= row[f"{k}@0.9"] <= 1 for row in (alone, agreed) for k in ("kept", "right"))
+    for rows in (first["pseudo_labels_oof"], first["pseudo_labels"]):
+        assert [row["labels"] for row in rows] == ["alone", "sibling consensus"]
+        assert all(0 <= row[f"{k}@0.9"] <= 1 for row in rows for k in ("kept", "right"))
     assert main(args) == 0  # the kept features: the same figures
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in second.items() if k != "feature_s"} == {k: v for k, v in first.items() if k != "feature_s"}
