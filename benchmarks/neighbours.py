@@ -58,9 +58,13 @@ def main(argv=None) -> int:
     g.add_argument("--features", help="an .npz to keep the features in (read back when it matches)")
     g.add_argument("--descriptors", action="store_true", help="also the smoothing with the probe's frozen features "
                    "as the descriptor, alone and beside the colour histogram")
+    g = p.add_argument_group("on a finished run (--run)")
+    g.add_argument("--run", help="a run folder trained on DATA_DIR: the sibling consensus and the pseudo-label rows "
+                   "on its crop OOF and fold models' test probabilities (the consensus fits nothing, so any OOF "
+                   "size will do)")
     a = p.parse_args(argv)
-    if a.probe:
-        print(json.dumps(probe(a)))
+    if a.probe or a.run:
+        print(json.dumps(probe(a) if a.probe else run_rows(a)))
         return 0
     ds = load_dataset(a.data_dir, check_images=False)
     pick = ds.train.iloc[np.random.default_rng(0).permutation(len(ds.train))[:a.paintings]]
@@ -191,15 +195,43 @@ def probe(a) -> dict:
            "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
            "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"])),
-           "pseudo_labels_oof": pseudo_label_rows([oof], y, lambda p: sib.group_consensus(p, oof_groups(
-               a, oof_paths, boxes, np.repeat(ids, n), len(test_paths)))),
-           "pseudo_labels": pseudo_label_rows(test_each, y_test,
-                                              lambda p: nb.consensus(test_paths, p, a.workers)[0])}
+           **consensus_rows(a, oof_paths, boxes, np.repeat(ids, n), oof, y, test_paths, test_each, y_test)}
     if a.descriptors:
         row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.look(oof_paths, boxes, a.workers),
                                              oof_x, nb.look(test_paths, workers=a.workers), test_x, fold_mean,
                                              y_test)
     return row
+
+
+def run_rows(a) -> dict:
+    """The consensus rows on a finished run: its crop OOF and each fold model's test probabilities."""
+    from common.metrics import macro_f1
+    from ensemble.merge import merge
+    from ensemble.runs import load_run
+    from ensemble.submission import answer_key
+
+    run = load_run(a.run, "crops")
+    y_test = answer_key(a.data_dir, run.test_ids, run.classes)  # reported only
+    if y_test is None:
+        raise SystemExit(f"{a.data_dir}: --run scores the test crops and needs test_labels.csv")
+    oof_paths, boxes, test_paths = nb.crop_files(a.data_dir, run.oof, run.test_ids)
+    y = run.oof["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
+    oof = run.oof[run.classes].to_numpy(dtype=np.float64)
+    test_each = [run.fold_test[k] for k in sorted(run.fold_test, key=str)]
+    fold_mean = merge(np.stack(test_each), "mean")
+    rows = consensus_rows(a, oof_paths, boxes, run.oof["id"].to_numpy(), oof, y, test_paths, test_each, y_test)
+    return {"run": str(a.run), "oof_crops": len(y), "crop_oof_f1": round(macro_f1(y, oof), 4),
+            "fold_mean_test_f1": round(macro_f1(y_test, fold_mean), 4),
+            "fold_mean_test_f1_consensus": round(macro_f1(y_test, nb.consensus(test_paths, fold_mean,
+                                                                              a.workers)[0]), 4), **rows}
+
+
+def consensus_rows(a, oof_paths, boxes, painting, oof, y, test_paths, test_each, y_test) -> dict:
+    """The pseudo-label rows, alone and with the sibling consensus: on the crop OOF first (groups
+    found within pools of the test set's size), then on each fold model's test probabilities."""
+    groups = oof_groups(a, oof_paths, boxes, painting, len(test_paths))
+    return {"pseudo_labels_oof": pseudo_label_rows([oof], y, lambda p: sib.group_consensus(p, groups)),
+            "pseudo_labels": pseudo_label_rows(test_each, y_test, lambda p: nb.consensus(test_paths, p, a.workers)[0])}
 
 
 def oof_groups(a, paths, boxes, painting, pool_rows: int) -> np.ndarray:
@@ -223,8 +255,8 @@ def pseudo_label_rows(each, y, agree, confidences=(0.5, 0.7, 0.9)) -> list[dict]
         for c in confidences:
             keep = [p.max(1) >= c for p in probs]
             row[f"kept@{c}"] = round(float(np.mean([k.mean() for k in keep])), 3)
-            row[f"right@{c}"] = round(float(np.mean([(p[k].argmax(1) == y[k]).mean()
-                                                     for p, k in zip(probs, keep)])), 3)
+            right = [(p[k].argmax(1) == y[k]).mean() for p, k in zip(probs, keep) if k.any()]
+            row[f"right@{c}"] = round(float(np.mean(right)), 3) if right else None  # none kept: no precision
         rows.append(row)
     return rows
 

@@ -286,12 +286,9 @@ def sibling_check(oof_sibling: float, oof_stranger: float, test_nearest: np.ndar
     return None
 
 
-def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8) -> dict:
-    """Choose the smoothing on a run's crop OOF (rows: id, crop) and apply it to the test crops.
-
-    Returns the smoothing applied to the test (off when the test crops do not look like several
-    per painting), the one chosen on the OOF, the honest OOF probabilities, the smoothed test
-    probabilities, what a saved blend keeps, and notes."""
+def crop_files(data_dir, oof_frame, test_ids) -> tuple[list, list, list]:
+    """Where a run's crop-OOF rows (id, crop) and test ids are: each OOF row's train image and crop
+    box (as the crop OOF cut them), and each test crop's image."""
     from folds.data import load_dataset
     from folds.predict import CROP_OOF_SEED, crop_boxes
 
@@ -302,10 +299,22 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
     n = int(crop.max()) + 1
     boxes = dict(zip(dict.fromkeys(ids), np.reshape(crop_boxes(list(dict.fromkeys(ids)), n, CROP_OOF_SEED),
                                                     (-1, n, 4))))
-    oof_desc, kept = look([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)], workers)
+    return ([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)],
+            [test_path[i] for i in test_ids])
+
+
+def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8) -> dict:
+    """Choose the smoothing on a run's crop OOF (rows: id, crop) and apply it to the test crops.
+
+    Returns the smoothing applied to the test (off when the test crops do not look like several
+    per painting), the one chosen on the OOF, the honest OOF probabilities, the smoothed test
+    probabilities, what a saved blend keeps, and notes."""
+    oof_paths, boxes, test_paths = crop_files(data_dir, oof_frame, test_ids)
+    oof_desc, kept = look(oof_paths, boxes, workers)
+    ids = oof_frame["id"].to_numpy()
     fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids), kept=kept)
     saved = {**fit["smoothing"].saved(), "oof_sibling": fit["oof_sibling"], "oof_stranger": fit["oof_stranger"]}
-    test, notes = smooth_test([test_path[i] for i in test_ids], test_probs, saved, workers)
+    test, notes = smooth_test(test_paths, test_probs, saved, workers)
     notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {fit['pool_size']:,} crops; the test "
                     f"set has {len(test_ids):,}): {fit['smoothing'].describe()}"
                     + (f": {fit['reason']}" if fit["reason"] else ""))
