@@ -17,7 +17,8 @@
 #                                                    and the variants at once; EPOCHS=8 STEP=6 PATIENCE=4; EXTRA: more
 #                                                    real_data.py options, e.g. "--join --variant lite1:strong:model=...";
 #                                                    INFER=1: first lite2's 5-fold x 4-view TTA vs its ceiling;
-#                                                    TTA=1: then each TTA mode of (b) by crop-OOF, benchmarks/tta_modes.py)
+#                                                    TTA=1: then each TTA mode of (b) by crop-OOF, benchmarks/tta_modes.py;
+#                                                    with time left, consensus.json: benchmarks/neighbours.py --run on (b))
 # Results go to $OUT (the device tool's folder) or benchmarks/out-gpu. On a CPU it runs with
 # tiny settings when TINY=1 (the check this script gets before it is spent on the device).
 set -uo pipefail
@@ -80,6 +81,10 @@ case "$step" in
     # TTA=1: every TTA mode of the default run by its crop-OOF (inference only, about a minute for lite2)
     [ "${TTA:-0}" = 1 ] && [ -d "$out/runs/bench-suite" ] && $py benchmarks/tta_modes.py "$out/runs/bench-suite" \
       --out "$out/tta.jsonl" 2>&1 | quiet | tee -a "$out/log.txt"
+    # with time left: the sibling consensus and the pseudo-labels it gives, on the default run (benchmarks/neighbours.py)
+    left=$(( budget - ($(date +%s) - start) ))
+    [ "$left" -gt 30 ] && [ -d "$out/runs/bench-suite" ] && timeout "$left" $py benchmarks/neighbours.py "$data" \
+      --run "$out/runs/bench-suite" --workers "$workers" > "$out/consensus.json" 2>> "$out/log.txt"
     for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
     rm -rf "$out/runs" "$out/submissions" ;;
   *) echo "unknown step $step"; exit 2 ;;
