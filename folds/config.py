@@ -79,6 +79,12 @@ class RunConfig:
         return asdict(self)
 
 
+def settings_before_they_existed(saved: dict) -> dict:
+    """What a run folder written before a setting existed did, where today's default is not that:
+    its config lacks the key, and reading the default there would resume it with another recipe."""
+    return {"pseudo_siblings": False} if saved.get("pseudo") else {}
+
+
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",

@@ -179,7 +179,7 @@ def test_fold_k_pseudo_labels_come_from_fold_k_alone(source_run, demo_source):
     assert trained_on["fold"] == 0 and set(folds["fold"]) == {"0", "1"}
 
 
-def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp_path):
+def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp_path, capsys):
     args = tiny_args(demo_source, source_run, **{"--epochs": 2, "--n-folds": 2, "--name": "ps",
                                                   "--pseudo": source_run / "runs" / "src", "--pseudo-threshold": 0.3})
     assert run_main(args) == 0
@@ -192,6 +192,14 @@ def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp
     hard = pseudo_labels(source_run / "runs" / "src", 0, ds.test, ds.classes, "hard", 0.3)
     soft = pseudo_labels(source_run / "runs" / "src", 0, ds.test, ds.classes, "soft")
     assert len(hard[0]) == done["pseudo_images"] and len(soft[0]) == len(ds.test)
+    # a pseudo run made before the sibling consensus existed labelled each crop alone: resuming it
+    # with today's default would change its recipe, so that is refused, and the old way resumes
+    config = source_run / "runs" / "ps" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "pseudo_siblings"}))
+    capsys.readouterr()
+    assert run_main(args) == 2
+    assert "pseudo_siblings: False -> True" in capsys.readouterr().err
+    assert run_main([*args, "--no-pseudo-siblings"]) == 0
 
 
 def test_pseudo_labels_take_their_sibling_crops_consensus_unless_told_not_to(source_run, demo_source):
