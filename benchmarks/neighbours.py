@@ -195,7 +195,7 @@ def probe(a) -> dict:
            "single_fold_test_f1_smoothed": r(mean_single_f1(y_test, single_smoothed)),
            "fold_mean_test_f1": r(macro_f1(y_test, fold_mean)),
            "fold_mean_test_f1_smoothed": r(macro_f1(y_test, smooth["test"])),
-           **consensus_rows(a, oof_paths, boxes, np.repeat(ids, n), oof, y, test_paths, test_each, y_test)}
+           **consensus_rows(a, smooth["oof_looks"], oof, y, test_paths, test_each, y_test)}
     if a.descriptors:
         row["descriptors"] = descriptor_rows(oof, y, np.repeat(ids, n), nb.look(oof_paths, boxes, a.workers),
                                              oof_x, nb.look(test_paths, workers=a.workers), test_x, fold_mean,
@@ -219,28 +219,21 @@ def run_rows(a) -> dict:
     oof = run.oof[run.classes].to_numpy(dtype=np.float64)
     test_each = [run.fold_test[k] for k in sorted(run.fold_test, key=str)]
     fold_mean = merge(np.stack(test_each), "mean")
-    rows = consensus_rows(a, oof_paths, boxes, run.oof["id"].to_numpy(), oof, y, test_paths, test_each, y_test)
+    desc, kept = nb.look(oof_paths, boxes, a.workers)
+    looks = nb.oof_looks(run.oof["id"].to_numpy(), desc, pool_rows=len(test_paths), kept=kept)[0]
+    rows = consensus_rows(a, looks, oof, y, test_paths, test_each, y_test)
     return {"run": str(a.run), "oof_crops": len(y), "crop_oof_f1": round(macro_f1(y, oof), 4),
             "fold_mean_test_f1": round(macro_f1(y_test, fold_mean), 4),
             "fold_mean_test_f1_consensus": round(macro_f1(y_test, nb.consensus(test_paths, fold_mean,
                                                                               a.workers)[0]), 4), **rows}
 
 
-def consensus_rows(a, oof_paths, boxes, painting, oof, y, test_paths, test_each, y_test) -> dict:
-    """The pseudo-label rows, alone and with the sibling consensus: on the crop OOF first (groups
-    found within pools of the test set's size), then on each fold model's test probabilities."""
-    groups = oof_groups(a, oof_paths, boxes, painting, len(test_paths))
-    return {"pseudo_labels_oof": pseudo_label_rows([oof], y, lambda p: sib.group_consensus(p, groups)),
+def consensus_rows(a, oof_looks, oof, y, test_paths, test_each, y_test) -> dict:
+    """The pseudo-label rows, alone and with the sibling consensus: on the crop OOF first (its looks
+    within pools of the test set's size, ``neighbours.oof_looks``), then on each fold model's test
+    probabilities."""
+    return {"pseudo_labels_oof": pseudo_label_rows([oof], y, lambda p: oof_looks.consensus(p)[0]),
             "pseudo_labels": pseudo_label_rows(test_each, y_test, lambda p: nb.consensus(test_paths, p, a.workers)[0])}
-
-
-def oof_groups(a, paths, boxes, painting, pool_rows: int) -> np.ndarray:
-    """The crop OOF's overlap groups at the consensus threshold, found within pools of the test
-    set's size (``fit_on_oof``'s pools), so a crop meets as many look-alikes as a test crop does."""
-    desc, kept = nb.look(paths, boxes, a.workers)
-    pools = nb.oof_pools(painting, min(pool_rows, len(painting) // 2))
-    looks = nb.Looks.of(nb.pool_neighbours(desc, pools, sib.CANDIDATES)[0], kept, pools)
-    return looks.group(sib.CONSENSUS_THRESHOLD)
 
 
 def pseudo_label_rows(each, y, agree, confidences=(0.5, 0.7, 0.9)) -> list[dict]:

@@ -145,6 +145,12 @@ class Looks:
             self._groups[threshold] = sib.groups(len(self.neighbours), self.pairs, self.overlap, threshold)
         return self._groups[threshold]
 
+    def consensus(self, probs: np.ndarray) -> tuple[np.ndarray, float]:
+        """Each crop's probabilities replaced by its overlap group's geometric mean (``siblings.group_consensus``
+        at ``siblings.CONSENSUS_THRESHOLD``: nothing chosen on labels), and the share with a sibling found."""
+        groups = self.group(sib.CONSENSUS_THRESHOLD)
+        return sib.group_consensus(probs, groups), float(sib.has_sibling(groups).mean())
+
     def subset(self, rows: np.ndarray) -> "Looks":
         """These rows alone, renumbered (the pools never link rows of two halves)."""
         pos = np.full(len(self.neighbours), -1, np.int64)
@@ -236,10 +242,18 @@ def choose(probs, y, looks, grid_k=GRID_K, grid_w=GRID_W,
     return best[1], best[0]
 
 
+def oof_looks(groups, desc, pool_rows: int, kept=None) -> tuple[Looks, list[np.ndarray], np.ndarray]:
+    """The crop OOF's looks within pools of about the test set's size (two pools at least, for the
+    honest halves), the pools, and each crop's similarity to its nearest crops."""
+    pools = oof_pools(groups, min(pool_rows, len(groups) // 2))
+    neighbours, sim = pool_neighbours(desc, pools, max(max(GRID_K), sib.CANDIDATES))
+    return Looks.of(neighbours, kept, pools), pools, sim  # candidate pairs never cross pools
+
+
 def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
     """Choose the smoothing on the crop OOF (with overlap siblings when ``kept``, the crops'
-    ``siblings.keep_grey``, is given); return the choice, its honest OOF probabilities, the pools'
-    size, and the median similarity of a crop to its nearest crop and to the nearest crop of
+    ``siblings.keep_grey``, is given); return the choice, its honest OOF probabilities, the looks
+    it chose on, the pools' size, and the median similarity of a crop to its nearest crop and to the nearest crop of
     another painting (what ``sibling_check`` compares a test set with).
 
     Honest: the pools are split in two halves, each half's rows smoothed with the (k, w) chosen
@@ -247,9 +261,8 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
     does not beat the unsmoothed one, or when the OOF is too small for pools of at least half the
     test set's size (sparser pools put more siblings among a crop's k nearest than the test
     will, so the choice would overrate the smoothing)."""
-    pools = oof_pools(groups, min(pool_rows, len(groups) // 2))  # two pools at least, for the two halves
-    neighbours, sim = pool_neighbours(desc, pools, max(max(GRID_K), sib.CANDIDATES))
-    looks = Looks.of(neighbours, kept, pools)  # candidate pairs never cross pools: neighbours stay in theirs
+    looks, pools, sim = oof_looks(groups, desc, pool_rows, kept)
+    neighbours = looks.neighbours
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
     for fit_rows, score_rows in (halves, halves[::-1]):
@@ -266,7 +279,7 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
     if reason:
         chosen, honest = Smoothing(), np.array(probs, dtype=np.float64, copy=True)
     stranger = groups[neighbours] != groups[:, None]  # the nearest crop of another painting
-    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason,
+    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason, "looks": looks,
             "oof_sibling": float(np.median(sim[:, 0])),
             "oof_stranger": float(np.median(sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]))}
 
@@ -307,8 +320,8 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
     """Choose the smoothing on a run's crop OOF (rows: id, crop) and apply it to the test crops.
 
     Returns the smoothing applied to the test (off when the test crops do not look like several
-    per painting), the one chosen on the OOF, the honest OOF probabilities, the smoothed test
-    probabilities, what a saved blend keeps, and notes."""
+    per painting), the one chosen on the OOF, the honest OOF probabilities, the OOF's looks, the
+    smoothed test probabilities, what a saved blend keeps, and notes."""
     oof_paths, boxes, test_paths = crop_files(data_dir, oof_frame, test_ids)
     oof_desc, kept = look(oof_paths, boxes, workers)
     ids = oof_frame["id"].to_numpy()
@@ -319,7 +332,7 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
                     f"set has {len(test_ids):,}): {fit['smoothing'].describe()}"
                     + (f": {fit['reason']}" if fit["reason"] else ""))
     return {"smoothing": fit["smoothing"] if test is not test_probs else Smoothing(), "saved": saved,
-            "chosen_on_oof": fit["smoothing"],
+            "chosen_on_oof": fit["smoothing"], "oof_looks": fit["looks"],
             "honest_oof": fit["honest_oof"], "test": test, "notes": notes}
 
 
@@ -351,9 +364,7 @@ def consensus(paths, probs, workers: int = 8) -> tuple[np.ndarray, float]:
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) < 2:
         return probs, 0.0
-    looks, _ = _test_looks(tuple(str(p) for p in paths), workers, True)
-    groups = looks.group(sib.CONSENSUS_THRESHOLD)
-    return sib.group_consensus(probs, groups), float(sib.has_sibling(groups).mean())
+    return _test_looks(tuple(str(p) for p in paths), workers, True)[0].consensus(probs)
 
 
 @lru_cache(maxsize=2)

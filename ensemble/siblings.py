@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ensemble.merge import EPS
+from ensemble.merge import EPS, merge
 
 SIDE = 32  # patch side: a 112 px crop shrinks about 3.5x; enough texture to tell paintings apart
 RATIO = 1.1  # size steps between scale levels
@@ -135,27 +135,23 @@ def has_sibling(label: np.ndarray) -> np.ndarray:
     return np.bincount(label)[label] > 1
 
 
-def group_mean(values: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Each row's mean over its whole group, its own row included (``label``: ``groups``)."""
+def _group_totals(values: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group's sum of ``values`` and its number of rows (``label``: ``groups``)."""
     _, inv, count = np.unique(label, return_inverse=True, return_counts=True)
     total = np.zeros((len(count), values.shape[1]))
     np.add.at(total, inv, values)
-    return total[inv] / count[inv][:, None]
+    return total[inv], count[inv]
 
 
 def group_consensus(probs: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Each row's group's geometric mean of probabilities, its own row included and every row
-    weighing the same, renormalised: one prediction per group (``label``: ``groups``)."""
-    logp = group_mean(np.log(np.clip(probs, EPS, 1.0)), label)
-    q = np.exp(logp - logp.max(axis=1, keepdims=True))
-    return q / q.sum(axis=1, keepdims=True)
+    weighing the same, renormalised by merge's gmean: one prediction per group."""
+    total, count = _group_totals(np.log(np.clip(probs, EPS, 1.0)), label)
+    return merge(np.exp(total / count[:, None])[None], "gmean")
 
 
 def group_mean_of_others(probs: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's mean of the other rows in its group, and whether it has any (``label``: ``groups``)."""
-    _, inv, count = np.unique(label, return_inverse=True, return_counts=True)
-    total = np.zeros((len(count), probs.shape[1]))
-    np.add.at(total, inv, probs)
-    others = count[inv] - 1
-    mean = (total[inv] - probs) / np.maximum(others, 1)[:, None]
-    return mean, others > 0
+    total, count = _group_totals(probs, label)
+    others = count - 1
+    return (total - probs) / np.maximum(others, 1)[:, None], others > 0
