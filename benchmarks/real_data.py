@@ -173,7 +173,8 @@ def main(argv=None) -> int:
                    "processes at once, as folds/run.py --procs-per-gpu N (--workers: per process; default: "
                    "the cores split between them)")
     p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
-                   "round on s), f (s's full-data model, joining c's soft votes), c (every method over the runs) "
+                   "round on the better of b and s by crop-OOF), f (that run's full-data model, joining c's soft "
+                   "votes), c (every method over the runs) "
                    "to run")
     p.add_argument("--together", action="store_true", help="train the first round's runs (a, s, b and the "
                    "variants) at once: all their fold processes share the GPU (a small backbone does not fill "
@@ -222,18 +223,23 @@ def main(argv=None) -> int:
         result[stage] = row
         if stage in ("b+", "b") or (stage == "v" and args.join):
             suite.append(row["run_dir"])
-    if "b+" in result:  # (p) a pseudo-label round on the strong run, (f) its full-data model
-        s = result["b+"]
+    # (p) a pseudo-label round and (f) a full-data model start from the first round's best run by
+    # crop-OOF (the strong preset only where it beat the default), never by the test score
+    base = max((result[s] for s in ("b+", "b") if s in result), default=None,
+               key=lambda r: r["crop_oof_f1"] if r["crop_oof_f1"] is not None else r["oof_f1"])
+    if base is not None:
         if "p" in stages:
-            p = train_run("bench-strong-pseudo", "strong", args, pseudo=s["run_dir"])
-            record({"stage": "p", **p, "gain_over_source": round(p["test_f1"] - s["test_f1"], 4)})
+            p = train_run(f"{base['name']}-pseudo", base["preset"], args, pseudo=base["run_dir"])
+            record({"stage": "p", **p, "source": base["name"],
+                    "gain_over_source": round(p["test_f1"] - base["test_f1"], 4),
+                    "gain_over_source_with_neighbours": round(p["neighbours_test_f1"] - base["neighbours_test_f1"], 4)})
             suite.append(p["run_dir"])
         if "f" in stages:
             t = time.time()
-            cfg = resolve_config({**json.loads((Path(s["run_dir"]) / layout.CONFIG).read_text())}, "strong")
+            cfg = resolve_config({**json.loads((Path(base["run_dir"]) / layout.CONFIG).read_text())}, base["preset"])
             FoldRunner.open(cfg, resume=True).run_full()
-            record({"stage": "f", "name": "bench-strong full-data model", "minutes": round((time.time() - t) / 60, 2),
-                    "test_f1": float("nan")})
+            record({"stage": "f", "name": f"{base['name']} full-data model",
+                    "minutes": round((time.time() - t) / 60, 2), "test_f1": float("nan")})
     if "c" in stages and args.budget_min - (time.time() - start) / 60 > 1.3 * result["b"]["minutes"]:
         b2 = train_run("bench-suite-s1", "default", args, seed=1)  # a second seed for (c)
         record({"stage": "b2", **b2})

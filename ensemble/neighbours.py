@@ -258,28 +258,37 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
 
     Honest: the pools are split in two halves, each half's rows smoothed with the (k, w) chosen
     on the other half. The final choice is made on all rows, and is off when the honest score
-    does not beat the unsmoothed one, or when the OOF is too small for pools of at least half the
-    test set's size (sparser pools put more siblings among a crop's k nearest than the test
-    will, so the choice would overrate the smoothing)."""
+    does not beat the unsmoothed one. When the OOF is too small for pools of at least half the
+    test set's size, sparser pools would put more siblings among a crop's k nearest by colour than
+    the test will, so the choice would overrate the colour way: then only the overlap groups above
+    ``siblings.CONSENSUS_THRESHOLD`` are candidates (a link between two paintings' crops needs their
+    pixels to match: 0.3% of the links in pools of the test's size on WikiArt-50, so a sparser pool
+    overrates them far less), and without overlap scores it stays off."""
     looks, pools, sim = oof_looks(groups, desc, pool_rows, kept)
     neighbours = looks.neighbours
+    pool_size = int(np.median([len(p) for p in pools]))
+    sparse = pool_size < pool_rows / 2
+    grid = {"grid_k": (), "grid_threshold": (sib.CONSENSUS_THRESHOLD,)} if sparse else {}
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
     for fit_rows, score_rows in (halves, halves[::-1]):
-        s, _ = choose(probs[fit_rows], y[fit_rows], looks.subset(fit_rows))
+        s, _ = choose(probs[fit_rows], y[fit_rows], looks.subset(fit_rows), **grid)
         honest[score_rows] = s.apply(probs, looks)[score_rows]
-    chosen, _ = choose(probs, y, looks)
-    pool_size = int(np.median([len(p) for p in pools]))
+    chosen, _ = choose(probs, y, looks, **grid)
+    density = (f"the crop OOF has too few crops for pools of the test set's density ({pool_size:,} crops a pool "
+               f"against {pool_rows:,} test crops)")
     reason = None
-    if pool_size < pool_rows / 2:
-        reason = (f"the crop OOF has too few crops for pools of the test set's density ({pool_size:,} crops "
-                  f"a pool against {pool_rows:,} test crops), so its choice would overrate the smoothing")
+    if sparse and not len(looks.pairs):
+        reason = f"{density}, so its choice would overrate the smoothing"
     elif macro_f1(y, honest) < macro_f1(y, probs):
         reason = "it did not beat the method alone on the honest crop OOF"
     if reason:
         chosen, honest = Smoothing(), np.array(probs, dtype=np.float64, copy=True)
+    limited = (f"only the overlap groups above {sib.CONSENSUS_THRESHOLD} were candidates: {density}, which would "
+               "overrate the colour way") if sparse and not reason else None
     stranger = groups[neighbours] != groups[:, None]  # the nearest crop of another painting
-    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason, "looks": looks,
+    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason or limited,
+            "looks": looks,
             "oof_sibling": float(np.median(sim[:, 0])),
             "oof_stranger": float(np.median(sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]))}
 

@@ -101,6 +101,28 @@ def test_an_oof_too_small_for_the_test_sets_density_leaves_it_off():
     assert np.array_equal(sparse["honest_oof"], probs)
 
 
+def test_a_sparse_oof_with_overlap_scores_chooses_among_the_overlap_groups_only(tmp_path, monkeypatch):
+    paths, boxes, painting, painter = painted_crops(tmp_path, paintings_per_painter=6, crops=3)
+    desc, kept = nb.look(paths, boxes, workers=2)
+    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
+    grids = []
+    real_choose = nb.choose
+
+    def spy(p, y, looks, **kw):
+        grids.append(kw)
+        return real_choose(p, y, looks, **kw)
+
+    monkeypatch.setattr(nb, "choose", spy)
+    fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=4 * len(painting), kept=kept)  # a test 4x the OOF
+    assert grids == [{"grid_k": (), "grid_threshold": (nb.sib.CONSENSUS_THRESHOLD,)}] * 3  # both halves, then all
+    assert fit["smoothing"].on and fit["smoothing"].threshold == nb.sib.CONSENSUS_THRESHOLD
+    assert "only the overlap groups" in fit["reason"] and "density" in fit["reason"]
+    assert macro_f1(painter, fit["honest_oof"]) > macro_f1(painter, probs)
+    grids.clear()
+    nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 2, kept=kept)  # dense enough: all
+    assert grids == [{}] * 3
+
+
 def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tmp_path):
     paths, boxes, painting, painter = painted_crops(tmp_path, crops=4)
     desc = nb.describe(paths, boxes, workers=2)
