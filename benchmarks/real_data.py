@@ -174,8 +174,7 @@ def main(argv=None) -> int:
                    "the cores split between them)")
     p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
                    "round on the better of b and s by crop-OOF), f (that run's full-data model, joining c's soft "
-                   "votes), c (every method over the runs) "
-                   "to run")
+                   "votes), c (every method over the runs) to run")
     p.add_argument("--together", action="store_true", help="train the first round's runs (a, s, b and the "
                    "variants) at once: all their fold processes share the GPU (a small backbone does not fill "
                    "one) and split the cores")
