@@ -284,11 +284,11 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
         reason = "it did not beat the method alone on the honest crop OOF"
     if reason:
         chosen, honest = Smoothing(), np.array(probs, dtype=np.float64, copy=True)
-    limited = (f"only the overlap groups above {sib.CONSENSUS_THRESHOLD} were candidates: {density}, which would "
-               "overrate the colour way") if sparse and not reason else None
+    elif sparse:  # on, but say why the colour way was not a candidate
+        reason = (f"only the overlap groups above {sib.CONSENSUS_THRESHOLD} were candidates: {density}, which would "
+                  "overrate the colour way")
     stranger = groups[neighbours] != groups[:, None]  # the nearest crop of another painting
-    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason or limited,
-            "looks": looks,
+    return {"smoothing": chosen, "honest_oof": honest, "pool_size": pool_size, "reason": reason, "looks": looks,
             "oof_sibling": float(np.median(sim[:, 0])),
             "oof_stranger": float(np.median(sim[np.arange(len(sim)), stranger.argmax(1)][stranger.any(1)]))}
 

@@ -65,26 +65,37 @@ def test_smoothing_is_chosen_where_siblings_agree_and_left_off_where_neighbours_
     assert np.array_equal(bad.apply(probs, wrong), probs)
 
 
-def test_the_oof_score_is_honest_each_half_uses_the_choice_of_the_other(tmp_path, monkeypatch):
+def painted_oof(tmp_path):
+    """A small crop OOF of painted crops with overlap scores: (painting, painter, desc, kept, probs)."""
     paths, boxes, painting, painter = painted_crops(tmp_path, paintings_per_painter=6, crops=3)
     desc, kept = nb.look(paths, boxes, workers=2)
-    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
-    seen = []
-    real_choose = nb.choose
+    return painting, painter, desc, kept, noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
+
+
+def spy_on_choose(monkeypatch) -> list:
+    """Every ``nb.choose`` call from here on, as (its rows, its looks, its grid options)."""
+    calls, real_choose = [], nb.choose
 
     def spy(p, y, looks, **kw):
-        seen.append(len(p))
-        # renumbered into the half: no row of the other half is reachable, by colour or by overlap
-        assert looks.neighbours.max() < len(p) and len(looks.pairs) and looks.pairs.max() < len(p)
+        calls.append((len(p), looks, kw))
         return real_choose(p, y, looks, **kw)
 
     monkeypatch.setattr(nb, "choose", spy)
+    return calls
+
+
+def test_the_oof_score_is_honest_each_half_uses_the_choice_of_the_other(tmp_path, monkeypatch):
+    painting, painter, desc, kept, probs = painted_oof(tmp_path)
+    calls = spy_on_choose(monkeypatch)
     fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 4, kept=kept)
     pools = nb.oof_pools(painting, len(painting) // 4)
     assert all(len(set(painting[rows])) == len(np.unique(painting[rows])) for rows in pools)
     assert {g for rows in pools for g in painting[rows]} == set(painting)  # every painting in exactly one pool
     assert not set.intersection(*[set(painting[rows]) for rows in pools[:2]])
+    seen = [n for n, _, _ in calls]
     assert seen[:2] == [sum(len(r) for r in pools[0::2]), sum(len(r) for r in pools[1::2])] and seen[2] == len(probs)
+    for n, looks, _ in calls:  # renumbered into the half: no row of the other half is reachable, by colour or overlap
+        assert looks.neighbours.max() < n and len(looks.pairs) and looks.pairs.max() < n
     assert fit["honest_oof"].shape == probs.shape
 
 
@@ -102,25 +113,17 @@ def test_an_oof_too_small_for_the_test_sets_density_leaves_it_off():
 
 
 def test_a_sparse_oof_with_overlap_scores_chooses_among_the_overlap_groups_only(tmp_path, monkeypatch):
-    paths, boxes, painting, painter = painted_crops(tmp_path, paintings_per_painter=6, crops=3)
-    desc, kept = nb.look(paths, boxes, workers=2)
-    probs = noisy_crop_probs(painting, painter, len(PAINTERS), np.random.default_rng(1))
-    grids = []
-    real_choose = nb.choose
-
-    def spy(p, y, looks, **kw):
-        grids.append(kw)
-        return real_choose(p, y, looks, **kw)
-
-    monkeypatch.setattr(nb, "choose", spy)
+    painting, painter, desc, kept, probs = painted_oof(tmp_path)
+    calls = spy_on_choose(monkeypatch)
     fit = nb.fit_on_oof(probs, painter, painting, desc, pool_rows=4 * len(painting), kept=kept)  # a test 4x the OOF
-    assert grids == [{"grid_k": (), "grid_threshold": (nb.sib.CONSENSUS_THRESHOLD,)}] * 3  # both halves, then all
+    overlap_only = {"grid_k": (), "grid_threshold": (nb.sib.CONSENSUS_THRESHOLD,)}
+    assert [kw for _, _, kw in calls] == [overlap_only] * 3  # both halves, then all
     assert fit["smoothing"].on and fit["smoothing"].threshold == nb.sib.CONSENSUS_THRESHOLD
     assert "only the overlap groups" in fit["reason"] and "density" in fit["reason"]
     assert macro_f1(painter, fit["honest_oof"]) > macro_f1(painter, probs)
-    grids.clear()
+    calls.clear()
     nb.fit_on_oof(probs, painter, painting, desc, pool_rows=len(painting) // 2, kept=kept)  # dense enough: all
-    assert grids == [{}] * 3
+    assert [kw for _, _, kw in calls] == [{}] * 3
 
 
 def test_a_test_set_of_single_crops_is_told_apart_from_the_oofs_sibling_crops(tmp_path):
