@@ -363,9 +363,10 @@ def smooth_test(paths, probs, saved: dict | None, workers: int = 8) -> tuple[np.
     return s.apply(probs, looks), []
 
 
-def consensus(paths, probs, workers: int = 8) -> tuple[np.ndarray, float]:
+def consensus(paths, probs, workers: int = 8, crops=None) -> tuple[np.ndarray, float]:
     """Each crop's probabilities replaced by the geometric mean of its overlap group's (its own
-    included, every crop weighing the same), and the share of crops with a sibling found.
+    included, every crop weighing the same), and the share of crops with a sibling found. The
+    crops are images, or ``crops`` (one (x0, y0, x1, y1) box per path) of them.
 
     Nothing is fitted on labels, so nothing leaks: pseudo-labels use it, where fold k's labels
     must not depend on fold k's validation paintings. On WikiArt-50's probe its test macro-F1
@@ -373,13 +374,14 @@ def consensus(paths, probs, workers: int = 8) -> tuple[np.ndarray, float]:
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) < 2:
         return probs, 0.0
-    return _test_looks(tuple(str(p) for p in paths), workers, True)[0].consensus(probs)
+    return _test_looks(tuple(str(p) for p in paths), workers, True,
+                       None if crops is None else tuple(map(tuple, crops)))[0].consensus(probs)
 
 
 @lru_cache(maxsize=2)
-def _test_looks(paths: tuple, workers: int, overlap: bool) -> tuple[Looks, np.ndarray]:
+def _test_looks(paths: tuple, workers: int, overlap: bool, crops: tuple | None = None) -> tuple[Looks, np.ndarray]:
     """A test set's neighbours by colour (and their overlap scores), and the nearest one's similarity.
     Kept: a benchmark smooths several methods' and fold models' predictions of the same test set."""
-    desc, kept = look(paths, workers=workers)
+    desc, kept = look(paths, crops, workers)
     neighbours, sim = nearest(desc, max(max(GRID_K), sib.CANDIDATES))
     return Looks.of(neighbours, kept if overlap else None), sim

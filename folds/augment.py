@@ -10,7 +10,11 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-# The one registry of --crop names: name -> (resize the whole painting first?, RandomResizedCrop area scale).
+# A test image is half the width and half the height of its painting (Dacon's, and the crop OOF's boxes).
+CROP_SIDE = 0.5
+
+# The one registry of --crop names: name -> (resize the whole painting first?, RandomResizedCrop area scale
+# of a whole painting).
 CROPS = {
     # quarter-area crops: side 0.4-0.6 of the painting, as in the half-by-half test crops
     "test-scale": (False, (0.16, 0.36)),
@@ -33,15 +37,26 @@ def _to_tensor(mean, std, cpu_normalize: bool) -> list:
     return ([A.Normalize(mean=mean, std=std)] if cpu_normalize else []) + [ToTensorV2()]
 
 
+def crop_scale(scale: tuple[float, float], of_test_crop: bool) -> tuple[float, float]:
+    """A RandomResizedCrop area scale, for a whole painting or for an image that already is a test crop
+    (a pseudo-labelled test crop, or a crop OOF box). The latter is a quarter of its painting, so the
+    same painting-scale crop is four times its area (at most all of it): test-scale crops of a test
+    crop take 64-100% of it. Cropping it again at the painting's scale would train on a sixteenth of
+    the painting, blown up, a scale the test never shows."""
+    return tuple(min(1.0, s / CROP_SIDE ** 2) for s in scale) if of_test_crop else scale
+
+
 def train_transform(img_size: int, mean, std, crop: str = "test-scale", seed: int | None = None,
-                    cpu_normalize: bool = False, affine: str = "loader") -> A.Compose:
+                    cpu_normalize: bool = False, affine: str = "loader", of_test_crop: bool = False) -> A.Compose:
     """Random crop + flips + shift-scale-rotate (``AFFINE``; left to the device when ``affine`` is
-    "device"), each augmentation at p=0.5; uint8 CHW out."""
+    "device"), each augmentation at p=0.5; uint8 CHW out. ``of_test_crop``: for images that already
+    are test-size crops of a painting (``crop_scale``)."""
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {sorted(CROPS)}, got {crop!r}")
     if affine not in AFFINE_ON:
         raise ValueError(f"affine must be one of {AFFINE_ON}, got {affine!r}")
     resize_first, scale = CROPS[crop]
+    scale = crop_scale(scale, of_test_crop)
     pre = [A.Resize(img_size, img_size)] if resize_first else []
     shift_scale_rotate = [A.Affine(translate_percent=AFFINE["translate"], scale=AFFINE["scale"],
                                    rotate=AFFINE["rotate"], border_mode=cv2.BORDER_REFLECT_101, p=AFFINE["p"])]

@@ -109,6 +109,10 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--no-pseudo-siblings", key="pseudo_siblings", action="store_false", default=None,
         help="label each test crop alone; by default it takes the consensus of the crops it shares pixels with "
              "(crops of one painting), which fits nothing on labels and so stays honest")
+    opt(g, "--no-pseudo-oof", key="pseudo_oof", action="store_false", default=None,
+        help="learn from the test crops alone; by default fold k also learns its validation paintings' crop-OOF "
+             "crops as that run's fold k labelled them (never their true labels), so the crop OOF, like the test, "
+             "scores crops the model was pseudo-labelled on and shows the pseudo round's gain")
     g = p.add_argument_group("prediction")
     pick(g, "--tta", "tta", "test-time augmentation: none, hflip (2 views), flips (4), d4 (8)")
     opt(g, "--crop-oof", key="crop_oof", type=int, help="fixed half-size crops per validation painting for the "

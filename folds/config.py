@@ -62,6 +62,8 @@ class RunConfig:
     pseudo_mode: str = "hard"  # hard: confident argmax labels; soft: the probabilities themselves
     pseudo_threshold: float = 0.9  # hard mode: keep test crops whose top probability reaches this
     pseudo_siblings: bool = True  # each crop takes its overlap group's consensus first (nothing fitted on labels)
+    pseudo_oof: bool = True  # fold k also learns its crop-OOF crops as fold k of that run labelled them (transductive
+    # like the test, so the crop OOF sees the gain the test crops get; their true labels are never read)
     # prediction
     tta: str = "flips"
     crop_oof: int = 5  # fixed half-size crops per validation painting (0: off)
@@ -82,7 +84,7 @@ class RunConfig:
 def settings_before_they_existed(saved: dict) -> dict:
     """What a run folder written before a setting existed did, where today's default is not that:
     its config lacks the key, and reading the default there would resume it with another recipe."""
-    return {"pseudo_siblings": False} if saved.get("pseudo") else {}
+    return {"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {}
 
 
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change

@@ -22,29 +22,37 @@ from folds.data import read_rgb
 class ImageDataset(Dataset):
     """Images from paths (or the on-disk cache), transformed by an albumentations pipeline."""
 
-    def __init__(self, paths, labels=None, transform=None, cache=None, crops=None):
+    def __init__(self, paths, labels=None, transform=None, cache=None, crops=None, transform_of=None):
         self.paths = list(paths)
         # class indices, or probability rows (soft pseudo-labels)
         self.labels = None if labels is None else np.asarray(labels)
         if self.labels is not None and self.labels.ndim == 1:
             self.labels = self.labels.astype(np.int64)
+        # one pipeline, or a list of them with ``transform_of`` giving each item's index into it
+        # (whole paintings and pseudo-labelled crops are cropped at different scales)
         self.transform = transform
+        self.transform_of = None if transform_of is None else np.asarray(transform_of, dtype=np.int64)
         self.cache = cache  # optional ImageCache: decode once, keep a downsized copy
-        self.crops = crops  # optional per-item (x0, y0, x1, y1) fractions, for crop-OOF
+        self.crops = crops  # optional per-item (x0, y0, x1, y1) fractions (None: the whole image)
 
     def __len__(self):
         return len(self.paths)
 
     def image(self, i) -> np.ndarray:
         img = self.cache.get(self.paths[i]) if self.cache is not None else read_rgb(self.paths[i])
-        return img if self.crops is None else crop_array(img, self.crops[i])
+        box = None if self.crops is None else self.crops[i]
+        return img if box is None else crop_array(img, box)
+
+    def transform_for(self, i):
+        return self.transform if self.transform_of is None else self.transform[self.transform_of[i]]
 
     def __getitem__(self, item):
         i, sample_seed = item if isinstance(item, tuple) else (item, None)
+        transform = self.transform_for(i)
         if sample_seed is not None:  # a training sample: its augmentation is its own (EpochSampler)
-            self.transform.set_random_seed(sample_seed)
+            transform.set_random_seed(sample_seed)
         try:
-            x = self.transform(image=self.image(i))["image"]
+            x = transform(image=self.image(i))["image"]
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - name the image; a worker's traceback names nothing useful

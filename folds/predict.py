@@ -14,7 +14,7 @@ from common.progress import progress
 from ensemble.merge import merge
 from ensemble.tta import BatchedTTA, tta_transforms
 from folds import distributed
-from folds.augment import eval_transform
+from folds.augment import CROP_SIDE, eval_transform
 from folds.backbone import load_best
 from folds.cache import image_cache
 from folds.engine import InputPipe, Precision
@@ -33,8 +33,8 @@ def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, flo
     for i in ids:
         rng = np.random.default_rng([seed, hash_id(i)])
         for _ in range(n_crops):
-            x0, y0 = rng.uniform(0, 0.5, size=2)
-            boxes.append((float(x0), float(y0), float(x0) + 0.5, float(y0) + 0.5))
+            x0, y0 = rng.uniform(0, 1 - CROP_SIDE, size=2)
+            boxes.append((float(x0), float(y0), float(x0) + CROP_SIDE, float(y0) + CROP_SIDE))
     return boxes
 
 

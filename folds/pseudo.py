@@ -12,12 +12,20 @@ consensus of its overlap group (``ensemble.neighbours.consensus``: the crops it 
 with). That fits nothing on labels, so fold k's pseudo-labels still depend on nothing but fold
 k's model and the test pixels. On WikiArt-50's probe, of the crop-OOF crops kept at 0.9, 88% were
 right against 75% alone, with as many kept (benchmarks/RESULTS.md).
+
+The crop OOF of train paintings cannot see what pseudo-labelling gives the test crops: the model
+learns the very crops it is then scored on, and that gain is transductive. So by default fold k
+also learns its own validation paintings' crop-OOF crops, labelled the same way by fold k of the
+source (its crop OOF: a model that never saw them; their true labels are never read). Its crop
+OOF then scores crops it has pseudo-labelled, as the test does, and a pseudo round can be judged
+by it like any other recipe.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,18 +67,71 @@ def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
     return merge(np.stack(probs), "mean")
 
 
-def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9,
-                  siblings: bool = True, workers: int = 8):
-    """(paths, targets) of the test images for fold ``fold``: confident class indices (hard) or
-    probability rows (soft); with ``siblings``, each crop's probabilities are first its overlap
-    group's consensus."""
-    probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
+class PseudoImages(NamedTuple):
+    """Pseudo-labelled images for one fold: class indices (hard) or probability rows (soft), and
+    each image's crop box (None: the whole image, as a test crop is)."""
+    paths: list
+    targets: np.ndarray
+    boxes: list
+
+    def __add__(self, other: "PseudoImages") -> "PseudoImages":
+        return PseudoImages(self.paths + other.paths, np.concatenate([self.targets, other.targets]),
+                            self.boxes + other.boxes)
+
+
+def _labelled(paths, boxes, probs, mode: str, threshold: float, siblings: bool, workers: int, what: str):
+    """``probs`` as pseudo-labels: with ``siblings`` each crop first takes its overlap group's consensus;
+    hard mode keeps the confident crops' argmax, soft mode every crop's probabilities."""
     if siblings:
         from ensemble.neighbours import consensus  # the image side (PIL, scipy) only when asked for
-        probs, found = consensus(test["path"], probs, workers)
-        log.info("fold %s pseudo-labels: %.0f%% of the %d test crops take their siblings' consensus", fold,
-                 100 * found, len(probs))
+        probs, found = consensus(paths, probs, workers, crops=None if all(b is None for b in boxes) else boxes)
+        log.info("%s: %.0f%% of the %d crops take their siblings' consensus", what, 100 * found, len(probs))
     if mode == "soft":
-        return list(test["path"]), probs.astype(np.float32)
-    keep = probs.max(axis=1) >= threshold
-    return list(test["path"][keep]), probs[keep].argmax(axis=1)
+        return PseudoImages(list(paths), probs.astype(np.float32), list(boxes))
+    keep = np.flatnonzero(probs.max(axis=1) >= threshold)
+    return PseudoImages([paths[i] for i in keep], probs[keep].argmax(axis=1), [boxes[i] for i in keep])
+
+
+def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9,
+                  siblings: bool = True, workers: int = 8) -> PseudoImages:
+    """The test images for fold ``fold``: confident class indices (hard) or probability rows (soft);
+    with ``siblings``, each crop's probabilities are first its overlap group's consensus."""
+    probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
+    paths = list(test["path"])
+    return _labelled(paths, [None] * len(paths), probs, mode, threshold, siblings, workers,
+                     f"fold {fold} pseudo-labels of the test crops")
+
+
+def own_crop_labels(run: Path, fold, train, classes, mode: str = "hard", threshold: float = 0.9,
+                    siblings: bool = True, workers: int = 8) -> PseudoImages:
+    """Fold ``fold``'s own validation paintings as the source's crop OOF cut and predicted them
+    (fold ``fold`` of the source: a model that never saw them), labelled as ``pseudo_labels``
+    labels the test. The source's true-label column is never read."""
+    from folds.predict import CROP_OOF_SEED, crop_boxes
+
+    f = layout.fold_dir(run, fold) / layout.OOF_CROPS
+    if not f.is_file():
+        raise UserError(f"--pseudo {run}: fold {fold} has no crop OOF ({f}); it was trained with --crop-oof 0. "
+                        "Add --no-pseudo-oof to learn from the test crops alone.")
+    df = layout.read_frame(f)
+    ids, crop = df["id"].astype(str).to_numpy(), df["crop"].to_numpy(dtype=int)
+    path_of = dict(zip(train["id"].astype(str), train["path"]))
+    unknown = sorted(set(ids) - set(path_of))[:5]
+    if unknown:
+        raise UserError(f"--pseudo {run}: fold {fold}'s crop OOF names paintings not in this train.csv: {unknown}.")
+    n, order = int(crop.max()) + 1, list(dict.fromkeys(ids))
+    box_of = dict(zip(order, np.reshape(crop_boxes(order, n, CROP_OOF_SEED), (-1, n, 4))))
+    probs = df[list(classes)].to_numpy(dtype=np.float64)
+    return _labelled([path_of[i] for i in ids], [tuple(box_of[i][c]) for i, c in zip(ids, crop)], probs, mode,
+                     threshold, siblings, workers, f"fold {fold} pseudo-labels of its own crop-OOF crops")
+
+
+def fold_pseudo_images(run, fold, ds, cfg, workers: int = 8) -> tuple[PseudoImages, int]:
+    """Everything fold ``fold`` learns from ``run``'s predictions: the test crops and, with
+    ``cfg.pseudo_oof``, its own crop-OOF crops (not for the full-data model, which has none).
+    Also returns how many of them are test crops."""
+    args = (cfg.pseudo_mode, cfg.pseudo_threshold, cfg.pseudo_siblings, workers)
+    test = pseudo_labels(run, fold, ds.test, ds.classes, *args)
+    if not cfg.pseudo_oof or fold == layout.FULL:
+        return test, len(test.paths)
+    return test + own_crop_labels(run, fold, ds.train, ds.classes, *args), len(test.paths)

@@ -27,7 +27,7 @@ from folds.lock import FoldLock
 from folds.manifest import make_manifest
 from folds.predict import Predictor, predict_crop_oof
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
-from folds.pseudo import check_source, pseudo_labels
+from folds.pseudo import check_source, fold_pseudo_images
 from folds.split import save_folds
 from folds.train import train_fold
 
@@ -111,17 +111,17 @@ class FoldRunner:
             tr, va, index = np.arange(len(fold_of)), np.array([], dtype=int), self.cfg.n_folds
         else:
             tr, va, index = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
-        extra = None
+        extra, n_test = None, 0
         if self.cfg.pseudo:
-            extra = pseudo_labels(check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL
-                                               else [k]), k, self.ds.test, self.ds.classes, self.cfg.pseudo_mode,
-                                  self.cfg.pseudo_threshold, self.cfg.pseudo_siblings, max(1, num_workers(self.cfg)))
+            source = check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL else [k])
+            extra, n_test = fold_pseudo_images(source, k, self.ds, self.cfg, max(1, num_workers(self.cfg)))
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
-                 f" + {len(extra[0])} pseudo-labelled test images" if extra else "")
+                 f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
+                 "its validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
                             on_epoch=lambda *_: lock and lock.heartbeat(), epochs=epochs, extra=extra)
         if extra:
-            result["pseudo_images"] = len(extra[0])
+            result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
         predictor = Predictor(self.cfg, self.ds.num_classes, d)
         if len(va):
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))

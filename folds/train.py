@@ -94,7 +94,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
 
     ``on_epoch(epoch, row)`` is called after each epoch (the tuner reports and prunes there).
     With an empty ``val_idx`` (the full-data model) it trains exactly ``epochs`` epochs.
-    ``extra``: (paths, targets) added to the training data (pseudo-labelled test images;
+    ``extra``: ``folds.pseudo.PseudoImages`` added to the training data (pseudo-labelled crops;
     targets are class indices or probability rows). Returns the best epoch's scores and timing.
     """
     out_dir = Path(out_dir)
@@ -165,15 +165,18 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
 
 
 def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, seed: int, cache) -> ImageDataset:
-    """The fold's training paintings, plus ``extra`` (pseudo-labelled test images), with the train transform."""
+    """The fold's training paintings, plus ``extra`` (``folds.pseudo.PseudoImages``: pseudo-labelled
+    crops), with the train transform; the crops are cut at the painting's scale (``crop_scale``)."""
     paths = list(ds.train["path"].iloc[train_idx])
-    targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra[1], ds.num_classes,
-                            cfg.label_smoothing)
-    if extra is not None:
-        paths += list(extra[0])
-    transform = train_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"], cfg.crop, seed=seed,
-                                affine=cfg.affine)
-    return ImageDataset(paths, targets, transform, cache=cache)
+    targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra.targets,
+                            ds.num_classes, cfg.label_smoothing)
+    transforms = [train_transform(dcfg["input_size"][-1], dcfg["mean"], dcfg["std"], cfg.crop, seed=seed,
+                                  affine=cfg.affine, of_test_crop=of_crop) for of_crop in (False, True)]
+    if extra is None:
+        return ImageDataset(paths, targets, transforms[0], cache=cache)
+    return ImageDataset(paths + list(extra.paths), targets, transforms, cache=cache,
+                        crops=[None] * len(paths) + list(extra.boxes),
+                        transform_of=[0] * len(paths) + [1] * len(extra.paths))
 
 
 def best_scores(history: list, best_epoch: int, monitor: str) -> dict:

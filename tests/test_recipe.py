@@ -179,12 +179,73 @@ def test_fold_k_pseudo_labels_come_from_fold_k_alone(source_run, demo_source):
     assert trained_on["fold"] == 0 and set(folds["fold"]) == {"0", "1"}
 
 
+def test_fold_k_learns_its_own_crop_oof_crops_as_fold_k_labelled_them_never_their_true_labels(source_run,
+                                                                                                  demo_source):
+    """The crop OOF can only see a pseudo round's transductive gain if fold k learns, unlabelled, the
+    crops it is scored on. Those crops' pseudo-labels are the source's fold k crop OOF: its true-label
+    column and every other fold leave them unchanged."""
+    from folds.data import load_dataset
+    from folds.predict import CROP_OOF_SEED, crop_boxes
+    from folds.pseudo import own_crop_labels
+    run, ds = source_run / "runs" / "src", load_dataset(demo_source)
+    val = ds.train[pd.read_csv(run / "folds.csv", dtype=str)["fold"].to_numpy() == "0"]
+    before = own_crop_labels(run, 0, ds.train, ds.classes, "soft", workers=2)
+    n = len(before.paths) // len(val)
+    assert n == 2 and before.paths == list(np.repeat(val["path"].to_numpy(), n))
+    assert before.boxes == crop_boxes(val["id"], n, CROP_OOF_SEED)  # the very crops the crop OOF scores
+    crops_0, crops_1 = (layout.fold_dir(run, k) / layout.OOF_CROPS for k in (0, 1))
+    saved = {f: f.read_text() for f in (crops_0, crops_1)}
+    try:
+        df = layout.read_frame(crops_0)
+        df["label"] = ds.classes[0]  # the true labels say something else entirely
+        df.to_csv(crops_0, index=False)
+        other = layout.read_frame(crops_1)
+        other[ds.classes] = np.roll(other[ds.classes].to_numpy(), 1, axis=1)
+        other.to_csv(crops_1, index=False)
+        np.testing.assert_array_equal(own_crop_labels(run, 0, ds.train, ds.classes, "soft", workers=2).targets,
+                                      before.targets)
+        df[ds.classes] = np.roll(df[ds.classes].to_numpy(), 1, axis=1)  # fold 0's model itself: they follow it
+        df.to_csv(crops_0, index=False)
+        assert not np.allclose(own_crop_labels(run, 0, ds.train, ds.classes, "soft", workers=2).targets,
+                               before.targets)
+        crops_0.unlink()
+        with pytest.raises(UserError, match="fold 0 has no crop OOF.*--no-pseudo-oof"):
+            own_crop_labels(run, 0, ds.train, ds.classes)
+    finally:
+        for f, text in saved.items():
+            f.write_text(text)
+
+
+def test_pseudo_labelled_crops_are_cut_at_the_scale_of_the_test_crops():
+    """A test crop is a quarter of its painting: training crops of it take 64-100% of its area, the
+    painting-scale crops, not 16-36% of it (a sixteenth of the painting, blown up)."""
+    from folds.augment import train_transform
+    from folds.loader import ImageDataset
+    ramp = np.tile(np.linspace(0, 255, 200).astype(np.uint8)[None, :, None], (200, 1, 3))  # red = x position
+
+    def widths(of_test_crop):
+        data = ImageDataset(["x"], [0], train_transform(64, (0, 0, 0), (1, 1, 1), seed=0, affine="device",
+                                                        of_test_crop=of_test_crop))
+        data.image = lambda i: ramp
+        spans = [np.ptp(data[(0, s)][0][0].numpy().astype(float)) / 255 for s in range(40)]
+        return min(spans), max(spans)
+
+    assert widths(False)[1] < 0.72 and widths(True)[0] > 0.65
+    # mixed in one training set, each item takes its own pipeline
+    mixed = ImageDataset(["a", "b"], [0, 1], [train_transform(64, (0, 0, 0), (1, 1, 1), seed=0, affine="device",
+                                                              of_test_crop=c) for c in (False, True)],
+                         transform_of=[0, 1])
+    mixed.image = lambda i: ramp
+    assert all(np.ptp(mixed[(0, s)][0][0].numpy().astype(float)) / 255 < 0.72 for s in range(10))
+    assert all(np.ptp(mixed[(1, s)][0][0].numpy().astype(float)) / 255 > 0.65 for s in range(10))
+
+
 def test_pseudo_run_trains_on_confident_test_images(source_run, demo_source, tmp_path, capsys):
     args = tiny_args(demo_source, source_run, **{"--epochs": 2, "--n-folds": 2, "--name": "ps",
                                                   "--pseudo": source_run / "runs" / "src", "--pseudo-threshold": 0.3})
     assert run_main(args) == 0
     done = json.loads((source_run / "runs" / "ps" / "fold_0" / "done.json").read_text())
-    assert done["pseudo_images"] > 0
+    assert done["pseudo_images"] > 0 and done["pseudo_oof_crops"] > 0
     # hard labels keep only confident images; soft keeps every one
     from folds.data import load_dataset
     from folds.pseudo import pseudo_labels
@@ -218,6 +279,8 @@ def test_pseudo_labels_take_their_sibling_crops_consensus_unless_told_not_to(sou
     add_training_options(parser)
     assert resolve_config(cli_overrides(parser.parse_args(["--no-pseudo-siblings"]))).pseudo_siblings is False
     assert resolve_config({}).pseudo_siblings is True
+    assert resolve_config(cli_overrides(parser.parse_args(["--no-pseudo-oof"]))).pseudo_oof is False
+    assert resolve_config({}).pseudo_oof is True
 
 
 def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_source, tmp_path, capsys):
