@@ -294,3 +294,30 @@ def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--pseudo": other})
     assert run_main(args) == 2
     assert "folds [1] are not finished" in capsys.readouterr().err
+
+
+def test_a_study_with_pseudo_labels_trains_its_trials_on_them(source_run, demo_source, tmp_path, monkeypatch,
+                                                              capsys):
+    """Optuna may tune --pseudo-threshold and --pseudo-mode: each trial's folds must learn the pseudo
+    images those settings give (the validation crops then score them transductively, as the test)."""
+    import tuning.objective
+    from tuning.tune import main as tune_main
+    seen = []
+    real = tuning.objective.train_fold
+
+    def spy(*args, extra=None, **kwargs):
+        seen.append(extra)
+        return real(*args, extra=extra, **kwargs)
+
+    monkeypatch.setattr(tuning.objective, "train_fold", spy)
+    base = ["--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"), "--data-dir",
+            str(demo_source), "--preset", "demo", "--img-size", "32", "--epochs", "1", "--num-workers", "0",
+            "--n-trials", "1", "--fold", "0"]
+    assert tune_main([*base, "--study", "p", "--n-folds", "2", "--pseudo", str(source_run / "runs" / "src"),
+                      "--pseudo-threshold", "0.3"]) == 0
+    assert len(seen) == 1 and len(seen[0].paths) > 0
+    assert any(b is not None for b in seen[0].boxes)  # its own validation paintings' crops among them
+    capsys.readouterr()
+    assert tune_main([*base, "--study", "q", "--n-folds", "3", "--pseudo", str(source_run / "runs" / "src")]) == 2
+    assert "made on another split" in capsys.readouterr().err
+    assert not (tmp_path / "tuning" / "q").exists()  # refused before the study was made

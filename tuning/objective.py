@@ -17,6 +17,8 @@ from common import write_json
 from common.layout import BEST, LAST, fold_dir
 from folds.config import RunConfig, check_config
 from folds.data import Dataset
+from folds.loader import num_workers
+from folds.pseudo import fold_pseudo_images
 from folds.stopping import F1_COLUMN, resolve_monitor
 from folds.train import train_fold
 from tuning.space import suggest
@@ -29,6 +31,15 @@ class Objective:
                  keep_checkpoints: bool = False):
         self.cfg, self.ds, self.folds, self.fold_ids = cfg, ds, folds, list(fold_ids)
         self.space, self.trials_dir, self.keep = space, Path(trials_dir), keep_checkpoints
+
+    def pseudo_images(self, cfg: RunConfig, k):
+        """Fold ``k``'s pseudo-labelled crops under this trial's settings (None without --pseudo). With
+        them the validation crops are scored as the test will be: the fold learned its own validation
+        paintings' crops pseudo-labelled (``folds.pseudo``), so a trial's pseudo settings are judged
+        by the transductive gain they give, honestly."""
+        if not cfg.pseudo:
+            return None
+        return fold_pseudo_images(Path(cfg.pseudo), k, self.ds, cfg, max(1, num_workers(cfg)))[0]
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.space)
@@ -54,7 +65,7 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: {column} {row[column]:.4f}")
 
                 r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
-                               fold_dir(out, k), fold_index=k, on_epoch=report)
+                               fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k))
                 best.append(r["best_score"])
                 trial.set_user_attr(f"fold_{k}_f1", r["best_score"])
             value = float(np.mean(best))

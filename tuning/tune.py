@@ -115,7 +115,9 @@ def run(args) -> int:
     import optuna
 
     from folds.config import learning_settings
-    from folds.prepare import prepare_run
+    from folds.prepare import prepare_run, split_store
+    from folds.pseudo import check_source
+    from folds.split import save_folds
     from tuning.objective import Objective
     from tuning.space import load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
@@ -131,9 +133,12 @@ def run(args) -> int:
     check_parallel_safe(args.storage, args.study_workers)
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
     study_dir = Path(args.tuning_dir) / args.study
-    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
-    prep = prepare_run(cfg, study_dir / "folds.csv")
+    prep = prepare_run(cfg, study_dir / "folds.csv", write_split=False)
     cfg, ds = prep.cfg, prep.ds
+    if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
+        check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids)
+    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
+    save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     # The study's "same experiment" key: every learning setting except what the trials vary.
     setup = {**learning_settings(cfg, exclude={*space, "seed"}), "folds": fold_ids, "split_hash": prep.split_hash,
              "data_hash": ds.data_hash()}
