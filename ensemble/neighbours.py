@@ -312,17 +312,13 @@ def crop_files(data_dir, oof_frame, test_ids) -> tuple[list, list, list]:
     """Where a run's crop-OOF rows (id, crop) and test ids are: each OOF row's train image and crop
     box (as the crop OOF cut them), and each test crop's image."""
     from folds.data import load_dataset
-    from folds.predict import CROP_OOF_SEED, crop_boxes
+    from folds.predict import crop_oof_boxes
 
     ds = load_dataset(data_dir, check_images=False)
     train_path = dict(zip(ds.train["id"], ds.train["path"]))
     test_path = dict(zip(ds.test["id"], ds.test["path"]))
-    ids, crop = oof_frame["id"].to_numpy(), oof_frame["crop"].to_numpy(dtype=int)
-    n = int(crop.max()) + 1
-    boxes = dict(zip(dict.fromkeys(ids), np.reshape(crop_boxes(list(dict.fromkeys(ids)), n, CROP_OOF_SEED),
-                                                    (-1, n, 4))))
-    return ([train_path[i] for i in ids], [tuple(boxes[i][c]) for i, c in zip(ids, crop)],
-            [test_path[i] for i in test_ids])
+    ids = oof_frame["id"].to_numpy()
+    return ([train_path[i] for i in ids], crop_oof_boxes(ids, oof_frame["crop"]), [test_path[i] for i in test_ids])
 
 
 def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8) -> dict:
@@ -378,7 +374,9 @@ def consensus(paths, probs, workers: int = 8, crops=None) -> tuple[np.ndarray, f
                        None if crops is None else tuple(map(tuple, crops)))[0].consensus(probs)
 
 
-@lru_cache(maxsize=2)
+# Sized for a study: each trial's folds take the consensus of the test crops and of each fold's own
+# crop-OOF crops (folds.pseudo), and those looks do not change between trials.
+@lru_cache(maxsize=8)
 def _test_looks(paths: tuple, workers: int, overlap: bool, crops: tuple | None = None) -> tuple[Looks, np.ndarray]:
     """A test set's neighbours by colour (and their overlap scores), and the nearest one's similarity.
     Kept: a benchmark smooths several methods' and fold models' predictions of the same test set."""

@@ -38,6 +38,14 @@ def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, flo
     return boxes
 
 
+def crop_oof_boxes(ids, crop) -> list[tuple]:
+    """The box of each crop-OOF row (``ids[j]``, crop index ``crop[j]``), as the crop OOF cut it."""
+    ids, crop = [str(i) for i in ids], np.asarray(crop, dtype=int)
+    order, n = list(dict.fromkeys(ids)), int(crop.max()) + 1 if len(crop) else 0
+    box_of = dict(zip(order, np.reshape(crop_boxes(order, n, CROP_OOF_SEED), (-1, n, 4))))
+    return [tuple(map(float, box_of[i][c])) for i, c in zip(ids, crop)]
+
+
 def hash_id(i) -> int:
     # Python's hash() is salted per process; this one is stable across runs and machines.
     return zlib.crc32(str(i).encode())

@@ -80,14 +80,16 @@ class PseudoImages(NamedTuple):
 
 
 def _labelled(paths, boxes, probs, mode: str, threshold: float, siblings: bool, workers: int, what: str):
-    """``probs`` as pseudo-labels: with ``siblings`` each crop first takes its overlap group's consensus;
-    hard mode keeps the confident crops' argmax, soft mode every crop's probabilities."""
+    """``probs`` as pseudo-labels of ``paths`` (or of their ``boxes``; None: the whole images): with
+    ``siblings`` each crop first takes its overlap group's consensus; hard mode keeps the confident
+    crops' argmax, soft mode every crop's probabilities."""
     if siblings:
         from ensemble.neighbours import consensus  # the image side (PIL, scipy) only when asked for
-        probs, found = consensus(paths, probs, workers, crops=None if all(b is None for b in boxes) else boxes)
+        probs, found = consensus(paths, probs, workers, crops=boxes)
         log.info("%s: %.0f%% of the %d crops take their siblings' consensus", what, 100 * found, len(probs))
+    boxes = [None] * len(paths) if boxes is None else list(boxes)
     if mode == "soft":
-        return PseudoImages(list(paths), probs.astype(np.float32), list(boxes))
+        return PseudoImages(list(paths), probs.astype(np.float32), boxes)
     keep = np.flatnonzero(probs.max(axis=1) >= threshold)
     return PseudoImages([paths[i] for i in keep], probs[keep].argmax(axis=1), [boxes[i] for i in keep])
 
@@ -97,8 +99,7 @@ def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold:
     """The test images for fold ``fold``: confident class indices (hard) or probability rows (soft);
     with ``siblings``, each crop's probabilities are first its overlap group's consensus."""
     probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
-    paths = list(test["path"])
-    return _labelled(paths, [None] * len(paths), probs, mode, threshold, siblings, workers,
+    return _labelled(list(test["path"]), None, probs, mode, threshold, siblings, workers,
                      f"fold {fold} pseudo-labels of the test crops")
 
 
@@ -107,23 +108,20 @@ def own_crop_labels(run: Path, fold, train, classes, mode: str = "hard", thresho
     """Fold ``fold``'s own validation paintings as the source's crop OOF cut and predicted them
     (fold ``fold`` of the source: a model that never saw them), labelled as ``pseudo_labels``
     labels the test. The source's true-label column is never read."""
-    from folds.predict import CROP_OOF_SEED, crop_boxes
+    from folds.predict import crop_oof_boxes
 
     f = layout.fold_dir(run, fold) / layout.OOF_CROPS
     if not f.is_file():
         raise UserError(f"--pseudo {run}: fold {fold} has no crop OOF ({f}); it was trained with --crop-oof 0. "
                         "Add --no-pseudo-oof to learn from the test crops alone.")
     df = layout.read_frame(f)
-    ids, crop = df["id"].astype(str).to_numpy(), df["crop"].to_numpy(dtype=int)
     path_of = dict(zip(train["id"].astype(str), train["path"]))
-    unknown = sorted(set(ids) - set(path_of))[:5]
+    unknown = sorted(set(df["id"]) - set(path_of))[:5]
     if unknown:
         raise UserError(f"--pseudo {run}: fold {fold}'s crop OOF names paintings not in this train.csv: {unknown}.")
-    n, order = int(crop.max()) + 1, list(dict.fromkeys(ids))
-    box_of = dict(zip(order, np.reshape(crop_boxes(order, n, CROP_OOF_SEED), (-1, n, 4))))
     probs = df[list(classes)].to_numpy(dtype=np.float64)
-    return _labelled([path_of[i] for i in ids], [tuple(box_of[i][c]) for i, c in zip(ids, crop)], probs, mode,
-                     threshold, siblings, workers, f"fold {fold} pseudo-labels of its own crop-OOF crops")
+    return _labelled([path_of[i] for i in df["id"]], crop_oof_boxes(df["id"], df["crop"]), probs, mode, threshold,
+                     siblings, workers, f"fold {fold} pseudo-labels of its own crop-OOF crops")
 
 
 def fold_pseudo_images(run, fold, ds, cfg, workers: int = 8) -> tuple[PseudoImages, int]:
