@@ -119,8 +119,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "crop OOF (0 turns it off)")
     g = p.add_argument_group("speed")
     opt(g, "--device", key="device", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
-    pick(g, "--amp", "amp", "mixed precision; auto: bf16 on CUDA when supported, else fp16 with a grad scaler; "
-         "off on CPU")
+    pick(g, "--amp", "amp", "mixed precision; auto: bf16 on GPUs with bf16 tensor cores (Ampere and later), fp16 "
+         "with a grad scaler on older ones (T4, V100), off on CPU")
     pick(g, "--channels-last", "channels_last", "memory format; auto: on for CUDA")
     opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
     opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: CPU cores - 1, "

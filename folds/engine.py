@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,9 +13,20 @@ from common.metrics import macro_f1
 from common.progress import progress
 from folds.loader import batches
 
+log = logging.getLogger(__name__)
+
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+
+
+def native_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` runs bf16 on tensor cores: CUDA compute capability 8 (Ampere) and later, and ROCm.
+
+    Not ``torch.cuda.is_bf16_supported()``: it also says yes where bf16 is only emulated (a Colab T4,
+    a V100), and bf16 autocast there runs far slower than fp16 with a grad scaler.
+    """
+    return dev.type == "cuda" and (torch.version.hip is not None or torch.cuda.get_device_capability(dev)[0] >= 8)
 
 
 @dataclass
@@ -32,8 +44,12 @@ class Precision:
         cuda = dev.type == "cuda"
         if amp == "off" or (amp == "auto" and not cuda):
             dtype = None
-        elif amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        elif amp == "bf16" or (amp == "auto" and native_bf16(dev)):
             dtype = torch.bfloat16
+            if cuda and not native_bf16(dev):
+                log.warning("--amp bf16: %s has no bf16 tensor cores (compute capability %d.%d), so bf16 is emulated "
+                            "and slow there; --amp fp16 (or auto) uses its fp16 tensor cores.",
+                            torch.cuda.get_device_name(dev), *torch.cuda.get_device_capability(dev))
         else:
             dtype = torch.float16
         cl = channels_last == "on" or (channels_last == "auto" and cuda)

@@ -104,6 +104,25 @@ def test_uint8_batches_are_normalised_on_the_device():
     assert torch.allclose(pipe(fast[None]), torch.full((1, 3, 8, 8), 2.0))
 
 
+def test_auto_precision_is_fp16_where_bf16_would_only_be_emulated(monkeypatch, caplog):
+    """A Colab T4 (compute capability 7.5): torch.cuda.is_bf16_supported() says yes (emulated), but
+    bf16 there is far slower than fp16 on its tensor cores; Ampere and later get bf16."""
+    from folds.engine import Precision
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # resolve sets it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    for capability, auto in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        prec = Precision.resolve("cuda", "auto")
+        assert prec.amp_dtype == auto, capability
+    with caplog.at_level("WARNING"):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+        assert Precision.resolve("cuda", "bf16").amp_dtype == torch.bfloat16  # asked for: kept, with a warning
+    assert "Tesla T4" in caplog.text and "--amp fp16" in caplog.text
+    assert Precision.resolve("cpu", "auto").amp_dtype is None
+
+
 class Counting(ImageDataset):
     """Images that differ per item, and a count of how many were decoded."""
 
