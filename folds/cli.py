@@ -123,8 +123,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
          "with a grad scaler on older ones (T4, V100), off on CPU")
     pick(g, "--channels-last", "channels_last", "memory format; auto: on for CUDA")
     opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
-    opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: CPU cores - 1, "
-        "at most 8)")
+    opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: the cores this "
+        "process may use, less one, at most 8; under torchrun, each rank's share of the node's cores)")
     opt(g, "--keep-last", key="keep_last", action="store_true", default=None,
         help="keep a finished fold's last.pt (its full training state, about 3x the weights); it is deleted "
         "once the fold is done otherwise")

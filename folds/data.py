@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from common import UserError
+from common.cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | No
                 todo.append((csv_path, i, rel, p, key))
     if not todo:
         return
-    n_threads = workers or min(16, os.cpu_count() or 1)
+    n_threads = workers or min(16, usable_cores())
     with ThreadPoolExecutor(n_threads) as ex:  # PIL releases the GIL while it decodes
         errors = list(ex.map(_decode_error, [t[3] for t in todo]))
     good = {t[4] for t, err in zip(todo, errors) if err is None}

@@ -15,6 +15,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import UserError
+from common.cores import usable_cores
 from folds import distributed
 from folds.data import read_rgb
 
@@ -146,11 +147,14 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def default_workers() -> int:
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    """The usable cores less one (at most 8); under torchrun the node's ranks share them, so each rank takes
+    its share (``LOCAL_WORLD_SIZE``) less one: 8 ranks on 16 cores would otherwise start 64 workers."""
+    per_process = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return min(8, max(0, per_process - 1))
 
 
 def num_workers(cfg) -> int:
-    """DataLoader workers: ``--num-workers``, else the cores less one (at most 8)."""
+    """DataLoader workers: ``--num-workers``, else ``default_workers()``."""
     return default_workers() if cfg.workers is None else int(cfg.workers)
 
 

@@ -91,11 +91,12 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     ``base_argv`` (options that resolve to ``cfg``); they share the run folder through its per-fold
     locks. Each gets ``side_by_side_workers`` loader workers unless the config names them; ``share``:
     how many processes split the cores (more than ``n`` when several runs train at once)."""
-    import os
     import subprocess
 
+    from common.cores import usable_cores
+
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
-    workers = cfg.workers if cfg.workers is not None else side_by_side_workers(os.cpu_count() or 1, share or n)
+    workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)
     return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
                               "1", "-q"]) for g in groups]

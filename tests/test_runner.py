@@ -214,3 +214,20 @@ def test_side_by_side_processes_use_the_cores_without_oversubscribing_them():
         # ... and leave less than one more worker per process idle
         assert procs * (w + 1.5) > cores, (cores, procs, w)
     assert side_by_side_workers(16, 6) == 2  # was 1: 6 processes on 16 cores left 4 cores idle
+
+
+def test_default_workers_count_the_cores_this_process_was_given_and_share_them_between_torchrun_ranks(monkeypatch):
+    import os
+
+    from folds import loader
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)  # the node; a Slurm job or container got 4 of its cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader.default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader.default_workers() == 8  # at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 torchrun ranks on this node: 4 cores each
+    assert loader.default_workers() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert loader.default_workers() == 0  # a core each: the main process loads
