@@ -32,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--full-epochs", type=int, help="epochs of --fold full (default: the median best epoch "
                    "of the run's folds)")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    g.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train N folds at once on one "
-                   "device, each in its own process with its share of the CPU cores for its loader (a small "
+    g.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train N folds at once on each "
+                   "GPU, each in its own process with its share of the CPU cores for its loader (a small "
                    "backbone does not fill a big GPU); the result equals the one-process run (default: 1)")
+    g.add_argument("--gpus", default="1", metavar="N", help="spread the folds over N of the visible GPUs, or "
+                   "'all' (a Kaggle T4 x2: 2), each fold process on one GPU; with --procs-per-gpu, that many "
+                   "on each (default: 1, this process's device)")
     g = p.add_argument_group("scaling out with Ray (pip install -r requirements-ray.txt)")
     g.add_argument("--ray", metavar="ADDRESS", help="run each fold as a Ray task: 'local' (start Ray here), "
                    "'auto' (the cluster this node joined) or HOST:PORT; run folders must be on storage every "
@@ -67,12 +70,47 @@ def finish_run(runner, result: dict) -> str:
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
-def run_side_by_side(args, runner) -> None:
-    """``--procs-per-gpu N``: the requested folds in N processes at once; this process then joins
-    the run as usual."""
+def run_side_by_side(args, runner, gpus: list) -> None:
+    """``--procs-per-gpu N`` (and ``--gpus``): the requested folds in N processes on each of ``gpus`` at
+    once; this process then joins the run as usual."""
     folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
-    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--num-workers": 1, "--name": 1})
-    wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu))
+    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1, "--num-workers": 1,
+                                     "--name": 1})
+    wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` names them for a child process (an index or a UUID)."""
+    import os
+
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:n] if listed else [str(i) for i in range(n)]
+
+
+def fold_gpus(spec: str, cfg, args) -> list:
+    """``--gpus``: the GPUs the fold processes spread over, one each; ``[None]``: this process's own device."""
+    if str(spec) == "1":
+        return [None]
+    if str(spec) != "all" and not (str(spec).isdigit() and int(spec) >= 1):
+        raise UserError(f"--gpus {spec!r}: give a count of GPUs, like 2, or 'all'.")
+    visible = visible_gpus()
+    if spec == "all" and len(visible) < 2:
+        return [None]  # one GPU or none: nothing to spread
+    if args.ray or args.ray_runs:
+        raise UserError("--gpus: Ray places the fold tasks on the cluster's GPUs itself (--ray-gpus per task).")
+    from folds import distributed
+    if distributed.world()[1] > 1:
+        raise UserError("--gpus: under torchrun each rank already has its GPU; leave --gpus out.")
+    if cfg.device not in ("auto", "cuda"):
+        raise UserError(f"--gpus {spec} with --device {cfg.device}: each fold process gets one GPU through "
+                        "CUDA_VISIBLE_DEVICES; leave --device auto, and choose the GPUs with CUDA_VISIBLE_DEVICES.")
+    count = len(visible) if spec == "all" else int(spec)
+    if count > len(visible):
+        raise UserError(f"--gpus {spec}: this process sees {len(visible)} GPU(s) ({', '.join(visible) or 'none'}).")
+    return visible[:count]
 
 
 def side_by_side_workers(cores: int, procs: int) -> int:
@@ -86,27 +124,35 @@ def side_by_side_workers(cores: int, procs: int) -> int:
     return max(0, (2 * cores - procs) // (2 * procs))
 
 
-def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None) -> list:
+def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None,
+                       gpus: list = (None,)) -> list:
     """Start ``n`` processes of this script that train ``folds`` round-robin, each started with
     ``base_argv`` (options that resolve to ``cfg``); they share the run folder through its per-fold
     locks. Each gets ``side_by_side_workers`` loader workers unless the config names them; ``share``:
-    how many processes split the cores (more than ``n`` when several runs train at once)."""
+    how many processes split the cores (more than ``n`` when several runs train at once). ``gpus``:
+    process i sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``; None: the parent's devices)."""
+    import os
     import subprocess
 
     from common.cores import usable_cores
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)
+
+    def env(i):
+        gpu = gpus[i % len(gpus)]
+        return None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+
     return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                              "1", "-q"]) for g in groups]
+                              "1", "-q"], env=env(i)) for i, g in enumerate(groups)]
 
 
 def wait_for(procs: list) -> None:
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise UserError(f"--procs-per-gpu: fold processes exited with {codes}; finished folds are kept, rerun with "
-                        "--resume.")
+        raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}; finished folds are kept, "
+                        "rerun with --resume.")
 
 
 def run_on_ray(args, cfg) -> int:
@@ -157,11 +203,12 @@ def main(argv=None) -> int:
         distributed.init(cfg.device)  # under torchrun: one fold data-parallel on every rank
         if not distributed.is_main():
             logging.getLogger().setLevel(logging.WARNING)
+        gpus = fold_gpus(args.gpus, cfg, args)  # checked before the run folder is touched
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
-        if args.procs_per_gpu > 1 and args.fold != "full":
-            run_side_by_side(args, runner)
+        if args.procs_per_gpu * len(gpus) > 1 and args.fold != "full":
+            run_side_by_side(args, runner, gpus)
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
             if not distributed.is_main():

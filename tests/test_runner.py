@@ -231,3 +231,60 @@ def test_default_workers_count_the_cores_this_process_was_given_and_share_them_b
     assert loader.default_workers() == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert loader.default_workers() == 0  # a core each: the main process loads
+
+
+def fake_gpus(monkeypatch, n: int, visible: str | None = None):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
+    """A Kaggle T4 x2: --gpus all puts each fold process on one GPU through CUDA_VISIBLE_DEVICES,
+    --procs-per-gpu of them on each, round-robin over the folds."""
+    import argparse
+
+    from common import UserError
+    from folds.config import RunConfig
+    from folds.run import fold_gpus, start_side_by_side
+
+    args = argparse.Namespace(ray=None, ray_runs=None)
+    fake_gpus(monkeypatch, 2)
+    assert fold_gpus("all", RunConfig(), args) == fold_gpus("2", RunConfig(), args) == ["0", "1"]
+    assert fold_gpus("1", RunConfig(), args) == [None]  # the default: this process's device
+    fake_gpus(monkeypatch, 2, visible="3,GPU-5f2e")  # the parent was given two GPUs: the children get those names
+    assert fold_gpus("all", RunConfig(), args) == ["3", "GPU-5f2e"]
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None: started.append((argv, env)))
+    start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 4, gpus=["0", "1"])
+    folds = [a[a.index("--fold") + 1] for a, _ in started]
+    assert folds == ["0,4", "1", "2", "3"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for _, e in started] == ["0", "1", "0", "1"]
+    started.clear()
+    start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2], 3)  # --procs-per-gpu alone: one device
+    assert [e for _, e in started] == [None, None, None]
+
+    for spec, n, cfg, message in (("3", 2, RunConfig(), "sees 2 GPU"), ("2", 0, RunConfig(), "sees 0 GPU"),
+                                  ("two", 2, RunConfig(), "a count of GPUs"),
+                                  ("2", 2, RunConfig(device="cuda:1"), "leave --device auto")):
+        fake_gpus(monkeypatch, n)
+        with pytest.raises(UserError, match=message):
+            fold_gpus(spec, cfg, args)
+    fake_gpus(monkeypatch, 0)
+    assert fold_gpus("all", RunConfig(), args) == [None]  # no GPU to spread over: one process, as without it
+    with pytest.raises(UserError, match="Ray places"):
+        fold_gpus("2", RunConfig(), argparse.Namespace(ray="local", ray_runs=None))
+
+
+def test_gpus_the_machine_lacks_are_refused_before_the_run_folder_is_made(demo_source, tmp_path, capsys):
+    from folds.run import main as run_main
+
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--gpus": "2"})) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpus 2: this process sees 0 GPU(s)") and "Traceback" not in err, err
+    assert not (tmp_path / "runs" / "t").exists()
