@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from common import UserError
-from common.cores import usable_cores
+from common.machine import usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import UserError
-from common.cores import usable_cores
+from common.machine import usable_cores
 from folds import distributed
 from folds.data import read_rgb
 

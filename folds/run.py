@@ -79,23 +79,14 @@ def run_side_by_side(args, runner, gpus: list) -> None:
     wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
 
 
-def visible_gpus() -> list[str]:
-    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` names them for a child process (an index or a UUID)."""
-    import os
-
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:n] if listed else [str(i) for i in range(n)]
-
-
 def fold_gpus(spec: str, cfg, args) -> list:
     """``--gpus``: the GPUs the fold processes spread over, one each; ``[None]``: this process's own device."""
     if str(spec) == "1":
         return [None]
     if str(spec) != "all" and not (str(spec).isdigit() and int(spec) >= 1):
         raise UserError(f"--gpus {spec!r}: give a count of GPUs, like 2, or 'all'.")
+    from common.machine import visible_gpus
+
     visible = visible_gpus()
     if spec == "all" and len(visible) < 2:
         return [None]  # one GPU or none: nothing to spread
@@ -134,7 +125,7 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     import os
     import subprocess
 
-    from common.cores import usable_cores
+    from common.machine import usable_cores
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)

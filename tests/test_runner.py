@@ -259,6 +259,8 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     assert fold_gpus("1", RunConfig(), args) == [None]  # the default: this process's device
     fake_gpus(monkeypatch, 2, visible="3,GPU-5f2e")  # the parent was given two GPUs: the children get those names
     assert fold_gpus("all", RunConfig(), args) == ["3", "GPU-5f2e"]
+    from tuning.tune import _worker_env  # Optuna's local workers take one GPU each the same way
+    assert [_worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "GPU-5f2e", "3"]
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None: started.append((argv, env)))
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 4, gpus=["0", "1"])

@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_env(i: int) -> dict:
-    env = dict(os.environ)
-    import torch
-    n = torch.cuda.device_count()
-    if n > 1:
-        env["CUDA_VISIBLE_DEVICES"] = str(i % n)
+    """Worker i's environment: one of this process's GPUs each, round-robin, when it has several."""
+    from common.machine import visible_gpus
+
+    env, gpus = dict(os.environ), visible_gpus()
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]  # as the parent names it: "2,3" gives "2" and "3"
     return env
 
 

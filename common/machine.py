@@ -1,0 +1,23 @@
+"""What this process may run on: its CPU cores and its GPUs (not the whole machine's)."""
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what a Slurm job or a ``docker --cpuset-cpus``
+    container was given), not ``os.cpu_count()``, the whole machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs, as a child process's ``CUDA_VISIBLE_DEVICES`` must name them: the parent's own
+    list when it was given one (an index or a UUID each), else 0..n-1."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:n] if listed else [str(i) for i in range(n)]
