@@ -13,6 +13,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def side_by_side_workers(cores: int, procs: int) -> int:
+    """Loader workers for each of ``procs`` fold processes on ``cores`` cores.
+
+    A fold process's main thread mostly waits for the GPU and its loader, so it is counted as
+    half a core; the rest go to the loader workers, which feed a small backbone. (Counting it as
+    a whole core gave 6 processes on 16 cores one worker each and left 4 cores idle:
+    benchmarks/RESULTS.md, GPU run of 2026-11-27.)
+    """
+    return max(0, (2 * cores - procs) // (2 * procs))
+
+
 def visible_gpus() -> list[str]:
     """This process's GPUs, as a child process's ``CUDA_VISIBLE_DEVICES`` must name them: the parent's own
     list when it was given one (an index or a UUID each), else 0..n-1."""

@@ -104,17 +104,6 @@ def fold_gpus(spec: str, cfg, args) -> list:
     return visible[:count]
 
 
-def side_by_side_workers(cores: int, procs: int) -> int:
-    """Loader workers for each of ``procs`` fold processes on ``cores`` cores.
-
-    A fold process's main thread mostly waits for the GPU and its loader, so it is counted as
-    half a core; the rest go to the loader workers, which feed a small backbone. (Counting it as
-    a whole core gave 6 processes on 16 cores one worker each and left 4 cores idle:
-    benchmarks/RESULTS.md, GPU run of 2026-11-27.)
-    """
-    return max(0, (2 * cores - procs) // (2 * procs))
-
-
 def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, share: int | None = None,
                        gpus: list = (None,)) -> list:
     """Start ``n`` processes of this script that train ``folds`` round-robin, each started with
@@ -125,7 +114,7 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     import os
     import subprocess
 
-    from common.machine import usable_cores
+    from common.machine import side_by_side_workers, usable_cores
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)

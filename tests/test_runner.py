@@ -205,7 +205,7 @@ def test_several_fold_processes_on_one_device_equal_one_process(demo_source, tmp
 
 
 def test_side_by_side_processes_use_the_cores_without_oversubscribing_them():
-    from folds.run import side_by_side_workers
+    from common.machine import side_by_side_workers
 
     for cores, procs in ((16, 6), (16, 3), (16, 2), (8, 3), (2, 2), (2, 1)):
         w = side_by_side_workers(cores, procs)

@@ -150,6 +150,9 @@ def run(args) -> int:
         run_workers_on_ray(args)
     elif args.study_workers > 1 and args.worker_index is None:
         argv = list(args.argv)
+        if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
+            from common.machine import side_by_side_workers, usable_cores
+            argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
         procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
                                    "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
         codes = [p.wait() for p in procs]
