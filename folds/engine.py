@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from sklearn.metrics import accuracy_score, log_loss
+from common import UserError
 from common.metrics import macro_f1
 from common.progress import progress
 from folds.loader import batches
@@ -18,6 +19,26 @@ log = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+
+
+def check_device(device: str) -> None:
+    """A ``--device`` this process can run on, or a UserError that names it (called before anything is
+    written; a Ray driver on a CPU head node skips it, since its GPU nodes train)."""
+    if device in ("auto", "cpu"):
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {device}: this process sees no CUDA GPU (torch.cuda.is_available() is "
+                            "False); use --device auto (CUDA when present, else the CPU) or --device cpu.")
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {device}: this process sees {n} GPU(s): cuda:0 to cuda:{n - 1}.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: Apple's MPS is not available here; use --device auto or cpu.")
 
 
 def native_bf16(dev: torch.device) -> bool:
@@ -39,6 +60,7 @@ class Precision:
 
     @classmethod
     def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> "Precision":
+        check_device(device)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         cuda = dev.type == "cuda"

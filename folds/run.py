@@ -186,6 +186,8 @@ def main(argv=None) -> int:
         gpus = fold_gpus(args.gpus, cfg, args)  # checked before the run folder is touched
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
+        from folds.engine import check_device
+        check_device(cfg.device)
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
         if args.procs_per_gpu * len(gpus) > 1 and args.fold != "full":
             run_side_by_side(args, runner, gpus)

@@ -313,3 +313,20 @@ def test_learned_blends_over_noise_score_at_chance_in_the_inner_cv(method, tmp_p
     assert "inner CV" in row and f1 < 0.42, printed  # chance is about 1/3 for 3 balanced classes
     # these runs' data folder has no train.csv or images: the default smoothing is off, and says why
     assert "neighbour smoothing is off: it needs the run's images" in printed
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cdua", r"--device 'cdua': not a device"),
+    pytest.param("cuda", r"--device cuda: this process sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+])
+def test_a_device_this_machine_lacks_is_refused_before_the_run_folder_is_made(device, message, demo_source,
+                                                                               tmp_path, capsys):
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--device": device})) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err), err
+    assert not (tmp_path / "runs" / "t").exists()
+    assert tune_main(["--study", "x", "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"),
+                      "--data-dir", str(demo_source), "--preset", "demo", "--device", device]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "tuning").exists()

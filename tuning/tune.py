@@ -129,6 +129,9 @@ def run(args) -> int:
     legacy_folds(args, log, "spec")
     check_tuner_args(args)
     cfg = resolve_config(cli_overrides(args), args.preset, args.config)
+    if not args.ray:  # Ray's workers train on their own nodes' devices
+        from folds.engine import check_device
+        check_device(cfg.device)
     fold_ids = parse_fold_spec(args.fold, cfg.n_folds)
     space = load_space(args.space)
     check_parallel_safe(args.storage, args.study_workers)
