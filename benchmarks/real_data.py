@@ -91,8 +91,8 @@ def first_vs_steady(runner: FoldRunner) -> float | None:
 
 def fold_processes(runner: FoldRunner, args, share: int) -> list:
     """``folds/run.py --procs-per-gpu N`` for this run: its fold processes, started."""
-    return start_side_by_side(["--config", str(runner.run_dir / layout.CONFIG)], runner.cfg, runner.planned_folds,
-                              args.procs_per_gpu, share=share)
+    return start_side_by_side(["--config", str(runner.run_dir / layout.CONFIG), "-q"], runner.cfg,
+                              runner.planned_folds, args.procs_per_gpu, share=share)  # -q: the rows tell
 
 
 def train_runs(specs: list[tuple[str, str, dict]], args):

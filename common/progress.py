@@ -7,6 +7,7 @@ each 10% step, at most one per ``MIN_SECONDS``: short phases stay quiet.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -14,11 +15,18 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger("progress")
 MIN_SECONDS = 5.0
+# Set for fold processes that share their parent's terminal (--procs-per-gpu, --gpus): bars from
+# several processes would overwrite each other on one line, so each logs its lines instead.
+LINES_ENV = "PAINTER_CV_PROGRESS_LINES"
+
+
+def bars() -> bool:
+    return sys.stderr.isatty() and not os.environ.get(LINES_ENV)
 
 
 def progress(iterable, total: int, desc: str, unit: str = "batch", scale: int = 1):
     """Iterate ``iterable`` (``total`` items); ``scale`` turns items into the unit a person counts (images)."""
-    if sys.stderr.isatty():
+    if bars():
         yield from tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
         return
     start = last = time.monotonic()

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--full-epochs", type=int, help="epochs of --fold full (default: the median best epoch "
                    "of the run's folds)")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    g.add_argument("--no-join", action="store_true", help=argparse.SUPPRESS)  # side-by-side fold processes: train
+    # their folds only; the parent joins the run and builds the submission once, after they all end
     g.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train N folds at once on each "
                    "GPU, each in its own process with its share of the CPU cores for its loader (a small "
                    "backbone does not fill a big GPU); the result equals the one-process run (default: 1)")
@@ -115,17 +117,18 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     import subprocess
 
     from common.machine import side_by_side_workers, usable_cores
+    from common.progress import LINES_ENV
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)
 
-    def env(i):
+    def env(i):  # their epoch and progress lines go to this terminal, as lines (no bars: they would clash)
         gpu = gpus[i % len(gpus)]
-        return None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        return {**os.environ, LINES_ENV: "1", **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
 
     return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                              "1", "-q"], env=env(i)) for i, g in enumerate(groups)]
+                              "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
 
 
 def wait_for(procs: list) -> None:
@@ -200,8 +203,8 @@ def main(argv=None) -> int:
                   f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
         folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
-        result = runner.run(folds)
-        if not distributed.is_main():
+        result = runner.run(folds, join=not args.no_join)
+        if not distributed.is_main() or args.no_join:
             return 0
         done = result.get("fold_results", result["folds"])
         if done:

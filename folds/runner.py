@@ -185,7 +185,9 @@ class FoldRunner:
         return result
 
     # -- whole run -----------------------------------------------------------------------
-    def run(self, folds: list[int]) -> dict:
+    def run(self, folds: list[int], join: bool = True) -> dict:
+        """Train ``folds``; then, when every planned fold is done, join the run (its OOF files and scores).
+        ``join=False``: train only (a side-by-side fold process, whose parent joins once they all end)."""
         extra = sorted(set(folds) - set(self.planned_folds))
         if extra:
             raise UserError(f"--fold {','.join(map(str, extra))}: this is a holdout run (--holdout or --preset seed), "
@@ -196,7 +198,7 @@ class FoldRunner:
             if r is not None:
                 results[k] = r
         missing = [k for k in self.planned_folds if not self.is_done(k)]
-        if not distributed.is_main():
+        if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0 joins the run
         if missing:
             log.info("folds %s are not finished yet; the OOF and the submission are written when they are "

@@ -250,6 +250,7 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     import argparse
 
     from common import UserError
+    from common.progress import LINES_ENV
     from folds.config import RunConfig
     from folds.run import fold_gpus, start_side_by_side
 
@@ -269,7 +270,8 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     assert [e["CUDA_VISIBLE_DEVICES"] for _, e in started] == ["0", "1", "0", "1"]
     started.clear()
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2], 3)  # --procs-per-gpu alone: one device
-    assert [e for _, e in started] == [None, None, None]
+    assert [e["CUDA_VISIBLE_DEVICES"] for _, e in started] == ["3,GPU-5f2e"] * 3  # the parent's own
+    assert all(e[LINES_ENV] for _, e in started)  # lines, not bars that would clash on one terminal
 
     for spec, n, cfg, message in (("3", 2, RunConfig(), "sees 2 GPU"), ("2", 0, RunConfig(), "sees 0 GPU"),
                                   ("two", 2, RunConfig(), "a count of GPUs"),
