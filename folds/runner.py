@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
@@ -100,6 +101,8 @@ class FoldRunner:
                 self.clear_fold(k)
             distributed.barrier()
             return self._train_and_predict(k, d, lock, epochs)
+        except torch.OutOfMemoryError:
+            raise UserError(out_of_memory_message(self.cfg, k, (d / layout.LAST).is_file())) from None
         finally:
             if lock is not None:
                 lock.release()
@@ -230,6 +233,18 @@ class FoldRunner:
         write_json(self.run_dir / layout.MANIFEST, manifest)
         write_json(self.run_dir / layout.SCORES, {k: v for k, v in out.items() if k != "fold_results"})
         return out
+
+
+def out_of_memory_message(cfg: RunConfig, k, has_last: bool) -> str:
+    """What to do when fold ``k`` ran out of GPU memory: the options that decide it, and what was kept."""
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else cfg.device
+    size = f"{cfg.img_size} px" if cfg.img_size else "its pretrained input size"
+    kept = (f"its epochs so far are in its {layout.LAST}, and --resume continues it" if has_last
+            else "it had no finished epoch")
+    return (f"fold {k}: the GPU ran out of memory ({cfg.model} at {size}, --batch-size {cfg.batch_size}, on {where}). "
+            f"Finished folds are kept; {kept}. If another process holds GPU memory (nvidia-smi), free it and rerun; "
+            "else lower --batch-size or --img-size (under a new --name once any fold of this run has trained an "
+            "epoch: its folds must share one recipe).")
 
 
 def check_settings(run_dir: Path, cfg: RunConfig) -> None:

@@ -330,3 +330,17 @@ def test_a_device_this_machine_lacks_is_refused_before_the_run_folder_is_made(de
                       "--data-dir", str(demo_source), "--preset", "demo", "--device", device]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "tuning").exists()
+
+
+def test_out_of_gpu_memory_is_a_one_line_error_that_names_the_options(demo_source, tmp_path, capsys, monkeypatch):
+    import folds.runner
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(folds.runner, "train_fold", oom)
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--fold": "0"})) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: fold 0: the GPU ran out of memory"), err
+    assert "--batch-size 32" in err and "it had no finished epoch" in err
+    assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()  # released: a rerun can take the fold
