@@ -68,7 +68,7 @@ class Precision:
             dtype = None
         elif amp == "bf16" or (amp == "auto" and native_bf16(dev)):
             dtype = torch.bfloat16
-            if cuda and not native_bf16(dev):
+            if amp == "bf16" and cuda and not native_bf16(dev):
                 log.warning("--amp bf16: %s has no bf16 tensor cores (compute capability %d.%d), so bf16 is emulated "
                             "and slow there; --amp fp16 (or auto) uses its fp16 tensor cores.",
                             torch.cuda.get_device_name(dev), *torch.cuda.get_device_capability(dev))

@@ -202,7 +202,7 @@ class FoldRunner:
                 results[k] = r
         missing = [k for k in self.planned_folds if not self.is_done(k)]
         if not distributed.is_main() or not join:
-            return {"folds": results, "complete": False}  # rank 0 joins the run
+            return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
         if missing:
             log.info("folds %s are not finished yet; the OOF and the submission are written when they are "
                      "(run them with --fold %s).", missing, ",".join(map(str, missing)))
