@@ -35,11 +35,14 @@ from ensemble.merge import merge
 log = logging.getLogger(__name__)
 
 
-def check_source(run, classes, split_hash: str, folds) -> Path:
-    """The source run folder, checked: same classes, same split, the needed folds finished."""
+def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) -> Path:
+    """The source run folder, checked: same classes, same split, the needed folds finished, and,
+    where fold k is to learn its own crop-OOF crops, a source whose fold k never learned them."""
     run = Path(run)
     if not (run / layout.CONFIG).is_file():
         raise UserError(f"--pseudo {run}: not a run folder (no {layout.CONFIG}).")
+    if own_crops:
+        check_own_crops_unlearned(run, json.loads((run / layout.CONFIG).read_text()))
     if json.loads((run / layout.CLASSES).read_text()) != list(classes):
         raise UserError(f"--pseudo {run}: trained on other classes than this run's train.csv.")
     theirs = json.loads((run / layout.MANIFEST).read_text()).get("split_hash")
@@ -51,6 +54,25 @@ def check_source(run, classes, split_hash: str, folds) -> Path:
     if missing:
         raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first.")
     return run
+
+
+def check_own_crops_unlearned(run: Path, saved: dict) -> None:
+    """Refuse to label fold k's own crops with a source whose fold k had learned them.
+
+    A source that was itself a pseudo round with its own crops trained fold k on the very crops
+    its crop OOF then predicts; labels taken from there have already been fitted once, and a
+    second round's crop OOF overstates: on WikiArt-50 it gained 0.032 while the single-fold test
+    gained nothing (benchmarks/RESULTS.md, tenth session).
+    """
+    from folds.config import settings_before_they_existed
+
+    saved = {**settings_before_they_existed(saved), **saved}
+    if saved.get("pseudo") and saved.get("pseudo_oof", True):
+        raise UserError(f"--pseudo {run}: that run is itself a pseudo-label round (--pseudo {saved['pseudo']}) whose "
+                        "fold k learned fold k's crop-OOF crops, so labelling them again from its crop OOF makes this "
+                        "run's crop OOF overstate. Start from the first round's source instead, or add "
+                        "--no-pseudo-oof to learn from its test crops alone (the crop OOF then stays honest but "
+                        "does not see the gain on the test crops).")
 
 
 def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:

@@ -65,7 +65,7 @@ class FoldRunner:
         prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
-            check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg))
+            check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg), cfg.pseudo_oof)
         if distributed.is_main():
             write_run_files(run_dir, prep)
             distributed.barrier()
@@ -116,7 +116,8 @@ class FoldRunner:
             tr, va, index = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
         extra, n_test = None, 0
         if self.cfg.pseudo:
-            source = check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL else [k])
+            source = check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL else [k],
+                                  self.cfg.pseudo_oof and k != FULL)
             extra, n_test = fold_pseudo_images(source, k, self.ds, self.cfg, max(1, num_workers(self.cfg)))
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "

@@ -296,6 +296,27 @@ def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_
     assert "folds [1] are not finished" in capsys.readouterr().err
 
 
+def test_a_second_round_may_not_label_its_own_crops_from_a_round_that_learned_them(source_run, demo_source,
+                                                                                   tmp_path, capsys):
+    """A pseudo round's fold k learned fold k's crop-OOF crops; labelling them again from its crop
+    OOF would make the next round's crop OOF overstate. Its test crops alone stay usable."""
+    from folds.pseudo import check_source
+    chained = tmp_path / "round1"
+    shutil.copytree(source_run / "runs" / "src", chained)
+    config = chained / layout.CONFIG
+    config.write_text(json.dumps({**json.loads(config.read_text()), "pseudo": str(source_run / "runs" / "src")}))
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--pseudo": chained})
+    assert run_main(args) == 2
+    assert "itself a pseudo-label round" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "t").exists()
+    classes = json.loads((chained / layout.CLASSES).read_text())
+    split_hash = json.loads((chained / layout.MANIFEST).read_text())["split_hash"]
+    assert check_source(chained, classes, split_hash, [0, 1], own_crops=False) == chained
+    # a round that learned its test crops alone never saw its own crops: they may be labelled from it
+    config.write_text(json.dumps({**json.loads(config.read_text()), "pseudo_oof": False}))
+    assert check_source(chained, classes, split_hash, [0, 1], own_crops=True) == chained
+
+
 def test_a_study_with_pseudo_labels_trains_its_trials_on_them(source_run, demo_source, tmp_path, monkeypatch,
                                                               capsys):
     """Optuna may tune --pseudo-threshold and --pseudo-mode: each trial's folds must learn the pseudo

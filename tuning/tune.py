@@ -140,7 +140,7 @@ def run(args) -> int:
     prep = prepare_run(cfg, study_dir / "folds.csv", write_split=False)
     cfg, ds = prep.cfg, prep.ds
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
-        check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids)
+        check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
     storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     # The study's "same experiment" key: every learning setting except what the trials vary.
