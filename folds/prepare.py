@@ -35,13 +35,15 @@ def split_store(cfg: RunConfig) -> Path:
     return Path(cfg.runs_dir) / "splits"
 
 
-def with_data_dir(cfg: RunConfig) -> tuple[RunConfig, bool]:
-    """A config whose ``data_dir`` is set: the built-in demo dataset when none was given."""
+def with_data_dir(cfg: RunConfig, announce: bool = True) -> tuple[RunConfig, bool]:
+    """A config whose ``data_dir`` is set: the built-in demo dataset when none was given (said
+    plainly unless ``announce`` is off: a side-by-side fold process, whose parent has said it)."""
     if cfg.data_dir is not None:
         return cfg, False
     data_dir = make_demo_dataset(Path(cfg.runs_dir) / "demo-data")
-    log.warning("DEMO DATA: no --data-dir given, so this run uses the built-in synthetic painters "
-                "dataset in %s (preset 'demo' unless --preset says otherwise).", data_dir)
+    say = log.warning if announce else log.debug
+    say("DEMO DATA: no --data-dir given, so this run uses the built-in synthetic painters dataset in %s "
+        "(preset 'demo' unless --preset says otherwise).", data_dir)
     return replace(cfg, data_dir=str(data_dir)), True
 
 

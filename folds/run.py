@@ -72,13 +72,15 @@ def finish_run(runner, result: dict) -> str:
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
-def run_side_by_side(args, runner, gpus: list) -> None:
-    """``--procs-per-gpu N`` (and ``--gpus``): the requested folds in N processes on each of ``gpus`` at
-    once; this process then joins the run as usual."""
-    folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
+def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
+    """``--procs-per-gpu N`` (and ``--gpus``): ``folds`` in N processes on each of ``gpus`` at once; then
+    this process joins the run, as ``runner.run`` would. It trains nothing itself, so a ``--force``
+    it hands on retrains each fold once."""
+    runner.check_folds(folds)
     base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1, "--num-workers": 1,
                                      "--name": 1})
     wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
+    return runner.join(runner.finished(folds))
 
 
 def fold_gpus(spec: str, cfg, args) -> list:
@@ -191,9 +193,8 @@ def main(argv=None) -> int:
             return run_on_ray(args, cfg)
         from folds.engine import check_device
         check_device(cfg.device)
-        runner = FoldRunner.open(cfg, resume=args.resume, force=args.force)
-        if args.procs_per_gpu * len(gpus) > 1 and args.fold != "full":
-            run_side_by_side(args, runner, gpus)
+        runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, announce=not args.no_join)
+        side_by_side = args.procs_per_gpu * len(gpus) > 1 and args.fold != "full"
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
             if not distributed.is_main():
@@ -203,7 +204,10 @@ def main(argv=None) -> int:
                   f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
         folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
-        result = runner.run(folds, join=not args.no_join)
+        if side_by_side:
+            result = run_side_by_side(args, runner, gpus, folds)
+        else:
+            result = runner.run(folds, join=not args.no_join)
         if not distributed.is_main() or args.no_join:
             return 0
         done = result.get("fold_results", result["folds"])

@@ -54,11 +54,13 @@ class FoldRunner:
         self.resume, self.force, self.lock_owner = resume, force, lock_owner
 
     @classmethod
-    def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False) -> "FoldRunner":
-        """Resolve the data folder and run name, check the run folder, prepare the data, write the run files."""
+    def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
+             announce: bool = True) -> "FoldRunner":
+        """Resolve the data folder and run name, check the run folder, prepare the data, write the run files.
+        ``announce=False``: do not say again that the demo data is used (a side-by-side fold process)."""
         if not distributed.is_main():
             distributed.barrier()  # under torchrun rank 0 checks and writes (demo data, run folder) first
-        cfg, demo = with_data_dir(cfg)
+        cfg, demo = with_data_dir(cfg, announce)
         cfg = replace(cfg, name=cfg.name or default_run_name(cfg, demo))
         run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
         check_settings(run_dir, cfg)
@@ -192,18 +194,29 @@ class FoldRunner:
     def run(self, folds: list[int], join: bool = True) -> dict:
         """Train ``folds``; then, when every planned fold is done, join the run (its OOF files and scores).
         ``join=False``: train only (a side-by-side fold process, whose parent joins once they all end)."""
-        extra = sorted(set(folds) - set(self.planned_folds))
-        if extra:
-            raise UserError(f"--fold {','.join(map(str, extra))}: this is a holdout run (--holdout or --preset seed), "
-                            "which trains fold 0 only.")
+        self.check_folds(folds)
         results = {}
         for k in folds:
             r = self.run_fold(k)
             if r is not None:
                 results[k] = r
-        missing = [k for k in self.planned_folds if not self.is_done(k)]
         if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
+        return self.join(results)
+
+    def check_folds(self, folds: list[int]) -> None:
+        extra = sorted(set(folds) - set(self.planned_folds))
+        if extra:
+            raise UserError(f"--fold {','.join(map(str, extra))}: this is a holdout run (--holdout or --preset seed), "
+                            "which trains fold 0 only.")
+
+    def finished(self, folds) -> dict:
+        """The results (done.json) of those of ``folds`` that are finished."""
+        return {k: json.loads((self.fold_dir(k) / layout.DONE).read_text()) for k in folds if self.is_done(k)}
+
+    def join(self, results: dict) -> dict:
+        """``results``, and, when every planned fold is done, the joined run (its OOF files and scores)."""
+        missing = [k for k in self.planned_folds if not self.is_done(k)]
         if missing:
             log.info("folds %s are not finished yet; the OOF and the submission are written when they are "
                      "(run them with --fold %s).", missing, ",".join(map(str, missing)))
@@ -212,7 +225,7 @@ class FoldRunner:
 
     def assemble(self) -> dict:
         """Join the finished folds' OOF files into the run's, and score them."""
-        done = {k: json.loads((self.fold_dir(k) / layout.DONE).read_text()) for k in self.planned_folds}
+        done = self.finished(self.planned_folds)
         out = {}
         cidx = {c: i for i, c in enumerate(self.ds.classes)}
         for key, name in (("oof", layout.OOF), ("oof_crops", layout.OOF_CROPS)):

@@ -202,6 +202,15 @@ def test_several_fold_processes_on_one_device_equal_one_process(demo_source, tmp
     pd.testing.assert_frame_equal(a, b)
     subs = [pd.read_csv(tmp_path / "subs" / f"{n}_folds-mean.csv", dtype=str) for n in ("one", "three")]
     pd.testing.assert_frame_equal(*subs)
+    # --force goes to the fold processes, and the parent, which only joins, trains nothing again
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 3, "--name": "three", "--num-workers": 0})
+    args.remove("-q")  # the fold lines say which process trained what
+    proc = subprocess.run([sys.executable, str(ROOT / "folds" / "run.py"), *args, "--fold", "0,1", "--force",
+                           "--procs-per-gpu", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert [out.count(f"fold {k}: ") for k in (0, 1)] == [2, 2], out  # its paintings line and its OOF line
+    assert "already finished" not in out and "OOF macro-F1" in out
 
 
 def test_side_by_side_processes_use_the_cores_without_oversubscribing_them():
