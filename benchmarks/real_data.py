@@ -137,10 +137,16 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     classes = runs[0].classes
     y = runs[0].oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     truth = answer_key(data_dir, runs[0].test_ids, classes)  # reported, never used to choose
-    with_full = with_full and all(r.full_test is not None for r in runs)
+    # a full-data model (stage f: the base run's) joins its own run's test soft vote; the others have none
+    with_full = with_full and any(r.full_test is not None for r in runs)
     rows, oofs = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
                          with_full=with_full)
     best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
+    if with_full and truth is not None and best["method"] in oofs:  # the full-data model's gain, reported apart
+        method, _, offsets = best["method"].partition("+")
+        test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, False)
+        rows.append({**best, "method": f"{best['method']} without the full-data model",
+                     "test_f1": macro_f1(truth, test), "note": "the row above, its run's full-data model left out"})
     if best["method"] in oofs:  # a method, not one run alone: the same with neighbour smoothing, as build adds it
         method, _, offsets = best["method"].partition("+")
         test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, with_full)
@@ -177,8 +183,9 @@ def main(argv=None) -> int:
                    "processes at once, as folds/run.py --procs-per-gpu N (--workers: per process; default: "
                    "the cores split between them)")
     p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
-                   "round on the better of b and s by crop-OOF), f (that run's full-data model, joining c's soft "
-                   "votes), c (every method over the runs) to run")
+                   "round on the better of b and s by crop-OOF), f (that run's full-data model, joining its run's "
+                   "test soft vote in c; c adds a row for the chosen method without it), c (every method over the "
+                   "runs) to run")
     p.add_argument("--together", action="store_true", help="train the first round's runs (a, s, b and the "
                    "variants) at once: all their fold processes share the GPU (a small backbone does not fill "
                    "one) and split the cores")
