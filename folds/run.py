@@ -130,7 +130,7 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
 
     return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
                               "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                              "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
+                              "1", "--gpus", "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
 
 
 def wait_for(procs: list) -> None:

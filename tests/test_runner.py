@@ -281,6 +281,11 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2], 3)  # --procs-per-gpu alone: one device
     assert [e["CUDA_VISIBLE_DEVICES"] for _, e in started] == ["3,GPU-5f2e"] * 3  # the parent's own
     assert all(e[LINES_ENV] for _, e in started)  # lines, not bars that would clash on one terminal
+    started.clear()  # options the user abbreviated (argparse takes --gpu for --gpus) do not reach the children
+    start_side_by_side(["--gpu", "2", "--procs", "2"], RunConfig(name="r", workers=0), [0, 1], 2)
+    from folds.run import build_parser
+    child = build_parser().parse_args(started[0][0][2:])
+    assert (child.gpus, child.procs_per_gpu, child.no_join, child.fold) == ("1", 1, True, "0")
 
     for spec, n, cfg, message in (("3", 2, RunConfig(), "sees 2 GPU"), ("2", 0, RunConfig(), "sees 0 GPU"),
                                   ("two", 2, RunConfig(), "a count of GPUs"),
