@@ -141,7 +141,9 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     with_full = with_full and any(r.full_test is not None for r in runs)
     rows, oofs = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
                          with_full=with_full)
-    best = max(rows, key=lambda r: r["f1"])  # chosen by honest crop-OOF, as ensemble/build.py chooses
+    # chosen by honest crop-OOF, as ensemble/build.py chooses; on a tie a method beats a run alone (one
+    # run's mean is that run), so the smoothing and the row without the full-data model follow it
+    best = max(rows, key=lambda r: (r["f1"], r["method"] in oofs))
     if with_full and truth is not None and best["method"] in oofs:  # the full-data model's gain, reported apart
         method, _, offsets = best["method"].partition("+")
         test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, False)
