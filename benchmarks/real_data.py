@@ -143,7 +143,10 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
                          with_full=with_full)
     # chosen by honest crop-OOF, as ensemble/build.py chooses; on a tie a method beats a run alone (one
     # run's mean is that run), so the smoothing and the row without the full-data model follow it
-    best = max(rows, key=lambda r: (r["f1"], r["method"] in oofs))
+    def rank(r):
+        return r["f1"], r["method"] in oofs
+
+    best = max(rows, key=rank)
     if with_full and truth is not None and best["method"] in oofs:  # the full-data model's gain, reported apart
         method, _, offsets = best["method"].partition("+")
         test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, False)
@@ -161,7 +164,7 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
                          "test_f1": macro_f1(truth, smooth["test"]) if truth is not None else float("nan"),
                          "note": f"on the OOF: {smooth['chosen_on_oof'].describe()}; "
                                  f"on the test: {smooth['smoothing'].describe()}"})
-            best = max(rows, key=lambda r: r["f1"])
+            best = max(rows, key=rank)
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]
