@@ -90,6 +90,35 @@ def test_other_search_space_is_refused_and_study_kept(demo_study, demo_source, t
     assert len(load(demo_study).trials) == before
 
 
+def test_a_worker_that_opens_the_study_a_moment_later_sees_its_whole_setup(monkeypatch):
+    """Two workers start at once on one storage: the second must never read the study half-written
+    (it did, and refused a study made for its own setup), and two that wrote different setups at the
+    same moment must not both go on."""
+    from tuning.study import open_study
+
+    storage, order = optuna.storages.InMemoryStorage(), []
+    real = optuna.Study.set_user_attr
+
+    def record(study, key, value):
+        order.append(key)
+        real(study, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", record)
+    args = {"pruner": optuna.pruners.NopPruner(), "seed": 0}
+    open_study("a", storage, DEFAULT_SPACE, {"epochs": 3}, **args)
+    assert order == ["setup", "search_space"]  # the marker last: who sees it sees the setup too
+    open_study("a", storage, DEFAULT_SPACE, {"epochs": 3}, **args)  # the second worker: the same setup
+
+    def other_worker_between(study, key, value):  # another setup lands between this worker's two writes
+        if key == "search_space":
+            real(study, "setup", {"epochs": 5})
+        real(study, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", other_worker_between)
+    with pytest.raises(UserError, match="another training setup"):
+        open_study("b", storage, DEFAULT_SPACE, {"epochs": 3}, **args)
+
+
 def test_steps_are_numbered_across_folds(demo_source, tmp_path):
     assert tune(tmp_path, demo_source, "--study", "two", "--n-trials", "1", "--folds", "0,1", "--pruner", "none") == 0
     t = load(tmp_path, "two").trials[0]

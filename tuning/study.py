@@ -33,11 +33,12 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
-    attrs = study.user_attrs
-    if "search_space" not in attrs:
-        study.set_user_attr("search_space", fingerprint(space))
+    if "search_space" not in study.user_attrs:
+        # the setup first: "search_space" marks a whole identity, so a worker that opens the study a moment
+        # later never reads it without its setup (it did, and refused a study made for its own setup)
         study.set_user_attr("setup", setup)
-        return study
+        study.set_user_attr("search_space", fingerprint(space))
+    attrs = study.user_attrs  # read back: a worker that created it at the same moment may have written its own
     if attrs["search_space"] != fingerprint(space):
         raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
                         f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
