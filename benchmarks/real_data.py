@@ -147,14 +147,14 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
         return r["f1"], r["method"] in oofs
 
     best = max(rows, key=rank)
-    if with_full and truth is not None and best["method"] in oofs:  # the full-data model's gain, reported apart
-        method, _, offsets = best["method"].partition("+")
-        test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, False)
-        rows.append({**best, "method": f"{best['method']} without the full-data model",
-                     "test_f1": macro_f1(truth, test), "note": "the row above, its run's full-data model left out"})
     if best["method"] in oofs:  # a method, not one run alone: the same with neighbour smoothing, as build adds it
         method, _, offsets = best["method"].partition("+")
-        test = blend_test(make_blend(method, "logreg", bool(offsets), n_members=len(runs)), runs, y, with_full)
+        blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
+        if with_full and truth is not None:  # the full-data model's test gain, reported apart
+            rows.append({**best, "method": f"{best['method']} without the full-data model",
+                         "test_f1": macro_f1(truth, blend_test(blend, runs, y, False)),
+                         "note": "the row above, its run's full-data model left out"})
+        test = blend_test(blend, runs, y, with_full)
         smooth, _ = neighbour_smoothing("auto", "crops", data_dir, runs[0], oofs[best["method"]], y, test)
         # its honest crop-OOF, also when the test set turned it off
         if smooth is not None and smooth["chosen_on_oof"].on:

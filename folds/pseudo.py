@@ -42,7 +42,7 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
     if not (run / layout.CONFIG).is_file():
         raise UserError(f"--pseudo {run}: not a run folder (no {layout.CONFIG}).")
     if own_crops:
-        check_own_crops_unlearned(run, json.loads((run / layout.CONFIG).read_text()))
+        check_own_crops_unlearned(run)
     if json.loads((run / layout.CLASSES).read_text()) != list(classes):
         raise UserError(f"--pseudo {run}: trained on other classes than this run's train.csv.")
     theirs = json.loads((run / layout.MANIFEST).read_text()).get("split_hash")
@@ -56,7 +56,7 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
     return run
 
 
-def check_own_crops_unlearned(run: Path, saved: dict) -> None:
+def check_own_crops_unlearned(run: Path) -> None:
     """Refuse to label fold k's own crops with a source whose fold k had learned them.
 
     A source that was itself a pseudo round with its own crops trained fold k on the very crops
@@ -64,11 +64,11 @@ def check_own_crops_unlearned(run: Path, saved: dict) -> None:
     second round's crop OOF overstates: on WikiArt-50 it gained 0.032 while the single-fold test
     gained nothing (benchmarks/RESULTS.md, tenth session).
     """
-    from folds.config import settings_before_they_existed
+    from folds.config import saved_config
 
-    saved = {**settings_before_they_existed(saved), **saved}
-    if saved.get("pseudo") and saved.get("pseudo_oof", True):
-        raise UserError(f"--pseudo {run}: that run is itself a pseudo-label round (--pseudo {saved['pseudo']}) whose "
+    source = saved_config(run)
+    if source.pseudo and source.pseudo_oof:
+        raise UserError(f"--pseudo {run}: that run is itself a pseudo-label round (--pseudo {source.pseudo}) whose "
                         "fold k learned fold k's crop-OOF crops, so labelling them again from its crop OOF makes this "
                         "run's crop OOF overstate. Start from the first round's source instead, or add "
                         "--no-pseudo-oof to learn from its test crops alone (the crop OOF then stays honest but "

@@ -21,7 +21,7 @@ import torch
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
 from folds import distributed
-from folds.config import RunConfig, learning_settings, settings_before_they_existed
+from folds.config import RunConfig, learning_settings, saved_config
 from folds.engine import scores
 from folds.loader import num_workers
 from folds.lock import FoldLock
@@ -268,8 +268,7 @@ def check_settings(run_dir: Path, cfg: RunConfig) -> None:
         return
     # a setting newer than the folder counts as its default there (it did not exist, so it was off), or
     # as what the folder did where the default is on
-    before = json.loads(saved.read_text())
-    old = {**RunConfig().to_dict(), **settings_before_they_existed(before), **before}
+    old = saved_config(run_dir).to_dict()
     diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
     if not diff:
         return
