@@ -8,6 +8,7 @@ classes (test_labels.csv is needed to choose them), then says what it made.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=6, help="keep the N most frequent artists (default: 6; 0: all)")
     p.add_argument("--per-class", type=int, default=10, help="train paintings per artist, at most (default: 10; "
                    "0: all)")
+    p.add_argument("--fraction", type=float, default=0, metavar="F", help="keep that share of each kept artist's "
+                   "paintings instead, rounded up and at least --min-per-class, so the classes stay as imbalanced "
+                   "as the source's (Dacon's are; a --per-class cap makes them equal). Default: 0 (off)")
+    p.add_argument("--min-per-class", type=int, default=6, help="with --fraction: paintings kept per artist at least "
+                   "(default: 6, enough for 5 folds)")
     p.add_argument("--test", type=int, default=60, help="test crops of the kept artists, at most (default: 60; "
                    "0: all)")
     p.add_argument("--test-every", type=int, default=1, metavar="N", help="take every Nth of those test crops, in "
@@ -29,10 +35,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     src, dst = Path(a.src), Path(a.dst)
     for name, value, low in (("--classes", a.classes, 0), ("--per-class", a.per_class, 0), ("--test", a.test, 0),
-                             ("--test-every", a.test_every, 1)):
+                             ("--test-every", a.test_every, 1), ("--min-per-class", a.min_per_class, 1)):
         if value < low:
             print(f"error: {name} must be at least {low}, but got {value}.", file=sys.stderr)
             return 2
+    if not 0 <= a.fraction <= 1 or (a.fraction and a.per_class):
+        print(f"error: --fraction must be in (0, 1] and without --per-class (got --fraction {a.fraction}, "
+              f"--per-class {a.per_class}); --per-class 0 --fraction 0.15 keeps 15% of each artist.", file=sys.stderr)
+        return 2
     if not (src / "test_labels.csv").is_file():
         print(f"error: {src}/test_labels.csv not found: the subset picks test crops by their labels.", file=sys.stderr)
         return 2
@@ -42,6 +52,9 @@ def main(argv=None) -> int:
     train = train[train["artist"].isin(keep)]
     if a.per_class:
         train = train.groupby("artist").head(a.per_class)
+    elif a.fraction:  # the first paintings of each artist, as many as the share asks
+        keep_n = (counts[keep] * a.fraction).apply(math.ceil).clip(lower=a.min_per_class)
+        train = train[train.groupby("artist").cumcount() < train["artist"].map(keep_n)]
     labels = pd.read_csv(src / "test_labels.csv", dtype=str, keep_default_na=False)
     labels = labels[labels["artist"].isin(keep)].iloc[:: a.test_every]
     labels = labels.head(a.test) if a.test else labels

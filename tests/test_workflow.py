@@ -133,7 +133,7 @@ def test_progress_lines_count_images_and_views_in_a_log(trained, demo_source, tm
     assert "s0 fold 0: 72 images x 2 views: 100% (72/72 images" in capsys.readouterr().out
 
 
-def test_subset_tool_says_what_it_made(demo_source, tmp_path, capsys):
+def test_subset_tool_says_what_it_made(demo_source, demo_dir, tmp_path, capsys):
     from benchmarks.subset import main as subset_main
     assert subset_main([str(demo_source), str(tmp_path / "sub"), "--classes", "9", "--per-class", "4"]) == 0
     out = capsys.readouterr().out
@@ -146,6 +146,17 @@ def test_subset_tool_says_what_it_made(demo_source, tmp_path, capsys):
     fifth = pd.read_csv(tmp_path / "fifth" / "test_labels.csv", dtype=str, keep_default_na=False)
     assert list(fifth["id"]) == list(full["id"].iloc[::5])
     assert len(pd.read_csv(tmp_path / "fifth" / "train.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+    # a share of each artist keeps the source's imbalance (a --per-class cap would make the classes equal)
+    source = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
+    source = source.drop(index=source.index[source["artist"] == source["artist"].iloc[0]][:5])  # unequal classes
+    source.to_csv(demo_dir / "train.csv", index=False)
+    assert subset_main([str(demo_dir), str(tmp_path / "share"), "--classes", "0", "--per-class", "0",
+                        "--fraction", "0.3", "--min-per-class", "5"]) == 0
+    share = pd.read_csv(tmp_path / "share" / "train.csv", dtype=str, keep_default_na=False)
+    want = source["artist"].value_counts().apply(lambda n: max(5, -(-n * 3 // 10)))
+    assert share["artist"].value_counts().sort_index().equals(want.sort_index())
+    assert set(share["id"]) <= set(source["id"])
+    assert subset_main([str(demo_source), str(tmp_path / "y"), "--fraction", "0.3"]) == 2  # with a --per-class cap
 
 
 def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
