@@ -51,7 +51,8 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     cfg, name = runner.cfg, runner.cfg.name
     res = runner.run(runner.planned_folds)
     sub = build([runner.run_dir], method="mean", oof="crops" if cfg.crop_oof else "whole", report=False,
-                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv")  # the fold mean, as users get it
+                offsets="off",  # the plain fold mean (and its smoothing); (c) weighs the offsets
+                out=Path(cfg.submissions_dir) / f"{name}_folds-mean.csv")
     # crop-OOF estimates one fold model: report the mean single-fold test F1 beside the fold mean's
     run = load_run(runner.run_dir, "crops" if cfg.crop_oof else "whole")
     truth = answer_key(args.data_dir, run.test_ids, run.classes)
@@ -222,18 +223,25 @@ def main(argv=None) -> int:
     first += [("b+", "bench-strong", "strong", {})] if "s" in stages else []
     first += [("b", "bench-suite", "default", {})] if "b" in stages or "c" in stages else []
     first += [("v", f"bench-v-{name}", preset, over) for name, preset, over in args.variant]
-    if args.together:
-        done = train_runs([spec[1:] for spec in first], args)  # rows as they are scored, recorded below
-    else:
-        done = []
-        for stage, name, preset, over in first:
-            longest = max([r["minutes"] for r in done] or [0])
+
+    def first_round():
+        """(spec, row) of each first-round run as soon as it is scored, so a benchmark cut short by its
+        time limit keeps the rows it had."""
+        if args.together:
+            yield from zip(first, train_runs([spec[1:] for spec in first], args))
+            return
+        longest = 0
+        for spec in first:
+            stage, name, preset, over = spec
             if stage == "v" and args.budget_min - (time.time() - start) / 60 < 1.3 * longest:
                 print(f"variant {name}: skipped, the --budget-min left is less than a run takes", flush=True)
                 continue
-            done.append(train_run(name, preset, args, **over))
+            row = train_run(name, preset, args, **over)
+            longest = max(longest, row["minutes"])
+            yield spec, row
+
     suite, result = [], {}
-    for (stage, _, _, over), row in zip(first, done):
+    for (stage, _, _, over), row in first_round():
         record({"stage": stage, **row, **({"overrides": over} if stage == "v" else {})})
         result[stage] = row
         if stage in ("b+", "b") or (stage == "v" and args.join):

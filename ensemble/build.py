@@ -5,9 +5,11 @@ Examples:
     python ensemble/build.py runs/a runs/b --method weighted --offsets --out submissions/ab_w.csv
     python ensemble/build.py runs/b3-seed0 --method mean --with-full --out submissions/b3_full.csv
 
-Every method's OOF macro-F1 is printed in one table; `weighted`, `stack` and `--offsets` are
-scored in an inner cross-validation on the OOF rows (grouped by painting), never on the rows
-they were fit on. By default the crop OOF (validation paintings as test-like crops) is used.
+Every method's OOF macro-F1 is printed in one table; `weighted`, `stack` and the per-class offsets
+are scored in an inner cross-validation on the OOF rows (grouped by painting), never on the rows
+they were fit on, and the offsets are kept where that honest score beats the method alone
+(`--offsets auto`, the default). By default the crop OOF (validation paintings as test-like crops)
+is used.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import ANSWER_KEY, answer_key, write_submission  # noqa: E402
 
 log = logging.getLogger(__name__)
+OFFSETS = ("auto", "on", "off")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(test-like, default) or the whole-painting OOF")
     p.add_argument("--stacker", default="logreg", help="meta-learner for --method stack: logreg (default), rf, "
                    "hgb, mlp, or a class path like sklearn.linear_model.LogisticRegression")
-    p.add_argument("--offsets", action="store_true", help="fit per-class logit offsets for macro-F1 on top of "
-                   "the method (scored in the inner cross-validation too)")
+    p.add_argument("--offsets", nargs="?", const="on", default="auto", choices=OFFSETS, help="per-class logit "
+                   "offsets fit for macro-F1 on top of the method, scored in the inner cross-validation: auto "
+                   "(default) keeps them where that honest score beats the method alone; --offsets alone: on")
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
@@ -92,6 +96,15 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
     return rows, oofs
 
 
+def keep_offsets(table: list[dict], method: str, notes: list) -> bool:
+    """``--offsets auto``: keep them where their honest (inner-CV) score beats the method alone, and say so."""
+    f1 = {r["method"]: r["f1"] for r in table}
+    keep = f1[method + "+offsets"] > f1[method]
+    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest OOF macro-F1 "
+                 f"{f1[method + '+offsets']:.4f} with them, {f1[method]:.4f} without (--offsets auto)")
+    return keep
+
+
 def blend_test(blend, runs, y, with_full: bool = False) -> np.ndarray:
     """The blend fit on all the runs' OOF rows, then applied to their test probabilities."""
     blend.fit(members_to_X([r.oof_probs for r in runs]), y)
@@ -127,19 +140,21 @@ def check_out_path(out: Path) -> None:
 
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
-          offsets: bool = False, with_full: bool = False, sample=None, inner_folds: int = 5,
+          offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
           report: bool = True, neighbours: str = "auto") -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
     runs = [load_run(r, oof) for r in run_paths]
-    chosen = method + ("+offsets" if offsets else "")
-    out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{chosen}.csv"
+    offsets = {True: "on", False: "off"}.get(offsets, offsets)
+    if offsets not in OFFSETS:
+        raise UserError(f"--offsets {offsets!r}: choose one of {list(OFFSETS)}.")
+    named = method + ("+offsets" if offsets == "on" else "")
+    out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{named}.csv"
     check_out_path(out)
     same_split = len({r.split_hash for r in runs}) == 1
-    blend = make_blend(method, stacker, offsets, n_members=len(runs))
-    runs = check_compatible(runs, need_same_split=blend.learns)
+    runs = check_compatible(runs, need_same_split=make_blend(method, stacker, offsets == "on").learns)
     first = runs[0]
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
@@ -149,8 +164,13 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]
+    # offsets learn from the OOF rows: with runs of different splits, auto leaves them off as it does weighted
+    tried = offsets == "on" or (offsets == "auto" and same_split)
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
-                          offsets_for=(method,) if offsets else (), inner_folds=inner_folds)
+                          offsets_for=(method,) if tried else (), inner_folds=inner_folds)
+    offsets = offsets == "on" or (tried and keep_offsets(table, method, notes))
+    chosen = method + ("+offsets" if offsets else "")
+    blend = make_blend(method, stacker, offsets, n_members=len(runs))
     final_oof = oofs[chosen]
     if with_full:
         missing = [r.name for r in runs if r.full_test is None]

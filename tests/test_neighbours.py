@@ -148,12 +148,12 @@ def test_the_build_applies_it_on_the_demo_by_default_and_off_leaves_the_soft_vot
     run = tmp_path / "runs" / "nb"
     off = build([run], out=tmp_path / "off.csv", report=False, neighbours="off")
     auto = build([run], out=tmp_path / "auto.csv", report=False)  # the default
-    assert off["chosen"] == "mean" and not any("neighbour" in n for n in off["notes"])
+    assert off["chosen"].removesuffix("+offsets") == "mean" and not any("neighbour" in n for n in off["notes"])
     assert any(n.startswith("neighbour smoothing chosen on the crop OOF") for n in auto["notes"])
     sub_off, sub_auto = (pd.read_csv(tmp_path / f"{n}.csv", dtype=str) for n in ("off", "auto"))
     assert list(sub_off["id"]) == list(sub_auto["id"])
     if auto["chosen"].endswith("+neighbours"):
-        assert auto["table"][-1]["method"] == "mean+neighbours"
+        assert auto["table"][-1]["method"] == off["chosen"] + "+neighbours"
         saved = json.loads((tmp_path / "auto_blend.json").read_text())["neighbours"]  # predict.py reuses it
         assert nb.Smoothing.from_saved(saved).describe() == auto["neighbours"]
     else:

@@ -276,7 +276,7 @@ def test_a_run_folder_is_shareable_under_a_group_umask(small_run):
 
 
 # -- 9. learned blends over pure noise score at chance in the inner CV ---------------------------
-def noise_run(root, name, data_dir, ids, labels, classes, seed, n_crops=3):
+def noise_run(root, name, data_dir, ids, labels, classes, seed, n_crops=3, oof_probs=None):
     from common import layout, write_csv, write_json
     rng = np.random.default_rng(seed)
     run = root / name
@@ -284,7 +284,9 @@ def noise_run(root, name, data_dir, ids, labels, classes, seed, n_crops=3):
     write_json(run / layout.CLASSES, classes)
     write_json(run / layout.MANIFEST, {"split_hash": "same"})
     fold = np.arange(len(ids)) % 2
-    oof = layout.prob_frame(rng.dirichlet(np.ones(len(classes)), len(ids) * n_crops), classes,
+    if oof_probs is None:
+        oof_probs = rng.dirichlet(np.ones(len(classes)), len(ids) * n_crops)
+    oof = layout.prob_frame(oof_probs, classes,
                             id=np.repeat(ids, n_crops), crop=np.tile(np.arange(n_crops), len(ids)),
                             fold=np.repeat(fold, n_crops), label=np.repeat(labels, n_crops))
     write_csv(run / layout.OOF_CROPS, oof)
@@ -313,6 +315,30 @@ def test_learned_blends_over_noise_score_at_chance_in_the_inner_cv(method, tmp_p
     assert "inner CV" in row and f1 < 0.42, printed  # chance is about 1/3 for 3 balanced classes
     # these runs' data folder has no train.csv or images: the default smoothing is off, and says why
     assert "neighbour smoothing is off: it needs the run's images" in printed
+
+
+def test_offsets_are_kept_by_default_only_where_their_honest_score_beats_the_method(tmp_path, capsys):
+    """A class the argmax never picks (macro-F1 rewards it): the offsets win the inner CV and are kept.
+    Probabilities already right on every row: the offsets cannot beat them, and are left off."""
+    from ensemble.saved_blend import load_blend
+    rng = np.random.default_rng(1)
+    classes = ["big", "small"]
+    ids = np.array([f"p{i}" for i in range(220)])
+    labels = np.array(["big"] * 200 + ["small"] * 20)
+    under = np.column_stack([np.full(660, 0.6), np.full(660, 0.4)])
+    under[600:] += [-0.08, 0.08]  # the small class is likelier on its own crops, never the argmax
+    under = np.clip(under + rng.normal(0, 0.01, under.shape), 0.01, 1)
+    right = np.where(np.repeat(labels, 3)[:, None] == np.array(classes), 0.9, 0.1)
+    for name, probs, kept in (("under", under / under.sum(1, keepdims=True), True), ("right", right, False)):
+        run = noise_run(tmp_path, name, tmp_path, ids, labels, classes, seed=0, oof_probs=probs)
+        out = tmp_path / f"{name}.csv"
+        assert build_main([str(run), "--out", str(out), "--no-report"]) == 0  # --offsets auto, the default
+        printed = capsys.readouterr().out
+        assert f"per-class offsets {'kept' if kept else 'left off'}" in printed, printed
+        assert ("mean+offsets (chosen)" in printed) is kept and load_blend(tmp_path / f"{name}_blend.json")[1][
+            "offsets"] is kept
+        assert build_main([str(run), "--out", str(out), "--no-report", "--offsets", "off"]) == 0
+        assert "per-class offsets" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("device, message", [
