@@ -157,14 +157,26 @@ class DecisionOffsets(_Blender):
         target = np.searchsorted(self.classes_, y)  # y as column positions of the base's output
         b = np.zeros(logp.shape[1])
         best = macro_f1(target, logp)
+        rows, cols = np.arange(len(logp)), np.arange(len(b))
+        ranked = None
         for _ in range(self.rounds):
             for c in range(len(b)):
+                # moving class c's offset changes only the rows where c's score crosses the best other
+                # class's, so each trial is argmax(logp + trial) from the two best classes of each row,
+                # found again only when an offset changed
+                if ranked is None:
+                    score = logp + b
+                    top = score.argmax(axis=1)
+                    ranked = score, top, np.where(cols == top[:, None], -np.inf, score).argmax(axis=1)
+                score, top, second = ranked
+                other = np.where(top == c, second, top)  # the first best class other than c, as argmax picks
+                other_score, own = score[rows, other], logp[:, c]
                 for g in self.grid:
-                    trial = b.copy()
-                    trial[c] = g
-                    s = macro_f1(target, logp + trial)
+                    pred = np.where(own + g > other_score, c,
+                                    np.where(own + g == other_score, np.minimum(c, other), other))
+                    s = macro_f1(target, pred)
                     if s > best + 1e-12:
-                        best, b = s, trial
+                        best, b, ranked = s, np.where(cols == c, g, b), None
         self.offsets_ = b
         return self
 

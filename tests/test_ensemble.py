@@ -103,6 +103,37 @@ def test_offsets_improve_macro_f1_for_an_underpredicted_class():
     assert tuned > plain + 0.2
 
 
+def test_the_offset_search_equals_scoring_every_trial_in_full():
+    """The search scores each trial from each row's two best classes; scoring argmax(logp + trial) over
+    all columns must choose the same offsets, ties (quantised probabilities) included."""
+    from ensemble.blend import DecisionOffsets, MergeBlend, _log_probs
+
+    def in_full(p, y, grid, rounds=2):
+        logp, b = _log_probs(p), np.zeros(p.shape[1])
+        best = macro_f1(y, logp)
+        for _ in range(rounds):
+            for c in range(len(b)):
+                for g in grid:
+                    trial = b.copy()
+                    trial[c] = g
+                    if macro_f1(y, logp + trial) > best + 1e-12:
+                        best, b = macro_f1(y, logp + trial), trial
+        return b
+
+    rng = np.random.default_rng(0)
+    for n, k, quantised in ((600, 6, False), (2000, 20, False), *[(60, 4, True)] * 10):
+        y = rng.integers(0, k, n)
+        if quantised:  # rows of equal probabilities: argmax breaks the ties by the first class
+            p = rng.integers(1, 3, (n, k)).astype(float)
+        else:
+            logits = rng.normal(0, 1, (n, k)) + np.eye(k)[y] + 0.8 * (np.arange(k) == 0)  # class 0 over-predicted
+            p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        fitted = DecisionOffsets(MergeBlend("mean", 1)).fit(p, y)
+        assert np.array_equal(fitted.offsets_, in_full(p, y, fitted.grid)), (n, k)
+        assert quantised or fitted.offsets_.any()  # the search moved something where it should
+
+
 def test_mismatched_split_is_refused(two_runs, demo_source, capsys):
     assert run_main(tiny_args(demo_source, two_runs, **{"--split-seed": 7, "--name": "other", "--epochs": 1})) == 0
     assert build(two_runs, "s0", "other", method="stack", out=two_runs / "subs" / "no.csv") == 2
