@@ -81,7 +81,9 @@ def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, ca
     runs = [str(trained / "runs" / f"s{s}") for s in (0, 1)]
     assert predict_main([*runs, "--data-dir", str(demo_source), "--out", str(tmp_path / "m.csv")]) == 0
     assert "predicted 72 images" in capsys.readouterr().out
-    assert build_main([*runs, "--method", "mean", "--out", str(tmp_path / "b.csv"), "--no-report"]) == 0
+    # the plain soft vote: the build's offsets (auto) and smoothing reach predict.py through --blend only
+    assert build_main([*runs, "--method", "mean", "--offsets", "off", "--out", str(tmp_path / "b.csv"),
+                       "--no-report"]) == 0
     np.testing.assert_allclose(probs(tmp_path / "m_probs.csv").to_numpy(), probs(tmp_path / "b_probs.csv").to_numpy(),
                                atol=1e-5)
     assert predict_main([*runs, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
