@@ -97,6 +97,9 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--batch-size", key="batch_size", type=int, help="batch size")
     opt(g, "--no-balanced-sampler", key="balanced_sampler", action="store_false", default=None,
         help="turn off the class-balanced (inverse frequency) sampler")
+    opt(g, "--balance-power", key="balance_power", type=float, help="the balanced sampler draws a painting with "
+        "weight (its class's count) ** -P: 1 each class equally often, 0.5 square-root balancing, between that "
+        "and the plain shuffle")
     pick(g, "--crop", "crop", "train crops: 'test-scale' (quarter-area crops like the test images) or 'whole' "
          "(resize the painting, then a default-scale crop)")
     pick(g, "--affine", "affine", "where the shift-scale-rotate augmentation runs: 'loader' (albumentations, per "

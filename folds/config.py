@@ -55,6 +55,7 @@ class RunConfig:
     val_crops: int = 2  # fixed half-size crops per validation painting, scored every epoch (0: off)
     batch_size: int = 32
     balanced_sampler: bool = True
+    balance_power: float = 1.0  # the sampler draws a painting with weight (its class's count) ** -power: 1 balanced
     crop: str = "test-scale"
     affine: str = "loader"  # where the shift-scale-rotate runs: the loader workers, or the device per batch
     # pseudo-labels: fold k adds the test crops as labelled by fold k of a finished run
@@ -203,7 +204,7 @@ def check_config(cfg: RunConfig) -> None:
     for key in ("mixup", "cutmix", "warmup_epochs", "val_crops"):
         if getattr(cfg, key) < 0:
             raise UserError(f"--{key.replace('_', '-')} must be 0 (off) or more, but got {getattr(cfg, key)}.")
-    for key in ("erasing", "pseudo_threshold", "mix_prob"):
+    for key in ("erasing", "pseudo_threshold", "mix_prob", "balance_power"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], but got {getattr(cfg, key)}.")
     if not (cfg.ema == 0 or 0.5 <= cfg.ema < 1):

@@ -135,9 +135,12 @@ def _nbytes(batch) -> int:
     return sum(t.element_size() * t.nelement() for t in items if isinstance(t, torch.Tensor))
 
 
-def class_weights(labels) -> np.ndarray:
-    """Per-sample weights proportional to 1 / (count of its class): each class is drawn equally often."""
-    return compute_sample_weight("balanced", np.asarray(labels))
+def class_weights(labels, power: float = 1.0) -> np.ndarray:
+    """Per-sample weights proportional to (count of its class) ** -power: at 1 each class is drawn
+    equally often; at 0.5 (square root) a class is drawn in proportion to the root of its count,
+    between that and the plain shuffle (0)."""
+    w = compute_sample_weight("balanced", np.asarray(labels))
+    return w if power == 1 else w ** power  # 1: the very weights runs made before the power existed
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -174,8 +177,8 @@ class EpochSampler(Sampler):
     Under torchrun, every rank makes the same draw and takes its share.
     """
 
-    def __init__(self, labels, *, seed: int = 0, balanced: bool = False):
-        self.labels, self.seed, self.balanced, self.epoch = np.asarray(labels), seed, balanced, 0
+    def __init__(self, labels, *, seed: int = 0, balanced: bool = False, power: float = 1.0):
+        self.labels, self.seed, self.balanced, self.power, self.epoch = np.asarray(labels), seed, balanced, power, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,7 +188,7 @@ class EpochSampler(Sampler):
         n = len(self.labels)
         if self.balanced:
             labels = self.labels if self.labels.ndim == 1 else self.labels.argmax(axis=1)
-            w = torch.as_tensor(class_weights(labels))
+            w = torch.as_tensor(class_weights(labels, self.power))
             order = torch.multinomial(w, n, replacement=True, generator=g)  # as WeightedRandomSampler draws
         else:
             order = torch.randperm(n, generator=g)
@@ -203,7 +206,8 @@ class EpochSampler(Sampler):
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                balanced: bool = False, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                balanced: bool = False, power: float = 1.0, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose order and augmentations depend only on (seed, epoch).
 
     Its workers persist: a training loader serves every epoch; call ``loader.sampler.set_epoch(e)``
@@ -211,7 +215,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, *, train: bool, seed: in
     """
     sampler = None
     if train:
-        sampler = EpochSampler(dataset.labels, seed=seed, balanced=balanced)
+        sampler = EpochSampler(dataset.labels, seed=seed, balanced=balanced, power=power)
         sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),

@@ -131,7 +131,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                             ds.num_classes, workers, pin)
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
-                         num_workers=workers, pin_memory=pin)
+                         power=cfg.balance_power, num_workers=workers, pin_memory=pin)
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break

@@ -30,6 +30,23 @@ def test_balanced_sampler_draws_classes_evenly():
     assert (share > 0.15).all(), share
 
 
+
+def test_balance_power_draws_classes_by_the_root_of_their_count():
+    """--balance-power 0.5: a class of 100 paintings is drawn 10x as often as a class of 1, not 100x (plain)
+    nor 1x (balanced); power 1 keeps the balanced sampler's very weights (old runs resume the same)."""
+    y = np.array([0] * 100 + [1] * 1)
+    np.testing.assert_array_equal(class_weights(y, 1.0), class_weights(y))
+    w = class_weights(y, 0.5)
+    assert np.isclose(np.bincount(y, weights=w)[0] / np.bincount(y, weights=w)[1], 10)
+    ds = ImageDataset(["x"] * 101, y, transform=None)
+    drawn = []
+    for epoch in range(20):
+        loader = make_loader(ds, 10, train=True, balanced=True, power=0.5, epoch=epoch)
+        drawn += list(y[[i for i, _ in loader.sampler]])
+    ratio = np.bincount(drawn)[0] / np.bincount(drawn)[1]
+    assert 6 < ratio < 16, ratio
+
+
 def batches(ds, epoch, workers, seed=0):
     loader = make_loader(ds, 4, train=True, seed=seed, epoch=epoch, num_workers=workers)
     return torch.cat([x for x, _ in loader])

@@ -17,9 +17,9 @@ from folds.config import RunConfig, read_config_file
 # What a trial may vary: training knobs only. The split (n_folds, split_seed, holdout), the data,
 # the epoch budget (the pruner's step numbering) and the seed (set per trial) stay fixed.
 TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoothing", "dropout", "batch_size",
-           "balanced_sampler", "crop", "img_size", "model", "patience", "monitor", "sched", "warmup_epochs", "mixup",
-           "cutmix", "mix_prob", "erasing", "ema", "val_crops", "pseudo_mode", "pseudo_threshold",
-           "pseudo_siblings"}
+           "balanced_sampler", "balance_power", "crop", "img_size", "model", "patience", "monitor", "sched",
+           "warmup_epochs", "mixup", "cutmix", "mix_prob", "erasing", "ema", "val_crops", "pseudo_mode",
+           "pseudo_threshold", "pseudo_siblings"}
 
 DEFAULT_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
