@@ -30,7 +30,6 @@ def test_balanced_sampler_draws_classes_evenly():
     assert (share > 0.15).all(), share
 
 
-
 def test_balance_power_draws_classes_by_the_root_of_their_count():
     """--balance-power 0.5: a class of 100 paintings is drawn 10x as often as a class of 1, not 100x (plain)
     nor 1x (balanced); power 1 keeps the balanced sampler's very weights (old runs resume the same)."""
