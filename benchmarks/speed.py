@@ -4,6 +4,7 @@
     python benchmarks/speed.py train --model efficientnet_b3 --img-size 288      # on a GPU
     python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
     python benchmarks/speed.py neighbours --n-images 40   # the build's sibling search on ~1000 px JPEGs
+    python benchmarks/speed.py offsets                    # the build's per-class offset search, WikiArt-50 size
 
 - loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
   with workers=0, decoding each JPEG every time vs reading the pre-resized cache; the pipeline
@@ -27,6 +28,11 @@
   JPEG, decoding at reduced scale (the shipped path, PIL draft) vs a full decode, with the
   histograms' cosine between the two; then candidate pairs/s of the overlap scoring
   (``ensemble.siblings``), on the device the build would use. --workers: the decode threads.
+- offsets: seconds of the build's per-class offset search (``ensemble.blend.DecisionOffsets``: each
+  trial from each row's two best classes) against scoring every trial's argmax over all columns
+  (``offsets_in_full``), on synthetic crop-OOF probabilities of WikiArt-50's size (29,560 crops x
+  50 classes; --n-images rows, --classes), checked to choose the same offsets; then
+  the honest (inner-CV) score the build computes with them.
 Each prints a JSON line (also appended to --out) with both figures and their ratio.
 """
 from __future__ import annotations
@@ -391,13 +397,55 @@ def bench_neighbours(args) -> dict:
             "overlap_device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads()}
 
 
+def offsets_in_full(probs, y, grid, rounds: int = 2) -> np.ndarray:
+    """The offset search scored the plain way, argmax(log p + trial) over every column for every trial:
+    the reference the build's search must equal (and the baseline it is timed against)."""
+    from common.metrics import macro_f1
+    from ensemble.blend import _log_probs
+
+    logp, b = _log_probs(probs), np.zeros(probs.shape[1])
+    best = macro_f1(y, logp)
+    for _ in range(rounds):
+        for c in range(len(b)):
+            for g in grid:
+                trial = b.copy()
+                trial[c] = g
+                s = macro_f1(y, logp + trial)
+                if s > best + 1e-12:
+                    best, b = s, trial
+    return b
+
+
+def bench_offsets(args) -> dict:
+    from ensemble.blend import DecisionOffsets, MergeBlend, honest_oof, make_blend
+
+    rng = np.random.default_rng(0)
+    n, k = args.n_images, args.classes
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k)) + 1.5 * np.eye(k)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    t = time.perf_counter()
+    fitted = DecisionOffsets(MergeBlend("mean", 1)).fit(probs, y)
+    fast = time.perf_counter() - t
+    t = time.perf_counter()
+    reference = offsets_in_full(probs, y, fitted.grid, fitted.rounds)
+    full = time.perf_counter() - t
+    t = time.perf_counter()
+    honest_oof(make_blend("mean", offsets=True), probs, y, np.arange(n) // 5)  # 5 crops a painting
+    honest = time.perf_counter() - t
+    return {"bench": "offsets", "rows": n, "classes": k, "search_s": round(fast, 2), "in_full_s": round(full, 2),
+            "ratio": round(full / fast, 2), "same_offsets": bool(np.array_equal(fitted.offsets_, reference)),
+            "honest_score_s": round(honest, 2)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("loader", "train", "epochs", "infer", "neighbours"))
+    p.add_argument("what", choices=("loader", "train", "epochs", "infer", "neighbours", "offsets"))
     p.add_argument("--model", default="efficientnet_b3")
     p.add_argument("--img-size", type=int, default=288)
     p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
-    p.add_argument("--n-images", type=int, default=64)
+    p.add_argument("--n-images", type=int, help="images (offsets: crop-OOF rows); default: 64 (offsets: 29,560)")
+    p.add_argument("--classes", type=int, default=50, help="offsets: classes (default: 50)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--repeat", type=int, default=1)
@@ -417,8 +465,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="loader, epochs, infer: use this dataset's images")
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
+    args.n_images = args.n_images if args.n_images is not None else 29_560 if args.what == "offsets" else 64
     row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer,
-           "neighbours": bench_neighbours}[args.what](args)
+           "neighbours": bench_neighbours, "offsets": bench_offsets}[args.what](args)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
     emit(row, args.out)
     return 0

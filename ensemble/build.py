@@ -147,14 +147,14 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
     runs = [load_run(r, oof) for r in run_paths]
-    offsets = {True: "on", False: "off"}.get(offsets, offsets)
-    if offsets not in OFFSETS:
-        raise UserError(f"--offsets {offsets!r}: choose one of {list(OFFSETS)}.")
-    named = method + ("+offsets" if offsets == "on" else "")
+    mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
+    if mode not in OFFSETS:
+        raise UserError(f"--offsets {mode!r}: choose one of {list(OFFSETS)}.")
+    named = method + ("+offsets" if mode == "on" else "")
     out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{named}.csv"
     check_out_path(out)
     same_split = len({r.split_hash for r in runs}) == 1
-    runs = check_compatible(runs, need_same_split=make_blend(method, stacker, offsets == "on").learns)
+    runs = check_compatible(runs, need_same_split=make_blend(method, stacker, mode == "on").learns)
     first = runs[0]
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
@@ -165,10 +165,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]
     # offsets learn from the OOF rows: with runs of different splits, auto leaves them off as it does weighted
-    tried = offsets == "on" or (offsets == "auto" and same_split)
+    tried = mode == "on" or (mode == "auto" and same_split)
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
                           offsets_for=(method,) if tried else (), inner_folds=inner_folds)
-    offsets = offsets == "on" or (tried and keep_offsets(table, method, notes))
+    offsets = mode == "on" or (tried and keep_offsets(table, method, notes))
     chosen = method + ("+offsets" if offsets else "")
     blend = make_blend(method, stacker, offsets, n_members=len(runs))
     final_oof = oofs[chosen]

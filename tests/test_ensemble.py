@@ -103,22 +103,11 @@ def test_offsets_improve_macro_f1_for_an_underpredicted_class():
     assert tuned > plain + 0.2
 
 
-def test_the_offset_search_equals_scoring_every_trial_in_full():
+def test_the_offset_search_equals_scoring_every_trial_in_full(capsys):
     """The search scores each trial from each row's two best classes; scoring argmax(logp + trial) over
     all columns must choose the same offsets, ties (quantised probabilities) included."""
-    from ensemble.blend import DecisionOffsets, MergeBlend, _log_probs
-
-    def in_full(p, y, grid, rounds=2):
-        logp, b = _log_probs(p), np.zeros(p.shape[1])
-        best = macro_f1(y, logp)
-        for _ in range(rounds):
-            for c in range(len(b)):
-                for g in grid:
-                    trial = b.copy()
-                    trial[c] = g
-                    if macro_f1(y, logp + trial) > best + 1e-12:
-                        best, b = macro_f1(y, logp + trial), trial
-        return b
+    from benchmarks.speed import main as speed_main, offsets_in_full
+    from ensemble.blend import DecisionOffsets, MergeBlend
 
     rng = np.random.default_rng(0)
     for n, k, quantised in ((600, 6, False), (2000, 20, False), *[(60, 4, True)] * 10):
@@ -130,8 +119,12 @@ def test_the_offset_search_equals_scoring_every_trial_in_full():
             p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
         fitted = DecisionOffsets(MergeBlend("mean", 1)).fit(p, y)
-        assert np.array_equal(fitted.offsets_, in_full(p, y, fitted.grid)), (n, k)
+        assert np.array_equal(fitted.offsets_, offsets_in_full(p, y, fitted.grid)), (n, k)
         assert quantised or fitted.offsets_.any()  # the search moved something where it should
+    # the speed bench times the two against each other (WikiArt-50's size by default) and checks the same
+    assert speed_main(["offsets", "--n-images", "500", "--classes", "8"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["same_offsets"] and row["rows"] == 500 and row["honest_score_s"] > 0
 
 
 def test_mismatched_split_is_refused(two_runs, demo_source, capsys):
