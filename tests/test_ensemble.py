@@ -206,3 +206,14 @@ def test_fast_macro_f1_equals_sklearn():
         p = rng.dirichlet(np.ones(k), 300)
         p[:, 0] *= 0.01  # a class never predicted
         assert macro_f1(y, p) == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
+
+
+def test_class_prior_reads_a_runs_crop_oof(two_runs, capsys):
+    """The sampler comparison's figures come from the run's crop OOF alone, and its F1 is the run's."""
+    from benchmarks.class_prior import main as prior_main
+    run = two_runs / "runs" / "s0"
+    assert prior_main([str(run)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["crop_oof_f1"] == round(json.loads((run / "scores.json").read_text())["oof_crops"]["f1"], 4)
+    assert len(row["per_fold"]) == 5 and 0 < row["smaller_half_true"] < 1
+    assert 0 <= row["smaller_half_predicted"] <= 1 and 0 <= row["smaller_half_f1"] <= 1
