@@ -31,6 +31,7 @@ from ensemble.blend import make_blend  # noqa: E402
 from ensemble.build import blend_test, build, compare, neighbour_smoothing  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import layout  # noqa: E402
+from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, mean_single_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
@@ -173,6 +174,7 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     return rows
 
 
+@entry_point  # a time limit's SIGTERM stops the fold processes too, each keeping its finished epochs
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data/wikiart50")

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from common.errors import UserError
+from common.interrupt import finish_first
 
 _UMASK_LOCK = threading.Lock()
 
@@ -34,28 +35,31 @@ def current_umask() -> int:
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **kwargs):
-    """Yield a file handle whose content replaces ``path`` only when the block succeeds."""
+    """Yield a file handle whose content replaces ``path`` only when the block succeeds. A Ctrl-C or
+    SIGTERM meanwhile is raised once the file is written: raised inside a writer such as torch.save,
+    the writer's own clean-up turned the stop into a traceback."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"cannot write {path}: a file is in the way of its folder {path.parent}; "
-                        "choose another output path.") from None
-    except PermissionError:
-        raise UserError(f"cannot write {path}: permission denied in {path.parent}.") from None
-    try:
-        # mkstemp makes the file 0600; a shared runs/ folder needs the user's umask, like open() gives.
-        os.chmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with finish_first():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"cannot write {path}: a file is in the way of its folder {path.parent}; "
+                            "choose another output path.") from None
+        except PermissionError:
+            raise UserError(f"cannot write {path}: permission denied in {path.parent}.") from None
+        try:
+            # mkstemp makes the file 0600; a shared runs/ folder needs the user's umask, like open() gives.
+            os.chmod(fd, 0o666 & ~current_umask())
+            with os.fdopen(fd, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _only_rank_zero(path) -> None:

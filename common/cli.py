@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: its log format, and how a UserError ends it.
+"""What every command-line entry point shares: its log format, and how a UserError, Ctrl-C or
+SIGTERM ends it.
 
 >>> @entry_point
 ... def main(argv=None):
@@ -13,6 +14,7 @@ import logging
 import sys
 
 from common.errors import UserError
+from common.interrupt import Stopped, stops_as_exceptions
 
 
 def log_to_stdout(level: int = logging.INFO) -> None:
@@ -22,12 +24,19 @@ def log_to_stdout(level: int = logging.INFO) -> None:
 
 def entry_point(main):
     """A CLI's ``main``: a UserError prints ``error: <message>`` on stderr and returns 2, without a
-    traceback (the message names the file, row or option and says what to do)."""
+    traceback (the message names the file, row or option and says what to do). Ctrl-C returns 130
+    and SIGTERM 143, both after the clean-up, with a line that says how to continue."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
-            return main(*args, **kwargs)
+            with stops_as_exceptions():
+                return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as e:
+            print(f"{'stopped (SIGTERM)' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "
+                  "and trials are kept; run the same command again to continue (a fold run with --resume).",
+                  file=sys.stderr)
+            return 143 if isinstance(e, Stopped) else 130
     return wrapper

@@ -116,8 +116,8 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     how many processes split the cores (more than ``n`` when several runs train at once). ``gpus``:
     process i sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``; None: the parent's devices)."""
     import os
-    import subprocess
 
+    from common import children
     from common.machine import side_by_side_workers, usable_cores
     from common.progress import LINES_ENV
 
@@ -128,13 +128,16 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
         gpu = gpus[i % len(gpus)]
         return {**os.environ, LINES_ENV: "1", **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
 
-    return [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
-                              "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                              "1", "--gpus", "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
+    return [children.start([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
+                            "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
+                            "1", "--gpus", "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
 
 
 def wait_for(procs: list) -> None:
-    codes = [p.wait() for p in procs]
+    """Their exit codes checked; stopping this process stops them, each releasing its fold lock."""
+    from common import children
+
+    codes = children.wait_all(procs)
     if any(codes):
         raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}; finished folds are kept, "
                         "rerun with --resume.")
@@ -216,9 +219,6 @@ def main(argv=None) -> int:
         if result["complete"]:
             print(finish_run(runner, result))
         return 0
-    except KeyboardInterrupt:
-        print("interrupted: finished folds are kept; continue with --resume.", file=sys.stderr)
-        return 130
     finally:
         from folds import distributed
         distributed.close()

@@ -269,6 +269,31 @@ def test_atomic_writes_respect_the_umask(umask, mode, tmp_path):
         assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode
 
 
+
+@pytest.mark.parametrize("signum,raised", [("SIGTERM", "Stopped"), ("SIGINT", "KeyboardInterrupt")])
+def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp_path):
+    """SIGTERM or Ctrl-C that lands inside torch.save is raised once the file is whole. Raised inside
+    it, torch's zip writer turned the stop into a RuntimeError traceback (seen in the stop test)."""
+    import signal
+
+    from common import interrupt, save_torch
+
+    def stop_mid_write(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, signum))  # the handler runs here, inside the write
+        return real_save(*args, **kwargs)
+
+    real_save, torch.save = torch.save, stop_mid_write
+    try:
+        with pytest.raises(KeyboardInterrupt) as stop, interrupt.stops_as_exceptions():
+            save_torch(tmp_path / "last.pt", {"w": torch.arange(3)})
+    finally:
+        torch.save = real_save
+    assert type(stop.value).__name__ == raised
+    assert torch.load(tmp_path / "last.pt")["w"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
 def test_a_run_folder_is_shareable_under_a_group_umask(small_run):
     run = small_run / "runs" / "t"
     for f in (run / "config.json", run / "fold_0" / "best.pt", small_run / "subs" / "t_folds-mean.csv"):

@@ -105,6 +105,35 @@ def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
 
 
+
+def test_a_stopped_side_by_side_run_stops_its_fold_processes_and_resumes(demo_source, tmp_path):
+    """SIGTERM to the parent (a scheduler, `kill`, a notebook's stop) reaches its fold processes: each
+    unwinds like Ctrl-C, releasing its fold lock, and nothing is left training. Before, they trained
+    on, holding their folds."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--n-folds": 3, "--patience": 12})
+    run = tmp_path / "runs" / "t"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "folds" / "run.py"), *args, "--procs-per-gpu", "2"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not all((run / f"fold_{k}" / "history.csv").is_file() for k in (0, 1)):  # both mid-fold
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    holders = [json.loads((run / f"fold_{k}" / "lock").read_text())["pid"] for k in (0, 1)]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    err = proc.stderr.read().decode()
+    assert "stopped (SIGTERM)" in err and "Traceback" not in err, err[-2000:]
+    for pid in holders:  # the fold processes have ended, and released their locks
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not any((run / f"fold_{k}" / "lock").exists() for k in (0, 1, 2))
+    assert not (run / "fold_1" / "done.json").exists()  # stopped one epoch in
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--n-folds": 3, "--patience": 12,
+                                                    "--resume": True})) == 0
+    assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+
+
 def test_seed_preset_is_one_holdout_split_without_tta(demo_source, tmp_path):
     args = tiny_args(demo_source, tmp_path, **{"--preset": "seed", "--model": "resnet10t", "--weights": "none",
                                                 "--epochs": 2, "--name": "seed", "--tta": None})
@@ -272,7 +301,7 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     from tuning.tune import _worker_env  # Optuna's local workers take one GPU each the same way
     assert [_worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "GPU-5f2e", "3"]
     started = []
-    monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None: started.append((argv, env)))
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None, **_: started.append((argv, env)))
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 4, gpus=["0", "1"])
     folds = [a[a.index("--fold") + 1] for a, _ in started]
     assert folds == ["0,4", "1", "2", "3"]

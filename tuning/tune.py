@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import UserError  # noqa: E402
+from common import UserError, children  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
@@ -156,9 +155,9 @@ def run(args) -> int:
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
             from common.machine import side_by_side_workers, usable_cores
             argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
-        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
-                                   "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
-        codes = [p.wait() for p in procs]
+        procs = [children.start([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
+                                 "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
+        codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
         if any(codes):
             log.warning("worker exit codes: %s", codes)
     elif args.n_trials > 0:

@@ -1,0 +1,67 @@
+"""How Ctrl-C and SIGTERM stop a command: as an exception, so every ``finally`` runs (the fold
+lock is released, side-by-side fold processes are stopped), but never in the middle of a file
+being written, where the writer's own clean-up could turn the stop into a traceback.
+
+SIGTERM is what ``kill``, ``timeout``, a scheduler's preemption and a parent run stopping its
+fold processes send; it raises ``Stopped``, a KeyboardInterrupt, so it unwinds like Ctrl-C.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C."""
+
+
+_held = 0  # how many finish_first() blocks the main thread is in
+_pending: BaseException | None = None
+
+
+def _on_signal(signum, frame):
+    global _pending
+    stop = Stopped() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if signum == signal.SIGTERM:  # once: a scheduler that signals every process must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _held:
+        _pending = _pending or stop
+        return
+    raise stop
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def stops_as_exceptions():
+    """Within the block, SIGTERM raises ``Stopped`` and Ctrl-C ``KeyboardInterrupt`` (held back while a
+    ``finish_first`` block runs); the previous handlers come back after it."""
+    if not _on_main_thread():  # only the main thread may set handlers; a thread gets Python's defaults
+        yield
+        return
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def finish_first():
+    """A stop that arrives inside the block is raised when the block has ended."""
+    global _held, _pending
+    if not _on_main_thread():  # signals are handled on the main thread alone
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _pending is not None:  # the stop wins over an error the block raised meanwhile
+            stop, _pending = _pending, None
+            raise stop
