@@ -2,7 +2,7 @@
 
 Each child starts in a session of its own, so a terminal's Ctrl-C reaches the parent alone; the
 parent then sends every live child one SIGTERM, which the child unwinds like Ctrl-C (see
-``common.cli``): it releases its fold lock and keeps every finished epoch. Before, a parent
+``common.interrupt``): it releases its fold lock and keeps every finished epoch. Before, a parent
 stopped by ``kill``, a scheduler or a notebook's interrupt left its children training on,
 holding their folds, and a second terminal Ctrl-C could land in a child's clean-up.
 """
