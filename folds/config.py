@@ -207,6 +207,10 @@ def check_config(cfg: RunConfig) -> None:
     for key in ("erasing", "pseudo_threshold", "mix_prob", "balance_power"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], but got {getattr(cfg, key)}.")
+    if not cfg.balanced_sampler and cfg.balance_power != 1:
+        raise UserError(f"--balance-power {cfg.balance_power} with --no-balanced-sampler: the power shapes the "
+                        "balanced sampler's draw. Leave --no-balanced-sampler out (--balance-power 0 draws "
+                        "every painting alike, as the plain shuffle does), or the power.")
     if not (cfg.ema == 0 or 0.5 <= cfg.ema < 1):
         raise UserError(f"--ema must be 0 (off) or a decay in [0.5, 1), like 0.999, but got {cfg.ema}.")
     if (cfg.mixup or cfg.cutmix) and cfg.batch_size % 2:

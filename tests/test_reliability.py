@@ -66,8 +66,18 @@ def test_rdb_storage_uses_the_current_retry_api(tmp_path):
     (["--heartbeat", "0"], "--heartbeat must be at least 1"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--folds", "9"], "--fold '9'"),
+    (["--space", "SPACE:gamma: {type: float, low: 0.5, high: 2}"], "a trial with {'lr': 1e-05, 'step_size': 2, "
+     "'gamma': 2} would not run: --gamma must be in (0, 1]"),  # each trial would fail, its message in Optuna's log
+    (["--space", "SPACE:balance_power: {type: float, low: 0.3, high: 1}", "--no-balanced-sampler"],
+     "--balance-power 0.3 with --no-balanced-sampler"),
+    (["--space", "SPACE:mixup: {type: float, low: 0, high: 0.8}", "--batch-size", "15"], "--batch-size must be even"),
 ])
 def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_path, capsys):
+    args = list(args)
+    for i, a in enumerate(args):
+        if a.startswith("SPACE:"):
+            (tmp_path / "space.yaml").write_text(a[len("SPACE:"):] + "\n")
+            args[i] = str(tmp_path / "space.yaml")
     rc = tune_main(["--study", "x", "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"),
                     "--data-dir", str(demo_source), "--preset", "demo", *args])
     assert rc == 2 and message in capsys.readouterr().err

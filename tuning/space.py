@@ -8,11 +8,13 @@ file (YAML or JSON) adds or replaces entries, for example::
 """
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import fields
+import math
+from dataclasses import fields, replace
 
 from common import UserError
-from folds.config import RunConfig, read_config_file
+from folds.config import RunConfig, check_config, read_config_file
 
 # What a trial may vary: training knobs only. The split (n_folds, split_seed, holdout), the data,
 # the epoch budget (the pruner's step numbering) and the seed (set per trial) stay fixed.
@@ -51,6 +53,24 @@ def load_space(path=None) -> dict:
         elif not ("low" in spec and "high" in spec and spec["low"] < spec["high"]):
             raise UserError(f"{where}: needs low < high, but got {spec!r}.")
     return space
+
+
+def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
+    """Every corner of the space (each range's ends, each choice, together) is a valid run of ``cfg``:
+    checked before the study exists, since a trial that drew an invalid value would only fail, study
+    after study, with its message lost in Optuna's log."""
+    corners = {name: s["choices"] if s["type"] == "categorical" else [s["low"], s["high"]]
+               for name, s in space.items()}
+    if math.prod(len(v) for v in corners.values()) > 4096:  # too many to try together: each alone
+        combos = ({name: v} for name, values in corners.items() for v in values)
+    else:
+        combos = (dict(zip(corners, values)) for values in itertools.product(*corners.values()))
+    for combo in combos:
+        try:
+            check_config(replace(cfg, **combo))
+        except UserError as e:
+            where = f"--space {path}" if path else "the search space"
+            raise UserError(f"{where}: a trial with {combo} would not run: {e}") from None
 
 
 def suggest(trial, space: dict) -> dict:

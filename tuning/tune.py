@@ -119,7 +119,7 @@ def run(args) -> int:
     from folds.pseudo import check_source
     from folds.split import save_folds
     from tuning.objective import Objective
-    from tuning.space import load_space
+    from tuning.space import check_corners, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
     from tuning.study import (fail_orphaned_local_trials, make_pruner, next_command, open_study, save_plots,
                               summary, write_best)
@@ -133,6 +133,7 @@ def run(args) -> int:
         check_device(cfg.device)
     fold_ids = parse_fold_spec(args.fold, cfg.n_folds)
     space = load_space(args.space)
+    check_corners(space, cfg, args.space)
     check_parallel_safe(args.storage, args.study_workers)
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
     study_dir = Path(args.tuning_dir) / args.study
