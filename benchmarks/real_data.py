@@ -112,6 +112,13 @@ def train_runs(specs: list[tuple[str, str, dict]], args):
         yield {**score_run(r, preset, args, t), "together": len(runners)}
 
 
+def run_minutes(row: dict, procs: int) -> float:
+    """What training the row's run takes, for the --budget-min checks: its wall time, or, when a
+    resumed benchmark found its folds already trained (minutes of scoring only), its folds' own
+    minutes over the processes that share them."""
+    return max(row["minutes"], sum(row.get("fold_minutes", {}).values()) / max(1, procs))
+
+
 def train_run(name: str, preset: str, args, **over) -> dict:
     return next(train_runs([(name, preset, over)], args))
 
@@ -239,7 +246,7 @@ def main(argv=None) -> int:
                 print(f"variant {name}: skipped, the --budget-min left is less than a run takes", flush=True)
                 continue
             row = train_run(name, preset, args, **over)
-            longest = max(longest, row["minutes"])
+            longest = max(longest, run_minutes(row, args.procs_per_gpu))
             yield spec, row
 
     suite, result = [], {}
@@ -270,7 +277,8 @@ def main(argv=None) -> int:
             FoldRunner.open(cfg, resume=True).run_full()
             record({"stage": "f", "name": f"{base['name']} full-data model",
                     "minutes": round((time.time() - t) / 60, 2), "test_f1": float("nan")})
-    if "c" in stages and args.budget_min - (time.time() - start) / 60 > 1.3 * result["b"]["minutes"]:
+    if "c" in stages and args.budget_min - (time.time() - start) / 60 > 1.3 * run_minutes(result["b"],
+                                                                                         args.procs_per_gpu):
         b2 = train_run("bench-suite-s1", "default", args, seed=1)  # a second seed for (c)
         record({"stage": "b2", **b2})
         suite.append(b2["run_dir"])

@@ -213,9 +213,18 @@ def test_benchmark_variants_parse_to_run_options():
                     "sched": "step"}
     assert set(over) <= set(RunConfig().to_dict())
     assert parse_variant("plain:default") == ("plain", "default", {})
+
     for bad in ("nopreset", "x:strong:ema", ":strong:ema=0"):
         with pytest.raises(SystemExit):
             parse_variant(bad)
+
+
+def test_a_resumed_benchmark_budgets_a_run_by_its_folds_minutes():
+    """Resumed over finished folds, a run scores in seconds; the optional second seed was then started
+    on a budget its training would overrun."""
+    from benchmarks.real_data import run_minutes
+    assert run_minutes({"minutes": 0.1, "fold_minutes": {0: 4.0, 1: 4.0, 2: 4.0}}, procs=3) == 4.0
+    assert run_minutes({"minutes": 5.0, "fold_minutes": {0: 4.0, 1: 4.0, 2: 4.0}}, procs=3) == 5.0
 
 
 def test_tta_modes_reproduce_the_runs_own_crop_oof(trained, capsys):
