@@ -6,8 +6,10 @@ processes writing the same run folder never read a torn file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -56,10 +58,26 @@ def atomic_write(path, mode="w", **kwargs):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if _disk_full(e):  # Kaggle's /kaggle/working holds 20 GB: a long run of big checkpoints can fill it
+                free = shutil.disk_usage(path.parent).free / 2**20
+                raise UserError(f"cannot write {path}: no space left on its disk ({free:.0f} MB free). What was "
+                                "written before is whole and kept: free some space (old run folders, runs/cache), "
+                                "then run the same command again (a fold run with --resume).") from None
             raise
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT, raised directly or behind the writer's own error (torch.save's zip writer)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _only_rank_zero(path) -> None:

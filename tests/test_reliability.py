@@ -304,6 +304,37 @@ def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(demo_source, tmp_path, capsys, monkeypatch):
+    """The second last.pt goes to /dev/full (ENOSPC, as a full /kaggle/working gives): a one-line error
+    that says what to do; the first epoch's checkpoint is whole, the lock released, the run resumes."""
+    import common.atomic
+
+    real_fdopen, writes = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.basename(name).startswith(".last.pt."):
+            writes.append(name)
+            if len(writes) == 2:
+                full = os.open("/dev/full", os.O_WRONLY)
+                os.dup2(full, fd)
+                os.close(full)
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(common.atomic.os, "fdopen", fdopen)
+    args = tiny_args(demo_source, tmp_path, **{"--fold": "0"})
+    assert run_main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: cannot write "), err
+    assert "last.pt: no space left on its disk" in err and "--resume" in err
+    fold = tmp_path / "runs" / "t" / "fold_0"
+    assert torch.load(fold / "last.pt", weights_only=False)  # the first epoch's, whole
+    assert not (fold / "lock").exists() and not list(fold.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert run_main([*args, "--resume"]) == 0
+
+
 def test_a_run_folder_is_shareable_under_a_group_umask(small_run):
     run = small_run / "runs" / "t"
     for f in (run / "config.json", run / "fold_0" / "best.pt", small_run / "subs" / "t_folds-mean.csv"):
