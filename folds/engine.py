@@ -149,6 +149,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
 def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Macro-F1, accuracy and log loss of probability rows against integer labels."""
     labels = np.asarray(labels)
+    if not np.isfinite(probs).all():  # weights gone to NaN on the epoch's last steps, after its loss was summed
+        raise FloatingPointError("the model's outputs are not finite; try a lower --lr or --amp off.")
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
     p /= p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within rounding; log_loss warns on that
     return {"f1": macro_f1(labels, probs), "acc": float(accuracy_score(labels, probs.argmax(axis=1))),

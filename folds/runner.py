@@ -105,6 +105,8 @@ class FoldRunner:
             return self._train_and_predict(k, d, lock, epochs)
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory_message(self.cfg, k, (d / layout.LAST).is_file())) from None
+        except FloatingPointError:  # the engine's check: the training loss became NaN or inf
+            raise UserError(diverged_message(self.cfg, k)) from None
         finally:
             if lock is not None:
                 lock.release()
@@ -259,6 +261,15 @@ def out_of_memory_message(cfg: RunConfig, k, has_last: bool) -> str:
             f"Finished folds are kept; {kept}. If another process holds GPU memory (nvidia-smi), free it and rerun; "
             "else lower --batch-size or --img-size (under a new --name once any fold of this run has trained an "
             "epoch: its folds must share one recipe).")
+
+
+def diverged_message(cfg: RunConfig, k) -> str:
+    """What to do when fold ``k``'s training loss or outputs stopped being finite: resumed, it would
+    diverge again."""
+    return (f"fold {k}: the model diverged: its training loss or outputs are not finite ({cfg.optimizer}, --lr "
+            f"{cfg.lr}, --amp {cfg.amp}). Finished folds and epochs are kept, but a resume with these settings "
+            "diverges again: train with a lower --lr (or --amp off) under a new --name (its folds must share one "
+            "recipe).")
 
 
 def check_settings(run_dir: Path, cfg: RunConfig) -> None:

@@ -436,3 +436,15 @@ def test_out_of_gpu_memory_is_a_one_line_error_that_names_the_options(demo_sourc
     assert "Traceback" not in err and err.startswith("error: fold 0: the GPU ran out of memory"), err
     assert "--batch-size 32" in err and "it had no finished epoch" in err
     assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()  # released: a rerun can take the fold
+
+
+
+def test_a_diverged_fold_is_a_one_line_error_that_names_the_settings(demo_source, tmp_path, capsys):
+    """A learning rate that blows the loss up to NaN: the engine's check ends the fold with an error that
+    names the optimizer, lr and precision and says a resume would diverge again (it was a traceback)."""
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--fold": "0", "--lr": 9.9, "--optimizer": "sgd",
+                                                        "--preset": "demo"})) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: fold 0: the model diverged"), err
+    assert "--lr 9.9" in err and "diverges again" in err
+    assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()

@@ -54,6 +54,24 @@ def test_space_file_widens_and_is_checked(tmp_path):
         load_space(f)
 
 
+
+def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_source, tmp_path, monkeypatch):
+    """A trial whose loss blows up (the engine's FloatingPointError) completes with 0: as a failed trial
+    the sampler would leave it out of its model, and keep drawing there. It says where it diverged."""
+    import tuning.objective
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("training loss is not finite; try a lower --lr or --amp off.")
+
+    monkeypatch.setattr(tuning.objective, "train_fold", diverge)
+    assert tune(tmp_path, demo_source, "--study", "d", "--n-trials", "1", "--fold", "0") == 0
+    (trial,) = load(tmp_path, "d").trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.0
+    assert trial.user_attrs["diverged"] == "fold 0"
+    result = json.loads((tmp_path / "tuning" / "d" / "trials" / "trial_0000" / "result.json").read_text())
+    assert result["value"] == 0.0 and result["diverged"] == "fold 0"
+
+
 def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
     study = load(demo_study)
     states = [t.state for t in study.trials]

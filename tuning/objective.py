@@ -5,6 +5,7 @@ each epoch's validation macro-F1 to the trial so the pruner can stop bad trials 
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import replace
@@ -22,6 +23,8 @@ from folds.pseudo import fold_pseudo_images
 from folds.stopping import F1_COLUMN, resolve_monitor
 from folds.train import train_fold
 from tuning.space import suggest
+
+log = logging.getLogger(__name__)
 
 
 class Objective:
@@ -54,7 +57,7 @@ class Objective:
         trial.set_user_attr("dir", str(out))
         fold_of = self.folds["fold"].to_numpy()
         column = F1_COLUMN[resolve_monitor(cfg)]  # the score the folds are early-stopped on
-        best = []
+        best, diverged = [], None
         try:
             for i, k in enumerate(self.fold_ids):
                 def report(epoch, row, i=i):
@@ -64,13 +67,24 @@ class Objective:
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: {column} {row[column]:.4f}")
 
-                r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
-                               fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k))
+                try:
+                    r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
+                                   fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k))
+                except FloatingPointError:
+                    # a recipe that diverges scores 0 (chance, at best, for a fold run of it), so the sampler
+                    # learns to avoid its region; as a failed trial it would be left out of the sampler's model
+                    diverged = f"fold {k}"
+                    trial.set_user_attr("diverged", diverged)
+                    log.warning("trial %d diverged in fold %s (loss or outputs not finite): scored 0.",
+                                trial.number, k)
+                    best = [0.0] * len(self.fold_ids)
+                    break
                 best.append(r["best_score"])
                 trial.set_user_attr(f"fold_{k}_f1", r["best_score"])
             value = float(np.mean(best))
             write_json(out / "result.json", {"number": trial.number, "value": value, "params": params, "seed": seed,
-                                             "fold_f1": dict(zip(map(str, self.fold_ids), best))})
+                                             "fold_f1": dict(zip(map(str, self.fold_ids), best)),
+                                             **({"diverged": diverged} if diverged else {})})
             return value
         finally:
             if not self.keep:
