@@ -49,6 +49,13 @@ def _read_probs(path: Path, classes) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path}: no probability column for class(es) {missing[:5]} of classes.json; "
                         "the run folder is inconsistent (rerun the fold with --force).")
+    values = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():  # one NaN row would turn every soft vote it joins into NaN, and its argmax into class 0
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path} line {row + 2}: probabilities that are empty or not finite (id "
+                        f"{df['id'].iloc[row]!r}; {int(bad.sum())} row(s) in all). The file is damaged, or its "
+                        "model diverged: rerun that fold with --force.")
     return df
 
 
