@@ -66,7 +66,9 @@ def read_csv(path: Path, columns) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty; it needs a header {','.join(columns)} and rows.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise UserError(not_utf8_message(path)) from None
+    except pd.errors.ParserError as e:
         raise UserError(f"{path}: cannot parse as CSV ({e}).") from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in columns if c not in df.columns]
@@ -84,6 +86,19 @@ def read_csv(path: Path, columns) -> pd.DataFrame:
         ids = sorted(set(df.loc[dup, "id"]))[:MAX_LISTED]
         raise UserError(f"{path}: duplicate id(s) {ids} at {_rows(dup)}; ids must be unique.")
     return df
+
+
+def not_utf8_message(path: Path) -> str:
+    """Where a CSV stops being UTF-8: a Korean Excel "CSV" is cp949, for example."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        where = f" at line {line} (byte 0x{raw[e.start]:02x})"
+    return (f"{path}: not UTF-8 text{where}. Save it as UTF-8 (Excel: 'CSV UTF-8'); a Korean Excel file "
+            f"converts with `iconv -f cp949 -t utf-8 {path.name} > utf8.csv`.")
 
 
 def resolve_paths(df: pd.DataFrame, data_dir: Path, csv_path: Path, check_images: bool = True) -> pd.Series:

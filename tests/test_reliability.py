@@ -141,6 +141,13 @@ def damage(rel, how):
     return apply
 
 
+def korean_excel_artist(d):
+    """Line 5's artist in cp949, as Excel on a Korean Windows saves a "CSV"."""
+    lines = (d / "train.csv").read_bytes().split(b"\n")
+    lines[4] = lines[4].rsplit(b",", 1)[0] + b"," + "화가".encode("cp949")
+    (d / "train.csv").write_bytes(b"\n".join(lines))
+
+
 def first_test_image(d):
     return pd.read_csv(d / "test.csv", dtype=str)["img_path"].iloc[0].removeprefix("./")
 
@@ -153,6 +160,7 @@ BAD_INPUTS = {
     "one class": (edit("train.csv", lambda df: df.assign(artist="X")), r"at least 2 classes"),
     "escaping path": (edit("train.csv", lambda df: df.assign(img_path="../../etc/passwd")), r"leaves the data folder"),
     "sample ids differ": (edit("sample_submission.csv", lambda df: df.iloc[1:]), r"sample_submission\.csv: ids do not"),
+    "cp949 train.csv": (korean_excel_artist, r"train\.csv: not UTF-8 text at line 5 \(byte 0xb0\)\. Save it as UTF-8"),
     # image defects
     "truncated train jpeg": (damage("train/0003.jpg", "truncate"), r"train\.csv line 5: './train/0003\.jpg'.*truncated"),
     "garbage train image": (damage("train/0004.jpg", "garbage"), r"train\.csv line 6: .*cannot decode"),
