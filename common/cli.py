@@ -24,8 +24,8 @@ def log_to_stdout(level: int = logging.INFO) -> None:
 
 def entry_point(main):
     """A CLI's ``main``: a UserError prints ``error: <message>`` on stderr and returns 2, without a
-    traceback (the message names the file, row or option and says what to do). Ctrl-C returns 130
-    and SIGTERM 143, both after the clean-up, with a line that says how to continue."""
+    traceback (the message names the file, row or option and says what to do). Ctrl-C returns 130,
+    SIGTERM 143 and SIGHUP 129, each after the clean-up, with a line that says how to continue."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
@@ -35,8 +35,8 @@ def entry_point(main):
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as e:
-            print(f"{'stopped (SIGTERM)' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "
+            print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "
                   "and trials are kept; run the same command again to continue (a fold run with --resume).",
                   file=sys.stderr)
-            return 143 if isinstance(e, Stopped) else 130
+            return 128 + (e.signum if isinstance(e, Stopped) else 2)  # the shell's code for that signal
     return wrapper

@@ -3,7 +3,9 @@ lock is released, side-by-side fold processes are stopped), but never in the mid
 being written, where the writer's own clean-up could turn the stop into a traceback.
 
 SIGTERM is what ``kill``, ``timeout``, a scheduler's preemption and a parent run stopping its
-fold processes send; it raises ``Stopped``, a KeyboardInterrupt, so it unwinds like Ctrl-C.
+fold processes send, and SIGHUP what a closed terminal or SSH session sends; each raises
+``Stopped``, a KeyboardInterrupt, so it unwinds like Ctrl-C. (Side-by-side fold processes run in
+sessions of their own, so the parent's unwinding is what stops them.)
 """
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import threading
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C."""
+    """SIGTERM or SIGHUP, unwound like Ctrl-C; ``str()`` is the signal's name."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
 _held = 0  # how many finish_first() blocks the main thread is in
@@ -22,9 +31,10 @@ _pending: BaseException | None = None
 
 def _on_signal(signum, frame):
     global _pending
-    stop = Stopped() if signum == signal.SIGTERM else KeyboardInterrupt()
-    if signum == signal.SIGTERM:  # once: a scheduler that signals every process must not cut the clean-up short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop = Stopped(signum) if signum in STOPS else KeyboardInterrupt()
+    if signum in STOPS:  # once: a scheduler that signals every process must not cut the clean-up short
+        for s in STOPS:
+            signal.signal(s, signal.SIG_IGN)
     if _held:
         _pending = _pending or stop
         return
@@ -37,12 +47,14 @@ def _on_main_thread() -> bool:
 
 @contextlib.contextmanager
 def stops_as_exceptions():
-    """Within the block, SIGTERM raises ``Stopped`` and Ctrl-C ``KeyboardInterrupt`` (held back while a
-    ``finish_first`` block runs); the previous handlers come back after it."""
+    """Within the block, SIGTERM and SIGHUP raise ``Stopped`` and Ctrl-C ``KeyboardInterrupt`` (held back
+    while a ``finish_first`` block runs); the previous handlers come back after it."""
     if not _on_main_thread():  # only the main thread may set handlers; a thread gets Python's defaults
         yield
         return
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # a signal set to be ignored stays ignored: `nohup` ignores SIGHUP, a shell's `&` job SIGINT
+    previous = {s: signal.signal(s, _on_signal) for s in (*STOPS, signal.SIGINT)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

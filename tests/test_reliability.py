@@ -306,7 +306,8 @@ def test_atomic_writes_respect_the_umask(umask, mode, tmp_path):
 
 
 
-@pytest.mark.parametrize("signum,raised", [("SIGTERM", "Stopped"), ("SIGINT", "KeyboardInterrupt")])
+@pytest.mark.parametrize("signum,raised", [("SIGTERM", "Stopped"), ("SIGHUP", "Stopped"),
+                                           ("SIGINT", "KeyboardInterrupt")])
 def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp_path):
     """SIGTERM or Ctrl-C that lands inside torch.save is raised once the file is whole. Raised inside
     it, torch's zip writer turned the stop into a RuntimeError traceback (seen in the stop test)."""
@@ -328,6 +329,21 @@ def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp
     assert torch.load(tmp_path / "last.pt")["w"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_nohup_still_keeps_a_run_going():
+    """`nohup` ignores SIGHUP so that a run outlives its terminal; the stop handlers leave it ignored."""
+    import signal
+
+    from common import interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interrupt.stops_as_exceptions():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 
