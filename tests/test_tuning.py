@@ -72,6 +72,28 @@ def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_sour
     assert result["value"] == 0.0 and result["diverged"] == "fold 0"
 
 
+
+def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM in a trial: Optuna marks it FAIL, and its parameters wait for the next run, as a
+    killed worker's do (before, only the kill kept them: the clean stop lost them)."""
+    import tuning.objective
+
+    real = tuning.objective.train_fold
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning.objective, "train_fold", stop)
+    assert tune(tmp_path, demo_source, "--study", "q", "--n-trials", "1", "--fold", "0") == 130
+    stopped, queued = load(tmp_path, "q").trials
+    assert stopped.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert queued.user_attrs["retry_of"] == stopped.number
+    monkeypatch.setattr(tuning.objective, "train_fold", real)
+    assert tune(tmp_path, demo_source, "--study", "q", "--n-trials", "1", "--fold", "0") == 0
+    retried = load(tmp_path, "q").trials[1]
+    assert retried.state == TrialState.COMPLETE and retried.params == stopped.params
+
+
 def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
     study = load(demo_study)
     states = [t.state for t in study.trials]

@@ -86,6 +86,11 @@ class Objective:
                                              "fold_f1": dict(zip(map(str, self.fold_ids), best)),
                                              **({"diverged": diverged} if diverged else {})})
             return value
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as
+            # it does for a trial whose worker was killed (study.fail_orphaned_local_trials)
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            log.warning("trial %d: stopped; its parameters are queued for the study's next run.", trial.number)
+            raise
         finally:
             if not self.keep:
                 for k in self.fold_ids:
