@@ -105,7 +105,7 @@ class FoldRunner:
             return self._train_and_predict(k, d, lock, epochs)
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory_message(self.cfg, k, (d / layout.LAST).is_file())) from None
-        except FloatingPointError:  # the engine's check: the training loss became NaN or inf
+        except FloatingPointError:  # the engine's checks: the training loss or the outputs became NaN or inf
             raise UserError(diverged_message(self.cfg, k)) from None
         finally:
             if lock is not None:
