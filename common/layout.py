@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.errors import UserError
+
 CONFIG, CLASSES, MANIFEST, FOLDS, SCORES = "config.json", "classes.json", "manifest.json", "folds.csv", "scores.json"
 OOF, OOF_CROPS, TEST_PROBS = "oof.csv", "oof_crops.csv", "test_probs.csv"
 HISTORY, BEST, LAST, DONE, LOCK = "history.csv", "best.pt", "last.pt", "done.json", "lock"
@@ -63,6 +65,25 @@ def read_frame(path, **kwargs) -> pd.DataFrame:
     head = pd.read_csv(path, nrows=0).columns
     dtype = {c: str for c in STRING_COLUMNS if c in head}
     return pd.read_csv(path, dtype=dtype, **kwargs)
+
+
+def read_probs(path, classes) -> pd.DataFrame:
+    """A probability table the run folder wrote (``prob_frame``), checked: a column for every class,
+    and every row finite. One NaN row turns every soft vote or pseudo-label it joins into NaN, whose
+    argmax is the first class."""
+    df = read_frame(path)
+    missing = [c for c in classes if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: no probability column for class(es) {missing[:5]} of classes.json; "
+                        "the run folder is inconsistent (rerun the fold with --force).")
+    values = df[list(classes)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path} line {row + 2}: probabilities that are empty or not finite (id "
+                        f"{df['id'].iloc[row]!r}; {int(bad.sum())} row(s) in all). The file is damaged, or its "
+                        "model diverged: rerun that fold with --force.")
+    return df
 
 
 def prob_frame(probs: np.ndarray, classes, **cols) -> pd.DataFrame:

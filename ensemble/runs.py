@@ -43,22 +43,6 @@ class RunOutputs:
         return merge(np.stack(members), "mean")
 
 
-def _read_probs(path: Path, classes) -> pd.DataFrame:
-    df = layout.read_frame(path)
-    missing = [c for c in classes if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: no probability column for class(es) {missing[:5]} of classes.json; "
-                        "the run folder is inconsistent (rerun the fold with --force).")
-    values = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():  # one NaN row would turn every soft vote it joins into NaN, and its argmax into class 0
-        row = int(np.flatnonzero(bad)[0])
-        raise UserError(f"{path} line {row + 2}: probabilities that are empty or not finite (id "
-                        f"{df['id'].iloc[row]!r}; {int(bad.sum())} row(s) in all). The file is damaged, or its "
-                        "model diverged: rerun that fold with --force.")
-    return df
-
-
 def load_run(path, oof: str = "crops") -> RunOutputs:
     """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole')."""
     path = Path(path)
@@ -76,13 +60,13 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     if not (path / fname).is_file():
         raise UserError(f"{path}/{fname} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
                                                          if oof == "crops" else "."))
-    df = _read_probs(path / fname, classes)
+    df = layout.read_probs(path / fname, classes)
     fold_test, ids = {}, None
     for k in planned:
         f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
             raise UserError(f"{f}: test probabilities are missing; rerun that fold with --force.")
-        t = _read_probs(f, classes)
+        t = layout.read_probs(f, classes)
         if ids is None:
             ids = t["id"].to_numpy()
         elif not np.array_equal(ids, t["id"].to_numpy()):
@@ -91,7 +75,7 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     full = layout.fold_dir(path, layout.FULL) / layout.TEST_PROBS
     full_test = None
     if full.is_file():
-        t = _read_probs(full, classes)
+        t = layout.read_probs(full, classes)
         full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
     scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in planned}
     return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores)

@@ -81,7 +81,7 @@ def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
     sources = layout.planned_folds(config) if fold == layout.FULL else [fold]
     probs = []
     for k in sources:
-        df = layout.read_frame(layout.fold_dir(run, k) / layout.TEST_PROBS).set_index("id")
+        df = layout.read_probs(layout.fold_dir(run, k) / layout.TEST_PROBS, classes).set_index("id")
         missing = sorted(set(map(str, test_ids)) - set(df.index))[:5]
         if missing:
             raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing}.")
@@ -136,7 +136,7 @@ def own_crop_labels(run: Path, fold, train, classes, mode: str = "hard", thresho
     if not f.is_file():
         raise UserError(f"--pseudo {run}: fold {fold} has no crop OOF ({f}); it was trained with --crop-oof 0. "
                         "Add --no-pseudo-oof to learn from the test crops alone.")
-    df = layout.read_frame(f)
+    df = layout.read_probs(f, classes)
     path_of = dict(zip(train["id"].astype(str), train["path"]))
     unknown = sorted(set(df["id"]) - set(path_of))[:5]
     if unknown:

@@ -234,20 +234,27 @@ def test_broken_checkpoints_name_the_file(damage_kind, small_run, demo_source, t
 
 
 @pytest.mark.parametrize("value", ["nan", "", "inf"])
-def test_probabilities_that_are_not_finite_are_refused_with_their_line(value, small_run, tmp_path, capsys):
+def test_probabilities_that_are_not_finite_are_refused_with_their_line(value, small_run, demo_source, tmp_path,
+                                                                        capsys):
     """A NaN row (a damaged file, or a run from before the divergence check) turned every soft vote it
     joined into NaN, whose argmax is the first artist: a valid-looking, wrong submission."""
     import shutil
     shutil.copytree(small_run / "runs", tmp_path / "runs")
-    f = tmp_path / "runs" / "t" / "fold_1" / "test_probs.csv"
+    run = tmp_path / "runs" / "t"
+    f = run / "fold_1" / "test_probs.csv"
     lines = f.read_text().splitlines()
     cells = lines[4].split(",")
     lines[4] = ",".join([cells[0], value, *cells[2:]])  # the fourth test row's first probability
     f.write_text("\n".join(lines) + "\n")
-    assert build_main([str(tmp_path / "runs" / "t"), "--out", str(tmp_path / "sub.csv")]) == 2
+    assert build_main([str(run), "--out", str(tmp_path / "sub.csv")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {f} line 5: probabilities that are empty or not finite"), err
     assert "--force" in err and not (tmp_path / "sub.csv").exists()
+    if value == "nan":  # a pseudo-label round reads the same file through the same check
+        assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--fold": "1",
+                                                            "--name": "p", "--pseudo": run})) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {f} line 5: probabilities that are empty or not finite"), err
 
 
 def test_build_out_under_a_file_is_refused_before_work(small_run, tmp_path, capsys):
