@@ -326,16 +326,21 @@ def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp
         os.kill(os.getpid(), getattr(signal, signum))  # the handler runs here, inside the write
         return real_save(*args, **kwargs)
 
+    sig = getattr(signal, signum)
+    # as from a terminal: a job started under nohup or with & (CI's, perhaps) has SIGHUP or SIGINT ignored
+    default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    before = signal.signal(sig, default)
     real_save, torch.save = torch.save, stop_mid_write
     try:
         with pytest.raises(KeyboardInterrupt) as stop, interrupt.stops_as_exceptions():
             save_torch(tmp_path / "last.pt", {"w": torch.arange(3)})
+        assert signal.getsignal(sig) is default  # the handler is put back
     finally:
         torch.save = real_save
+        signal.signal(sig, before)
     assert type(stop.value).__name__ == raised
     assert torch.load(tmp_path / "last.pt")["w"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
 def test_nohup_still_keeps_a_run_going():
