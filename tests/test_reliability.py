@@ -232,7 +232,6 @@ def test_broken_checkpoints_name_the_file(damage_kind, small_run, demo_source, t
         assert "corrupt" in err
 
 
-
 @pytest.mark.parametrize("value", ["nan", "", "inf"])
 def test_probabilities_that_are_not_finite_are_refused_with_their_line(value, small_run, demo_source, tmp_path,
                                                                         capsys):
@@ -312,7 +311,6 @@ def test_atomic_writes_respect_the_umask(umask, mode, tmp_path):
         assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode
 
 
-
 @pytest.mark.parametrize("signum,raised", [("SIGTERM", "Stopped"), ("SIGHUP", "Stopped"),
                                            ("SIGINT", "KeyboardInterrupt")])
 def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp_path):
@@ -356,7 +354,6 @@ def test_nohup_still_keeps_a_run_going():
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, before)
-
 
 
 def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(demo_source, tmp_path, capsys, monkeypatch):
@@ -490,7 +487,6 @@ def test_out_of_gpu_memory_is_a_one_line_error_that_names_the_options(demo_sourc
     assert "Traceback" not in err and err.startswith("error: fold 0: the GPU ran out of memory"), err
     assert "--batch-size 32" in err and "it had no finished epoch" in err
     assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()  # released: a rerun can take the fold
-
 
 
 def test_a_diverged_fold_is_a_one_line_error_that_names_the_settings(demo_source, tmp_path, capsys):

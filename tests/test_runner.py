@@ -105,7 +105,6 @@ def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
 
 
-
 def test_a_stopped_side_by_side_run_stops_its_fold_processes_and_resumes(demo_source, tmp_path):
     """SIGTERM to the parent (a scheduler, `kill`, a notebook's stop) reaches its fold processes: each
     unwinds like Ctrl-C, releasing its fold lock, and nothing is left training. Before, they trained
@@ -121,8 +120,8 @@ def test_a_stopped_side_by_side_run_stops_its_fold_processes_and_resumes(demo_so
         time.sleep(0.05)
     holders = [json.loads((run / f"fold_{k}" / "lock").read_text())["pid"] for k in (0, 1)]
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    err = proc.stderr.read().decode()
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143, err[-2000:]
     assert "stopped (SIGTERM)" in err and "Traceback" not in err, err[-2000:]
     for pid in holders:  # the fold processes have ended, and released their locks
         with pytest.raises(ProcessLookupError):

@@ -54,7 +54,6 @@ def test_space_file_widens_and_is_checked(tmp_path):
         load_space(f)
 
 
-
 def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_source, tmp_path, monkeypatch):
     """A trial whose loss blows up (the engine's FloatingPointError) completes with 0: as a failed trial
     the sampler would leave it out of its model, and keep drawing there. It says where it diverged."""
@@ -70,7 +69,6 @@ def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_sour
     assert trial.user_attrs["diverged"] == "fold 0"
     result = json.loads((tmp_path / "tuning" / "d" / "trials" / "trial_0000" / "result.json").read_text())
     assert result["value"] == 0.0 and result["diverged"] == "fold 0"
-
 
 
 def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_path, monkeypatch):

@@ -213,7 +213,6 @@ def test_benchmark_variants_parse_to_run_options():
                     "sched": "step"}
     assert set(over) <= set(RunConfig().to_dict())
     assert parse_variant("plain:default") == ("plain", "default", {})
-
     for bad in ("nopreset", "x:strong:ema", ":strong:ema=0"):
         with pytest.raises(SystemExit):
             parse_variant(bad)
