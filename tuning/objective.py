@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,13 @@ import optuna
 
 from common import write_json
 from common.layout import BEST, LAST, fold_dir
-from folds.config import RunConfig, check_config
+from folds.config import RunConfig
 from folds.data import Dataset
 from folds.loader import num_workers
 from folds.pseudo import fold_pseudo_images
 from folds.stopping import F1_COLUMN, resolve_monitor
 from folds.train import train_fold
-from tuning.space import suggest
+from tuning.space import suggest, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         # Tuning scores the validation fold only: no TTA, no crop OOF, no test predictions.
-        cfg = replace(self.cfg, **params, seed=seed)
-        check_config(cfg)
+        cfg = trial_config(self.cfg, params, seed=seed)
         out = self.trials_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("dir", str(out))
         fold_of = self.folds["fold"].to_numpy()

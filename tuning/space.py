@@ -55,6 +55,13 @@ def load_space(path=None) -> dict:
     return space
 
 
+def trial_config(cfg: RunConfig, params: dict, **extra) -> RunConfig:
+    """The run a trial trains: ``cfg`` with the trial's parameters, checked like any run's."""
+    trial_cfg = replace(cfg, **params, **extra)
+    check_config(trial_cfg)
+    return trial_cfg
+
+
 def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
     """Every corner of the space (each range's ends, each choice, together) is a valid run of ``cfg``:
     checked before the study exists, since a trial that drew an invalid value would only fail, study
@@ -67,7 +74,7 @@ def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
         combos = (dict(zip(corners, values)) for values in itertools.product(*corners.values()))
     for combo in combos:
         try:
-            check_config(replace(cfg, **combo))
+            trial_config(cfg, combo)
         except UserError as e:
             where = f"--space {path}" if path else "the search space"
             raise UserError(f"{where}: a trial with {combo} would not run: {e}") from None
