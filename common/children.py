@@ -5,27 +5,51 @@ parent then sends every live child one SIGTERM, which the child unwinds like Ctr
 ``common.interrupt``): it releases its fold lock and keeps every finished epoch. Before, a parent
 stopped by ``kill``, a scheduler or a notebook's interrupt left its children training on,
 holding their folds, and a second terminal Ctrl-C could land in a child's clean-up.
+
+A parent that cannot pass a stop on (SIGKILL: the OOM killer, ``timeout -k``, a notebook's
+restart) still ends its children: each holds the read end of a pipe whose write end only the
+parent holds, and the kernel closes it when the parent ends, however it ends. The child reads
+end-of-file and stops itself the same way. (``PR_SET_PDEATHSIG`` would need a ``preexec_fn``,
+which is unsafe in a process with threads.) Before, such children trained on, holding the GPU
+memory a rerun needed.
 """
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
+import sys
+import threading
 import time
 
 GRACE_SECONDS = 120  # a child unwinds and shuts its loader workers down well within this
+LIFELINE_ENV = "PAINTER_CV_PARENT_FD"  # the child's read end of the pipe its parent holds open
 
 
 def start(argv: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(argv, env=env, start_new_session=True)
+    read_end, write_end = os.pipe()  # both ends non-inheritable: later children do not get this one's
+    try:
+        proc = subprocess.Popen(argv, env={**env, LIFELINE_ENV: str(read_end)}, start_new_session=True,
+                                pass_fds=(read_end,))
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    proc.lifeline = write_end  # closed once the child has ended; by the kernel if this process ends first
+    return proc
 
 
 def wait_all(procs: list[subprocess.Popen]) -> list[int]:
     """The children's exit codes; if this process is interrupted while it waits, it stops them first."""
     try:
-        return [p.wait() for p in procs]
+        codes = [p.wait() for p in procs]
     except BaseException:
         stop(procs)
         raise
+    _let_go(procs)
+    return codes
 
 
 def stop(procs: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
@@ -40,3 +64,39 @@ def stop(procs: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    _let_go(procs)
+
+
+def _let_go(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        fd, p.lifeline = getattr(p, "lifeline", None), None
+        if fd is not None:
+            os.close(fd)
+
+
+def stop_with_parent() -> None:
+    """In a child made by ``start``: SIGTERM this process (unwound as a stop) once the parent has ended.
+    Elsewhere nothing. The variable is taken out of the environment, so this process's own children
+    never mistake another file descriptor for the pipe."""
+    fd = os.environ.pop(LIFELINE_ENV, None)
+    if fd is None or not fd.isdigit():
+        return
+    fd = int(fd)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        os.set_inheritable(fd, False)
+    except OSError:  # not open here: started some other way
+        return
+    threading.Thread(target=_stop_at_end_of_file, args=(fd,), name="parent-lifeline", daemon=True).start()
+
+
+def _stop_at_end_of_file(fd: int) -> None:
+    try:
+        while os.read(fd, 1):  # the parent never writes: this returns only at its end
+            pass
+    except OSError:
+        return
+    print("the command that started this process has ended without stopping it; stopping here.",
+          file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)

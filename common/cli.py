@@ -13,6 +13,7 @@ import functools
 import logging
 import sys
 
+from common import children
 from common.errors import UserError
 from common.interrupt import Stopped, stops_as_exceptions
 
@@ -30,6 +31,7 @@ def entry_point(main):
     def wrapper(*args, **kwargs) -> int:
         try:
             with stops_as_exceptions():
+                children.stop_with_parent()
                 return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
