@@ -71,9 +71,10 @@ def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_sour
     assert result["value"] == 0.0 and result["diverged"] == "fold 0"
 
 
-def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_path, monkeypatch):
+def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_path, monkeypatch, caplog):
     """Ctrl-C or SIGTERM in a trial: Optuna marks it FAIL, and its parameters wait for the next run, as a
-    killed worker's do (before, only the kill kept them: the clean stop lost them)."""
+    killed worker's do (before, only the kill kept them: the clean stop lost them). Optuna's own line for
+    the failed trial comes without the traceback it used to print."""
     import tuning.objective
 
     real = tuning.objective.train_fold
@@ -83,6 +84,8 @@ def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_
 
     monkeypatch.setattr(tuning.objective, "train_fold", stop)
     assert tune(tmp_path, demo_source, "--study", "q", "--n-trials", "1", "--fold", "0") == 130
+    failed = [r for r in caplog.records if r.getMessage().startswith("Trial 0 failed with parameters")]
+    assert failed and failed[0].exc_info is None and "Traceback" not in caplog.text, caplog.text
     stopped, queued = load(tmp_path, "q").trials
     assert stopped.state == TrialState.FAIL and queued.state == TrialState.WAITING
     assert queued.user_attrs["retry_of"] == stopped.number

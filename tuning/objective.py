@@ -26,6 +26,19 @@ from tuning.space import suggest, trial_config
 log = logging.getLogger(__name__)
 
 
+class _StopWithoutTraceback(logging.Filter):
+    """Optuna logs a trial that raised with its traceback. For a stop (Ctrl-C, SIGTERM) that is noise
+    at the end of every stopped study: the objective has already said what happened to the trial."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_StopWithoutTraceback())  # the logger that reports trials
+
+
 class Objective:
     """Mean best validation macro-F1 over ``fold_ids``; each trial in its own folder with its own seed."""
 
