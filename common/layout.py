@@ -29,6 +29,9 @@ FULL = "full"  # the full-data model's fold name
 FOLD_FILES = (DONE, LAST, BEST, HISTORY, OOF, OOF_CROPS, TEST_PROBS)
 OOF_FILES = {"whole": OOF, "crops": OOF_CROPS}
 STRING_COLUMNS = ("id", "label", "artist", "split_key")
+# The columns a probability table holds besides one per class (``prob_frame``'s keywords): no class may
+# take one of these names, or its probabilities would overwrite them.
+META_COLUMNS = frozenset({"id", "fold", "label", "crop", *STRING_COLUMNS})
 
 
 def run_dir(runs_dir, name: str) -> Path:
@@ -88,5 +91,7 @@ def read_probs(path, classes) -> pd.DataFrame:
 
 def prob_frame(probs: np.ndarray, classes, **cols) -> pd.DataFrame:
     """Metadata columns first, then one probability column per class."""
+    if not set(cols) <= META_COLUMNS or META_COLUMNS.intersection(classes):  # load_dataset refuses such classes
+        raise ValueError(f"metadata columns {sorted(cols)} must be among {sorted(META_COLUMNS)}, and no class")
     df = pd.DataFrame(cols)
     return pd.concat([df, pd.DataFrame(np.asarray(probs), columns=list(classes))], axis=1)

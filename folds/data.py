@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from common import UserError
+from common import UserError, layout
 from common.machine import usable_cores
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,12 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
     if len(classes) < 2:
         raise UserError(f"{train_csv}: every row has the artist {classes[0]!r}; a classifier needs at least 2 "
                         "classes. Check the artist column.")
+    reserved = train.index[train["artist"].isin(layout.META_COLUMNS)]
+    if len(reserved):
+        raise UserError(f"{train_csv}: the artist name(s) {sorted(set(train.loc[reserved, 'artist']))} at "
+                        f"{_rows(reserved)} are also column names of the run's probability files "
+                        f"({', '.join(sorted(layout.META_COLUMNS))}). Rename them in train.csv (and test_labels.csv), "
+                        "for example with a prefix.")
     if check_images:
         check_readable([(train, train_csv), (test, test_csv)], verified_cache)
     check_sample(sub, test, sub_csv, test_csv)

@@ -160,6 +160,10 @@ BAD_INPUTS = {
     "one class": (edit("train.csv", lambda df: df.assign(artist="X")), r"at least 2 classes"),
     "escaping path": (edit("train.csv", lambda df: df.assign(img_path="../../etc/passwd")), r"leaves the data folder"),
     "sample ids differ": (edit("sample_submission.csv", lambda df: df.iloc[1:]), r"sample_submission\.csv: ids do not"),
+    # a class named like a probability file's own column would overwrite it: the join failed after training
+    "artist named label": (edit("train.csv", lambda df: df.assign(artist=df["artist"].replace(df["artist"].iloc[2],
+                                                                                              "label"))),
+                           r"train\.csv: the artist name\(s\) \['label'\] at lines? .* column names"),
     "cp949 train.csv": (korean_excel_artist, r"train\.csv: not UTF-8 text at line 5 \(byte 0xb0\)\. Save it as UTF-8"),
     # image defects
     "truncated train jpeg": (damage("train/0003.jpg", "truncate"), r"train\.csv line 5: './train/0003\.jpg'.*truncated"),
