@@ -218,6 +218,29 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     return train
 
 
+def check_class_names(train: pd.DataFrame, train_csv: Path) -> None:
+    """Refuse artist names that would make a wrong run: two spellings of one artist (they differ only in
+    spaces or case, as an edited spreadsheet leaves them) would be trained as two classes, and a name
+    that is also a probability file's own column would overwrite that column."""
+    artists = train["artist"]
+    key = artists.str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+    counts = artists.value_counts()
+    for _, names in artists.groupby(key):
+        spellings = names.unique()
+        if len(spellings) > 1:
+            rare = sorted(spellings, key=lambda n: (-counts[n], n))[1:]
+            where = names.index[names.isin(rare)]
+            raise UserError(f"{train_csv}: the artists {', '.join(repr(n) for n in spellings)} differ only in spaces "
+                            f"or case, so they would be trained as {len(spellings)} classes ({rare[0]!r} at "
+                            f"{_rows(where)}). Fix the spelling, or pass --corrections with id,artist rows.")
+    reserved = train.index[artists.isin(layout.META_COLUMNS)]
+    if len(reserved):
+        columns = ", ".join(sorted(layout.META_COLUMNS))
+        raise UserError(f"{train_csv}: the artist name(s) {sorted(set(artists[reserved]))} at {_rows(reserved)} "
+                        f"are also column names of the run's probability files ({columns}). Rename them in "
+                        "train.csv (and test_labels.csv), for example with a prefix.")
+
+
 def check_sample(sub: pd.DataFrame, test: pd.DataFrame, sub_csv: Path, test_csv: Path) -> None:
     if set(sub["id"]) != set(test["id"]) or len(sub) != len(test):
         extra = sorted(set(sub["id"]) - set(test["id"]))[:MAX_LISTED]
@@ -263,12 +286,7 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
     if len(classes) < 2:
         raise UserError(f"{train_csv}: every row has the artist {classes[0]!r}; a classifier needs at least 2 "
                         "classes. Check the artist column.")
-    reserved = train.index[train["artist"].isin(layout.META_COLUMNS)]
-    if len(reserved):
-        raise UserError(f"{train_csv}: the artist name(s) {sorted(set(train.loc[reserved, 'artist']))} at "
-                        f"{_rows(reserved)} are also column names of the run's probability files "
-                        f"({', '.join(sorted(layout.META_COLUMNS))}). Rename them in train.csv (and test_labels.csv), "
-                        "for example with a prefix.")
+    check_class_names(train, train_csv)
     if check_images:
         check_readable([(train, train_csv), (test, test_csv)], verified_cache)
     check_sample(sub, test, sub_csv, test_csv)
