@@ -19,7 +19,7 @@ def build_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
 
 def load_best(cfg: RunConfig, num_classes: int, out_dir: Path):
     """The fold's best weights in a fresh model (``weights_only=True``: no pickled code runs)."""
-    prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last)
+    prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
     model, dcfg = build_model(cfg, num_classes, pretrained=False)
     path = Path(out_dir) / BEST
     if not path.is_file() and (Path(out_dir) / BEST_EXPORTED).is_file():  # an export folder

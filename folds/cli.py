@@ -126,6 +126,9 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
          "with a grad scaler on older ones (T4, V100), off on CPU")
     pick(g, "--channels-last", "channels_last", "memory format; auto: on for CUDA")
     opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
+    opt(g, "--deterministic", key="deterministic", action="store_true", default=None,
+        help="on CUDA, repeat a run to the last digit: cuDNN autotuning off and torch's deterministic kernels "
+        "(slower; an op without one is named in a warning). On the CPU runs repeat without it")
     opt(g, "--num-workers", key="workers", type=int, help="DataLoader worker processes (none: the cores this "
         "process may use, less one, at most 8; under torchrun, each rank's share of the node's cores)")
     opt(g, "--keep-last", key="keep_last", action="store_true", default=None,

@@ -73,6 +73,7 @@ class RunConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    deterministic: bool = False  # CUDA: no cuDNN autotuning, deterministic kernels (repeatable to the digit, slower)
     workers: int | None = None
     cache: bool = False  # decode each image once into a downsized on-disk cache
     max_image_pixels: int | None = None  # PIL's decompression-bomb limit (None: PIL's default; 0: off)
@@ -91,7 +92,7 @@ def settings_before_they_existed(saved: dict) -> dict:
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
-               "keep_last"}
+               "keep_last", "deterministic"}  # (deterministic kernels change the last digits, not the recipe)
 
 
 def learning_settings(cfg: RunConfig, exclude=()) -> dict:

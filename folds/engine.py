@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,8 @@ class Precision:
     channels_last: bool
 
     @classmethod
-    def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> "Precision":
+    def resolve(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
+                deterministic: bool = False) -> "Precision":
         check_device(device)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
@@ -75,8 +77,13 @@ class Precision:
         else:
             dtype = torch.float16
         cl = channels_last == "on" or (channels_last == "auto" and cuda)
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        if cuda:  # fixed input sizes: let cuDNN time its kernels and keep the fastest, unless asked for repeatability
+            torch.backends.cudnn.benchmark = not deterministic
+            torch.backends.cudnn.deterministic = deterministic
+        if deterministic:  # cuBLAS reads this when it makes its handle, at the first matrix product
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op with no deterministic kernel (adaptive pooling's CUDA backward) is named, not fatal
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         return cls(dev, dtype, cl)
 
     def autocast(self):

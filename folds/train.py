@@ -101,7 +101,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = fold_seed(cfg, fold_index)
     seed_everything(seed)
-    prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last)
+    prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
     ckpt = Checkpointer(out_dir)
     resuming = resume and ckpt.has_last()
     model, dcfg = build_model(cfg, ds.num_classes, pretrained=not resuming)

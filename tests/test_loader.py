@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import torch
 
@@ -139,6 +141,30 @@ def test_auto_precision_is_fp16_where_bf16_would_only_be_emulated(monkeypatch, c
         assert Precision.resolve("cuda", "bf16").amp_dtype == torch.bfloat16  # asked for: kept, with a warning
     assert "Tesla T4" in caplog.text and "--amp fp16" in caplog.text
     assert Precision.resolve("cpu", "auto").amp_dtype is None
+
+
+def test_deterministic_turns_autotuning_off_and_asks_for_deterministic_kernels(monkeypatch):
+    """--deterministic on CUDA: no cuDNN autotuning (its timing picks kernels that differ run to run),
+    deterministic cuDNN and torch kernels, and the cuBLAS workspace setting torch asks for."""
+    from folds.engine import Precision
+
+    for flag in ("benchmark", "deterministic"):  # resolve sets them: put them back after the test
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    try:
+        Precision.resolve("cuda", deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        Precision.resolve("cuda")  # the default: autotuned, fastest kernels
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        Precision.resolve("cpu")
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 class Counting(ImageDataset):

@@ -207,7 +207,12 @@ def test_fold_lock_has_exactly_one_winner_among_many_contenders(tmp_path, stale_
 
 
 def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
+    from dataclasses import replace
+
     import numpy as np
+    import torch
+
+    from folds.engine import Precision
 
     from folds.config import resolve_config
     from folds.data import load_dataset
@@ -225,7 +230,10 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_fold(cfg, ds, tr, va, tmp_path / "cut", on_epoch=stop_after_first)
-    resumed = train_fold(cfg, ds, tr, va, tmp_path / "cut", resume=True)
+    # resumed --deterministic (a run-control option): on the CPU it changes no digit
+    resumed = train_fold(replace(cfg, deterministic=True), ds, tr, va, tmp_path / "cut", resume=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    Precision.resolve("cpu")  # torch's setting is global: back to the default for the tests after this one
     a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
     b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
