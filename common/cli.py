@@ -15,7 +15,7 @@ import sys
 
 from common import children
 from common.errors import UserError
-from common.interrupt import Stopped, stops_as_exceptions
+from common.interrupt import Stopped, TimeUp, stops_as_exceptions
 
 
 def log_to_stdout(level: int = logging.INFO) -> None:
@@ -26,7 +26,8 @@ def log_to_stdout(level: int = logging.INFO) -> None:
 def entry_point(main):
     """A CLI's ``main``: a UserError prints ``error: <message>`` on stderr and returns 2, without a
     traceback (the message names the file, row or option and says what to do). Ctrl-C returns 130,
-    SIGTERM 143 and SIGHUP 129, each after the clean-up, with a line that says how to continue."""
+    SIGTERM 143 and SIGHUP 129, and a run stopped by its ``--time-limit`` 75, each after the clean-up, with
+    a line that says how to continue."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
@@ -36,6 +37,10 @@ def entry_point(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except TimeUp as e:
+            print(f"stopped at the time limit ({e}): finished epochs and folds are kept; run the same command "
+                  "again with --resume to continue.", file=sys.stderr)
+            return TimeUp.EXIT_CODE
         except KeyboardInterrupt as e:
             print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "
                   "and trials are kept; run the same command again to continue (a fold run with --resume).",

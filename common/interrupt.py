@@ -25,6 +25,12 @@ class Stopped(KeyboardInterrupt):
 STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
+class TimeUp(KeyboardInterrupt):
+    """``--time-limit`` reached between two pieces of work: unwound like a stop, so every ``finally`` runs
+    and nothing finished is lost; the command exits with ``EXIT_CODE``."""
+    EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): not finished, run it again
+
+
 _held = 0  # how many finish_first() blocks the main thread is in
 _pending: BaseException | None = None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from common import UserError  # noqa: E402
+from common.interrupt import TimeUp  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="retrain folds that are already finished")
     g.add_argument("--full-epochs", type=int, help="epochs of --fold full (default: the median best epoch "
                    "of the run's folds)")
+    g.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly (exit 75) before the next "
+                   "epoch or fold prediction that would not end within MINUTES of the start, keeping all finished "
+                   "work; rerun with --resume. Under a Kaggle or Colab session's limit, leave a margin for one "
+                   "fold's predictions and the submission build")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     g.add_argument("--no-join", action="store_true", help=argparse.SUPPRESS)  # side-by-side fold processes: train
     # their folds only; the parent joins the run and builds the submission once, after they all end
@@ -78,9 +83,22 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     it hands on retrains each fold once."""
     runner.check_folds(folds)
     base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1, "--num-workers": 1,
-                                     "--name": 1})
+                                     "--name": 1, "--time-limit": 1})
+    left = runner.deadline.minutes_left()
+    if left is not None:  # the fold processes stop at this process's limit, not one counted from their own start
+        base += ["--time-limit", f"{max(left, 1e-3):.4f}"]
     wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
     return runner.join(runner.finished(folds))
+
+
+def check_time_limit(args) -> None:
+    if args.time_limit is None:
+        return
+    if not args.time_limit > 0:
+        raise UserError(f"--time-limit {args.time_limit}: give the minutes this command may take, above 0.")
+    if args.ray or args.ray_runs:
+        raise UserError("--time-limit: a Ray job's fold tasks are scheduled by the cluster; leave --time-limit out "
+                        "(a retried task resumes from its last epoch).")
 
 
 def fold_gpus(spec: str, cfg, args) -> list:
@@ -138,6 +156,8 @@ def wait_for(procs: list) -> None:
     from common import children
 
     codes = children.wait_all(procs)
+    if TimeUp.EXIT_CODE in codes and set(codes) <= {0, TimeUp.EXIT_CODE}:
+        raise TimeUp(f"fold processes {[i for i, c in enumerate(codes) if c]} of {len(codes)} stopped at it")
     if any(codes):
         raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}; finished folds are kept, "
                         "rerun with --resume.")
@@ -181,6 +201,8 @@ def run_on_ray(args, cfg) -> int:
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from folds.deadline import Deadline
+    deadline = Deadline(args.time_limit)  # counts from here: the data checks spend the time too
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --procs-per-gpu hands it to its processes
     log_to_stdout(logging.WARNING if args.quiet else logging.INFO)
     try:
@@ -192,11 +214,13 @@ def main(argv=None) -> int:
         if not distributed.is_main():
             logging.getLogger().setLevel(logging.WARNING)
         gpus = fold_gpus(args.gpus, cfg, args)  # checked before the run folder is touched
+        check_time_limit(args)
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         from folds.engine import check_device
         check_device(cfg.device)
-        runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, announce=not args.no_join)
+        runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, announce=not args.no_join,
+                                 deadline=deadline)
         side_by_side = args.procs_per_gpu * len(gpus) > 1 and args.fold != "full"
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)

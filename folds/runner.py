@@ -22,6 +22,7 @@ from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
 from folds import distributed
 from folds.config import RunConfig, learning_settings, saved_config
+from folds.deadline import Deadline
 from folds.engine import scores
 from folds.loader import num_workers
 from folds.lock import FoldLock
@@ -47,15 +48,17 @@ class FoldRunner:
     itself only runs. The caller's config is never changed.
     """
 
-    def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False, lock_owner: str | None = None):
+    def __init__(self, prep: PreparedRun, *, resume: bool = False, force: bool = False, lock_owner: str | None = None,
+                 deadline: Deadline | None = None):
         self.cfg, self.ds, self.folds, self.demo = prep.cfg, prep.ds, prep.folds, prep.demo
         self.split_hash = prep.split_hash
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force, self.lock_owner = resume, force, lock_owner
+        self.deadline = deadline or Deadline()  # --time-limit: checked before each epoch and each fold's predictions
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
-             announce: bool = True) -> "FoldRunner":
+             announce: bool = True, deadline: Deadline | None = None) -> "FoldRunner":
         """Resolve the data folder and run name, check the run folder, prepare the data, write the run files.
         ``announce=False``: do not say again that the demo data is used (a side-by-side fold process)."""
         if not distributed.is_main():
@@ -71,7 +74,7 @@ class FoldRunner:
         if distributed.is_main():
             write_run_files(run_dir, prep)
             distributed.barrier()
-        return cls(prep, resume=resume, force=force)
+        return cls(prep, resume=resume, force=force, deadline=deadline)
 
     @property
     def planned_folds(self) -> list[int]:
@@ -127,13 +130,17 @@ class FoldRunner:
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
                  "its validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            on_epoch=lambda *_: lock and lock.heartbeat(), epochs=epochs, extra=extra)
+                            on_epoch=lambda *_: lock and lock.heartbeat(), epochs=epochs, extra=extra,
+                            deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
+        self.deadline.before("prediction", f"fold {k}'s prediction (its epochs are done)")
+        started = time.time()
         predictor = Predictor(self.cfg, self.ds.num_classes, d)
         if len(va):
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))
         test = predictor.predict(self.ds.test["path"], desc=f"fold {k} test")
+        self.deadline.took("prediction", time.time() - started)
         result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta)
         if epochs is not None:
             result["epochs"] = epochs

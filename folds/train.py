@@ -23,6 +23,7 @@ from folds.cache import image_cache
 from folds.checkpoint import Checkpointer
 from folds.config import RunConfig
 from folds.data import Dataset
+from folds.deadline import Deadline
 from folds.engine import InputPipe, Precision, scores, train_one_epoch
 from folds.loader import ImageDataset, KeptBatches, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler
@@ -89,13 +90,15 @@ def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
 
 
 def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *, fold_index: int = 0,
-               resume: bool = False, on_epoch=None, epochs: int | None = None, extra=None) -> dict:
+               resume: bool = False, on_epoch=None, epochs: int | None = None, extra=None,
+               deadline: Deadline | None = None) -> dict:
     """Train on ``train_idx``, early-stop on ``val_idx``; keep best and last checkpoints.
 
     ``on_epoch(epoch, row)`` is called after each epoch (the tuner reports and prunes there).
     With an empty ``val_idx`` (the full-data model) it trains exactly ``epochs`` epochs.
     ``extra``: ``folds.pseudo.PseudoImages`` added to the training data (pseudo-labelled crops;
-    targets are class indices or probability rows). Returns the best epoch's scores and timing.
+    targets are class indices or probability rows). ``deadline``: ``--time-limit``, checked before each
+    epoch. Returns the best epoch's scores and timing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +138,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
+        if deadline is not None:
+            deadline.before("epoch", f"{out_dir.name} epoch {epoch}")
         t0 = time.time()
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too
@@ -146,6 +151,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
                "seconds": time.time() - t0}
         history.append(row)
+        if deadline is not None:
+            deadline.took("epoch", row["seconds"])
         seconds += row["seconds"]
         improved = stopper.update(row)  # the same on every rank: the scores were gathered
         if distributed.is_main():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from common import UserError
 from conftest import ROOT, tiny_args
 from ensemble.submission import validate_submission
 from folds.run import main
@@ -134,6 +135,50 @@ def test_a_stopped_side_by_side_run_stops_its_fold_processes_and_resumes(demo_so
     assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--n-folds": 3, "--patience": 12,
                                                     "--resume": True})) == 0
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+
+
+def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_the_plain_one(
+        demo_source, tmp_path, monkeypatch, capsys):
+    """--time-limit (a Kaggle session's end, which would keep no output): the run stops before the first
+    piece of work that would not end in time, exits 75, and keeps everything finished; --resume then ends
+    with the uninterrupted run's result. Each look at the clock is a minute later here, so the stop is at
+    the tenth check: fold 0's 4 epochs and prediction, fold 1's 4 epochs, then fold 1's prediction."""
+    import itertools
+
+    import folds.deadline
+
+    over = {"--epochs": 4, "--n-folds": 3, "--patience": 10}
+    clock = itertools.count(0, 60)
+    monkeypatch.setattr(folds.deadline, "monotonic", lambda: next(clock))
+    assert main([*tiny_args(demo_source, tmp_path, **over), "--time-limit", "10"]) == 75
+    err = capsys.readouterr().err
+    assert "stopped at the time limit (--time-limit: fold 1's prediction (its epochs are done) was not started" in err
+    assert "with --resume" in err and "Traceback" not in err, err
+    run = tmp_path / "runs" / "t"
+    assert (run / "fold_0" / "done.json").is_file() and not (run / "fold_1" / "done.json").is_file()
+    assert len(pd.read_csv(run / "fold_1" / "history.csv")) == 4 and (run / "fold_1" / "last.pt").is_file()
+    assert not (run / "fold_2").exists() and not list(run.glob("fold_*/lock"))
+    assert main([*tiny_args(demo_source, tmp_path, **over), "--time-limit", "0.5"]) == 2  # the same, without --resume
+    monkeypatch.undo()
+    assert main(tiny_args(demo_source, tmp_path, **over, **{"--resume": True})) == 0
+    assert main(tiny_args(demo_source, tmp_path, **over, **{"--name": "plain"})) == 0
+    a, b = (pd.read_csv(tmp_path / "runs" / n / "oof.csv", dtype={"id": str}) for n in ("t", "plain"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_fold_processes_stopped_by_the_time_limit_stop_their_parent_the_same_way():
+    """Side by side, each fold process stops at the parent's limit (it gets the minutes left) and exits
+    75; the parent then says the same, rather than calling it a failure."""
+    from common.interrupt import TimeUp
+    from folds.run import wait_for
+
+    def exiting(*codes):
+        return [subprocess.Popen([sys.executable, "-c", f"raise SystemExit({c})"]) for c in codes]
+
+    with pytest.raises(TimeUp, match=r"fold processes \[1\] of 2"):
+        wait_for(exiting(0, 75))
+    with pytest.raises(UserError, match=r"exited with \[75, 1\]"):  # a real failure is still one
+        wait_for(exiting(75, 1))
 
 
 def _ended(pid: int) -> bool:
