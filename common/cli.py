@@ -38,8 +38,8 @@ def entry_point(main):
             print(f"error: {e}", file=sys.stderr)
             return 2
         except TimeUp as e:
-            print(f"stopped at the time limit ({e}): finished epochs and folds are kept; run the same command "
-                  "again with --resume to continue.", file=sys.stderr)
+            print(f"stopped at the time limit ({e}): finished epochs, folds and trials are kept; run the same "
+                  "command again to continue (a fold run with --resume).", file=sys.stderr)
             return TimeUp.EXIT_CODE
         except KeyboardInterrupt as e:
             print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "

@@ -139,7 +139,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         if stopper.should_stop():
             break
         if deadline is not None:
-            deadline.before("epoch", f"{out_dir.name} epoch {epoch}")
+            deadline.before("epoch", f"{out_dir.parent.name}/{out_dir.name} epoch {epoch}")  # run (trial) and fold
         t0 = time.time()
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too

@@ -95,6 +95,28 @@ def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_
     assert retried.state == TrialState.COMPLETE and retried.params == stopped.params
 
 
+def test_a_time_limit_stops_a_study_between_epochs_and_keeps_its_summary(demo_source, tmp_path, monkeypatch, capsys):
+    """--time-limit: the study stops before an epoch that would not fit; the running trial is queued again,
+    best.json is written from the finished trials, and the command exits 75. Each look at the clock is a
+    minute later here: trial 0's 3 epochs fit in 4 minutes, trial 1's first does not."""
+    import itertools
+
+    import folds.deadline
+
+    clock = itertools.count(0, 60)
+    monkeypatch.setattr(folds.deadline, "monotonic", lambda: next(clock))
+    assert tune(tmp_path, demo_source, "--study", "t", "--n-trials", "2", "--time-limit", "4") == 75
+    assert "stopped at the time limit (--time-limit: trial_0001/fold_0 epoch 1 was not started" in capsys.readouterr().err
+    done, stopped, queued = load(tmp_path, "t").trials
+    assert (done.state, stopped.state, queued.state) == (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)
+    assert queued.user_attrs["retry_of"] == stopped.number
+    assert json.loads((tmp_path / "tuning" / "t" / "best.json").read_text())["value"] == done.value
+    monkeypatch.undo()
+    assert tune(tmp_path, demo_source, "--study", "t", "--n-trials", "2") == 0
+    retried = load(tmp_path, "t").trials[2]
+    assert retried.state == TrialState.COMPLETE and retried.params == stopped.params
+
+
 def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
     study = load(demo_study)
     states = [t.state for t in study.trials]

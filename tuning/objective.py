@@ -17,6 +17,7 @@ from common import write_json
 from common.layout import BEST, LAST, fold_dir
 from folds.config import RunConfig
 from folds.data import Dataset
+from folds.deadline import Deadline
 from folds.loader import num_workers
 from folds.pseudo import fold_pseudo_images
 from folds.stopping import F1_COLUMN, resolve_monitor
@@ -43,9 +44,10 @@ class Objective:
     """Mean best validation macro-F1 over ``fold_ids``; each trial in its own folder with its own seed."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset, folds, fold_ids, space: dict, trials_dir: Path,
-                 keep_checkpoints: bool = False):
+                 keep_checkpoints: bool = False, deadline: Deadline | None = None):
         self.cfg, self.ds, self.folds, self.fold_ids = cfg, ds, folds, list(fold_ids)
         self.space, self.trials_dir, self.keep = space, Path(trials_dir), keep_checkpoints
+        self.deadline = deadline  # --time-limit: a trial stops, and is queued again, before an epoch that would not fit
 
     def pseudo_images(self, cfg: RunConfig, k):
         """Fold ``k``'s pseudo-labelled crops under this trial's settings (None without --pseudo). With
@@ -80,7 +82,8 @@ class Objective:
 
                 try:
                     r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
-                                   fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k))
+                                   fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k),
+                                   deadline=self.deadline)
                 except FloatingPointError:
                     # a recipe that diverges scores 0 (chance, at best, for a fold run of it), so the sampler
                     # learns to avoid its region; as a failed trial it would be left out of the sampler's model

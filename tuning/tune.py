@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, children  # noqa: E402
+from common.interrupt import TimeUp  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
     g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
+    g.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop before an epoch that would not end "
+                   "within MINUTES of the start, as folds/run.py does: the running trial is queued again, the "
+                   "summary and best.json are written, and the command exits with 75; rerun it to go on")
     g.add_argument("--ray", metavar="ADDRESS", help="start the --workers as Ray tasks ('local', 'auto' or "
                    "HOST:PORT); across machines the storage must be PostgreSQL")
     g.add_argument("--ray-gpus", type=float, help="GPUs per Ray worker (default: 1 on a GPU cluster, 0 on CPU)")
@@ -104,6 +108,10 @@ def check_tuner_args(args) -> None:
         raise UserError(f"--ray {args.ray} with {'the journal file' if args.storage is None else 'SQLite'}: workers on "
                         "other machines do not share this disk. Use a PostgreSQL --storage URL (see README), or "
                         "--ray local.")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise UserError(f"--time-limit {args.time_limit}: give the minutes this command may take, above 0.")
+    if args.time_limit is not None and args.ray:
+        raise UserError("--time-limit: Ray schedules the workers; leave --time-limit out (a lost trial is retried).")
     if args.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, but got {args.heartbeat}.")
     name = args.study.strip()
@@ -148,18 +156,23 @@ def run(args) -> int:
              "data_hash": ds.data_hash()}
     seed = args.sampler_seed + (args.worker_index or 0)
     study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
+    time_up = None  # --time-limit reached: raised once the summary and best.json are written
 
     if args.ray and args.worker_index is None:
         run_workers_on_ray(args)
     elif args.study_workers > 1 and args.worker_index is None:
-        argv = list(args.argv)
+        argv = strip_options(args.argv, {"--time-limit": 1})
+        if args.deadline.end is not None:  # the workers stop at this process's limit
+            argv += ["--time-limit", f"{max(args.deadline.minutes_left(), 1e-3):.4f}"]
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
             from common.machine import side_by_side_workers, usable_cores
             argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
         procs = [children.start([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
                                  "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
         codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
-        if any(codes):
+        if TimeUp.EXIT_CODE in codes and set(codes) <= {0, TimeUp.EXIT_CODE}:
+            time_up = TimeUp(f"workers {[i for i, c in enumerate(codes) if c]} of {len(codes)} stopped at it")
+        elif any(codes):
             log.warning("worker exit codes: %s", codes)
     elif args.n_trials > 0:
         if not has_heartbeat(storage):
@@ -167,10 +180,16 @@ def run(args) -> int:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if left > 0:
-            objective = Objective(cfg, ds, prep.folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints)
-            study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
+            objective = Objective(cfg, ds, prep.folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints,
+                                  deadline=args.deadline)
+            try:
+                study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
+                               callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
+            except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
+                time_up = e
     if args.worker_index is not None:
+        if time_up is not None:
+            raise time_up
         return 0
     print(summary(study))
     # the training setup a run needs besides the tuned parameters (not the run folder's own options)
@@ -180,6 +199,8 @@ def run(args) -> int:
     plots = save_plots(study, study_dir)
     print(f"best parameters and training setup: {best}\nnext: {next_command(best)}")
     print("plots: " + ", ".join(str(p) for p in plots))
+    if time_up is not None:
+        raise time_up
     return 0
 
 
@@ -187,6 +208,8 @@ def run(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from folds.deadline import Deadline
+    args.deadline = Deadline(args.time_limit)  # counts from here: the data checks spend the time too
     args.argv = argv  # the workers get the same options
     log_to_stdout(logging.INFO if args.worker_index is None else logging.WARNING)
     import optuna
