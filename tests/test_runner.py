@@ -367,7 +367,11 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     from tuning.tune import _worker_env  # Optuna's local workers take one GPU each the same way
     assert [_worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "GPU-5f2e", "3"]
     started = []
-    monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None, **_: started.append((argv, env)))
+    def popen(argv, env=None, **_):
+        started.append((argv, env))
+        return argparse.Namespace()  # a stand-in process
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 4, gpus=["0", "1"])
     folds = [a[a.index("--fold") + 1] for a, _ in started]
     assert folds == ["0,4", "1", "2", "3"]
