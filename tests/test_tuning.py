@@ -106,7 +106,8 @@ def test_a_time_limit_stops_a_study_between_epochs_and_keeps_its_summary(demo_so
     clock = itertools.count(0, 60)
     monkeypatch.setattr(folds.deadline, "monotonic", lambda: next(clock))
     assert tune(tmp_path, demo_source, "--study", "t", "--n-trials", "2", "--time-limit", "4") == 75
-    assert "stopped at the time limit (--time-limit: trial_0001/fold_0 epoch 1 was not started" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stopped at the time limit (--time-limit: trial_0001/fold_0 epoch 1 was not started" in err, err
     done, stopped, queued = load(tmp_path, "t").trials
     assert (done.state, stopped.state, queued.state) == (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)
     assert queued.user_attrs["retry_of"] == stopped.number
