@@ -122,7 +122,7 @@ def check_tuner_args(args) -> None:
 def run(args) -> int:
     import optuna
 
-    from folds.config import learning_settings
+    from folds.config import RUN_CONTROL, learning_settings
     from folds.prepare import prepare_run, split_store
     from folds.pseudo import check_source
     from folds.split import save_folds
@@ -192,8 +192,9 @@ def run(args) -> int:
             raise time_up
         return 0
     print(summary(study))
-    # the training setup a run needs besides the tuned parameters (not the run folder's own options)
-    machine = ("name", "submissions_dir", "keep_last", "workers", "device", "max_image_pixels")
+    # the training setup a run needs besides the tuned parameters: every learning setting, and where the
+    # data and runs are; not this machine's or run folder's own controls
+    machine = RUN_CONTROL - {"data_dir", "runs_dir"}
     setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
     best = write_best(study, study_dir / "best.json", args.storage, setup_cfg)
     plots = save_plots(study, study_dir)
