@@ -117,6 +117,8 @@ PRESETS = {
                "patience": 8, "monitor": "crop-f1"},
 }
 
+MIN_IMG_SIZE = 16  # below this the backbones' strides leave no feature map to pool
+
 # Options with a fixed set of values: each set comes from its own registry, stated once there.
 CHOICES = {
     "optimizer": tuple(OPTIMIZERS),
@@ -223,6 +225,16 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {cfg.max_image_pixels}.")
     if cfg.crop_oof < 0:
         raise UserError(f"--crop-oof must be 0 (off) or more, but got {cfg.crop_oof}.")
+    if cfg.img_size is not None and cfg.img_size < MIN_IMG_SIZE:  # 0 read as "unset" and trained at the model's size
+        raise UserError(f"--img-size must be at least {MIN_IMG_SIZE} pixels, or left out for the model's own input "
+                        f"size, but got {cfg.img_size}.")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UserError(f"--num-workers must be 0 (load in the main process) or more, but got {cfg.workers}.")
+    if cfg.weight_decay < 0:
+        raise UserError(f"--weight-decay must be 0 (off) or more, but got {cfg.weight_decay}.")
+    for key in ("seed", "split_seed"):  # numpy's and torch's seeds
+        if not 0 <= getattr(cfg, key) < 2**32:
+            raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, but got {getattr(cfg, key)}.")
 
 
 def parse_fold_spec(spec: str, n_folds: int) -> list[int]:

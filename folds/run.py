@@ -91,7 +91,10 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     return runner.join(runner.finished(folds))
 
 
-def check_time_limit(args) -> None:
+def check_run_control(args) -> None:
+    """This command's own options, before the run folder is touched."""
+    if args.full_epochs is not None and args.full_epochs < 1:  # 0 trained nothing and predicted with a random head
+        raise UserError(f"--full-epochs must be at least 1, but got {args.full_epochs}.")
     if args.time_limit is None:
         return
     if not args.time_limit > 0:
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
         if not distributed.is_main():
             logging.getLogger().setLevel(logging.WARNING)
         gpus = fold_gpus(args.gpus, cfg, args)  # checked before the run folder is touched
-        check_time_limit(args)
+        check_run_control(args)
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         from folds.engine import check_device

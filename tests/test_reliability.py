@@ -84,6 +84,23 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     assert not (tmp_path / "tuning").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--img-size", "0"], "--img-size must be at least 16"),  # 0 was read as unset: the model's own size
+    (["--img-size", "-3"], "--img-size must be at least 16"),  # a pydantic traceback from albumentations
+    (["--num-workers", "-1"], "--num-workers must be 0"),  # torch's ValueError traceback
+    (["--weight-decay", "-0.1"], "--weight-decay must be 0"),  # trained, growing the weights
+    (["--seed", "-1"], "--seed must be in 0..2**32-1"),  # numpy's ValueError traceback
+    (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
+    (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
+    (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
+])
+def test_bad_run_options_are_one_line_errors_before_anything_is_written(args, message, demo_source, tmp_path, capsys):
+    rc = run_main([*tiny_args(demo_source, tmp_path), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 # -- 2. ids that pandas reads as missing --------------------------------------------------------
 NA_IDS = ["NA", "N/A", "null", "nan", "NaN", "None", "#N/A", "-nan"]
 
