@@ -112,11 +112,19 @@ def make_estimator(name: str):
         return spec()
     module, _, cls = spec.rpartition(".")
     try:
-        est = getattr(importlib.import_module(module), cls)()
+        factory = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError, ValueError):
         raise UserError(f"--stacker {name!r}: not a known short name {sorted(STACKERS)} nor an importable "
                         "class path like sklearn.linear_model.LogisticRegression.") from None
-    if not hasattr(est, "predict_proba"):
+    if not isinstance(factory, type) or not hasattr(factory, "fit"):  # never call a function such as os.system
+        raise UserError(f"--stacker {name!r} is not a classifier class (one with fit and predict_proba, like "
+                        "sklearn.linear_model.LogisticRegression).")
+    try:
+        est = factory()
+    except TypeError as e:
+        raise UserError(f"--stacker {name!r} cannot be made without arguments ({e}); choose a classifier whose "
+                        "defaults work, or wrap it in a class of your own.") from None
+    if not hasattr(est, "predict_proba"):  # on the instance: SVC has one only with probability=True
         raise UserError(f"--stacker {name!r} has no predict_proba; use a probabilistic classifier.")
     return est
 

@@ -217,3 +217,17 @@ def test_class_prior_reads_a_runs_crop_oof(two_runs, capsys):
     assert row["crop_oof_f1"] == round(json.loads((run / "scores.json").read_text())["oof_crops"]["f1"], 4)
     assert len(row["per_fold"]) == 5 and 0 < row["smaller_half_true"] < 1
     assert 0 <= row["smaller_half_predicted"] <= 1 and 0 <= row["smaller_half_f1"] <= 1
+
+
+@pytest.mark.parametrize("name,message", [
+    ("os.system", "is not a classifier class"),  # was called, with a TypeError traceback
+    ("sklearn.nope.Foo", "not a known short name"),
+    ("sklearn.svm.SVC", "has no predict_proba"),  # probability=False by default
+    ("sklearn.preprocessing.FunctionTransformer", "has no predict_proba"),
+])
+def test_a_stacker_that_is_not_a_probabilistic_classifier_is_refused_by_name(name, message):
+    from ensemble.blend import make_estimator
+
+    with pytest.raises(UserError, match=message):
+        make_estimator(name)
+    assert hasattr(make_estimator("sklearn.ensemble.ExtraTreesClassifier"), "predict_proba")
