@@ -50,6 +50,11 @@ def atomic_write(path, mode="w", **kwargs):
                             "choose another output path.") from None
         except PermissionError:
             raise UserError(f"cannot write {path}: permission denied in {path.parent}.") from None
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            raise UserError(f"cannot write {path}: its file system is read-only (a Kaggle dataset under "
+                            "/kaggle/input is); write under a writable folder such as /kaggle/working.") from None
         try:
             # mkstemp makes the file 0600; a shared runs/ folder needs the user's umask, like open() gives.
             os.chmod(fd, 0o666 & ~current_umask())
@@ -67,6 +72,20 @@ def atomic_write(path, mode="w", **kwargs):
                                 "written before is whole and kept: free some space (old run folders, runs/cache), "
                                 "then run the same command again (a fold run with --resume).") from None
             raise
+
+
+def check_writable_folder(folder, option: str) -> None:
+    """Fail before any work when ``folder`` (made if missing) could not take files: the nearest folder
+    that exists must be a writable folder. ``option``: what the user gave, for the message."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option}: {parent} is a file, not a folder; choose another path.")
+            if not os.access(parent, os.W_OK | os.X_OK):  # also false for root on a read-only file system
+                raise UserError(f"{option}: cannot write in {parent} (permission denied or a read-only file "
+                                "system).")
+            return
 
 
 def _disk_full(e: BaseException | None) -> bool:

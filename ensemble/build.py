@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, write_csv  # noqa: E402
+from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
@@ -128,13 +128,7 @@ def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, te
 
 def check_out_path(out: Path) -> None:
     """Fail before any work when the submission cannot be written where asked."""
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another output path.")
-            if not os.access(parent, os.W_OK):
-                raise UserError(f"--out {out}: cannot write in {parent} (permission denied).")
-            break
+    check_writable_folder(out.parent, f"--out {out}")
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a .csv file path.")
 

@@ -218,6 +218,9 @@ def main(argv=None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         gpus = fold_gpus(args.gpus, cfg, args)  # checked before the run folder is touched
         check_run_control(args)
+        if not args.no_join and args.fold != "full":  # the submission comes after every fold: find out now
+            from common.atomic import check_writable_folder
+            check_writable_folder(cfg.submissions_dir, f"--submissions-dir {cfg.submissions_dir}")
         if args.ray or args.ray_runs:
             return run_on_ray(args, cfg)
         from folds.engine import check_device

@@ -93,6 +93,8 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
     (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
+    # found only when the submission was written, after every fold had trained
+    (["--submissions-dir", "/dev/null/subs"], "--submissions-dir /dev/null/subs: /dev/null is a file, not a folder"),
 ])
 def test_bad_run_options_are_one_line_errors_before_anything_is_written(args, message, demo_source, tmp_path, capsys):
     rc = run_main([*tiny_args(demo_source, tmp_path), *args])
@@ -379,6 +381,21 @@ def test_nohup_still_keeps_a_run_going():
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_read_only_file_system_is_a_one_line_error(tmp_path, monkeypatch):
+    """A Kaggle dataset under /kaggle/input is read-only: writing there raised OSError [Errno 30], a traceback."""
+    import errno
+    import tempfile
+
+    from common import write_text
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(UserError, match=r"cannot write .*x\.txt: its file system is read-only .*/kaggle/working"):
+        write_text(tmp_path / "x.txt", "hello")
 
 
 def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(demo_source, tmp_path, capsys, monkeypatch):
