@@ -220,18 +220,19 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def check_class_names(train: pd.DataFrame, train_csv: Path) -> None:
     """Refuse artist names that would make a wrong run: two spellings of one artist (they differ only in
-    spaces or case, as an edited spreadsheet leaves them) would be trained as two classes, and a name
-    that is also a probability file's own column would overwrite that column."""
+    spaces, as an edited spreadsheet leaves them) would be trained as two classes, and a name that is
+    also a probability file's own column would overwrite that column. (Names that differ in case alone
+    stay apart: 'a' and 'A' are two classes of a letters dataset.)"""
     artists = train["artist"]
-    key = artists.str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+    key = artists.str.strip().str.replace(r"\s+", " ", regex=True)
     counts = artists.value_counts()
     for _, names in artists.groupby(key):
         spellings = names.unique()
         if len(spellings) > 1:
             rare = sorted(spellings, key=lambda n: (-counts[n], n))[1:]
             where = names.index[names.isin(rare)]
-            raise UserError(f"{train_csv}: the artists {', '.join(repr(n) for n in spellings)} differ only in spaces "
-                            f"or case, so they would be trained as {len(spellings)} classes ({rare[0]!r} at "
+            raise UserError(f"{train_csv}: the artists {', '.join(repr(n) for n in spellings)} differ only in spaces, "
+                            f"so they would be trained as {len(spellings)} classes ({rare[0]!r} at "
                             f"{_rows(where)}). Fix the spelling, or pass --corrections with id,artist rows.")
     reserved = train.index[artists.isin(layout.META_COLUMNS)]
     if len(reserved):

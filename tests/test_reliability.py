@@ -184,8 +184,8 @@ BAD_INPUTS = {
                                                                                               "label"))),
                            r"train\.csv: the artist name\(s\) \['label'\] at lines? .* column names"),
     "two spellings of an artist": (edit("train.csv", lambda df: df.assign(artist=df["artist"].where(
-        df.index != 3, df["artist"].iloc[3].upper() + " "))),
-        r"train\.csv: the artists .* differ only in spaces or case, so they would be trained as 2 classes "
+        df.index != 3, " " + df["artist"].iloc[3] + "  "))),
+        r"train\.csv: the artists .* differ only in spaces, so they would be trained as 2 classes "
         r"\(.* at line 5\)"),
     "cp949 train.csv": (korean_excel_artist, r"train\.csv: not UTF-8 text at line 5 \(byte 0xb0\)\. Save it as UTF-8"),
     # image defects
