@@ -65,6 +65,7 @@ def test_rdb_storage_uses_the_current_retry_api(tmp_path):
     (["--n-trials", "-1"], "--n-trials must be 0"),
     (["--heartbeat", "0"], "--heartbeat must be at least 1"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--time-limit", "-5"], "--time-limit -5.0: give the minutes this command may take, above 0"),
     (["--folds", "9"], "--fold '9'"),
     (["--space", "SPACE:gamma: {type: float, low: 0.5, high: 2}"], "a trial with {'lr': 1e-05, 'step_size': 2, "
      "'gamma': 2} would not run: --gamma must be in (0, 1]"),  # each trial would fail, its message in Optuna's log
