@@ -257,10 +257,9 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     import numpy as np
     import torch
 
-    from folds.engine import Precision
-
     from folds.config import resolve_config
     from folds.data import load_dataset
+    from folds.engine import Precision
     from folds.train import train_fold
 
     cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 3, "workers": 0,
