@@ -18,6 +18,11 @@ from common.errors import UserError
 from common.interrupt import Stopped, TimeUp, stops_as_exceptions
 
 
+# What a stopped command keeps, and how to go on: the same for Ctrl-C, a signal and --time-limit.
+KEPT = ("finished epochs, folds and trials are kept; run the same command again to continue (a fold run with "
+        "--resume).")
+
+
 def log_to_stdout(level: int = logging.INFO) -> None:
     """Plain messages on stdout, where the user reads the run's progress."""
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
@@ -38,12 +43,9 @@ def entry_point(main):
             print(f"error: {e}", file=sys.stderr)
             return 2
         except TimeUp as e:
-            print(f"stopped at the time limit ({e}): finished epochs, folds and trials are kept; run the same "
-                  "command again to continue (a fold run with --resume).", file=sys.stderr)
+            print(f"stopped at the time limit ({e}): {KEPT}", file=sys.stderr)
             return TimeUp.EXIT_CODE
         except KeyboardInterrupt as e:
-            print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: finished epochs, folds "
-                  "and trials are kept; run the same command again to continue (a fold run with --resume).",
-                  file=sys.stderr)
+            print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: {KEPT}", file=sys.stderr)
             return 128 + (e.signum if isinstance(e, Stopped) else 2)  # the shell's code for that signal
     return wrapper

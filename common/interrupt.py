@@ -30,6 +30,14 @@ class TimeUp(KeyboardInterrupt):
     and nothing finished is lost; the command exits with ``EXIT_CODE``."""
     EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): not finished, run it again
 
+    @classmethod
+    def of_children(cls, codes: list[int], who: str) -> "TimeUp | None":
+        """The stop of child processes that all ended well or at the time limit (None when none stopped
+        there, or when another one failed: that is a failure, not a time limit)."""
+        if cls.EXIT_CODE not in codes or not set(codes) <= {0, cls.EXIT_CODE}:
+            return None
+        return cls(f"{who} {[i for i, c in enumerate(codes) if c]} of {len(codes)} stopped at it")
+
 
 _held = 0  # how many finish_first() blocks the main thread is in
 _pending: BaseException | None = None

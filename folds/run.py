@@ -82,11 +82,8 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     this process joins the run, as ``runner.run`` would. It trains nothing itself, so a ``--force``
     it hands on retrains each fold once."""
     runner.check_folds(folds)
-    base = strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1, "--num-workers": 1,
-                                     "--name": 1, "--time-limit": 1})
-    left = runner.deadline.minutes_left()
-    if left is not None:  # the fold processes stop at this process's limit, not one counted from their own start
-        base += ["--time-limit", f"{max(left, 1e-3):.4f}"]
+    base = runner.deadline.hand_on(strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1,
+                                                             "--num-workers": 1, "--name": 1}))
     wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
     return runner.join(runner.finished(folds))
 
@@ -95,11 +92,7 @@ def check_run_control(args) -> None:
     """This command's own options, before the run folder is touched."""
     if args.full_epochs is not None and args.full_epochs < 1:  # 0 trained nothing and predicted with a random head
         raise UserError(f"--full-epochs must be at least 1, but got {args.full_epochs}.")
-    if args.time_limit is None:
-        return
-    if not args.time_limit > 0:
-        raise UserError(f"--time-limit {args.time_limit}: give the minutes this command may take, above 0.")
-    if args.ray or args.ray_runs:
+    if args.time_limit is not None and (args.ray or args.ray_runs):
         raise UserError("--time-limit: a Ray job's fold tasks are scheduled by the cluster; leave --time-limit out "
                         "(a retried task resumes from its last epoch).")
 
@@ -159,8 +152,9 @@ def wait_for(procs: list) -> None:
     from common import children
 
     codes = children.wait_all(procs)
-    if TimeUp.EXIT_CODE in codes and set(codes) <= {0, TimeUp.EXIT_CODE}:
-        raise TimeUp(f"fold processes {[i for i, c in enumerate(codes) if c]} of {len(codes)} stopped at it")
+    time_up = TimeUp.of_children(codes, "fold processes")
+    if time_up is not None:
+        raise time_up
     if any(codes):
         raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}; finished folds are kept, "
                         "rerun with --resume.")

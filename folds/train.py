@@ -102,6 +102,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = deadline or Deadline()  # no limit
     seed = fold_seed(cfg, fold_index)
     seed_everything(seed)
     prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
@@ -138,8 +139,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
-        if deadline is not None:
-            deadline.before("epoch", f"{out_dir.parent.name}/{out_dir.name} epoch {epoch}")  # run (trial) and fold
+        deadline.before("epoch", f"{out_dir.parent.name}/{out_dir.name} epoch {epoch}")  # run (trial) and fold
         t0 = time.time()
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too
@@ -151,8 +151,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
                "seconds": time.time() - t0}
         history.append(row)
-        if deadline is not None:
-            deadline.took("epoch", row["seconds"])
+        deadline.took("epoch", row["seconds"])
         seconds += row["seconds"]
         improved = stopper.update(row)  # the same on every rank: the scores were gathered
         if distributed.is_main():

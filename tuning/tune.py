@@ -108,8 +108,6 @@ def check_tuner_args(args) -> None:
         raise UserError(f"--ray {args.ray} with {'the journal file' if args.storage is None else 'SQLite'}: workers on "
                         "other machines do not share this disk. Use a PostgreSQL --storage URL (see README), or "
                         "--ray local.")
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise UserError(f"--time-limit {args.time_limit}: give the minutes this command may take, above 0.")
     if args.time_limit is not None and args.ray:
         raise UserError("--time-limit: Ray schedules the workers; leave --time-limit out (a lost trial is retried).")
     if args.heartbeat < 1:
@@ -161,18 +159,15 @@ def run(args) -> int:
     if args.ray and args.worker_index is None:
         run_workers_on_ray(args)
     elif args.study_workers > 1 and args.worker_index is None:
-        argv = strip_options(args.argv, {"--time-limit": 1})
-        if args.deadline.end is not None:  # the workers stop at this process's limit
-            argv += ["--time-limit", f"{max(args.deadline.minutes_left(), 1e-3):.4f}"]
+        argv = args.deadline.hand_on(args.argv)  # the workers stop at this process's limit
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
             from common.machine import side_by_side_workers, usable_cores
             argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
         procs = [children.start([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
                                  "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
         codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
-        if TimeUp.EXIT_CODE in codes and set(codes) <= {0, TimeUp.EXIT_CODE}:
-            time_up = TimeUp(f"workers {[i for i, c in enumerate(codes) if c]} of {len(codes)} stopped at it")
-        elif any(codes):
+        time_up = TimeUp.of_children(codes, "workers")
+        if time_up is None and any(codes):
             log.warning("worker exit codes: %s", codes)
     elif args.n_trials > 0:
         if not has_heartbeat(storage):
