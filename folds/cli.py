@@ -94,7 +94,10 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "(none: crop-f1 when training on test-scale crops with --val-crops, else f1)")
     opt(g, "--val-crops", key="val_crops", type=int, help="fixed half-size crops per validation painting, scored "
         "every epoch beside the whole painting (0: off)")
-    opt(g, "--batch-size", key="batch_size", type=int, help="batch size")
+    opt(g, "--batch-size", key="batch_size", type=int, help="batch size (per rank under torchrun)")
+    opt(g, "--grad-accum-steps", key="grad_accum_steps", type=int, help="sum the gradients of N batches before "
+        "each optimizer step: an effective batch of N x --batch-size in the memory of one (BatchNorm still sees "
+        "--batch-size images; for a big backbone on a small GPU)")
     opt(g, "--no-balanced-sampler", key="balanced_sampler", action="store_false", default=None,
         help="turn off the class-balanced (inverse frequency) sampler")
     opt(g, "--balance-power", key="balance_power", type=float, help="the balanced sampler draws a painting with "

@@ -54,6 +54,7 @@ class RunConfig:
     monitor: str | None = None  # None: crop-f1 with test-scale crops and --val-crops, else f1
     val_crops: int = 2  # fixed half-size crops per validation painting, scored every epoch (0: off)
     batch_size: int = 32
+    grad_accum_steps: int = 1  # batches whose gradients make one optimizer step (a larger batch in less memory)
     balanced_sampler: bool = True
     balance_power: float = 1.0  # the sampler draws a painting with weight (its class's count) ** -power: 1 balanced
     crop: str = "test-scale"
@@ -188,7 +189,7 @@ def check_config(cfg: RunConfig) -> None:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"--{key.replace('_', '-')} must be one of {list(allowed)}, but got {getattr(cfg, key)!r}.")
-    positive = {"epochs": 1, "batch_size": 1, "step_size": 1, "n_folds": 2, "patience": 1}
+    positive = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "step_size": 1, "n_folds": 2, "patience": 1}
     for key, low in positive.items():
         if int(getattr(cfg, key)) < low:
             raise UserError(f"--{key.replace('_', '-')} must be at least {low}, but got {getattr(cfg, key)}.")

@@ -120,14 +120,22 @@ class InputPipe:
         return x.contiguous(memory_format=torch.channels_last) if self.prec.channels_last else x
 
 
+def optimizer_steps(n_batches: int, accum_steps: int = 1) -> int:
+    """Optimizer steps in an epoch of ``n_batches``: one per ``accum_steps`` batches, the last group maybe short."""
+    return -(-n_batches // accum_steps)
+
+
 def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
-                    first_step: int = 0, desc: str = "train") -> float:
+                    first_step: int = 0, desc: str = "train", accum_steps: int = 1) -> float:
     """One pass over the loader; returns the mean training loss.
 
     ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
-    cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every step, with the
-    global step number (``first_step`` + the batch index): without it timm skips the EMA warm-up,
-    and the EMA weights stay near the initial ones for thousands of steps.
+    cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every optimizer step, with
+    the global step number (``first_step``, the optimizer steps of the epochs before, + this epoch's):
+    without it timm skips the EMA warm-up, and the EMA weights stay near the initial ones for
+    thousands of steps. ``accum_steps`` (``--grad-accum-steps``): the gradients of that many batches
+    are summed before each optimizer step, each batch's loss divided by its group's size, so a group
+    steps as one batch that many times larger would (BatchNorm still sees each batch alone).
     """
     from folds.recipe import Recipe
 
@@ -135,16 +143,24 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     model.train()
     # the running loss stays on the device: a .item() per step would make the host wait for the GPU
     total, n = torch.zeros((), device=prec.device), 0
-    for step, (x, y) in enumerate(progress(batches(loader), len(loader), desc), first_step + 1):
+    n_batches = len(loader)
+    no_sync = getattr(model, "no_sync", None)  # DDP: average the gradients across ranks once per group
+    optimizer.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(progress(batches(loader), n_batches, desc)):
+        group_start = i - i % accum_steps
+        group = min(accum_steps, n_batches - group_start)  # the epoch's last group may be short
+        steps = i + 1 == group_start + group
         x, y = recipe.batch(inputs(x), y.to(prec.device, non_blocking=True))
-        with prec.autocast():
-            loss = recipe.loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            ema.update(model, step=step)
+        with no_sync() if no_sync is not None and not steps else contextlib.nullcontext():
+            with prec.autocast():
+                loss = recipe.loss(model(x), y)
+            scaler.scale(loss / group if group > 1 else loss).backward()
+        if steps:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model, step=first_step + i // accum_steps + 1)
         total += loss.detach().float() * len(y)
         n += len(y)
     total = total.item()

@@ -266,8 +266,9 @@ def out_of_memory_message(cfg: RunConfig, k, has_last: bool) -> str:
             else "it had no finished epoch")
     return (f"fold {k}: the GPU ran out of memory ({cfg.model} at {size}, --batch-size {cfg.batch_size}, on {where}). "
             f"Finished folds are kept; {kept}. If another process holds GPU memory (nvidia-smi), free it and rerun; "
-            "else lower --batch-size or --img-size (under a new --name once any fold of this run has trained an "
-            "epoch: its folds must share one recipe).")
+            f"else lower --batch-size (with --grad-accum-steps {2 * cfg.grad_accum_steps} and half the batch, each "
+            "step still sees as many images) or --img-size, under a new --name once any fold of this run has trained "
+            "an epoch: its folds must share one recipe.")
 
 
 def diverged_message(cfg: RunConfig, k) -> str:

@@ -24,7 +24,7 @@ from folds.checkpoint import Checkpointer
 from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
-from folds.engine import InputPipe, Precision, scores, train_one_epoch
+from folds.engine import InputPipe, Precision, optimizer_steps, scores, train_one_epoch
 from folds.loader import ImageDataset, KeptBatches, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler
 from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
@@ -145,8 +145,9 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
-                                     first_step=(epoch - 1) * len(loader),  # same batches every epoch
-                                     desc=f"{out_dir.name} epoch {epoch}/{n_epochs}")
+                                     first_step=(epoch - 1) * optimizer_steps(len(loader), cfg.grad_accum_steps),
+                                     desc=f"{out_dir.name} epoch {epoch}/{n_epochs}",  # same batches every epoch
+                                     accum_steps=cfg.grad_accum_steps)
         scheduler.step(epoch)  # epochs done so far
         row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
                "seconds": time.time() - t0}

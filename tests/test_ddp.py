@@ -23,8 +23,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def test_two_ranks_train_one_fold_and_only_rank_0_writes(demo_source, tmp_path):
-    proc = subprocess.run(torchrun(demo_source, tmp_path), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    # with accumulation: the ranks average their gradients once per group (DDP's no_sync between)
+    proc = subprocess.run(torchrun(demo_source, tmp_path, "--grad-accum-steps", "2"), cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
     # a write from rank 1 raises (common.atomic), so a clean exit means rank 0 wrote every file
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     fold = tmp_path / "runs" / "ddp" / "fold_0"

@@ -133,16 +133,48 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     assert lrs[0] < lrs[1]  # warm-up, then the cosine
 
 
-def test_ema_weights_follow_training_from_the_first_steps(demo_source, tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ema_weights_follow_training_from_the_first_steps(accum, demo_source, tmp_path):
     # timm applies the EMA warm-up only when given the step: without it the EMA weights stayed
-    # near the initial ones (crop-F1 near chance on a real subset). With it, the EMA run learns.
+    # near the initial ones (crop-F1 near chance on a real subset). With it, the EMA run learns,
+    # also when the steps are counted in groups of accumulated batches.
     from folds.data import load_dataset
     from folds.train import train_fold
     ds = load_dataset(demo_source)
     tr, va = np.arange(0, len(ds.train), 2), np.arange(1, len(ds.train), 2)
     cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 4, "workers": 0, "patience": 10,
-                          "ema": 0.999}, "demo")
+                          "ema": 0.999, "batch_size": 32 // accum, "grad_accum_steps": accum}, "demo")
     assert train_fold(cfg, ds, tr, va, tmp_path / "ema")["best_crop_f1"] > 0.5
+
+
+def test_accumulated_batches_step_as_one_larger_batch():
+    """--grad-accum-steps 2 over batches of 4 makes the steps that batches of 8 make: same weights, same
+    mean loss, and the EMA is told the same optimizer steps. An epoch's short last group steps alone."""
+    from folds.engine import InputPipe, Precision, train_one_epoch
+
+    class Steps(list):  # stands in for the EMA: which global steps it was updated at
+        def update(self, model, step):
+            self.append(step)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3, 4, 4), torch.randint(0, 3, (12,))
+
+    def train(batches, accum):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        prec, steps = Precision.resolve("cpu", "off", "off"), Steps()
+        loss = train_one_epoch(model, batches, opt, prec.scaler(), prec, InputPipe(prec, [0] * 3, [1] * 3),
+                               ema=steps, first_step=10, accum_steps=accum)
+        return model[1].weight.detach().clone(), loss, steps
+
+    small = [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8)]  # the third batch is a group of one
+    accumulated, loss, steps = train(small, 2)
+    larger, larger_loss, larger_steps = train([(x[:8], y[:8]), (x[8:], y[8:])], 1)
+    torch.testing.assert_close(accumulated, larger)
+    assert loss == pytest.approx(larger_loss) and steps == larger_steps == [11, 12]
+    plain, _, plain_steps = train(small, 1)
+    assert plain_steps == [11, 12, 13] and not torch.allclose(plain, accumulated)
 
 
 def test_the_recipe_knobs_are_tunable(tmp_path):

@@ -94,6 +94,7 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
     (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
+    (["--grad-accum-steps", "0"], "--grad-accum-steps must be at least 1"),
     # found only when the submission was written, after every fold had trained
     (["--submissions-dir", "/dev/null/subs"], "--submissions-dir /dev/null/subs: /dev/null is a file, not a folder"),
 ])
@@ -528,7 +529,7 @@ def test_out_of_gpu_memory_is_a_one_line_error_that_names_the_options(demo_sourc
     assert run_main(tiny_args(demo_source, tmp_path, **{"--fold": "0"})) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: fold 0: the GPU ran out of memory"), err
-    assert "--batch-size 32" in err and "it had no finished epoch" in err
+    assert "--batch-size 32" in err and "it had no finished epoch" in err and "--grad-accum-steps 2" in err
     assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()  # released: a rerun can take the fold
 
 
