@@ -77,6 +77,12 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--gamma", key="gamma", type=float, help="StepLR decay factor")
     pick(g, "--optimizer", "optimizer", "timm optimizer (weight decay is kept off norms and biases)")
     opt(g, "--weight-decay", key="weight_decay", type=float, help="weight decay")
+    opt(g, "--layer-decay", key="layer_decay", type=float, help="layer-wise lr decay, e.g. 0.75: each layer group "
+        "below the head learns at this factor of the one above (timm's layer_decay; 0: off)")
+    opt(g, "--clip-grad", key="clip_grad", type=float, help="clip the gradients at this value before each "
+        "optimizer step, e.g. 1.0 (timm's dispatch_clip_grad; 0: off)")
+    pick(g, "--clip-mode", "clip_mode", "what --clip-grad limits: the total 'norm', each 'value', or 'agc' "
+         "(adaptive: each weight's gradient against the weight's norm, e.g. --clip-grad 0.01)")
     pick(g, "--sched", "sched", "timm schedule: 'step' (StepLR: --step-size, --gamma) or 'cosine' (to 1%% of --lr)")
     opt(g, "--warmup-epochs", key="warmup_epochs", type=int, help="linear warm-up from 1%% of --lr")
     opt(g, "--label-smoothing", key="label_smoothing", type=float, help="cross-entropy label smoothing")

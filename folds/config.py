@@ -13,7 +13,7 @@ from common import UserError, layout
 from ensemble.tta import TTA_MODES
 from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
-from folds.optim import OPTIMIZERS, SCHEDULERS
+from folds.optim import CLIP_MODES, OPTIMIZERS, SCHEDULERS
 from folds.stopping import MONITORS
 
 
@@ -42,6 +42,9 @@ class RunConfig:
     gamma: float = 0.1
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    layer_decay: float = 0.0  # each layer group's lr scaled by this per group below the head (timm; 0: off)
+    clip_grad: float = 0.0  # gradient clipping (timm's dispatch_clip_grad; 0: off)
+    clip_mode: str = "norm"
     sched: str = "step"  # timm scheduler: StepLR(step_size, gamma) or cosine to 1% of lr
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -127,6 +130,7 @@ CHOICES = {
     "affine": AFFINE_ON,
     "tta": tuple(TTA_MODES),
     "sched": tuple(SCHEDULERS),
+    "clip_mode": CLIP_MODES,
     "pseudo_mode": ("hard", "soft"),
     "amp": AMP_MODES,
     "channels_last": CHANNELS_LAST_MODES,
@@ -233,6 +237,10 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--num-workers must be 0 (load in the main process) or more, but got {cfg.workers}.")
     if cfg.weight_decay < 0:
         raise UserError(f"--weight-decay must be 0 (off) or more, but got {cfg.weight_decay}.")
+    if not 0 <= cfg.layer_decay <= 1:
+        raise UserError(f"--layer-decay must be 0 (off) or a factor in (0, 1], like 0.75, but got {cfg.layer_decay}.")
+    if cfg.clip_grad < 0:
+        raise UserError(f"--clip-grad must be 0 (off) or more, but got {cfg.clip_grad}.")
     for key in ("seed", "split_seed"):  # numpy's and torch's seeds
         if not 0 <= getattr(cfg, key) < 2**32:
             raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, but got {getattr(cfg, key)}.")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from sklearn.metrics import accuracy_score, log_loss
+from timm.models import model_parameters
+from timm.utils import dispatch_clip_grad
 from common import UserError
 from common.metrics import macro_f1
 from common.progress import progress
@@ -126,7 +128,8 @@ def optimizer_steps(n_batches: int, accum_steps: int = 1) -> int:
 
 
 def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
-                    first_step: int = 0, desc: str = "train", accum_steps: int = 1) -> float:
+                    first_step: int = 0, desc: str = "train", accum_steps: int = 1, clip_grad: float = 0.0,
+                    clip_mode: str = "norm") -> float:
     """One pass over the loader; returns the mean training loss.
 
     ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
@@ -136,6 +139,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     thousands of steps. ``accum_steps`` (``--grad-accum-steps``): the gradients of that many batches
     are summed before each optimizer step, each batch's loss divided by its group's size, so a group
     steps as one batch that many times larger would (BatchNorm still sees each batch alone).
+    ``clip_grad`` (0: off) clips the summed gradients before each step, in timm's ``clip_mode``, after
+    the grad scaler has unscaled them (fp16), so the limit holds for the true gradients.
     """
     from folds.recipe import Recipe
 
@@ -156,6 +161,9 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
                 loss = recipe.loss(model(x), y)
             scaler.scale(loss / group if group > 1 else loss).backward()
         if steps:
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                dispatch_clip_grad(model_parameters(model, exclude_head=clip_mode == "agc"), clip_grad, clip_mode)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

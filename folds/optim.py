@@ -11,9 +11,22 @@ import timm.scheduler
 OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "sgd"}  # timm's 'sgd' is Nesterov momentum 0.9
 
 
+# timm's gradient-clipping modes (timm.utils.dispatch_clip_grad): the total norm, each value, or adaptive
+# clipping (AGC: each weight's gradient against the weight's own norm; timm leaves the head out of it)
+CLIP_MODES = ("norm", "value", "agc")
+
+
 def build_optimizer(cfg, model):
+    """timm's optimizer; with ``--layer-decay D`` each layer group's lr is scaled by D per group below the
+    head (timm's ``layer_decay``: the stem learns slowest), which timm's schedulers keep through training."""
     return timm.optim.create_optimizer_v2(model, opt=OPTIMIZERS[cfg.optimizer], lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay, momentum=0.9)
+                                          weight_decay=cfg.weight_decay, momentum=0.9,
+                                          layer_decay=cfg.layer_decay or None)
+
+
+def head_lr(optimizer) -> float:
+    """The learning rate of the schedule, as the head gets it (with layer decay the other groups get less)."""
+    return max(g["lr"] for g in optimizer.param_groups)
 
 
 # The one registry of --sched names: name -> factory(cfg, optimizer, epochs). Both warm up linearly

@@ -276,8 +276,8 @@ def diverged_message(cfg: RunConfig, k) -> str:
     diverge again."""
     return (f"fold {k}: the model diverged: its training loss or outputs are not finite ({cfg.optimizer}, --lr "
             f"{cfg.lr}, --amp {cfg.amp}). Finished folds and epochs are kept, but a resume with these settings "
-            "diverges again: train with a lower --lr (or --amp off) under a new --name (its folds must share one "
-            "recipe).")
+            "diverges again: train with a lower --lr, clipped gradients (--clip-grad 1.0) or --amp off, under a new "
+            "--name (its folds must share one recipe).")
 
 
 def check_settings(run_dir: Path, cfg: RunConfig) -> None:

@@ -26,7 +26,7 @@ from folds.data import Dataset
 from folds.deadline import Deadline
 from folds.engine import InputPipe, Precision, optimizer_steps, scores, train_one_epoch
 from folds.loader import ImageDataset, KeptBatches, epoch_seed, make_loader, num_workers
-from folds.optim import build_optimizer, build_scheduler
+from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
 from folds.recipe import build_recipe
 from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
@@ -143,11 +143,12 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         t0 = time.time()
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too
-        lr = optimizer.param_groups[0]["lr"]
+        lr = head_lr(optimizer)
         train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
                                      first_step=(epoch - 1) * optimizer_steps(len(loader), cfg.grad_accum_steps),
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}",  # same batches every epoch
-                                     accum_steps=cfg.grad_accum_steps)
+                                     accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
+                                     clip_mode=cfg.clip_mode)
         scheduler.step(epoch)  # epochs done so far
         row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
                "seconds": time.time() - t0}

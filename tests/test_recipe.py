@@ -133,18 +133,53 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     assert lrs[0] < lrs[1]  # warm-up, then the cosine
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_ema_weights_follow_training_from_the_first_steps(accum, demo_source, tmp_path):
+@pytest.mark.parametrize("over", [{}, {"batch_size": 16, "grad_accum_steps": 2},
+                                  {"layer_decay": 0.8, "clip_grad": 1.0}])
+def test_ema_weights_follow_training_from_the_first_steps(over, demo_source, tmp_path):
     # timm applies the EMA warm-up only when given the step: without it the EMA weights stayed
     # near the initial ones (crop-F1 near chance on a real subset). With it, the EMA run learns,
-    # also when the steps are counted in groups of accumulated batches.
+    # also when the steps are counted in groups of accumulated batches, and with the optimizer options.
     from folds.data import load_dataset
     from folds.train import train_fold
     ds = load_dataset(demo_source)
     tr, va = np.arange(0, len(ds.train), 2), np.arange(1, len(ds.train), 2)
     cfg = resolve_config({"data_dir": str(demo_source), "img_size": 32, "epochs": 4, "workers": 0, "patience": 10,
-                          "ema": 0.999, "batch_size": 32 // accum, "grad_accum_steps": accum}, "demo")
+                          "ema": 0.999, **over}, "demo")
     assert train_fold(cfg, ds, tr, va, tmp_path / "ema")["best_crop_f1"] > 0.5
+    history = pd.read_csv(tmp_path / "ema" / "history.csv")
+    assert history["lr"].iloc[0] == pytest.approx(cfg.lr)  # the head's: with layer decay the stem's is lower
+
+
+def test_layer_decay_scales_each_group_below_the_head_through_the_schedule():
+    from folds.optim import build_optimizer, build_scheduler, head_lr
+    from models import create_model
+    cfg = resolve_config({"lr": 1e-3, "layer_decay": 0.5, "sched": "cosine", "epochs": 4}, "demo")
+    opt = build_optimizer(cfg, create_model("resnet10t", 3, weights="none"))
+    sched = build_scheduler(cfg, opt, cfg.epochs)
+    for epoch in range(3):
+        lrs = sorted({round(g["lr"] / head_lr(opt), 6) for g in opt.param_groups})
+        assert lrs[-1] == 1 and lrs[:2] == [0.5 ** (len(lrs) - 1), 0.5 ** (len(lrs) - 2)] and len(lrs) > 3
+        sched.step(epoch + 1)
+    assert head_lr(opt) < cfg.lr  # the cosine has moved every group together
+
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_clipped_gradients_limit_the_step_after_the_fp16_scaler_unscales_them(mode):
+    """One plain SGD step (lr 1) on a loss with a large gradient moves the weights by the clipped
+    gradient: a norm of 0.01, or no value beyond 0.01. The scaler multiplies the loss by 1024, so
+    clipping before it unscales would move them 1024 times less."""
+    from folds.engine import InputPipe, Precision, train_one_epoch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    prec = Precision.resolve("cpu", "off", "off")
+    batch = [(100 * torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)))]
+    train_one_epoch(model, batch, opt, torch.amp.GradScaler("cpu", init_scale=1024.0), prec,
+                    InputPipe(prec, [0] * 3, [1] * 3), clip_grad=0.01, clip_mode=mode)
+    moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    size = moved.norm() if mode == "norm" else moved.abs().max()
+    assert size.item() == pytest.approx(0.01, rel=1e-4)
 
 
 def test_accumulated_batches_step_as_one_larger_batch():

@@ -95,6 +95,8 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
     (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
     (["--grad-accum-steps", "0"], "--grad-accum-steps must be at least 1"),
+    (["--clip-grad", "-1"], "--clip-grad must be 0 (off) or more"),
+    (["--layer-decay", "1.5"], "--layer-decay must be 0 (off) or a factor in (0, 1]"),
     # found only when the submission was written, after every fold had trained
     (["--submissions-dir", "/dev/null/subs"], "--submissions-dir /dev/null/subs: /dev/null is a file, not a folder"),
 ])
@@ -540,5 +542,5 @@ def test_a_diverged_fold_is_a_one_line_error_that_names_the_settings(demo_source
                                                         "--preset": "demo"})) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: fold 0: the model diverged"), err
-    assert "--lr 9.9" in err and "diverges again" in err
+    assert "--lr 9.9" in err and "diverges again" in err and "--clip-grad" in err
     assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()
