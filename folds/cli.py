@@ -69,6 +69,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     g.add_argument("--no-pretrained", dest="weights", action="store_const", const="none",
                    help="random initialisation (same as --weights none)")
     opt(g, "--dropout", key="dropout", type=float, help="dropout before the new linear head")
+    opt(g, "--drop-path", key="drop_path", type=float, help="stochastic depth (timm's drop_path_rate): the chance "
+        "a residual block is skipped in training, rising to this in the last block; 0 turns it off")
     g = p.add_argument_group("training")
     opt(g, "--seed", key="seed", type=int, help="training seed: init, sampler, augmentation")
     opt(g, "--epochs", key="epochs", type=int, help="maximum epochs per fold")
@@ -135,6 +137,10 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
          "with a grad scaler on older ones (T4, V100), off on CPU")
     pick(g, "--channels-last", "channels_last", "memory format; auto: on for CUDA")
     opt(g, "--compile", key="compile", action="store_true", default=None, help="torch.compile the model")
+    opt(g, "--grad-checkpointing", key="grad_checkpointing", action="store_true", default=None,
+        help="timm's gradient checkpointing: the blocks' activations are recomputed in the backward pass instead "
+        "of kept, for a bigger model, image or batch in the same memory (slower; the result is the same, so a "
+        "fold that ran out of memory may --resume with it)")
     opt(g, "--deterministic", key="deterministic", action="store_true", default=None,
         help="on CUDA, repeat a run to the last digit: cuDNN autotuning off and torch's deterministic kernels "
         "(slower; an op without one is named in a warning). On the CPU runs repeat without it")

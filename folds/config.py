@@ -34,6 +34,7 @@ class RunConfig:
     img_size: int | None = None  # None: the model's pretrained input size
     weights: str = "hub"
     dropout: float = 0.2
+    drop_path: float = 0.0  # timm's stochastic depth (drop_path_rate; 0: off)
     # training
     seed: int = 0
     epochs: int = 30
@@ -77,6 +78,7 @@ class RunConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, same result
     deterministic: bool = False  # CUDA: no cuDNN autotuning, deterministic kernels (repeatable to the digit, slower)
     workers: int | None = None
     cache: bool = False  # decode each image once into a downsized on-disk cache
@@ -96,7 +98,9 @@ def settings_before_they_existed(saved: dict) -> dict:
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
-               "keep_last", "deterministic"}  # (deterministic kernels change the last digits, not the recipe)
+               "keep_last", "deterministic", "grad_checkpointing"}
+# (deterministic kernels change the last digits, not the recipe; checkpointing recomputes the same
+# activations, with the running statistics kept, so a fold that ran out of memory may resume with it)
 
 
 def learning_settings(cfg: RunConfig, exclude=()) -> dict:
@@ -201,8 +205,9 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--lr must be in (0, 10), but got {cfg.lr}.")
     if not 0 < cfg.gamma <= 1:
         raise UserError(f"--gamma must be in (0, 1], but got {cfg.gamma}.")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), but got {cfg.dropout}.")
+    for key in ("dropout", "drop_path"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be in [0, 1), but got {getattr(cfg, key)}.")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), but got {cfg.label_smoothing}.")
     if cfg.monitor is not None and cfg.monitor not in MONITORS:

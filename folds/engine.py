@@ -127,9 +127,25 @@ def optimizer_steps(n_batches: int, accum_steps: int = 1) -> int:
     return -(-n_batches // accum_steps)
 
 
+@contextlib.contextmanager
+def buffers_kept(buffers: list[torch.Tensor]):
+    """The buffers as they were on entry, put back on exit.
+
+    Under gradient checkpointing the backward pass runs each checkpointed block's forward again, and
+    BatchNorm in train mode would update its running statistics (and batch count) a second time
+    with the same batch: the model would learn other statistics than without checkpointing.
+    Keeping them across the backward pass makes checkpointing change the memory, never the result.
+    """
+    kept = [b.clone() for b in buffers]
+    yield
+    with torch.no_grad():
+        for b, k in zip(buffers, kept):
+            b.copy_(k)
+
+
 def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
                     first_step: int = 0, desc: str = "train", accum_steps: int = 1, clip_grad: float = 0.0,
-                    clip_mode: str = "norm") -> float:
+                    clip_mode: str = "norm", grad_checkpointing: bool = False) -> float:
     """One pass over the loader; returns the mean training loss.
 
     ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
@@ -141,6 +157,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     steps as one batch that many times larger would (BatchNorm still sees each batch alone).
     ``clip_grad`` (0: off) clips the summed gradients before each step, in timm's ``clip_mode``, after
     the grad scaler has unscaled them (fp16), so the limit holds for the true gradients.
+    ``grad_checkpointing``: the model recomputes its blocks in the backward pass (``--grad-checkpointing``),
+    so its buffers are kept across it (``buffers_kept``).
     """
     from folds.recipe import Recipe
 
@@ -150,6 +168,7 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     total, n = torch.zeros((), device=prec.device), 0
     n_batches = len(loader)
     no_sync = getattr(model, "no_sync", None)  # DDP: average the gradients across ranks once per group
+    buffers = list(model.buffers()) if grad_checkpointing else []
     optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(progress(batches(loader), n_batches, desc)):
         group_start = i - i % accum_steps
@@ -159,7 +178,8 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
         with no_sync() if no_sync is not None and not steps else contextlib.nullcontext():
             with prec.autocast():
                 loss = recipe.loss(model(x), y)
-            scaler.scale(loss / group if group > 1 else loss).backward()
+            with buffers_kept(buffers):
+                scaler.scale(loss / group if group > 1 else loss).backward()
         if steps:
             if clip_grad:
                 scaler.unscale_(optimizer)

@@ -55,7 +55,7 @@ def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, wr
     """
     if demo is None:
         cfg, demo = with_data_dir(cfg)
-    check_model(cfg.model, cfg.weights)
+    check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
     set_max_image_pixels(cfg.max_image_pixels)
     ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,

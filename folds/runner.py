@@ -264,11 +264,14 @@ def out_of_memory_message(cfg: RunConfig, k, has_last: bool) -> str:
     size = f"{cfg.img_size} px" if cfg.img_size else "its pretrained input size"
     kept = (f"its epochs so far are in its {layout.LAST}, and --resume continues it" if has_last
             else "it had no finished epoch")
+    # checkpointing changes the memory, not the result, so it is the one remedy this run folder accepts
+    checkpointing = ("" if cfg.grad_checkpointing else
+                     "else rerun with --grad-checkpointing (and --resume): the same run in less memory, slower; ")
     return (f"fold {k}: the GPU ran out of memory ({cfg.model} at {size}, --batch-size {cfg.batch_size}, on {where}). "
             f"Finished folds are kept; {kept}. If another process holds GPU memory (nvidia-smi), free it and rerun; "
-            f"else lower --batch-size (with --grad-accum-steps {2 * cfg.grad_accum_steps} and half the batch, each "
-            "step still sees as many images) or --img-size, under a new --name once any fold of this run has trained "
-            "an epoch: its folds must share one recipe.")
+            f"{checkpointing}else lower --batch-size (with --grad-accum-steps {2 * cfg.grad_accum_steps} and half the "
+            "batch, each step still sees as many images) or --img-size, under a new --name once any fold of this run "
+            "has trained an epoch: its folds must share one recipe.")
 
 
 def diverged_message(cfg: RunConfig, k) -> str:

@@ -30,6 +30,7 @@ from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
 from folds.recipe import build_recipe
 from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
+from models import enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     ckpt = Checkpointer(out_dir)
     resuming = resume and ckpt.has_last()
     model, dcfg = build_model(cfg, ds.num_classes, pretrained=not resuming)
-    model = prec.prepare(model)
+    model = prec.prepare(enable_grad_checkpointing(model, cfg.model) if cfg.grad_checkpointing else model)
     size = dcfg["input_size"][-1]
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     cache = image_cache(cfg, size)
@@ -148,7 +149,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                                      first_step=(epoch - 1) * optimizer_steps(len(loader), cfg.grad_accum_steps),
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}",  # same batches every epoch
                                      accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
-                                     clip_mode=cfg.clip_mode)
+                                     clip_mode=cfg.clip_mode, grad_checkpointing=cfg.grad_checkpointing)
         scheduler.step(epoch)  # epochs done so far
         row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
                "seconds": time.time() - t0}

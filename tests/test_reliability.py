@@ -97,6 +97,10 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--grad-accum-steps", "0"], "--grad-accum-steps must be at least 1"),
     (["--clip-grad", "-1"], "--clip-grad must be 0 (off) or more"),
     (["--layer-decay", "1.5"], "--layer-decay must be 0 (off) or a factor in (0, 1]"),
+    (["--drop-path", "1"], "--drop-path must be in [0, 1)"),
+    # timm's TypeError and AssertionError tracebacks, when the fold built its model
+    (["--model", "vgg11", "--drop-path", "0.1"], "--drop-path 0.1: timm's vgg11 has no stochastic depth"),
+    (["--model", "dla34", "--grad-checkpointing"], "--grad-checkpointing: timm's dla34 does not support"),
     # found only when the submission was written, after every fold had trained
     (["--submissions-dir", "/dev/null/subs"], "--submissions-dir /dev/null/subs: /dev/null is a file, not a folder"),
 ])
@@ -532,6 +536,7 @@ def test_out_of_gpu_memory_is_a_one_line_error_that_names_the_options(demo_sourc
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: fold 0: the GPU ran out of memory"), err
     assert "--batch-size 32" in err and "it had no finished epoch" in err and "--grad-accum-steps 2" in err
+    assert "--grad-checkpointing (and --resume)" in err  # the one remedy the same run folder accepts
     assert not (tmp_path / "runs" / "t" / "fold_0" / "lock").exists()  # released: a rerun can take the fold
 
 

@@ -274,8 +274,9 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_fold(cfg, ds, tr, va, tmp_path / "cut", on_epoch=stop_after_first)
-    # resumed --deterministic (a run-control option): on the CPU it changes no digit
-    resumed = train_fold(replace(cfg, deterministic=True), ds, tr, va, tmp_path / "cut", resume=True)
+    # resumed with --deterministic and --grad-checkpointing (run-control options): on the CPU they change no digit
+    resumed = train_fold(replace(cfg, deterministic=True, grad_checkpointing=True), ds, tr, va, tmp_path / "cut",
+                         resume=True)
     assert torch.are_deterministic_algorithms_enabled()
     Precision.resolve("cpu")  # torch's setting is global: back to the default for the tests after this one
     a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")

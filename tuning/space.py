@@ -21,7 +21,8 @@ from folds.config import RunConfig, check_config, read_config_file
 TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoothing", "dropout", "batch_size",
            "balanced_sampler", "balance_power", "crop", "img_size", "model", "patience", "monitor", "sched",
            "warmup_epochs", "mixup", "cutmix", "mix_prob", "erasing", "ema", "val_crops", "pseudo_mode",
-           "pseudo_threshold", "pseudo_siblings", "layer_decay", "clip_grad", "clip_mode", "grad_accum_steps"}
+           "pseudo_threshold", "pseudo_siblings", "layer_decay", "clip_grad", "clip_mode", "grad_accum_steps",
+           "drop_path"}
 
 DEFAULT_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
