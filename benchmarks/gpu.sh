@@ -9,6 +9,8 @@
 #                                                   (EPOCH_IMAGES=2500: the first rows of train.csv only)
 #   bash benchmarks/gpu.sh compile /tmp/w50       # lite2 epochs under torch.compile: its first epoch holds the
 #                                                   compile time, so the 5-fold payoff is read from the two rows
+#   bash benchmarks/gpu.sh memory /tmp/w50        # B3 @288 epochs with --grad-checkpointing: time and peak GPU
+#                                                   memory against the speed step's B3 row (every row has both)
 #   bash benchmarks/gpu.sh train                  # B3 @288 training steps, suite vs naive seed-style loop
 #                                                   (generated 1000 px JPEGs: no data needed)
 #   bash benchmarks/gpu.sh main /tmp/w50 420      # benchmark (a)(b)(b+)(c), ~budget s
@@ -64,6 +66,8 @@ case "$step" in
     epochs 35 $lite --cudnn-benchmark off ;;
   compile)
     epochs 400 $lite --compile ;;
+  memory)  # what --grad-checkpointing costs in time and saves in memory: read against the speed step's B3 row
+    epochs 60 $big --grad-checkpointing ;;
   train)
     timeout 240 $py benchmarks/speed.py train $b3 --workers "$workers" --out "$out/speed.jsonl" 2>&1 | quiet \
       | tee -a "$out/log.txt" ;;

@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py loader                    # cached vs uncached on ~1000 px JPEGs, per core
     python benchmarks/speed.py train --model efficientnet_b3 --img-size 288      # on a GPU
+    python benchmarks/speed.py kept --model efficientnet_b3 --img-size 288 --batch-size 8   # any device
     python benchmarks/speed.py infer --model efficientnet_b3 --img-size 288 --data-dir ../shared/data/wikiart50
     python benchmarks/speed.py neighbours --n-images 40   # the build's sibling search on ~1000 px JPEGs
     python benchmarks/speed.py offsets                    # the build's per-class offset search, WikiArt-50 size
@@ -18,7 +19,10 @@
   device) in the same process; the first epoch against a steady one, with its first batch's wait
   (worker start-up) and its first step's host time (cuDNN autotuning; --cudnn-benchmark off for
   the other side); the share of a steady epoch the loop waits for its loader; --profile FILE:
-  torch.profiler's table of one more epoch.
+  torch.profiler's table of one more epoch. --grad-checkpointing: the suite's option on both sides;
+  on CUDA every row gives the training's peak GPU memory.
+- kept: MiB one training forward pass keeps for the backward pass, without and with
+  --grad-checkpointing (torch's saved-tensor hooks: the same on any device, in fp32).
 - infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
   fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold,
   and vs the ceiling (the same models, views, batch and precision on batches already on the
@@ -55,7 +59,7 @@ from folds.cache import ImageCache  # noqa: E402
 from folds.engine import InputPipe, Precision, train_one_epoch  # noqa: E402
 from folds.loader import ImageDataset, make_loader  # noqa: E402
 from folds.recipe import DeviceAffine, Recipe  # noqa: E402
-from models import create_model, data_config  # noqa: E402
+from models import create_model, data_config, enable_grad_checkpointing  # noqa: E402
 
 
 def large_jpegs(folder: Path, n: int, side: int = 1000, seed: int = 0) -> list[Path]:
@@ -233,10 +237,12 @@ def bench_epochs(args) -> dict:
     prec = Precision.resolve(args.device, args.amp, "auto")
     torch.backends.cudnn.benchmark = prec.device.type == "cuda" and args.cudnn_benchmark == "on"
     n_classes = int(labels.max()) + 1
-    model = prec.prepare(create_model(args.model, n_classes, weights="none"))
+    model = create_model(args.model, n_classes, weights="none")
+    model = prec.prepare(enable_grad_checkpointing(model, args.model) if args.grad_checkpointing else model)
     dcfg = data_config(model, args.img_size)
     size = dcfg["input_size"][-1]
     model = torch.compile(model) if args.compile else model
+    ckpt = {"grad_checkpointing": args.grad_checkpointing}  # the shipped step's option, on both sides
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     opt = build_optimizer(RunConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01), model)
     scaler = prec.scaler()
@@ -249,12 +255,14 @@ def bench_epochs(args) -> dict:
     loader = make_loader(data, args.batch_size, train=True, balanced=True, num_workers=args.workers,
                          pin_memory=prec.device.type == "cuda")
     sync = torch.cuda.synchronize if prec.device.type == "cuda" else (lambda: None)
+    if prec.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(prec.device)
     times, waits = [], []
     for epoch in range(1, args.epochs + 2):
         loader.sampler.set_epoch(epoch)
         timed = WaitTimer(loader)
         t = time.perf_counter()
-        train_one_epoch(model, timed, opt, scaler, prec, inputs, recipe, desc=f"epoch {epoch}")
+        train_one_epoch(model, timed, opt, scaler, prec, inputs, recipe, desc=f"epoch {epoch}", **ckpt)
         sync()
         times.append(time.perf_counter() - t)
         waits.append(timed.wait)
@@ -268,7 +276,7 @@ def bench_epochs(args) -> dict:
         cuda = prec.device.type == "cuda"
         loader.sampler.set_epoch(args.epochs + 2)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            train_one_epoch(model, loader, opt, scaler, prec, inputs, recipe, desc="profiled epoch")
+            train_one_epoch(model, loader, opt, scaler, prec, inputs, recipe, desc="profiled epoch", **ckpt)
             sync()
         Path(args.profile).write_text(prof.key_averages().table(
             sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30))
@@ -278,12 +286,12 @@ def bench_epochs(args) -> dict:
     synthetic = [(torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=prec.device,
                                 generator=g), torch.randint(0, n_classes, (args.batch_size,), device=prec.device,
                                                             generator=g)) for _ in range(min(len(loader), 16))]
-    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling warm-up")
+    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling warm-up", **ckpt)
     sync()
     t = time.perf_counter()
     reps = max(1, len(loader) // len(synthetic))
     for _ in range(reps):
-        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling")
+        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling", **ckpt)
     sync()
     ceiling = reps * len(synthetic) * args.batch_size / (time.perf_counter() - t)
     suite = per_epoch / steady
@@ -295,7 +303,37 @@ def bench_epochs(args) -> dict:
             "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(first_batch, 2),
             "first_step_s": round(first_step, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
-            "epochs": args.epochs, "compile": args.compile, "affine": args.affine}
+            "epochs": args.epochs, "compile": args.compile, "affine": args.affine,
+            "grad_checkpointing": args.grad_checkpointing,  # and what it saves: the training's peak GPU memory
+            "peak_gpu_mib": round(torch.cuda.max_memory_allocated(prec.device) / 2**20)
+            if prec.device.type == "cuda" else None}
+
+
+def bench_kept(args) -> dict:
+    """What one training forward pass keeps for the backward pass, without and with --grad-checkpointing.
+
+    Counted by torch's saved-tensor hooks (checkpointed blocks keep only their inputs), so the figure is
+    the same on any device and needs no GPU; `epochs --grad-checkpointing` gives the peak GPU memory and
+    the time it costs there.
+    """
+    prec = Precision.resolve(args.device, "off", "off")
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=prec.device)
+    kept = {}
+    for checkpointing in (False, True):
+        model = prec.prepare(create_model(args.model, 50, weights="none")).train()
+        if checkpointing:
+            enable_grad_checkpointing(model, args.model)
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x).float().logsumexp(1).mean().backward()
+        kept[checkpointing] = sum(sizes) / 2**20
+    return {"bench": "kept", "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
+            "dtype": "fp32", "kept_mib": round(kept[False]), "kept_mib_checkpointing": round(kept[True]),
+            "ratio": round(kept[True] / kept[False], 3)}
 
 
 def bench_infer(args) -> dict:
@@ -440,7 +478,7 @@ def bench_offsets(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("loader", "train", "epochs", "infer", "neighbours", "offsets"))
+    p.add_argument("what", choices=("loader", "train", "epochs", "kept", "infer", "neighbours", "offsets"))
     p.add_argument("--model", default="efficientnet_b3")
     p.add_argument("--img-size", type=int, default=288)
     p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
@@ -453,6 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-images", type=int, help="infer: time the slow baseline on this many images")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="epochs: the suite's --grad-checkpointing (its cost in time, and its peak GPU memory)")
     p.add_argument("--epochs", type=int, default=3, help="epochs: steady epochs timed after the first (default: 3)")
     p.add_argument("--amp", default="auto", help="epochs: auto, bf16, fp16 or off (default: auto)")
     p.add_argument("--cache", action="store_true", help="epochs: read the pre-resized cache")
@@ -466,8 +506,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
     args.n_images = args.n_images if args.n_images is not None else 29_560 if args.what == "offsets" else 64
-    row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "infer": bench_infer,
-           "neighbours": bench_neighbours, "offsets": bench_offsets}[args.what](args)
+    row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "kept": bench_kept,
+           "infer": bench_infer, "neighbours": bench_neighbours, "offsets": bench_offsets}[args.what](args)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
     emit(row, args.out)
     return 0

@@ -244,11 +244,14 @@ def test_speed_benchmarks_time_the_shipped_path_against_their_ceiling(demo_sourc
     tiny = ["--model", "resnet10t", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--workers", "0",
             "--data-dir", str(demo_source), "--out", str(tmp_path / "speed.jsonl")]
     assert speed_main(["epochs", *tiny, "--n-images", "32", "--epochs", "2", "--cudnn-benchmark", "off",
-                       "--affine", "device"]) == 0
+                       "--affine", "device", "--grad-checkpointing"]) == 0
     assert speed_main(["infer", *tiny, "--n-images", "16", "--folds", "2"]) == 0
+    assert speed_main(["kept", *tiny]) == 0
     out = capsys.readouterr().out
     assert "epoch 3:" in out  # a line per epoch: a run cut by its time limit still says what it measured
-    epochs, infer = (json.loads(line) for line in (tmp_path / "speed.jsonl").read_text().splitlines())
+    epochs, infer, kept = (json.loads(line) for line in (tmp_path / "speed.jsonl").read_text().splitlines())
+    assert epochs["grad_checkpointing"] is True and epochs["peak_gpu_mib"] is None  # CUDA only
+    assert 0 < kept["kept_mib_checkpointing"] < kept["kept_mib"] / 2
     assert epochs["images_per_epoch"] == 32 and epochs["ceiling_img_s"] > 0 and epochs["suite_img_s"] > 0
     assert epochs["first_batch_s"] > 0 and epochs["first_step_s"] > 0 and epochs["cudnn_benchmark"] is False
     assert epochs["affine"] == "device"
