@@ -24,6 +24,11 @@ def tta_transforms(mode: str) -> tta.Compose:
     return TTA_MODES[mode]()
 
 
+def n_views(mode: str) -> int:
+    """Views per image, the identity included: each is one more forward pass of the image."""
+    return max(1, len(list(tta_transforms(mode))))
+
+
 class BatchedTTA(nn.Module):
     """Wrap a classifier: input (B, C, H, W) -> per-view probabilities (V, B, K).
 

@@ -3,8 +3,10 @@
 A Kaggle notebook session ends at a fixed limit, and a version killed there keeps none of its
 outputs; Colab disconnects. With ``--time-limit MINUTES`` the fold runner stops between pieces of
 work (an epoch, a fold's predictions) when the longest such piece so far would not end in time. The
-stop unwinds like Ctrl-C (``common.interrupt.TimeUp``): finished epochs and folds are kept, the fold
-lock is released, and the command exits with 75 (EX_TEMPFAIL: run it again with --resume).
+first fold's predictions have no such piece before them: their time is estimated from the pace at
+which its epochs scored their validation images. The stop unwinds like Ctrl-C
+(``common.interrupt.TimeUp``): finished epochs and folds are kept, the fold lock is released, and
+the command exits with 75 (EX_TEMPFAIL: run it again with --resume).
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ class Deadline:
             raise UserError(f"{OPTION} {minutes}: give the minutes this command may take, above 0.")
         self.end = None if minutes is None else monotonic() + 60 * minutes
         self.longest: dict[str, float] = {}  # seconds of the longest piece of each kind of work so far
+        # seconds per validation image: decoded and scored (a fold's first epoch), and scored only (later
+        # epochs score the batches kept in memory); the first fold's predictions are estimated from them
+        self.decode_and_score: float | None = None
+        self.score_only: float | None = None
 
     def hand_on(self, argv: list[str]) -> list[str]:
         """``argv`` for a child process (a side-by-side fold process, a study worker): the minutes left
@@ -37,18 +43,39 @@ class Deadline:
     def minutes_left(self) -> float | None:
         return None if self.end is None else (self.end - monotonic()) / 60
 
-    def before(self, what: str, where: str) -> None:
-        """Raise ``TimeUp`` when the longest ``what`` so far would not end before the limit (every rank
-        takes rank 0's decision, so none is left waiting in a collective)."""
+    def before(self, what: str, where: str, estimate: float = 0.0) -> None:
+        """Raise ``TimeUp`` when the longest ``what`` so far, or, before the first, its ``estimate`` in
+        seconds, would not end before the limit (every rank takes rank 0's decision, so none is left
+        waiting in a collective)."""
         if self.end is None:
             return
-        left, need = self.end - monotonic(), self.longest.get(what, 0.0)
+        left, took = self.end - monotonic(), self.longest.get(what)
+        need = estimate if took is None else took
         if distributed.agree(left <= need):
-            raise TimeUp(f"{OPTION}: {where} was not started: {_duration(max(left, 0))} were left, and the "
-                         f"longest {what} so far took {_duration(need)}")
+            why = (f"the longest {what} so far took {_duration(need)}" if took is not None else
+                   f"its {what} would take about {_duration(need)} at the pace its validation images were scored")
+            raise TimeUp(f"{OPTION}: {where} was not started: {_duration(max(left, 0))} were left, and {why}")
 
     def took(self, what: str, seconds: float) -> None:
         self.longest[what] = max(self.longest.get(what, 0.0), seconds)
+
+    def scored(self, seconds: float, images: int, decoded: bool) -> None:
+        """An epoch scored ``images`` validation images (one view each) in ``seconds``; ``decoded``: it
+        decoded them too (a fold's first epoch in this process)."""
+        per = seconds / max(images, 1)
+        if decoded:
+            self.decode_and_score = max(self.decode_and_score or 0.0, per)
+        else:
+            self.score_only = min(self.score_only or per, per)
+
+    def prediction_estimate(self, images: int, views: int) -> float:
+        """Seconds to predict ``images`` with ``views`` TTA views each: a decode and a view at the first
+        epoch's pace, the other views at the later epochs' (or the first's: an upper bound). 0 when no
+        epoch was scored in this process (a fold resumed after its training)."""
+        if self.decode_and_score is None:
+            return 0.0
+        score = self.score_only if self.score_only is not None else self.decode_and_score
+        return images * (self.decode_and_score + (views - 1) * score)
 
 
 def _duration(seconds: float) -> str:

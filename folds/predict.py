@@ -12,7 +12,7 @@ import torch
 
 from common.progress import progress
 from ensemble.merge import merge
-from ensemble.tta import BatchedTTA, tta_transforms
+from ensemble.tta import BatchedTTA, n_views
 from folds import distributed
 from folds.augment import CROP_SIDE, eval_transform
 from folds.backbone import load_best
@@ -103,7 +103,7 @@ class Predictor:
         self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
         self.cache = image_cache(cfg, size)
         self.batch_size, self.workers, self.tta = cfg.batch_size * 2, num_workers(cfg), cfg.tta
-        self.views = max(1, len(list(tta_transforms(cfg.tta))))
+        self.views = n_views(cfg.tta)
 
     def predict(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
         """(N, K) probabilities of whole images, or of ``crops`` (one box per path) of them.

@@ -20,6 +20,7 @@ import torch
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
+from ensemble.tta import n_views
 from folds import distributed
 from folds.config import RunConfig, learning_settings, saved_config
 from folds.deadline import Deadline
@@ -134,7 +135,9 @@ class FoldRunner:
                             deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
-        self.deadline.before("prediction", f"fold {k}'s prediction (its epochs are done)")
+        predicted = len(va) * (1 + self.cfg.crop_oof) + len(self.ds.test)  # OOF, crop OOF, test
+        self.deadline.before("prediction", f"fold {k}'s prediction (its epochs are done)",
+                             self.deadline.prediction_estimate(predicted, n_views(self.cfg.tta)))
         started = time.time()
         predictor = Predictor(self.cfg, self.ds.num_classes, d)
         if len(va):

@@ -65,6 +65,11 @@ class Validation:
                                                    pin_memory=pin))
                         for p, (x, y, c) in sets.items() if len(x)}
         self.num_classes = num_classes
+        self.images = sum(len(y) for y in self.labels.values())  # scored every epoch, one view each
+
+    def decodes(self) -> bool:
+        """Whether the next ``score`` decodes images (the first, or a set too large to keep)."""
+        return any(loader.kept is None for loader in self.loaders.values())
 
     def score(self, model, prec, inputs) -> dict:
         row = {}
@@ -151,8 +156,11 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                                      accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
                                      clip_mode=cfg.clip_mode, grad_checkpointing=cfg.grad_checkpointing)
         scheduler.step(epoch)  # epochs done so far
-        row = {"epoch": epoch, "train_loss": train_loss, **validation.score(judged, prec, inputs), "lr": lr,
-               "seconds": time.time() - t0}
+        decodes, t1 = validation.decodes(), time.time()
+        val = validation.score(judged, prec, inputs)
+        if validation.images:  # its pace estimates the first fold's predictions for --time-limit
+            deadline.scored(time.time() - t1, validation.images, decodes)
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.time() - t0}
         history.append(row)
         deadline.took("epoch", row["seconds"])
         seconds += row["seconds"]

@@ -166,6 +166,50 @@ def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_th
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_the_first_folds_prediction_is_estimated_from_the_pace_of_its_validation(monkeypatch):
+    """No prediction has been timed before the first fold's: its time is estimated from the validation
+    images its epochs scored (one decode and one view at the first epoch's pace, which decoded them;
+    the other TTA views at the later epochs' pace, which scored the kept batches)."""
+    import folds.deadline
+    from common.interrupt import TimeUp
+    from folds.deadline import Deadline
+
+    now = [0.0]
+    monkeypatch.setattr(folds.deadline, "monotonic", lambda: now[0])
+    d = Deadline(minutes=10)
+    assert d.prediction_estimate(1000, 4) == 0  # nothing scored in this process: no estimate
+    d.scored(30, 100, decoded=True)  # 0.3 s an image
+    assert d.prediction_estimate(1000, 4) == pytest.approx(1000 * 4 * 0.3)  # no later epoch yet: an upper bound
+    d.scored(12, 100, decoded=False)
+    d.scored(10, 100, decoded=False)  # 0.1 s an image
+    assert d.prediction_estimate(1000, 4) == pytest.approx(1000 * (0.3 + 3 * 0.1))
+    now[0] = 1.0
+    d.before("prediction", "fold 0's prediction", estimate=598)  # 599 s left: it fits
+    with pytest.raises(TimeUp, match="its prediction would take about 10.0 min at the pace its validation"):
+        d.before("prediction", "fold 0's prediction", estimate=d.prediction_estimate(1000, 4))
+    d.took("prediction", 30)  # once one was timed, that is what the next one needs
+    d.before("prediction", "fold 1's prediction", estimate=10_000)
+
+
+def test_a_time_limit_stops_before_a_first_fold_prediction_that_would_not_end_in_time(demo_source, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """On a Kaggle kernel a version killed at the limit keeps none of its outputs: with 1 s left after its
+    epochs, fold 0's prediction (of its validation images and every test image) is not started, and the
+    run exits 75 with the fold's epochs kept for --resume."""
+    import folds.deadline
+
+    clock = iter([0.0] + [60.0 * i for i in range(1, 5)] + [299.0] * 20)  # the start, 4 epochs, then 1 s left
+    monkeypatch.setattr(folds.deadline, "monotonic", lambda: next(clock))
+    over = {"--epochs": 4, "--n-folds": 3, "--patience": 10, "--fold": "0"}
+    assert main([*tiny_args(demo_source, tmp_path, **over), "--time-limit", "5"]) == 75
+    err = capsys.readouterr().err
+    assert "fold 0's prediction (its epochs are done) was not started: 1 s were left" in err, err
+    assert "at the pace its validation images were scored" in err
+    fold = tmp_path / "runs" / "t" / "fold_0"
+    assert len(pd.read_csv(fold / "history.csv")) == 4 and (fold / "last.pt").is_file()
+    assert not (fold / "done.json").exists()
+
+
 def test_fold_processes_stopped_by_the_time_limit_stop_their_parent_the_same_way():
     """Side by side, each fold process stops at the parent's limit (it gets the minutes left) and exits
     75; the parent then says the same, rather than calling it a failure."""
