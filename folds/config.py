@@ -251,6 +251,15 @@ def check_config(cfg: RunConfig) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, but got {getattr(cfg, key)}.")
 
 
+def recipe_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are valid but unlikely to be what was meant (a short smoke run may mean them)."""
+    out = []
+    if cfg.warmup_epochs >= cfg.epochs:
+        out.append(f"--warmup-epochs {cfg.warmup_epochs} with --epochs {cfg.epochs}: every epoch is warm-up, so the "
+                   f"learning rate never reaches --lr {cfg.lr:g}. Give more --epochs or fewer --warmup-epochs.")
+    return out
+
+
 def parse_fold_spec(spec: str, n_folds: int) -> list[int]:
     """'all', '2' or '0,2' -> fold indices, each checked against K."""
     if spec in (None, "", "all"):

@@ -22,7 +22,7 @@ from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
 from ensemble.tta import n_views
 from folds import distributed
-from folds.config import RunConfig, learning_settings, saved_config
+from folds.config import RunConfig, learning_settings, recipe_warnings, saved_config
 from folds.deadline import Deadline
 from folds.engine import scores
 from folds.loader import num_workers
@@ -70,6 +70,8 @@ class FoldRunner:
         check_settings(run_dir, cfg)
         prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
+        for warning in recipe_warnings(cfg) if announce and distributed.is_main() else ():
+            log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
             check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg), cfg.pseudo_oof)
         if distributed.is_main():

@@ -111,6 +111,17 @@ def test_bad_run_options_are_one_line_errors_before_anything_is_written(args, me
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_warm_up_as_long_as_the_run_is_a_warning_that_names_both_options(demo_source, tmp_path, capsys):
+    """Valid (a two-epoch smoke run of the strong preset means it), but the lr never reaches --lr."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0", "--warmup-epochs": 1})
+    assert run_main(args) == 0
+    said = capsys.readouterr().out  # the log (warnings only, -q)
+    assert "--warmup-epochs 1 with --epochs 1: every epoch is warm-up" in said and "--lr 0.002" in said, said
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--fold": "0",
+                                                        "--warmup-epochs": 1, "--name": "ok"})) == 0
+    assert "warm-up" not in capsys.readouterr().out
+
+
 # -- 2. ids that pandas reads as missing --------------------------------------------------------
 NA_IDS = ["NA", "N/A", "null", "nan", "NaN", "None", "#N/A", "-nan"]
 
