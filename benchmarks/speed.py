@@ -242,7 +242,7 @@ def bench_epochs(args) -> dict:
     dcfg = data_config(model, args.img_size)
     size = dcfg["input_size"][-1]
     model = torch.compile(model) if args.compile else model
-    ckpt = {"grad_checkpointing": args.grad_checkpointing}  # the shipped step's option, on both sides
+    step_options = {"grad_checkpointing": args.grad_checkpointing}  # the shipped step's, on both sides
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     opt = build_optimizer(RunConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01), model)
     scaler = prec.scaler()
@@ -262,7 +262,7 @@ def bench_epochs(args) -> dict:
         loader.sampler.set_epoch(epoch)
         timed = WaitTimer(loader)
         t = time.perf_counter()
-        train_one_epoch(model, timed, opt, scaler, prec, inputs, recipe, desc=f"epoch {epoch}", **ckpt)
+        train_one_epoch(model, timed, opt, scaler, prec, inputs, recipe, desc=f"epoch {epoch}", **step_options)
         sync()
         times.append(time.perf_counter() - t)
         waits.append(timed.wait)
@@ -276,7 +276,7 @@ def bench_epochs(args) -> dict:
         cuda = prec.device.type == "cuda"
         loader.sampler.set_epoch(args.epochs + 2)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            train_one_epoch(model, loader, opt, scaler, prec, inputs, recipe, desc="profiled epoch", **ckpt)
+            train_one_epoch(model, loader, opt, scaler, prec, inputs, recipe, desc="profiled epoch", **step_options)
             sync()
         Path(args.profile).write_text(prof.key_averages().table(
             sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30))
@@ -286,12 +286,12 @@ def bench_epochs(args) -> dict:
     synthetic = [(torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=prec.device,
                                 generator=g), torch.randint(0, n_classes, (args.batch_size,), device=prec.device,
                                                             generator=g)) for _ in range(min(len(loader), 16))]
-    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling warm-up", **ckpt)
+    train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling warm-up", **step_options)
     sync()
     t = time.perf_counter()
     reps = max(1, len(loader) // len(synthetic))
     for _ in range(reps):
-        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling", **ckpt)
+        train_one_epoch(model, synthetic, opt, scaler, prec, inputs, recipe, desc="ceiling", **step_options)
     sync()
     ceiling = reps * len(synthetic) * args.batch_size / (time.perf_counter() - t)
     suite = per_epoch / steady
@@ -309,6 +309,19 @@ def bench_epochs(args) -> dict:
             if prec.device.type == "cuda" else None}
 
 
+def kept_bytes(model, x: torch.Tensor) -> int:
+    """Bytes the training forward pass of ``model`` on ``x`` keeps for the backward pass (torch's
+    saved-tensor hooks; a checkpointed block keeps only its inputs)."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()(x)
+    return sum(sizes)
+
+
 def bench_kept(args) -> dict:
     """What one training forward pass keeps for the backward pass, without and with --grad-checkpointing.
 
@@ -320,17 +333,10 @@ def bench_kept(args) -> dict:
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=prec.device)
     kept = {}
     for checkpointing in (False, True):
-        model = prec.prepare(create_model(args.model, 50, weights="none")).train()
+        model = prec.prepare(create_model(args.model, 50, weights="none"))
         if checkpointing:
             enable_grad_checkpointing(model, args.model)
-        sizes = []
-
-        def pack(t):
-            sizes.append(t.numel() * t.element_size())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x).float().logsumexp(1).mean().backward()
-        kept[checkpointing] = sum(sizes) / 2**20
+        kept[checkpointing] = kept_bytes(model, x) / 2**20
     return {"bench": "kept", "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
             "dtype": "fp32", "kept_mib": round(kept[False]), "kept_mib_checkpointing": round(kept[True]),
             "ratio": round(kept[True] / kept[False], 3)}

@@ -178,7 +178,7 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
         with no_sync() if no_sync is not None and not steps else contextlib.nullcontext():
             with prec.autocast():
                 loss = recipe.loss(model(x), y)
-            with buffers_kept(buffers):
+            with buffers_kept(buffers) if buffers else contextlib.nullcontext():
                 scaler.scale(loss / group if group > 1 else loss).backward()
         if steps:
             if clip_grad:

@@ -227,6 +227,7 @@ def test_gradient_checkpointing_keeps_less_and_learns_the_same_weights_and_batch
     """--grad-checkpointing recomputes the blocks in the backward pass. BatchNorm there would update its
     running statistics a second time with the same batch; they are kept, so the result is the same to the
     digit (drop path's random masks included: the recomputation replays them), with fewer activations kept."""
+    from benchmarks.speed import kept_bytes
     from folds.engine import InputPipe, Precision, train_one_epoch
     from models import create_model, enable_grad_checkpointing
 
@@ -244,20 +245,11 @@ def test_gradient_checkpointing_keeps_less_and_learns_the_same_weights_and_batch
                         grad_checkpointing=checkpointing)
         return model
 
-    def kept_bytes(model):  # what the forward pass keeps for the backward pass
-        sizes = []
-
-        def pack(t):
-            sizes.append(t.numel() * t.element_size())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(batches[0][0]).sum()
-        return sum(sizes)
-
     plain, checkpointed = train(False), train(True)
     for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # running_mean/var and num_batches_tracked too
-    assert kept_bytes(checkpointed) < kept_bytes(plain) / 2
+    x = batches[0][0]  # what the forward pass keeps for the backward pass
+    assert kept_bytes(checkpointed, x) < kept_bytes(plain, x) / 2
 
 
 def test_the_recipe_knobs_are_tunable(tmp_path):
