@@ -72,6 +72,11 @@ def test_rdb_storage_uses_the_current_retry_api(tmp_path):
     (["--space", "SPACE:balance_power: {type: float, low: 0.3, high: 1}", "--no-balanced-sampler"],
      "--balance-power 0.3 with --no-balanced-sampler"),
     (["--space", "SPACE:mixup: {type: float, low: 0, high: 0.8}", "--batch-size", "15"], "--batch-size must be even"),
+    # the model's own questions: each trial would fail in its first fold, with timm's traceback
+    (["--space", "SPACE:drop_path: {type: float, low: 0, high: 0.2}", "--model", "vgg11"],
+     "'drop_path': 0.2} would not run: --drop-path 0.2: timm's vgg11 has no stochastic depth"),
+    (["--space", "SPACE:model: {type: categorical, choices: [resnet10t, resnet10x]}"],
+     "'model': 'resnet10x'} would not run: --model 'resnet10x' is not a timm model"),
 ])
 def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_path, capsys):
     args = list(args)

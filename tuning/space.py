@@ -15,6 +15,7 @@ from dataclasses import fields, replace
 
 from common import UserError
 from folds.config import RunConfig, check_config, read_config_file
+from models import check_model
 
 # What a trial may vary: training knobs only. The split (n_folds, split_seed, holdout), the data,
 # the epoch budget (the pruner's step numbering) and the seed (set per trial) stay fixed.
@@ -23,6 +24,9 @@ TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoot
            "warmup_epochs", "mixup", "cutmix", "mix_prob", "erasing", "ema", "val_crops", "pseudo_mode",
            "pseudo_threshold", "pseudo_siblings", "layer_decay", "clip_grad", "clip_mode", "grad_accum_steps",
            "drop_path"}
+
+# the knobs that change which model is built (checked on the meta device, without weights in memory)
+MODEL_KNOBS = {"model", "drop_path"}
 
 DEFAULT_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -73,9 +77,15 @@ def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
         combos = ({name: v} for name, values in corners.items() for v in values)
     else:
         combos = (dict(zip(corners, values)) for values in itertools.product(*corners.values()))
+    models_checked = set()
     for combo in combos:
         try:
-            trial_config(cfg, combo)
+            trial_cfg = trial_config(cfg, combo)
+            # what only some timm models have (drop path, a model's weights) is a question for the model
+            model = (trial_cfg.model, trial_cfg.weights, trial_cfg.drop_path, trial_cfg.grad_checkpointing)
+            if MODEL_KNOBS & combo.keys() and model not in models_checked:
+                check_model(*model)
+                models_checked.add(model)
         except UserError as e:
             where = f"--space {path}" if path else "the search space"
             raise UserError(f"{where}: a trial with {combo} would not run: {e}") from None
