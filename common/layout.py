@@ -12,6 +12,7 @@ as strings, so ids such as ``NA`` or ``null`` survive a round trip.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,14 @@ def fold_dir(run: Path, k) -> Path:
 def fold_name(fold_folder: Path) -> str:
     """'2' for .../fold_2, 'full' for .../fold_full."""
     return Path(fold_folder).name.removeprefix("fold_")
+
+
+def fold_command(run: Path, folds: str, *flags: str) -> str:
+    """The fold runner's command that trains ``folds`` of ``run`` with the run's own saved options (its
+    data folder and recipe, which a person may not remember), wherever the folder now is."""
+    run = Path(run)
+    return shlex.join(["python", "folds/run.py", "--config", str(run / CONFIG), "--runs-dir", str(run.parent),
+                       "--name", run.name, "--fold", folds, *flags])
 
 
 def planned_folds(config) -> list[int]:

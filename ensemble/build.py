@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
-from common import UserError, write_csv  # noqa: E402
+from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
@@ -167,10 +167,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     blend = make_blend(method, stacker, offsets, n_members=len(runs))
     final_oof = oofs[chosen]
     if with_full:
-        missing = [r.name for r in runs if r.full_test is None]
+        missing = [r for r in runs if r.full_test is None]
         if missing:
-            raise UserError(f"--with-full: runs {missing} have no full-data model; train it with "
-                            "`python folds/run.py --name NAME --fold full` (same options as the run).")
+            raise UserError(f"--with-full: runs {[r.name for r in missing]} have no full-data model; train it with "
+                            + " and ".join(f"`{layout.fold_command(r.path, layout.FULL)}`" for r in missing) + ".")
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
     test = blend_test(blend, runs, y, with_full)

@@ -55,7 +55,7 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     unfinished = [k for k in planned if not layout.is_done(path, k)]
     if unfinished:
         raise UserError(f"{path}: folds {unfinished} are not finished; finish them with "
-                        f"`python folds/run.py --name {path.name} --fold {','.join(map(str, unfinished))} --resume`.")
+                        f"`{layout.fold_command(path, ','.join(map(str, unfinished)), '--resume')}`.")
     fname = layout.OOF_FILES[oof]
     if not (path / fname).is_file():
         raise UserError(f"{path}/{fname} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
@@ -65,7 +65,8 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     for k in planned:
         f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
-            raise UserError(f"{f}: test probabilities are missing; rerun that fold with --force.")
+            raise UserError(f"{f}: test probabilities are missing; rerun that fold with "
+                            f"`{layout.fold_command(path, str(k), '--force')}`.")
         t = layout.read_probs(f, classes)
         if ids is None:
             ids = t["id"].to_numpy()

@@ -52,7 +52,8 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
                         "leak in; use the same --n-folds and --split-seed as that run.")
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
-        raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first.")
+        raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first with "
+                        f"`{layout.fold_command(run, ','.join(map(str, missing)), '--resume')}`.")
     return run
 
 

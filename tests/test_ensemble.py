@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 import shutil
 
 import numpy as np
@@ -157,7 +158,11 @@ def test_other_class_set_and_missing_test_probs_are_refused(two_runs, tmp_path):
 
 
 def test_full_data_model_joins_the_soft_vote(two_runs, demo_source, capsys):
-    assert run_main(tiny_args(demo_source, two_runs, **{"--seed": 0, "--name": "s0", "--epochs": 3}) + ["--fold", "full"]) == 0
+    # without one, the build names the command that trains it with the run's own options; run as given
+    assert build(two_runs, "s0", method="mean", with_full=True, out=two_runs / "subs" / "full.csv") == 2
+    command = shlex.split(capsys.readouterr().err.split("`")[1])
+    assert command[:2] == ["python", "folds/run.py"] and command[-2:] == ["--fold", "full"]
+    assert run_main([*command[2:], "-q"]) == 0
     done = json.loads((two_runs / "runs" / "s0" / "fold_full" / "done.json").read_text())
     best = [json.loads((two_runs / "runs" / "s0" / f"fold_{k}" / "done.json").read_text())["best_epoch"] for k in range(5)]
     assert done["epochs"] == int(np.median(best))

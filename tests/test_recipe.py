@@ -1,5 +1,6 @@
 """The fine-tuning recipe: validation on crops, timm's parts, and honest pseudo-labels."""
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -400,7 +401,14 @@ def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_
     (other / "fold_1" / "done.json").unlink()
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--pseudo": other})
     assert run_main(args) == 2
-    assert "folds [1] are not finished" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "folds [1] are not finished" in err
+    # the command it gives finishes the moved copy with the run's own options (its own submissions aside)
+    command = shlex.split(err.split("`")[1])
+    assert command[:2] == ["python", "folds/run.py"]
+    assert run_main([*command[2:], "-q", "--submissions-dir", str(tmp_path / "subs")]) == 0
+    assert (other / "fold_1" / "done.json").is_file()
+    assert run_main(args) == 0
 
 
 def test_a_second_round_may_not_label_its_own_crops_from_a_round_that_learned_them(source_run, demo_source,
