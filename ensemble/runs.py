@@ -100,11 +100,11 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunO
                             f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
                             "validation rows into training. Rerun with the same --n-folds and --split-seed "
                             "(the default shares them), or use --method mean/gmean/vote.")
-    keys = [c for c in ("id", "crop") if c in first.oof]
-    order = pd.MultiIndex.from_frame(first.oof[keys])
+    keys = [c for c in ("id", "crop") if c in first.oof]  # the whole-painting OOF has one row per id
+    order = first.oof.set_index(keys).index  # a MultiIndex of one level would not select rows by id
     aligned = [first]
     for r in runs[1:]:
-        rows = pd.MultiIndex.from_frame(r.oof[keys])
+        rows = r.oof.set_index(keys).index
         if len(rows) != len(order) or not rows.sort_values().equals(order.sort_values()):
             raise UserError(f"{r.path}: its OOF rows differ from {first.path}'s (other --crop-oof?).")
         pos = pd.Series(np.arange(len(r.test_ids)), index=r.test_ids).loc[first.test_ids].to_numpy()
