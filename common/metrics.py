@@ -27,3 +27,30 @@ def mean_single_f1(y, members) -> float:
     mean's own gain, which the benchmarks report beside it."""
     scores = [macro_f1(y, p) for p in members]
     return float(sum(scores) / len(scores))
+
+
+def painting_draws(groups, draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap resamples of the groups (paintings): ``(group index of each row, weights)``, where
+    ``weights[d, g]`` is how often draw ``d`` took group ``g`` (the groups drawn with replacement, as
+    many as there are). A painting's crops are not independent, so they are drawn together."""
+    _, g = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n = int(g.max()) + 1
+    rng = np.random.default_rng(seed)
+    return g, rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+
+def weighted_macro_f1(y, pred, g, weights) -> np.ndarray:
+    """``macro_f1`` of every weighting of the groups in one pass: row ``d`` of ``weights`` counts each row
+    of group ``i`` ``weights[d, i]`` times. Equals ``macro_f1`` on the rows repeated so (a test checks it)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    k = int(max(pred.max(initial=0), y.max(initial=0))) + 1
+    n = weights.shape[1]
+    per_group = np.zeros((3, n, k))  # true positives, predicted, true: counts per group and class
+    hit = pred == y
+    np.add.at(per_group[0], (g[hit], y[hit]), 1)
+    np.add.at(per_group[1], (g, pred), 1)
+    np.add.at(per_group[2], (g, y), 1)
+    tp = weights @ per_group[0]
+    denom = weights @ (per_group[1] + per_group[2])
+    f1 = np.divide(2 * tp, denom, out=np.full_like(tp, np.nan), where=denom > 0)  # absent classes: not averaged
+    return np.nanmean(f1, axis=1)

@@ -236,3 +236,43 @@ def test_a_stacker_that_is_not_a_probabilistic_classifier_is_refused_by_name(nam
     with pytest.raises(UserError, match=message):
         make_estimator(name)
     assert hasattr(make_estimator("sklearn.ensemble.ExtraTreesClassifier"), "predict_proba")
+
+
+def test_a_weighted_macro_f1_equals_macro_f1_on_the_rows_repeated_as_drawn():
+    from common.metrics import painting_draws, weighted_macro_f1
+    rng = np.random.default_rng(3)
+    groups = np.repeat([f"p{i}" for i in range(40)], 3)  # 40 paintings of 3 crops
+    y = np.repeat(rng.integers(0, 6, 40), 3)
+    pred = np.where(rng.random(len(y)) < 0.6, y, rng.integers(0, 7, len(y)))  # class 6: predicted, never true
+    g, weights = painting_draws(groups, draws=50, seed=1)
+    assert weights.shape == (50, 40) and (weights.sum(axis=1) == 40).all()
+    drawn = weighted_macro_f1(y, pred, g, weights)
+    for d in range(50):
+        rows = np.repeat(np.arange(len(y)), weights[d, g].astype(int))
+        assert drawn[d] == pytest.approx(macro_f1(y[rows], pred[rows]), abs=1e-12)
+    assert weighted_macro_f1(y, pred, g, np.ones((1, 40)))[0] == pytest.approx(macro_f1(y, pred), abs=1e-12)
+
+
+def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
+    from ensemble.compare import compare, main as compare_main
+    s0, s1 = two_runs / "runs" / "s0", two_runs / "runs" / "s1"
+    result = compare([s0, s1, s0], draws=300)
+    first, other, same = result["rows"]
+    assert first["f1"] == pytest.approx(json.loads((s0 / "scores.json").read_text())["oof_crops"]["f1"])
+    assert first["interval"][0] <= first["f1"] <= first["interval"][1]
+    assert other["diff_interval"][0] <= other["diff"] <= other["diff_interval"][1]
+    assert same["diff"] == 0 and same["diff_interval"] == (0, 0) and same["better"] == 0  # paired: the same draws
+    assert compare([s0, s1], draws=300)["rows"][1] == other  # seeded: it repeats
+    assert compare([s0, s1], oof="whole", draws=300)["n_rows"] == len(pd.read_csv(s0 / "oof.csv"))
+    assert compare_main([str(s0), str(s1), "--draws", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "90% intervals from 300 resamples of the paintings" in out and "% of draws" in out
+    assert compare_main([str(s0), "--draws", "10"]) == 2 and "--draws 10" in capsys.readouterr().err
+
+
+def test_the_whole_painting_oof_builds_from_several_runs(two_runs, capsys):
+    """One OOF row per id: the rows were aligned through a one-level MultiIndex, which pandas could not
+    select by, and the build ended in a KeyError traceback."""
+    assert build(two_runs, "s0", "s1", method="stack", oof="whole", out=two_runs / "subs" / "whole.csv",
+                 no_report=True) == 0
+    assert "stack" in capsys.readouterr().out

@@ -1,0 +1,98 @@
+"""Is one run's gain over another real? Paired bootstrap intervals of their OOF macro-F1.
+
+Examples:
+    python ensemble/compare.py runs/b3-seed0 runs/b3-ld9          # the crop OOF (default)
+    python ensemble/compare.py runs/a runs/b runs/c --oof whole --draws 5000
+    python ensemble/compare.py runs/a                              # how precise one run's OOF score is
+
+Every run is scored on the same OOF rows. The paintings are drawn with replacement (a painting's
+crops together: they are not independent), the same draws for every run, so each difference to the
+first run comes with the interval that holds the given share of the draws, and the share of draws in
+which the run scored higher. That is the noise of which paintings happen to be in the OOF. The noise of
+training (seed, data order) comes on top: train the first run again with another --seed and compare
+the two to see it. A recipe is chosen on these OOF scores, never on the test labels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from common import UserError  # noqa: E402
+from common.cli import entry_point  # noqa: E402
+from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
+from ensemble.runs import check_compatible, load_run  # noqa: E402
+
+OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}
+
+
+def compare(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
+    """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
+    how precisely its OOF measures it)."""
+    if draws < 100:
+        raise UserError(f"--draws {draws}: use at least 100 (the interval's ends are percentiles of the draws).")
+    if not 0 < level < 1:
+        raise UserError(f"--level {level}: give the share of the draws an interval holds, in (0, 1), e.g. 0.9.")
+    # the same rows in the first run's order (other splits are fine: the rows are what is compared)
+    runs = check_compatible([load_run(p, oof) for p in run_paths], need_same_split=False)
+    cidx = {c: i for i, c in enumerate(runs[0].classes)}
+    y = runs[0].oof["label"].map(cidx).to_numpy()
+    g, weights = painting_draws(runs[0].oof["id"].to_numpy(), draws, seed)
+    preds = [r.oof_probs.argmax(axis=1) for r in runs]
+    drawn = np.stack([weighted_macro_f1(y, p, g, weights) for p in preds], axis=1)  # (draws, runs)
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for j, (r, pred) in enumerate(zip(runs, preds)):
+        row = {"run": str(r.path), "f1": macro_f1(y, pred),
+               "interval": tuple(np.percentile(drawn[:, j], [tail, 100 - tail]))}
+        if j:
+            diff = drawn[:, j] - drawn[:, 0]
+            row.update(diff=row["f1"] - rows[0]["f1"], diff_interval=tuple(np.percentile(diff, [tail, 100 - tail])),
+                       better=float((diff > 0).mean()))
+        rows.append(row)
+    return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
+            "oof": oof}
+
+
+def format_result(result: dict) -> str:
+    pct = f"{100 * result['level']:.0f}%"
+    lines = [f"{OOF_NAMES[result['oof']]} macro-F1 on {result['n_rows']:,} rows from {result['n_paintings']:,} "
+             f"paintings; {pct} intervals from {result['draws']:,} resamples of the paintings",
+             f"{'run':<40} {'F1':>7}  {pct + ' interval':<14}    {'vs first':>8}  {pct + ' interval':<16}    better in"]
+    for r in result["rows"]:
+        name = r["run"] if len(r["run"]) <= 40 else "…" + r["run"][-39:]
+        line = f"{name:<40} {r['f1']:7.4f}  [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+        if "diff" in r:
+            lo, hi = r["diff_interval"]
+            line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
+        lines.append(line)
+    lines.append("note: these intervals hold only the noise of which paintings are in the OOF; training noise (seed, "
+                 "data order) comes on top: train the first run again with another --seed and compare the two.")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", help="finished run folders (runs/<name>); the first is the baseline")
+    p.add_argument("--oof", choices=sorted(OOF_NAMES), default="crops",
+                   help="the crop OOF (test-like crops of the validation paintings) or the whole-painting OOF")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the paintings")
+    p.add_argument("--level", type=float, default=0.9, help="the share of the draws each interval holds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the result repeats with it)")
+    return p
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    print(format_result(compare(args.runs, args.oof, args.draws, args.level, args.seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
