@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.blend import make_blend  # noqa: E402
 from ensemble.build import blend_test, build, compare, neighbour_smoothing  # noqa: E402
+from ensemble.compare import compare_runs, format_result  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import layout  # noqa: E402
 from common.cli import entry_point  # noqa: E402
@@ -249,12 +250,15 @@ def main(argv=None) -> int:
             longest = max(longest, run_minutes(row, args.procs_per_gpu))
             yield spec, row
 
-    suite, result = [], {}
+    suite, result, others = [], {}, []
     for (stage, _, _, over), row in first_round():
         record({"stage": stage, **row, **({"overrides": over} if stage == "v" else {})})
         result[stage] = row
+        others += [row["run_dir"]] if stage in ("b+", "v") else []
         if stage in ("b+", "b") or (stage == "v" and args.join):
             suite.append(row["run_dir"])
+    if "b" in result and others:  # is a gain over (b) more than which paintings are in the crop OOF?
+        paired_vs_default(result["b"]["run_dir"], others, out)
     # (p) a pseudo-label round and (f) a full-data model start from the first round's best run by
     # crop-OOF (the strong preset only where it beat the default), never by the test score
     base = max((result[s] for s in ("b+", "b") if s in result), default=None,
@@ -287,6 +291,18 @@ def main(argv=None) -> int:
             record({"stage": "c", **r})
     print(markdown_table(rows))
     return 0
+
+
+def paired_vs_default(default_dir, run_dirs, out: Path) -> None:
+    """Each run's crop-OOF difference to (b), with its paired bootstrap interval (ensemble/compare.py),
+    printed and kept as one JSON line in paired.jsonl; only runs with (b)'s crop-OOF rows."""
+    same = [r for r in run_dirs if (Path(r) / layout.OOF_CROPS).is_file()]
+    if not same or not (Path(default_dir) / layout.OOF_CROPS).is_file():
+        return
+    result = compare_runs([default_dir, *same])
+    print(format_result(result), flush=True)
+    with open(out / "paired.jsonl", "a") as f:
+        f.write(json.dumps({**result, "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
 
 
 def markdown_table(rows: list[dict]) -> str:

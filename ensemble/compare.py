@@ -30,7 +30,7 @@ from ensemble.runs import check_compatible, load_run  # noqa: E402
 OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}
 
 
-def compare(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
+def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
     """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
     how precisely its OOF measures it)."""
     if draws < 100:
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    print(format_result(compare(args.runs, args.oof, args.draws, args.level, args.seed)))
+    print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed)))
     return 0
 
 

@@ -254,16 +254,16 @@ def test_a_weighted_macro_f1_equals_macro_f1_on_the_rows_repeated_as_drawn():
 
 
 def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
-    from ensemble.compare import compare, main as compare_main
+    from ensemble.compare import compare_runs, main as compare_main
     s0, s1 = two_runs / "runs" / "s0", two_runs / "runs" / "s1"
-    result = compare([s0, s1, s0], draws=300)
+    result = compare_runs([s0, s1, s0], draws=300)
     first, other, same = result["rows"]
     assert first["f1"] == pytest.approx(json.loads((s0 / "scores.json").read_text())["oof_crops"]["f1"])
     assert first["interval"][0] <= first["f1"] <= first["interval"][1]
     assert other["diff_interval"][0] <= other["diff"] <= other["diff_interval"][1]
     assert same["diff"] == 0 and same["diff_interval"] == (0, 0) and same["better"] == 0  # paired: the same draws
-    assert compare([s0, s1], draws=300)["rows"][1] == other  # seeded: it repeats
-    assert compare([s0, s1], oof="whole", draws=300)["n_rows"] == len(pd.read_csv(s0 / "oof.csv"))
+    assert compare_runs([s0, s1], draws=300)["rows"][1] == other  # seeded: it repeats
+    assert compare_runs([s0, s1], oof="whole", draws=300)["n_rows"] == len(pd.read_csv(s0 / "oof.csv"))
     assert compare_main([str(s0), str(s1), "--draws", "300"]) == 0
     out = capsys.readouterr().out
     assert "90% intervals from 300 resamples of the paintings" in out and "% of draws" in out
