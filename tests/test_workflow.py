@@ -161,6 +161,30 @@ def test_subset_tool_says_what_it_made(demo_source, demo_dir, tmp_path, capsys):
     assert subset_main([str(demo_source), str(tmp_path / "y"), "--fraction", "0.3"]) == 2  # with a --per-class cap
 
 
+def test_duplicates_finds_a_painting_filed_twice_and_under_two_artists(demo_dir, tmp_path, capsys):
+    from PIL import Image, ImageEnhance
+
+    from benchmarks.duplicates import main as duplicates_main
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
+    a = train.iloc[0]
+    same = train[(train["artist"] == a["artist"]) & (train["id"] != a["id"])].iloc[0]
+    other = train[train["artist"] != a["artist"]].iloc[0]
+    original = Image.open(demo_dir / a["img_path"]).convert("RGB")
+    original.save(demo_dir / other["img_path"])  # the same file under another artist
+    w, h = original.size  # another photograph of it: brighter, cropped a little, re-encoded
+    ImageEnhance.Brightness(original.crop((2, 2, w - 2, h - 2))).enhance(1.3).save(demo_dir / same["img_path"],
+                                                                                  quality=70)
+    assert duplicates_main([str(demo_dir), "--out", str(tmp_path / "pairs.csv")]) == 0
+    assert "3 pairs of train images look like one painting" in capsys.readouterr().out  # the copies match each other
+    pairs = pd.read_csv(tmp_path / "pairs.csv", dtype=str, keep_default_na=False)
+    assert {frozenset(p) for p in zip(pairs["id_a"], pairs["id_b"])} == {
+        frozenset(p) for p in ((a["id"], other["id"]), (a["id"], same["id"]), (same["id"], other["id"]))}
+    assert list(pairs["two_artists"]) == ["True", "True", "False"]  # the label noise first
+    pd.DataFrame({"id": [other["id"]], "artist": [a["artist"]]}).to_csv(tmp_path / "fix.csv", index=False)
+    assert duplicates_main([str(demo_dir), "--corrections", str(tmp_path / "fix.csv")]) == 0
+    assert "0 pairs are filed under two artists" in capsys.readouterr().out
+
+
 def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
     import tarfile
 
