@@ -35,6 +35,8 @@ def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float 
     how precisely its OOF measures it)."""
     if draws < 100:
         raise UserError(f"--draws {draws}: use at least 100 (the interval's ends are percentiles of the draws).")
+    if seed < 0:
+        raise UserError(f"--seed {seed}: give 0 or more.")
     if not 0 < level < 1:
         raise UserError(f"--level {level}: give the share of the draws an interval holds, in (0, 1), e.g. 0.9.")
     # the same rows in the first run's order (other splits are fine: the rows are what is compared)

@@ -268,6 +268,7 @@ def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
     out = capsys.readouterr().out
     assert "90% intervals from 300 resamples of the paintings" in out and "% of draws" in out
     assert compare_main([str(s0), "--draws", "10"]) == 2 and "--draws 10" in capsys.readouterr().err
+    assert compare_main([str(s0), "--seed", "-1"]) == 2 and "--seed -1" in capsys.readouterr().err  # numpy's traceback
 
 
 def test_the_whole_painting_oof_builds_from_several_runs(two_runs, capsys):
