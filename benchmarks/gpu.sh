@@ -89,7 +89,11 @@ case "$step" in
     left=$(( budget - ($(date +%s) - start) ))
     [ "$left" -gt 30 ] && [ -d "$out/runs/bench-suite" ] && timeout "$left" $py benchmarks/neighbours.py "$data" \
       --run "$out/runs/bench-suite" --workers "$workers" > "$out/consensus.json" 2>> "$out/log.txt"
-    for d in "$out"/runs/bench-*; do cp "$d/scores.json" "$out/scores_$(basename "$d").json" 2>/dev/null; done
+    # one file for every run's scores: the device tool brings back at most 8 files from $OUT
+    for d in "$out"/runs/bench-*; do
+      [ -f "$d/scores.json" ] && printf '{"run": "%s", "scores": %s}\n' "$(basename "$d")" \
+        "$(tr -d '\n' < "$d/scores.json")" >> "$out/scores.jsonl"
+    done
     rm -rf "$out/runs" "$out/submissions" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
