@@ -6,10 +6,11 @@
 Each train image becomes a small grey thumbnail, centred and scaled to unit norm; two images whose
 thumbnails correlate at ``--threshold`` or above are listed as one painting. On WikiArt-50, of the 28 pairs
 at 0.95, 27 were one painting by eye (two photographs of it, or one cropped a little) and one was two
-versions of a portrait; below that, paintings of one motif begin to match. A pair under two artists is label noise: one of the two labels is wrong, and an
-``id,artist`` file passed to ``folds/run.py --corrections`` fixes it once you know which. A pair under one
-artist usually sits in two folds, the model learning one copy and being scored on the other; the split
-does not group them, since whether the test's paintings have copies in train is not known.
+versions of a portrait; below that, paintings of one motif begin to match. A pair under two artists is
+label noise: one of the two labels is wrong, and an ``id,artist`` file passed to ``folds/run.py
+--corrections`` fixes it once you know which. A pair under one artist usually sits in two folds, the
+model learning one copy and being scored on the other; the split does not group them, since whether the
+test's paintings have copies in train is not known.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import write_csv  # noqa: E402
+from common import UserError, write_csv  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from folds.data import load_dataset  # noqa: E402
 
@@ -34,9 +35,12 @@ SIDE = 24  # thumbnail side: the composition, not the brushwork or the photograp
 
 def thumbnail(path) -> np.ndarray:
     """A unit-norm, zero-mean grey thumbnail (JPEGs decoded at a reduced scale: large paintings stay cheap)."""
-    with Image.open(path) as im:
-        im.draft("L", (2 * SIDE, 2 * SIDE))
-        a = np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32).ravel()
+    try:
+        with Image.open(path) as im:
+            im.draft("L", (2 * SIDE, 2 * SIDE))
+            a = np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32).ravel()
+    except OSError as e:  # the fold runner's data check lists every such file at once
+        raise UserError(f"{path}: cannot decode ({e}); `python folds/run.py --data-dir ...` lists every bad image.")
     a -= a.mean()
     return a / max(float(np.linalg.norm(a)), 1e-6)  # a blank image stays zero: it matches nothing
 

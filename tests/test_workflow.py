@@ -183,6 +183,8 @@ def test_duplicates_finds_a_painting_filed_twice_and_under_two_artists(demo_dir,
     pd.DataFrame({"id": [other["id"]], "artist": [a["artist"]]}).to_csv(tmp_path / "fix.csv", index=False)
     assert duplicates_main([str(demo_dir), "--corrections", str(tmp_path / "fix.csv")]) == 0
     assert "0 pairs are filed under two artists" in capsys.readouterr().out
+    (demo_dir / same["img_path"]).write_bytes(b"not a jpeg")  # a broken image: its path, not PIL's traceback
+    assert duplicates_main([str(demo_dir)]) == 2 and f"{same['img_path'][2:]}: cannot decode" in capsys.readouterr().err
 
 
 def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
