@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import UserError, write_csv  # noqa: E402
+from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from folds.data import load_dataset  # noqa: E402
 
@@ -78,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--corrections", help="an id,artist file applied first, as folds/run.py --corrections does")
     p.add_argument("--out", help="also write the pairs to this CSV")
     args = p.parse_args(argv)
+    if args.out:
+        check_writable_folder(Path(args.out).parent, "--out")
     df = find_duplicates(args.data_dir, args.threshold, args.corrections)
     n = len(pd.concat([df["id_a"], df["id_b"]]).unique())
     print(f"{len(df)} pairs of train images look like one painting (thumbnail correlation >= {args.threshold}), "
