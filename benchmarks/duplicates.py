@@ -15,7 +15,6 @@ test's paintings have copies in train is not known.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,22 +25,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import UserError, write_csv  # noqa: E402
+from common import write_csv  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point  # noqa: E402
-from folds.data import load_dataset  # noqa: E402
+from common.machine import usable_cores  # noqa: E402
+from folds.data import load_dataset, read_rgb  # noqa: E402
 
 SIDE = 24  # thumbnail side: the composition, not the brushwork or the photograph's grain
 
 
 def thumbnail(path) -> np.ndarray:
-    """A unit-norm, zero-mean grey thumbnail (JPEGs decoded at a reduced scale: large paintings stay cheap)."""
-    try:
-        with Image.open(path) as im:
-            im.draft("L", (2 * SIDE, 2 * SIDE))
-            a = np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32).ravel()
-    except OSError as e:  # the fold runner's data check lists every such file at once
-        raise UserError(f"{path}: cannot decode ({e}); `python folds/run.py --data-dir ...` lists every bad image.")
+    """A unit-norm, zero-mean grey thumbnail. ``read_rgb`` decodes a JPEG at a reduced scale (large
+    paintings stay cheap), takes any image mode, and names a file it cannot decode."""
+    rgb = Image.fromarray(read_rgb(path, max_side=2 * SIDE))
+    a = np.asarray(rgb.convert("L").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32).ravel()
     a -= a.mean()
     return a / max(float(np.linalg.norm(a)), 1e-6)  # a blank image stays zero: it matches nothing
 
@@ -57,11 +54,11 @@ def similar_pairs(x: np.ndarray, threshold: float, chunk: int = 2048) -> list[tu
     return pairs
 
 
-def find_duplicates(data_dir, threshold: float = 0.95, corrections=None, workers: int | None = None) -> pd.DataFrame:
+def find_duplicates(data_dir, threshold: float = 0.95, corrections=None) -> pd.DataFrame:
     """One row per pair of train images that look like one painting: ids, artists, similarity; the pairs
     under two artists first."""
     train = load_dataset(data_dir, corrections, check_images=False).train
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:  # PIL releases the GIL while it decodes
         x = np.stack(list(pool.map(thumbnail, train["path"])))
     rows = [{"id_a": train["id"].iat[i], "artist_a": train["artist"].iat[i], "id_b": train["id"].iat[j],
              "artist_b": train["artist"].iat[j], "similarity": round(s, 4)} for i, j, s in similar_pairs(x, threshold)]
