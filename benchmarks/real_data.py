@@ -295,13 +295,10 @@ def main(argv=None) -> int:
 
 def paired_vs_default(default_dir, run_dirs, out: Path) -> None:
     """Each run's crop-OOF difference to (b), with its paired bootstrap interval (ensemble/compare.py),
-    printed and kept as one JSON line in paired.jsonl; only runs with (b)'s crop-OOF rows."""
-    same = [r for r in run_dirs if (Path(r) / layout.OOF_CROPS).is_file()]
-    if not same or not (Path(default_dir) / layout.OOF_CROPS).is_file():
-        return
+    printed and kept as one JSON line in paired.jsonl."""
     try:
-        result = compare_runs([default_dir, *same])
-    except UserError as e:  # a variant with other crop-OOF rows (--crop-oof): the benchmark goes on without it
+        result = compare_runs([default_dir, *run_dirs])
+    except UserError as e:  # a variant without (b)'s crop-OOF rows (--crop-oof): the benchmark goes on
         print(f"paired intervals left out: {e}", flush=True)
         return
     print(format_result(result), flush=True)
