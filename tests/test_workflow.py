@@ -187,6 +187,29 @@ def test_duplicates_finds_a_painting_filed_twice_and_under_two_artists(demo_dir,
     assert duplicates_main([str(demo_dir)]) == 2 and f"{same['img_path'][2:]}: cannot decode" in capsys.readouterr().err
 
 
+def test_duplicates_finds_the_test_crop_cut_from_a_train_painting(demo_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from benchmarks.duplicates import main as duplicates_main
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(demo_dir / "test.csv", dtype=str, keep_default_na=False)
+    seen, crop = train.iloc[5], test.iloc[3]
+    painting = Image.open(demo_dir / seen["img_path"]).convert("RGB")
+    w, h = painting.size  # "about half" its width and height, off-centre, re-encoded
+    painting.crop((w // 3, h // 5, w // 3 + round(w * 0.47), h // 5 + round(h * 0.53))).save(
+        demo_dir / crop["img_path"], quality=80)
+    out = tmp_path / "copies.csv"
+    assert duplicates_main([str(demo_dir), "--test", "--test-out", str(out), "--calibrate"]) == 0
+    text = capsys.readouterr().out
+    assert "1 test crops look cut from a train painting" in text
+    assert "0 at or above 0.5" in text  # no train painting's crop finds another painting
+    copies = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(zip(copies["test_id"], copies["train_id"], copies["artist"])) == [
+        (crop["id"], seen["id"], seen["artist"])]  # the one crop, and none of the crops of unseen paintings
+    assert duplicates_main([str(demo_dir), "--test-out", str(out)]) == 2
+    assert "--test-out needs --test" in capsys.readouterr().err
+
+
 def test_pack_splits_a_folder_into_parts_that_fit_a_call(demo_source, tmp_path):
     import tarfile
 
