@@ -177,10 +177,10 @@ def find_test_copies(data_dir, threshold: float = TEST_THRESHOLD, corrections=No
     return df[df["score"] >= threshold].sort_values("score", ascending=False, ignore_index=True)
 
 
-def calibrate(data_dir, corrections=None, seed: int = 0) -> pd.DataFrame:
+def calibrate(data_dir, pairs: pd.DataFrame, corrections=None, seed: int = 0) -> pd.DataFrame:
     """One seeded half-size crop (each side a fraction in ``FRACTIONS``' range) of every train painting,
     searched among the other train paintings: each painting's best match and score, whether the two share
-    an artist, and whether it has a copy in train (a ``find_duplicates`` pair)."""
+    an artist, and whether it has a copy in train (in ``pairs``, from ``find_duplicates``)."""
     ds = load_dataset(data_dir, corrections, check_images=False)
     rng = np.random.default_rng(seed)
     cuts = [(rng.uniform(min(FRACTIONS), max(FRACTIONS), 2), rng.random(2)) for _ in range(len(ds.train))]
@@ -195,7 +195,6 @@ def calibrate(data_dir, corrections=None, seed: int = 0) -> pd.DataFrame:
     with ThreadPoolExecutor(usable_cores()) as pool:
         both = list(pool.map(views, range(len(ds.train))))
     j, score = search([p for p, _ in both], [c for _, c in both], exclude=np.arange(len(both)))
-    pairs = find_duplicates(data_dir, corrections=corrections)
     copied = set(pairs["id_a"]) | set(pairs["id_b"])
     artist = ds.train["artist"].to_numpy()
     return pd.DataFrame({"id": ds.train["id"].to_numpy(), "best_id": ds.train["id"].to_numpy()[j], "score": score,
@@ -246,25 +245,26 @@ def main(argv=None) -> int:
     n = len(pd.concat([df["id_a"], df["id_b"]]).unique())
     print(f"{len(df)} pairs of train images look like one painting (thumbnail correlation >= {args.threshold}), "
           f"{n} images in all; {int(df['two_artists'].sum())} pairs are filed under two artists.")
-    if len(df):
-        print(df.to_string(index=False))
-    if args.out:
-        write_csv(args.out, df)
-        print(f"pairs: {args.out}")
+    show(df, args.out, "pairs")
     if args.test:
         copies = find_test_copies(args.data_dir, args.test_threshold, args.corrections)
         print(f"\n{len(copies)} test crops look cut from a train painting (check correlation >= "
               f"{args.test_threshold}), from {copies['train_id'].nunique()} train paintings: the model saw them, "
               "and their test score overstates an unseen painting's.")
-        if len(copies):
-            print(copies.to_string(index=False))
-        if args.test_out:
-            write_csv(args.test_out, copies)
-            print(f"test crops: {args.test_out}")
+        show(copies, args.test_out, "test crops")
     if args.calibrate:
         print()
-        print_calibration(calibrate(args.data_dir, args.corrections), args.test_threshold)
+        print_calibration(calibrate(args.data_dir, df, args.corrections), args.test_threshold)
     return 0
+
+
+def show(df: pd.DataFrame, out: str | None, what: str) -> None:
+    """Print the rows, and write them to ``out`` when asked."""
+    if len(df):
+        print(df.to_string(index=False))
+    if out:
+        write_csv(out, df)
+        print(f"{what}: {out}")
 
 
 if __name__ == "__main__":
