@@ -50,7 +50,7 @@ from folds.data import load_dataset, read_rgb  # noqa: E402
 SIDE = 24  # thumbnail side: the composition, not the brushwork or the photograph's grain
 COARSE = 24  # painting side for the crop search's first step; a crop is searched at half of it
 FINE = 128  # painting side for the check of each candidate: brush strokes show
-CANDIDATES = 16  # paintings checked per crop; on WikiArt-50, 24 found 7% more copies than 8, for 2.5x the checks
+CANDIDATES = 16  # paintings checked per crop; on WikiArt-50, 24 found 7% more copies than 8, for 3x the checks
 FRACTIONS = (0.45, 0.5, 0.55)  # a test crop's width and height as fractions of its painting's ("about half")
 HIGH_PASS = 2.0  # px at FINE: what a Gaussian of this sigma keeps is the palette, not the painting
 TEST_THRESHOLD = 0.5  # best check correlation that counts as a copy (benchmarks/RESULTS.md: --calibrate)
