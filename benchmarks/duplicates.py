@@ -2,6 +2,7 @@
 
     python benchmarks/duplicates.py ../shared/data/wikiart50
     python benchmarks/duplicates.py data --corrections fixes.csv --out /tmp/pairs.csv   # after your fixes
+    python benchmarks/duplicates.py data --groups-out groups.csv   # copies share a fold: folds/run.py --groups
     python benchmarks/duplicates.py data --test --test-out /tmp/copies.csv              # test crops seen in train
     python benchmarks/duplicates.py data --calibrate                                    # what strangers score
 
@@ -11,8 +12,11 @@ at 0.95, 27 were one painting by eye (two photographs of it, or one cropped a li
 versions of a portrait; below that, paintings of one motif begin to match. A pair under two artists is
 label noise: one of the two labels is wrong, and an ``id,artist`` file passed to ``folds/run.py
 --corrections`` fixes it once you know which. A pair under one artist usually sits in two folds, the
-model learning one copy and being scored on the other; the split does not group them, since whether the
-test's paintings have copies in train is not known.
+model learning one copy and being scored on the other. ``--groups-out`` writes the copies as groups (each
+pair's images, joined through shared images) for ``folds/run.py --groups``, which keeps a group in one fold.
+Whether that makes the OOF more like the test depends on the test: if the test's paintings have copies in
+train as often as train's own (``--test`` below; on WikiArt-50 they do), the OOF meets copies as the test
+does, and the default split, which does not group them, is the like-for-like one.
 
 ``--test`` answers that: it looks for each test crop (about half the width and half the height of its
 painting) inside every train painting. A crop whose painting has a copy in train was, in effect, seen in
@@ -87,6 +91,24 @@ def find_duplicates(data_dir, threshold: float = 0.95, corrections=None) -> pd.D
     df = pd.DataFrame(rows, columns=["id_a", "artist_a", "id_b", "artist_b", "similarity"])
     df["two_artists"] = df["artist_a"] != df["artist_b"]
     return df.sort_values(["two_artists", "similarity"], ascending=False, ignore_index=True)
+
+
+def copy_groups(pairs: pd.DataFrame) -> pd.DataFrame:
+    """``id,group`` for every image in a pair: the images joined by pairs, named after their first id."""
+    parent: dict[str, str] = {}
+
+    def root(i: str) -> str:
+        while parent.setdefault(i, i) != i:
+            i = parent[i]
+        return i
+
+    for a, b in zip(pairs["id_a"], pairs["id_b"]):
+        parent[root(a)] = root(b)
+    members = sorted(parent, key=lambda i: (len(i), i))  # numeric ids in their order
+    first = {}
+    for i in members:
+        first.setdefault(root(i), i)
+    return pd.DataFrame({"id": members, "group": [f"copies-of-{first[root(i)]}" for i in members]})
 
 
 def painting_views(path) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +251,7 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", type=float, default=0.95, help="thumbnail correlation that counts as one painting")
     p.add_argument("--corrections", help="an id,artist file applied first, as folds/run.py --corrections does")
     p.add_argument("--out", help="also write the pairs to this CSV")
+    p.add_argument("--groups-out", help="write the pairs' images as id,group for folds/run.py --groups")
     p.add_argument("--test", action="store_true", help="also list the test crops cut from a train painting")
     p.add_argument("--test-threshold", type=float, default=TEST_THRESHOLD,
                    help="check correlation that counts a test crop as cut from a train painting")
@@ -236,7 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", action="store_true",
                    help="search one half-size crop of each train painting among the others: how high strangers score")
     args = p.parse_args(argv)
-    for flag, path in (("--out", args.out), ("--test-out", args.test_out)):
+    for flag, path in (("--out", args.out), ("--groups-out", args.groups_out), ("--test-out", args.test_out)):
         if path:
             check_writable_folder(Path(path).parent, flag)
     if args.test_out and not args.test:
@@ -246,6 +269,11 @@ def main(argv=None) -> int:
     print(f"{len(df)} pairs of train images look like one painting (thumbnail correlation >= {args.threshold}), "
           f"{n} images in all; {int(df['two_artists'].sum())} pairs are filed under two artists.")
     show(df, args.out, "pairs")
+    if args.groups_out:
+        groups = copy_groups(df)
+        write_csv(args.groups_out, groups)
+        print(f"groups: {args.groups_out} ({len(groups)} images in {groups['group'].nunique()} groups), "
+              f"for folds/run.py --groups {args.groups_out}: each group in one fold")
     if args.test:
         copies = find_test_copies(args.data_dir, args.test_threshold, args.corrections)
         print(f"\n{len(copies)} test crops look cut from a train painting (check correlation >= "

@@ -43,6 +43,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     g.add_argument("--data-dir", help="folder with train.csv, test.csv, sample_submission.csv and the images "
                    "(Dacon layout). Omitted: the built-in demo dataset.")
     g.add_argument("--corrections", help="CSV of id,artist that overrides train labels (each change is logged)")
+    opt(g, "--groups", key="groups", help="CSV of id,group: the images of one group (copies of one painting: "
+        "benchmarks/duplicates.py --groups-out) share a fold; unlisted images are groups of their own")
     if "--name" not in skip:
         g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: MODEL-seedSEED, or 'demo')")
     opt(g, "--runs-dir", key="runs_dir", help="where run folders live")

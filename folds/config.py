@@ -22,6 +22,7 @@ class RunConfig:
     # data and outputs
     data_dir: str | None = None  # None: the built-in demo dataset
     corrections: str | None = None
+    groups: str | None = None  # an id,group CSV: the images of one group share a fold
     name: str | None = None
     runs_dir: str = "runs"
     submissions_dir: str = "submissions"
@@ -94,6 +95,9 @@ def settings_before_they_existed(saved: dict) -> dict:
     its config lacks the key, and reading the default there would resume it with another recipe."""
     return {"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {}
 
+
+# Settings that name a file or folder: made absolute where another working folder reads them (Ray)
+PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "groups", "pseudo")
 
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)

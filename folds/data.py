@@ -218,6 +218,24 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     return train
 
 
+GROUP_COLUMNS = ("id", "group")
+
+
+def read_groups(path, train_ids: pd.Series) -> list[str]:
+    """Each train image's group from an ``id,group`` CSV (``--groups``), in train order; an image the file
+    does not list is a group of its own."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--groups {path}: file not found. It is a CSV of id,group (benchmarks/duplicates.py "
+                        "--groups-out writes one for copies of one painting).")
+    groups = read_csv(path, GROUP_COLUMNS)
+    unknown = groups.index[~groups["id"].isin(set(train_ids))]
+    if len(unknown):
+        raise UserError(f"{path}: id {groups.loc[unknown[0], 'id']!r} at {_rows(unknown)} is not in train.csv.")
+    named = dict(zip(groups["id"], "g:" + groups["group"]))  # apart from "i:<id>": a group named like an id
+    return [named.get(i, f"i:{i}") for i in train_ids]
+
+
 def check_class_names(train: pd.DataFrame, train_csv: Path) -> None:
     """Refuse artist names that would make a wrong run: two spellings of one artist (they differ only in
     spaces, as an edited spreadsheet leaves them) would be trained as two classes, and a name that is

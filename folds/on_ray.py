@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from common import UserError, layout
-from folds.config import RunConfig
+from folds.config import PATH_SETTINGS, RunConfig
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def run_folds(runners: list, folds_of, *, address: str, gpus: float | None = Non
         # made absolute, since a worker's working folder is not the driver's
         cfg = replace(runner.cfg, workers=max(0, c - 1) if runner.cfg.workers is None else runner.cfg.workers,
                       **{k: str(Path(v).resolve()) for k, v in asdict(runner.cfg).items()
-                         if k in ("data_dir", "runs_dir", "submissions_dir", "corrections", "pseudo") and v})
+                         if k in PATH_SETTINGS and v})
         for k in folds_of(runner):
             if runner.is_done(k):
                 continue

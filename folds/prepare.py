@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from folds.config import RunConfig
-from folds.data import Dataset, load_dataset, set_max_image_pixels
+from folds.data import Dataset, load_dataset, read_groups, set_max_image_pixels
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
 from models import check_model
@@ -58,6 +58,8 @@ def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, wr
     check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
     set_max_image_pixels(cfg.max_image_pixels)
     ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
+    groups = read_groups(cfg.groups, ds.train["id"]) if cfg.groups else None
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
-                                                cfg.split_seed, shared_dir=split_store(cfg), write=write_split)
+                                                cfg.split_seed, shared_dir=split_store(cfg), write=write_split,
+                                                groups=groups)
     return PreparedRun(cfg, ds, folds, key, split_hash, demo)

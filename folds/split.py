@@ -1,7 +1,9 @@
 """Stratified K-fold split, saved as ``folds.csv`` with a hash, and reused on rerun.
 
 The split has its own seed (``split_seed``), apart from the training seed, so runs with
-other seeds or backbones on the same data share one split: stacking needs that.
+other seeds or backbones on the same data share one split: stacking needs that. With ``groups``
+(``--groups``: copies of one painting, say), the images of a group share a fold
+(``StratifiedGroupKFold``), so a model is never scored on a copy of what it learnt.
 """
 from __future__ import annotations
 
@@ -10,16 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from common import UserError, write_csv
 
 
-def split_key(ids, labels, n_folds: int, split_seed: int) -> str:
-    """Hash of what determines the split: ids, labels, K and the split seed."""
+def split_key(ids, labels, n_folds: int, split_seed: int, groups=None) -> str:
+    """Hash of what determines the split: ids, labels, K, the split seed and the groups, if any (a split
+    without groups keeps the key it had before groups existed)."""
     h = hashlib.sha256(f"K={n_folds};seed={split_seed}\n".encode())
-    for i, y in zip(map(str, ids), map(str, labels)):
-        h.update(f"{i}\t{y}\n".encode())
+    tails = [""] * len(ids) if groups is None else [f"\t{g}" for g in groups]
+    for i, y, t in zip(map(str, ids), map(str, labels), tails):
+        h.update(f"{i}\t{y}{t}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -31,33 +35,42 @@ def assignment_hash(folds: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42) -> pd.DataFrame:
-    """Assign each row a fold with StratifiedKFold(shuffle=True, random_state=split_seed)."""
+def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None) -> pd.DataFrame:
+    """Assign each row a fold with StratifiedKFold(shuffle=True, random_state=split_seed), or with
+    StratifiedGroupKFold where ``groups`` (one per row) keep rows together."""
     if n_folds < 2:
         raise UserError(f"--n-folds must be at least 2, but got {n_folds}.")
     labels = pd.Series(list(labels))
-    counts = labels.value_counts()
+    if groups is None:
+        counts, what = labels.value_counts(), "images"
+    else:  # a class needs a group of its own in every fold
+        counts, what = pd.Series(list(groups)).groupby(labels.to_numpy()).nunique(), "groups (--groups)"
     small = counts[counts < n_folds]
     if len(small):
         worst = ", ".join(f"{str(k)!r} ({int(v)})" for k, v in small.sort_values().head(5).items())
-        raise UserError(f"{len(small)} class(es) have fewer images than --n-folds={n_folds}: {worst}. "
+        raise UserError(f"{len(small)} class(es) have fewer {what} than --n-folds={n_folds}: {worst}. "
                         f"Use --n-folds {max(2, int(counts.min()))} or fewer, or add images.")
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)
+    x = np.zeros(len(labels))
+    if groups is None:
+        parts = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed).split(x, labels)
+    else:
+        parts = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=split_seed).split(
+            x, labels, list(groups))
     fold = np.empty(len(labels), dtype=int)
-    for k, (_, val) in enumerate(skf.split(np.zeros(len(labels)), labels)):
+    for k, (_, val) in enumerate(parts):
         fold[val] = k
     return pd.DataFrame({"id": list(map(str, ids)), "label": labels.values, "fold": fold})
 
 
 def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
-                       write: bool = True):
+                       write: bool = True, groups=None):
     """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.
 
-    A saved split made from other data, K or seed is refused rather than silently replaced:
+    A saved split made from other data, K, seed or groups is refused rather than silently replaced:
     a run's finished folds were trained on it. ``write=False`` leaves saving to ``save_folds``
     (a caller with more checks to make first).
     """
-    key = split_key(ids, labels, n_folds, split_seed)
+    key = split_key(ids, labels, n_folds, split_seed, groups)
     path = Path(path)
     candidates = [path] + ([Path(shared_dir) / f"{key}.csv"] if shared_dir else [])
     for p in candidates:
@@ -65,13 +78,13 @@ def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, s
             folds = pd.read_csv(p, dtype={"id": str, "label": str, "split_key": str}, keep_default_na=False)
             saved_key = folds["split_key"].iloc[0] if "split_key" in folds else None
             if saved_key != key:
-                raise UserError(f"{p}: this run's saved split was made from other data, --n-folds or "
-                                f"--split-seed (split key {saved_key} != {key}). Use a new --name, or "
+                raise UserError(f"{p}: this run's saved split was made from other data, --n-folds, "
+                                f"--split-seed or --groups (split key {saved_key} != {key}). Use a new --name, or "
                                 "delete the run folder to start over.")
             folds = folds[["id", "label", "fold"]]
             break
     else:
-        folds = make_folds(ids, labels, n_folds, split_seed)
+        folds = make_folds(ids, labels, n_folds, split_seed, groups)
     if write:
         save_folds(path, folds, key, shared_dir)
     return folds, key, assignment_hash(folds)

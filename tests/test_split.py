@@ -48,8 +48,40 @@ def test_saved_split_is_reused(tmp_path):
 def test_saved_split_from_other_settings_is_refused(tmp_path):
     ids, y = labels()
     load_or_make_folds(tmp_path / "folds.csv", ids, y, 5, 7)
-    with pytest.raises(UserError, match="other data, --n-folds or --split-seed"):
+    with pytest.raises(UserError, match="other data, --n-folds, --split-seed or --groups"):
         load_or_make_folds(tmp_path / "folds.csv", ids, y, 4, 7)
+    with pytest.raises(UserError, match="--groups"):  # the same K and seed, with copies kept together
+        load_or_make_folds(tmp_path / "folds.csv", ids, y, 5, 7, groups=["g:0"] * 2 + [f"i:{i}" for i in ids[2:]])
+
+
+def test_groups_keep_copies_in_one_fold_and_the_split_stays_stratified():
+    import hashlib
+
+    ids, y = labels()
+    groups = [f"i:{i}" for i in ids]
+    for a, b in ((0, 1), (2, 3), (30, 31), (50, 51), (62, 63), (40, 64)):  # (40, 64): one painting, two artists
+        groups[b] = groups[a]
+    f = make_folds(ids, y, 5, 7, groups)
+    fold = dict(zip(f["id"], f["fold"]))
+    assert all(fold[ids[i]] == fold[ids[j]] for i, j in ((0, 1), (2, 3), (30, 31), (50, 51), (62, 63), (40, 64)))
+    counts = pd.crosstab(f["label"], f["fold"])
+    assert counts.shape == (4, 5) and (counts.max(axis=1) - counts.min(axis=1) <= 2).all()  # every class in every fold
+    assert split_key(ids, y, 5, 7, groups) != split_key(ids, y, 5, 7)
+    # without groups, the key a saved split was made with before groups existed
+    old = hashlib.sha256(b"K=5;seed=7\n")
+    for i, c in zip(ids, y):
+        old.update(f"{i}\t{c}\n".encode())
+    assert split_key(ids, y, 5, 7) == old.hexdigest()[:16]
+
+
+def test_a_class_with_fewer_groups_than_k_is_refused():
+    ids, y = labels((30, 6))
+    groups = [f"i:{i}" for i in ids]
+    groups[31] = groups[30]
+    groups[33] = groups[32]  # 'c1': 6 images, 4 paintings
+    with pytest.raises(UserError, match=r"fewer groups \(--groups\) than --n-folds=5.*'c1' \(4\).*--n-folds 4"):
+        make_folds(ids, y, 5, 0, groups)
+    assert make_folds(ids, y, 4, 0, groups)["fold"].nunique() == 4
 
 
 def test_class_smaller_than_k_suggests_smaller_k():

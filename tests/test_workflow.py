@@ -174,8 +174,27 @@ def test_duplicates_finds_a_painting_filed_twice_and_under_two_artists(demo_dir,
     w, h = original.size  # another photograph of it: brighter, cropped a little, re-encoded
     ImageEnhance.Brightness(original.crop((2, 2, w - 2, h - 2))).enhance(1.3).save(demo_dir / same["img_path"],
                                                                                   quality=70)
-    assert duplicates_main([str(demo_dir), "--out", str(tmp_path / "pairs.csv")]) == 0
+    groups = tmp_path / "groups.csv"
+    assert duplicates_main([str(demo_dir), "--out", str(tmp_path / "pairs.csv"), "--groups-out", str(groups)]) == 0
     assert "3 pairs of train images look like one painting" in capsys.readouterr().out  # the copies match each other
+    copies = {a["id"], same["id"], other["id"]}
+    kept = pd.read_csv(groups, dtype=str, keep_default_na=False)
+    assert set(kept["id"]) == copies and kept["group"].nunique() == 1  # one painting, one group
+    # the run keeps the group in one fold: never scored on a copy of what it learnt
+    assert run_main(tiny_args(demo_dir, tmp_path, **{"--groups": groups, "--epochs": 1, "--n-folds": 2,
+                                                     "--fold": "0"})) == 0
+    folds = pd.read_csv(tmp_path / "runs" / "t" / "folds.csv", dtype=str, keep_default_na=False)
+    assert folds.loc[folds["id"].isin(copies), "fold"].nunique() == 1
+    config = json.loads((tmp_path / "runs" / "t" / "config.json").read_text())
+    assert config["groups"] == str(groups)
+    assert run_main(tiny_args(demo_dir, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "1"})) == 2
+    assert "other settings (groups: " in capsys.readouterr().err  # its split is not remade without the groups
+    pd.DataFrame({"id": ["no-such-id"], "group": ["g"]}).to_csv(tmp_path / "bad.csv", index=False)
+    for bad, message in ((tmp_path / "bad.csv", "bad.csv: id 'no-such-id' at line 2 is not in train.csv"),
+                         (tmp_path / "none.csv", "none.csv: file not found")):
+        assert run_main(tiny_args(demo_dir, tmp_path, **{"--groups": bad, "--name": "u"})) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "runs" / "u").exists()
     pairs = pd.read_csv(tmp_path / "pairs.csv", dtype=str, keep_default_na=False)
     assert {frozenset(p) for p in zip(pairs["id_a"], pairs["id_b"])} == {
         frozenset(p) for p in ((a["id"], other["id"]), (a["id"], same["id"]), (same["id"], other["id"]))}
