@@ -98,7 +98,7 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunO
         if need_same_split and r.split_hash != first.split_hash:
             raise UserError(f"{r.path} was trained on another split than {first.path} (split hash {r.split_hash} "
                             f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
-                            "validation rows into training. Rerun with the same --n-folds and --split-seed "
+                            "validation rows into training. Rerun with the same --n-folds, --split-seed and --groups "
                             "(the default shares them), or use --method mean/gmean/vote.")
     keys = [c for c in ("id", "crop") if c in first.oof]  # the whole-painting OOF has one row per id
     order = first.oof.set_index(keys).index  # a MultiIndex of one level would not select rows by id

@@ -49,7 +49,7 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
     if theirs != split_hash:
         raise UserError(f"--pseudo {run}: made on another split (split hash {theirs} != {split_hash}). Fold k may "
                         "only learn from fold k's test predictions of the same split, or its validation paintings "
-                        "leak in; use the same --n-folds and --split-seed as that run.")
+                        "leak in; use the same --n-folds, --split-seed and --groups as that run.")
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
         raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first with "
