@@ -20,14 +20,14 @@ does, and the default split, which does not group them, is the like-for-like one
 
 ``--test`` answers that: it looks for each test crop (about half the width and half the height of its
 painting) inside every train painting. A crop whose painting has a copy in train was, in effect, seen in
-training: the test score of such crops overstates what the model does on an unseen painting, and the
-crop OOF, which has few such pairs, does not share the gain. The search is in two steps. Each painting is
-squashed to ``COARSE`` px square and each crop to half that (squashing both by the painting's aspect keeps
-a half-size crop at its scale), and every window of the painting is correlated with the crop; the
-``CANDIDATES`` best paintings per crop are then checked at ``FINE`` px, high-passed (brush strokes and
-edges, not the palette), with the crop at a few fractions of the painting's size, since "about half"
-varies and a copy may be framed a little differently. ``--calibrate`` runs the same search for one seeded
-half-size crop of each train painting against the other train paintings: the scores of paintings
+training: the test score of such crops overstates what the model does on an unseen painting, and the crop
+OOF shares that gain only as far as train holds copies of its own paintings. The search is in two steps.
+Each painting is squashed to ``COARSE`` px square and each crop to half that (squashing both by the
+painting's aspect keeps a half-size crop at its scale), and every window of the painting is correlated with
+the crop; the ``CANDIDATES`` best paintings per crop are then checked at ``FINE`` px, high-passed (brush
+strokes and edges, not the palette), with the crop at a few fractions of the painting's size, since "about
+half" varies and a copy may be framed a little differently. ``--calibrate`` runs the same search for one
+seeded half-size crop of each train painting against the other train paintings: the scores of paintings
 without a copy show how high a stranger scores on your data, and so where ``--test-threshold`` belongs.
 """
 from __future__ import annotations
@@ -58,6 +58,7 @@ CANDIDATES = 16  # paintings checked per crop; on WikiArt-50, 24 found 7% more c
 FRACTIONS = (0.45, 0.5, 0.55)  # a test crop's width and height as fractions of its painting's ("about half")
 HIGH_PASS = 2.0  # px at FINE: what a Gaussian of this sigma keeps is the palette, not the painting
 TEST_THRESHOLD = 0.5  # best check correlation that counts as a copy (benchmarks/RESULTS.md: --calibrate)
+MIN_TEXTURE = 0.5  # grey levels (std) of a high-passed crop: a blank one has nothing to match
 
 
 def thumbnail(path) -> np.ndarray:
@@ -170,7 +171,7 @@ def best_match(painting: np.ndarray, templates: list[np.ndarray]) -> float:
     import cv2
 
     scores = [float(cv2.matchTemplate(painting, t, cv2.TM_CCOEFF_NORMED).max())
-              for t in templates if t.std() >= 0.5]
+              for t in templates if t.std() >= MIN_TEXTURE]
     return max(scores, default=-1.0)
 
 
