@@ -277,3 +277,45 @@ def test_the_whole_painting_oof_builds_from_several_runs(two_runs, capsys):
     assert build(two_runs, "s0", "s1", method="stack", oof="whole", out=two_runs / "subs" / "whole.csv",
                  no_report=True) == 0
     assert "stack" in capsys.readouterr().out
+
+
+def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_runs, demo_source, tmp_path, capsys):
+    import os
+    import shlex
+    import socket
+    import shutil
+
+    from ensemble.table import main as table_main
+    shutil.copytree(two_runs / "runs", tmp_path / "runs")
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "u", "--epochs": 1, "--fold": "0",
+                                                        "--lr": 0.003})) == 0
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "config.json").write_text("{not json")  # a hand-edited or half-copied run
+    capsys.readouterr()
+    out = tmp_path / "table.csv"
+    assert table_main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(out, dtype={"run": str, "split": str}, keep_default_na=False)
+    assert list(table["run"][:2]) == sorted(["s0", "s1"], key=lambda r: -json.loads(
+        (two_runs / "runs" / r / "scores.json").read_text())["oof_crops"]["f1"])  # the better crop-OOF first
+    u = table.set_index("run").loc["u"]
+    assert u["folds"] == "1/5" and u["status"] == "unfinished" and "lr=0.003" in u["settings"]
+    assert float(u["crop_oof"]) == json.loads((tmp_path / "runs" / "u" / "fold_0" / "done.json").read_text())[
+        "crop_oof"]["f1"]  # the finished fold's score, marked as partial in the text
+    assert "damaged (JSONDecodeError" in table.set_index("run").loc["broken", "status"]
+    assert table["split"].iloc[0] == table["split"].iloc[1] == u["split"]  # one split: they can be stacked
+    command = next(line.strip() for line in text.splitlines() if line.strip().startswith("python folds/run.py"))
+    assert "--name u --fold 1,2,3,4 --resume" in command
+    # a fold a live process holds is shown as training, with no command to start it twice
+    lock = tmp_path / "runs" / "u" / "fold_1" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    assert table_main([str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "training fold 1 (" in text and "--name u" not in text
+    lock.unlink()
+    assert run_main(shlex.split(command)[2:] + ["-q"]) == 0  # the printed command finishes the run
+    assert table_main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"run": str, "split": str}, keep_default_na=False).set_index("run")
+    assert table.loc["u", "folds"] == "5/5" and table.loc["u", "status"] == "done"
+    assert table_main([str(tmp_path / "nowhere")]) == 2 and "not a folder" in capsys.readouterr().err

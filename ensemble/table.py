@@ -1,0 +1,141 @@
+"""Every run in a runs folder, one line each: what it is, how far it got, and its cross-validation.
+
+Examples:
+    python ensemble/table.py                                  # the runs in runs/
+    python ensemble/table.py /kaggle/working/runs --sort whole --out runs.csv
+
+Runs are sorted by their crop-OOF macro-F1 (``--sort``), the score to choose by; a run with folds still
+to train shows the mean of its finished folds, marked ``*``. ``settings`` lists what a run does
+differently from the defaults, so two runs can be told apart; ``split`` tells which runs share a split,
+as a weighted blend or a stack of them needs. Each unfinished run gets the command that finishes it
+with its own saved options, and a fold that a live process holds shows as training. Test scores are not
+shown: a choice is made on the OOF, and ``ensemble/build.py`` reports the test where labels exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from common import UserError, layout, write_csv  # noqa: E402
+from common.atomic import check_writable_folder  # noqa: E402
+from common.cli import entry_point  # noqa: E402
+from folds.config import PATH_SETTINGS, RunConfig, learning_settings  # noqa: E402
+from folds.lock import FoldLock  # noqa: E402
+
+SORTS = {"crop": "crop_oof", "whole": "oof", "name": "run", "minutes": "minutes"}
+SHOWN_APART = {"model", "img_size"}  # settings with their own column
+
+
+def defaults() -> dict:
+    return {f.name: f.default for f in fields(RunConfig)}
+
+
+def differences(config: dict) -> str:
+    """The learning settings that differ from RunConfig's defaults, as ``key=value`` (files by name)."""
+    base = defaults()
+    mine = learning_settings(RunConfig(**{k: v for k, v in config.items() if k in base}))
+    out = []
+    for k, v in mine.items():
+        if k in SHOWN_APART or v == base[k]:
+            continue
+        out.append(f"{k}={Path(v).name if k in PATH_SETTINGS and v else v}")
+    return " ".join(out)
+
+
+def run_row(run: Path) -> tuple[dict, str | None]:
+    """One run's line, and the command that finishes it (None when finished)."""
+    config = json.loads((run / layout.CONFIG).read_text())
+    planned = layout.planned_folds(config)
+    done = {k: json.loads((layout.fold_dir(run, k) / layout.DONE).read_text())
+            for k in planned if layout.is_done(run, k)}
+    training = [f"{k} ({h['host']}:{h['pid']})" for k in planned if k not in done
+                for h in [FoldLock(layout.fold_dir(run, k) / layout.LOCK).holder()] if h]
+    manifest = run / layout.MANIFEST
+    complete = len(done) == len(planned)
+    scores = json.loads((run / layout.SCORES).read_text()) if complete and (run / layout.SCORES).is_file() else {}
+
+    def score(oof_key: str, fold_key: str) -> float:
+        if scores.get(oof_key):
+            return scores[oof_key]["f1"]
+        per_fold = [d[fold_key]["f1"] for d in done.values() if d.get(fold_key)]
+        return float(np.mean(per_fold)) if per_fold else float("nan")
+
+    first = next(iter(done.values()), {})
+    row = {"run": run.name, "model": config.get("model"), "img": first.get("img_size", config.get("img_size")),
+           "folds": f"{len(done)}/{len(planned)}" + (" +full" if layout.is_done(run, layout.FULL) else ""),
+           "complete": complete, "crop_oof": score("oof_crops", "crop_oof"), "oof": score("oof", "oof"),
+           "minutes": round(sum(d.get("minutes", 0.0) for d in done.values()), 1),
+           "split": json.loads(manifest.read_text()).get("split_hash", "") if manifest.is_file() else "",
+           "status": "done" if complete else ("training fold " + ", ".join(training) if training else "unfinished"),
+           "settings": differences(config)}
+    todo = [k for k in planned if k not in done]
+    return row, (layout.fold_command(run, ",".join(map(str, todo)), "--resume") if todo and not training else None)
+
+
+def runs_table(runs_dir, sort: str = "crop") -> tuple[pd.DataFrame, list[str]]:
+    """Every run folder under ``runs_dir`` (a folder with a config.json), sorted; and the commands that
+    finish the unfinished ones. A run whose files cannot be read is listed as damaged, not skipped."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: not a folder. Give the runs folder (folds/run.py --runs-dir; default runs).")
+    rows, commands = [], []
+    for run in sorted(p for p in runs_dir.iterdir() if (p / layout.CONFIG).is_file()):
+        try:
+            row, command = run_row(run)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a half-copied or hand-edited folder
+            row, command = {"run": run.name, "status": f"damaged ({type(e).__name__}: {e})"}, None
+        rows.append(row)
+        if command:
+            commands.append(command)
+    df = pd.DataFrame(rows, columns=["run", "model", "img", "folds", "complete", "crop_oof", "oof", "minutes",
+                                     "split", "status", "settings"])
+    key = SORTS[sort]
+    df = df.sort_values(key, ascending=key in ("run",), na_position="last", kind="stable", ignore_index=True)
+    return df, commands
+
+
+def show(df: pd.DataFrame) -> str:
+    """The table as text: scores to 4 places, a partial run's marked ``*``."""
+    view = df.drop(columns=["complete"]).astype(object)
+    for c in ("crop_oof", "oof"):
+        view[c] = [("" if pd.isna(v) else f"{v:.4f}" + ("" if done is True else "*"))
+                   for v, done in zip(df[c], df["complete"])]
+    return view.fillna("").to_string(index=False)
+
+
+@entry_point
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default: runs)")
+    p.add_argument("--sort", choices=sorted(SORTS), default="crop", help="order of the rows (default: crop, "
+                   "the crop-OOF macro-F1, best first)")
+    p.add_argument("--out", help="also write the table to this CSV")
+    args = p.parse_args(argv)
+    if args.out:
+        check_writable_folder(Path(args.out).parent, "--out")
+    df, commands = runs_table(args.runs_dir, args.sort)
+    if df.empty:
+        print(f"{args.runs_dir}: no run folders (folders with a {layout.CONFIG}).")
+        return 0
+    print(show(df))
+    if (~df["complete"].fillna(False).astype(bool)).any():
+        print("\n* the mean of the finished folds' scores")
+    if commands:
+        print("\nTo finish the unfinished runs:")
+        print("\n".join(f"  {c}" for c in commands))
+    if args.out:
+        write_csv(args.out, df)
+        print(f"\ntable: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
