@@ -65,8 +65,8 @@ def run_row(run: Path) -> tuple[dict, str | None]:
     def score(oof_key: str, fold_key: str) -> float:
         if scores.get(oof_key):
             return scores[oof_key]["f1"]
-        per_fold = [d[fold_key]["f1"] for d in done.values() if d.get(fold_key)]
-        return float(np.mean(per_fold)) if per_fold else float("nan")
+        finished = [d[fold_key]["f1"] for d in done.values() if d.get(fold_key)]  # scores, not probabilities
+        return float(np.mean(finished)) if finished else float("nan")
 
     first = next(iter(done.values()), {})
     row = {"run": run.name, "model": config.get("model"), "img": first.get("img_size", config.get("img_size")),
