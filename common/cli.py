@@ -1,5 +1,5 @@
-"""What every command-line entry point shares: its log format, and how a UserError, Ctrl-C or
-SIGTERM ends it.
+"""What every command-line entry point shares: its log format, and how a UserError, Ctrl-C,
+SIGTERM or a reader that closed stdout (``| head``) ends it.
 
 >>> @entry_point
 ... def main(argv=None):
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import select
 import sys
 
 from common import children
@@ -48,4 +50,22 @@ def entry_point(main):
         except KeyboardInterrupt as e:
             print(f"{f'stopped ({e})' if isinstance(e, Stopped) else 'interrupted'}: {KEPT}", file=sys.stderr)
             return 128 + (e.signum if isinstance(e, Stopped) else 2)  # the shell's code for that signal
+        except BrokenPipeError:
+            if not stdout_is_gone():
+                raise  # another pipe (a worker's): a real error
+            return 141  # the reader of the output left (`| head`): stop quietly, as shell tools do (128 + SIGPIPE)
     return wrapper
+
+
+def stdout_is_gone() -> bool:
+    """Whether stdout's reader has closed it (poll reports an error on the pipe); if so, stdout now points
+    at /dev/null, so that Python's own flush at exit does not report the broken pipe again."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone

@@ -315,6 +315,25 @@ def test_build_out_under_a_file_is_refused_before_work(small_run, tmp_path, caps
     assert f"error: --out {out}: {tmp_path / 'afile'} is a file, not a folder" in err
 
 
+@pytest.mark.parametrize("raise_from,code", [("print", 141), ("elsewhere", 1)])
+def test_output_piped_into_head_ends_quietly_and_other_broken_pipes_still_show(raise_from, code):
+    # `python ensemble/table.py | head`: the reader leaves; a shell tool stops quietly (141), not with a traceback
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from common.cli import entry_point\n"
+              "@entry_point\n"
+              "def main():\n"
+              "    if sys.argv[1] == 'print':\n"
+              "        for i in range(200000): print('a line of the table', i)\n"
+              "    raise BrokenPipeError('a worker pipe')  # not stdout: a real error\n"
+              "sys.exit(main())\n")
+    p = subprocess.Popen([sys.executable, "-c", script, raise_from], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if raise_from == "print":
+        p.stdout.close()  # the reader has gone before the first line
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == code
+    assert ("Traceback" in err.decode()) == (code == 1), err.decode()
+
+
 def test_worker_errors_reach_the_user_as_the_same_one_line_error(tmp_path):
     from folds.augment import eval_transform
     from folds.loader import ImageDataset, batches, make_loader
