@@ -63,7 +63,7 @@ def stdout_is_gone() -> bool:
     try:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        gone = any(event & select.POLLERR for _, event in poll.poll(0))
+        gone = any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))  # Linux: ERR; BSDs: HUP
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
         return False
     if gone:
