@@ -67,5 +67,7 @@ def stdout_is_gone() -> bool:
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
         return False
     if gone:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return gone

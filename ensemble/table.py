@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,37 +26,31 @@ import pandas as pd  # noqa: E402
 from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point  # noqa: E402
-from folds.config import PATH_SETTINGS, RunConfig, learning_settings  # noqa: E402
+from folds.config import PATH_SETTINGS, RunConfig, learning_settings, saved_config  # noqa: E402
 from folds.lock import FoldLock  # noqa: E402
 
 SORTS = {"crop": "crop_oof", "whole": "oof", "name": "run", "minutes": "minutes"}
 SHOWN_APART = {"model", "img_size"}  # settings with their own column
 
 
-def defaults() -> dict:
-    return {f.name: f.default for f in fields(RunConfig)}
-
-
-def differences(config: dict) -> str:
+def differences(cfg: RunConfig) -> str:
     """The learning settings that differ from RunConfig's defaults, as ``key=value`` (files by name)."""
-    base = defaults()
-    mine = learning_settings(RunConfig(**{k: v for k, v in config.items() if k in base}))
-    out = []
-    for k, v in mine.items():
-        if k in SHOWN_APART or v == base[k]:
-            continue
-        out.append(f"{k}={Path(v).name if k in PATH_SETTINGS and v else v}")
-    return " ".join(out)
+    base = RunConfig().to_dict()
+    return " ".join(f"{k}={Path(v).name if k in PATH_SETTINGS and v else v}"
+                    for k, v in learning_settings(cfg).items() if k not in SHOWN_APART and v != base[k])
 
 
 def run_row(run: Path) -> tuple[dict, str | None]:
     """One run's line, and the command that finishes it (None when finished)."""
-    config = json.loads((run / layout.CONFIG).read_text())
-    planned = layout.planned_folds(config)
+    cfg = saved_config(run)
+    planned = layout.planned_folds(cfg)
     done = {k: json.loads((layout.fold_dir(run, k) / layout.DONE).read_text())
             for k in planned if layout.is_done(run, k)}
-    training = [f"{k} ({h['host']}:{h['pid']})" for k in planned if k not in done
-                for h in [FoldLock(layout.fold_dir(run, k) / layout.LOCK).holder()] if h]
+    training = []  # folds a live process holds now
+    for k in planned:
+        holder = None if k in done else FoldLock(layout.fold_dir(run, k) / layout.LOCK).holder()
+        if holder:
+            training.append(f"{k} ({holder['host']}:{holder['pid']})")
     manifest = run / layout.MANIFEST
     complete = len(done) == len(planned)
     scores = json.loads((run / layout.SCORES).read_text()) if complete and (run / layout.SCORES).is_file() else {}
@@ -69,13 +62,13 @@ def run_row(run: Path) -> tuple[dict, str | None]:
         return float(np.mean(finished)) if finished else float("nan")
 
     first = next(iter(done.values()), {})
-    row = {"run": run.name, "model": config.get("model"), "img": first.get("img_size", config.get("img_size")),
+    row = {"run": run.name, "model": cfg.model, "img": first.get("img_size", cfg.img_size),
            "folds": f"{len(done)}/{len(planned)}" + (" +full" if layout.is_done(run, layout.FULL) else ""),
            "complete": complete, "crop_oof": score("oof_crops", "crop_oof"), "oof": score("oof", "oof"),
            "minutes": round(sum(d.get("minutes", 0.0) for d in done.values()), 1),
            "split": json.loads(manifest.read_text()).get("split_hash", "") if manifest.is_file() else "",
            "status": "done" if complete else ("training fold " + ", ".join(training) if training else "unfinished"),
-           "settings": differences(config)}
+           "settings": differences(cfg)}
     todo = [k for k in planned if k not in done]
     return row, (layout.fold_command(run, ",".join(map(str, todo)), "--resume") if todo and not training else None)
 
@@ -102,12 +95,17 @@ def runs_table(runs_dir, sort: str = "crop") -> tuple[pd.DataFrame, list[str]]:
     return df, commands
 
 
+def partial(df: pd.DataFrame) -> pd.Series:
+    """Rows whose scores are the mean of some finished folds (not a damaged row, which has none)."""
+    return df["complete"].eq(False) & df["crop_oof"].notna()
+
+
 def show(df: pd.DataFrame) -> str:
     """The table as text: scores to 4 places, a partial run's marked ``*``."""
     view = df.drop(columns=["complete"]).astype(object)
+    mark = partial(df)
     for c in ("crop_oof", "oof"):
-        view[c] = [("" if pd.isna(v) else f"{v:.4f}" + ("" if done is True else "*"))
-                   for v, done in zip(df[c], df["complete"])]
+        view[c] = ["" if pd.isna(v) else f"{v:.4f}" + ("*" if m else "") for v, m in zip(df[c], mark)]
     return view.fillna("").to_string(index=False)
 
 
@@ -126,7 +124,7 @@ def main(argv=None) -> int:
         print(f"{args.runs_dir}: no run folders (folders with a {layout.CONFIG}).")
         return 0
     print(show(df))
-    if (~df["complete"].fillna(False).astype(bool)).any():
+    if partial(df).any():
         print("\n* the mean of the finished folds' scores")
     if commands:
         print("\nTo finish the unfinished runs:")
