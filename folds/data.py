@@ -56,12 +56,16 @@ def _rows(idx) -> str:
     return f"line {shown}{more}" if len(idx) == 1 else f"lines {shown}{more}"
 
 
-def read_csv(path: Path, columns) -> pd.DataFrame:
-    """Read a CSV as strings and check its columns, emptiness and duplicate ids."""
+DATA_FILES = "train.csv, test.csv, sample_submission.csv and the image folders"
+TEST_FILES = "test.csv, sample_submission.csv and the test images (no train data needed)"
+
+
+def read_csv(path: Path, columns, expected: str = DATA_FILES) -> pd.DataFrame:
+    """Read a CSV as strings and check its columns, emptiness and duplicate ids (``expected``: the
+    data folder's files a missing one belongs to)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: file not found. Expected Dacon layout: train.csv, test.csv, "
-                        "sample_submission.csv and the image folders in --data-dir.")
+        raise UserError(f"{path}: file not found. Expected Dacon layout: {expected} in --data-dir.")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -196,9 +200,19 @@ def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | No
                         + "\n".join(lines) + more)
 
 
+def read_option_csv(path, columns, option: str, what: str) -> pd.DataFrame:
+    """``read_csv`` of a file a command-line option names: a missing one is named with its option and
+    what it holds, not as a missing part of the data folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path}: file not found. It is a CSV of {','.join(columns)}{what}.")
+    return read_csv(path, columns)
+
+
 def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Override labels from an ``id,artist`` CSV and log each change."""
-    fixes = read_csv(path, SUBMISSION_COLUMNS)
+    fixes = read_option_csv(path, SUBMISSION_COLUMNS, "--corrections", " (train labels to override; Dacon's swapped "
+                            "pair 3896 and 3986, say)")
     known = set(train["id"])
     unknown = fixes.index[~fixes["id"].isin(known)]
     if len(unknown):
@@ -224,11 +238,8 @@ GROUP_COLUMNS = ("id", "group")
 def read_groups(path, train_ids: pd.Series) -> list[str]:
     """Each train image's group from an ``id,group`` CSV (``--groups``), in train order; an image the file
     does not list is a group of its own."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--groups {path}: file not found. It is a CSV of id,group (benchmarks/duplicates.py "
-                        "--groups-out writes one for copies of one painting).")
-    groups = read_csv(path, GROUP_COLUMNS)
+    groups = read_option_csv(path, GROUP_COLUMNS, "--groups", " (benchmarks/duplicates.py --groups-out writes one "
+                             "for copies of one painting)")
     unknown = groups.index[~groups["id"].isin(set(train_ids))]
     if len(unknown):
         raise UserError(f"{path}: id {groups.loc[unknown[0], 'id']!r} at {_rows(unknown)} is not in train.csv.")
@@ -275,8 +286,8 @@ def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataF
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding test.csv.")
     test_csv, sub_csv = data_dir / "test.csv", data_dir / "sample_submission.csv"
-    test = read_csv(test_csv, TEST_COLUMNS)
-    sub = read_csv(sub_csv, SUBMISSION_COLUMNS)
+    test = read_csv(test_csv, TEST_COLUMNS, TEST_FILES)
+    sub = read_csv(sub_csv, SUBMISSION_COLUMNS, TEST_FILES)
     test["path"] = resolve_paths(test, data_dir, test_csv)
     check_readable([(test, test_csv)], verified_cache)
     check_sample(sub, test, sub_csv, test_csv)

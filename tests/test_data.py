@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from common import UserError
-from folds.data import load_dataset, read_rgb
+from folds.data import load_dataset, load_test_set, read_rgb
 
 
 def edit_csv(path, fn):
@@ -140,6 +140,18 @@ def test_corrections_unknown_id(demo_dir):
     pd.DataFrame({"id": ["99999"], "artist": ["Azure Stroke"]}).to_csv(demo_dir / "fix.csv", index=False)
     with pytest.raises(UserError, match=r"fix\.csv: id '99999' at line 2 is not in train\.csv"):
         load_dataset(demo_dir, corrections=demo_dir / "fix.csv")
+
+
+def test_a_missing_option_file_is_named_with_its_option(demo_dir):
+    """Not as a missing part of the Dacon layout, which the data folder's own files are."""
+    with pytest.raises(UserError, match=r"^--corrections \S*nope\.csv: file not found\. It is a CSV of id,artist "):
+        load_dataset(demo_dir, corrections=demo_dir / "nope.csv")
+    (demo_dir / "test.csv").unlink()
+    with pytest.raises(UserError, match=r"test\.csv: file not found\. Expected Dacon layout: train\.csv, test\.csv"):
+        load_dataset(demo_dir)
+    with pytest.raises(UserError, match=r"test\.csv: file not found\. Expected Dacon layout: test\.csv, "
+                                        r"sample_submission\.csv and the test images \(no train data needed\)"):
+        load_test_set(demo_dir)  # what ensemble/predict.py reads
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "I;16", "1"])
