@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
@@ -35,7 +34,8 @@ from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from ensemble.saved_blend import save_blend  # noqa: E402
-from ensemble.submission import ANSWER_KEY, answer_key, write_submission  # noqa: E402
+from ensemble.submission import answer_key, write_submission  # noqa: E402
+from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
@@ -192,10 +192,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                           "note": f"{smoothing.describe()}; honest: chosen on the other half of the OOF"})
             if truth is not None:
                 notes.append(f"test macro-F1 without the neighbour smoothing: {plain_test_f1:.4f} (for reporting only)")
-    sample_path = Path(sample) if sample else data_dir / "sample_submission.csv"
+    sample_path = Path(sample) if sample else data_dir / SAMPLE_CSV
     if not sample_path.is_file():
         raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
-    sample_df = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    sample_df, names = read_sample(sample_path)
     labels = np.asarray(classes)[test.argmax(1)]
     write_submission(out, first.test_ids, labels, sample_df, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
@@ -212,8 +212,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                      "oof_f1": d.get("oof", {}).get("f1", float("nan")),
                      "crop_f1": d.get("crop_oof", {}).get("f1", float("nan"))}
                     for r in runs for k, d in r.fold_scores.items()]
-        train_csv = data_dir / "train.csv"
-        train_labels = pd.read_csv(train_csv, dtype=str, keep_default_na=False)["artist"] if train_csv.is_file() \
+        train_csv = data_dir / TRAIN_CSV
+        train_labels = read_csv(train_csv, SUBMISSION_COLUMNS, names=names)["artist"] if train_csv.is_file() \
             else first.oof.drop_duplicates("id")["label"]
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,

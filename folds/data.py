@@ -19,10 +19,30 @@ from common.machine import usable_cores
 
 log = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ("id", "img_path", "artist")
-TEST_COLUMNS = ("id", "img_path")
-SUBMISSION_COLUMNS = ("id", "artist")
+# The id and class columns as the code reads them: Dacon's painters' own names. A data folder may name them
+# otherwise (most tasks say label): its sample_submission.csv's header gives its names (``Columns``).
+ID, CLASS = "id", "artist"
+TRAIN_COLUMNS = (ID, "img_path", CLASS)
+TEST_COLUMNS = (ID, "img_path")
+SUBMISSION_COLUMNS = (ID, CLASS)
 MAX_LISTED = 5
+# a data folder's files (Dacon layout)
+TRAIN_CSV, TEST_CSV, SAMPLE_CSV, ANSWER_KEY = "train.csv", "test.csv", "sample_submission.csv", "test_labels.csv"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A data folder's own names for the id and the class column, as its sample_submission.csv's header
+    spells them (``id,artist`` for the painters; ``id,label`` or ``image_id,label`` elsewhere). train.csv,
+    test.csv, test_labels.csv and a --corrections file use the same names; the submission is written with
+    them. Inside, every frame is read with ``ID`` and ``CLASS``."""
+
+    id: str = ID
+    cls: str = CLASS
+
+    def spelled(self, columns) -> tuple:
+        """``columns`` (the code's names) as this folder spells them."""
+        return tuple({ID: self.id, CLASS: self.cls}.get(c, c) for c in columns)
 
 
 @dataclass
@@ -35,6 +55,7 @@ class Dataset:
     sample_submission: pd.DataFrame
     classes: list
     test_labels: pd.DataFrame | None = None
+    columns: Columns = Columns()  # the folder's own names of the id and class columns
 
     @property
     def num_classes(self) -> int:
@@ -60,36 +81,62 @@ DATA_FILES = "train.csv, test.csv, sample_submission.csv and the image folders"
 TEST_FILES = "test.csv, sample_submission.csv and the test images (no train data needed)"
 
 
-def read_csv(path: Path, columns, expected: str = DATA_FILES) -> pd.DataFrame:
+def read_csv(path: Path, columns, expected: str = DATA_FILES, names: Columns = Columns()) -> pd.DataFrame:
     """Read a CSV as strings and check its columns, emptiness and duplicate ids (``expected``: the
-    data folder's files a missing one belongs to)."""
+    data folder's files a missing one belongs to). ``columns`` are the code's names; the file spells the
+    id and class columns as ``names`` says, and the frame comes back with the code's names."""
+    spelled = names.spelled(columns)
+    df = _read_frame(path, spelled, expected)
+    missing = [c for c in spelled if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
+                        f"The header must be {','.join(spelled)}.")
+    return _checked(df[list(spelled)].set_axis(list(columns), axis=1), path, spelled)
+
+
+def _read_frame(path, spelled, expected: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found. Expected Dacon layout: {expected} in --data-dir.")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the file is empty; it needs a header {','.join(columns)} and rows.") from None
+        raise UserError(f"{path}: the file is empty; it needs a header {','.join(spelled)} and rows.") from None
     except UnicodeDecodeError:
         raise UserError(not_utf8_message(path)) from None
     except pd.errors.ParserError as e:
         raise UserError(f"{path}: cannot parse as CSV ({e}).") from None
     df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
-                        f"The header must be {','.join(columns)}.")
+    return df
+
+
+def _checked(df: pd.DataFrame, path, spelled) -> pd.DataFrame:
+    """Rows present, no empty cell in ``spelled`` (the file's names of ``df``'s columns), unique ids."""
     if len(df) == 0:
         raise UserError(f"{path}: has a header but no rows.")
-    for c in columns:
+    for c, shown in zip(df.columns, spelled):
         blank = df.index[df[c].str.strip() == ""]
         if len(blank):
-            raise UserError(f"{path}: empty '{c}' at {_rows(blank)}.")
-    dup = df.index[df["id"].duplicated(keep=False)]
+            raise UserError(f"{path}: empty '{shown}' at {_rows(blank)}.")
+    first = df.columns[0]  # the id column
+    dup = df.index[df[first].duplicated(keep=False)]
     if len(dup):
-        ids = sorted(set(df.loc[dup, "id"]))[:MAX_LISTED]
+        ids = sorted(set(df.loc[dup, first]))[:MAX_LISTED]
         raise UserError(f"{path}: duplicate id(s) {ids} at {_rows(dup)}; ids must be unique.")
     return df
+
+
+def read_sample(path, expected: str = DATA_FILES) -> tuple[pd.DataFrame, Columns]:
+    """sample_submission.csv as it is written (the submission's template: its header and order), and the
+    folder's ``Columns``, which its two columns name: the id, then the class."""
+    df = _read_frame(path, SUBMISSION_COLUMNS, expected)
+    head = list(df.columns)
+    if len(head) != 2 or len(set(head)) != 2 or "img_path" in head or any(c.startswith("Unnamed:") or not c
+                                                                         for c in head):
+        raise UserError(f"{path}: the header must name two columns, the id and the class (Dacon's painters: "
+                        f"{','.join(SUBMISSION_COLUMNS)}; elsewhere often id,label); found {head}. A submission of "
+                        "one probability column per class is not supported.")
+    return _checked(df, path, head), Columns(*head)
 
 
 def not_utf8_message(path: Path) -> str:
@@ -200,19 +247,19 @@ def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | No
                         + "\n".join(lines) + more)
 
 
-def read_option_csv(path, columns, option: str, what: str) -> pd.DataFrame:
+def read_option_csv(path, columns, option: str, what: str, names: Columns = Columns()) -> pd.DataFrame:
     """``read_csv`` of a file a command-line option names: a missing one is named with its option and
     what it holds, not as a missing part of the data folder."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{option} {path}: file not found. It is a CSV of {','.join(columns)}{what}.")
-    return read_csv(path, columns)
+        raise UserError(f"{option} {path}: file not found. It is a CSV of {','.join(names.spelled(columns))}{what}.")
+    return read_csv(path, columns, names=names)
 
 
-def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Override labels from an ``id,artist`` CSV and log each change."""
+def apply_corrections(train: pd.DataFrame, path: Path, names: Columns = Columns()) -> pd.DataFrame:
+    """Override labels from a CSV with the sample submission's header (``id,artist``) and log each change."""
     fixes = read_option_csv(path, SUBMISSION_COLUMNS, "--corrections", " (train labels to override; Dacon's swapped "
-                            "pair 3896 and 3986, say)")
+                            "pair 3896 and 3986, say)", names)
     known = set(train["id"])
     unknown = fixes.index[~fixes["id"].isin(known)]
     if len(unknown):
@@ -220,7 +267,7 @@ def apply_corrections(train: pd.DataFrame, path: Path) -> pd.DataFrame:
     classes = set(train["artist"])
     new_cls = fixes.index[~fixes["artist"].isin(classes)]
     if len(new_cls):
-        raise UserError(f"{path}: artist {fixes.loc[new_cls[0], 'artist']!r} at {_rows(new_cls)} "
+        raise UserError(f"{path}: {names.cls} {fixes.loc[new_cls[0], 'artist']!r} at {_rows(new_cls)} "
                         "is not a class in train.csv; check the spelling.")
     train = train.copy()
     pos = {v: k for k, v in train["id"].items()}
@@ -247,47 +294,50 @@ def read_groups(path, train_ids: pd.Series) -> list[str]:
     return [named.get(i, f"i:{i}") for i in train_ids]
 
 
-def check_class_names(train: pd.DataFrame, train_csv: Path) -> None:
-    """Refuse artist names that would make a wrong run: two spellings of one artist (they differ only in
+def check_class_names(train: pd.DataFrame, train_csv: Path, names: Columns = Columns()) -> None:
+    """Refuse class names that would make a wrong run: two spellings of one artist (they differ only in
     spaces, as an edited spreadsheet leaves them) would be trained as two classes, and a name that is
     also a probability file's own column would overwrite that column. (Names that differ in case alone
     stay apart: 'a' and 'A' are two classes of a letters dataset.)"""
     artists = train["artist"]
     key = artists.str.strip().str.replace(r"\s+", " ", regex=True)
     counts = artists.value_counts()
-    for _, names in artists.groupby(key):
-        spellings = names.unique()
+    for _, alike in artists.groupby(key):
+        spellings = alike.unique()
         if len(spellings) > 1:
             rare = sorted(spellings, key=lambda n: (-counts[n], n))[1:]
-            where = names.index[names.isin(rare)]
-            raise UserError(f"{train_csv}: the artists {', '.join(repr(n) for n in spellings)} differ only in spaces, "
-                            f"so they would be trained as {len(spellings)} classes ({rare[0]!r} at "
-                            f"{_rows(where)}). Fix the spelling, or pass --corrections with id,artist rows.")
+            where = alike.index[alike.isin(rare)]
+            raise UserError(f"{train_csv}: the {names.cls} values {', '.join(repr(n) for n in spellings)} differ only "
+                            f"in spaces, so they would be trained as {len(spellings)} classes ({rare[0]!r} at "
+                            f"{_rows(where)}). Fix the spelling, or pass --corrections with {names.id},{names.cls} "
+                            "rows.")
     reserved = train.index[artists.isin(layout.META_COLUMNS)]
     if len(reserved):
         columns = ", ".join(sorted(layout.META_COLUMNS))
-        raise UserError(f"{train_csv}: the artist name(s) {sorted(set(artists[reserved]))} at {_rows(reserved)} "
+        raise UserError(f"{train_csv}: the {names.cls} name(s) {sorted(set(artists[reserved]))} at {_rows(reserved)} "
                         f"are also column names of the run's probability files ({columns}). Rename them in "
                         "train.csv (and test_labels.csv), for example with a prefix.")
 
 
 def check_sample(sub: pd.DataFrame, test: pd.DataFrame, sub_csv: Path, test_csv: Path) -> None:
-    if set(sub["id"]) != set(test["id"]) or len(sub) != len(test):
-        extra = sorted(set(sub["id"]) - set(test["id"]))[:MAX_LISTED]
-        lack = sorted(set(test["id"]) - set(sub["id"]))[:MAX_LISTED]
+    """The sample submission (as written: its first column is the id) lists test.csv's ids."""
+    ids = sub.iloc[:, 0]
+    if set(ids) != set(test["id"]) or len(sub) != len(test):
+        extra = sorted(set(ids) - set(test["id"]))[:MAX_LISTED]
+        lack = sorted(set(test["id"]) - set(ids))[:MAX_LISTED]
         raise UserError(f"{sub_csv}: ids do not match {test_csv}: only in the submission {extra}, "
                         f"only in test {lack}.")
 
 
 def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """test.csv (with absolute ``path``) and sample_submission.csv of a Dacon-layout folder, validated;
-    no train data needed (an inference kernel's hidden test set)."""
+    """test.csv (with absolute ``path``) and sample_submission.csv (as written) of a Dacon-layout folder,
+    validated; no train data needed (an inference kernel's hidden test set)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding test.csv.")
-    test_csv, sub_csv = data_dir / "test.csv", data_dir / "sample_submission.csv"
-    test = read_csv(test_csv, TEST_COLUMNS, TEST_FILES)
-    sub = read_csv(sub_csv, SUBMISSION_COLUMNS, TEST_FILES)
+    test_csv, sub_csv = data_dir / TEST_CSV, data_dir / SAMPLE_CSV
+    sub, names = read_sample(sub_csv, TEST_FILES)
+    test = read_csv(test_csv, TEST_COLUMNS, TEST_FILES, names)
     test["path"] = resolve_paths(test, data_dir, test_csv)
     check_readable([(test, test_csv)], verified_cache)
     check_sample(sub, test, sub_csv, test_csv)
@@ -304,35 +354,35 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding train.csv.")
-    train_csv, test_csv, sub_csv = data_dir / "train.csv", data_dir / "test.csv", data_dir / "sample_submission.csv"
-    train = read_csv(train_csv, TRAIN_COLUMNS)
-    test = read_csv(test_csv, TEST_COLUMNS)
-    sub = read_csv(sub_csv, SUBMISSION_COLUMNS)
+    train_csv, test_csv, sub_csv = data_dir / TRAIN_CSV, data_dir / TEST_CSV, data_dir / SAMPLE_CSV
+    sub, names = read_sample(sub_csv)  # its header names the id and class columns of every CSV here
+    train = read_csv(train_csv, TRAIN_COLUMNS, names=names)
+    test = read_csv(test_csv, TEST_COLUMNS, names=names)
     if corrections:
-        train = apply_corrections(train, Path(corrections))
+        train = apply_corrections(train, Path(corrections), names)
     train["path"] = resolve_paths(train, data_dir, train_csv, check_images)
     test["path"] = resolve_paths(test, data_dir, test_csv, check_images)
     classes = sorted(train["artist"].unique())
     if len(classes) < 2:
-        raise UserError(f"{train_csv}: every row has the artist {classes[0]!r}; a classifier needs at least 2 "
-                        "classes. Check the artist column.")
-    check_class_names(train, train_csv)
+        raise UserError(f"{train_csv}: every row has the {names.cls} {classes[0]!r}; a classifier needs at least 2 "
+                        f"classes. Check the {names.cls} column.")
+    check_class_names(train, train_csv, names)
     if check_images:
         check_readable([(train, train_csv), (test, test_csv)], verified_cache)
     check_sample(sub, test, sub_csv, test_csv)
     train["label"] = train["artist"].map({c: i for i, c in enumerate(classes)}).astype(int)
     labels = None
-    labels_csv = data_dir / "test_labels.csv"
+    labels_csv = data_dir / ANSWER_KEY
     if labels_csv.is_file():
-        labels = read_csv(labels_csv, SUBMISSION_COLUMNS)
+        labels = read_csv(labels_csv, SUBMISSION_COLUMNS, names=names)
         unknown = labels.index[~labels["artist"].isin(classes)]
         if len(unknown):
-            raise UserError(f"{labels_csv}: artist {labels.loc[unknown[0], 'artist']!r} at {_rows(unknown)} "
+            raise UserError(f"{labels_csv}: {names.cls} {labels.loc[unknown[0], 'artist']!r} at {_rows(unknown)} "
                             f"is not among the {len(classes)} train classes: the test class set does not match "
                             "train.csv. Fix the labels or the train data.")
         if set(labels["id"]) != set(test["id"]):
             raise UserError(f"{labels_csv}: ids do not match {test_csv}.")
-    return Dataset(data_dir, train.reset_index(drop=True), test.reset_index(drop=True), sub, classes, labels)
+    return Dataset(data_dir, train.reset_index(drop=True), test.reset_index(drop=True), sub, classes, labels, names)
 
 
 def read_rgb(path, max_side: int | None = None) -> np.ndarray:

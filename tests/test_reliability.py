@@ -203,13 +203,18 @@ BAD_INPUTS = {
     "one class": (edit("train.csv", lambda df: df.assign(artist="X")), r"at least 2 classes"),
     "escaping path": (edit("train.csv", lambda df: df.assign(img_path="../../etc/passwd")), r"leaves the data folder"),
     "sample ids differ": (edit("sample_submission.csv", lambda df: df.iloc[1:]), r"sample_submission\.csv: ids do not"),
+    # a submission of one probability column per class: the written CSV could not follow it (refused after training)
+    "sample of three columns": (edit("sample_submission.csv", lambda df: df.assign(extra="x")),
+                                r"sample_submission\.csv: the header must name two columns, the id and the class"),
+    "train without the sample's class column": (edit("train.csv", lambda df: df.rename(columns={"artist": "label"})),
+                                                r"train\.csv: missing column\(s\) \['artist'\]"),
     # a class named like a probability file's own column would overwrite it: the join failed after training
     "artist named label": (edit("train.csv", lambda df: df.assign(artist=df["artist"].replace(df["artist"].iloc[2],
                                                                                               "label"))),
                            r"train\.csv: the artist name\(s\) \['label'\] at lines? .* column names"),
     "two spellings of an artist": (edit("train.csv", lambda df: df.assign(artist=df["artist"].where(
         df.index != 3, " " + df["artist"].iloc[3] + "  "))),
-        r"train\.csv: the artists .* differ only in spaces, so they would be trained as 2 classes "
+        r"train\.csv: the artist values .* differ only in spaces, so they would be trained as 2 classes "
         r"\(.* at line 5\)"),
     "cp949 train.csv": (korean_excel_artist, r"train\.csv: not UTF-8 text at line 5 \(byte 0xb0\)\. Save it as UTF-8"),
     # image defects

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common import UserError
 from conftest import tiny_args
 from ensemble.build import main as build_main
 from ensemble.export import main as export_main
@@ -88,6 +89,42 @@ def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, ca
                                atol=1e-5)
     assert predict_main([*runs, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def renamed_columns(src, dst, names=("ID", "label")):
+    """A copy of the demo data whose CSVs name the id and class columns as most tasks do."""
+    shutil.copytree(src, dst)
+    for name in ("train.csv", "test.csv", "sample_submission.csv", "test_labels.csv"):
+        df = pd.read_csv(dst / name, dtype=str, keep_default_na=False)
+        df.rename(columns=dict(zip(("id", "artist"), names))).to_csv(dst / name, index=False)
+
+
+def test_the_sample_submissions_header_names_the_id_and_class_columns(trained, demo_source, tmp_path, capsys):
+    from folds.data import load_dataset
+
+    data = tmp_path / "data"
+    renamed_columns(demo_source, data)
+    assert run_main(tiny_args(data, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--seed": 0, "--name": "s0"})) == 0
+    assert "test macro-F1" in capsys.readouterr().out  # the answer key, test_labels.csv, has the same header
+    sub = pd.read_csv(tmp_path / "subs" / "s0_folds-mean.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["ID", "label"]  # written as the sample submission spells it
+    same = pd.read_csv(trained / "subs" / "s0_folds-mean.csv", dtype=str, keep_default_na=False)
+    assert sub.to_numpy().tolist() == same.to_numpy().tolist()  # the same run as with Dacon's id,artist
+    run = str(tmp_path / "runs" / "s0")
+    assert build_main([run, "--method", "mean", "--out", str(tmp_path / "b.csv")]) == 0  # its report reads train.csv
+    assert predict_main([run, "--data-dir", str(data), "--out", str(tmp_path / "p.csv")]) == 0
+    for out in ("b.csv", "p.csv"):
+        assert list(pd.read_csv(tmp_path / out, dtype=str).columns) == ["ID", "label"]
+    # a --corrections file is spelled like the sample submission too, and so is its error
+    ds = load_dataset(data, check_images=False)
+    a, b = ds.train.iloc[0], ds.train.iloc[-1]
+    pd.DataFrame({"ID": [a["id"]], "label": [b["artist"]]}).to_csv(tmp_path / "fix.csv", index=False)
+    fixed = load_dataset(data, corrections=tmp_path / "fix.csv", check_images=False)
+    assert fixed.train.set_index("id").loc[a["id"], "artist"] == b["artist"] != a["artist"]
+    assert fixed.columns.id == "ID" and fixed.columns.cls == "label"
+    pd.DataFrame({"id": [a["id"]], "artist": [b["artist"]]}).to_csv(tmp_path / "fix.csv", index=False)
+    with pytest.raises(UserError, match=r"fix\.csv: missing column\(s\) \['ID', 'label'\].*must be ID,label"):
+        load_dataset(data, corrections=tmp_path / "fix.csv", check_images=False)
 
 
 def test_tuning_hands_off_a_runnable_command(demo_source, tmp_path, capsys, monkeypatch):
