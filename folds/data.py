@@ -20,7 +20,7 @@ from common.machine import usable_cores
 log = logging.getLogger(__name__)
 
 # The id and class columns as the code reads them: Dacon's painters' own names. A data folder may name them
-# otherwise (most tasks say label): its sample_submission.csv's header gives its names (``Columns``).
+# otherwise (many tasks say label): its sample_submission.csv's header gives its names (``Columns``).
 ID, CLASS = "id", "artist"
 TRAIN_COLUMNS = (ID, "img_path", CLASS)
 TEST_COLUMNS = (ID, "img_path")
