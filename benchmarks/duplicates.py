@@ -49,7 +49,8 @@ from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.machine import usable_cores  # noqa: E402
-from folds.data import load_dataset, read_rgb  # noqa: E402
+from folds.data import load_dataset  # noqa: E402
+from folds.images import read_rgb  # noqa: E402
 
 SIDE = 24  # thumbnail side: the composition, not the brushwork or the photograph's grain
 COARSE = 24  # painting side for the crop search's first step; a crop is searched at half of it

@@ -410,7 +410,7 @@ def bench_neighbours(args) -> dict:
     from unittest import mock
 
     from ensemble import neighbours as nb
-    from folds.data import read_rgb
+    from folds.images import read_rgb
     from folds.predict import crop_boxes
 
     paths = large_jpegs(Path(tempfile.mkdtemp()) / "jpg", args.n_images, args.side)

@@ -37,7 +37,7 @@ from PIL import Image
 from common.metrics import macro_f1
 from ensemble import siblings as sib
 from ensemble.merge import EPS, merge
-from folds.data import read_rgb
+from folds.images import read_rgb
 from folds.loader import crop_array
 
 BINS = (16, 4, 4)  # HSV: hue finely, saturation and value coarsely (a palette, not a brightness)

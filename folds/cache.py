@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from common import atomic_write
-from folds.data import read_rgb
+from folds.images import read_rgb
 
 
 class ImageCache:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common import UserError
 from common.machine import usable_cores
 from folds import distributed
-from folds.data import read_rgb
+from folds.images import read_rgb
 
 
 class ImageDataset(Dataset):

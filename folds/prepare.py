@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from folds.config import RunConfig
-from folds.data import Dataset, load_dataset, read_groups, set_max_image_pixels
+from folds.data import Dataset, load_dataset, read_groups
+from folds.images import set_max_image_pixels
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
 from models import check_model

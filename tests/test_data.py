@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from common import UserError
-from folds.data import load_dataset, load_test_set, read_rgb
+from folds.data import load_dataset, load_test_set
+from folds.images import read_rgb
 
 
 def edit_csv(path, fn):
@@ -77,7 +78,7 @@ def test_truncated_jpegs_are_all_reported_before_training(demo_dir):
 
 
 def test_decoded_images_are_remembered_by_size_and_mtime(demo_dir, tmp_path, monkeypatch):
-    import folds.data as data
+    import folds.images as data
 
     calls = []
     real = data.read_rgb
@@ -94,7 +95,7 @@ def test_decoded_images_are_remembered_by_size_and_mtime(demo_dir, tmp_path, mon
 
 
 def test_decompression_bomb_names_the_option(demo_dir):
-    from folds.data import set_max_image_pixels
+    from folds.images import set_max_image_pixels
     old = Image.MAX_IMAGE_PIXELS
     try:
         set_max_image_pixels(200)  # the demo images are far larger than 2 x 200 pixels
