@@ -24,8 +24,9 @@ def bars() -> bool:
     return sys.stderr.isatty() and not os.environ.get(LINES_ENV)
 
 
-def progress(iterable, total: int, desc: str, unit: str = "batch", scale: int = 1):
-    """Iterate ``iterable`` (``total`` items); ``scale`` turns items into the unit a person counts (images)."""
+def progress(iterable, total: int, desc: str, unit: str = "batch", scale: int = 1, items: int | None = None):
+    """Iterate ``iterable`` (``total`` items); ``scale`` turns items into the unit a person counts (images), and
+    ``items`` is their true count, where the last item holds fewer (a short last batch)."""
     if bars():
         yield from tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
         return
@@ -36,8 +37,9 @@ def progress(iterable, total: int, desc: str, unit: str = "batch", scale: int = 
         done = i / max(total, 1)
         now = time.monotonic()
         if done >= next_step and now - last >= MIN_SECONDS:
-            log.info("%s: %d%% (%s/%s %s, %.0f s)", desc, int(done * 100), f"{min(i * scale, total * scale):,}",
-                     f"{total * scale:,}", unit, now - start)
+            count = total * scale if items is None else items
+            log.info("%s: %d%% (%s/%s %s, %.0f s)", desc, int(done * 100), f"{min(i * scale, count):,}",
+                     f"{count:,}", unit, now - start)
             last = now
         while next_step <= done:
             next_step += 0.1

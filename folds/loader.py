@@ -100,7 +100,7 @@ class KeptBatches:
     def __init__(self, loader, max_bytes: int | None = None):
         self.loader, self.kept = loader, None
         self.max_bytes = keep_limit() if max_bytes is None else max_bytes
-        self.batch_size = loader.batch_size
+        self.batch_size, self.dataset = loader.batch_size, loader.dataset
 
     def __len__(self):
         return len(self.kept) if self.kept is not None else len(self.loader)

@@ -71,7 +71,9 @@ def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = 
     if fixed_shape is None:
         fixed_shape = prec.device.type == "cuda" and torch.backends.cudnn.benchmark
     out = []
-    for batch in progress(batches(loader), len(loader), desc, unit="images", scale=loader.batch_size or 1):
+    dataset = getattr(loader, "dataset", None)  # its length: the count without the last batch's shortfall
+    for batch in progress(batches(loader), len(loader), desc, unit="images", scale=loader.batch_size or 1,
+                          items=None if dataset is None else len(dataset)):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         n = len(x)
         if fixed_shape and loader.batch_size:

@@ -168,8 +168,11 @@ def test_progress_lines_count_images_and_views_in_a_log(trained, demo_source, tm
     import common.progress as progress
     monkeypatch.setattr(progress, "MIN_SECONDS", 0.0)  # every 10% step (a real log waits 5 s between lines)
     assert predict_main([str(trained / "runs" / "s0"), "--data-dir", str(demo_source), "--out",
-                         str(tmp_path / "p.csv"), "--batch-size", "8"]) == 0
-    assert "s0 fold 0: 72 images x 2 views: 100% (72/72 images" in capsys.readouterr().out
+                         str(tmp_path / "p.csv"), "--batch-size", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "s0 fold 0: 72 images x 2 views: 100% (72/72 images" in out
+    assert "/80 images" not in out  # 8 batches of 10, the last short: the count is the images'
+    assert "s0 fold 0: 72 images x 2 views: 50% (40/72 images" in out
 
 
 def test_subset_tool_says_what_it_made(demo_source, demo_dir, tmp_path, capsys):
