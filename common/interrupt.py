@@ -43,12 +43,25 @@ _held = 0  # how many finish_first() blocks the main thread is in
 _pending: BaseException | None = None
 
 
+def _children_after_a_stop(signum, frame):
+    """SIGCHLD once a stop is unwinding: the children's ends are the stop's own, not an error of theirs."""
+
+
 def _on_signal(signum, frame):
     global _pending
     stop = Stopped(signum) if signum in STOPS else KeyboardInterrupt()
     if signum in STOPS:  # once: a scheduler that signals every process must not cut the clean-up short
         for s in STOPS:
             signal.signal(s, signal.SIG_IGN)
+    # A stop sent to every process of the job (Slurm's preemption, `pkill -f`, `kill -- -PGID`) also ends the
+    # DataLoader's workers. torch watches them through SIGCHLD and raises "DataLoader worker ... is killed by
+    # signal" from that handler, which would replace this stop with a traceback while it unwinds. Python runs
+    # the lower-numbered SIGTERM's handler first, so the workers' SIGCHLD, handled later, finds a handler that
+    # does nothing. (Not SIG_IGN, which would reap the children before they are waited for, nor SIG_DFL: a
+    # signal already pending then prints Python's "ignored due to race condition".)
+    # It stays: the workers' SIGCHLD may come after the unwinding, as the process exits.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, _children_after_a_stop)
     if _held:
         _pending = _pending or stop
         return

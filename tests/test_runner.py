@@ -137,6 +137,28 @@ def test_a_stopped_side_by_side_run_stops_its_fold_processes_and_resumes(demo_so
     assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.8])
+def test_a_stop_sent_to_every_process_of_the_job_ends_as_cleanly_as_one_sent_to_the_run(demo_source, tmp_path, delay):
+    """Slurm's preemption, `pkill -f` or `kill -- -PGID` signal the DataLoader's workers too. torch then raised
+    "DataLoader worker ... is killed by signal: Terminated" from its SIGCHLD handler while the run unwound from
+    the stop: a traceback and exit 1 (4 runs in 5) in place of the clean stop and 143."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--patience": 12, "--num-workers": 2})
+    run = tmp_path / "runs" / "t"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "folds" / "run.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 240
+    while not (run / "fold_0" / "history.csv").is_file():  # training, its loader's workers running
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGTERM)  # the run and its workers, as a scheduler signals a job
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
+    assert not (run / "fold_0" / "lock").exists() and len(pd.read_csv(run / "fold_0" / "history.csv")) >= 1
+
+
 def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_the_plain_one(
         demo_source, tmp_path, monkeypatch, capsys):
     """--time-limit (a Kaggle session's end, which would keep no output): the run stops before the first
