@@ -54,7 +54,25 @@ def entry_point(main):
             if not stdout_is_gone():
                 raise  # another pipe (a worker's): a real error
             return 141  # the reader of the output left (`| head`): stop quietly, as shell tools do (128 + SIGPIPE)
+        except RuntimeError as e:
+            if not loader_worker_died(e):
+                raise
+            print(f"error: {worker_death_message(e)}", file=sys.stderr)
+            return 1
     return wrapper
+
+
+def loader_worker_died(e: BaseException) -> bool:
+    """Whether ``e`` is torch's report that a DataLoader worker process died under the main one."""
+    return isinstance(e, RuntimeError) and str(e).startswith("DataLoader worker (pid")
+
+
+def worker_death_message(e: RuntimeError) -> str:
+    """What a dead loader worker most often means, and how to go on: torch's own words say only which."""
+    return (f"a data-loader worker process died ({str(e).split('. ')[0].strip().rstrip('.')}). Killed is most often "
+            "the kernel's out-of-memory killer, when the machine's RAM is full (`dmesg` names it): each worker holds "
+            f"decoded images and batches. {KEPT[0].upper()}{KEPT[1:-1]} with fewer --num-workers (a run folder "
+            "accepts that: it does not change the result), or --num-workers 0 to see a crash's own error.")
 
 
 def stdout_is_gone() -> bool:

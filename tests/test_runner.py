@@ -15,6 +15,18 @@ from ensemble.submission import validate_submission
 from folds.run import main
 
 
+def started_run(args, cwd, until: Path, **popen) -> subprocess.Popen:
+    """``folds/run.py ARGS`` in a process of its own, returned once ``until`` exists (a fold mid-training)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "folds" / "run.py"), *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **popen.pop("env", {})}, **popen)
+    deadline = time.time() + 240
+    while not until.is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def finished_run(demo_source, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
@@ -83,15 +95,9 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
 
 
 def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
-    args = [sys.executable, str(ROOT / "folds" / "run.py"), *tiny_args(demo_source, tmp_path, **{"--epochs": 6})]
     run = tmp_path / "runs" / "t"
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 240
     # kill in the middle of fold 1, after its first epoch (history.csv is written after last.pt)
-    while not (run / "fold_1" / "history.csv").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
+    proc = started_run(tiny_args(demo_source, tmp_path, **{"--epochs": 6}), tmp_path, run / "fold_1" / "history.csv")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "fold_1" / "done.json").is_file()
@@ -144,19 +150,44 @@ def test_a_stop_sent_to_every_process_of_the_job_ends_as_cleanly_as_one_sent_to_
     the stop: a traceback and exit 1 (4 runs in 5) in place of the clean stop and 143."""
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--patience": 12, "--num-workers": 2})
     run = tmp_path / "runs" / "t"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "folds" / "run.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 240
-    while not (run / "fold_0" / "history.csv").is_file():  # training, its loader's workers running
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
+    # training, its loader's workers running
+    proc = started_run(args, tmp_path, run / "fold_0" / "history.csv", start_new_session=True)
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGTERM)  # the run and its workers, as a scheduler signals a job
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
     assert not (run / "fold_0" / "lock").exists() and len(pd.read_csv(run / "fold_0" / "history.csv")) >= 1
+
+
+def test_a_loader_worker_killed_by_the_oom_killer_is_one_clear_error_and_the_fold_resumes(demo_source, tmp_path):
+    """The kernel's out-of-memory killer takes a loader worker (Colab's 12 GB): torch's RuntimeError came out as a
+    long traceback through the model's forward pass. Now it is one line that says what Killed most often means
+    and how to go on; the epochs trained so far are kept, and --resume with fewer workers finishes the run."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--patience": 12, "--num-workers": 2})
+    run = tmp_path / "runs" / "t"
+    proc = started_run(args, tmp_path, run / "fold_0" / "history.csv")
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[0]), signal.SIGKILL)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert err.startswith("error: a data-loader worker process died (DataLoader worker (pid") and "Killed" in err
+    assert "--resume" in err and "--num-workers" in err
+    assert not (run / "fold_0" / "lock").exists() and (run / "fold_0" / "last.pt").is_file()
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 12, "--patience": 12, "--num-workers": 0,
+                                                    "--resume": True})) == 0
+    assert len(pd.read_csv(run / "oof.csv")) == len(pd.read_csv(demo_source / "train.csv"))
+
+
+def test_other_runtime_errors_keep_their_traceback():
+    from common.cli import entry_point
+
+    @entry_point
+    def failing():
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        failing()
 
 
 def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_the_plain_one(
