@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from common import UserError, write_csv
-from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, read_csv, read_sample
+from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, Columns, read_csv, read_sample
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, classes) -> None:
@@ -55,7 +55,8 @@ def answer_key(data_dir, ids, classes) -> np.ndarray | None:
     path = Path(data_dir) / ANSWER_KEY
     if not path.is_file():
         return None
-    _, names = read_sample(Path(data_dir) / SAMPLE_CSV)
+    sample = Path(data_dir) / SAMPLE_CSV
+    names = read_sample(sample)[1] if sample.is_file() else Columns()  # the key is spelled like the sample
     key = read_csv(path, SUBMISSION_COLUMNS, names=names).set_index("id")["artist"]
     missing = sorted(set(map(str, ids)) - set(key.index))[:5]
     if missing:
