@@ -52,6 +52,19 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
     return codes
 
 
+def ending(code: int) -> str:
+    """How a child with exit status ``code`` ended, in words (a negative status: the signal that killed it)."""
+    if code == -signal.SIGKILL:
+        return ("was killed by SIGKILL: most often the kernel's out-of-memory killer, when the machine's RAM is full "
+                "(`dmesg` names it): run fewer processes side by side, or give them fewer --num-workers")
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code} (its own error is above)"
+
+
 def stop(procs: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
     """One SIGTERM to each live child, then ``grace`` seconds for them all before SIGKILL."""
     live = [p for p in procs if p.poll() is None]

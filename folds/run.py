@@ -142,9 +142,13 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
         gpu = gpus[i % len(gpus)]
         return {**os.environ, LINES_ENV: "1", **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
 
-    return [children.start([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
-                            "--fold", ",".join(map(str, g)), "--num-workers", str(workers), "--procs-per-gpu",
-                            "1", "--gpus", "1", "--no-join"], env=env(i)) for i, g in enumerate(groups)]
+    procs = []
+    for i, g in enumerate(groups):
+        procs.append(children.start([sys.executable, str(Path(__file__).resolve()), *base_argv, "--name", cfg.name,
+                                     "--fold", ",".join(map(str, g)), "--num-workers", str(workers),
+                                     "--procs-per-gpu", "1", "--gpus", "1", "--no-join"], env=env(i)))
+        procs[-1].folds = g  # named when it fails
+    return procs
 
 
 def wait_for(procs: list) -> None:
@@ -156,8 +160,10 @@ def wait_for(procs: list) -> None:
     if time_up is not None:
         raise time_up
     if any(codes):
-        raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}; finished folds are kept, "
-                        "rerun with --resume.")
+        failed = "; ".join(f"the one for folds {getattr(p, 'folds', '?')} {children.ending(c)}"
+                           for p, c in zip(procs, codes) if c)
+        raise UserError(f"--procs-per-gpu/--gpus: fold processes exited with {codes}: {failed}. Finished folds and "
+                        "epochs are kept; rerun with --resume.")
 
 
 def run_on_ray(args, cfg) -> int:

@@ -278,6 +278,20 @@ def test_fold_processes_stopped_by_the_time_limit_stop_their_parent_the_same_way
         wait_for(exiting(75, 1))
 
 
+def test_a_failed_fold_process_is_named_with_its_folds_and_how_it_ended():
+    """The OOM killer takes a whole fold process (-9): the parent said only "exited with [-9, 0]"."""
+    from folds.run import wait_for
+
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for code in
+             ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "raise SystemExit(0)", "raise SystemExit(2)")]
+    for p, folds in zip(procs, ([0, 3], [1, 4], [2])):
+        p.folds = folds
+    with pytest.raises(UserError, match=r"exited with \[-9, 0, 2\]: the one for folds \[0, 3\] was killed by SIGKILL: "
+                                        r"most often the kernel's out-of-memory killer.*; the one for folds \[2\] "
+                                        r"exited with 2 \(its own error is above\)\. .*--resume"):
+        wait_for(procs)
+
+
 def _ended(pid: int) -> bool:
     """Gone, or a zombie: an orphan's exit status waits for whatever reaps orphans here (a container's
     first process may never do it)."""
