@@ -167,8 +167,9 @@ def run(args) -> int:
                                  "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
         codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
         time_up = TimeUp.of_children(codes, "workers")
-        if time_up is None and any(codes):
-            log.warning("worker exit codes: %s", codes)
+        if time_up is None and any(codes):  # the study goes on: its next run retries their trials
+            log.warning("worker exit codes: %s (%s)", codes,
+                        "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         if not has_heartbeat(storage):
             fail_orphaned_local_trials(study)
