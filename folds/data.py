@@ -50,7 +50,7 @@ class Dataset:
     data_dir: Path
     train: pd.DataFrame  # id, img_path, artist, path (absolute), label (int)
     test: pd.DataFrame  # id, img_path, path
-    sample_submission: pd.DataFrame
+    sample_submission: pd.DataFrame  # as written: the submission's template (its header and order)
     classes: list
     test_labels: pd.DataFrame | None = None
     columns: Columns = Columns()  # the folder's own names of the id and class columns
@@ -75,8 +75,8 @@ def _rows(idx) -> str:
     return f"line {shown}{more}" if len(idx) == 1 else f"lines {shown}{more}"
 
 
-DATA_FILES = "train.csv, test.csv, sample_submission.csv and the image folders"
-TEST_FILES = "test.csv, sample_submission.csv and the test images (no train data needed)"
+DATA_FILES = f"{TRAIN_CSV}, {TEST_CSV}, {SAMPLE_CSV} and the image folders"
+TEST_FILES = f"{TEST_CSV}, {SAMPLE_CSV} and the test images (no train data needed)"
 
 
 def read_csv(path: Path, columns, expected: str = DATA_FILES, names: Columns = Columns()) -> pd.DataFrame:
