@@ -52,11 +52,15 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
     return codes
 
 
+# What a process killed outright most often met: said once, for a dead fold process and a dead loader worker.
+OOM_KILLER = "the kernel's out-of-memory killer, when the machine's RAM is full (`dmesg` names it)"
+
+
 def ending(code: int) -> str:
     """How a child with exit status ``code`` ended, in words (a negative status: the signal that killed it)."""
     if code == -signal.SIGKILL:
-        return ("was killed by SIGKILL: most often the kernel's out-of-memory killer, when the machine's RAM is full "
-                "(`dmesg` names it): run fewer processes side by side, or give them fewer --num-workers")
+        return f"was killed by SIGKILL: most often {OOM_KILLER}: run fewer processes side by side, or give them " \
+               "fewer --num-workers"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"

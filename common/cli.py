@@ -70,9 +70,9 @@ def loader_worker_died(e: BaseException) -> bool:
 def worker_death_message(e: RuntimeError) -> str:
     """What a dead loader worker most often means, and how to go on: torch's own words say only which."""
     return (f"a data-loader worker process died ({str(e).split('. ')[0].strip().rstrip('.')}). Killed is most often "
-            "the kernel's out-of-memory killer, when the machine's RAM is full (`dmesg` names it): each worker holds "
-            f"decoded images and batches. {KEPT[0].upper()}{KEPT[1:-1]} with fewer --num-workers (a run folder "
-            "accepts that: it does not change the result), or --num-workers 0 to see a crash's own error.")
+            f"{children.OOM_KILLER}: each worker holds decoded images and batches. {KEPT.capitalize()} Give it fewer "
+            "--num-workers (a run folder accepts that: it does not change the result), or --num-workers 0 to see a "
+            "crash's own error.")
 
 
 def stdout_is_gone() -> bool:
