@@ -25,9 +25,16 @@ KEPT = ("finished epochs, folds and trials are kept; run the same command again 
         "--resume).")
 
 
+QUIET_LIBRARIES = ("matplotlib",)
+
+
 def log_to_stdout(level: int = logging.INFO) -> None:
     """Plain messages on stdout, where the user reads the run's progress."""
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    # Libraries' own INFO lines are not the run's progress: matplotlib's "generated new fontManager" on a
+    # fresh machine (a new Colab or Kaggle kernel) would stand among the results of the first build.
+    for quiet in QUIET_LIBRARIES:
+        logging.getLogger(quiet).setLevel(max(level, logging.WARNING))
 
 
 def entry_point(main):

@@ -339,6 +339,21 @@ def test_output_piped_into_head_ends_quietly_and_other_broken_pipes_still_show(r
     assert ("Traceback" in err.decode()) == (code == 1), err.decode()
 
 
+def test_a_fresh_machines_font_cache_line_does_not_stand_among_the_results(tmp_path):
+    # a new Colab or Kaggle kernel has no matplotlib cache: its "generated new fontManager" (an INFO line)
+    # came between the build's method table and its scores
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from common.cli import log_to_stdout\n"
+              "log_to_stdout()\n"
+              "import ensemble.report\n"
+              "import logging; logging.getLogger('ensemble.build').info('the run says this')\n")
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "fresh")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the run says this\n"
+    assert (tmp_path / "fresh").is_dir()  # the cache was made, so the line would have been logged
+
+
 def test_worker_errors_reach_the_user_as_the_same_one_line_error(tmp_path):
     from folds.augment import eval_transform
     from folds.loader import ImageDataset, batches, make_loader
