@@ -108,11 +108,12 @@ def _read_frame(path, spelled, expected: str) -> pd.DataFrame:
     return df
 
 
-def _checked(df: pd.DataFrame, path, spelled) -> pd.DataFrame:
-    """Rows present, no empty cell in ``spelled`` (the file's names of ``df``'s columns), unique ids."""
+def _checked(df: pd.DataFrame, path, spelled, filled: int | None = None) -> pd.DataFrame:
+    """Rows present, no empty cell in ``spelled`` (the file's names of ``df``'s columns; only in the first
+    ``filled`` of them where given), unique ids."""
     if len(df) == 0:
         raise UserError(f"{path}: has a header but no rows.")
-    for c, shown in zip(df.columns, spelled):
+    for c, shown in list(zip(df.columns, spelled))[:filled]:
         blank = df.index[df[c].str.strip() == ""]
         if len(blank):
             raise UserError(f"{path}: empty '{shown}' at {_rows(blank)}.")
@@ -134,7 +135,8 @@ def read_sample(path, expected: str = DATA_FILES) -> tuple[pd.DataFrame, Columns
         raise UserError(f"{path}: the header must name two columns, the id and the class (Dacon's painters: "
                         f"{','.join(SUBMISSION_COLUMNS)}; elsewhere often id,label); found {head}. A submission of "
                         "one probability column per class is not supported.")
-    return _checked(df, path, head), Columns(*head)
+    # its class column is a placeholder (often 0, or left empty): only the ids must be there
+    return _checked(df, path, head, filled=1), Columns(*head)
 
 
 def not_utf8_message(path: Path) -> str:

@@ -170,3 +170,18 @@ def test_transparent_pixels_become_white(tmp_path):
     im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     im.save(tmp_path / "t.png")
     assert (read_rgb(tmp_path / "t.png") == 255).all()
+
+
+@pytest.mark.parametrize("placeholder", ["", "0"])
+def test_the_sample_submissions_class_column_is_a_placeholder(demo_dir, tmp_path, placeholder):
+    # a sample submission often leaves its class column empty (or 0): only its ids and their order matter
+    from ensemble.submission import write_submission
+
+    edit_csv(demo_dir / "sample_submission.csv", lambda df: df.assign(artist=placeholder))
+    ds = load_dataset(demo_dir)
+    order = list(ds.sample_submission["id"])
+    guess = [ds.classes[i % ds.num_classes] for i in range(len(ds.test))]
+    write_submission(tmp_path / "sub.csv", ds.test["id"], guess, ds.sample_submission, ds.classes)
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["id", "artist"] and list(sub["id"]) == order
+    assert sub.set_index("id")["artist"].to_dict() == dict(zip(ds.test["id"], guess))

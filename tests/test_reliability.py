@@ -158,7 +158,7 @@ def test_ids_that_look_missing_survive_the_full_run_and_the_build(demo_dir, tmp_
     assert run_main(args) == 0  # a rerun assembles again without trouble
 
 
-@pytest.mark.parametrize("csv", ["train.csv", "test.csv"])
+@pytest.mark.parametrize("csv", ["train.csv", "test.csv", "sample_submission.csv"])
 def test_empty_id_is_refused_up_front(csv, demo_dir, tmp_path, capsys):
     df = pd.read_csv(demo_dir / csv, dtype=str, keep_default_na=False)
     df.loc[3, "id"] = ""
