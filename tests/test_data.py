@@ -185,3 +185,14 @@ def test_the_sample_submissions_class_column_is_a_placeholder(demo_dir, tmp_path
     sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "artist"] and list(sub["id"]) == order
     assert sub.set_index("id")["artist"].to_dict() == dict(zip(ds.test["id"], guess))
+
+
+@pytest.mark.parametrize("load", [load_dataset, load_test_set])
+def test_the_csvs_are_checked_before_the_slow_decode_of_every_image(demo_dir, monkeypatch, load):
+    # a sample submission that does not list test.csv's ids is found at once, not after every image is decoded
+    import folds.data
+
+    edit_csv(demo_dir / "sample_submission.csv", lambda df: df.iloc[1:])
+    monkeypatch.setattr(folds.data, "check_readable", lambda *a, **k: pytest.fail("decoded before the CSV checks"))
+    with pytest.raises(UserError, match=r"sample_submission\.csv: ids do not match"):
+        load(demo_dir)
