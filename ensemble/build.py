@@ -32,7 +32,7 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
-from ensemble.runs import check_compatible, load_run  # noqa: E402
+from ensemble.runs import check_compatible, finished_in_every_run, load_run  # noqa: E402
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "crop's probabilities with those of its sibling crops (several crops of one painting), found by "
                    "colour or by their overlapping pixels; the way and the weight are chosen on the crop OOF, off "
                    "when that does not help (ensemble/neighbours.py, ensemble/siblings.py)")
+    p.add_argument("--finished-folds", action="store_true", help="build from the folds finished so far, where a "
+                   "run has folds still to train (a deadline): the folds finished in every run, their OOF rows and "
+                   "the mean of their models on the test")
     p.add_argument("--inner-folds", type=int, default=5, help="inner CV folds for honest scores (default: 5)")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     return p
@@ -135,12 +138,12 @@ def check_out_path(out: Path) -> None:
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
           offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True, neighbours: str = "auto") -> dict:
+          report: bool = True, neighbours: str = "auto", finished_folds: bool = False) -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
-    runs = [load_run(r, oof) for r in run_paths]
+    runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
     if mode not in OFFSETS:
         raise UserError(f"--offsets {mode!r}: choose one of {list(OFFSETS)}.")
@@ -154,7 +157,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
     groups = first.oof["id"].to_numpy()
-    notes = []
+    notes = [partial] if partial else []
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]
@@ -202,7 +205,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
         "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "with_full": with_full,
-        "runs": [str(r.path.resolve()) for r in runs], "classes": classes,
+        "runs": [str(r.path.resolve()) for r in runs], "classes": classes, "folds": first.folds if partial else None,
         "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None})}
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result["test_f1"], result["test_f1_without_neighbours"] = macro_f1(truth, test), plain_test_f1
@@ -240,7 +243,8 @@ def main(argv=None) -> int:
     log_to_stdout()
     result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
                    offsets=args.offsets, with_full=args.with_full, sample=args.sample,
-                   inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours)
+                   inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours,
+                   finished_folds=args.finished_folds)
     print(format_table(result["table"], result["chosen"]))
     for n in result["notes"]:
         print(f"note: {n}")

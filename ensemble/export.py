@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import UserError, layout, write_json, write_text  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from ensemble.blend import make_blend, votes  # noqa: E402
-from ensemble.saved_blend import load_blend, save_blend  # noqa: E402
+from ensemble.saved_blend import blend_folds, load_blend, save_blend  # noqa: E402
 
 log = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_run(run: Path, dst: Path, with_full: bool) -> list:
+def export_run(run: Path, dst: Path, with_full: bool, meta: dict) -> list:
     """A run folder with best weights only, as safetensors."""
     from safetensors.torch import save_file
 
     from folds.checkpoint import read_checkpoint
 
     config = json.loads((run / layout.CONFIG).read_text())
-    folds = layout.planned_folds(config) + ([layout.FULL] if with_full else [])
+    folds = blend_folds(meta, config) + ([layout.FULL] if with_full else [])
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
         raise UserError(f"{run}: folds {missing} are not finished; export finished runs only.")
@@ -109,7 +109,7 @@ def export(args) -> dict:
         if not (run / layout.CONFIG).is_file():
             raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
         (out / "runs" / run.name).mkdir(parents=True)
-        export_run(run, out / "runs" / run.name, with_full)
+        export_run(run, out / "runs" / run.name, with_full, meta)
     blend_json = save_blend(out / "ensemble.csv", blend, {**meta, "with_full": with_full, "runs": names})
     for package in CODE:
         shutil.copytree(ROOT / package, out / "code" / package, ignore=shutil.ignore_patterns("__pycache__"))

@@ -33,7 +33,7 @@ from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
-from ensemble.saved_blend import load_blend  # noqa: E402
+from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
 from ensemble.submission import write_submission  # noqa: E402
 
 log = logging.getLogger("predict")
@@ -84,15 +84,16 @@ def run_config(run: Path, args):
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 
 
-def predict_run(run: Path, paths, with_full: bool, args) -> tuple[list, np.ndarray]:
-    """A run's classes and its fold-mean test probabilities (the full-data model joins when asked)."""
+def predict_run(run: Path, paths, with_full: bool, args, meta: dict) -> tuple[list, np.ndarray]:
+    """A run's classes and the mean test probabilities of the blend's folds (the full-data model joins when
+    asked)."""
     from folds.predict import Predictor
 
     if not (run / layout.CONFIG).is_file():
         raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
     cfg = run_config(run, args)
     classes = json.loads((run / layout.CLASSES).read_text())
-    folds = layout.planned_folds(cfg) + ([layout.FULL] if with_full else [])
+    folds = blend_folds(meta, cfg) + ([layout.FULL] if with_full else [])
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
         raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
@@ -109,7 +110,7 @@ def predict(args) -> dict:
     test, sample = load_test_set(args.data_dir)
     members, classes = [], None
     for run in runs:
-        run_classes, probs = predict_run(run, test["path"], with_full, args)
+        run_classes, probs = predict_run(run, test["path"], with_full, args, meta)
         if classes is not None and run_classes != classes:
             raise UserError(f"{run} has other classes than {runs[0]}; runs must share train.csv.")
         classes = run_classes

@@ -28,6 +28,17 @@ class RunOutputs:
     fold_test: dict  # fold -> (n_test, K) probabilities
     full_test: np.ndarray | None = None  # the --fold full model, if trained
     fold_scores: dict = field(default_factory=dict)
+    planned: list = field(default_factory=list)  # the run's folds; fold_test holds them all, or its finished ones
+
+    @property
+    def folds(self) -> list:
+        return list(self.fold_test)
+
+    def restricted(self, folds) -> "RunOutputs":
+        """The run as if only ``folds`` were trained: their OOF rows and test probabilities."""
+        return replace(self, oof=self.oof[self.oof["fold"].astype(str).isin(set(map(str, folds)))]
+                       .reset_index(drop=True), fold_test={k: self.fold_test[k] for k in folds},
+                       fold_scores={k: v for k, v in self.fold_scores.items() if k in folds})
 
     @property
     def name(self) -> str:
@@ -43,8 +54,10 @@ class RunOutputs:
         return merge(np.stack(members), "mean")
 
 
-def load_run(path, oof: str = "crops") -> RunOutputs:
-    """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole')."""
+def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutputs:
+    """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole').
+    ``finished_folds``: a run with folds still to train gives its finished folds (their OOF rows, the mean of
+    their models on the test), for a submission before the rest are done."""
     path = Path(path)
     if not (path / layout.CONFIG).is_file():
         raise UserError(f"{path}: not a run folder (no {layout.CONFIG}). Pass folders like runs/<name>.")
@@ -53,16 +66,23 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     manifest = json.loads((path / layout.MANIFEST).read_text())
     planned = layout.planned_folds(config)
     unfinished = [k for k in planned if not layout.is_done(path, k)]
-    if unfinished:
-        raise UserError(f"{path}: folds {unfinished} are not finished; finish them with "
-                        f"`{layout.fold_command(path, ','.join(map(str, unfinished)), '--resume')}`.")
+    finish = f"`{layout.fold_command(path, ','.join(map(str, unfinished)), '--resume')}`"
+    if unfinished and not finished_folds:
+        raise UserError(f"{path}: folds {unfinished} are not finished; finish them with {finish} (ensemble/build.py "
+                        "--finished-folds builds a submission from the finished ones now).")
+    folds = [k for k in planned if k not in unfinished]
+    if not folds:
+        raise UserError(f"{path}: no fold is finished yet; train one with {finish}.")
     fname = layout.OOF_FILES[oof]
-    if not (path / fname).is_file():
-        raise UserError(f"{path}/{fname} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
-                                                         if oof == "crops" else "."))
-    df = layout.read_probs(path / fname, classes)
+    # a finished run's OOF is its folds' files joined; a run with folds to go has only its folds' own
+    parts = [path / fname] if not unfinished else [layout.fold_dir(path, k) / fname for k in folds]
+    lacking = [p for p in parts if not p.is_file()]
+    if lacking:
+        raise UserError(f"{lacking[0]} is missing" + (" (the run was made with --crop-oof 0); use --oof whole."
+                                                       if oof == "crops" else "."))
+    df = pd.concat([layout.read_probs(p, classes) for p in parts], ignore_index=True)
     fold_test, ids = {}, None
-    for k in planned:
+    for k in folds:
         f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
             raise UserError(f"{f}: test probabilities are missing; rerun that fold with "
@@ -78,8 +98,27 @@ def load_run(path, oof: str = "crops") -> RunOutputs:
     if full.is_file():
         t = layout.read_probs(full, classes)
         full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
-    scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in planned}
-    return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores)
+    scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in folds}
+    return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores, planned)
+
+
+def finished_in_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str | None]:
+    """Runs with folds still to train, cut to the folds finished in all of them (their OOF rows must be the
+    same paintings), and a note that says what the build is made of; finished runs come back as they are."""
+    if all(r.folds == r.planned for r in runs):
+        return runs, None
+    if len({r.split_hash for r in runs}) > 1:
+        raise UserError("--finished-folds: the runs use different splits, so their finished folds hold different "
+                        "paintings; finish them, or build from each alone.")
+    common = [k for k in runs[0].folds if all(k in r.folds for r in runs)]
+    if not common:
+        raise UserError("--finished-folds: no fold is finished in every run ("
+                        + "; ".join(f"{r.name}: {r.folds}" for r in runs) + "); finish one in each.")
+    runs = [r.restricted(common) for r in runs]
+    paintings = runs[0].oof["id"].nunique()
+    return runs, (f"built from the finished folds {common} of {len(runs[0].planned)} (--finished-folds): the OOF "
+                  f"holds their {paintings:,} validation paintings, and a run's test probabilities are the mean of "
+                  f"those {len(common)} fold model(s)")
 
 
 def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunOutputs]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import joblib
 
-from common import UserError, atomic_write, write_json
+from common import UserError, atomic_write, layout, write_json
 
 
 def blend_paths(out_csv) -> tuple[Path, Path]:
@@ -37,3 +37,8 @@ def load_blend(meta_path) -> tuple[object, dict]:
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise UserError(f"--blend {meta_path}: cannot read the fitted blend ({type(e).__name__}: {e}).") from None
     return blend, meta
+
+
+def blend_folds(meta: dict, config) -> list:
+    """The folds whose models a blend combines: all of a run's, or the ones a ``--finished-folds`` build used."""
+    return list(meta.get("folds") or layout.planned_folds(config))

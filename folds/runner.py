@@ -233,7 +233,8 @@ class FoldRunner:
         missing = [k for k in self.planned_folds if not self.is_done(k)]
         if missing:
             log.info("folds %s are not finished yet; the OOF and the submission are written when they are "
-                     "(run them with --fold %s).", missing, ",".join(map(str, missing)))
+                     "(run them with --fold %s; `python ensemble/build.py %s --finished-folds` builds a submission "
+                     "from the finished ones now).", missing, ",".join(map(str, missing)), self.run_dir)
             return {"folds": results, "complete": False}
         return {"folds": results, "complete": True, **self.assemble()}
 

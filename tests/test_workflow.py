@@ -91,6 +91,52 @@ def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, ca
     assert "--data-dir" in capsys.readouterr().err
 
 
+def without_folds(run, dst, folds):
+    """A copy of a finished run as it stood before ``folds`` were trained (no joined OOF yet)."""
+    from common import layout
+
+    shutil.copytree(run, dst)
+    for k in folds:
+        shutil.rmtree(layout.fold_dir(dst, k))
+    for name in (layout.OOF, layout.OOF_CROPS, layout.SCORES):
+        (dst / name).unlink()
+    return dst
+
+
+def test_a_submission_from_the_finished_folds_before_the_rest_are_trained(trained, demo_source, tmp_path, capsys):
+    from common import layout
+
+    runs = trained / "runs"
+    part = without_folds(runs / "s0", tmp_path / "runs" / "part", [1])
+    out = tmp_path / "part.csv"
+    assert build_main([str(part), "--out", str(out), "--no-report"]) == 2
+    assert "--finished-folds builds a submission from the finished ones" in capsys.readouterr().err
+    assert build_main([str(part), "--finished-folds", "--offsets", "off", "--neighbours", "off", "--out", str(out),
+                       "--no-report"]) == 0
+    assert "built from the finished folds [0] of 2 (--finished-folds)" in capsys.readouterr().out
+    fold0 = probs(layout.fold_dir(part, 0) / layout.TEST_PROBS)
+    np.testing.assert_allclose(probs(tmp_path / "part_probs.csv").loc[fold0.index].to_numpy(), fold0.to_numpy(),
+                               atol=1e-6)  # fold 0's model alone
+    # beside a finished run, both are cut to the folds finished in each; a learned blend fits on fold 0's OOF rows
+    st = tmp_path / "st.csv"
+    assert build_main([str(part), str(runs / "s1"), "--method", "stack", "--finished-folds", "--out", str(st),
+                       "--no-report"]) == 0
+    blend = json.loads((tmp_path / "st_blend.json").read_text())
+    assert blend["folds"] == [0]
+    # ensemble/predict.py (and an export) reuse the blend with the same fold models: the build's probabilities
+    assert predict_main(["--blend", str(tmp_path / "st_blend.json"), "--data-dir", str(demo_source),
+                         "--out", str(tmp_path / "again.csv")]) == 0
+    built = probs(tmp_path / "st_probs.csv")
+    np.testing.assert_allclose(probs(tmp_path / "again_probs.csv").loc[built.index].to_numpy(), built.to_numpy(),
+                               atol=1e-5)
+    assert export_main(["--blend", str(tmp_path / "st_blend.json"), "--out", str(tmp_path / "exp"), "--no-wheels"]) == 0
+    assert sorted(p.name for p in (tmp_path / "exp" / "runs" / "s1").glob("fold_*")) == ["fold_0"]
+    capsys.readouterr()
+    other = without_folds(runs / "s1", tmp_path / "runs" / "other", [0])
+    assert build_main([str(part), str(other), "--finished-folds", "--out", str(st), "--no-report"]) == 2
+    assert "no fold is finished in every run (part: [0]; other: [1])" in capsys.readouterr().err
+
+
 def renamed_columns(src, dst, names=("ID", "label")):
     """A copy of the demo data whose CSVs name the id and class columns as most tasks do."""
     shutil.copytree(src, dst)
