@@ -85,13 +85,15 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     for k in folds:
         f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
-            raise UserError(f"{f}: test probabilities are missing; rerun that fold with "
-                            f"`{layout.fold_command(path, str(k), '--force')}`.")
+            raise UserError(f"{f}: test probabilities are missing; `{layout.fold_command(path, str(k), '--resume')}` "
+                            "predicts them again with the fold's best weights.")
         t = layout.read_probs(f, classes)
         if ids is None:
             ids = t["id"].to_numpy()
         elif not np.array_equal(ids, t["id"].to_numpy()):
-            raise UserError(f"{f}: test ids differ from fold 0's.")
+            raise UserError(f"{f}: test ids differ from fold {folds[0]}'s: test.csv changed between them. "
+                            f"`{layout.fold_command(path, 'all', '--resume')}` predicts every finished fold's "
+                            "test again, for test.csv as it is now.")
         fold_test[k] = t[classes].to_numpy(dtype=np.float64)
     full = layout.fold_dir(path, layout.FULL) / layout.TEST_PROBS
     full_test = None

@@ -96,6 +96,7 @@ class FoldRunner:
         # under torchrun, rank 0 decides for the group (skip, lock) and alone touches files
         if distributed.agree(self.is_done(k) and not self.force):
             log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
+            self._predict_test_again_if_changed(k, d)
             return json.loads((d / layout.DONE).read_text())
         lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
         if not distributed.agree(lock.acquire() if lock else None):
@@ -159,6 +160,27 @@ class FoldRunner:
             log.info("fold %s: OOF macro-F1 %.4f%s", k, result["oof"]["f1"],
                      f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
         return result
+
+    def _predict_test_again_if_changed(self, k, d: Path) -> None:
+        """A finished fold's test probabilities for test.csv as it is now. A corrected or new test set (or a
+        lost test_probs.csv) would leave the fold's probabilities for other ids, and the run's submission
+        could not be made; its best weights predict the test again, so the fold is not trained again."""
+        then = None
+        if distributed.is_main() and (d / layout.TEST_PROBS).is_file():
+            then = layout.read_frame(d / layout.TEST_PROBS, usecols=["id"])["id"].to_numpy()
+        now = self.ds.test["id"].to_numpy()
+        if not distributed.agree(then is None or not np.array_equal(then, now)):
+            return
+        log.info("fold %s: %s; predicting the test again with its best weights.", k,
+                 f"{layout.TEST_PROBS} is missing" if then is None else f"test.csv changed since its test "
+                 f"probabilities were written ({len(then):,} ids then, {len(now):,} now, "
+                 f"{len(np.intersect1d(then, now)):,} in both)")
+        self.deadline.before("prediction", f"fold {k}'s test prediction",
+                             self.deadline.prediction_estimate(len(now), n_views(self.cfg.tta)))
+        test = Predictor(self.cfg, self.ds.num_classes, d).predict(self.ds.test["path"], desc=f"fold {k} test")
+        if distributed.is_main():
+            write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=now))
+        distributed.barrier()
 
     def _predict_oof(self, k, d: Path, predictor: Predictor, val: pd.DataFrame) -> dict:
         """The validation paintings whole (``oof.csv``) and as fixed half-size crops (``oof_crops.csv``)."""

@@ -87,6 +87,33 @@ def test_finished_folds_are_skipped_and_changed_settings_refused(finished_run, d
     assert "made with other settings (lr: 0.002 -> 0.5)" in capsys.readouterr().err
 
 
+def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, tmp_path, capsys):
+    # a corrected test.csv after the folds were trained: their probabilities were for other ids, and the run's
+    # submission (and any build) failed after all its training; the folds' best weights predict the new set
+    args = tiny_args(demo_dir, tmp_path, **{"--epochs": 1, "--n-folds": 2})
+    assert main(args) == 0
+    run = tmp_path / "runs" / "t"
+    probs = {k: pd.read_csv(run / f"fold_{k}" / "test_probs.csv", dtype={"id": str}).set_index("id") for k in (0, 1)}
+    for name in ("test.csv", "sample_submission.csv", "test_labels.csv"):  # two crops fewer, in another order
+        df = pd.read_csv(demo_dir / name, dtype=str, keep_default_na=False)
+        df.iloc[2:].iloc[::-1].to_csv(demo_dir / name, index=False)
+    (run / "fold_1" / "test_probs.csv").unlink()  # and one fold's probabilities lost
+    trained = {k: (run / f"fold_{k}" / "done.json").stat().st_mtime for k in (0, 1)}
+    capsys.readouterr()
+    assert main([a for a in args if a != "-q"]) == 0  # the fold lines are INFO
+    out = capsys.readouterr().out
+    assert "fold 0: test.csv changed since its test probabilities were written (72 ids then, 70 now, 70 in both)" in out
+    assert "fold 1: test_probs.csv is missing; predicting the test again with its best weights" in out
+    ids = pd.read_csv(demo_dir / "test.csv", dtype=str)["id"].tolist()
+    for k in (0, 1):
+        again = pd.read_csv(run / f"fold_{k}" / "test_probs.csv", dtype={"id": str}).set_index("id")
+        assert again.index.tolist() == ids
+        assert (run / f"fold_{k}" / "done.json").stat().st_mtime == trained[k]  # not trained again
+        pd.testing.assert_frame_equal(again, probs[k].loc[ids], atol=1e-6)  # the same weights
+    sub = pd.read_csv(tmp_path / "subs" / "t_folds-mean.csv", dtype=str)
+    assert sub["id"].tolist() == pd.read_csv(demo_dir / "sample_submission.csv", dtype=str)["id"].tolist()
+
+
 def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     assert main(tiny_args(tmp_path / "missing", tmp_path)) == 2
     err = capsys.readouterr().err
