@@ -85,7 +85,9 @@ def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
         df = layout.read_probs(layout.fold_dir(run, k) / layout.TEST_PROBS, classes).set_index("id")
         missing = sorted(set(map(str, test_ids)) - set(df.index))[:5]
         if missing:
-            raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing}.")
+            raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing} (test.csv changed "
+                            f"since it predicted); `{layout.fold_command(run, 'all', '--resume')}` predicts its "
+                            "finished folds' test again.")
         probs.append(df.loc[list(map(str, test_ids)), list(classes)].to_numpy(dtype=np.float64))
     return merge(np.stack(probs), "mean")
 

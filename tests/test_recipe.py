@@ -287,6 +287,16 @@ def test_fold_k_pseudo_labels_come_from_fold_k_alone(source_run, demo_source):
     assert trained_on["fold"] == 0 and set(folds["fold"]) == {"0", "1"}
 
 
+def test_a_source_that_predicted_another_test_set_names_the_command_that_predicts_this_one(source_run, demo_source):
+    from folds.data import load_dataset
+    from folds.pseudo import fold_probs
+    run = source_run / "runs" / "src"
+    ds = load_dataset(demo_source)
+    with pytest.raises(UserError, match=r"fold 1 has no test probabilities for ids \['NEW'\] \(test\.csv changed "
+                                        r"since it predicted\); `python folds/run\.py --config .* --fold all --resume`"):
+        fold_probs(run, 1, np.array(["NEW", *ds.test["id"][1:]]), ds.classes)
+
+
 def test_fold_k_learns_its_own_crop_oof_crops_as_fold_k_labelled_them_never_their_true_labels(source_run,
                                                                                                   demo_source):
     """The crop OOF can only see a pseudo round's transductive gain if fold k learns, unlabelled, the
