@@ -292,8 +292,9 @@ def test_a_source_that_predicted_another_test_set_names_the_command_that_predict
     from folds.pseudo import fold_probs
     run = source_run / "runs" / "src"
     ds = load_dataset(demo_source)
-    with pytest.raises(UserError, match=r"fold 1 has no test probabilities for ids \['NEW'\] \(test\.csv changed "
-                                        r"since it predicted\); `python folds/run\.py --config .* --fold all --resume`"):
+    with pytest.raises(UserError, match=r"fold 1 has no test probabilities for ids \['NEW'\] \(test\.csv "
+                                        r"changed since it predicted\); `python folds/run\.py --config .* --fold all "
+                                        r"--resume`"):
         fold_probs(run, 1, np.array(["NEW", *ds.test["id"][1:]]), ds.classes)
 
 
