@@ -4,6 +4,7 @@ Examples:
     python ensemble/compare.py runs/b3-seed0 runs/b3-ld9          # the crop OOF (default)
     python ensemble/compare.py runs/a runs/b runs/c --oof whole --draws 5000
     python ensemble/compare.py runs/a                              # how precise one run's OOF score is
+    python ensemble/compare.py runs/a runs/b --finished-folds      # on the folds both have finished so far
 
 Every run is scored on the same OOF rows. The paintings are drawn with replacement (a painting's
 crops together: they are not independent), the same draws for every run, so each difference to the
@@ -25,14 +26,16 @@ import numpy as np  # noqa: E402
 from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
-from ensemble.runs import check_compatible, load_run  # noqa: E402
+from ensemble.runs import check_compatible, finished_in_every_run, load_run  # noqa: E402
 
 OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}
 
 
-def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
+def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0,
+                 finished_folds: bool = False) -> dict:
     """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
-    how precisely its OOF measures it)."""
+    how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
+    run, where some have folds still to train (is the new recipe worth its other folds?)."""
     if draws < 100:
         raise UserError(f"--draws {draws}: use at least 100 (the interval's ends are percentiles of the draws).")
     if seed < 0:
@@ -40,7 +43,8 @@ def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float 
     if not 0 < level < 1:
         raise UserError(f"--level {level}: give the share of the draws an interval holds, in (0, 1), e.g. 0.9.")
     # the same rows in the first run's order (other splits are fine: the rows are what is compared)
-    runs = check_compatible([load_run(p, oof) for p in run_paths], need_same_split=False)
+    runs, partial = finished_in_every_run([load_run(p, oof, finished_folds) for p in run_paths])
+    runs = check_compatible(runs, need_same_split=False)
     cidx = {c: i for i, c in enumerate(runs[0].classes)}
     y = runs[0].oof["label"].map(cidx).to_numpy()
     g, weights = painting_draws(runs[0].oof["id"].to_numpy(), draws, seed)
@@ -57,7 +61,7 @@ def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float 
                        better=float((diff > 0).mean()))
         rows.append(row)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
-            "oof": oof}
+            "oof": oof, "partial": partial}
 
 
 def format_result(result: dict) -> str:
@@ -72,6 +76,8 @@ def format_result(result: dict) -> str:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
         lines.append(line)
+    if result.get("partial"):
+        lines.append(f"note: {result['partial']}")
     lines.append("note: these intervals hold only the noise of which paintings are in the OOF; training noise (seed, "
                  "data order) comes on top: train the first run again with another --seed and compare the two.")
     return "\n".join(lines)
@@ -86,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the paintings")
     p.add_argument("--level", type=float, default=0.9, help="the share of the draws each interval holds")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the result repeats with it)")
+    p.add_argument("--finished-folds", action="store_true", help="compare runs with folds still to train on the "
+                   "folds finished in every one (they must share a split)")
     return p
 
 
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed)))
+    print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed, args.finished_folds)))
     return 0
 
 

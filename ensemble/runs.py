@@ -68,8 +68,8 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     unfinished = [k for k in planned if not layout.is_done(path, k)]
     finish = f"`{layout.fold_command(path, ','.join(map(str, unfinished)), '--resume')}`"
     if unfinished and not finished_folds:
-        raise UserError(f"{path}: folds {unfinished} are not finished; finish them with {finish} (ensemble/build.py "
-                        "--finished-folds builds a submission from the finished ones now).")
+        raise UserError(f"{path}: folds {unfinished} are not finished; finish them with {finish} (with "
+                        "--finished-folds, ensemble/build.py and compare.py use the finished ones now).")
     folds = [k for k in planned if k not in unfinished]
     if not folds:
         raise UserError(f"{path}: no fold is finished yet; train one with {finish}.")
@@ -118,7 +118,7 @@ def finished_in_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str
                         + "; ".join(f"{r.name}: {r.folds}" for r in runs) + "); finish one in each.")
     runs = [r.restricted(common) for r in runs]
     paintings = runs[0].oof["id"].nunique()
-    return runs, (f"built from the finished folds {common} of {len(runs[0].planned)} (--finished-folds): the OOF "
+    return runs, (f"made of the finished folds {common} of {len(runs[0].planned)} (--finished-folds): the OOF "
                   f"holds their {paintings:,} validation paintings, and a run's test probabilities are the mean of "
                   f"those {len(common)} fold model(s)")
 

@@ -14,6 +14,7 @@ import pytest
 from common import UserError
 from conftest import tiny_args
 from ensemble.build import main as build_main
+from ensemble.compare import main as compare_main
 from ensemble.export import main as export_main
 from ensemble.predict import main as predict_main
 from folds.run import main as run_main
@@ -110,10 +111,10 @@ def test_a_submission_from_the_finished_folds_before_the_rest_are_trained(traine
     part = without_folds(runs / "s0", tmp_path / "runs" / "part", [1])
     out = tmp_path / "part.csv"
     assert build_main([str(part), "--out", str(out), "--no-report"]) == 2
-    assert "--finished-folds builds a submission from the finished ones" in capsys.readouterr().err
+    assert "with --finished-folds, ensemble/build.py and compare.py use the finished ones" in capsys.readouterr().err
     assert build_main([str(part), "--finished-folds", "--offsets", "off", "--neighbours", "off", "--out", str(out),
                        "--no-report"]) == 0
-    assert "built from the finished folds [0] of 2 (--finished-folds)" in capsys.readouterr().out
+    assert "made of the finished folds [0] of 2 (--finished-folds)" in capsys.readouterr().out
     fold0 = probs(layout.fold_dir(part, 0) / layout.TEST_PROBS)
     np.testing.assert_allclose(probs(tmp_path / "part_probs.csv").loc[fold0.index].to_numpy(), fold0.to_numpy(),
                                atol=1e-6)  # fold 0's model alone
@@ -131,7 +132,13 @@ def test_a_submission_from_the_finished_folds_before_the_rest_are_trained(traine
                                atol=1e-5)
     assert export_main(["--blend", str(tmp_path / "st_blend.json"), "--out", str(tmp_path / "exp"), "--no-wheels"]) == 0
     assert sorted(p.name for p in (tmp_path / "exp" / "runs" / "s1").glob("fold_*")) == ["fold_0"]
+    # is the other recipe better on the folds both have finished? fold 0's crop-OOF rows alone
     capsys.readouterr()
+    assert compare_main([str(part), str(runs / "s1"), "--finished-folds", "--draws", "100"]) == 0
+    shown = capsys.readouterr().out
+    rows = layout.read_frame(layout.fold_dir(part, 0) / layout.OOF_CROPS)
+    assert f"crop-OOF macro-F1 on {len(rows)} rows from {rows['id'].nunique()} paintings" in shown
+    assert "note: made of the finished folds [0] of 2" in shown
     other = without_folds(runs / "s1", tmp_path / "runs" / "other", [0])
     assert build_main([str(part), str(other), "--finished-folds", "--out", str(st), "--no-report"]) == 2
     assert "no fold is finished in every run (part: [0]; other: [1])" in capsys.readouterr().err
