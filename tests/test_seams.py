@@ -4,6 +4,7 @@ Each test names a bug found by reading; each failed on the main branch before it
 """
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,27 @@ def test_every_entry_point_ends_a_user_error_the_one_way(capsys):
 
     assert main() == 2
     assert capsys.readouterr().err == "error: train.csv: no such file.\n"
+
+
+def test_what_the_commands_write_into_the_checkout_is_ignored_by_git():
+    # an unignored output made every later run's manifest say the code was dirty ("git": {"dirty": true})
+    import shutil
+    import subprocess
+
+    from common.layout import run_dir
+    from ensemble.saved_blend import blend_paths
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    sub = Path("submissions") / "demo_folds-mean.csv"
+    written = [sub, *blend_paths(sub), sub.with_name(sub.stem + "_probs.csv"), sub.with_name(sub.stem + "_report.md"),
+               sub.with_name(sub.stem + "_report") / "confusion.png", run_dir("runs", "demo") / "config.json",
+               Path("tuning") / "demo" / "best.json", Path("runs") / "cache" / "verified.txt",
+               Path("export") / "ab" / "export.json", Path("data") / "train.csv"]  # the README's folders
+    shown = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "-v", "-n", *map(str, written)],
+                           capture_output=True, text=True).stdout
+    unignored = [line.split("\t")[-1] for line in shown.splitlines() if line.startswith("::")]
+    assert not unignored, unignored
+    tracked = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "submissions/.gitkeep",
+                              "tuning/tune.py"], capture_output=True, text=True).stdout
+    assert tracked == ""
