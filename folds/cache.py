@@ -62,6 +62,11 @@ def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
+def cache_root(cfg) -> Path:
+    """The folder of the image cache and of the decode check's record: ``--cache-dir``, or ``<runs_dir>/cache``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.runs_dir) / "cache"
+
+
 def image_cache(cfg, size: int) -> ImageCache | None:
     """The shared on-disk cache for this input size (at most twice the size), or None without --cache."""
-    return ImageCache(Path(cfg.runs_dir) / "cache", 2 * size) if cfg.cache else None
+    return ImageCache(cache_root(cfg), 2 * size) if cfg.cache else None

@@ -153,6 +153,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "once the fold is done otherwise")
     opt(g, "--cache", key="cache", action="store_true", default=None,
         help="decode each image once into a downsized on-disk cache (at most 2x the input size)")
+    opt(g, "--cache-dir", key="cache_dir", help="where --cache keeps its images, and the decode check its record "
+        "(default: <runs-dir>/cache); a local disk where --runs-dir is a network or Google Drive folder")
 
 
 def add_legacy_folds(p: argparse.ArgumentParser) -> None:

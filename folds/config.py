@@ -83,6 +83,7 @@ class RunConfig:
     deterministic: bool = False  # CUDA: no cuDNN autotuning, deterministic kernels (repeatable to the digit, slower)
     workers: int | None = None
     cache: bool = False  # decode each image once into a downsized on-disk cache
+    cache_dir: str | None = None  # where that cache and the decode check's record live (None: <runs_dir>/cache)
     max_image_pixels: int | None = None  # PIL's decompression-bomb limit (None: PIL's default; 0: off)
     keep_last: bool = False  # keep a finished fold's last.pt (the full training state; large)
 
@@ -97,12 +98,12 @@ def settings_before_they_existed(saved: dict) -> dict:
 
 
 # Settings that name a file or folder: made absolute where another working folder reads them (Ray)
-PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "groups", "pseudo")
+PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "groups", "pseudo", "cache_dir")
 
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
-               "keep_last", "deterministic", "grad_checkpointing"}
+               "keep_last", "deterministic", "grad_checkpointing", "cache_dir"}
 # (deterministic kernels change the last digits, not the recipe; checkpointing recomputes the same
 # activations, with the running statistics kept, so a fold that ran out of memory may resume with it)
 

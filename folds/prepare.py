@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.atomic import check_writable_folder
+from folds.cache import cache_root
 from folds.config import RunConfig
 from folds.data import Dataset, load_dataset, read_groups
 from folds.images import set_max_image_pixels
@@ -57,8 +59,10 @@ def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, wr
     if demo is None:
         cfg, demo = with_data_dir(cfg)
     check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
+    if cfg.cache_dir:
+        check_writable_folder(cfg.cache_dir, f"--cache-dir {cfg.cache_dir}")
     set_max_image_pixels(cfg.max_image_pixels)
-    ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=Path(cfg.runs_dir) / "cache")
+    ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=cache_root(cfg))
     groups = read_groups(cfg.groups, ds.train["id"]) if cfg.groups else None
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
                                                 cfg.split_seed, shared_dir=split_store(cfg), write=write_split,

@@ -99,6 +99,7 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
     (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
+    (["--cache", "--cache-dir", "/proc/version/x"], "--cache-dir /proc/version/x: /proc/version is a file, not a"),
     (["--grad-accum-steps", "0"], "--grad-accum-steps must be at least 1"),
     (["--clip-grad", "-1"], "--clip-grad must be 0 (off) or more"),
     (["--layer-decay", "1.5"], "--layer-decay must be 0 (off) or a factor in (0, 1]"),

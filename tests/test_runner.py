@@ -114,6 +114,18 @@ def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, t
     assert sub["id"].tolist() == pd.read_csv(demo_dir / "sample_submission.csv", dtype=str)["id"].tolist()
 
 
+def test_the_image_cache_lives_where_cache_dir_says(demo_source, tmp_path):
+    # --runs-dir on Google Drive or NFS keeps the run safe; its cache belongs on the machine's own disk
+    local = tmp_path / "local-disk"
+    args = {"--epochs": 1, "--n-folds": 2, "--cache": True}
+    assert main(tiny_args(demo_source, tmp_path, **args, **{"--fold": "0", "--cache-dir": local})) == 0
+    assert list(local.glob("max*/*/*.npy")) and (local / "verified.txt").is_file()
+    assert not (tmp_path / "runs" / "cache").exists()
+    # where the cache lives does not change what a fold learns: a new machine's disk resumes the run
+    assert main(tiny_args(demo_source, tmp_path, **args, **{"--fold": "1", "--cache-dir": tmp_path / "other"})) == 0
+    assert list((tmp_path / "other").glob("max*/*/*.npy")) and (tmp_path / "subs" / "t_folds-mean.csv").is_file()
+
+
 def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     assert main(tiny_args(tmp_path / "missing", tmp_path)) == 2
     err = capsys.readouterr().err
