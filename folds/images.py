@@ -67,10 +67,9 @@ def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | No
         errors = list(ex.map(_decode_error, [t[3] for t in todo]))
     good = {t[4] for t, err in zip(todo, errors) if err is None}
     if store is not None and good:
-        from common import write_text
         try:
-            write_text(store, "\n".join(sorted(known | good)) + "\n")
-        except (OSError, UserError) as e:  # a read-only cache only costs the next run time
+            remember(store, good)
+        except OSError as e:  # a read-only cache only costs the next run time
             log.warning("could not record verified images in %s (%s)", store, e)
     bad = [(t, err) for t, err in zip(todo, errors) if err is not None]
     if bad:
@@ -78,6 +77,19 @@ def check_readable(frames: list[tuple[pd.DataFrame, Path]], cache_dir: Path | No
         more = f"\n  ... and {len(bad) - MAX_BAD_SHOWN} more" if len(bad) > MAX_BAD_SHOWN else ""
         raise UserError(f"{len(bad)} image(s) cannot be decoded; replace or remove them (nothing was trained):\n"
                         + "\n".join(lines) + more)
+
+
+def remember(store: Path, keys) -> None:
+    """Add ``keys`` to the record of decoded images by appending them in one write. A record rewritten whole
+    would lose what another process (a fold process, another machine's run on a shared runs folder) added
+    after this one read it; appended lines are never lost, and a line cut short by a kill only fails to match
+    (that image is checked again)."""
+    store.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the user's umask applies
+    try:
+        os.write(fd, ("\n".join(sorted(keys)) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def read_rgb(path, max_side: int | None = None) -> np.ndarray:

@@ -196,3 +196,25 @@ def test_the_csvs_are_checked_before_the_slow_decode_of_every_image(demo_dir, mo
     monkeypatch.setattr(folds.data, "check_readable", lambda *a, **k: pytest.fail("decoded before the CSV checks"))
     with pytest.raises(UserError, match=r"sample_submission\.csv: ids do not match"):
         load(demo_dir)
+
+
+def test_two_processes_checking_at_once_keep_both_records(demo_dir, tmp_path, monkeypatch):
+    # each read the record before the other wrote: rewriting it whole dropped the first writer's images
+    import folds.images
+    from folds.images import check_readable
+
+    store = tmp_path / "cache" / "verified.txt"
+    ds = load_dataset(demo_dir, check_images=False)
+    train, test = (ds.train, demo_dir / "train.csv"), (ds.test, demo_dir / "test.csv")
+    check_readable([train], tmp_path / "cache")  # the first process
+    seen_before = ""  # what the second process read, before the first wrote
+    real = type(store).read_text
+    monkeypatch.setattr(type(store), "read_text", lambda self, *a, **k: seen_before if self == store
+                        else real(self, *a, **k))
+    check_readable([test], tmp_path / "cache")  # the second
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(folds.images, "_decode_error", lambda p: calls.append(p))
+    load_test_set(demo_dir, tmp_path / "cache")
+    load_dataset(demo_dir, verified_cache=tmp_path / "cache")
+    assert calls == []  # neither process's images are decoded again
