@@ -59,6 +59,14 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def test_hash(self) -> str:
+        """Hash of the test ids, image paths and file sizes: a test set replaced under the same ids (a
+        corrected release) changes it, a copy to another disk does not."""
+        h = hashlib.sha256()
+        for i, rel, p in zip(self.test["id"].astype(str), self.test["img_path"], self.test["path"]):
+            h.update(f"{i}\t{rel}\t{os.path.getsize(p)}\n".encode())
+        return h.hexdigest()[:16]
+
     def data_hash(self) -> str:
         """Hash of train ids and labels: identical data gives identical splits."""
         h = hashlib.sha256()

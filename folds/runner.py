@@ -56,6 +56,7 @@ class FoldRunner:
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force, self.lock_owner = resume, force, lock_owner
         self.deadline = deadline or Deadline()  # --time-limit: checked before each epoch and each fold's predictions
+        self._test_hash = None
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
@@ -85,6 +86,13 @@ class FoldRunner:
 
     def fold_dir(self, k) -> Path:
         return layout.fold_dir(self.run_dir, k)
+
+    @property
+    def test_hash(self) -> str:
+        """The test set's ``Dataset.test_hash``, kept in each fold's done.json beside its test probabilities."""
+        if self._test_hash is None:
+            self._test_hash = self.ds.test_hash()
+        return self._test_hash
 
     def is_done(self, k) -> bool:
         return layout.is_done(self.run_dir, k)
@@ -147,7 +155,7 @@ class FoldRunner:
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))
         test = predictor.predict(self.ds.test["path"], desc=f"fold {k} test")
         self.deadline.took("prediction", time.time() - started)
-        result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta)
+        result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta, test_hash=self.test_hash)
         if epochs is not None:
             result["epochs"] = epochs
         if distributed.is_main():
@@ -162,25 +170,40 @@ class FoldRunner:
         return result
 
     def _predict_test_again_if_changed(self, k, d: Path) -> None:
-        """A finished fold's test probabilities for test.csv as it is now. A corrected or new test set (or a
-        lost test_probs.csv) would leave the fold's probabilities for other ids, and the run's submission
-        could not be made; its best weights predict the test again, so the fold is not trained again."""
-        then = None
-        if distributed.is_main() and (d / layout.TEST_PROBS).is_file():
-            then = layout.read_frame(d / layout.TEST_PROBS, usecols=["id"])["id"].to_numpy()
-        now = self.ds.test["id"].to_numpy()
-        if not distributed.agree(then is None or not np.array_equal(then, now)):
+        """A finished fold's test probabilities for the test set as it is now. A corrected or new test set (or
+        a lost test_probs.csv) would leave the fold's probabilities for other ids, and the run's submission
+        could not be made, or for other images under the same ids, and it would be wrong; its best weights
+        predict the test again, so the fold is not trained again."""
+        why = None
+        if distributed.is_main():
+            why = self._test_changed(d)
+        why = distributed.agree(why)
+        if why is None:
             return
-        log.info("fold %s: %s; predicting the test again with its best weights.", k,
-                 f"{layout.TEST_PROBS} is missing" if then is None else f"test.csv changed since its test "
-                 f"probabilities were written ({len(then):,} ids then, {len(now):,} now, "
-                 f"{len(np.intersect1d(then, now)):,} in both)")
+        log.info("fold %s: %s; predicting the test again with its best weights.", k, why)
+        now = self.ds.test["id"].to_numpy()
         self.deadline.before("prediction", f"fold {k}'s test prediction",
                              self.deadline.prediction_estimate(len(now), n_views(self.cfg.tta)))
         test = Predictor(self.cfg, self.ds.num_classes, d).predict(self.ds.test["path"], desc=f"fold {k} test")
         if distributed.is_main():
             write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=now))
+            done = json.loads((d / layout.DONE).read_text())
+            write_json(d / layout.DONE, {**done, "test_hash": self.test_hash})
         distributed.barrier()
+
+    def _test_changed(self, d: Path) -> str | None:
+        """How fold folder ``d``'s test probabilities differ from the test set as it is now; None if not."""
+        if not (d / layout.TEST_PROBS).is_file():
+            return f"{layout.TEST_PROBS} is missing"
+        then = layout.read_frame(d / layout.TEST_PROBS, usecols=["id"])["id"].to_numpy()
+        now = self.ds.test["id"].to_numpy()
+        if not np.array_equal(then, now):
+            return (f"test.csv changed since its test probabilities were written ({len(then):,} ids then, "
+                    f"{len(now):,} now, {len(np.intersect1d(then, now)):,} in both)")
+        saved = json.loads((d / layout.DONE).read_text()).get("test_hash")  # None: a fold from before it was kept
+        if saved not in (None, self.test_hash):
+            return "the test images changed since its test probabilities were written (the same ids)"
+        return None
 
     def _predict_oof(self, k, d: Path, predictor: Predictor, val: pd.DataFrame) -> dict:
         """The validation paintings whole (``oof.csv``) and as fixed half-size crops (``oof_crops.csv``)."""

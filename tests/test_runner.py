@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,7 +99,7 @@ def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, t
         df = pd.read_csv(demo_dir / name, dtype=str, keep_default_na=False)
         df.iloc[2:].iloc[::-1].to_csv(demo_dir / name, index=False)
     (run / "fold_1" / "test_probs.csv").unlink()  # and one fold's probabilities lost
-    trained = {k: (run / f"fold_{k}" / "done.json").stat().st_mtime for k in (0, 1)}
+    trained = {k: (run / f"fold_{k}" / "best.pt").stat().st_mtime for k in (0, 1)}
     capsys.readouterr()
     assert main([a for a in args if a != "-q"]) == 0  # the fold lines are INFO
     out = capsys.readouterr().out
@@ -108,10 +109,23 @@ def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, t
     for k in (0, 1):
         again = pd.read_csv(run / f"fold_{k}" / "test_probs.csv", dtype={"id": str}).set_index("id")
         assert again.index.tolist() == ids
-        assert (run / f"fold_{k}" / "done.json").stat().st_mtime == trained[k]  # not trained again
+        assert (run / f"fold_{k}" / "best.pt").stat().st_mtime == trained[k]  # not trained again
         pd.testing.assert_frame_equal(again, probs[k].loc[ids], atol=1e-6)  # the same weights
     sub = pd.read_csv(tmp_path / "subs" / "t_folds-mean.csv", dtype=str)
     assert sub["id"].tolist() == pd.read_csv(demo_dir / "sample_submission.csv", dtype=str)["id"].tolist()
+    # nothing changed: nothing is predicted again
+    assert main([a for a in args if a != "-q"]) == 0
+    assert "predicting the test again" not in capsys.readouterr().out
+    # a corrected release under the same ids: one crop is another image now
+    test = pd.read_csv(demo_dir / "test.csv", dtype=str)
+    first, other = (demo_dir / p for p in test["img_path"][:2])
+    first.write_bytes(other.read_bytes())
+    assert main([a for a in args if a != "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("the test images changed since its test probabilities were written (the same ids)") == 2, out
+    again = pd.read_csv(run / "fold_0" / "test_probs.csv", dtype={"id": str}).set_index("id")
+    row = again.loc[test["id"][:2]].to_numpy()
+    np.testing.assert_allclose(row[0], row[1], atol=1e-6)  # the first crop is predicted as the image it now is
 
 
 def test_the_image_cache_lives_where_cache_dir_says(demo_source, tmp_path):
