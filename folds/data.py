@@ -60,12 +60,7 @@ class Dataset:
         return len(self.classes)
 
     def test_hash(self) -> str:
-        """Hash of the test ids, image paths and file sizes: a test set replaced under the same ids (a
-        corrected release) changes it, a copy to another disk does not."""
-        h = hashlib.sha256()
-        for i, rel, p in zip(self.test["id"].astype(str), self.test["img_path"], self.test["path"]):
-            h.update(f"{i}\t{rel}\t{os.path.getsize(p)}\n".encode())
-        return h.hexdigest()[:16]
+        return images_hash(self.test)
 
     def data_hash(self) -> str:
         """Hash of train ids and labels: identical data gives identical splits."""
@@ -73,6 +68,15 @@ class Dataset:
         for i, a in zip(self.train["id"].astype(str), self.train["artist"].astype(str)):
             h.update(f"{i}\t{a}\n".encode())
         return h.hexdigest()[:16]
+
+
+def images_hash(frame: pd.DataFrame) -> str:
+    """Hash of a frame's ids, image paths and file sizes: a test set replaced under the same ids (a corrected
+    release) changes it, a copy to another disk does not."""
+    h = hashlib.sha256()
+    for i, rel, p in zip(frame["id"].astype(str), frame["img_path"], frame["path"]):
+        h.update(f"{i}\t{rel}\t{os.path.getsize(p)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _rows(idx) -> str:

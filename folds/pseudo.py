@@ -76,18 +76,26 @@ def check_own_crops_unlearned(run: Path) -> None:
                         "does not see the gain on the test crops).")
 
 
-def fold_probs(run: Path, fold, test_ids, classes) -> np.ndarray:
-    """The source's test probabilities that fold ``fold`` may learn from, in ``test_ids`` order."""
+def fold_probs(run: Path, fold, test, classes) -> np.ndarray:
+    """The source's test probabilities that fold ``fold`` may learn from, in the order of ``test`` (the test
+    set's frame, as it is now)."""
+    from folds.data import images_hash
+
     config = json.loads((run / layout.CONFIG).read_text())
     sources = layout.planned_folds(config) if fold == layout.FULL else [fold]
+    test_ids, now = test["id"].to_numpy(), images_hash(test)
+    again = f"`{layout.fold_command(run, 'all', '--resume')}` predicts its finished folds' test again."
     probs = []
     for k in sources:
         df = layout.read_probs(layout.fold_dir(run, k) / layout.TEST_PROBS, classes).set_index("id")
         missing = sorted(set(map(str, test_ids)) - set(df.index))[:5]
         if missing:
             raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing} (test.csv changed "
-                            f"since it predicted); `{layout.fold_command(run, 'all', '--resume')}` predicts its "
-                            "finished folds' test again.")
+                            f"since it predicted); {again}")
+        saved = json.loads((layout.fold_dir(run, k) / layout.DONE).read_text()).get("test_hash")
+        if saved not in (None, now):
+            raise UserError(f"--pseudo {run}: fold {k} predicted other test images under these ids (the test set "
+                            f"changed since); {again}")
         probs.append(df.loc[list(map(str, test_ids)), list(classes)].to_numpy(dtype=np.float64))
     return merge(np.stack(probs), "mean")
 
@@ -123,7 +131,7 @@ def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold:
                   siblings: bool = True, workers: int = 8) -> PseudoImages:
     """The test images for fold ``fold``: confident class indices (hard) or probability rows (soft);
     with ``siblings``, each crop's probabilities are first its overlap group's consensus."""
-    probs = fold_probs(run, fold, test["id"].to_numpy(), classes)
+    probs = fold_probs(run, fold, test, classes)
     return _labelled(list(test["path"]), None, probs, mode, threshold, siblings, workers,
                      f"fold {fold} pseudo-labels of the test crops")
 

@@ -295,7 +295,17 @@ def test_a_source_that_predicted_another_test_set_names_the_command_that_predict
     with pytest.raises(UserError, match=r"fold 1 has no test probabilities for ids \['NEW'\] \(test\.csv "
                                         r"changed since it predicted\); `python folds/run\.py --config .* --fold all "
                                         r"--resume`"):
-        fold_probs(run, 1, np.array(["NEW", *ds.test["id"][1:]]), ds.classes)
+        fold_probs(run, 1, ds.test.assign(id=["NEW", *ds.test["id"][1:]]), ds.classes)
+    done = layout.fold_dir(run, 1) / layout.DONE
+    saved = done.read_text()
+    try:  # the same ids, other images: a corrected release
+        done.write_text(json.dumps({**json.loads(saved), "test_hash": "another"}))
+        with pytest.raises(UserError, match=r"fold 1 predicted other test images under these ids .* --fold all "
+                                            r"--resume`"):
+            fold_probs(run, 1, ds.test, ds.classes)
+    finally:
+        done.write_text(saved)
+    assert fold_probs(run, 1, ds.test, ds.classes).shape == (len(ds.test), len(ds.classes))
 
 
 def test_fold_k_learns_its_own_crop_oof_crops_as_fold_k_labelled_them_never_their_true_labels(source_run,
