@@ -32,7 +32,7 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import write_report  # noqa: E402
-from ensemble.runs import check_compatible, finished_in_every_run, load_run  # noqa: E402
+from ensemble.runs import check_compatible, check_test_set_unchanged, finished_in_every_run, load_run  # noqa: E402
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -153,6 +153,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     same_split = len({r.split_hash for r in runs}) == 1
     runs = check_compatible(runs, need_same_split=make_blend(method, stacker, mode == "on").learns)
     first = runs[0]
+    data_dir = Path(first.config["data_dir"])
+    check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
@@ -177,7 +179,6 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
     test = blend_test(blend, runs, y, with_full)
-    data_dir = Path(first.config["data_dir"])
     truth = answer_key(data_dir, first.test_ids, classes)
     plain_test_f1 = None if truth is None else macro_f1(truth, test)
     smoothing, smoothing_oof = None, {}

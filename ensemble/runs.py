@@ -123,6 +123,26 @@ def finished_in_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str
                   f"those {len(common)} fold model(s)")
 
 
+def check_test_set_unchanged(runs: list[RunOutputs], data_dir) -> None:
+    """Refuse test probabilities that a fold made for other images than the data folder's test set holds now
+    under the same ids (a corrected release): the submission would be silently wrong. Nothing to compare
+    with when the data is not at hand (run folders copied without it), or for folds from before the hash."""
+    from folds.data import images_hash, read_test_set
+
+    try:
+        now = images_hash(read_test_set(data_dir)[0])
+    except (UserError, OSError):
+        return
+    for r in runs:
+        full = layout.fold_dir(r.path, layout.FULL) / layout.DONE
+        dones = {**r.fold_scores, **({layout.FULL: json.loads(full.read_text())} if full.is_file() else {})}
+        for k, done in dones.items():
+            if done.get("test_hash") not in (None, now):
+                raise UserError(f"{layout.fold_dir(r.path, k)}: its test probabilities are for other images than "
+                                f"{data_dir}'s test set holds now under the same ids; "
+                                f"`{layout.fold_command(r.path, 'all', '--resume')}` predicts them again.")
+
+
 def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunOutputs]:
     """Same classes, same test ids, same OOF rows; and one split when OOF is used to fit.
 

@@ -282,6 +282,13 @@ def check_sample(sub: pd.DataFrame, test: pd.DataFrame, sub_csv: Path, test_csv:
 def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """test.csv (with absolute ``path``) and sample_submission.csv (as written) of a Dacon-layout folder,
     validated; no train data needed (an inference kernel's hidden test set)."""
+    test, sub = read_test_set(data_dir)
+    check_readable([(test, Path(data_dir) / TEST_CSV)], verified_cache)  # last: decoding every image is the slow part
+    return test, sub
+
+
+def read_test_set(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``load_test_set`` without decoding the images: the CSVs checked, every image there."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding test.csv.")
@@ -290,7 +297,6 @@ def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataF
     test = read_csv(test_csv, TEST_COLUMNS, TEST_FILES, names)
     test["path"] = resolve_paths(test, data_dir, test_csv)
     check_sample(sub, test, sub_csv, test_csv)
-    check_readable([(test, test_csv)], verified_cache)  # last: decoding every image is the slow part
     return test.reset_index(drop=True), sub
 
 

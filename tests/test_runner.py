@@ -120,6 +120,9 @@ def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, t
     test = pd.read_csv(demo_dir / "test.csv", dtype=str)
     first, other = (demo_dir / p for p in test["img_path"][:2])
     first.write_bytes(other.read_bytes())
+    from ensemble.build import main as build_main  # a build alone would submit the old images' predictions
+    assert build_main([str(run), "--out", str(tmp_path / "b.csv"), "--no-report"]) == 2
+    assert "its test probabilities are for other images than" in capsys.readouterr().err
     assert main([a for a in args if a != "-q"]) == 0
     out = capsys.readouterr().out
     assert out.count("the test images changed since its test probabilities were written (the same ids)") == 2, out
