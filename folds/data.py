@@ -60,6 +60,7 @@ class Dataset:
         return len(self.classes)
 
     def test_hash(self) -> str:
+        """``images_hash`` of the test set: each fold keeps the one it predicted (its done.json)."""
         return images_hash(self.test)
 
     def data_hash(self) -> str:
