@@ -31,11 +31,11 @@ from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
-from ensemble.report import write_report  # noqa: E402
+from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import check_compatible, check_test_set_unchanged, finished_in_every_run, load_run  # noqa: E402
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
-from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
+from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
@@ -217,12 +217,14 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
                      "crop_f1": d.get("crop_oof", {}).get("f1", float("nan"))}
                     for r in runs for k, d in r.fold_scores.items()]
         train_csv = data_dir / TRAIN_CSV
-        train_labels = read_csv(train_csv, SUBMISSION_COLUMNS, names=names)["artist"] if train_csv.is_file() \
-            else first.oof.drop_duplicates("id")["label"]
+        train = read_csv(train_csv, TRAIN_COLUMNS, names=names) if train_csv.is_file() else None
+        train_labels = first.oof.drop_duplicates("id")["label"] if train is None else train["artist"]
+        paths = None if train is None else dict(zip(train["id"], train["img_path"]))
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
                                         sub_labels=labels, notes=notes,
-                                        oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof])
+                                        oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof],
+                                        errors=confident_errors(groups, y, final_oof, classes, paths))
     result["notes"] = notes
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)

@@ -8,9 +8,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score  # noqa: E402
 
-from common import atomic_write, write_text  # noqa: E402
+from common import atomic_write, write_csv, write_text  # noqa: E402
+
+ERRORS_SHOWN = 15
 
 
 def _save(fig, path: Path) -> str:
@@ -73,9 +76,43 @@ def distribution_plot(train_labels, sub_labels, classes, path: Path) -> str:
     return _save(fig, path)
 
 
+def confident_errors(ids, y, probs, classes, paths: dict | None = None) -> pd.DataFrame:
+    """The OOF paintings the final method gets wrong, the most confident first, one row a painting (its
+    crops' probabilities averaged). A painting predicted out of fold as another artist with high confidence
+    is the first place to look for a mislabelled training image (fix it with --corrections) or a copy filed
+    under two artists (benchmarks/duplicates.py). For looking at only: nothing is chosen by it."""
+    names = np.asarray(classes)
+    cols = list(range(len(classes)))
+    df = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=cols).assign(id=np.asarray(ids), y=np.asarray(y))
+    per = df.groupby("id", sort=False).agg({**{c: "mean" for c in cols}, "y": "first"})
+    p, true = per[cols].to_numpy(), per["y"].to_numpy().astype(int)
+    pred = p.argmax(axis=1)
+    wrong = np.flatnonzero(pred != true)
+    out = pd.DataFrame({"id": per.index[wrong].astype(str), "true": names[true[wrong]],
+                        "predicted": names[pred[wrong]], "p_predicted": p[wrong, pred[wrong]].round(4),
+                        "p_true": p[wrong, true[wrong]].round(4)})
+    if paths is not None:
+        out.insert(1, "img_path", out["id"].map(paths))
+    return out.sort_values(["p_predicted", "id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def errors_section(errors: pd.DataFrame, csv_name: str, oof_kind: str) -> list[str]:
+    lines = ["## The most confident mistakes on the OOF", "",
+             f"{len(errors):,} paintings are predicted as another artist on the {oof_kind} (a painting's crops "
+             "averaged); the most confident first. Look at these images before anything else: a label that is "
+             "wrong in train.csv is fixed with `--corrections`, and `benchmarks/duplicates.py` finds copies filed "
+             f"under two artists. All of them: `{csv_name}`.", ""]
+    shown = errors.head(ERRORS_SHOWN)
+    lines += ["| " + " | ".join(shown.columns) + " |", "|" + " --- |" * len(shown.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return lines + [""]
+
+
 def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: list[dict], y, pred, classes,
-                 train_labels, sub_labels, notes: list[str], oof_kind: str = "crop-OOF") -> Path:
-    """``<csv stem>_report.md`` beside the CSV, with its plots in ``<csv stem>_report/``."""
+                 train_labels, sub_labels, notes: list[str], oof_kind: str = "crop-OOF",
+                 errors: pd.DataFrame | None = None) -> Path:
+    """``<csv stem>_report.md`` beside the CSV, with its plots in ``<csv stem>_report/``, and there the
+    ``confident_errors`` as ``oof_errors.csv`` when given."""
     csv_path = Path(csv_path)
     fig_dir = csv_path.with_name(csv_path.stem + "_report")
     md = csv_path.with_name(csv_path.stem + "_report.md")
@@ -96,6 +133,9 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
     lines += [""] + [f"- {n}" for n in notes] + [""]
     for title, name in figs.items():
         lines += [f"## {title}", "", f"![{title}]({fig_dir.name}/{name})", ""]
+    if errors is not None:
+        write_csv(fig_dir / "oof_errors.csv", errors)
+        lines += errors_section(errors, f"{fig_dir.name}/oof_errors.csv", oof_kind)
     if class_codes(classes) != list(classes):
         lines += ["## Class codes in the plots", "", "| code | class |", "| --- | --- |"]
         lines += [f"| {c} | {name} |" for c, name in zip(class_codes(classes), classes)] + [""]

@@ -55,6 +55,24 @@ def test_report_has_real_plots(two_runs):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"rep_report/{png}" in md
     assert re.search(r"\| stack\+offsets(\+neighbours)? \(chosen\) \|", md) and "| s1 | 4 |" in md
+    # the most confident mistakes, for finding mislabelled paintings: one row a painting, wrong, most sure first
+    errors = pd.read_csv(two_runs / "subs" / "rep_report" / "oof_errors.csv", dtype={"id": str})
+    data_dir = json.loads((two_runs / "runs" / "s0" / "config.json").read_text())["data_dir"]
+    train = pd.read_csv(f"{data_dir}/train.csv", dtype=str).set_index("id")
+    assert len(errors) and errors["id"].is_unique and (errors["true"] != errors["predicted"]).all()
+    assert errors["p_predicted"].is_monotonic_decreasing and (errors["p_predicted"] >= errors["p_true"]).all()
+    assert (train.loc[errors["id"], "artist"].to_numpy() == errors["true"].to_numpy()).all()
+    assert (train.loc[errors["id"], "img_path"].to_numpy() == errors["img_path"].to_numpy()).all()
+    assert "## The most confident mistakes on the OOF" in md and "rep_report/oof_errors.csv" in md
+
+
+def test_confident_errors_judge_a_painting_by_its_crops_together():
+    from ensemble.report import confident_errors
+    # painting a: one crop wrong, but its crops together say A; painting b: both crops say A, truly B
+    probs = [[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.9, 0.1]]
+    errors = confident_errors(["a", "a", "b", "b"], [0, 0, 1, 1], probs, ["A", "B"], {"b": "./train/b.jpg"})
+    assert errors.to_dict("records") == [{"id": "b", "img_path": "./train/b.jpg", "true": "B", "predicted": "A",
+                                          "p_predicted": 0.8, "p_true": 0.2}]
 
 
 def test_learning_blends_are_scored_out_of_sample():
