@@ -87,7 +87,10 @@ def run_folds(runners: list, folds_of, *, address: str, gpus: float | None = Non
                          if k in PATH_SETTINGS and v})
         for k in folds_of(runner):
             if runner.is_done(k):
-                continue
+                why = runner.test_changed(k)  # a changed test set: the task predicts it again, without training
+                if why is None:
+                    continue
+                log.info("fold %s of %s: %s; its task predicts the test again.", k, runner.run_dir, why)
             epochs = runner.full_epochs(full_epochs) if k == layout.FULL else None
             ref = remote.options(num_gpus=g, num_cpus=c, max_retries=max_retries, retry_exceptions=False,
                                  name=f"{runner.cfg.name}/fold_{k}").remote(asdict(cfg), k, epochs)

@@ -174,10 +174,7 @@ class FoldRunner:
         a lost test_probs.csv) would leave the fold's probabilities for other ids, and the run's submission
         could not be made, or for other images under the same ids, and it would be wrong; its best weights
         predict the test again, so the fold is not trained again."""
-        why = None
-        if distributed.is_main():
-            why = self._test_changed(d)
-        why = distributed.agree(why)
+        why = distributed.agree(self.test_changed(k) if distributed.is_main() else None)
         if why is None:
             return
         log.info("fold %s: %s; predicting the test again with its best weights.", k, why)
@@ -188,11 +185,13 @@ class FoldRunner:
         if distributed.is_main():
             write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=now))
             done = json.loads((d / layout.DONE).read_text())
-            write_json(d / layout.DONE, {**done, "test_hash": self.test_hash})
+            if done.get("test_hash") != self.test_hash:
+                write_json(d / layout.DONE, {**done, "test_hash": self.test_hash})
         distributed.barrier()
 
-    def _test_changed(self, d: Path) -> str | None:
-        """How fold folder ``d``'s test probabilities differ from the test set as it is now; None if not."""
+    def test_changed(self, k) -> str | None:
+        """How finished fold ``k``'s test probabilities differ from the test set as it is now; None if not."""
+        d = self.fold_dir(k)
         if not (d / layout.TEST_PROBS).is_file():
             return f"{layout.TEST_PROBS} is missing"
         then = layout.read_frame(d / layout.TEST_PROBS, usecols=["id"])["id"].to_numpy()

@@ -58,6 +58,13 @@ def test_several_runs_in_one_ray_job(demo_source, tmp_path):
     for s in (1, 2):
         assert json.loads((tmp_path / "runs" / f"s{s}" / "config.json").read_text())["seed"] == s
         assert (tmp_path / "subs" / f"s{s}_folds-mean.csv").is_file()
+    # a finished fold whose test probabilities are lost (or for another test set) is predicted again by a task
+    lost = tmp_path / "runs" / "s1" / "fold_0" / "test_probs.csv"
+    kept = {p: p.stat().st_mtime for p in (tmp_path / "runs").glob("*/fold_*/*") if p != lost}
+    lost.unlink()
+    assert run_main([*args, "--ray-runs", str(tmp_path / "seed1.yaml"), str(tmp_path / "seed2.yaml")]) == 0
+    assert lost.is_file()
+    assert {p: p.stat().st_mtime for p in kept} == kept  # nothing trained, nothing else written
 
 
 def test_optuna_workers_on_ray_share_one_study(demo_source, tmp_path):
