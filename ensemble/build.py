@@ -153,7 +153,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     same_split = len({r.split_hash for r in runs}) == 1
     runs = check_compatible(runs, need_same_split=make_blend(method, stacker, mode == "on").learns)
     first = runs[0]
-    data_dir = Path(first.config["data_dir"])
+    data_dir = first.data_dir
     check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}

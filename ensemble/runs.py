@@ -45,6 +45,20 @@ class RunOutputs:
         return self.path.name
 
     @property
+    def data_dir(self) -> Path:
+        """The run's data folder. A relative --data-dir is relative to the folder the run was started in:
+        with a relative --runs-dir too, that is this run folder less its --runs-dir and name, so a build
+        started in another folder still finds the data (its sample submission, and the images the
+        neighbour smoothing reads)."""
+        typed = Path(self.config["data_dir"])
+        runs_dir = Path(self.config["runs_dir"])
+        if typed.is_absolute() or typed.is_dir() or runs_dir.is_absolute() or ".." in runs_dir.parts:
+            return typed
+        parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
+        started_in = parents[len(runs_dir.parts)] if len(parents) > len(runs_dir.parts) else None
+        return started_in / typed if started_in is not None and (started_in / typed).is_dir() else typed
+
+    @property
     def oof_probs(self) -> np.ndarray:
         return self.oof[self.classes].to_numpy(dtype=np.float64)
 

@@ -144,6 +144,23 @@ def test_a_submission_from_the_finished_folds_before_the_rest_are_trained(traine
     assert "no fold is finished in every run (part: [0]; other: [1])" in capsys.readouterr().err
 
 
+def test_a_build_started_in_another_folder_finds_the_runs_relative_data_folder(demo_source, tmp_path, monkeypatch,
+                                                                                capsys):
+    # `folds/run.py --data-dir data` in the project, then a build from elsewhere (a notebook's own folder):
+    # the sample submission was not found, and the neighbour smoothing went off for want of the images
+    shutil.copytree(demo_source, tmp_path / "project" / "data")
+    monkeypatch.chdir(tmp_path / "project")
+    args = tiny_args("data", Path("."), **{"--runs-dir": "runs", "--submissions-dir": "subs", "--epochs": 1,
+                                           "--n-folds": 2})
+    assert run_main(args) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert build_main([str(tmp_path / "project" / "runs" / "t"), "--out", "b.csv", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "neighbour smoothing is off" not in out and "test macro-F1 against" in out, out
+
+
 def renamed_columns(src, dst, names=("ID", "label")):
     """A copy of the demo data whose CSVs name the id and class columns as most tasks do."""
     shutil.copytree(src, dst)
