@@ -52,8 +52,9 @@ class RunOutputs:
         neighbour smoothing reads)."""
         typed = Path(self.config["data_dir"])
         runs_dir = Path(self.config["runs_dir"])
-        if typed.is_absolute() or typed.is_dir() or runs_dir.is_absolute() or ".." in runs_dir.parts:
+        if typed.is_absolute() or runs_dir.is_absolute() or ".." in runs_dir.parts:
             return typed
+        # before the working folder's own: another project's data/ there would be the wrong data
         parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
         started_in = parents[len(runs_dir.parts)] if len(parents) > len(runs_dir.parts) else None
         return started_in / typed if started_in is not None and (started_in / typed).is_dir() else typed

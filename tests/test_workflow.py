@@ -153,7 +153,7 @@ def test_a_build_started_in_another_folder_finds_the_runs_relative_data_folder(d
     args = tiny_args("data", Path("."), **{"--runs-dir": "runs", "--submissions-dir": "subs", "--epochs": 1,
                                            "--n-folds": 2})
     assert run_main(args) == 0
-    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)  # another project's data folder: not this run's
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
     assert build_main([str(tmp_path / "project" / "runs" / "t"), "--out", "b.csv", "--no-report"]) == 0
