@@ -50,10 +50,10 @@ class RunOutputs:
         with a relative --runs-dir too, that is this run folder less its --runs-dir and name, so a build
         started in another folder still finds the data (its sample submission, and the images the
         neighbour smoothing reads)."""
-        typed = Path(self.config["data_dir"])
-        runs_dir = Path(self.config["runs_dir"])
-        if typed.is_absolute() or runs_dir.is_absolute() or ".." in runs_dir.parts:
+        typed, runs_dir = Path(self.config["data_dir"]), self.config.get("runs_dir")
+        if typed.is_absolute() or runs_dir is None or Path(runs_dir).is_absolute() or ".." in Path(runs_dir).parts:
             return typed
+        runs_dir = Path(runs_dir)
         # before the working folder's own: another project's data/ there would be the wrong data
         parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
         started_in = parents[len(runs_dir.parts)] if len(parents) > len(runs_dir.parts) else None
