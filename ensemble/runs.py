@@ -36,8 +36,8 @@ class RunOutputs:
 
     def restricted(self, folds) -> "RunOutputs":
         """The run as if only ``folds`` were trained: their OOF rows and test probabilities."""
-        return replace(self, oof=self.oof[self.oof["fold"].astype(str).isin(set(map(str, folds)))]
-                       .reset_index(drop=True), fold_test={k: self.fold_test[k] for k in folds},
+        return replace(self, oof=self.oof[self.oof["fold"].isin(folds)].reset_index(drop=True),
+                       fold_test={k: self.fold_test[k] for k in folds},
                        fold_scores={k: v for k, v in self.fold_scores.items() if k in folds})
 
     @property

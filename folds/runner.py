@@ -8,6 +8,7 @@ included, is built from those files by ``ensemble/build.py``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -56,7 +57,6 @@ class FoldRunner:
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force, self.lock_owner = resume, force, lock_owner
         self.deadline = deadline or Deadline()  # --time-limit: checked before each epoch and each fold's predictions
-        self._test_hash = None
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
@@ -87,12 +87,10 @@ class FoldRunner:
     def fold_dir(self, k) -> Path:
         return layout.fold_dir(self.run_dir, k)
 
-    @property
+    @functools.cached_property
     def test_hash(self) -> str:
         """The test set's ``Dataset.test_hash``, kept in each fold's done.json beside its test probabilities."""
-        if self._test_hash is None:
-            self._test_hash = self.ds.test_hash()
-        return self._test_hash
+        return self.ds.test_hash()
 
     def is_done(self, k) -> bool:
         return layout.is_done(self.run_dir, k)
