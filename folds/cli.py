@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from folds.config import CHOICES, PRESETS, RunConfig
+from folds.config import CHOICES, PRESET_NOTES, PRESETS, RunConfig
 from folds.stopping import MONITORS
 
 CONFIG_KEYS = {f.name for f in fields(RunConfig)}
@@ -50,8 +50,7 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--runs-dir", key="runs_dir", help="where run folders live")
     opt(g, "--submissions-dir", key="submissions_dir", help="where submission CSVs go")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="named defaults: 'demo' (tiny model, runs on a CPU; the default when no layer names a data "
-                        "folder), 'seed' (the original recipe: whole-image resize, one 80/20 split, no TTA), 'default'")
+                   help="named defaults: " + "; ".join(f"'{k}' ({v})" for k, v in PRESET_NOTES.items()))
     g.add_argument("--config", help="JSON or YAML file of options (overrides the preset; the CLI overrides it)")
     if "--params" not in skip:
         g.add_argument("--params", help="JSON of tuned options, e.g. tuning/<study>/best.json, which also restores "

@@ -130,6 +130,15 @@ PRESETS = {
                "patience": 8, "monitor": "crop-f1"},
 }
 
+# What each preset is for, in a few words (``--help`` shows them; stated here, beside the presets).
+PRESET_NOTES = {
+    "default": "the suite's recipe: test-scale crops, 5 folds, flip TTA, checkpoints on validation crops",
+    "demo": "tiny model, runs on a CPU; the default when no layer names a data folder",
+    "seed": "the original recipe: whole-image resize, one 80/20 split, no TTA",
+    "strong": "AdamW, cosine, label smoothing, MixUp/CutMix, erasing, EMA: a candidate, not yet chosen",
+}
+assert PRESET_NOTES.keys() == PRESETS.keys(), "every preset needs its note"
+
 MIN_IMG_SIZE = 16  # below this the backbones' strides leave no feature map to pool
 
 # Options with a fixed set of values: each set comes from its own registry, stated once there.

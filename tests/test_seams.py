@@ -109,6 +109,9 @@ def test_help_defaults_come_from_the_config(capsys):
     text = " ".join(build_parser().format_help().split())
     assert "maximum epochs per fold (default: 30; 12 with the demo preset)" in text
     assert "(default: efficientnet_b3; resnet10t with the demo preset)" in text
+    from folds.config import PRESETS
+    for name in PRESETS:  # every preset says what it is for, 'default' and 'strong' too
+        assert re.search(rf"'{name}' \(\w", text), name
 
 
 def test_every_entry_point_ends_a_user_error_the_one_way(capsys):
