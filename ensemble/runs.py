@@ -29,6 +29,7 @@ class RunOutputs:
     full_test: np.ndarray | None = None  # the --fold full model, if trained
     fold_scores: dict = field(default_factory=dict)
     planned: list = field(default_factory=list)  # the run's folds; fold_test holds them all, or its finished ones
+    data_path: str | None = None  # the data folder's absolute path when the run was made (its manifest)
 
     @property
     def folds(self) -> list:
@@ -49,15 +50,19 @@ class RunOutputs:
         """The run's data folder. A relative --data-dir is relative to the folder the run was started in:
         with a relative --runs-dir too, that is this run folder less its --runs-dir and name, so a build
         started in another folder still finds the data (its sample submission, and the images the
-        neighbour smoothing reads)."""
+        neighbour smoothing reads). A run folder moved since finds it where the run read it."""
         typed, runs_dir = Path(self.config["data_dir"]), self.config.get("runs_dir")
-        if typed.is_absolute() or runs_dir is None or Path(runs_dir).is_absolute() or ".." in Path(runs_dir).parts:
+        if typed.is_absolute():
             return typed
-        runs_dir = Path(runs_dir)
-        # before the working folder's own: another project's data/ there would be the wrong data
-        parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
-        started_in = parents[len(runs_dir.parts)] if len(parents) > len(runs_dir.parts) else None
-        return started_in / typed if started_in is not None and (started_in / typed).is_dir() else typed
+        # both before the working folder's own: another project's data/ there would be the wrong data
+        found = []
+        if runs_dir is not None and not Path(runs_dir).is_absolute() and ".." not in Path(runs_dir).parts:
+            parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
+            if len(parents) > len(Path(runs_dir).parts):
+                found.append(parents[len(Path(runs_dir).parts)] / typed)
+        if self.data_path:
+            found.append(Path(self.data_path))
+        return next((p for p in found if p.is_dir()), typed)
 
     @property
     def oof_probs(self) -> np.ndarray:
@@ -116,7 +121,8 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
         t = layout.read_probs(full, classes)
         full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
     scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in folds}
-    return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores, planned)
+    return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores, planned,
+                      manifest.get("data_path"))
 
 
 def finished_in_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str | None]:

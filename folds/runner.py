@@ -364,6 +364,7 @@ def write_run_files(run_dir: Path, prep: PreparedRun) -> None:
     if not manifest.is_file() or not layout.has_started(run_dir):
         write_json(manifest, make_manifest(data_hash=prep.ds.data_hash(), split_key=prep.split_key,
                                            split_hash=prep.split_hash, demo=prep.demo,
+                                           data_path=str(Path(prep.cfg.data_dir).resolve()),
                                            n_train=len(prep.ds.train), n_test=len(prep.ds.test)))
 
 

@@ -159,6 +159,12 @@ def test_a_build_started_in_another_folder_finds_the_runs_relative_data_folder(d
     assert build_main([str(tmp_path / "project" / "runs" / "t"), "--out", "b.csv", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "neighbour smoothing is off" not in out and "test macro-F1 against" in out, out
+    # the run folder moved (to a shared drive, an archive): the data is found where the run read it
+    shutil.move(tmp_path / "project" / "runs" / "t", tmp_path / "archive" / "t")
+    assert build_main([str(tmp_path / "archive" / "t"), "--out", "b2.csv", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "neighbour smoothing is off" not in out and "test macro-F1 against" in out, out
+    assert Path("b2.csv").read_text() == Path("b.csv").read_text()
 
 
 def renamed_columns(src, dst, names=("ID", "label")):
