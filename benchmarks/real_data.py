@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.blend import make_blend  # noqa: E402
-from ensemble.build import blend_test, build, compare, neighbour_smoothing  # noqa: E402
+from ensemble.build import best_method, blend_test, build, compare, neighbour_smoothing  # noqa: E402
 from ensemble.compare import compare_runs, format_result  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import UserError, layout  # noqa: E402
@@ -151,30 +151,26 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     with_full = with_full and any(r.full_test is not None for r in runs)
     rows, oofs = compare(runs, y, runs[0].oof["id"].to_numpy(), offsets_for=("mean", "stack"), truth=truth,
                          with_full=with_full)
-    # chosen by honest crop-OOF, as ensemble/build.py chooses; on a tie a method beats a run alone (one
-    # run's mean is that run), so the smoothing and the row without the full-data model follow it
-    def rank(r):
-        return r["f1"], r["method"] in oofs
-
-    best = max(rows, key=rank)
-    if best["method"] in oofs:  # a method, not one run alone: the same with neighbour smoothing, as build adds it
-        method, _, offsets = best["method"].partition("+")
-        blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
-        if with_full and truth is not None:  # the full-data model's test gain, reported apart
-            rows.append({**best, "method": f"{best['method']} without the full-data model",
-                         "test_f1": macro_f1(truth, blend_test(blend, runs, y, False)),
-                         "note": "the row above, its run's full-data model left out"})
-        test = blend_test(blend, runs, y, with_full)
-        smooth, _ = neighbour_smoothing("auto", "crops", data_dir, runs[0], oofs[best["method"]], y, test)
-        # its honest crop-OOF, also when the test set turned it off
-        if smooth is not None and smooth["chosen_on_oof"].on:
-            honest = smooth["honest_oof"]
-            rows.append({"method": f"{best['method']}+neighbours", "f1": macro_f1(y, honest),
-                         "acc": float((honest.argmax(1) == y).mean()),
-                         "test_f1": macro_f1(truth, smooth["test"]) if truth is not None else float("nan"),
-                         "note": f"on the OOF: {smooth['chosen_on_oof'].describe()}; "
-                                 f"on the test: {smooth['smoothing'].describe()}"})
-            best = max(rows, key=rank)
+    # chosen by honest crop-OOF, as `ensemble/build.py --method best` chooses; the row without the
+    # full-data model and the one with neighbour smoothing (as build adds it) follow it
+    best = best_method(rows, oofs)
+    method, _, offsets = best["method"].partition("+")
+    blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
+    if with_full and truth is not None:  # the full-data model's test gain, reported apart
+        rows.append({**best, "method": f"{best['method']} without the full-data model",
+                     "test_f1": macro_f1(truth, blend_test(blend, runs, y, False)),
+                     "note": "the row above, its run's full-data model left out"})
+    test = blend_test(blend, runs, y, with_full)
+    smooth, _ = neighbour_smoothing("auto", "crops", data_dir, runs[0], oofs[best["method"]], y, test)
+    # its honest crop-OOF, also when the test set turned it off
+    if smooth is not None and smooth["chosen_on_oof"].on:
+        honest = smooth["honest_oof"]
+        rows.append({"method": f"{best['method']}+neighbours", "f1": macro_f1(y, honest),
+                     "acc": float((honest.argmax(1) == y).mean()),
+                     "test_f1": macro_f1(truth, smooth["test"]) if truth is not None else float("nan"),
+                     "note": f"on the OOF: {smooth['chosen_on_oof'].describe()}; "
+                             f"on the test: {smooth['smoothing'].describe()}"})
+        best = max(best, rows[-1], key=lambda r: r["f1"])  # on a tie, without
     for r in rows:
         r["minutes"] = round((time.time() - t) / 60, 2)
         r["runs"] = [x.name for x in runs]

@@ -4,6 +4,7 @@ Examples:
     python ensemble/build.py runs/a runs/b --method stack --out submissions/ab_stack.csv
     python ensemble/build.py runs/a runs/b --method weighted --offsets --out submissions/ab_w.csv
     python ensemble/build.py runs/b3-seed0 --method mean --with-full --out submissions/b3_full.csv
+    python ensemble/build.py runs/a runs/b runs/c --method best     # the method with the best honest score
 
 Every method's OOF macro-F1 is printed in one table; `weighted`, `stack` and the per-class offsets
 are scored in an inner cross-validation on the OOF rows (grouped by painting), never on the rows
@@ -39,14 +40,16 @@ from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_cs
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
+BEST = "best"  # --method best: the method (and offsets) whose honest OOF score is highest
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ensemble/build.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>) with finished folds")
-    p.add_argument("--method", default="mean", choices=list(BLENDS), help="how the final CSV combines the runs "
-                   "(default: mean, the soft vote)")
+    p.add_argument("--method", default="mean", choices=[*BLENDS, BEST], help="how the final CSV combines the "
+                   f"runs (default: mean, the soft vote); {BEST}: the method, with or without the offsets, whose "
+                   "honest OOF macro-F1 in the table is highest")
     p.add_argument("--out", help="submission CSV (default: submissions/<runs>_<method>.csv)")
     p.add_argument("--oof", default="crops", choices=("crops", "whole"), help="fit and score on the crop OOF "
                    "(test-like, default) or the whole-painting OOF")
@@ -99,6 +102,12 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
     return rows, oofs
 
 
+def best_method(rows: list[dict], oofs: dict) -> dict:
+    """The method row with the highest honest OOF macro-F1. On a tie the earlier row: the table lists the
+    simpler methods first, and a method before its '+offsets'. Rows of runs alone are not candidates."""
+    return max((r for r in rows if r["method"] in oofs), key=lambda r: r["f1"])
+
+
 def keep_offsets(table: list[dict], method: str, notes: list) -> bool:
     """``--offsets auto``: keep them where their honest (inner-CV) score beats the method alone, and say so."""
     f1 = {r["method"]: r["f1"] for r in table}
@@ -147,11 +156,13 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
     if mode not in OFFSETS:
         raise UserError(f"--offsets {mode!r}: choose one of {list(OFFSETS)}.")
+    choosing = method == BEST
     named = method + ("+offsets" if mode == "on" else "")
     out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{named}.csv"
     check_out_path(out)
     same_split = len({r.split_hash for r in runs}) == 1
-    runs = check_compatible(runs, need_same_split=make_blend(method, stacker, mode == "on").learns)
+    learns = mode == "on" if choosing else make_blend(method, stacker, mode == "on").learns
+    runs = check_compatible(runs, need_same_split=learns)
     first = runs[0]
     data_dir = first.data_dir
     check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use
@@ -166,8 +177,17 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     # offsets learn from the OOF rows: with runs of different splits, auto leaves them off as it does weighted
     tried = mode == "on" or (mode == "auto" and same_split)
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
-                          offsets_for=(method,) if tried else (), inner_folds=inner_folds)
-    offsets = mode == "on" or (tried and keep_offsets(table, method, notes))
+                          offsets_for=(methods if choosing else (method,)) if tried else (), inner_folds=inner_folds)
+    if choosing:
+        # auto: with or without the offsets, as they score; on: only with them
+        candidates = {k: v for k, v in oofs.items() if mode != "on" or k.endswith("+offsets")}
+        best = best_method(table, candidates)
+        method, offsets = best["method"].removesuffix("+offsets"), best["method"].endswith("+offsets")
+        notes.append(f"--method {BEST}: {best['method']} has the highest honest OOF macro-F1 ({best['f1']:.4f}) of "
+                     f"the {len(candidates)} candidates in the table; the best of several honest scores reads a "
+                     "little high, by more the fewer the OOF paintings")
+    else:
+        offsets = mode == "on" or (tried and keep_offsets(table, method, notes))
     chosen = method + ("+offsets" if offsets else "")
     blend = make_blend(method, stacker, offsets, n_members=len(runs))
     final_oof = oofs[chosen]

@@ -1,20 +1,26 @@
 """A per-fold lock so several processes (one per GPU or machine) can share a run folder.
 
 The lock file is created with ``O_CREAT | O_EXCL``, which the filesystem (NFS v3 and later
-included) grants to exactly one creator. It holds host and pid. It is stale when its process
-is gone (same host) or when its heartbeat (the file's mtime, touched every epoch) is older
-than ``STALE_SECONDS``; a stale lock is broken by renaming it away (only one breaker's rename
-succeeds), then the create is tried again.
+included) grants to exactly one creator. It holds host and pid. Its holder touches it (its
+mtime: the heartbeat) every ``HEARTBEAT_SECONDS`` from a thread of its own, however long an
+epoch or a prediction takes. It is stale when its process is gone (same host) or when its
+heartbeat is older than ``STALE_SECONDS`` (another host: a machine lost, a Colab or Kaggle
+session that ended); a stale lock is removed under a breaker lock (only one breaker removes
+it), then the create is tried again.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
-STALE_SECONDS = 2 * 3600
+HEARTBEAT_SECONDS = 30
+# Five missed heartbeats, with room for clocks that differ between machines on a shared folder: a
+# session that ended is taken over by the next --resume after this long, never a live holder.
+STALE_SECONDS = 10 * 60
 EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
 
 
@@ -35,6 +41,7 @@ class FoldLock:
     def __init__(self, path: Path, owner: str | None = None):
         self.path = Path(path)
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), **({"owner": owner} if owner else {})}
+        self._stop_beating: threading.Event | None = None
 
     def holder(self) -> dict | None:
         """The live holder of the lock, or None when it is free or stale."""
@@ -60,17 +67,35 @@ class FoldLock:
             return False
         return self._age(path) <= STALE_SECONDS
 
+    def describe(self, info: dict) -> str:
+        """Who holds the lock and when it last beat, for the line that says a fold is skipped."""
+        age = self._age(self.path)
+        beat = "" if age == float("inf") else f", last heartbeat {age:.0f} s ago"
+        return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}{beat}"
+
     def acquire(self) -> bool:
+        """Take the lock (a stale one is taken over) and keep it beating until ``release``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._create():
-            return True
-        try:
-            seen = os.stat(self.path)
-        except FileNotFoundError:
-            return self._create()
-        if self.holder() is not None:
-            return False
-        return self._break_stale(seen) and self._create()
+        won = self._create()
+        if not won:
+            try:
+                seen = os.stat(self.path)
+            except FileNotFoundError:
+                won = self._create()
+            else:
+                won = self.holder() is None and self._break_stale(seen) and self._create()
+        if won:
+            self._start_beating()
+        return won
+
+    def _start_beating(self) -> None:
+        self._stop_beating = stop = threading.Event()
+
+        def beat():
+            while not stop.wait(HEARTBEAT_SECONDS):
+                self.heartbeat()
+
+        threading.Thread(target=beat, name=f"heartbeat {self.path}", daemon=True).start()
 
     def _create(self) -> bool:
         try:
@@ -109,10 +134,12 @@ class FoldLock:
     def heartbeat(self) -> None:
         try:
             os.utime(self.path)
-        except FileNotFoundError:
+        except OSError:  # removed, or a network folder that hiccuped: the next beat tries again
             pass
 
     def release(self) -> None:
+        if self._stop_beating is not None:
+            self._stop_beating.set()
         try:
             if json.loads(self.path.read_text()) == self.me:
                 self.path.unlink()

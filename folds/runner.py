@@ -27,7 +27,7 @@ from folds.config import RunConfig, learning_settings, recipe_warnings, saved_co
 from folds.deadline import Deadline
 from folds.engine import scores
 from folds.loader import num_workers
-from folds.lock import FoldLock
+from folds.lock import STALE_SECONDS, FoldLock
 from folds.manifest import make_manifest
 from folds.predict import Predictor, predict_crop_oof
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
@@ -106,7 +106,11 @@ class FoldRunner:
             return json.loads((d / layout.DONE).read_text())
         lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
         if not distributed.agree(lock.acquire() if lock else None):
-            log.info("fold %s is being trained by %s; skipping it here.", k, lock.holder() if lock else "?")
+            holder = lock.holder() if lock else None
+            log.info("fold %s is being trained by %s; skipping it here. If that process is gone (its machine, or a "
+                     "Colab or Kaggle session, ended), a rerun with --resume takes the fold over %d min after its last "
+                     "heartbeat (or delete %s now).", k, lock.describe(holder) if holder else "another process",
+                     STALE_SECONDS // 60, d / layout.LOCK)
             return None
         try:
             if (d / layout.LAST).is_file() and not (self.resume or self.force):
@@ -115,7 +119,7 @@ class FoldRunner:
             if self.force and distributed.is_main():
                 self.clear_fold(k)
             distributed.barrier()
-            return self._train_and_predict(k, d, lock, epochs)
+            return self._train_and_predict(k, d, epochs)
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory_message(self.cfg, k, (d / layout.LAST).is_file())) from None
         except FloatingPointError:  # the engine's checks: the training loss or the outputs became NaN or inf
@@ -124,7 +128,7 @@ class FoldRunner:
             if lock is not None:
                 lock.release()
 
-    def _train_and_predict(self, k, d: Path, lock: FoldLock, epochs: int | None) -> dict:
+    def _train_and_predict(self, k, d: Path, epochs: int | None) -> dict:
         t0 = time.time()
         fold_of = self.folds["fold"].to_numpy()
         if k == FULL:  # all paintings, no validation, a fixed number of epochs
@@ -140,7 +144,7 @@ class FoldRunner:
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
                  "its validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            on_epoch=lambda *_: lock and lock.heartbeat(), epochs=epochs, extra=extra,
+                            epochs=epochs, extra=extra,
                             deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)

@@ -46,6 +46,32 @@ def test_every_method_builds_a_valid_submission(two_runs, method, capsys):
     assert list(sub["id"]) == list(sample["id"])
 
 
+@pytest.mark.parametrize("offsets", ["auto", "on", "off"])
+def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, offsets, capsys):
+    from ensemble.blend import BLENDS
+    from ensemble.build import build as build_fn
+
+    out = two_runs / "subs" / f"best-{offsets}.csv"
+    res = build_fn([two_runs / "runs" / r for r in ("s0", "s1")], method="best", out=out, offsets=offsets,
+                   report=False, neighbours="off")
+    candidates = [r for r in res["table"] if not r["method"].startswith("run ")
+                  and (offsets == "auto" or r["method"].endswith("+offsets") == (offsets == "on"))]
+    # every method, with the offsets (on) or without (off) or both (auto)
+    assert len(candidates) == len(BLENDS) * (2 if offsets == "auto" else 1)
+    top = max(r["f1"] for r in candidates)
+    chosen = next(r for r in candidates if r["method"] == res["chosen"])
+    assert chosen["f1"] == top and chosen is next(r for r in candidates if r["f1"] == top)  # a tie: the first
+    meta = json.loads(res["blend"].read_text())
+    assert meta["method"] in BLENDS and meta["offsets"] == res["chosen"].endswith("+offsets")
+    assert any(f"--method best: {res['chosen']} has the highest honest OOF macro-F1" in n for n in res["notes"])
+    # the CSV is the chosen method's, as a build naming it writes it
+    named = res["chosen"].removesuffix("+offsets")
+    again = two_runs / "subs" / f"named-{offsets}.csv"
+    assert build(two_runs, "s0", "s1", method=named, offsets="on" if meta["offsets"] else "off", out=again,
+                 no_report=True, neighbours="off") == 0
+    assert again.read_text() == out.read_text()
+
+
 def test_report_has_real_plots(two_runs):
     out_csv = two_runs / "subs" / "rep.csv"
     assert build(two_runs, "s0", "s1", method="stack", offsets=True, out=out_csv) == 0

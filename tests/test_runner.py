@@ -387,6 +387,39 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     assert (tmp_path / "lock").is_file()
 
 
+def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_source, tmp_path, monkeypatch, capsys):
+    """A Colab session that ended (or a machine lost) on a shared runs folder leaves a lock with another host
+    name, which no pid check can judge. The heartbeat was touched once per epoch, so such a lock was honoured
+    for 2 h: a reconnected session's --resume skipped the fold it had been training. Now the holder beats
+    from a thread of its own, whatever an epoch takes, and a lock silent for STALE_SECONDS is taken over."""
+    import folds.lock
+    from folds.lock import STALE_SECONDS, FoldLock
+
+    monkeypatch.setattr(folds.lock, "HEARTBEAT_SECONDS", 0.05)
+    path = tmp_path / "lock"
+    mine = FoldLock(path)
+    assert mine.acquire()
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    time.sleep(0.5)
+    assert time.time() - path.stat().st_mtime < 5  # beaten by the thread, with no epoch ending
+    mine.release()
+    assert not path.exists()
+
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})
+    lock = tmp_path / "runs" / "t" / "fold_0" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 4242}))  # beaten just now: honoured
+    assert main([a for a in args if a != "-q"] + ["--fold", "0"]) == 0
+    out = "".join(capsys.readouterr())
+    assert "fold 0 is being trained by host colab-vm-that-ended, pid 4242, last heartbeat" in out, out
+    assert f"{STALE_SECONDS // 60} min after its last heartbeat (or delete {lock} now)" in out
+    assert not (lock.parent / "done.json").exists()
+    old = time.time() - STALE_SECONDS - 1  # silent for longer: that session has ended
+    os.utime(lock, (old, old))
+    assert main(args + ["--fold", "0", "--resume"]) == 0
+    assert (lock.parent / "done.json").is_file() and not lock.exists()
+
+
 def _contend(path, barrier, results, i):
     from folds.lock import FoldLock
     lock = FoldLock(path)
