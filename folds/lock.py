@@ -19,7 +19,8 @@ from pathlib import Path
 
 HEARTBEAT_SECONDS = 30
 # Five missed heartbeats, with room for clocks that differ between machines on a shared folder: a
-# session that ended is taken over by the next --resume after this long, never a live holder.
+# session that ended is taken over by the next --resume after this long. A holder paused for longer
+# (Ctrl-Z) finds at its next epoch that its fold was taken (``lost``), and stops.
 STALE_SECONDS = 10 * 60
 EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
 
@@ -130,6 +131,20 @@ class FoldLock:
             return True
         finally:
             breaker.unlink(missing_ok=True)
+
+    def lost(self) -> str | None:
+        """Why the lock is no longer this process's, or None while it is: it was paused (Ctrl-Z, a frozen VM)
+        for longer than ``STALE_SECONDS`` and another process took the fold over."""
+        try:
+            info = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            info = None
+        if info == self.me:
+            return None
+        holder = f"taken over by {self.describe(info)}" if info else "its lock is gone"
+        return (f"{self.path}: this process no longer holds the fold ({holder}) after a pause of more than "
+                f"{STALE_SECONDS // 60} min without a heartbeat; it stops here and leaves the fold to the process "
+                "that holds it.")
 
     def heartbeat(self) -> None:
         try:

@@ -119,7 +119,7 @@ class FoldRunner:
             if self.force and distributed.is_main():
                 self.clear_fold(k)
             distributed.barrier()
-            return self._train_and_predict(k, d, epochs)
+            return self._train_and_predict(k, d, lock, epochs)
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory_message(self.cfg, k, (d / layout.LAST).is_file())) from None
         except FloatingPointError:  # the engine's checks: the training loss or the outputs became NaN or inf
@@ -128,7 +128,7 @@ class FoldRunner:
             if lock is not None:
                 lock.release()
 
-    def _train_and_predict(self, k, d: Path, epochs: int | None) -> dict:
+    def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
         t0 = time.time()
         fold_of = self.folds["fold"].to_numpy()
         if k == FULL:  # all paintings, no validation, a fixed number of epochs
@@ -144,7 +144,7 @@ class FoldRunner:
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
                  "its validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            epochs=epochs, extra=extra,
+                            on_epoch=lambda *_: still_held(lock), epochs=epochs, extra=extra,
                             deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
@@ -370,6 +370,14 @@ def write_run_files(run_dir: Path, prep: PreparedRun) -> None:
                                            split_hash=prep.split_hash, demo=prep.demo,
                                            data_path=str(Path(prep.cfg.data_dir).resolve()),
                                            n_train=len(prep.ds.train), n_test=len(prep.ds.test)))
+
+
+def still_held(lock: FoldLock | None) -> None:
+    """After each epoch: stop if another process took the fold over (this one was paused too long);
+    under torchrun rank 0 holds the lock and the group stops together."""
+    lost = distributed.agree(lock.lost() if lock else None)
+    if lost:
+        raise UserError(lost)
 
 
 def summary_table(fold_results: dict) -> str:

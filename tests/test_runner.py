@@ -420,6 +420,26 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     assert (lock.parent / "done.json").is_file() and not lock.exists()
 
 
+def test_a_process_whose_fold_was_taken_over_while_it_was_paused_stops(demo_source, tmp_path, monkeypatch, capsys):
+    """Paused (Ctrl-Z) for longer than STALE_SECONDS, a holder beats no more and another process takes the fold
+    over; when it wakes it must not train on beside that one: it stops after the epoch, leaving the lock alone."""
+    from folds.lock import FoldLock
+
+    lost = FoldLock.lost
+
+    def taken_while_paused(self):
+        self.path.write_text(json.dumps({"host": "other-machine", "pid": 7}))
+        return lost(self)
+
+    monkeypatch.setattr(FoldLock, "lost", taken_while_paused)
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 3, "--n-folds": 2, "--fold": 0})) == 2
+    err = capsys.readouterr().err
+    assert "this process no longer holds the fold (taken over by host other-machine, pid 7" in err, err
+    fold = tmp_path / "runs" / "t" / "fold_0"
+    assert json.loads((fold / "lock").read_text())["host"] == "other-machine"  # left to its holder
+    assert len(pd.read_csv(fold / "history.csv")) == 1 and not (fold / "done.json").exists()
+
+
 def _contend(path, barrier, results, i):
     from folds.lock import FoldLock
     lock = FoldLock(path)
