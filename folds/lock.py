@@ -141,10 +141,11 @@ class FoldLock:
             info = None
         if info == self.me:
             return None
-        holder = f"taken over by {self.describe(info)}" if info else "its lock is gone"
-        return (f"{self.path}: this process no longer holds the fold ({holder}) after a pause of more than "
-                f"{STALE_SECONDS // 60} min without a heartbeat; it stops here and leaves the fold to the process "
-                "that holds it.")
+        why = "its lock file was removed" if not info else (
+            f"it was taken over by {self.describe(info)}, as this process had not beaten for more than "
+            f"{STALE_SECONDS // 60} min (a pause: Ctrl-Z, a frozen machine)")
+        return (f"{self.path}: this process no longer holds the fold: {why}. It stops here, so that two processes "
+                "never train one fold.")
 
     def heartbeat(self) -> None:
         try:

@@ -434,7 +434,7 @@ def test_a_process_whose_fold_was_taken_over_while_it_was_paused_stops(demo_sour
     monkeypatch.setattr(FoldLock, "lost", taken_while_paused)
     assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 3, "--n-folds": 2, "--fold": 0})) == 2
     err = capsys.readouterr().err
-    assert "this process no longer holds the fold (taken over by host other-machine, pid 7" in err, err
+    assert "this process no longer holds the fold: it was taken over by host other-machine, pid 7" in err, err
     fold = tmp_path / "runs" / "t" / "fold_0"
     assert json.loads((fold / "lock").read_text())["host"] == "other-machine"  # left to its holder
     assert len(pd.read_csv(fold / "history.csv")) == 1 and not (fold / "done.json").exists()
