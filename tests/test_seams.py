@@ -95,11 +95,11 @@ def test_one_fold_mean_and_one_registry_per_choice():
     text = {p: p.read_text() for p in SOURCES}
     assert not [p for p, t in text.items() if re.search(r"np\.mean\(.*(test|fold)", t)]
     from ensemble.blend import BLENDS
-    from ensemble.build import build_parser
+    from ensemble.build import BEST, build_parser
     from folds.config import CHOICES
     from tuning.study import PRUNERS
     method = next(a for a in build_parser()._actions if a.dest == "method")
-    assert list(method.choices) == list(BLENDS)
+    assert list(method.choices) == [*BLENDS, BEST]  # every blend, and the choice among them
     assert set(CHOICES["tta"]) == set(__import__("ensemble.tta", fromlist=["TTA_MODES"]).TTA_MODES)
     assert PRUNERS.keys() == {"median", "hyperband", "none"}
 
