@@ -22,6 +22,9 @@ HEARTBEAT_SECONDS = 30
 # session that ended is taken over by the next --resume after this long. A holder paused for longer
 # (Ctrl-Z) finds at its next epoch that its fold was taken (``lost``), and stops.
 STALE_SECONDS = 10 * 60
+# A lock without "beat" was made by an older checkout, which touched it once per epoch only: an epoch
+# may take longer than STALE_SECONDS, so such a holder keeps the old limit (a team updating one machine).
+EPOCH_BEAT_STALE_SECONDS = 2 * 3600
 EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
 
 
@@ -41,7 +44,8 @@ class FoldLock:
 
     def __init__(self, path: Path, owner: str | None = None):
         self.path = Path(path)
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), **({"owner": owner} if owner else {})}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), **({"owner": owner} if owner else {}),
+                   "beat": HEARTBEAT_SECONDS}
         self._stop_beating: threading.Event | None = None
 
     def holder(self) -> dict | None:
@@ -63,10 +67,15 @@ class FoldLock:
         except FileNotFoundError:
             return float("inf")
 
+    @staticmethod
+    def stale_after(info: dict) -> int:
+        """Seconds without a heartbeat after which the lock ``info`` (another host's) is taken over."""
+        return STALE_SECONDS if "beat" in info else EPOCH_BEAT_STALE_SECONDS
+
     def _is_live(self, info: dict, path: Path) -> bool:
         if info.get("host") == self.me["host"] and not _alive(int(info.get("pid", -1))):
             return False
-        return self._age(path) <= STALE_SECONDS
+        return self._age(path) <= self.stale_after(info)
 
     def describe(self, info: dict) -> str:
         """Who holds the lock and when it last beat, for the line that says a fold is skipped."""

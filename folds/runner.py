@@ -27,7 +27,7 @@ from folds.config import RunConfig, learning_settings, recipe_warnings, saved_co
 from folds.deadline import Deadline
 from folds.engine import scores
 from folds.loader import num_workers
-from folds.lock import STALE_SECONDS, FoldLock
+from folds.lock import FoldLock
 from folds.manifest import make_manifest
 from folds.predict import Predictor, predict_crop_oof
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
@@ -106,11 +106,11 @@ class FoldRunner:
             return json.loads((d / layout.DONE).read_text())
         lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
         if not distributed.agree(lock.acquire() if lock else None):
-            holder = lock.holder() if lock else None
+            holder = (lock.holder() if lock else None) or {}
             log.info("fold %s is being trained by %s; skipping it here. If that process is gone (its machine, or a "
                      "Colab or Kaggle session, ended), a rerun with --resume takes the fold over %d min after its last "
                      "heartbeat (or delete %s now).", k, lock.describe(holder) if holder else "another process",
-                     STALE_SECONDS // 60, d / layout.LOCK)
+                     FoldLock.stale_after(holder) // 60, d / layout.LOCK)
             return None
         try:
             if (d / layout.LAST).is_file() and not (self.resume or self.force):

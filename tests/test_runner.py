@@ -417,7 +417,7 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})
     lock = tmp_path / "runs" / "t" / "fold_0" / "lock"
     lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 4242}))  # beaten just now: honoured
+    lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 4242, "beat": 30}))  # beaten just now
     assert main([a for a in args if a != "-q"] + ["--fold", "0"]) == 0
     out = "".join(capsys.readouterr())
     assert "fold 0 is being trained by host colab-vm-that-ended, pid 4242, last heartbeat" in out, out
@@ -425,6 +425,13 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     assert not (lock.parent / "done.json").exists()
     old = time.time() - STALE_SECONDS - 1  # silent for longer: that session has ended
     os.utime(lock, (old, old))
+    # an older checkout's lock (no "beat": touched once per epoch) keeps the longer limit, then is taken too
+    lock.write_text(json.dumps({"host": "older-checkout", "pid": 4242}))
+    os.utime(lock, (old, old))
+    assert FoldLock(lock).holder() == {"host": "older-checkout", "pid": 4242}
+    lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 4242, "beat": 30}))
+    os.utime(lock, (old, old))
+    assert FoldLock(lock).holder() is None
     assert main(args + ["--fold", "0", "--resume"]) == 0
     assert (lock.parent / "done.json").is_file() and not lock.exists()
 
