@@ -424,8 +424,7 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     assert f"{STALE_SECONDS // 60} min after its last heartbeat (or delete {lock} now)" in out
     assert not (lock.parent / "done.json").exists()
     old = time.time() - STALE_SECONDS - 1  # silent for longer: that session has ended
-    os.utime(lock, (old, old))
-    # an older checkout's lock (no "beat": touched once per epoch) keeps the longer limit, then is taken too
+    # (an older checkout's lock, without "beat", was touched once per epoch: it keeps the 2-hour limit)
     lock.write_text(json.dumps({"host": "older-checkout", "pid": 4242}))
     os.utime(lock, (old, old))
     assert FoldLock(lock).holder() == {"host": "older-checkout", "pid": 4242}
