@@ -176,8 +176,9 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]
     # offsets learn from the OOF rows: with runs of different splits, auto leaves them off as it does weighted
     tried = mode == "on" or (mode == "auto" and same_split)
-    table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker,
-                          offsets_for=(methods if choosing else (method,)) if tried else (), inner_folds=inner_folds)
+    offsets_for = [] if not tried else methods if choosing else [method]  # the methods scored with offsets too
+    table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker, offsets_for=offsets_for,
+                          inner_folds=inner_folds)
     if choosing:
         # auto: with or without the offsets, as they score; on: only with them
         candidates = {k: v for k, v in oofs.items() if mode != "on" or k.endswith("+offsets")}

@@ -51,15 +51,16 @@ class RunOutputs:
         with a relative --runs-dir too, that is this run folder less its --runs-dir and name, so a build
         started in another folder still finds the data (its sample submission, and the images the
         neighbour smoothing reads). A run folder moved since finds it where the run read it."""
-        typed, runs_dir = Path(self.config["data_dir"]), self.config.get("runs_dir")
+        typed = Path(self.config["data_dir"])
         if typed.is_absolute():
             return typed
         # both before the working folder's own: another project's data/ there would be the wrong data
         found = []
-        if runs_dir is not None and not Path(runs_dir).is_absolute() and ".." not in Path(runs_dir).parts:
+        runs_dir = Path(self.config["runs_dir"]) if self.config.get("runs_dir") is not None else None
+        if runs_dir is not None and not runs_dir.is_absolute() and ".." not in runs_dir.parts:
             parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
-            if len(parents) > len(Path(runs_dir).parts):
-                found.append(parents[len(Path(runs_dir).parts)] / typed)
+            if len(parents) > len(runs_dir.parts):
+                found.append(parents[len(runs_dir.parts)] / typed)
         if self.data_path:
             found.append(Path(self.data_path))
         return next((p for p in found if p.is_dir()), typed)

@@ -48,13 +48,21 @@ class FoldLock:
                    "beat": HEARTBEAT_SECONDS}
         self._stop_beating: threading.Event | None = None
 
-    def holder(self) -> dict | None:
-        """The live holder of the lock, or None when it is free or stale."""
+    def _read(self) -> dict | None:
+        """The lock file's holder; None when there is no lock file, {} while its creator is writing it."""
         try:
-            info = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError:  # being written this instant by its creator: held, unless it was left empty long ago
+        except ValueError:
+            return {}
+
+    def holder(self) -> dict | None:
+        """The live holder of the lock, or None when it is free or stale."""
+        info = self._read()
+        if info is None:
+            return None
+        if not info:  # being written this instant by its creator: held, unless it was left empty long ago
             return None if self._age(self.path) > EMPTY_STALE_SECONDS else {"host": "?", "pid": -1}
         if info == self.me or (self.me.get("owner") and info.get("owner") == self.me["owner"]):
             return None
@@ -144,13 +152,10 @@ class FoldLock:
     def lost(self) -> str | None:
         """Why the lock is no longer this process's, or None while it is: it was paused (Ctrl-Z, a frozen VM)
         for longer than ``STALE_SECONDS`` and another process took the fold over."""
-        try:
-            info = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            info = None
+        info = self._read()
         if info == self.me:
             return None
-        why = "its lock file was removed" if not info else (
+        why = "its lock file was removed" if info is None else (
             f"it was taken over by {self.describe(info)}, as this process had not beaten for more than "
             f"{STALE_SECONDS // 60} min (a pause: Ctrl-Z, a frozen machine)")
         return (f"{self.path}: this process no longer holds the fold: {why}. It stops here, so that two processes "
@@ -165,8 +170,5 @@ class FoldLock:
     def release(self) -> None:
         if self._stop_beating is not None:
             self._stop_beating.set()
-        try:
-            if json.loads(self.path.read_text()) == self.me:
-                self.path.unlink()
-        except (FileNotFoundError, ValueError):
-            pass
+        if self._read() == self.me:
+            self.path.unlink(missing_ok=True)
