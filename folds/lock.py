@@ -110,8 +110,8 @@ class FoldLock:
         self._stop_beating = stop = threading.Event()
 
         def beat():
-            while not stop.wait(HEARTBEAT_SECONDS):
-                self.heartbeat()
+            while not stop.wait(HEARTBEAT_SECONDS) and self.heartbeat():
+                pass
 
         threading.Thread(target=beat, name=f"heartbeat {self.path}", daemon=True).start()
 
@@ -161,11 +161,18 @@ class FoldLock:
         return (f"{self.path}: this process no longer holds the fold: {why}. It stops here, so that two processes "
                 "never train one fold.")
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> bool:
+        """Touch the lock while it is this process's; False once another process holds it (this one was
+        paused past STALE_SECONDS and taken over): its beats would keep that holder's lock looking live
+        after that holder is gone. The thread stops then; the next epoch's ``lost`` stops the fold."""
+        info = self._read()
+        if info is not None and info != {} and info != self.me:
+            return False
         try:
             os.utime(self.path)
         except OSError:  # removed, or a network folder that hiccuped: the next beat tries again
             pass
+        return True
 
     def release(self) -> None:
         if self._stop_beating is not None:

@@ -413,6 +413,16 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     assert time.time() - path.stat().st_mtime < 5  # beaten by the thread, with no epoch ending
     mine.release()
     assert not path.exists()
+    # taken over while this holder was paused: it beats no more, or the new holder's lock would look live
+    # after that holder is gone
+    assert mine.acquire()
+    path.write_text(json.dumps({"host": "other-machine", "pid": 7, "beat": 30}))
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    time.sleep(0.5)
+    assert time.time() - path.stat().st_mtime > 3000
+    mine.release()
+    assert path.is_file()
+    path.unlink()
 
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2})
     lock = tmp_path / "runs" / "t" / "fold_0" / "lock"
