@@ -57,7 +57,7 @@ from PIL import Image  # noqa: E402
 from folds.augment import AFFINE, AFFINE_ON, eval_transform, train_transform  # noqa: E402
 from folds.cache import ImageCache  # noqa: E402
 from folds.engine import InputPipe, Precision, train_one_epoch  # noqa: E402
-from folds.loader import ImageDataset, make_loader  # noqa: E402
+from folds.loader import ImageDataset, WaitTimer, make_loader  # noqa: E402
 from folds.recipe import DeviceAffine, Recipe  # noqa: E402
 from models import create_model, data_config, enable_grad_checkpointing  # noqa: E402
 
@@ -86,38 +86,6 @@ def rate(fn, n_items: int, repeat: int = 1, warmup: bool = True) -> float:
     for _ in range(repeat):
         fn()
     return n_items * repeat / (time.perf_counter() - t)
-
-
-class WaitTimer:
-    """A loader as ``train_one_epoch`` sees it, summing the time the loop waits for each batch.
-
-    With the GPU's work queued asynchronously, that wait is the time the device may sit idle
-    for want of data: the loader's share of an epoch.
-    """
-
-    def __init__(self, loader):
-        self.loader, self.wait = loader, 0.0
-        self.first_batch = self.first_step = None  # the wait for batch 1; the host time of step 1
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        while True:
-            t = time.perf_counter()
-            if self.first_batch is not None and self.first_step is None:
-                # cuDNN autotuning runs on the host inside the first step: a long one is autotuning
-                self.first_step = t - self.given
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.given = time.perf_counter()
-            self.wait += self.given - t
-            if self.first_batch is None:
-                self.first_batch = self.given - t
-            yield batch
 
 
 class OnDevice(list):

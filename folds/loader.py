@@ -8,6 +8,7 @@ position would otherwise see the same augmentation forever: AlbumentationsX#266.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -84,6 +85,39 @@ def batches(loader):
         if "DataLoader worker" not in text:
             raise
         raise UserError(text.rpartition("UserError: ")[2].strip()) from None
+
+
+class WaitTimer:
+    """A loader as ``train_one_epoch`` sees it, summing the time the loop waits for each batch.
+
+    With the GPU's work queued asynchronously, that wait is the time the device may sit idle
+    for want of data: the loader's share of an epoch (``history.csv``'s ``loader_wait``, and
+    ``benchmarks/speed.py epochs``, which also reads the first batch's wait and the first step's time).
+    """
+
+    def __init__(self, loader):
+        self.loader, self.wait = loader, 0.0
+        self.first_batch = self.first_step = None  # the wait for batch 1; the host time of step 1
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            if self.first_batch is not None and self.first_step is None:
+                # cuDNN autotuning runs on the host inside the first step: a long one is autotuning
+                self.first_step = t - self.given
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.given = time.perf_counter()
+            self.wait += self.given - t
+            if self.first_batch is None:
+                self.first_batch = self.given - t
+            yield batch
 
 
 class KeptBatches:

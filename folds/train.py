@@ -16,6 +16,7 @@ import torch
 from timm.utils import ModelEmaV3
 
 from common import UserError
+from common.machine import usable_cores
 from folds.augment import eval_transform, train_transform
 from folds.backbone import build_model
 from folds import distributed
@@ -25,8 +26,9 @@ from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
 from folds.engine import InputPipe, Precision, optimizer_steps, scores, train_one_epoch
-from folds.loader import ImageDataset, KeptBatches, epoch_seed, make_loader, num_workers
+from folds.loader import ImageDataset, KeptBatches, WaitTimer, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler, head_lr
+from folds.pace import loader_hint
 from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
 from folds.recipe import build_recipe
 from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
@@ -142,7 +144,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
                          power=cfg.balance_power, num_workers=workers, pin_memory=pin)
-    for epoch in range(len(history) + 1, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
+    first_epoch = len(history) + 1
+    for epoch in range(first_epoch, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
             break
         deadline.before("epoch", f"{out_dir.parent.name}/{out_dir.name} epoch {epoch}")  # run (trial) and fold
@@ -150,17 +153,20 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         seed_everything(epoch_seed(seed, epoch))  # dropout, MixUp, erasing: (seed, epoch) alone, so a resume replays
         loader.sampler.set_epoch(epoch)  # the order and the augmentations too
         lr = head_lr(optimizer)
-        train_loss = train_one_epoch(step_model, loader, optimizer, scaler, prec, inputs, recipe, ema,
+        timed = WaitTimer(loader)  # the time the step waited for images: the GPU idle, where the loader is slow
+        train_loss = train_one_epoch(step_model, timed, optimizer, scaler, prec, inputs, recipe, ema,
                                      first_step=(epoch - 1) * optimizer_steps(len(loader), cfg.grad_accum_steps),
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}",  # same batches every epoch
                                      accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
                                      clip_mode=cfg.clip_mode, grad_checkpointing=cfg.grad_checkpointing)
+        train_seconds = time.time() - t0
         scheduler.step(epoch)  # epochs done so far
         decodes, t1 = validation.decodes(), time.time()
         val = validation.score(judged, prec, inputs)
         if validation.images:  # its pace estimates the first fold's predictions for --time-limit
             deadline.scored(time.time() - t1, validation.images, decodes)
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.time() - t0}
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.time() - t0,
+               "loader_wait": timed.wait}
         history.append(row)
         deadline.took("epoch", row["seconds"])
         seconds += row["seconds"]
@@ -173,6 +179,11 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_crop_f1 %.4f lr %.2e (%.1fs)",
                  out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_crop_f1"],
                  lr, row["seconds"])
+        if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
+            hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
+                               cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)
+            if hint:
+                log.warning("%s/%s: %s", out_dir.parent.name, out_dir.name, hint)
         if on_epoch is not None:
             on_epoch(epoch, row)
     if stopper.best_epoch < 1:

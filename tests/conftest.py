@@ -26,6 +26,12 @@ def demo_dir(demo_source, tmp_path):
     return dst
 
 
+def learned_history(path):
+    """A fold's history.csv without its timing columns, which differ between two runs of one recipe."""
+    import pandas as pd
+    return pd.read_csv(path).drop(columns=["seconds", "loader_wait"])
+
+
 def tiny_args(data_dir, runs, **over):
     """CLI flags for a seconds-long run on the demo data."""
     opts = {"--data-dir": data_dir, "--runs-dir": runs / "runs", "--submissions-dir": runs / "subs",

@@ -205,3 +205,52 @@ def test_the_kept_sets_fit_the_machine(monkeypatch):
     assert keep_limit() == (12 << 30) // 16
     monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name, (128 << 30) // 4096))
     assert keep_limit() == 2 << 30
+
+
+def test_loader_hint_says_when_the_gpu_waits_for_images_and_what_may_help(monkeypatch):
+    import folds.pace
+    from folds.pace import LOADER_BOUND_SHARE, loader_hint
+
+    monkeypatch.setattr(folds.pace, "_said", [])
+    base = {"device": "cuda", "epoch": 2, "workers": 1, "cores": 2, "cache": False, "affine": "loader"}
+    assert loader_hint(LOADER_BOUND_SHARE * 9, 10.0, **base) is None  # the GPU sets the pace
+    assert loader_hint(8.0, 10.0, **{**base, "device": "cpu"}) is None  # the CPU's step shares the cores
+    line = loader_hint(8.0, 10.0, **base)
+    assert loader_hint(8.0, 10.0, **base) is None  # said once per process
+    folds.pace._said.clear()
+    assert line.startswith("the GPU waited for images for 8.0 of the 10.0 s of epoch 2's training pass (80%)"), line
+    assert "--cache" in line and "--affine device" in line and "--num-workers" not in line, line  # no core to spare
+    line = loader_hint(8.0, 10.0, **{**base, "workers": 3, "cores": 16, "cache": True})
+    folds.pace._said.clear()
+    assert "more --num-workers where cores are idle (3 now, on 16 usable cores" in line and "--cache" not in line
+    line = loader_hint(8.0, 10.0, **{**base, "cache": True, "affine": "device"})
+    folds.pace._said.clear()
+    assert "What may help: more cores per GPU, or the images on a faster disk." in line, line
+
+
+def test_a_fold_whose_loader_sets_the_pace_says_so_once_with_its_wait_in_the_history(demo_source, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """On a Colab T4 (2 cores) Dacon's 1000 px paintings can keep the GPU idle for most of an epoch, and no line
+    said so: the wait is now timed in the shipped loop, kept in history.csv, and said once per fold."""
+    import folds.pace
+    import pandas as pd
+    from conftest import tiny_args
+    from folds.run import main
+
+    slow = ImageDataset.__getitem__
+
+    def slow_item(self, i):
+        import time
+        time.sleep(0.01)
+        return slow(self, i)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", slow_item)
+    monkeypatch.setattr(folds.pace, "PACED_DEVICES", ("cpu",))  # the test's CPU stands in for the GPU
+    monkeypatch.setattr(folds.pace, "_said", [])
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 3, "--n-folds": 2, "--fold": "0,1"})) == 0
+    hints = [line for line in "".join(capsys.readouterr()).splitlines() if "waited for images" in line]
+    assert len(hints) == 1 and "t/fold_0: the CPU waited for images" in hints[0], hints  # not again for fold 1
+    assert "of epoch 2's training pass" in hints[0] and "--cache" in hints[0], hints
+    history = pd.read_csv(tmp_path / "runs" / "t" / "fold_0" / "history.csv")
+    # the first epoch also decodes the validation paintings, which later epochs keep in memory
+    assert (history["loader_wait"] > 0.3 * history["seconds"]).iloc[1:].all(), history

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_args
+from conftest import ROOT, learned_history, tiny_args
 from folds.run import main as run_main
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
@@ -40,8 +40,8 @@ def test_a_killed_fold_task_is_retried_resumes_and_matches_the_plain_run(demo_so
     assert proc.returncode == 0, out[-3000:]
     assert "resuming" in out  # the retry continued from last.pt
     for k in (0, 1):
-        a = pd.read_csv(tmp_path / "runs" / "plain" / f"fold_{k}" / "history.csv").drop(columns="seconds")
-        b = pd.read_csv(tmp_path / "runs" / "onray" / f"fold_{k}" / "history.csv").drop(columns="seconds")
+        a = learned_history(tmp_path / "runs" / "plain" / f"fold_{k}" / "history.csv")
+        b = learned_history(tmp_path / "runs" / "onray" / f"fold_{k}" / "history.csv")
         pd.testing.assert_frame_equal(a, b)
     a, b = (pd.read_csv(tmp_path / "runs" / n / "oof.csv", dtype={"id": str}) for n in ("plain", "onray"))
     pd.testing.assert_frame_equal(a, b, atol=1e-6)

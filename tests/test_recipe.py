@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import UserError, layout
-from conftest import tiny_args
+from conftest import learned_history, tiny_args
 from folds.config import resolve_config
 from folds.run import main as run_main
 
@@ -127,8 +127,8 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     with pytest.raises(KeyboardInterrupt):
         train_fold(cfg, ds, tr, va, tmp_path / "cut", on_epoch=stop_after_first)
     train_fold(cfg, ds, tr, va, tmp_path / "cut", resume=True)
-    a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
-    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    a = learned_history(tmp_path / "full" / "history.csv")
+    b = learned_history(tmp_path / "cut" / "history.csv")
     pd.testing.assert_frame_equal(a, b)  # MixUp, erasing, the device affine and the EMA replay from (seed, epoch)
     lrs = a["lr"].to_numpy()
     assert lrs[0] < lrs[1]  # warm-up, then the cosine

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from common import UserError
-from conftest import ROOT, tiny_args
+from conftest import ROOT, learned_history, tiny_args
 from ensemble.submission import validate_submission
 from folds.run import main
 
@@ -43,7 +43,8 @@ def test_tiny_run_learns(finished_run):
     assert scores["oof_crops"]["f1"] > 0.5, scores
     history = pd.read_csv(run / "fold_0" / "history.csv")
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "val_crop_loss",
-                                     "val_crop_f1", "val_crop_acc", "lr", "seconds"]
+                                     "val_crop_f1", "val_crop_acc", "lr", "seconds", "loader_wait"]
+    assert ((history["loader_wait"] >= 0) & (history["loader_wait"] < history["seconds"])).all()
 
 
 def test_oof_covers_every_train_id_once(finished_run, demo_source):
@@ -524,8 +525,8 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
                          resume=True)
     assert torch.are_deterministic_algorithms_enabled()
     Precision.resolve("cpu")  # torch's setting is global: back to the default for the tests after this one
-    a = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
-    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    a = learned_history(tmp_path / "full" / "history.csv")
+    b = learned_history(tmp_path / "cut" / "history.csv")
     pd.testing.assert_frame_equal(a, b)
     assert resumed["best_epoch"] == full["best_epoch"]
 
