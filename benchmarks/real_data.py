@@ -76,7 +76,7 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
                if cfg.pseudo else {}),
             "fold_minutes": {k: round(v["minutes"], 2) for k, v in res["fold_results"].items()},
             "epoch_seconds": epoch_seconds(runner), "first_vs_steady": first_vs_steady(runner),
-            "run_dir": str(runner.run_dir)}
+            "loader_wait_share": loader_wait_share(runner), "run_dir": str(runner.run_dir)}
 
 
 def epoch_seconds(runner: FoldRunner) -> dict:
@@ -90,6 +90,18 @@ def first_vs_steady(runner: FoldRunner) -> float | None:
     process pays once (workers, autotuning, the cache) in a real run."""
     ratios = [s[0] / float(np.median(s[1:])) for s in epoch_seconds(runner).values() if len(s) > 1]
     return round(max(ratios), 2) if ratios else None
+
+
+def loader_wait_share(runner: FoldRunner) -> dict:
+    """Per fold, the share of its later epochs (the median) that the training pass waited for images
+    (history.csv's ``loader_wait`` over ``seconds``): in a real side-by-side run, whether the loaders or the
+    GPU set the pace."""
+    out = {}
+    for k in runner.planned_folds:
+        h = layout.read_frame(runner.fold_dir(k) / layout.HISTORY)
+        if len(h) > 1 and "loader_wait" in h:
+            out[k] = round(float(np.median(h["loader_wait"].iloc[1:] / h["seconds"].iloc[1:])), 3)
+    return out
 
 
 def fold_processes(runner: FoldRunner, args, share: int) -> list:

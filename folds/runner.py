@@ -255,14 +255,29 @@ class FoldRunner:
         """Train ``folds``; then, when every planned fold is done, join the run (its OOF files and scores).
         ``join=False``: train only (a side-by-side fold process, whose parent joins once they all end)."""
         self.check_folds(folds)
-        results = {}
-        for k in folds:
+        results, paces = {}, []
+        for i, k in enumerate(folds):
+            trains, started = self.force or not self.is_done(k), time.time()
             r = self.run_fold(k)
             if r is not None:
                 results[k] = r
+            if r is not None and trains:
+                paces.append((time.time() - started) / 60)
+                self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.force or not self.is_done(j)],
+                                       self.deadline.minutes_left())
         if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
         return self.join(results)
+
+    @staticmethod
+    def _say_what_is_left(k, paces: list[float], left: list, minutes_left: float | None) -> None:
+        """After a fold, how long the folds left to this process take at the pace of those it trained: whether
+        they fit a session (a Kaggle version's 12 hours; `--time-limit` stops a run that would not)."""
+        if left and distributed.is_main():
+            limit = "" if minutes_left is None else f"; {minutes_left:.0f} min of --time-limit are left"
+            log.info("fold %s took %.1f min; the %d fold(s) left here (%s) take about %.0f min at that pace (less "
+                     "where early stopping ends one sooner)%s.", k, paces[-1], len(left), ",".join(map(str, left)),
+                     len(left) * sum(paces) / len(paces), limit)
 
     def check_folds(self, folds: list[int]) -> None:
         extra = sorted(set(folds) - set(self.planned_folds))

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,20 @@ def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, t
     again = pd.read_csv(run / "fold_0" / "test_probs.csv", dtype={"id": str}).set_index("id")
     row = again.loc[test["id"][:2]].to_numpy()
     np.testing.assert_allclose(row[0], row[1], atol=1e-6)  # the first crop is predicted as the image it now is
+
+
+def test_after_each_fold_a_process_says_how_long_its_folds_left_take(demo_source, tmp_path, capsys):
+    """A Kaggle version ends at 12 hours: after each fold it trains, a process says how long the folds it has
+    left take at the pace of those it trained (finished folds it skips neither count nor are counted)."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 3})
+    assert main(args + ["--fold", "0"]) == 0
+    capsys.readouterr()
+    assert main([a for a in args if a != "-q"] + ["--fold", "all", "--time-limit", "600"]) == 0
+    out = "".join(capsys.readouterr())
+    assert re.search(r"ends one sooner\); (600|59\d) min of --time-limit are left", out), out
+    line = r"fold 1 took \d+\.\d min; the 1 fold\(s\) left here \(2\) take about \d+ min at that pace"
+    assert re.search(line, out), out
+    assert "fold 0 took" not in out and "fold 2 took" not in out  # skipped, and the last
 
 
 def test_the_image_cache_lives_where_cache_dir_says(demo_source, tmp_path):
