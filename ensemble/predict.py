@@ -80,7 +80,7 @@ def run_config(run: Path, args):
     """The run's RunConfig, set up for prediction on this machine."""
     from folds.config import saved_config
     cfg = saved_config(run)
-    return replace(cfg, device=args.device, cache=False, workers=args.num_workers if args.num_workers is not None
+    return replace(cfg, device=args.device, workers=args.num_workers if args.num_workers is not None
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 
 
@@ -97,8 +97,9 @@ def predict_run(run: Path, paths, with_full: bool, args, meta: dict) -> tuple[li
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
         raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
-    probs = [Predictor(cfg, len(classes), layout.fold_dir(run, k)).predict(paths, desc=f"{run.name} fold {k}")
-             for k in folds]
+    # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run
+    probs = [Predictor(cfg, len(classes), layout.fold_dir(run, k), store_cache=False).predict(
+        paths, desc=f"{run.name} fold {k}") for k in folds]
     return classes, merge(np.stack(probs), "mean")
 
 

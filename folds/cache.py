@@ -21,8 +21,11 @@ from folds.images import read_rgb
 
 
 class ImageCache:
+    """``root`` None: the same shrunk images, made in memory and never stored (``ensemble/predict.py``: an
+    exported run on a read-only Kaggle dataset sees its images as its folds did)."""
+
     def __init__(self, root, max_side: int):
-        self.root = Path(root) / f"max{int(max_side)}"
+        self.root = None if root is None else Path(root) / f"max{int(max_side)}"
         self.max_side = int(max_side)
 
     def key(self, path) -> Path:
@@ -31,6 +34,8 @@ class ImageCache:
         return self.root / h[:2] / f"{h}.npy"
 
     def get(self, path) -> np.ndarray:
+        if self.root is None:
+            return shrink(read_rgb(path, max_side=self.max_side), self.max_side)
         cached = self.key(path)
         try:
             return np.load(cached)
@@ -45,6 +50,8 @@ class ImageCache:
         """Decode everything up front (in parallel threads: PIL and cv2 release the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        if self.root is None:
+            return
         todo = [p for p in paths if not self.key(p).is_file()]
         if workers and len(todo) > 1:
             with ThreadPoolExecutor(workers) as ex:
@@ -67,6 +74,7 @@ def cache_root(cfg) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.runs_dir) / "cache"
 
 
-def image_cache(cfg, size: int) -> ImageCache | None:
-    """The shared on-disk cache for this input size (at most twice the size), or None without --cache."""
-    return ImageCache(cache_root(cfg), 2 * size) if cfg.cache else None
+def image_cache(cfg, size: int, store: bool = True) -> ImageCache | None:
+    """The shared on-disk cache for this input size (at most twice the size), or None without --cache.
+    ``store=False``: the same images, shrunk in memory only (a run's model sees what it was trained on)."""
+    return ImageCache(cache_root(cfg) if store else None, 2 * size) if cfg.cache else None

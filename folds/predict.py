@@ -99,11 +99,11 @@ class Predictor:
     (72, 6)
     """
 
-    def __init__(self, cfg, num_classes: int, fold_dir):
+    def __init__(self, cfg, num_classes: int, fold_dir, store_cache: bool = True):
         self.model, dcfg, self.prec, self.inputs = load_best(cfg, num_classes, fold_dir)
         size = dcfg["input_size"][-1]
         self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
-        self.cache = image_cache(cfg, size)
+        self.cache = image_cache(cfg, size, store=store_cache)  # a --cache run's images, shrunk as in training
         self.batch_size, self.workers, self.tta = cfg.batch_size * 2, num_workers(cfg), cfg.tta
         self.views = n_views(cfg.tta)
 

@@ -92,6 +92,22 @@ def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, ca
     assert "--data-dir" in capsys.readouterr().err
 
 
+def test_predict_sees_a_cached_runs_images_as_its_folds_did_and_writes_no_cache(demo_source, tmp_path):
+    """A run trained with --cache saw every image shrunk to twice its input size (its OOF and test predictions
+    too); predict.py decoded the full image instead, so an exported --cache run's offline submission differed
+    from the build's. It now shrinks the same way, in memory: an export folder may be read-only."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--cache": True,
+                                              "--cache-dir": tmp_path / "cache"})
+    assert run_main(args) == 0
+    run = tmp_path / "runs" / "t"
+    folds_said = sum(probs(run / f"fold_{k}" / "test_probs.csv") for k in (0, 1)) / 2  # made through the cache
+    shutil.rmtree(tmp_path / "cache")
+    assert predict_main([str(run), "--data-dir", str(demo_source), "--out", str(tmp_path / "p.csv")]) == 0
+    np.testing.assert_allclose(probs(tmp_path / "p_probs.csv").loc[folds_said.index].to_numpy(),
+                               folds_said.to_numpy(), atol=1e-5)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "cache").exists()
+
+
 def without_folds(run, dst, folds):
     """A copy of a finished run as it stood before ``folds`` were trained (no joined OOF yet)."""
     from common import layout
