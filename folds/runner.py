@@ -32,6 +32,7 @@ from folds.manifest import make_manifest
 from folds.predict import Predictor, predict_crop_oof
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
+from folds.scale_check import whole_test_warning
 from folds.split import save_folds
 from folds.train import train_fold
 
@@ -71,8 +72,11 @@ class FoldRunner:
         check_settings(run_dir, cfg)
         prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
-        for warning in recipe_warnings(cfg) if announce and distributed.is_main() else ():
-            log.warning(warning)
+        if announce and distributed.is_main():
+            for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds.train["path"],
+                                                                       prep.ds.test["path"])]:
+                if warning:
+                    log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
             check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg), cfg.pseudo_oof)
         if distributed.is_main():

@@ -125,7 +125,23 @@ def test_a_warm_up_as_long_as_the_run_is_a_warning_that_names_both_options(demo_
     assert "--warmup-epochs 1 with --epochs 1: every epoch is warm-up" in said and "--lr 0.002" in said, said
     assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--fold": "0",
                                                         "--warmup-epochs": 1, "--name": "ok"})) == 0
-    assert "warm-up" not in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "warm-up" not in said and "look like whole images" not in said  # the demo's test images are crops
+
+
+def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_path, capsys):
+    """A Kaggle task converted to this layout tests on whole images; the default trained on quarter-area crops and
+    chose its checkpoints on them without a word."""
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(demo_dir / "test.csv", dtype=str, keep_default_na=False)
+    for i, rel in enumerate(test["img_path"]):  # each test image a whole train-size image
+        (demo_dir / rel).write_bytes((demo_dir / train["img_path"][i % len(train)]).read_bytes())
+    args = tiny_args(demo_dir, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0"})
+    assert run_main(args) == 0
+    said = capsys.readouterr().out
+    assert "the test images are about as large as the train images" in said and "add --crop whole" in said, said
+    assert run_main(args + ["--crop", "whole", "--name", "w"]) == 0
+    assert "look like whole images" not in capsys.readouterr().out
 
 
 # -- 2. ids that pandas reads as missing --------------------------------------------------------

@@ -123,6 +123,7 @@ def run(args) -> int:
     from folds.config import RUN_CONTROL, learning_settings
     from folds.prepare import prepare_run, split_store
     from folds.pseudo import check_source
+    from folds.scale_check import whole_test_warning
     from folds.split import save_folds
     from tuning.objective import Objective
     from tuning.space import check_corners, load_space
@@ -145,6 +146,9 @@ def run(args) -> int:
     study_dir = Path(args.tuning_dir) / args.study
     prep = prepare_run(cfg, study_dir / "folds.csv", write_split=False)
     cfg, ds = prep.cfg, prep.ds
+    warning = whole_test_warning(cfg.crop, ds.train["path"], ds.test["path"]) if args.worker_index is None else None
+    if warning:  # the study's trials would tune a recipe made for another test set
+        log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
     storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
