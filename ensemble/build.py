@@ -33,7 +33,8 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
-from ensemble.runs import check_compatible, check_test_set_unchanged, finished_in_every_run, load_run  # noqa: E402
+from ensemble.runs import (OOF_KINDS, check_compatible, check_test_set_unchanged,  # noqa: E402
+                           finished_in_every_run, load_run, resolve_oof)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"runs (default: mean, the soft vote); {BEST}: the method, with or without the offsets, whose "
                    "honest OOF macro-F1 in the table is highest")
     p.add_argument("--out", help="submission CSV (default: submissions/<runs>_<method>.csv)")
-    p.add_argument("--oof", default="crops", choices=("crops", "whole"), help="fit and score on the crop OOF "
-                   "(test-like, default) or the whole-painting OOF")
+    p.add_argument("--oof", default="auto", choices=OOF_KINDS, help="fit and score on the crop OOF (test-like "
+                   "crops of the validation paintings) or the whole-painting OOF; auto (default): the whole-painting "
+                   "OOF where the test images look whole (a task tested on whole images), else the crop OOF")
     p.add_argument("--stacker", default="logreg", help="meta-learner for --method stack: logreg (default), rf, "
                    "hgb, mlp, or a class path like sklearn.linear_model.LogisticRegression")
     p.add_argument("--offsets", nargs="?", const="on", default="auto", choices=OFFSETS, help="per-class logit "
@@ -145,13 +147,14 @@ def check_out_path(out: Path) -> None:
         raise UserError(f"--out {out}: is a folder; give a .csv file path.")
 
 
-def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stacker: str = "logreg",
+def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stacker: str = "logreg",
           offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
           report: bool = True, neighbours: str = "auto", finished_folds: bool = False) -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
+    oof, oof_note = resolve_oof(oof, run_paths[0])
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
     if mode not in OFFSETS:
@@ -170,7 +173,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "crops", stac
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
     groups = first.oof["id"].to_numpy()
-    notes = [partial] if partial else []
+    notes = [n for n in (oof_note, partial) if n]
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]

@@ -1,7 +1,7 @@
 """Is one run's gain over another real? Paired bootstrap intervals of their OOF macro-F1.
 
 Examples:
-    python ensemble/compare.py runs/b3-seed0 runs/b3-ld9          # the crop OOF (default)
+    python ensemble/compare.py runs/b3-seed0 runs/b3-ld9          # the crop OOF (whole test images: the whole OOF)
     python ensemble/compare.py runs/a runs/b runs/c --oof whole --draws 5000
     python ensemble/compare.py runs/a                              # how precise one run's OOF score is
     python ensemble/compare.py runs/a runs/b --finished-folds      # on the folds both have finished so far
@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
-from ensemble.runs import check_compatible, finished_in_every_run, load_run  # noqa: E402
+from ensemble.runs import OOF_KINDS, check_compatible, finished_in_every_run, load_run, resolve_oof  # noqa: E402
 
 OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}
 
 
-def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float = 0.9, seed: int = 0,
+def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float = 0.9, seed: int = 0,
                  finished_folds: bool = False) -> dict:
     """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
     how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
@@ -42,6 +42,7 @@ def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float 
         raise UserError(f"--seed {seed}: give 0 or more.")
     if not 0 < level < 1:
         raise UserError(f"--level {level}: give the share of the draws an interval holds, in (0, 1), e.g. 0.9.")
+    oof, oof_note = resolve_oof(oof, run_paths[0])
     # the same rows in the first run's order (other splits are fine: the rows are what is compared)
     runs, partial = finished_in_every_run([load_run(p, oof, finished_folds) for p in run_paths])
     runs = check_compatible(runs, need_same_split=False)
@@ -61,7 +62,7 @@ def compare_runs(run_paths, oof: str = "crops", draws: int = 2000, level: float 
                        better=float((diff > 0).mean()))
         rows.append(row)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
-            "oof": oof, "partial": partial}
+            "oof": oof, "partial": partial, "oof_note": oof_note}
 
 
 def format_result(result: dict) -> str:
@@ -76,8 +77,9 @@ def format_result(result: dict) -> str:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
         lines.append(line)
-    if result.get("partial"):
-        lines.append(f"note: {result['partial']}")
+    for note in (result.get("oof_note"), result.get("partial")):
+        if note:
+            lines.append(f"note: {note}")
     lines.append("note: these intervals hold only the noise of which paintings are in the OOF; training noise (seed, "
                  "data order) comes on top: train the first run again with another --seed and compare the two.")
     return "\n".join(lines)
@@ -87,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished run folders (runs/<name>); the first is the baseline")
-    p.add_argument("--oof", choices=sorted(OOF_NAMES), default="crops",
-                   help="the crop OOF (test-like crops of the validation paintings) or the whole-painting OOF")
+    p.add_argument("--oof", choices=OOF_KINDS, default="auto",
+                   help="the crop OOF (test-like crops of the validation paintings) or the whole-painting OOF; auto: "
+                   "the whole-painting OOF where the test images look whole, else the crop OOF")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the paintings")
     p.add_argument("--level", type=float, default=0.9, help="the share of the draws each interval holds")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the result repeats with it)")

@@ -14,6 +14,8 @@ import pandas as pd
 from common import UserError, layout
 from ensemble.merge import merge
 
+OOF_KINDS = ("auto", "crops", "whole")  # --oof of the build and compare.py
+
 
 @dataclass
 class RunOutputs:
@@ -47,23 +49,7 @@ class RunOutputs:
 
     @property
     def data_dir(self) -> Path:
-        """The run's data folder. A relative --data-dir is relative to the folder the run was started in:
-        with a relative --runs-dir too, that is this run folder less its --runs-dir and name, so a build
-        started in another folder still finds the data (its sample submission, and the images the
-        neighbour smoothing reads). A run folder moved since finds it where the run read it."""
-        typed = Path(self.config["data_dir"])
-        if typed.is_absolute():
-            return typed
-        # both before the working folder's own: another project's data/ there would be the wrong data
-        found = []
-        runs_dir = Path(self.config["runs_dir"]) if self.config.get("runs_dir") is not None else None
-        if runs_dir is not None and not runs_dir.is_absolute() and ".." not in runs_dir.parts:
-            parents = self.path.resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
-            if len(parents) > len(runs_dir.parts):
-                found.append(parents[len(runs_dir.parts)] / typed)
-        if self.data_path:
-            found.append(Path(self.data_path))
-        return next((p for p in found if p.is_dir()), typed)
+        return run_data_dir(self.path, self.config, self.data_path)
 
     @property
     def oof_probs(self) -> np.ndarray:
@@ -73,6 +59,60 @@ class RunOutputs:
         """The fold mean of the test probabilities; the full-data model joins as one more member."""
         members = list(self.fold_test.values()) + ([self.full_test] if with_full and self.full_test is not None else [])
         return merge(np.stack(members), "mean")
+
+
+def run_data_dir(path: Path, config: dict, data_path: str | None) -> Path:
+    """The data folder of the run at ``path`` (its ``config``; ``data_path``: the absolute one its manifest keeps).
+    A relative --data-dir is relative to the folder the run was started in: with a relative --runs-dir too,
+    that is this run folder less its --runs-dir and name, so a build started in another folder still finds
+    the data (its sample submission, and the images the neighbour smoothing reads). A run folder moved since
+    finds it where the run read it."""
+    typed = Path(config["data_dir"])
+    if typed.is_absolute():
+        return typed
+    # both before the working folder's own: another project's data/ there would be the wrong data
+    found = []
+    runs_dir = Path(config["runs_dir"]) if config.get("runs_dir") is not None else None
+    if runs_dir is not None and not runs_dir.is_absolute() and ".." not in runs_dir.parts:
+        parents = Path(path).resolve().parents  # <started in>/<runs_dir>/<name>, unless the folder was moved
+        if len(parents) > len(runs_dir.parts):
+            found.append(parents[len(runs_dir.parts)] / typed)
+    if data_path:
+        found.append(Path(data_path))
+    return next((p for p in found if p.is_dir()), typed)
+
+
+def data_dir_of(path) -> Path | None:
+    """The data folder of the run folder ``path``, read from its config and manifest alone; None when they
+    cannot be read (load_run then names what is wrong)."""
+    path = Path(path)
+    try:
+        config = json.loads((path / layout.CONFIG).read_text())
+        manifest = json.loads((path / layout.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return run_data_dir(path, config, manifest.get("data_path"))
+
+
+def resolve_oof(oof: str, first_run) -> tuple[str, str | None]:
+    """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
+    or it has no crop OOF, else its crop OOF; and a note when auto chose the whole-painting OOF."""
+    if oof != "auto":
+        return oof, None
+    from folds.scale_check import data_area_share, looks_whole
+
+    try:
+        if not json.loads((Path(first_run) / layout.CONFIG).read_text()).get("crop_oof", 1):
+            return "whole", None  # a run made with --crop-oof 0 has no other
+    except (OSError, ValueError):
+        return "crops", None  # load_run names what is wrong with the folder
+    data_dir = data_dir_of(first_run)
+    share = None if data_dir is None else data_area_share(data_dir)
+    if not looks_whole(share):
+        return "crops", None
+    return "whole", (f"--oof auto: the test images look whole (their median area is {share:.0%} of a train "
+                     "image's, where Dacon's crops have 25%), so the methods are fit and scored on the "
+                     "whole-painting OOF")
 
 
 def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutputs:

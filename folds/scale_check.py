@@ -8,6 +8,8 @@ image sizes tell the two apart from the files' headers alone.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -32,14 +34,36 @@ def median_area(paths, n: int = SAMPLE, seed: int = 0) -> float | None:
     return float(np.median(areas)) if areas else None
 
 
+def test_area_share(train_paths, test_paths) -> float | None:
+    """The test images' median area over the train images' (about 0.25 for Dacon's crops); None unreadable."""
+    train, test = median_area(train_paths), median_area(test_paths)
+    return test / train if train and test else None
+
+
+def data_area_share(data_dir) -> float | None:
+    """``test_area_share`` of a data folder's train.csv and test.csv; None where they cannot be read."""
+    import pandas as pd
+
+    try:
+        train, test = (pd.read_csv(Path(data_dir) / f"{part}.csv", dtype=str, keep_default_na=False,
+                                   usecols=["img_path"])["img_path"] for part in ("train", "test"))
+    except (OSError, ValueError):
+        return None
+    return test_area_share([Path(data_dir) / p for p in train], [Path(data_dir) / p for p in test])
+
+
+def looks_whole(share: float | None) -> bool:
+    return share is not None and share >= WHOLE_AREA_SHARE
+
+
 def whole_test_warning(crop: str, train_paths, test_paths) -> str | None:
     """A warning when the recipe trains on test-scale crops but the test images look whole, else None."""
     if crop != "test-scale":
         return None
-    train, test = median_area(train_paths), median_area(test_paths)
-    if not train or not test or test / train < WHOLE_AREA_SHARE:
+    share = test_area_share(train_paths, test_paths)
+    if not looks_whole(share):
         return None
-    return (f"the test images are about as large as the train images (their median area is {test / train:.0%} of a "
+    return (f"the test images are about as large as the train images (their median area is {share:.0%} of a "
             "train image's, where a half-width, half-height crop has 25%): they look like whole images, not crops of "
             "unseen paintings as in Dacon's task. The default trains on crops of about a quarter of each image and "
             "chooses its checkpoints on such crops (--crop test-scale, --monitor crop-f1); for whole test images "

@@ -140,8 +140,18 @@ def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_pat
     assert run_main(args) == 0
     said = capsys.readouterr().out
     assert "the test images are about as large as the train images" in said and "add --crop whole" in said, said
-    assert run_main(args + ["--crop", "whole", "--name", "w"]) == 0
+    assert run_main(args + ["--crop", "whole", "--name", "w", "--fold", "all"]) == 0
     assert "look like whole images" not in capsys.readouterr().out
+    # the build and compare.py choose and score on the whole-painting OOF there (--oof auto), and say so
+    from ensemble.build import main as build_main
+    from ensemble.compare import main as compare_main
+    run = str(tmp_path / "runs" / "w")
+    assert build_main([run, "--out", str(tmp_path / "w.csv"), "--no-report"]) == 0
+    said = capsys.readouterr().out
+    assert "note: --oof auto: the test images look whole" in said, said
+    assert json.loads((tmp_path / "w_blend.json").read_text())["oof"] == "whole"
+    assert compare_main([run, "--draws", "100"]) == 0
+    assert capsys.readouterr().out.startswith("whole-painting OOF macro-F1 on 128 rows")
 
 
 # -- 2. ids that pandas reads as missing --------------------------------------------------------
