@@ -67,4 +67,5 @@ def whole_test_warning(crop: str, train_paths, test_paths) -> str | None:
             "train image's, where a half-width, half-height crop has 25%): they look like whole images, not crops of "
             "unseen paintings as in Dacon's task. The default trains on crops of about a quarter of each image and "
             "chooses its checkpoints on such crops (--crop test-scale, --monitor crop-f1); for whole test images "
-            "add --crop whole (it follows the whole-image F1).")
+            "add --crop whole (it follows the whole-image F1), and --val-crops 0 --crop-oof 0 to skip scoring the "
+            "validation images as crops.")
