@@ -272,7 +272,8 @@ def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_th
     """--time-limit (a Kaggle session's end, which would keep no output): the run stops before the first
     piece of work that would not end in time, exits 75, and keeps everything finished; --resume then ends
     with the uninterrupted run's result. Each look at the clock is a minute later here, so the stop is at
-    the tenth check: fold 0's 4 epochs and prediction, fold 1's 4 epochs, then fold 1's prediction."""
+    the eleventh look: fold 0's 4 epochs and prediction, the line after fold 0 that says the minutes left,
+    fold 1's 4 epochs, then fold 1's prediction."""
     import itertools
 
     import folds.deadline
@@ -280,7 +281,7 @@ def test_a_time_limit_stops_between_pieces_of_work_and_the_resumed_run_equals_th
     over = {"--epochs": 4, "--n-folds": 3, "--patience": 10}
     clock = itertools.count(0, 60)
     monkeypatch.setattr(folds.deadline, "monotonic", lambda: next(clock))
-    assert main([*tiny_args(demo_source, tmp_path, **over), "--time-limit", "10"]) == 75
+    assert main([*tiny_args(demo_source, tmp_path, **over), "--time-limit", "11"]) == 75
     err = capsys.readouterr().err
     assert "stopped at the time limit (--time-limit: fold 1's prediction (its epochs are done) was not started" in err
     assert "a fold run with --resume" in err and "Traceback" not in err, err
