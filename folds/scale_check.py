@@ -34,14 +34,14 @@ def median_area(paths, n: int = SAMPLE, seed: int = 0) -> float | None:
     return float(np.median(areas)) if areas else None
 
 
-def test_area_share(train_paths, test_paths) -> float | None:
+def share_of_train_area(train_paths, test_paths) -> float | None:
     """The test images' median area over the train images' (about 0.25 for Dacon's crops); None unreadable."""
     train, test = median_area(train_paths), median_area(test_paths)
     return test / train if train and test else None
 
 
 def data_area_share(data_dir) -> float | None:
-    """``test_area_share`` of a data folder's train.csv and test.csv; None where they cannot be read."""
+    """``share_of_train_area`` of a data folder's train.csv and test.csv; None where they cannot be read."""
     import pandas as pd
 
     try:
@@ -49,7 +49,7 @@ def data_area_share(data_dir) -> float | None:
                                    usecols=["img_path"])["img_path"] for part in ("train", "test"))
     except (OSError, ValueError):
         return None
-    return test_area_share([Path(data_dir) / p for p in train], [Path(data_dir) / p for p in test])
+    return share_of_train_area([Path(data_dir) / p for p in train], [Path(data_dir) / p for p in test])
 
 
 def looks_whole(share: float | None) -> bool:
@@ -60,7 +60,7 @@ def whole_test_warning(crop: str, train_paths, test_paths) -> str | None:
     """A warning when the recipe trains on test-scale crops but the test images look whole, else None."""
     if crop != "test-scale":
         return None
-    share = test_area_share(train_paths, test_paths)
+    share = share_of_train_area(train_paths, test_paths)
     if not looks_whole(share):
         return None
     return (f"the test images are about as large as the train images (their median area is {share:.0%} of a "
