@@ -231,7 +231,7 @@ def test_loader_hint_says_when_the_gpu_waits_for_images_and_what_may_help(monkey
 def test_a_fold_whose_loader_sets_the_pace_says_so_once_with_its_wait_in_the_history(demo_source, tmp_path,
                                                                                      monkeypatch, capsys):
     """On a Colab T4 (2 cores) Dacon's 1000 px paintings can keep the GPU idle for most of an epoch, and no line
-    said so: the wait is now timed in the shipped loop, kept in history.csv, and said once per fold."""
+    said so: the wait is now timed in the shipped loop, kept in history.csv, and said once per process."""
     import folds.pace
     import pandas as pd
     from conftest import tiny_args
