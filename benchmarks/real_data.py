@@ -75,33 +75,23 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
                 "pseudo_oof_crops": [v.get("pseudo_oof_crops", 0) for v in res["fold_results"].values()]}
                if cfg.pseudo else {}),
             "fold_minutes": {k: round(v["minutes"], 2) for k, v in res["fold_results"].items()},
-            "epoch_seconds": epoch_seconds(runner), "first_vs_steady": first_vs_steady(runner),
-            "loader_wait_share": loader_wait_share(runner), "run_dir": str(runner.run_dir)}
+            **epoch_timing(runner), "run_dir": str(runner.run_dir)}
 
 
-def epoch_seconds(runner: FoldRunner) -> dict:
-    """Each fold's epochs (training and validation, from history.csv), in seconds."""
-    return {k: [round(float(x), 1) for x in layout.read_frame(runner.fold_dir(k) / layout.HISTORY)["seconds"]]
-            for k in runner.planned_folds}
-
-
-def first_vs_steady(runner: FoldRunner) -> float | None:
-    """The slowest fold's first epoch over its median later epoch (``epoch_seconds``): what a
-    process pays once (workers, autotuning, the cache) in a real run."""
-    ratios = [s[0] / float(np.median(s[1:])) for s in epoch_seconds(runner).values() if len(s) > 1]
-    return round(max(ratios), 2) if ratios else None
-
-
-def loader_wait_share(runner: FoldRunner) -> dict:
-    """Per fold, the share of its later epochs (the median) that the training pass waited for images
-    (history.csv's ``loader_wait`` over ``seconds``): in a real side-by-side run, whether the loaders or the
-    GPU set the pace."""
-    out = {}
+def epoch_timing(runner: FoldRunner) -> dict:
+    """From each fold's history.csv, read once: its epochs in seconds (training and validation); the slowest
+    fold's first epoch over its median later epoch (what a process pays once: workers, autotuning, the cache);
+    and per fold the median share of its later epochs that the training pass waited for images (``loader_wait``:
+    in a real side-by-side run, whether the loaders or the GPU set the pace)."""
+    seconds, waits = {}, {}
     for k in runner.planned_folds:
         h = layout.read_frame(runner.fold_dir(k) / layout.HISTORY)
+        seconds[k] = [round(float(x), 1) for x in h["seconds"]]
         if len(h) > 1 and "loader_wait" in h:
-            out[k] = round(float(np.median(h["loader_wait"].iloc[1:] / h["seconds"].iloc[1:])), 3)
-    return out
+            waits[k] = round(float(np.median(h["loader_wait"].iloc[1:] / h["seconds"].iloc[1:])), 3)
+    ratios = [s[0] / float(np.median(s[1:])) for s in seconds.values() if len(s) > 1]
+    return {"epoch_seconds": seconds, "first_vs_steady": round(max(ratios), 2) if ratios else None,
+            "loader_wait_share": waits}
 
 
 def fold_processes(runner: FoldRunner, args, share: int) -> list:

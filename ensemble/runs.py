@@ -82,18 +82,6 @@ def run_data_dir(path: Path, config: dict, data_path: str | None) -> Path:
     return next((p for p in found if p.is_dir()), typed)
 
 
-def data_dir_of(path) -> Path | None:
-    """The data folder of the run folder ``path``, read from its config and manifest alone; None when they
-    cannot be read (load_run then names what is wrong)."""
-    path = Path(path)
-    try:
-        config = json.loads((path / layout.CONFIG).read_text())
-        manifest = json.loads((path / layout.MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return run_data_dir(path, config, manifest.get("data_path"))
-
-
 def resolve_oof(oof: str, first_run) -> tuple[str, str | None]:
     """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
     or it has no crop OOF, else its crop OOF; and a note when auto chose the whole-painting OOF."""
@@ -101,13 +89,15 @@ def resolve_oof(oof: str, first_run) -> tuple[str, str | None]:
         return oof, None
     from folds.scale_check import data_area_share, looks_whole
 
+    first_run = Path(first_run)
     try:
-        if not json.loads((Path(first_run) / layout.CONFIG).read_text()).get("crop_oof", 1):
-            return "whole", None  # a run made with --crop-oof 0 has no other
+        config = json.loads((first_run / layout.CONFIG).read_text())
+        manifest = json.loads((first_run / layout.MANIFEST).read_text())
     except (OSError, ValueError):
         return "crops", None  # load_run names what is wrong with the folder
-    data_dir = data_dir_of(first_run)
-    share = None if data_dir is None else data_area_share(data_dir)
+    if not config.get("crop_oof", 1):
+        return "whole", None  # a run made with --crop-oof 0 has no other
+    share = data_area_share(run_data_dir(first_run, config, manifest.get("data_path")))
     if not looks_whole(share):
         return "crops", None
     return "whole", (f"--oof auto: the test images look whole (their median area is {share:.0%} of a train "

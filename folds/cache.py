@@ -50,8 +50,6 @@ class ImageCache:
         """Decode everything up front (in parallel threads: PIL and cv2 release the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        if self.root is None:
-            return
         todo = [p for p in paths if not self.key(p).is_file()]
         if workers and len(todo) > 1:
             with ThreadPoolExecutor(workers) as ex:

@@ -166,7 +166,7 @@ class FoldLock:
         paused past STALE_SECONDS and taken over): its beats would keep that holder's lock looking live
         after that holder is gone. The thread stops then; the next epoch's ``lost`` stops the fold."""
         info = self._read()
-        if info is not None and info != {} and info != self.me:
+        if info and info != self.me:  # (None: removed; {}: being written)
             return False
         try:
             os.utime(self.path)

@@ -66,8 +66,7 @@ def finish_run(runner, result: dict) -> str:
     from ensemble.build import build, format_table
 
     cfg = runner.cfg
-    sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv",
-                oof="auto" if cfg.crop_oof else "whole")
+    sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv")
     logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"]))
     line = f"OOF macro-F1 {result['oof']['f1']:.4f}"
     if "oof_crops" in result:

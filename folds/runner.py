@@ -99,12 +99,16 @@ class FoldRunner:
     def is_done(self, k) -> bool:
         return layout.is_done(self.run_dir, k)
 
+    def trains(self, k) -> bool:
+        """Whether ``run_fold(k)`` trains the fold (unless another process holds it): not finished, or --force."""
+        return self.force or not self.is_done(k)
+
     # -- one fold (or the full-data model) -----------------------------------------------
     def run_fold(self, k, epochs: int | None = None) -> dict | None:
         """Train and predict fold ``k`` (or ``FULL``); None when another process holds it."""
         d = self.fold_dir(k)
         # under torchrun, rank 0 decides for the group (skip, lock) and alone touches files
-        if distributed.agree(self.is_done(k) and not self.force):
+        if distributed.agree(not self.trains(k)):
             log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
             self._predict_test_again_if_changed(k, d)
             return json.loads((d / layout.DONE).read_text())
@@ -261,23 +265,22 @@ class FoldRunner:
         self.check_folds(folds)
         results, paces = {}, []
         for i, k in enumerate(folds):
-            trains, started = self.force or not self.is_done(k), time.time()
+            trains, started = self.trains(k), time.time()
             r = self.run_fold(k)
             if r is not None:
                 results[k] = r
             if r is not None and trains:
                 paces.append((time.time() - started) / 60)
-                self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.force or not self.is_done(j)],
-                                       self.deadline.minutes_left())
+                self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.trains(j)])
         if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
         return self.join(results)
 
-    @staticmethod
-    def _say_what_is_left(k, paces: list[float], left: list, minutes_left: float | None) -> None:
+    def _say_what_is_left(self, k, paces: list[float], left: list) -> None:
         """After a fold, how long the folds left to this process take at the pace of those it trained: whether
         they fit a session (a Kaggle version's 12 hours; `--time-limit` stops a run that would not)."""
         if left and distributed.is_main():
+            minutes_left = self.deadline.minutes_left()
             limit = "" if minutes_left is None else f"; {minutes_left:.0f} min of --time-limit are left"
             log.info("fold %s took %.1f min; the %d fold(s) left here (%s) take about %.0f min at that pace (less "
                      "where early stopping ends one sooner)%s.", k, paces[-1], len(left), ",".join(map(str, left)),
