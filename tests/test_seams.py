@@ -150,3 +150,62 @@ def test_what_the_commands_write_into_the_checkout_is_ignored_by_git():
     tracked = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "submissions/.gitkeep",
                               "tuning/tune.py"], capture_output=True, text=True).stdout
     assert tracked == ""
+
+
+def _script_parser(script: Path):
+    """The ArgumentParser a script's ``main`` builds, caught at its ``parse_args`` (nothing runs)."""
+    import argparse
+    import importlib.util
+
+    class Caught(Exception):
+        pass
+
+    def catch(self, *args, **kwargs):
+        raise Caught(self)
+
+    spec = importlib.util.spec_from_file_location("readme_" + "_".join(script.relative_to(ROOT).with_suffix("").parts),
+                                                  script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        module.main([])
+    except Caught as caught:
+        return caught.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    raise AssertionError(f"{script}: main() never parsed its arguments")
+
+
+def readme_commands(text: str) -> list[tuple[str, str]]:
+    """Each ``python <script>.py args`` the README shows, in its code blocks and inline code, as
+    (script, args); a line's command ends at a shell separator or a comment."""
+    text = text.replace("\\\n", " ")
+    one = r"((?:[\w.-]+/)*[\w.-]+\.py)((?:(?!&&|\|\||[;|&#]).)*)"
+    found = [c for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+             for line in block.splitlines() for c in re.findall(r"python " + one, line)]
+    return found + [c for inline in re.findall(r"`python ([^`]+)`", text) for c in re.findall("^" + one, inline)]
+
+
+def test_every_command_the_readme_shows_parses_with_its_scripts_own_options(capsys):
+    # "Keep the README true": a renamed or removed option, or a choice no longer offered, leaves
+    # an example that fails at once for the user who copies it. Each command is parsed as its script
+    # would parse it (an export's copy of predict.py is predict.py).
+    import shlex
+
+    commands = readme_commands((ROOT / "README.md").read_text())
+    assert len(commands) > 50 and {s for s, _ in commands} >= {"folds/run.py", "tuning/tune.py", "ensemble/build.py"}
+    parsers, failed = {}, []
+    for script, args in commands:
+        path = ROOT / re.sub(r"^.*/code/", "", script)
+        if not path.is_file():
+            failed.append(f"{script}: no such script")
+            continue
+        parser = parsers.get(path) or parsers.setdefault(path, _script_parser(path))
+        try:
+            parser.parse_args(shlex.split(args))
+        except SystemExit as e:
+            if e.code:
+                failed.append(f"python {script}{args.rstrip()}: {capsys.readouterr().err.strip().splitlines()[-1]}")
+    assert not failed, "\n".join(failed)
