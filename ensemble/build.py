@@ -37,6 +37,7 @@ from ensemble.runs import (OOF_KINDS, check_compatible, check_test_set_unchanged
                            finished_in_every_run, load_run, resolve_oof)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
+from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     same_split = len({r.split_hash for r in runs}) == 1
     learns = mode == "on" if choosing else make_blend(method, stacker, mode == "on").learns
     runs = check_compatible(runs, need_same_split=learns)
+    # the smoothing decodes the images the runs decoded: under the limit (--max-image-pixels) that admitted them
+    set_max_image_pixels(loosest_limit(r.config.get("max_image_pixels") for r in runs))
     first = runs[0]
     data_dir = first.data_dir
     check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use

@@ -35,6 +35,7 @@ from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
 from ensemble.submission import write_submission  # noqa: E402
+from folds.images import check_limit, loosest_limit, set_max_image_pixels  # noqa: E402
 
 log = logging.getLogger("predict")
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' (default: auto)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the run's)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: twice the run's training batch)")
+    p.add_argument("--max-image-pixels", type=int, metavar="N", help="PIL's decompression-bomb limit (default: the "
+                   "runs' own --max-image-pixels; 0: off), for a test set with larger images than they met")
     return p
 
 
@@ -84,6 +87,13 @@ def run_config(run: Path, args):
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 
 
+def saved_limit(run: Path) -> int | None:
+    """The run's ``--max-image-pixels`` (None where it is not a run folder: ``predict_run`` says so)."""
+    if not (run / layout.CONFIG).is_file():
+        return None
+    return json.loads((run / layout.CONFIG).read_text()).get("max_image_pixels")
+
+
 def predict_run(run: Path, paths, with_full: bool, args, meta: dict) -> tuple[list, np.ndarray]:
     """A run's classes and the mean test probabilities of the blend's folds (the full-data model joins when
     asked)."""
@@ -107,6 +117,9 @@ def predict(args) -> dict:
     from folds.data import load_test_set
 
     runs, blend, meta = resolve_sources(args)
+    check_limit(args.max_image_pixels)
+    set_max_image_pixels(args.max_image_pixels if args.max_image_pixels is not None
+                         else loosest_limit(saved_limit(run) for run in runs))
     with_full = meta.get("with_full", False) if args.with_full is None else args.with_full
     test, sample = load_test_set(args.data_dir)
     members, classes = [], None

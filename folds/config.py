@@ -13,6 +13,7 @@ from common import UserError, layout
 from ensemble.tta import TTA_MODES
 from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
+from folds.images import check_limit
 from folds.optim import CLIP_MODES, OPTIMIZERS, SCHEDULERS
 from folds.stopping import MONITORS
 
@@ -245,8 +246,7 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.pseudo and cfg.pseudo_mode == "soft" and (cfg.mixup or cfg.cutmix):
         raise UserError("--pseudo-mode soft with --mixup/--cutmix: timm's Mixup mixes class labels only; use "
                         "--pseudo-mode hard.")
-    if cfg.max_image_pixels is not None and cfg.max_image_pixels < 0:
-        raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {cfg.max_image_pixels}.")
+    check_limit(cfg.max_image_pixels)
     if cfg.crop_oof < 0:
         raise UserError(f"--crop-oof must be 0 (off) or more, but got {cfg.crop_oof}.")
     if cfg.img_size is not None and cfg.img_size < MIN_IMG_SIZE:  # 0 read as "unset" and trained at the model's size

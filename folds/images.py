@@ -27,6 +27,19 @@ def set_max_image_pixels(limit: int | None) -> None:
         Image.MAX_IMAGE_PIXELS = int(limit) or None
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {limit}.")
+
+
+def loosest_limit(limits) -> int | None:
+    """The decompression-bomb limit that admits what each of several runs admitted (their saved
+    ``max_image_pixels``): 0 (off) where any run had it off, else the largest; None: PIL's default.
+    A build or a prediction reads the images the runs read, so it replays their limit."""
+    given = [int(v) for v in limits if v is not None]
+    return None if not given else 0 if 0 in given else max(given)
+
+
 def _verify_key(path: Path) -> str:
     st = os.stat(path)
     return hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()

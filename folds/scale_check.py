@@ -25,12 +25,18 @@ def median_area(paths, n: int = SAMPLE, seed: int = 0) -> float | None:
         return None
     pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)), replace=False)
     areas = []
-    for i in pick:
-        try:
-            with Image.open(paths[i]) as im:
-                areas.append(im.size[0] * im.size[1])
-        except OSError:  # the decode check names unreadable files; a share needs none of them
-            continue
+    # a header is not a decompression bomb: read the size of an image over --max-image-pixels too (a build
+    # reads headers before it replays its runs' limit; the decode check keeps the limit for decoding)
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        for i in pick:
+            try:
+                with Image.open(paths[i]) as im:
+                    areas.append(im.size[0] * im.size[1])
+            except OSError:  # the decode check names unreadable files; a share needs none of them
+                continue
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return float(np.median(areas)) if areas else None
 
 

@@ -108,6 +108,32 @@ def test_predict_sees_a_cached_runs_images_as_its_folds_did_and_writes_no_cache(
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "cache").exists()
 
 
+
+def test_a_build_and_a_prediction_replay_the_runs_image_pixel_limit(demo_source, tmp_path, monkeypatch, capsys):
+    """A run trained with --max-image-pixels (genuinely huge paintings) was later built and predicted under
+    PIL's default limit: the build's neighbour smoothing went off with a note naming an option the build lacks,
+    and predict.py refused the images, naming an option it lacked too. Here PIL's default stands at 100
+    pixels, so that the demo's images count as huge."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # restored after the test, whatever the run sets
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--max-image-pixels": 0})
+    assert run_main(args) == 0
+    run = str(tmp_path / "runs" / "t")
+    Image.MAX_IMAGE_PIXELS = 100  # a new process: PIL's default
+    capsys.readouterr()
+    assert build_main([run, "--out", str(tmp_path / "b.csv"), "--no-report"]) == 0
+    assert "it needs the run's images" not in capsys.readouterr().out
+    Image.MAX_IMAGE_PIXELS = 100
+    assert predict_main([run, "--data-dir", str(demo_source), "--out", str(tmp_path / "p.csv")]) == 0
+    # a new test set of larger images than the runs met: predict.py's own option, checked like the runner's
+    assert predict_main([run, "--data-dir", str(demo_source), "--out", str(tmp_path / "q.csv"),
+                         "--max-image-pixels", "50"]) == 2
+    assert "--max-image-pixels N" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
+    assert predict_main([run, "--data-dir", str(demo_source), "--out", str(tmp_path / "q.csv"),
+                         "--max-image-pixels", "-1"]) == 2
+    assert "--max-image-pixels must be 0 (no limit) or more" in capsys.readouterr().err
+
 def without_folds(run, dst, folds):
     """A copy of a finished run as it stood before ``folds`` were trained (no joined OOF yet)."""
     from common import layout
