@@ -31,6 +31,7 @@ import numpy as np
 
 from common import UserError, layout
 from ensemble.merge import merge
+from folds.scale_check import looks_whole, share_of_train_area
 
 log = logging.getLogger(__name__)
 
@@ -101,39 +102,46 @@ def fold_probs(run: Path, fold, test, classes) -> np.ndarray:
 
 
 class PseudoImages(NamedTuple):
-    """Pseudo-labelled images for one fold: class indices (hard) or probability rows (soft), and
-    each image's crop box (None: the whole image, as a test crop is)."""
+    """Pseudo-labelled images for one fold: class indices (hard) or probability rows (soft), each
+    image's crop box (None: the whole image file), and whether the image is a test-size crop of a
+    painting (then its training crops are cut at the painting's scale: ``folds.augment.crop_scale``)."""
     paths: list
     targets: np.ndarray
     boxes: list
+    of_crop: list
 
     def __add__(self, other: "PseudoImages") -> "PseudoImages":
         return PseudoImages(self.paths + other.paths, np.concatenate([self.targets, other.targets]),
-                            self.boxes + other.boxes)
+                            self.boxes + other.boxes, self.of_crop + other.of_crop)
 
 
-def _labelled(paths, boxes, probs, mode: str, threshold: float, siblings: bool, workers: int, what: str):
+def _labelled(paths, boxes, probs, mode: str, threshold: float, siblings: bool, workers: int, what: str,
+              of_crop: bool = True):
     """``probs`` as pseudo-labels of ``paths`` (or of their ``boxes``; None: the whole images): with
     ``siblings`` each crop first takes its overlap group's consensus; hard mode keeps the confident
-    crops' argmax, soft mode every crop's probabilities."""
+    crops' argmax, soft mode every crop's probabilities. ``of_crop``: whether the images are test-size
+    crops of paintings."""
     if siblings:
         from ensemble.neighbours import consensus  # the image side (PIL, scipy) only when asked for
         probs, found = consensus(paths, probs, workers, crops=boxes)
         log.info("%s: %.0f%% of the %d crops take their siblings' consensus", what, 100 * found, len(probs))
     boxes = [None] * len(paths) if boxes is None else list(boxes)
     if mode == "soft":
-        return PseudoImages(list(paths), probs.astype(np.float32), boxes)
+        return PseudoImages(list(paths), probs.astype(np.float32), boxes, [of_crop] * len(paths))
     keep = np.flatnonzero(probs.max(axis=1) >= threshold)
-    return PseudoImages([paths[i] for i in keep], probs[keep].argmax(axis=1), [boxes[i] for i in keep])
+    return PseudoImages([paths[i] for i in keep], probs[keep].argmax(axis=1), [boxes[i] for i in keep],
+                        [of_crop] * len(keep))
 
 
 def pseudo_labels(run: Path, fold, test, classes, mode: str = "hard", threshold: float = 0.9,
-                  siblings: bool = True, workers: int = 8) -> PseudoImages:
+                  siblings: bool = True, workers: int = 8, test_whole: bool = False) -> PseudoImages:
     """The test images for fold ``fold``: confident class indices (hard) or probability rows (soft);
-    with ``siblings``, each crop's probabilities are first its overlap group's consensus."""
+    with ``siblings``, each crop's probabilities are first its overlap group's consensus.
+    ``test_whole``: the test images are whole images (``folds.scale_check.looks_whole``), not crops."""
     probs = fold_probs(run, fold, test, classes)
     return _labelled(list(test["path"]), None, probs, mode, threshold, siblings, workers,
-                     f"fold {fold} pseudo-labels of the test crops")
+                     f"fold {fold} pseudo-labels of the test {'images' if test_whole else 'crops'}",
+                     of_crop=not test_whole)
 
 
 def own_crop_labels(run: Path, fold, train, classes, mode: str = "hard", threshold: float = 0.9,
@@ -162,7 +170,9 @@ def fold_pseudo_images(run, fold, ds, cfg, workers: int = 8) -> tuple[PseudoImag
     ``cfg.pseudo_oof``, its own crop-OOF crops (not for the full-data model, which has none).
     Also returns how many of them are test crops."""
     args = (cfg.pseudo_mode, cfg.pseudo_threshold, cfg.pseudo_siblings, workers)
-    test = pseudo_labels(run, fold, ds.test, ds.classes, *args)
+    # a Kaggle task's whole test images are augmented as the train images are, not as crops of a painting
+    whole = looks_whole(share_of_train_area(ds.train["path"], ds.test["path"]))
+    test = pseudo_labels(run, fold, ds.test, ds.classes, *args, test_whole=whole)
     if not cfg.pseudo_oof or fold == layout.FULL:
         return test, len(test.paths)
     return test + own_crop_labels(run, fold, ds.train, ds.classes, *args), len(test.paths)

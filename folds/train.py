@@ -194,7 +194,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
 
 def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, seed: int, cache) -> ImageDataset:
     """The fold's training paintings, plus ``extra`` (``folds.pseudo.PseudoImages``: pseudo-labelled
-    crops), with the train transform; the crops are cut at the painting's scale (``crop_scale``)."""
+    images), with the train transform; crops of a painting are cut at the painting's scale (``crop_scale``)."""
     paths = list(ds.train["path"].iloc[train_idx])
     targets = train_targets(ds.train["label"].iloc[train_idx], None if extra is None else extra.targets,
                             ds.num_classes, cfg.label_smoothing)
@@ -204,7 +204,7 @@ def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, s
         return ImageDataset(paths, targets, transforms[0], cache=cache)
     return ImageDataset(paths + list(extra.paths), targets, transforms, cache=cache,
                         crops=[None] * len(paths) + list(extra.boxes),
-                        transform_of=[0] * len(paths) + [1] * len(extra.paths))
+                        transform_of=[0] * len(paths) + [int(c) for c in extra.of_crop])
 
 
 def best_scores(history: list, best_epoch: int, monitor: str) -> dict:

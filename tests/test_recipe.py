@@ -474,6 +474,7 @@ def test_a_study_with_pseudo_labels_trains_its_trials_on_them(source_run, demo_s
                       "--pseudo-threshold", "0.3"]) == 0
     assert len(seen) == 1 and len(seen[0].paths) > 0
     assert any(b is not None for b in seen[0].boxes)  # its own validation paintings' crops among them
+    assert all(seen[0].of_crop)  # the demo's test images are crops of paintings, as Dacon's: cut at their scale
     capsys.readouterr()
     assert tune_main([*base, "--study", "q", "--n-folds", "3", "--pseudo", str(source_run / "runs" / "src")]) == 2
     assert "made on another split" in capsys.readouterr().err

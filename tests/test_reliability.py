@@ -129,9 +129,10 @@ def test_a_warm_up_as_long_as_the_run_is_a_warning_that_names_both_options(demo_
     assert "warm-up" not in said and "look like whole images" not in said  # the demo's test images are crops
 
 
-def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_path, capsys):
+def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_path, capsys, monkeypatch):
     """A Kaggle task converted to this layout tests on whole images; the default trained on quarter-area crops and
-    chose its checkpoints on them without a word."""
+    chose its checkpoints on them without a word. A pseudo round there augmented the whole test images as crops of
+    a painting (area 32-100% under --crop whole, where the train images take 8-100%)."""
     train = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
     test = pd.read_csv(demo_dir / "test.csv", dtype=str, keep_default_na=False)
     for i, rel in enumerate(test["img_path"]):  # each test image a whole train-size image
@@ -152,6 +153,13 @@ def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_pat
     assert json.loads((tmp_path / "w_blend.json").read_text())["oof"] == "whole"
     assert compare_main([run, "--draws", "100"]) == 0
     assert capsys.readouterr().out.startswith("whole-painting OOF macro-F1 on 128 rows")
+    import folds.train
+    made, real = [], folds.train.training_images
+    monkeypatch.setattr(folds.train, "training_images", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    assert run_main(args + ["--crop", "whole", "--name", "pw", "--pseudo", run, "--pseudo-threshold", "0",
+                            "--no-pseudo-oof"]) == 0
+    data = made[0]  # the train images, then every test image: each with the train images' pipeline (index 0)
+    assert len(data) > len(data.transform) and list(data.transform_of) == [0] * len(data)
 
 
 # -- 2. ids that pandas reads as missing --------------------------------------------------------
