@@ -82,9 +82,10 @@ def run_data_dir(path: Path, config: dict, data_path: str | None) -> Path:
     return next((p for p in found if p.is_dir()), typed)
 
 
-def resolve_oof(oof: str, first_run) -> tuple[str, str | None]:
+def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | None]:
     """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
-    or it has no crop OOF, else its crop OOF; and a note when auto chose the whole-painting OOF."""
+    or it has no crop OOF, else its crop OOF; and a note, naming ``option``, when auto chose the whole-painting
+    OOF for the test images' sake."""
     if oof != "auto":
         return oof, None
     from folds.scale_check import data_area_share, looks_whole
@@ -100,9 +101,8 @@ def resolve_oof(oof: str, first_run) -> tuple[str, str | None]:
     share = data_area_share(run_data_dir(first_run, config, manifest.get("data_path")))
     if not looks_whole(share):
         return "crops", None
-    return "whole", (f"--oof auto: the test images look whole (their median area is {share:.0%} of a train "
-                     "image's, where Dacon's crops have 25%), so the methods are fit and scored on the "
-                     "whole-painting OOF")
+    return "whole", (f"{option} auto: the test images look whole (their median area is {share:.0%} of a train "
+                     "image's, where Dacon's crops have 25%), so the whole-painting OOF is used")
 
 
 def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutputs:

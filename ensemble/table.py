@@ -4,8 +4,9 @@ Examples:
     python ensemble/table.py                                  # the runs in runs/
     python ensemble/table.py /kaggle/working/runs --sort whole --out runs.csv
 
-Runs are sorted by their crop-OOF macro-F1 (``--sort``), the score to choose by; a run with folds still
-to train shows the mean of its finished folds, marked ``*``. ``settings`` lists what a run does
+Runs are sorted by the OOF macro-F1 that ``ensemble/build.py`` would choose by (``--sort auto``): the crop OOF,
+or the whole-image OOF where the test images look whole or the runs have no crop OOF; a run with folds
+still to train shows the mean of its finished folds, marked ``*``. ``settings`` lists what a run does
 differently from the defaults, so two runs can be told apart; ``split`` tells which runs share a split,
 as a weighted blend or a stack of them needs. Each unfinished run gets the command that finishes it
 with its own saved options, and a fold that a live process holds shows as training. Test scores are not
@@ -26,10 +27,12 @@ import pandas as pd  # noqa: E402
 from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point  # noqa: E402
+from ensemble.runs import resolve_oof  # noqa: E402
 from folds.config import PATH_SETTINGS, RunConfig, learning_settings, saved_config  # noqa: E402
 from folds.lock import FoldLock  # noqa: E402
 
 SORTS = {"crop": "crop_oof", "whole": "oof", "name": "run", "minutes": "minutes"}
+AUTO = "auto"  # the OOF the build would use (ensemble.runs.resolve_oof)
 SHOWN_APART = {"model", "img_size"}  # settings with their own column
 
 
@@ -73,14 +76,31 @@ def run_row(run: Path) -> tuple[dict, str | None]:
     return row, (layout.fold_command(run, ",".join(map(str, todo)), "--resume") if todo and not training else None)
 
 
-def runs_table(runs_dir, sort: str = "crop") -> tuple[pd.DataFrame, list[str]]:
-    """Every run folder under ``runs_dir`` (a folder with a config.json), sorted; and the commands that
-    finish the unfinished ones. A run whose files cannot be read is listed as damaged, not skipped."""
+def run_folders(runs_dir) -> list[Path]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a folder. Give the runs folder (folds/run.py --runs-dir; default runs).")
+    return sorted(p for p in runs_dir.iterdir() if (p / layout.CONFIG).is_file())
+
+
+def resolve_sort(sort: str, runs_dir) -> tuple[str, str | None]:
+    """``--sort``, with auto resolved as the build resolves ``--oof auto``, from the first run by name; and
+    its note when the test images decided."""
+    if sort != AUTO:
+        return sort, None
+    runs = run_folders(runs_dir)
+    if not runs:
+        return "crop", None
+    oof, note = resolve_oof(AUTO, runs[0], option="--sort")
+    return {"crops": "crop", "whole": "whole"}[oof], note
+
+
+def runs_table(runs_dir, sort: str = AUTO) -> tuple[pd.DataFrame, list[str]]:
+    """Every run folder under ``runs_dir`` (a folder with a config.json), sorted; and the commands that
+    finish the unfinished ones. A run whose files cannot be read is listed as damaged, not skipped."""
+    sort = resolve_sort(sort, runs_dir)[0]
     rows, commands = [], []
-    for run in sorted(p for p in runs_dir.iterdir() if (p / layout.CONFIG).is_file()):
+    for run in run_folders(runs_dir):
         try:
             row, command = run_row(run)
         except (OSError, ValueError, KeyError, TypeError) as e:  # a half-copied or hand-edited folder
@@ -113,17 +133,21 @@ def show(df: pd.DataFrame) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default: runs)")
-    p.add_argument("--sort", choices=sorted(SORTS), default="crop", help="order of the rows (default: crop, "
-                   "the crop-OOF macro-F1, best first)")
+    p.add_argument("--sort", choices=[AUTO, *sorted(SORTS)], default=AUTO, help="order of the rows, best first "
+                   "(default: auto, the OOF macro-F1 that ensemble/build.py chooses by: crop, or whole where the test "
+                   "images look whole or the runs have no crop OOF)")
     p.add_argument("--out", help="also write the table to this CSV")
     args = p.parse_args(argv)
     if args.out:
         check_writable_folder(Path(args.out).parent, "--out")
-    df, commands = runs_table(args.runs_dir, args.sort)
+    sort, note = resolve_sort(args.sort, args.runs_dir)
+    df, commands = runs_table(args.runs_dir, sort)
     if df.empty:
         print(f"{args.runs_dir}: no run folders (folders with a {layout.CONFIG}).")
         return 0
     print(show(df))
+    if note:
+        print(f"\nnote: {note}")
     if partial(df).any():
         print("\n* the mean of the finished folds' scores")
     if commands:

@@ -153,6 +153,12 @@ def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_pat
     assert json.loads((tmp_path / "w_blend.json").read_text())["oof"] == "whole"
     assert compare_main([run, "--draws", "100"]) == 0
     assert capsys.readouterr().out.startswith("whole-painting OOF macro-F1 on 128 rows")
+    # the table of runs ranks them by the same OOF, and says why
+    from ensemble.table import main as table_main
+    assert table_main([str(tmp_path / "runs"), "--out", str(tmp_path / "table.csv")]) == 0
+    assert "note: --sort auto: the test images look whole" in capsys.readouterr().out
+    oof = pd.read_csv(tmp_path / "table.csv")["oof"].dropna()
+    assert len(oof) == 2 and oof.is_monotonic_decreasing
     import folds.train
     made, real = [], folds.train.training_images
     monkeypatch.setattr(folds.train, "training_images", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
