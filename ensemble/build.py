@@ -37,8 +37,8 @@ from ensemble.runs import (OOF_KINDS, check_compatible, check_test_set_unchanged
                            finished_in_every_run, load_run, resolve_oof)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
-from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
+from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")

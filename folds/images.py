@@ -28,6 +28,7 @@ def set_max_image_pixels(limit: int | None) -> None:
 
 
 def check_limit(limit: int | None) -> None:
+    """``--max-image-pixels``, of whichever command takes it: 0 or more."""
     if limit is not None and limit < 0:
         raise UserError(f"--max-image-pixels must be 0 (no limit) or more, but got {limit}.")
 
