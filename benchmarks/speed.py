@@ -10,7 +10,9 @@
 - loader: images/s of the training pipeline (decode, test-scale crop, flips, affine, normalise)
   with workers=0, decoding each JPEG every time vs reading the pre-resized cache; the pipeline
   without its affine (what the loader does with --affine device); the eval transform (a
-  validation image). --data-dir: the real train images instead of generated JPEGs.
+  validation image); crops/s of the crop OOF (5 boxes a painting, in a row), each painting decoded
+  once for its crops (the shipped path) vs once a crop. --data-dir: the real train images instead
+  of generated JPEGs.
 - train: images/s of training steps, the suite's path (cached uint8 images, AMP bf16/fp16 and
   channels_last on CUDA, optional torch.compile) vs a naive seed-style loop (PIL decode per
   sample, fp32, no channels_last).
@@ -58,6 +60,7 @@ from folds.augment import AFFINE, AFFINE_ON, eval_transform, train_transform  # 
 from folds.cache import ImageCache  # noqa: E402
 from folds.engine import InputPipe, Precision, train_one_epoch  # noqa: E402
 from folds.loader import ImageDataset, WaitTimer, make_loader  # noqa: E402
+from folds.predict import CROP_OOF_SEED, crop_boxes  # noqa: E402
 from folds.recipe import DeviceAffine, Recipe  # noqa: E402
 from models import create_model, data_config, enable_grad_checkpointing  # noqa: E402
 
@@ -128,13 +131,23 @@ def bench_loader(args) -> dict:
     no_affine = rate(lambda: run(cache, tf_no_affine), len(paths), repeat=3)
     plain_no_affine = rate(lambda: run(None, tf_no_affine), len(paths))
     # a validation image every epoch: decode and resize (what KeptBatches saves after the first epoch)
-    evaluation = rate(lambda: run(None, eval_transform(args.img_size, (0.5,) * 3, (0.5,) * 3)), len(paths))
+    evaluate = eval_transform(args.img_size, (0.5,) * 3, (0.5,) * 3)
+    evaluation = rate(lambda: run(None, evaluate), len(paths))
+    # the crop OOF's 5 boxes of each painting in a row: the painting decoded once for its 5 (reuse_decoded, the
+    # shipped path) vs once a crop
+    rows, boxes = list(np.repeat(paths, 5)), crop_boxes(range(len(paths)), 5, CROP_OOF_SEED)
+
+    def crops(reuse: bool):
+        for _ in make_loader(ImageDataset(rows, None, evaluate, crops=boxes, reuse_decoded=reuse), 16, train=False):
+            pass
+    each, once = rate(lambda: crops(False), len(rows)), rate(lambda: crops(True), len(rows))
     return {"bench": "loader", "data": args.data_dir or f"generated {args.side} px JPEGs", "img_size": args.img_size,
             "images": len(paths), "uncached_img_s": round(plain, 1), "cached_img_s": round(cached, 1),
             "ratio": round(cached / plain, 2), "cached_affine_on_device_img_s": round(no_affine, 1),
             "affine_on_device_ratio": round(no_affine / cached, 2),
             "uncached_affine_on_device_img_s": round(plain_no_affine, 1), "eval_uncached_img_s": round(evaluation, 1),
-            "cache_fill_s": round(fill_s, 2), "workers": 0, "threads": 1}
+            "crop_oof_decode_each_crop_s": round(each, 1), "crop_oof_crops_s": round(once, 1),
+            "crop_oof_ratio": round(once / each, 2), "cache_fill_s": round(fill_s, 2), "workers": 0, "threads": 1}
 
 
 def bench_train(args) -> dict:

@@ -62,7 +62,8 @@ class Validation:
         self.labels = {p: y for p, (_, y, _) in sets.items()}
         # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
         self.loaders = {p: KeptBatches(make_loader(ImageDataset(x[rank::size], y[rank::size], transform, cache=cache,
-                                                                crops=None if c is None else c[rank::size]),
+                                                                crops=None if c is None else c[rank::size],
+                                                                reuse_decoded=c is not None),
                                                    cfg.batch_size * 2, train=False, num_workers=workers,
                                                    pin_memory=pin))
                         for p, (x, y, c) in sets.items() if len(x)}

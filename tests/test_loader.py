@@ -254,3 +254,38 @@ def test_a_fold_whose_loader_sets_the_pace_says_so_once_with_its_wait_in_the_his
     history = pd.read_csv(tmp_path / "runs" / "t" / "fold_0" / "history.csv")
     # the first epoch also decodes the validation paintings, which later epochs keep in memory
     assert (history["loader_wait"] > 0.3 * history["seconds"]).iloc[1:].all(), history
+
+
+def test_a_paintings_crops_in_a_row_are_decoded_once_and_come_out_as_before(demo_source, tmp_path, monkeypatch):
+    """The crop OOF lists each painting's crops one after another (5 by default), and the validation crops
+    theirs (2): each crop decoded its painting again, three times the work per crop of a 1000 px JPEG."""
+    import pandas as pd
+
+    import folds.loader
+    from conftest import tiny_args
+    from folds.augment import eval_transform
+    from folds.predict import CROP_OOF_SEED, crop_boxes
+    from folds.run import main as run_main
+
+    decoded = []
+    real = folds.loader.read_rgb
+    monkeypatch.setattr(folds.loader, "read_rgb", lambda path, *a, **k: decoded.append(str(path)) or real(path, *a, **k))
+    train = pd.read_csv(demo_source / "train.csv", dtype=str).head(6)
+    paths = [str(demo_source / p) for p in train["img_path"]]
+    rows, boxes = np.repeat(paths, 5), crop_boxes(train["id"], 5, CROP_OOF_SEED)
+
+    def crops(reuse: bool):
+        decoded.clear()
+        data = ImageDataset(rows, None, eval_transform(32, (0.5,) * 3, (0.5,) * 3), crops=boxes, reuse_decoded=reuse)
+        return torch.cat(list(make_loader(data, 7, train=False))), len(decoded)
+
+    (plain, plain_decodes), (reused, reused_decodes) = crops(False), crops(True)
+    assert plain_decodes == len(rows) and reused_decodes == len(paths) and torch.equal(plain, reused)
+    # a fold decodes each validation painting once a set: whole, its 2 validation crops, the OOF, its 5 OOF crops
+    decoded.clear()
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--fold": "0",
+                                                        "--crop-oof": 5, "--val-crops": 2})) == 0
+    split = pd.read_csv(tmp_path / "runs" / "t" / "folds.csv", dtype=str)
+    val = pd.read_csv(demo_source / "train.csv", dtype=str).set_index("id").loc[split["id"][split["fold"] == "0"]]
+    counts = pd.Series(decoded).value_counts()
+    assert {counts[str(demo_source / p)] for p in val["img_path"]} == {4}

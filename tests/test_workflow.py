@@ -482,7 +482,9 @@ def test_speed_benchmarks_time_the_shipped_path_against_their_ceiling(demo_sourc
     assert epochs["first_batch_s"] > 0 and epochs["first_step_s"] > 0 and epochs["cudnn_benchmark"] is False
     assert epochs["affine"] == "device"
     assert infer["images"] == 16 and infer["ceiling_img_s"] > 0
-    assert infer["vs_ceiling_time"] == pytest.approx(infer["ceiling_img_s"] / infer["batched_img_s"], rel=0.02)
+    # to the two places it is rounded to (a ratio near 0.3 on a busy CPU is 2% off by rounding alone)
+    assert infer["vs_ceiling_time"] == pytest.approx(infer["ceiling_img_s"] / infer["batched_img_s"], rel=0.02,
+                                                     abs=0.006)
 
 
 def test_the_neighbours_speed_bench_times_the_draft_decode_against_a_full_one(capsys):
