@@ -114,9 +114,9 @@ class Predictor:
         """
         paths = list(paths)
         desc = f"{desc}: {len(paths):,} {'crops' if crops is not None else 'images'} x {self.views} views"
-        rank, size = distributed.world()  # under torchrun: rows rank::size here, all of them gathered after
-        data = ImageDataset(paths[rank::size], None, self.transform, cache=self.cache,
-                            crops=None if crops is None else list(crops)[rank::size], reuse_decoded=crops is not None)
+        rows = distributed.my_rows(len(paths))  # under torchrun: this rank's block, all of them gathered after
+        data = ImageDataset(paths[rows], None, self.transform, cache=self.cache,
+                            crops=None if crops is None else list(crops)[rows], reuse_decoded=crops is not None)
         loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
                              pin_memory=self.prec.device.type == "cuda")
         return distributed.gather_rows(predict_probs(self.model, loader, self.prec, self.inputs, self.tta, desc=desc),

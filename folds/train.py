@@ -51,22 +51,23 @@ def fold_seed(cfg: RunConfig, fold_index: int) -> int:
 class Validation:
     """The validation paintings, whole (``val_*``) and as fixed half-size crops (``val_crop_*``, the
     distribution the model is judged on), scored every epoch. Under torchrun each rank scores
-    rows rank::size; the gathered scores are the same on every rank."""
+    its block of rows (``distributed.my_rows``); the gathered scores are the same on every rank."""
 
     def __init__(self, val, cfg: RunConfig, transform, cache, num_classes: int, workers: int, pin: bool):
         n = cfg.val_crops
         sets = {"val": (val["path"].to_numpy(), val["label"].to_numpy(), None),
                 "val_crop": (np.repeat(val["path"].to_numpy(), n), np.repeat(val["label"].to_numpy(), n),
                              crop_boxes(val["id"], n, VAL_CROP_SEED))}
-        rank, size = distributed.world()
         self.labels = {p: y for p, (_, y, _) in sets.items()}
-        # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
-        self.loaders = {p: KeptBatches(make_loader(ImageDataset(x[rank::size], y[rank::size], transform, cache=cache,
-                                                                crops=None if c is None else c[rank::size],
-                                                                reuse_decoded=c is not None),
-                                                   cfg.batch_size * 2, train=False, num_workers=workers,
-                                                   pin_memory=pin))
-                        for p, (x, y, c) in sets.items() if len(x)}
+        self.loaders = {}
+        for p, (x, y, c) in sets.items():
+            if len(x):
+                rows = distributed.my_rows(len(x))
+                data = ImageDataset(x[rows], y[rows], transform, cache=cache, crops=None if c is None else c[rows],
+                                    reuse_decoded=c is not None)
+                # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
+                self.loaders[p] = KeptBatches(make_loader(data, cfg.batch_size * 2, train=False, num_workers=workers,
+                                                          pin_memory=pin))
         self.num_classes = num_classes
         self.images = sum(len(y) for y in self.labels.values())  # scored every epoch, one view each
 

@@ -38,6 +38,18 @@ def test_two_ranks_train_one_fold_and_only_rank_0_writes(demo_source, tmp_path):
     test = pd.read_csv(fold / "test_probs.csv", dtype={"id": str})
     assert len(test) == len(pd.read_csv(demo_source / "test.csv")) and np.allclose(test.iloc[:, 1:].sum(axis=1), 1, atol=1e-4)
     assert list(pd.read_csv(fold / "history.csv")["epoch"]) == [1, 2]
+    # and each gathered row is its own painting's: the fold's weights, predicting here in one process, agree
+    from folds.config import saved_config
+    from folds.predict import Predictor, predict_crop_oof
+    run = tmp_path / "runs" / "ddp"
+    classes = json.loads((run / "classes.json").read_text())
+    val = pd.read_csv(demo_source / "train.csv", dtype=str).set_index("id").loc[oof["id"]].reset_index()
+    val["path"] = [str(demo_source / p) for p in val["img_path"]]
+    predictor = Predictor(saved_config(run), len(classes), fold)
+    np.testing.assert_allclose(predictor.predict(val["path"]), oof[classes].to_numpy(), atol=1e-5)
+    crops = pd.read_csv(fold / "oof_crops.csv", dtype={"id": str})
+    n_crops = int(crops["crop"].max()) + 1
+    np.testing.assert_allclose(predict_crop_oof(predictor, val, n_crops), crops[classes].to_numpy(), atol=1e-5)
 
 
 def test_each_rank_takes_its_share_of_the_same_balanced_draw(monkeypatch):
@@ -55,9 +67,22 @@ def test_each_rank_takes_its_share_of_the_same_balanced_draw(monkeypatch):
 
 
 def test_gather_rows_is_the_identity_in_one_process():
-    from folds.distributed import gather_rows, shard
+    from folds.distributed import gather_rows, my_rows, shard
     rows = np.arange(12).reshape(6, 2)
     assert (gather_rows(rows, 6) == rows).all() and (shard(np.arange(5)) == np.arange(5)).all()
+    assert my_rows(6) == slice(0, 6)
+
+
+def test_each_rank_predicts_one_block_of_rows_so_a_paintings_crops_stay_on_one_rank(monkeypatch):
+    """Rows rank::size sent a painting's crops (listed in a row) to every rank, each decoding the painting."""
+    import folds.distributed
+    for size in (2, 3, 4):
+        blocks = []
+        for rank in range(size):
+            monkeypatch.setattr(folds.distributed, "world", lambda: (rank, size))
+            blocks.append(np.repeat(np.arange(7), 5)[folds.distributed.my_rows(35)])
+        assert np.concatenate(blocks).tolist() == np.repeat(np.arange(7), 5).tolist()  # in order, each row once
+        assert sum(len(set(a) & set(b)) for a, b in zip(blocks, blocks[1:])) <= size - 1  # split at block edges only
 
 
 def test_a_killed_ddp_fold_resumes(demo_source, tmp_path):
