@@ -6,6 +6,7 @@ crops, the shape of Dacon's test images, so OOF scores the model on the test's d
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +37,23 @@ def crop_boxes(ids, n_crops: int, seed: int = 0) -> list[tuple[float, float, flo
             x0, y0 = rng.uniform(0, 1 - CROP_SIDE, size=2)
             boxes.append((float(x0), float(y0), float(x0) + CROP_SIDE, float(y0) + CROP_SIDE))
     return boxes
+
+
+class PaintingViews(NamedTuple):
+    """Each painting whole, then its fixed crops, one row after another: one pass decodes a painting once
+    for all its rows (``ImageDataset(reuse_decoded=True)``). ``whole`` marks the whole-painting rows."""
+    paths: list
+    boxes: list  # None: the whole painting
+    whole: np.ndarray
+
+    @classmethod
+    def of(cls, paths, ids, n_crops: int, seed: int) -> "PaintingViews":
+        boxes = crop_boxes(ids, n_crops, seed)
+        rows, row_boxes = [], []
+        for i, path in enumerate(paths):
+            rows += [path] * (1 + n_crops)
+            row_boxes += [None, *boxes[i * n_crops:(i + 1) * n_crops]]
+        return cls(rows, row_boxes, np.array([b is None for b in row_boxes], dtype=bool))
 
 
 def crop_oof_boxes(ids, crop) -> list[tuple]:
@@ -108,12 +126,14 @@ class Predictor:
         self.views = n_views(cfg.tta)
 
     def predict(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
-        """(N, K) probabilities of whole images, or of ``crops`` (one box per path) of them.
+        """(N, K) probabilities of whole images, or of ``crops`` (one box per path, None: the whole image) of
+        them; a painting's rows one after another are decoded once (``PaintingViews``).
 
         ``desc`` names the phase; the progress line adds the count and the TTA views.
         """
         paths = list(paths)
-        desc = f"{desc}: {len(paths):,} {'crops' if crops is not None else 'images'} x {self.views} views"
+        what = "images" if crops is None else "crops" if None not in crops else "images and crops"
+        desc = f"{desc}: {len(paths):,} {what} x {self.views} views"
         rows = distributed.my_rows(len(paths))  # under torchrun: this rank's block, all of them gathered after
         data = ImageDataset(paths[rows], None, self.transform, cache=self.cache,
                             crops=None if crops is None else list(crops)[rows], reuse_decoded=crops is not None)

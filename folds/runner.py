@@ -29,7 +29,7 @@ from folds.engine import scores
 from folds.loader import num_workers
 from folds.lock import FoldLock
 from folds.manifest import make_manifest
-from folds.predict import Predictor, predict_crop_oof
+from folds.predict import CROP_OOF_SEED, PaintingViews, Predictor
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
 from folds.scale_check import whole_test_warning
@@ -218,13 +218,15 @@ class FoldRunner:
         """The validation paintings whole (``oof.csv``) and as fixed half-size crops (``oof_crops.csv``)."""
         out = {}
         ids, labels, artists = val["id"].to_numpy(), val["label"].to_numpy(), val["artist"].to_numpy()
-        oof = predictor.predict(val["path"], desc=f"fold {k} OOF")
+        n = self.cfg.crop_oof
+        # each painting whole, then its crops: one pass decodes it once for all of them
+        views = PaintingViews.of(list(val["path"]), ids, n, CROP_OOF_SEED)
+        probs = predictor.predict(views.paths, crops=views.boxes, desc=f"fold {k} OOF, whole and {n} crops each")
+        oof, crops = probs[views.whole], probs[~views.whole]
         if distributed.is_main():
             write_csv(d / layout.OOF, prob_frame(oof, self.ds.classes, id=ids, fold=k, label=artists))
         out["oof"] = scores(oof, labels, self.ds.num_classes)
-        n = self.cfg.crop_oof
         if n:
-            crops = predict_crop_oof(predictor, val, n, desc=f"fold {k} crop OOF")
             if distributed.is_main():
                 write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
                                                            crop=np.tile(np.arange(n), len(val)), fold=k,

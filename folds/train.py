@@ -29,7 +29,7 @@ from folds.engine import InputPipe, Precision, optimizer_steps, scores, train_on
 from folds.loader import ImageDataset, KeptBatches, WaitTimer, epoch_seed, make_loader, num_workers
 from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.pace import loader_hint
-from folds.predict import VAL_CROP_SEED, crop_boxes, predict_probs
+from folds.predict import VAL_CROP_SEED, PaintingViews, predict_probs
 from folds.recipe import build_recipe
 from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
 from models import enable_grad_checkpointing
@@ -54,35 +54,32 @@ class Validation:
     its block of rows (``distributed.my_rows``); the gathered scores are the same on every rank."""
 
     def __init__(self, val, cfg: RunConfig, transform, cache, num_classes: int, workers: int, pin: bool):
-        n = cfg.val_crops
-        sets = {"val": (val["path"].to_numpy(), val["label"].to_numpy(), None),
-                "val_crop": (np.repeat(val["path"].to_numpy(), n), np.repeat(val["label"].to_numpy(), n),
-                             crop_boxes(val["id"], n, VAL_CROP_SEED))}
-        self.labels = {p: y for p, (_, y, _) in sets.items()}
-        self.loaders = {}
-        for p, (x, y, c) in sets.items():
-            if len(x):
-                rows = distributed.my_rows(len(x))
-                data = ImageDataset(x[rows], y[rows], transform, cache=cache, crops=None if c is None else c[rows],
-                                    reuse_decoded=c is not None)
-                # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
-                self.loaders[p] = KeptBatches(make_loader(data, cfg.batch_size * 2, train=False, num_workers=workers,
-                                                          pin_memory=pin))
+        # each painting whole, then its crops: one loader decodes a painting once for all its rows
+        self.views = PaintingViews.of(list(val["path"]), val["id"], cfg.val_crops, VAL_CROP_SEED)
+        self.labels = np.repeat(val["label"].to_numpy(), 1 + cfg.val_crops)
+        rows = distributed.my_rows(len(self.labels))
+        data = ImageDataset(self.views.paths[rows], self.labels[rows], transform, cache=cache,
+                            crops=self.views.boxes[rows], reuse_decoded=True)
+        # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
+        self.loader = KeptBatches(make_loader(data, cfg.batch_size * 2, train=False, num_workers=workers,
+                                              pin_memory=pin)) if len(data) else None
         self.num_classes = num_classes
-        self.images = sum(len(y) for y in self.labels.values())  # scored every epoch, one view each
+        self.images = len(self.labels)  # scored every epoch, one view each
 
     def decodes(self) -> bool:
         """Whether the next ``score`` decodes images (the first, or a set too large to keep)."""
-        return any(loader.kept is None for loader in self.loaders.values())
+        return self.loader is not None and self.loader.kept is None
 
     def score(self, model, prec, inputs) -> dict:
+        probs = None
+        if self.loader is not None:
+            probs = distributed.gather_rows(predict_probs(model, self.loader, prec, inputs, tta="none",
+                                                          desc="validate"), len(self.labels))
         row = {}
-        for prefix in ("val", "val_crop"):
+        for prefix, rows in (("val", self.views.whole), ("val_crop", ~self.views.whole)):
             s = {"loss": float("nan"), "f1": float("nan"), "acc": float("nan")}
-            if prefix in self.loaders:
-                probs = predict_probs(model, self.loaders[prefix], prec, inputs, tta="none", desc=f"validate {prefix}")
-                s = scores(distributed.gather_rows(probs, len(self.labels[prefix])), self.labels[prefix],
-                           self.num_classes)
+            if rows.any():
+                s = scores(probs[rows], self.labels[rows], self.num_classes)
             row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
         return row
 

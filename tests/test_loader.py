@@ -202,9 +202,9 @@ def test_the_kept_sets_fit_the_machine(monkeypatch):
     from folds.loader import keep_limit
     pages = {"SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name, (12 << 30) // 4096))  # a 12 GiB Colab
-    assert keep_limit() == (12 << 30) // 16
+    assert keep_limit() == (12 << 30) // 8  # one set, each validation painting whole and its crops
     monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name, (128 << 30) // 4096))
-    assert keep_limit() == 2 << 30
+    assert keep_limit() == 4 << 30
 
 
 def test_loader_hint_says_when_the_gpu_waits_for_images_and_what_may_help(monkeypatch):
@@ -270,7 +270,12 @@ def test_a_paintings_crops_in_a_row_are_decoded_once_and_come_out_as_before(demo
 
     decoded = []
     real = folds.loader.read_rgb
-    monkeypatch.setattr(folds.loader, "read_rgb", lambda path, *a, **k: decoded.append(str(path)) or real(path, *a, **k))
+
+    def counted(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folds.loader, "read_rgb", counted)
     train = pd.read_csv(demo_source / "train.csv", dtype=str).head(6)
     paths = [str(demo_source / p) for p in train["img_path"]]
     rows, boxes = np.repeat(paths, 5), crop_boxes(train["id"], 5, CROP_OOF_SEED)
@@ -282,11 +287,12 @@ def test_a_paintings_crops_in_a_row_are_decoded_once_and_come_out_as_before(demo
 
     (plain, plain_decodes), (reused, reused_decodes) = crops(False), crops(True)
     assert plain_decodes == len(rows) and reused_decodes == len(paths) and torch.equal(plain, reused)
-    # a fold decodes each validation painting once a set: whole, its 2 validation crops, the OOF, its 5 OOF crops
+    # a fold decodes each validation painting twice: once for the validation (whole and its 2 crops, then kept),
+    # once for its OOF (whole and its 5 crops)
     decoded.clear()
     assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--fold": "0",
                                                         "--crop-oof": 5, "--val-crops": 2})) == 0
     split = pd.read_csv(tmp_path / "runs" / "t" / "folds.csv", dtype=str)
     val = pd.read_csv(demo_source / "train.csv", dtype=str).set_index("id").loc[split["id"][split["fold"] == "0"]]
     counts = pd.Series(decoded).value_counts()
-    assert {counts[str(demo_source / p)] for p in val["img_path"]} == {4}
+    assert {counts[str(demo_source / p)] for p in val["img_path"]} == {2}
