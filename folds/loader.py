@@ -37,9 +37,9 @@ class ImageDataset(Dataset):
         self.transform_of = None if transform_of is None else np.asarray(transform_of, dtype=np.int64)
         self.cache = cache  # optional ImageCache: decode once, keep a downsized copy
         self.crops = crops  # optional per-item (x0, y0, x1, y1) fractions (None: the whole image)
-        # The crop OOF lists each painting's crops one after another (5 by default), and so do the validation
-        # crops (2): with ``reuse_decoded`` a painting is decoded once for its run of crops, not once a crop
-        # (3x faster per crop of a 1000 px JPEG: benchmarks/RESULTS.md). One image kept per loader worker;
+        # The validation and the OOF list each painting's views one after another (folds.predict.PaintingViews:
+        # whole, then its crops): with ``reuse_decoded`` a painting is decoded once for its views, not once a
+        # view (3x faster per crop of a 1000 px JPEG: benchmarks/RESULTS.md). One image kept per loader worker;
         # off for training, whose order is random.
         self.reuse_decoded = reuse_decoded
         self._last = (None, None)  # (path, decoded image)
