@@ -82,26 +82,18 @@ def resolve_sources(args) -> tuple[list[Path], object, dict]:
 def run_config(run: Path, args):
     """The run's RunConfig, set up for prediction on this machine."""
     from folds.config import saved_config
+    if not (run / layout.CONFIG).is_file():
+        raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
     cfg = saved_config(run)
     return replace(cfg, device=args.device, workers=args.num_workers if args.num_workers is not None
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 
 
-def saved_limit(run: Path) -> int | None:
-    """The run's ``--max-image-pixels`` (None where it is not a run folder: ``predict_run`` says so)."""
-    if not (run / layout.CONFIG).is_file():
-        return None
-    return json.loads((run / layout.CONFIG).read_text()).get("max_image_pixels")
-
-
-def predict_run(run: Path, paths, with_full: bool, args, meta: dict) -> tuple[list, np.ndarray]:
+def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[list, np.ndarray]:
     """A run's classes and the mean test probabilities of the blend's folds (the full-data model joins when
-    asked)."""
+    asked); ``cfg``: its ``run_config``."""
     from folds.predict import Predictor
 
-    if not (run / layout.CONFIG).is_file():
-        raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
-    cfg = run_config(run, args)
     classes = json.loads((run / layout.CLASSES).read_text())
     folds = blend_folds(meta, cfg) + ([layout.FULL] if with_full else [])
     missing = [k for k in folds if not layout.is_done(run, k)]
@@ -118,13 +110,14 @@ def predict(args) -> dict:
 
     runs, blend, meta = resolve_sources(args)
     check_limit(args.max_image_pixels)
+    cfgs = [run_config(run, args) for run in runs]
     set_max_image_pixels(args.max_image_pixels if args.max_image_pixels is not None
-                         else loosest_limit(saved_limit(run) for run in runs))
+                         else loosest_limit(cfg.max_image_pixels for cfg in cfgs))
     with_full = meta.get("with_full", False) if args.with_full is None else args.with_full
     test, sample = load_test_set(args.data_dir)
     members, classes = [], None
-    for run in runs:
-        run_classes, probs = predict_run(run, test["path"], with_full, args, meta)
+    for run, cfg in zip(runs, cfgs):
+        run_classes, probs = predict_run(run, cfg, test["path"], with_full, meta)
         if classes is not None and run_classes != classes:
             raise UserError(f"{run} has other classes than {runs[0]}; runs must share train.csv.")
         classes = run_classes

@@ -4,6 +4,7 @@ Every problem a user can fix raises :class:`UserError` naming the file and row.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -58,6 +59,13 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @functools.cached_property
+    def test_area_share(self) -> float | None:
+        """The test images' median area over the train images' (``folds.scale_check``), read once: Dacon's
+        crops have 0.25; whole test images about 1 (the warning, and how pseudo-labelled test images are cut)."""
+        from folds.scale_check import share_of_train_area
+        return share_of_train_area(self.train["path"], self.test["path"])
 
     def test_hash(self) -> str:
         """``images_hash`` of the test set: each fold keeps the one it predicted (its done.json)."""

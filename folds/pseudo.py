@@ -31,7 +31,7 @@ import numpy as np
 
 from common import UserError, layout
 from ensemble.merge import merge
-from folds.scale_check import looks_whole, share_of_train_area
+from folds.scale_check import looks_whole
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ def fold_pseudo_images(run, fold, ds, cfg, workers: int = 8) -> tuple[PseudoImag
     Also returns how many of them are test crops."""
     args = (cfg.pseudo_mode, cfg.pseudo_threshold, cfg.pseudo_siblings, workers)
     # a Kaggle task's whole test images are augmented as the train images are, not as crops of a painting
-    whole = looks_whole(share_of_train_area(ds.train["path"], ds.test["path"]))
-    test = pseudo_labels(run, fold, ds.test, ds.classes, *args, test_whole=whole)
+    test = pseudo_labels(run, fold, ds.test, ds.classes, *args, test_whole=looks_whole(ds.test_area_share))
     if not cfg.pseudo_oof or fold == layout.FULL:
         return test, len(test.paths)
     return test + own_crop_labels(run, fold, ds.train, ds.classes, *args), len(test.paths)
