@@ -58,6 +58,7 @@ class FoldRunner:
         self.run_dir = layout.run_dir(self.cfg.runs_dir, self.cfg.name)
         self.resume, self.force, self.lock_owner = resume, force, lock_owner
         self.deadline = deadline or Deadline()  # --time-limit: checked before each epoch and each fold's predictions
+        self.found_finished: set = set()  # folds skipped as finished (maybe by another process while this one looked)
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
@@ -108,9 +109,7 @@ class FoldRunner:
         d = self.fold_dir(k)
         # under torchrun, rank 0 decides for the group (skip, lock) and alone touches files
         if distributed.agree(not self.trains(k)):
-            log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
-            self._predict_test_again_if_changed(k, d)
-            return json.loads((d / layout.DONE).read_text())
+            return self._finished(k, d)
         lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
         if not distributed.agree(lock.acquire() if lock else None):
             holder = (lock.holder() if lock else None) or {}
@@ -120,6 +119,11 @@ class FoldRunner:
                      FoldLock.stale_after(holder) // 60, d / layout.LOCK)
             return None
         try:
+            # Asked again under the lock: another process may have finished the fold (and released its lock)
+            # since the look above (on a network folder, whose client may cache a file's absence, the look
+            # may be older still). Trained again, it would cost a whole fold from scratch and replace its files.
+            if distributed.agree(not self.trains(k)):
+                return self._finished(k, d)
             if (d / layout.LAST).is_file() and not (self.resume or self.force):
                 raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
                                 "from its last epoch, or --force to retrain it from scratch.")
@@ -134,6 +138,13 @@ class FoldRunner:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _finished(self, k, d: Path) -> dict:
+        """A finished fold is skipped: its done.json, after its test probabilities are brought up to date."""
+        log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
+        self.found_finished.add(k)
+        self._predict_test_again_if_changed(k, d)
+        return json.loads((d / layout.DONE).read_text())
 
     def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
         t0 = time.time()
@@ -270,7 +281,7 @@ class FoldRunner:
             r = self.run_fold(k)
             if r is not None:
                 results[k] = r
-            if r is not None and trains:
+            if r is not None and trains and k not in self.found_finished:  # its pace: trained here
                 paces.append((time.time() - started) / 60)
                 self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.trains(j)])
         if not distributed.is_main() or not join:

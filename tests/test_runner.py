@@ -413,6 +413,34 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     assert (tmp_path / "lock").is_file()
 
 
+def test_a_fold_another_process_finishes_while_this_one_takes_its_lock_is_not_trained_again(
+        finished_run, demo_source, monkeypatch, capsys):
+    """Processes sharing a runs folder (``--fold all`` on each machine): one looks at a fold just before another
+    writes its done.json and releases its lock, then takes the free lock (on a network folder the look may be
+    older still). It trained the finished fold again from scratch, its last.pt gone: a fold's time lost and its
+    files replaced. The look is made again under the lock."""
+    import folds.runner
+    from folds.lock import FoldLock
+
+    run, out = finished_run
+    done = run / "fold_0" / "done.json"
+    kept = {f: f.stat().st_mtime_ns for f in (done, run / "fold_0" / "test_probs.csv")}
+    hidden = done.with_name("done.json.elsewhere")
+    done.rename(hidden)  # not yet written when this process looks
+    acquire = FoldLock.acquire
+
+    def the_other_process_finishes_first(self):
+        hidden.rename(done)  # ... and released its lock: this one takes it
+        return acquire(self)
+
+    monkeypatch.setattr(FoldLock, "acquire", the_other_process_finishes_first)
+    monkeypatch.setattr(folds.runner, "train_fold", lambda *a, **k: pytest.fail("a finished fold was trained again"))
+    assert main([a for a in tiny_args(demo_source, out) if a != "-q"] + ["--fold", "0"]) == 0
+    assert "fold 0 already finished" in "".join(capsys.readouterr())
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept
+    assert not (run / "fold_0" / "lock").exists()
+
+
 def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_source, tmp_path, monkeypatch, capsys):
     """A Colab session that ended (or a machine lost) on a shared runs folder leaves a lock with another host
     name, which no pid check can judge. The heartbeat was touched once per epoch, so such a lock was honoured
