@@ -124,6 +124,7 @@ class FoldRunner:
             # may be older still). Trained again, it would cost a whole fold from scratch and replace its files.
             if distributed.agree(not self.trains(k)):
                 return self._finished(k, d)
+            settings_kept(self.run_dir, self.cfg, k)
             if (d / layout.LAST).is_file() and not (self.resume or self.force):
                 raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
                                 "from its last epoch, or --force to retrain it from scratch.")
@@ -138,6 +139,11 @@ class FoldRunner:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _still_mine(self, k, lock: FoldLock | None) -> None:
+        """After each epoch: the fold and the run folder's settings are still this process's."""
+        still_held(lock)
+        settings_kept(self.run_dir, self.cfg, k)
 
     def _finished(self, k, d: Path) -> dict:
         """A finished fold is skipped: its done.json, after its test probabilities are brought up to date."""
@@ -162,7 +168,7 @@ class FoldRunner:
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
                  "its validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
-                            on_epoch=lambda *_: still_held(lock), epochs=epochs, extra=extra,
+                            on_epoch=lambda *_: self._still_mine(k, lock), epochs=epochs, extra=extra,
                             deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
@@ -369,23 +375,49 @@ def diverged_message(cfg: RunConfig, k) -> str:
             "--name (its folds must share one recipe).")
 
 
-def check_settings(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse changed settings once a fold has trained; a folder that never started takes new ones."""
-    saved = run_dir / layout.CONFIG
-    if not saved.is_file():
-        return
+def changed_settings(run_dir: Path, cfg: RunConfig) -> str | None:
+    """The learning settings of ``cfg`` that differ from the run folder's config.json ("lr: 0.001 -> 0.01"),
+    or None (none differ, or the folder has no config yet)."""
+    if not (run_dir / layout.CONFIG).is_file():
+        return None
     # a setting newer than the folder counts as its default there (it did not exist, so it was off), or
     # as what the folder did where the default is on
     old = saved_config(run_dir).to_dict()
     diff = {k: (old.get(k), v) for k, v in learning_settings(cfg).items() if old.get(k) != v}
-    if not diff:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or None
+
+
+def folds_in_training(run_dir: Path) -> list[str]:
+    """The folds of ``run_dir`` whose lock a live process holds (training, maybe before its first epoch ends)."""
+    return [d.name for d in sorted(Path(run_dir).glob("fold_*")) if FoldLock(d / layout.LOCK).holder() is not None]
+
+
+def check_settings(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse changed settings once a fold has trained or is training; a folder that never started takes new
+    ones."""
+    shown = changed_settings(run_dir, cfg)
+    if shown is None:
         return
-    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     if layout.has_started(run_dir):
         raise UserError(f"{run_dir} was made with other settings ({shown}). Its folds were trained with "
                         "the old ones: use a new --name for the new settings, or delete the folder.")
+    training = folds_in_training(run_dir)
+    if training:
+        raise UserError(f"{run_dir} was made with other settings ({shown}), and another process is training "
+                        f"{', '.join(training)} with the old ones: use a new --name for the new settings.")
     log.info("%s: no fold has started yet, so it takes the new settings (%s).", run_dir, shown)
     (run_dir / layout.FOLDS).unlink(missing_ok=True)  # the split may change with them
+
+
+def settings_kept(run_dir: Path, cfg: RunConfig, k) -> None:
+    """Before a fold trains and after each of its epochs: the run folder's settings are still this process's.
+    Another process started at nearly the same time with other settings on the same --name may have rewritten
+    config.json (and the split) while this one prepared; its folds and these would mix two recipes in one run."""
+    shown = distributed.agree(changed_settings(run_dir, cfg) if distributed.is_main() else None)
+    if shown:
+        raise UserError(f"fold {k}: another process rewrote {run_dir / layout.CONFIG} with other settings while "
+                        f"this one ran (the folder's -> this process's: {shown}): one run folder holds one recipe. "
+                        "This process stops; give one of the two a new --name.")
 
 
 def check_classes(run_dir: Path, prep: PreparedRun) -> None:

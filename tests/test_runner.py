@@ -441,6 +441,58 @@ def test_a_fold_another_process_finishes_while_this_one_takes_its_lock_is_not_tr
     assert not (run / "fold_0" / "lock").exists()
 
 
+def _rewrite_settings(run, **changed):
+    """What a second process with other settings on the same --name does while the folder has no finished epoch."""
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, **changed}))
+
+
+@pytest.mark.parametrize("when", ["before its first epoch", "after its first epoch"])
+def test_a_process_whose_run_settings_another_process_rewrote_stops_before_mixing_two_recipes(
+        when, demo_source, tmp_path, monkeypatch, capsys):
+    """Two processes started at nearly the same time on one --name with other settings: each found a folder
+    that had not started, so the second rewrote config.json (and the split) while the first prepared or
+    trained its first epoch, and the run mixed two recipes. The settings are now checked under the fold's
+    lock and after every epoch."""
+    from folds.lock import FoldLock
+
+    run = tmp_path / "runs" / "t"
+    hook = "acquire" if when == "before its first epoch" else "lost"
+    real = getattr(FoldLock, hook)
+
+    def and_another_process_rewrites_the_settings(self):
+        result = real(self)
+        _rewrite_settings(run, lr=0.5)
+        return result
+
+    monkeypatch.setattr(FoldLock, hook, and_another_process_rewrites_the_settings)
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 3, "--n-folds": 2, "--fold": 0})) == 2
+    err = capsys.readouterr().err
+    assert f"fold 0: another process rewrote {run / 'config.json'} with other settings while this one ran " \
+           "(the folder's -> this process's: lr: 0.5 -> 0.002)" in err, err
+    history = run / "fold_0" / "history.csv"
+    assert (not history.exists()) if hook == "acquire" else len(pd.read_csv(history)) == 1
+    assert not (run / "fold_0" / "lock").exists() and not (run / "fold_0" / "done.json").exists()
+
+
+def test_new_settings_are_refused_while_another_process_trains_the_folders_first_epoch(demo_source, tmp_path,
+                                                                                        capsys):
+    """A folder whose folds have not finished an epoch takes new settings; not while a live process trains one
+    of them with the old ones."""
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 0})
+    assert main(args) == 0
+    run = tmp_path / "runs" / "t"
+    for f in (run / "fold_0").iterdir():
+        f.unlink()  # as if its first epoch had not ended yet
+    (run / "fold_0" / "lock").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid(), "beat": 30}))
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 1, "--lr": 0.01})) == 2
+    assert f"{run} was made with other settings (lr: 0.002 -> 0.01), and another process is training fold_0 " \
+           "with the old ones" in capsys.readouterr().err
+    (run / "fold_0" / "lock").unlink()  # that process is gone: the folder takes the new settings
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 1, "--lr": 0.01})) == 0
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.01
+
+
 def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_source, tmp_path, monkeypatch, capsys):
     """A Colab session that ended (or a machine lost) on a shared runs folder leaves a lock with another host
     name, which no pid check can judge. The heartbeat was touched once per epoch, so such a lock was honoured
