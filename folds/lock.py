@@ -78,7 +78,7 @@ class FoldLock:
     @staticmethod
     def stale_after(info: dict) -> int:
         """Seconds without a heartbeat after which the lock ``info`` (another host's) is taken over."""
-        return STALE_SECONDS if "beat" in info else EPOCH_BEAT_STALE_SECONDS
+        return EPOCH_BEAT_STALE_SECONDS if info and "beat" not in info else STALE_SECONDS  # {}: not known
 
     def _is_live(self, info: dict, path: Path) -> bool:
         if info.get("host") == self.me["host"] and not _alive(int(info.get("pid", -1))):

@@ -111,7 +111,9 @@ class FoldRunner:
         if distributed.agree(not self.trains(k)):
             return self._finished(k, d)
         lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
-        if not distributed.agree(lock.acquire() if lock else None):
+        # once more where the holder let go while this process looked (it may have just finished the fold: the
+        # look under the lock skips it then)
+        if not distributed.agree((lock.acquire() or (lock.holder() is None and lock.acquire())) if lock else None):
             holder = (lock.holder() if lock else None) or {}
             log.info("fold %s is being trained by %s; skipping it here. If that process is gone (its machine, or a "
                      "Colab or Kaggle session, ended), a rerun with --resume takes the fold over %d min after its last "

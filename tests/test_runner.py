@@ -493,6 +493,27 @@ def test_new_settings_are_refused_while_another_process_trains_the_folders_first
     assert json.loads((run / "config.json").read_text())["lr"] == 0.01
 
 
+def test_a_fold_whose_holder_lets_go_while_this_process_looks_is_not_skipped(demo_source, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The lock was held when this process tried it and free when it read who held it: the fold was skipped
+    as "being trained by another process" (and taken over "120 min after its last heartbeat"). It is tried
+    once more: a fold the holder finished is then skipped as finished (the look under the lock), any other
+    is trained."""
+    from folds.lock import FoldLock
+
+    acquire, tries = FoldLock.acquire, []
+
+    def held_at_the_first_try(self):
+        tries.append(self.path)
+        return len(tries) > 1 and acquire(self)
+
+    monkeypatch.setattr(FoldLock, "acquire", held_at_the_first_try)
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 0})) == 0
+    assert len(tries) == 2 and (tmp_path / "runs" / "t" / "fold_0" / "done.json").is_file()
+    assert "being trained by" not in "".join(capsys.readouterr())
+    assert FoldLock.stale_after({}) == FoldLock.stale_after({"host": "h", "pid": 1, "beat": 30})
+
+
 def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_source, tmp_path, monkeypatch, capsys):
     """A Colab session that ended (or a machine lost) on a shared runs folder leaves a lock with another host
     name, which no pid check can judge. The heartbeat was touched once per epoch, so such a lock was honoured
