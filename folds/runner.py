@@ -302,9 +302,10 @@ class FoldRunner:
         if left and distributed.is_main():
             minutes_left = self.deadline.minutes_left()
             limit = "" if minutes_left is None else f"; {minutes_left:.0f} min of --time-limit are left"
-            log.info("fold %s took %.1f min; the %d fold(s) left here (%s) take about %.0f min at that pace (less "
+            need = len(left) * sum(paces) / len(paces)
+            log.info("fold %s took %.1f min; the %d fold(s) left here (%s) take about %s min at that pace (less "
                      "where early stopping ends one sooner)%s.", k, paces[-1], len(left), ",".join(map(str, left)),
-                     len(left) * sum(paces) / len(paces), limit)
+                     f"{need:.1f}" if need < 10 else f"{need:.0f}", limit)  # short folds: not "about 0 min"
 
     def check_folds(self, folds: list[int]) -> None:
         extra = sorted(set(folds) - set(self.planned_folds))

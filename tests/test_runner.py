@@ -142,7 +142,7 @@ def test_after_each_fold_a_process_says_how_long_its_folds_left_take(demo_source
     assert main([a for a in args if a != "-q"] + ["--fold", "all", "--time-limit", "600"]) == 0
     out = "".join(capsys.readouterr())
     assert re.search(r"ends one sooner\); (600|59\d) min of --time-limit are left", out), out
-    line = r"fold 1 took \d+\.\d min; the 1 fold\(s\) left here \(2\) take about \d+ min at that pace"
+    line = r"fold 1 took \d+\.\d min; the 1 fold\(s\) left here \(2\) take about \d+\.\d min at that pace"
     assert re.search(line, out), out
     assert "fold 0 took" not in out and "fold 2 took" not in out  # skipped, and the last
 
