@@ -28,6 +28,14 @@ KEPT = ("finished epochs, folds and trials are kept; run the same command again 
 QUIET_LIBRARIES = ("matplotlib",)
 
 
+def check_at_least(option: str, value, least, meaning: str | None = None) -> None:
+    """A number option's value is ``least`` or more (``None``: left out): else a one-line error that names the
+    option and the value, before any work. ``meaning``: what the least value does, e.g. "0 (off)"."""
+    if value is not None and value < least:
+        raise UserError(f"{option} must be {f'{meaning} or more' if meaning else f'at least {least}'}, "
+                        f"but got {value}.")
+
+
 def log_to_stdout(level: int = logging.INFO) -> None:
     """Plain messages on stdout, where the user reads the run's progress."""
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)

@@ -27,13 +27,13 @@ from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
-from common.cli import entry_point, log_to_stdout  # noqa: E402
+from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
-from ensemble.runs import (OOF_KINDS, check_compatible, check_test_set_unchanged,  # noqa: E402
+from ensemble.runs import (OOF_KINDS, check_compatible, check_distinct, check_test_set_unchanged,  # noqa: E402
                            finished_in_every_run, load_run, resolve_oof)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
@@ -155,6 +155,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
+    check_at_least("--inner-folds", inner_folds, 2)  # fewer was taken as 2, silently
+    check_distinct(run_paths)
     oof, oof_note = resolve_oof(oof, run_paths[0])
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed

@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
-from common.cli import entry_point, log_to_stdout  # noqa: E402
+from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
 from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
+from ensemble.runs import check_distinct  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
 from ensemble.submission import write_submission  # noqa: E402
 from folds.images import check_limit, loosest_limit, set_max_image_pixels  # noqa: E402
@@ -108,6 +109,9 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
 def predict(args) -> dict:
     from folds.data import load_test_set
 
+    check_at_least("--batch-size", args.batch_size, 1)  # 0 was read as "the run's"
+    check_at_least("--num-workers", args.num_workers, 0, "0 (load in the main process)")  # torch's traceback
+    check_distinct(args.sources)  # as typed, so the message shows both spellings
     runs, blend, meta = resolve_sources(args)
     check_limit(args.max_image_pixels)
     cfgs = [run_config(run, args) for run in runs]

@@ -105,6 +105,18 @@ def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | 
                      "image's, where Dacon's crops have 25%), so the whole-painting OOF is used")
 
 
+def check_distinct(run_paths) -> None:
+    """Each run folder once: a folder given twice (a shell glob beside its own name, or ``runs/a`` and
+    ``./runs/a/``) would count twice in every vote and blend."""
+    seen = {}
+    for path in run_paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise UserError(f"{path}: this run folder is given twice (also as {seen[key]}); an ensemble counts "
+                            "each run once, so give it once.")
+        seen[key] = path
+
+
 def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutputs:
     """Load a finished run; ``oof`` picks the crop OOF ('crops') or the whole-image OOF ('whole').
     ``finished_folds``: a run with folds still to train gives its finished folds (their OOF rows, the mean of

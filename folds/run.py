@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from common import UserError  # noqa: E402
 from common.interrupt import TimeUp  # noqa: E402
-from common.cli import entry_point, log_to_stdout  # noqa: E402
+from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-cpus", type=int, help="CPUs per fold task: its loader workers + 1 (default: "
                    "--num-workers + 1, or 2)")
     g.add_argument("--max-retries", type=int, default=3, help="Ray retries of a fold whose worker or node died; "
-                   "each retry resumes from last.pt (default: 3)")
+                   "each retry resumes from last.pt (default: 3; -1: without end)")
     add_training_options(p)
     add_legacy_folds(p)
     return p
@@ -89,8 +89,11 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
 
 def check_run_control(args) -> None:
     """This command's own options, before the run folder is touched."""
-    if args.full_epochs is not None and args.full_epochs < 1:  # 0 trained nothing and predicted with a random head
-        raise UserError(f"--full-epochs must be at least 1, but got {args.full_epochs}.")
+    check_at_least("--full-epochs", args.full_epochs, 1)  # 0 trained nothing and predicted with a random head
+    check_at_least("--procs-per-gpu", args.procs_per_gpu, 1)  # 0 or less ran one process, as 1 does
+    check_at_least("--ray-gpus", args.ray_gpus, 0, "0 (CPU tasks)")
+    check_at_least("--ray-cpus", args.ray_cpus, 1)
+    check_at_least("--max-retries", args.max_retries, -1, "-1 (retry without end)")  # Ray's own meaning of -1
     if args.time_limit is not None and (args.ray or args.ray_runs):
         raise UserError("--time-limit: a Ray job's fold tasks are scheduled by the cluster; leave --time-limit out "
                         "(a retried task resumes from its last epoch).")

@@ -67,6 +67,8 @@ def test_rdb_storage_uses_the_current_retry_api(tmp_path):
     (["--workers", "0"], "--workers must be at least 1"),
     (["--time-limit", "-5"], "--time-limit -5.0: give the minutes this command may take, above 0"),
     (["--folds", "9"], "--fold '9'"),
+    (["--sampler-seed", "-1"], "--sampler-seed must be in 0..2**32-1, but got -1"),  # numpy's traceback
+    (["--ray-gpus", "-1"], "--ray-gpus must be 0 (CPU workers) or more, but got -1.0"),
     (["--space", "SPACE:gamma: {type: float, low: 0.5, high: 2}"], "a trial with {'lr': 1e-05, 'step_size': 2, "
      "'gamma': 2} would not run: --gamma must be in (0, 1]"),  # each trial would fail, its message in Optuna's log
     (["--space", "SPACE:balance_power: {type: float, low: 0.3, high: 1}", "--no-balanced-sampler"],
@@ -98,6 +100,9 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--seed", "-1"], "--seed must be in 0..2**32-1"),  # numpy's ValueError traceback
     (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
+    (["--procs-per-gpu", "0"], "--procs-per-gpu must be at least 1, but got 0"),  # ran as 1, silently
+    (["--ray-cpus", "0"], "--ray-cpus must be at least 1, but got 0"),
+    (["--max-retries", "-2"], "--max-retries must be -1 (retry without end) or more, but got -2"),
     (["--time-limit", "0"], "--time-limit 0.0: give the minutes"),
     (["--cache", "--cache-dir", "/proc/version/x"], "--cache-dir /proc/version/x: /proc/version is a file, not a"),
     (["--grad-accum-steps", "0"], "--grad-accum-steps must be at least 1"),
@@ -359,6 +364,29 @@ def test_build_out_under_a_file_is_refused_before_work(small_run, tmp_path, caps
     assert build_main([str(small_run / "runs" / "t"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"error: --out {out}: {tmp_path / 'afile'} is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ("build", ["--inner-folds", "1"], "--inner-folds must be at least 2, but got 1."),  # taken as 2, silently
+    ("build", ["RUN/"], "RUN/: this run folder is given twice (also as RUN); an ensemble counts each run once"),
+    ("predict", ["--batch-size", "0"], "--batch-size must be at least 1, but got 0."),  # read as "the run's"
+    ("predict", ["--num-workers", "-1"], "--num-workers must be 0 (load in the main process) or more"),  # traceback
+    ("predict", ["RUN/"], "RUN/: this run folder is given twice (also as RUN)"),  # each run's folds count twice
+])
+def test_bad_ensemble_options_are_one_line_errors_before_any_work(command, args, message, small_run, demo_source,
+                                                                  tmp_path, capsys):
+    from ensemble.predict import main as predict_main
+
+    run = str(small_run / "runs" / "t")
+    args = [a.replace("RUN", run) for a in args]
+    out = tmp_path / "sub.csv"
+    if command == "build":
+        rc = build_main([run, *args, "--out", str(out)])
+    else:
+        rc = predict_main([run, *args, "--data-dir", str(demo_source), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message.replace("RUN", run) in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("raise_from,code", [("print", 141), ("elsewhere", 1)])

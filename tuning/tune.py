@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, children  # noqa: E402
 from common.interrupt import TimeUp  # noqa: E402
-from common.cli import entry_point, log_to_stdout  # noqa: E402
+from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
 from tuning.study import PRUNERS  # noqa: E402
@@ -112,6 +112,9 @@ def check_tuner_args(args) -> None:
         raise UserError("--time-limit: Ray schedules the workers; leave --time-limit out (a lost trial is retried).")
     if args.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, but got {args.heartbeat}.")
+    if not 0 <= args.sampler_seed <= 2**32 - args.study_workers:  # worker i seeds its sampler with seed + i
+        raise UserError(f"--sampler-seed must be in 0..2**32-{args.study_workers}, but got {args.sampler_seed}.")
+    check_at_least("--ray-gpus", args.ray_gpus, 0, "0 (CPU workers)")
     name = args.study.strip()
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise UserError(f"--study {args.study!r}: use a plain name (it becomes the folder tuning/<study>/).")
