@@ -57,7 +57,10 @@ def atomic_write(path, mode="w", **kwargs):
                             "/kaggle/input is); write under a writable folder such as /kaggle/working.") from None
         try:
             # mkstemp makes the file 0600; a shared runs/ folder needs the user's umask, like open() gives.
-            os.chmod(fd, 0o666 & ~current_umask())
+            # A file system without Unix modes refuses the change (FAT or exFAT on a USB disk: EPERM; some
+            # FUSE and SMB mounts): its files take the mount's modes, so the write goes on.
+            with contextlib.suppress(OSError):
+                os.chmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, mode, **kwargs) as f:
                 yield f
                 f.flush()

@@ -470,6 +470,19 @@ def test_atomic_writes_respect_the_umask(umask, mode, tmp_path):
         assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode
 
 
+def test_a_file_system_without_unix_modes_still_takes_the_writes(tmp_path, monkeypatch):
+    """FAT or exFAT (a USB disk) refuses a mode its files cannot hold with EPERM: every write of a run there
+    was a traceback (the umask's chmod), before the first epoch was kept."""
+    import errno
+
+    def fat_chmod(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", fat_chmod)
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x" and not list(tmp_path.glob(".a.txt.*"))
+
+
 @pytest.mark.parametrize("signum,raised", [("SIGTERM", "Stopped"), ("SIGHUP", "Stopped"),
                                            ("SIGINT", "KeyboardInterrupt")])
 def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp_path):
