@@ -470,6 +470,14 @@ def test_atomic_writes_respect_the_umask(umask, mode, tmp_path):
         assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode
 
 
+def test_windows_is_told_to_use_wsl_in_one_line_not_a_traceback():
+    """On Windows every command died importing the signal handling (no SIGHUP there), with a traceback."""
+    code = "import os; os.name = 'nt'; import common"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("painter-cv runs on Linux or macOS") and "run it in WSL2" in p.stderr
+
+
 def test_a_file_system_without_unix_modes_still_takes_the_writes(tmp_path, monkeypatch):
     """FAT or exFAT (a USB disk) refuses a mode its files cannot hold with EPERM: every write of a run there
     was a traceback (the umask's chmod), before the first epoch was kept."""
