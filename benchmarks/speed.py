@@ -25,9 +25,9 @@
   on CUDA every row gives the training's peak GPU memory.
 - kept: MiB one training forward pass keeps for the backward pass, without and with
   --grad-checkpointing (torch's saved-tensor hooks: the same on any device, in fp32).
-- infer: images/s of 5-fold x 4-view flip TTA over the test images: one data pass with every
-  fold model seeing all views of a batch in one forward, vs one ttach wrapper pass per fold,
-  and vs the ceiling (the same models, views, batch and precision on batches already on the
+- infer: images/s of 5-fold x 4-view flip TTA over the test images, as a run predicts them: a
+  loader pass per fold model through the shipped ``predict_probs`` (all 4 views of a batch in one
+  forward), vs a ttach wrapper pass per fold (a forward per view), and vs the ceiling (the same models, views, batch and precision on batches already on the
   device): ``vs_ceiling_time`` is the run's time over the ceiling's (target: at most 1.3).
 - neighbours: crops/s of the neighbour smoothing's look at each crop (``ensemble.neighbours.look``:
   colour histogram and the grey patch kept for overlap matching), 5 crop-OOF boxes per generated
