@@ -91,6 +91,15 @@ def check_writable_folder(folder, option: str) -> None:
             return
 
 
+def check_out_file(out, option: str = "--out") -> None:
+    """Fail before any work when the file ``out`` could not be written: its folder must take files, and
+    ``out`` must not be a folder (found only at the final rename, after the work, before)."""
+    out = Path(out)
+    check_writable_folder(out.parent, f"{option} {out}")
+    if out.is_dir():
+        raise UserError(f"{option} {out}: is a folder; give a .csv file path.")
+
+
 def _disk_full(e: BaseException | None) -> bool:
     """ENOSPC or EDQUOT, raised directly or behind the writer's own error (torch.save's zip writer)."""
     seen = set()

@@ -26,7 +26,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
-from common.atomic import check_writable_folder  # noqa: E402
+from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import macro_f1  # noqa: E402
@@ -141,13 +141,6 @@ def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, te
     return smooth, smooth["notes"]
 
 
-def check_out_path(out: Path) -> None:
-    """Fail before any work when the submission cannot be written where asked."""
-    check_writable_folder(out.parent, f"--out {out}")
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a .csv file path.")
-
-
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stacker: str = "logreg",
           offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
           report: bool = True, neighbours: str = "auto", finished_folds: bool = False) -> dict:
@@ -165,7 +158,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     choosing = method == BEST
     named = method + ("+offsets" if mode == "on" else "")
     out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{named}.csv"
-    check_out_path(out)
+    check_out_file(out)  # before any work
     same_split = len({r.split_hash for r in runs}) == 1
     learns = mode == "on" if choosing else make_blend(method, stacker, mode == "on").learns
     runs = check_compatible(runs, need_same_split=learns)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
+from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
@@ -112,6 +113,7 @@ def predict(args) -> dict:
     check_at_least("--batch-size", args.batch_size, 1)  # 0 was read as "the run's"
     check_at_least("--num-workers", args.num_workers, 0, "0 (load in the main process)")  # torch's traceback
     check_distinct(args.sources)  # as typed, so the message shows both spellings
+    check_out_file(args.out)  # a folder there failed at the last rename, after every prediction
     runs, blend, meta = resolve_sources(args)
     check_limit(args.max_image_pixels)
     cfgs = [run_config(run, args) for run in runs]

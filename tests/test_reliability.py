@@ -372,21 +372,25 @@ def test_build_out_under_a_file_is_refused_before_work(small_run, tmp_path, caps
     ("predict", ["--batch-size", "0"], "--batch-size must be at least 1, but got 0."),  # read as "the run's"
     ("predict", ["--num-workers", "-1"], "--num-workers must be 0 (load in the main process) or more"),  # traceback
     ("predict", ["RUN/"], "RUN/: this run folder is given twice (also as RUN)"),  # each run's folds count twice
+    ("predict", ["--out", "FOLDER"], "--out FOLDER: is a folder; give a .csv file path."),  # after every prediction
 ])
 def test_bad_ensemble_options_are_one_line_errors_before_any_work(command, args, message, small_run, demo_source,
                                                                   tmp_path, capsys):
     from ensemble.predict import main as predict_main
 
     run = str(small_run / "runs" / "t")
-    args = [a.replace("RUN", run) for a in args]
+    (tmp_path / "a folder").mkdir()
+    args = [a.replace("RUN", run).replace("FOLDER", str(tmp_path / "a folder")) for a in args]
+    folders = [a for a in args if a.startswith(run)]  # more run folders: before the options
+    options = [a for a in args if a not in folders]  # after the command's own --out: the last --out counts
     out = tmp_path / "sub.csv"
     if command == "build":
-        rc = build_main([run, *args, "--out", str(out)])
+        rc = build_main([run, *folders, "--out", str(out), *options])
     else:
-        rc = predict_main([run, *args, "--data-dir", str(demo_source), "--out", str(out)])
+        rc = predict_main([run, *folders, "--data-dir", str(demo_source), "--out", str(out), *options])
     err = capsys.readouterr().err
-    assert rc == 2 and message.replace("RUN", run) in err and "Traceback" not in err, err
-    assert not out.exists()
+    assert rc == 2 and message.replace("RUN", run).replace("FOLDER", str(tmp_path / "a folder")) in err, err
+    assert "Traceback" not in err and not out.exists()
 
 
 @pytest.mark.parametrize("raise_from,code", [("print", 141), ("elsewhere", 1)])
