@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, layout, write_json, write_text  # noqa: E402
+from common.atomic import check_writable_folder  # noqa: E402
 from common.cli import entry_point, log_to_stdout  # noqa: E402
 from ensemble.blend import make_blend, votes  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend, save_blend  # noqa: E402
@@ -90,6 +91,7 @@ def download_wheels(dst: Path) -> list[str]:
 
 def export(args) -> dict:
     out = Path(args.out)
+    check_writable_folder(out, f"--out {out}")  # a file in the way (or above): a traceback before
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: exists and is not empty; choose a new folder.")
     if args.blend:

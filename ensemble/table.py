@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
-from common.atomic import check_writable_folder  # noqa: E402
+from common.atomic import check_out_file  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from ensemble.runs import resolve_oof  # noqa: E402
 from folds.config import PATH_SETTINGS, RunConfig, learning_settings, saved_config  # noqa: E402
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write the table to this CSV")
     args = p.parse_args(argv)
     if args.out:
-        check_writable_folder(Path(args.out).parent, "--out")
+        check_out_file(args.out)
     sort, note = resolve_sort(args.sort, args.runs_dir)
     df, commands = runs_table(args.runs_dir, sort)
     if df.empty:

@@ -41,6 +41,8 @@ def split_store(cfg: RunConfig) -> Path:
 def with_data_dir(cfg: RunConfig, announce: bool = True) -> tuple[RunConfig, bool]:
     """A config whose ``data_dir`` is set: the built-in demo dataset when none was given (said
     plainly unless ``announce`` is off: a side-by-side fold process, whose parent has said it)."""
+    # the runs folder takes the run folders and the demo data: a file in its way was a traceback
+    check_writable_folder(cfg.runs_dir, f"--runs-dir {cfg.runs_dir}")
     if cfg.data_dir is not None:
         return cfg, False
     data_dir = make_demo_dataset(Path(cfg.runs_dir) / "demo-data")

@@ -358,6 +358,35 @@ def test_probabilities_that_are_not_finite_are_refused_with_their_line(value, sm
         assert err.startswith(f"error: {f} line 5: probabilities that are empty or not finite"), err
 
 
+@pytest.mark.parametrize("command,args,message", [
+    ("run", ["--runs-dir", "FILE"], "--runs-dir FILE: FILE is a file, not a folder"),  # the demo data's traceback
+    ("run", ["--data-dir", "DATA", "--runs-dir", "FILE"], "--runs-dir FILE: FILE is a file, not a folder"),
+    ("tune", ["--study", "s", "--tuning-dir", "FILE"], "--tuning-dir FILE: FILE is a file, not a folder"),
+    ("tune", ["--study", "s", "--runs-dir", "FILE"], "--runs-dir FILE: FILE is a file, not a folder"),
+    ("table", ["RUNS", "--out", "FOLDER"], "--out FOLDER: is a folder; give a .csv file path."),
+    ("export", ["RUN", "--no-wheels", "--out", "FILE"], "--out FILE: FILE is a file, not a folder"),
+])
+def test_a_file_or_folder_in_the_way_of_an_output_is_a_one_line_error(command, args, message, small_run, demo_source,
+                                                                      tmp_path, capsys):
+    """Each was a traceback (NotADirectoryError, IsADirectoryError), the run's and the study's after the
+    data checks."""
+    from ensemble.export import main as export_main
+    from ensemble.table import main as table_main
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "afolder").mkdir()
+    names = {"FILE": str(tmp_path / "afile"), "FOLDER": str(tmp_path / "afolder"), "DATA": str(demo_source),
+             "RUNS": str(small_run / "runs"), "RUN": str(small_run / "runs" / "t")}
+    args = [names.get(a, a) for a in args]
+    main = {"run": run_main, "tune": tune_main, "table": table_main, "export": export_main}[command]
+    rc = main(args + (["--n-trials", "1", "--epochs", "1"] if command == "tune" else []))
+    err = capsys.readouterr().err
+    for name, value in names.items():
+        message = message.replace(name, value)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert (tmp_path / "afile").read_text() == "x" and not any((tmp_path / "afolder").iterdir())
+
+
 def test_build_out_under_a_file_is_refused_before_work(small_run, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "sub.csv"

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import UserError, children  # noqa: E402
+from common.atomic import check_writable_folder  # noqa: E402
 from common.interrupt import TimeUp  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
@@ -118,6 +119,7 @@ def check_tuner_args(args) -> None:
     name = args.study.strip()
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise UserError(f"--study {args.study!r}: use a plain name (it becomes the folder tuning/<study>/).")
+    check_writable_folder(Path(args.tuning_dir) / name, f"--tuning-dir {args.tuning_dir}")
 
 
 def run(args) -> int:
