@@ -27,8 +27,11 @@
   --grad-checkpointing (torch's saved-tensor hooks: the same on any device, in fp32).
 - infer: images/s of 5-fold x 4-view flip TTA over the test images, as a run predicts them: a
   loader pass per fold model through the shipped ``predict_probs`` (all 4 views of a batch in one
-  forward), vs a ttach wrapper pass per fold (a forward per view), and vs the ceiling (the same models, views, batch and precision on batches already on the
-  device): ``vs_ceiling_time`` is the run's time over the ceiling's (target: at most 1.3).
+  forward), vs a ttach wrapper pass per fold (a forward per view), and vs the ceiling (the same
+  models, views, batch and precision on batches already on the device): ``vs_ceiling_time`` is the
+  run's time over the ceiling's (target: at most 1.3). And ``one_pass_img_s``, as
+  ``ensemble/predict.py`` predicts a new test set: one loader pass, each batch through every fold
+  model (``predict_probs_each``), so each image is decoded once, not once a fold.
 - neighbours: crops/s of the neighbour smoothing's look at each crop (``ensemble.neighbours.look``:
   colour histogram and the grey patch kept for overlap matching), 5 crop-OOF boxes per generated
   JPEG, decoding at reduced scale (the shipped path, PIL draft) vs a full decode, with the
@@ -327,7 +330,7 @@ def bench_infer(args) -> dict:
     import ttach as tta
 
     from ensemble.tta import tta_transforms
-    from folds.predict import predict_probs
+    from folds.predict import predict_probs, predict_probs_each
     from folds.data import load_dataset
     prec = Precision.resolve(args.device, "auto", "auto")
     models = [prec.prepare(create_model(args.model, 50, weights="none")).eval() for _ in range(args.folds)]
@@ -338,7 +341,7 @@ def bench_infer(args) -> dict:
     if args.data_dir:
         paths = list(load_dataset(args.data_dir, check_images=False).test["path"])[: args.n_images or None]
     else:
-        paths = large_jpegs(Path(tempfile.mkdtemp()), args.n_images or 64, 112)
+        paths = large_jpegs(Path(tempfile.mkdtemp()), args.n_images or 64, args.side or 112)  # a test crop's size
     data = ImageDataset(paths, None, tf)
 
     def batched(data=data):
@@ -346,6 +349,12 @@ def bench_infer(args) -> dict:
         for m in models:
             predict_probs(m, make_loader(data, args.batch_size, train=False, num_workers=args.workers,
                                          pin_memory=prec.device.type == "cuda"), prec, inputs, "flips", desc="bench")
+
+    def one_pass(data=data):
+        """What ensemble/predict.py does with a run's folds: one loader pass, each batch through every model."""
+        predict_probs_each(models, make_loader(data, args.batch_size, train=False, num_workers=args.workers,
+                                               pin_memory=prec.device.type == "cuda"), prec, inputs, "flips",
+                           desc="bench")
 
     @torch.no_grad()
     def per_fold_ttach(data=data):
@@ -377,12 +386,14 @@ def bench_infer(args) -> dict:
     few = ImageDataset(paths[: 2 * args.batch_size], None, tf)
     batched(few)  # warm-up: cuDNN autotune
     fast = rate(batched, len(paths), warmup=False)  # the full run a user waits for
+    together = rate(one_pass, len(paths), warmup=False)
     top = ceiling()
     n_base = min(len(paths), args.baseline_images or len(paths))
     slow = rate(lambda: per_fold_ttach(ImageDataset(paths[:n_base], None, tf)), n_base, warmup=False)
     return {"bench": "infer", "model": args.model, "img_size": size, "device": prec.describe(), "folds": args.folds,
             "views": 4, "images": len(paths), "batched_img_s": round(fast, 1), "ttach_per_fold_img_s": round(slow, 1),
             "ratio": round(fast / slow, 2), "batched_total_s": round(len(paths) / fast, 1),
+            "one_pass_img_s": round(together, 1), "one_pass_vs_batched": round(together / fast, 2),
             "ceiling_img_s": round(top, 1), "ceiling_total_s": round(len(paths) / top, 1),
             "vs_ceiling_time": round(top / fast, 2), "baseline_images": n_base}
 
@@ -468,7 +479,7 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=("loader", "train", "epochs", "kept", "infer", "neighbours", "offsets"))
     p.add_argument("--model", default="efficientnet_b3")
     p.add_argument("--img-size", type=int, default=288)
-    p.add_argument("--side", type=int, default=1000, help="side of the generated JPEGs")
+    p.add_argument("--side", type=int, help="side of the generated JPEGs (default: 1000; infer: 112, a test crop)")
     p.add_argument("--n-images", type=int, help="images (offsets: crop-OOF rows); default: 64 (offsets: 29,560)")
     p.add_argument("--classes", type=int, default=50, help="offsets: classes (default: 50)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -493,6 +504,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="append the JSON line here")
     args = p.parse_args(argv)
     args.n_images = args.n_images if args.n_images is not None else 29_560 if args.what == "offsets" else 64
+    args.side = args.side or (None if args.what == "infer" else 1000)  # infer: 112 unless given
     row = {"loader": bench_loader, "train": bench_train, "epochs": bench_epochs, "kept": bench_kept,
            "infer": bench_infer, "neighbours": bench_neighbours, "offsets": bench_offsets}[args.what](args)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")

@@ -32,7 +32,6 @@ from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
-from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
 from ensemble.runs import check_distinct  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
@@ -101,10 +100,10 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:
         raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
-    # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run
-    probs = [Predictor(cfg, len(classes), layout.fold_dir(run, k), store_cache=False).predict(
-        paths, desc=f"{run.name} fold {k}") for k in folds]
-    return classes, merge(np.stack(probs), "mean")
+    # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run;
+    # one pass for all the folds: each image decoded once for every fold model, their mean
+    return classes, Predictor(cfg, len(classes), [layout.fold_dir(run, k) for k in folds], store_cache=False).predict(
+        paths, desc=f"{run.name} folds {','.join(map(str, folds))}")
 
 
 def predict(args) -> dict:

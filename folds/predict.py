@@ -84,11 +84,18 @@ def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = 
     each validation set, crop set and test set would bring one more in the first epoch; in eval
     mode a row's output does not depend on the rest of its batch, so padding changes nothing else.
     """
-    model.eval()
-    wrapped = BatchedTTA(model, tta)
+    return predict_probs_each([model], loader, prec, inputs, tta, desc, fixed_shape)[0]
+
+
+@torch.no_grad()
+def predict_probs_each(models: list, loader, prec: Precision, inputs: InputPipe, tta: str = "none",
+                       desc: str = "predict", fixed_shape: bool | None = None) -> np.ndarray:
+    """(M, N, K): ``predict_probs`` of each of the M ``models`` (a run's fold models), from one pass over
+    ``loader``: each batch is decoded and sent to the device once, then goes through every model."""
+    wrapped = [BatchedTTA(m.eval(), tta) for m in models]
     if fixed_shape is None:
         fixed_shape = prec.device.type == "cuda" and torch.backends.cudnn.benchmark
-    out = []
+    out = [[] for _ in models]
     dataset = getattr(loader, "dataset", None)  # its length: the count without the last batch's shortfall
     for batch in progress(batches(loader), len(loader), desc, unit="images", scale=loader.batch_size or 1,
                           items=None if dataset is None else len(dataset)):
@@ -96,10 +103,12 @@ def predict_probs(model, loader, prec: Precision, inputs: InputPipe, tta: str = 
         n = len(x)
         if fixed_shape and loader.batch_size:
             x = pad_batch(x, loader.batch_size)
-        with prec.autocast():
-            views = wrapped(inputs(x))[:, :n]
-        out.append(merge(views.float().cpu().numpy(), "mean"))
-    return np.concatenate(out).astype(np.float32)
+        x = inputs(x)
+        for each, model in zip(out, wrapped):
+            with prec.autocast():
+                views = model(x)[:, :n]
+            each.append(merge(views.float().cpu().numpy(), "mean"))
+    return np.stack([np.concatenate(each) for each in out]).astype(np.float32)
 
 
 def predict_crop_oof(predictor: "Predictor", val, n_crops: int, desc: str = "crop OOF") -> np.ndarray:
@@ -110,7 +119,9 @@ def predict_crop_oof(predictor: "Predictor", val, n_crops: int, desc: str = "cro
 
 
 class Predictor:
-    """A finished fold's best weights with the eval transform, the image cache and TTA.
+    """A finished fold's best weights with the eval transform, the image cache and TTA; or several folds of one
+    run (``fold_dir`` a list), whose models predict each batch in turn: an image is decoded once for all of them,
+    and ``predict`` gives their mean (a new test set's fold mean: ``ensemble/predict.py``).
 
     >>> p = Predictor(cfg, ds.num_classes, Path("runs/demo/fold_0"))     # doctest: +SKIP
     >>> p.predict(ds.test["path"]).shape                                   # doctest: +SKIP
@@ -118,7 +129,10 @@ class Predictor:
     """
 
     def __init__(self, cfg, num_classes: int, fold_dir, store_cache: bool = True):
-        self.model, dcfg, self.prec, self.inputs = load_best(cfg, num_classes, fold_dir)
+        fold_dirs = list(fold_dir) if isinstance(fold_dir, (list, tuple)) else [fold_dir]
+        loaded = [load_best(cfg, num_classes, d) for d in fold_dirs]  # one run: one model config, one transform
+        self.models = [model for model, *_ in loaded]
+        _, dcfg, self.prec, self.inputs = loaded[0]
         size = dcfg["input_size"][-1]
         self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
         self.cache = image_cache(cfg, size, store=store_cache)  # a --cache run's images, shrunk as in training
@@ -133,11 +147,12 @@ class Predictor:
         """
         paths = list(paths)
         what = "images" if crops is None else "crops" if None not in crops else "images and crops"
-        desc = f"{desc}: {len(paths):,} {what} x {self.views} views"
+        models = f" x {len(self.models)} models" if len(self.models) > 1 else ""
+        desc = f"{desc}: {len(paths):,} {what} x {self.views} views{models}"
         rows = distributed.my_rows(len(paths))  # under torchrun: this rank's block, all of them gathered after
         data = ImageDataset(paths[rows], None, self.transform, cache=self.cache,
                             crops=None if crops is None else list(crops)[rows], reuse_decoded=crops is not None)
         loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
                              pin_memory=self.prec.device.type == "cuda")
-        return distributed.gather_rows(predict_probs(self.model, loader, self.prec, self.inputs, self.tta, desc=desc),
-                                       len(paths))
+        each = predict_probs_each(self.models, loader, self.prec, self.inputs, self.tta, desc=desc)
+        return distributed.gather_rows(each[0] if len(each) == 1 else merge(each, "mean"), len(paths))

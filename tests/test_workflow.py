@@ -79,6 +79,35 @@ def test_export_then_predict_offline_equals_the_builds_own_predictions(trained, 
     assert not list(export.rglob("*.pt"))  # best weights only, and no pickle
 
 
+def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_source, tmp_path, monkeypatch):
+    """predict.py decoded every test image once per fold model (a loader pass per fold): on an inference kernel
+    with a fast GPU and few cores, the loader sets the pace. Now one pass: each image is decoded once and each
+    batch goes through every fold model; their mean is the same to the bit."""
+    import folds.loader
+    from ensemble.merge import merge
+    from folds.config import saved_config
+    from folds.data import load_test_set
+    from folds.predict import Predictor
+
+    run = trained / "runs" / "s0"
+    cfg, k = saved_config(run), len(json.loads((run / "classes.json").read_text()))
+    paths = list(load_test_set(demo_source)[0]["path"])
+    fold_dirs = [run / "fold_0", run / "fold_1"]
+    decodes, read_rgb = [], folds.loader.read_rgb
+    monkeypatch.setattr(folds.loader, "read_rgb", lambda p: decodes.append(p) or read_rgb(p))
+    apart = merge(np.stack([Predictor(cfg, k, d, store_cache=False).predict(paths) for d in fold_dirs]), "mean")
+    assert len(decodes) == 2 * len(paths)  # as predict.py did: a pass per fold
+    decodes.clear()
+    together = Predictor(cfg, k, fold_dirs, store_cache=False).predict(paths)
+    assert len(decodes) == len(paths)
+    np.testing.assert_array_equal(together, apart)
+    decodes.clear()
+    assert predict_main([str(run), "--data-dir", str(demo_source), "--out", str(tmp_path / "s0.csv")]) == 0
+    assert len(decodes) == len(paths)  # predict.py's own path
+    np.testing.assert_allclose(probs(tmp_path / "s0_probs.csv").loc[load_test_set(demo_source)[0]["id"]].to_numpy(),
+                               apart, atol=1e-6)  # (read back from the CSV text)
+
+
 def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, capsys):
     runs = [str(trained / "runs" / f"s{s}") for s in (0, 1)]
     assert predict_main([*runs, "--data-dir", str(demo_source), "--out", str(tmp_path / "m.csv")]) == 0
@@ -481,7 +510,7 @@ def test_speed_benchmarks_time_the_shipped_path_against_their_ceiling(demo_sourc
     assert epochs["images_per_epoch"] == 32 and epochs["ceiling_img_s"] > 0 and epochs["suite_img_s"] > 0
     assert epochs["first_batch_s"] > 0 and epochs["first_step_s"] > 0 and epochs["cudnn_benchmark"] is False
     assert epochs["affine"] == "device"
-    assert infer["images"] == 16 and infer["ceiling_img_s"] > 0
+    assert infer["images"] == 16 and infer["ceiling_img_s"] > 0 and infer["one_pass_img_s"] > 0
     # to the two places it is rounded to (a ratio near 0.3 on a busy CPU is 2% off by rounding alone)
     assert infer["vs_ceiling_time"] == pytest.approx(infer["ceiling_img_s"] / infer["batched_img_s"], rel=0.02,
                                                      abs=0.006)
