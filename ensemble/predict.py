@@ -32,6 +32,7 @@ from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from ensemble.blend import full_proba, make_blend, members_to_X, votes  # noqa: E402
+from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
 from ensemble.runs import check_distinct  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
@@ -93,6 +94,8 @@ def run_config(run: Path, args):
 def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[list, np.ndarray]:
     """A run's classes and the mean test probabilities of the blend's folds (the full-data model joins when
     asked); ``cfg``: its ``run_config``."""
+    import torch
+
     from folds.predict import Predictor
 
     classes = json.loads((run / layout.CLASSES).read_text())
@@ -102,8 +105,18 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
         raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
     # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run;
     # one pass for all the folds: each image decoded once for every fold model, their mean
-    return classes, Predictor(cfg, len(classes), [layout.fold_dir(run, k) for k in folds], store_cache=False).predict(
-        paths, desc=f"{run.name} folds {','.join(map(str, folds))}")
+    dirs = [layout.fold_dir(run, k) for k in folds]
+    try:
+        return classes, Predictor(cfg, len(classes), dirs, store_cache=False).predict(
+            paths, desc=f"{run.name} folds {','.join(map(str, folds))}")
+    except torch.OutOfMemoryError:
+        pass  # below, once the traceback has let go of the models it holds
+    # a large backbone's fold models together may not fit the GPU that held one at a time
+    torch.cuda.empty_cache()
+    log.warning("%s: its %d fold models do not fit the GPU's memory together; predicting a fold at a time.",
+                run, len(dirs))
+    return classes, merge(np.stack([Predictor(cfg, len(classes), d, store_cache=False).predict(
+        paths, desc=f"{run.name} fold {k}") for k, d in zip(folds, dirs)]), "mean")
 
 
 def predict(args) -> dict:

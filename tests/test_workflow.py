@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from common import UserError
 from conftest import tiny_args
@@ -79,7 +80,8 @@ def test_export_then_predict_offline_equals_the_builds_own_predictions(trained, 
     assert not list(export.rglob("*.pt"))  # best weights only, and no pickle
 
 
-def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_source, tmp_path, monkeypatch):
+def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_source, tmp_path, monkeypatch,
+                                                               capsys):
     """predict.py decoded every test image once per fold model (a loader pass per fold): on an inference kernel
     with a fast GPU and few cores, the loader sets the pace. Now one pass: each image is decoded once and each
     batch goes through every fold model; their mean is the same to the bit."""
@@ -106,6 +108,20 @@ def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_sou
     assert len(decodes) == len(paths)  # predict.py's own path
     np.testing.assert_allclose(probs(tmp_path / "s0_probs.csv").loc[load_test_set(demo_source)[0]["id"]].to_numpy(),
                                apart, atol=1e-6)  # (read back from the CSV text)
+    # a large backbone's fold models may not fit the GPU together, where one at a time did: a pass per fold then
+    import folds.predict
+    each = folds.predict.predict_probs_each
+
+    def out_of_memory_with_several(models, *args, **kwargs):
+        if len(models) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return each(models, *args, **kwargs)
+
+    monkeypatch.setattr(folds.predict, "predict_probs_each", out_of_memory_with_several)
+    assert predict_main([str(run), "--data-dir", str(demo_source), "--out", str(tmp_path / "s0b.csv")]) == 0
+    assert "its 2 fold models do not fit the GPU's memory together; predicting a fold at a time" in \
+        capsys.readouterr().out
+    assert (tmp_path / "s0b_probs.csv").read_bytes() == (tmp_path / "s0_probs.csv").read_bytes()
 
 
 def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, capsys):
@@ -317,9 +333,9 @@ def test_progress_lines_count_images_and_views_in_a_log(trained, demo_source, tm
     assert predict_main([str(trained / "runs" / "s0"), "--data-dir", str(demo_source), "--out",
                          str(tmp_path / "p.csv"), "--batch-size", "10"]) == 0
     out = capsys.readouterr().out
-    assert "s0 fold 0: 72 images x 2 views: 100% (72/72 images" in out
+    assert "s0 folds 0,1: 72 images x 2 views x 2 models: 100% (72/72 images" in out  # one pass for the folds
     assert "/80 images" not in out  # 8 batches of 10, the last short: the count is the images'
-    assert "s0 fold 0: 72 images x 2 views: 50% (40/72 images" in out
+    assert "s0 folds 0,1: 72 images x 2 views x 2 models: 50% (40/72 images" in out
 
 
 def test_subset_tool_says_what_it_made(demo_source, demo_dir, tmp_path, capsys):
