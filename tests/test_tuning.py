@@ -143,6 +143,9 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     assert len(load(demo_study).trials) == before
     out = capsys.readouterr().out
     assert "complete" in out and "pruned" in out and "failed" in out
+    # the value is the validation crops' F1 (the demo trains for crops): it said "val macro-F1", which a user
+    # read against the run table's whole-painting "val F1"
+    assert "best value (validation-crop macro-F1, mean over folds) " in out, out
 
 
 def test_other_search_space_is_refused_and_study_kept(demo_study, demo_source, tmp_path, capsys):

@@ -89,11 +89,24 @@ def best_trial(study):
                         "summarise. Run trials with --n-trials N.") from None
 
 
+def score_name(setup: dict) -> str:
+    """What a trial's value is, in words: each fold's best epoch by the monitor, its validation macro-F1 (the
+    crops' where the monitor is on the crops), the mean over the folds. A run's table shows both F1s."""
+    from types import SimpleNamespace
+
+    from folds.stopping import F1_COLUMN, resolve_monitor
+    if not {"monitor", "crop", "val_crops"} <= setup.keys():  # one of them searched: it differs between trials
+        return "validation macro-F1, mean over folds"
+    column = F1_COLUMN[resolve_monitor(SimpleNamespace(**{k: setup[k] for k in ("monitor", "crop", "val_crops")}))]
+    return {"val_f1": "whole-painting", "val_crop_f1": "validation-crop"}[column] + " macro-F1, mean over folds"
+
+
 def summary(study) -> str:
     b = best_trial(study)
     c = counts(study)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
-    return (f"study {study.study_name}: best value (val macro-F1) {b.value:.4f} at trial {b.number}: {params}\n"
+    what = score_name(study.user_attrs.get("setup", {}))
+    return (f"study {study.study_name}: best value ({what}) {b.value:.4f} at trial {b.number}: {params}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
             + (f", {c['running']} running" if c["running"] else ""))
 
