@@ -12,6 +12,7 @@ as strings, so ids such as ``NA`` or ``null`` survive a round trip.
 """
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def is_done(run: Path, k) -> bool:
 def has_started(run: Path) -> bool:
     """Whether any fold of ``run`` has trained at least one epoch (or is finished)."""
     return any((d / f).exists() for d in Path(run).glob("fold_*") for f in (DONE, LAST, BEST, HISTORY))
+
+
+def read_json(path):
+    """One of a run folder's JSON files (config.json, classes.json, manifest.json, done.json ...). This tool
+    writes each whole; a hand edit or a copy cut short is a one-line error that names the file, not a traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from its run folder (a copy that left it out?); copy the folder again "
+                        "whole.") from None
+    except ValueError as e:  # invalid JSON, or not UTF-8
+        raise UserError(f"{path}: not valid JSON ({e}); this tool writes it whole, so a hand edit or a copy cut "
+                        "short damaged it. Restore it from a copy of the run folder.") from None
 
 
 def read_frame(path, **kwargs) -> pd.DataFrame:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
-import json
 import logging
 import shutil
 import subprocess
@@ -56,7 +55,7 @@ def export_run(run: Path, dst: Path, with_full: bool, meta: dict) -> list:
 
     from folds.checkpoint import read_checkpoint
 
-    config = json.loads((run / layout.CONFIG).read_text())
+    config = layout.read_json(run / layout.CONFIG)
     folds = blend_folds(meta, config) + ([layout.FULL] if with_full else [])
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:

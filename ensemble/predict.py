@@ -17,7 +17,6 @@ training loop.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
@@ -67,7 +66,7 @@ def resolve_sources(args) -> tuple[list[Path], object, dict]:
     """(run folders, fitted blend, blend description) from an export folder, --blend or --method."""
     sources = [Path(s) for s in args.sources]
     if len(sources) == 1 and (sources[0] / layout.EXPORT).is_file():
-        export = json.loads((sources[0] / layout.EXPORT).read_text())
+        export = layout.read_json(sources[0] / layout.EXPORT)
         blend, meta = load_blend(sources[0] / export["blend"])
         return [sources[0] / "runs" / name for name in export["runs"]], blend, meta
     if args.blend:
@@ -98,7 +97,7 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
 
     from folds.predict import Predictor
 
-    classes = json.loads((run / layout.CLASSES).read_text())
+    classes = layout.read_json(run / layout.CLASSES)
     folds = blend_folds(meta, cfg) + ([layout.FULL] if with_full else [])
     missing = [k for k in folds if not layout.is_done(run, k)]
     if missing:

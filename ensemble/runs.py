@@ -4,7 +4,6 @@ The folder's layout comes from ``common.layout``; this never imports training co
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -92,9 +91,9 @@ def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | 
 
     first_run = Path(first_run)
     try:
-        config = json.loads((first_run / layout.CONFIG).read_text())
-        manifest = json.loads((first_run / layout.MANIFEST).read_text())
-    except (OSError, ValueError):
+        config = layout.read_json(first_run / layout.CONFIG)
+        manifest = layout.read_json(first_run / layout.MANIFEST)
+    except (OSError, ValueError, UserError):
         return "crops", None  # load_run names what is wrong with the folder
     if not config.get("crop_oof", 1):
         return "whole", None  # a run made with --crop-oof 0 has no other
@@ -124,9 +123,9 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     path = Path(path)
     if not (path / layout.CONFIG).is_file():
         raise UserError(f"{path}: not a run folder (no {layout.CONFIG}). Pass folders like runs/<name>.")
-    config = json.loads((path / layout.CONFIG).read_text())
-    classes = json.loads((path / layout.CLASSES).read_text())
-    manifest = json.loads((path / layout.MANIFEST).read_text())
+    config = layout.read_json(path / layout.CONFIG)
+    classes = layout.read_json(path / layout.CLASSES)
+    manifest = layout.read_json(path / layout.MANIFEST)
     planned = layout.planned_folds(config)
     unfinished = [k for k in planned if not layout.is_done(path, k)]
     finish = f"`{layout.fold_command(path, ','.join(map(str, unfinished)), '--resume')}`"
@@ -163,7 +162,7 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     if full.is_file():
         t = layout.read_probs(full, classes)
         full_test = t.set_index("id").loc[ids, classes].to_numpy(dtype=np.float64)
-    scores = {k: json.loads((layout.fold_dir(path, k) / layout.DONE).read_text()) for k in folds}
+    scores = {k: layout.read_json(layout.fold_dir(path, k) / layout.DONE) for k in folds}
     return RunOutputs(path, config, classes, manifest["split_hash"], df, ids, fold_test, full_test, scores, planned,
                       manifest.get("data_path"))
 
@@ -199,7 +198,7 @@ def check_test_set_unchanged(runs: list[RunOutputs], data_dir) -> None:
         return
     for r in runs:
         full = layout.fold_dir(r.path, layout.FULL) / layout.DONE
-        dones = {**r.fold_scores, **({layout.FULL: json.loads(full.read_text())} if full.is_file() else {})}
+        dones = {**r.fold_scores, **({layout.FULL: layout.read_json(full)} if full.is_file() else {})}
         for k, done in dones.items():
             if done.get("test_hash") not in (None, now):
                 raise UserError(f"{layout.fold_dir(r.path, k)}: its test probabilities are for other images than "

@@ -15,7 +15,6 @@ shown: a choice is made on the OOF, and ``ensemble/build.py`` reports the test w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def run_row(run: Path) -> tuple[dict, str | None]:
     """One run's line, and the command that finishes it (None when finished)."""
     cfg = saved_config(run)
     planned = layout.planned_folds(cfg)
-    done = {k: json.loads((layout.fold_dir(run, k) / layout.DONE).read_text())
+    done = {k: layout.read_json(layout.fold_dir(run, k) / layout.DONE)
             for k in planned if layout.is_done(run, k)}
     training = []  # folds a live process holds now
     for k in planned:
@@ -56,7 +55,7 @@ def run_row(run: Path) -> tuple[dict, str | None]:
             training.append(f"{k} ({holder['host']}:{holder['pid']})")
     manifest = run / layout.MANIFEST
     complete = len(done) == len(planned)
-    scores = json.loads((run / layout.SCORES).read_text()) if complete and (run / layout.SCORES).is_file() else {}
+    scores = layout.read_json(run / layout.SCORES) if complete and (run / layout.SCORES).is_file() else {}
 
     def score(oof_key: str, fold_key: str) -> float:
         if scores.get(oof_key):
@@ -69,7 +68,7 @@ def run_row(run: Path) -> tuple[dict, str | None]:
            "folds": f"{len(done)}/{len(planned)}" + (" +full" if layout.is_done(run, layout.FULL) else ""),
            "complete": complete, "crop_oof": score("oof_crops", "crop_oof"), "oof": score("oof", "oof"),
            "minutes": round(sum(d.get("minutes", 0.0) for d in done.values()), 1),
-           "split": json.loads(manifest.read_text()).get("split_hash", "") if manifest.is_file() else "",
+           "split": layout.read_json(manifest).get("split_hash", "") if manifest.is_file() else "",
            "status": "done" if complete else ("training fold " + ", ".join(training) if training else "unfinished"),
            "settings": differences(cfg)}
     todo = [k for k in planned if k not in done]
@@ -103,6 +102,8 @@ def runs_table(runs_dir, sort: str = AUTO) -> tuple[pd.DataFrame, list[str]]:
     for run in run_folders(runs_dir):
         try:
             row, command = run_row(run)
+        except UserError as e:  # a damaged or missing JSON file: its message names the file
+            row, command = {"run": run.name, "status": f"damaged ({str(e).split('; ')[0]})"}, None
         except (OSError, ValueError, KeyError, TypeError) as e:  # a half-copied or hand-edited folder
             row, command = {"run": run.name, "status": f"damaged ({type(e).__name__}: {e})"}, None
         rows.append(row)

@@ -181,7 +181,7 @@ def read_config_file(path, option: str) -> dict:
 def saved_config(run_dir) -> RunConfig:
     """The resolved config a run folder saved (``config.json``): keys this version lacks are ignored, and
     a setting newer than the folder reads as what the folder did (``settings_before_they_existed``)."""
-    saved = json.loads((Path(run_dir) / layout.CONFIG).read_text())
+    saved = layout.read_json(Path(run_dir) / layout.CONFIG)
     saved = {**settings_before_they_existed(saved), **saved}
     return RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
 

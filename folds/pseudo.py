@@ -22,7 +22,6 @@ by it like any other recipe.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -44,9 +43,9 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
         raise UserError(f"--pseudo {run}: not a run folder (no {layout.CONFIG}).")
     if own_crops:
         check_own_crops_unlearned(run)
-    if json.loads((run / layout.CLASSES).read_text()) != list(classes):
+    if layout.read_json(run / layout.CLASSES) != list(classes):
         raise UserError(f"--pseudo {run}: trained on other classes than this run's train.csv.")
-    theirs = json.loads((run / layout.MANIFEST).read_text()).get("split_hash")
+    theirs = layout.read_json(run / layout.MANIFEST).get("split_hash")
     if theirs != split_hash:
         raise UserError(f"--pseudo {run}: made on another split (split hash {theirs} != {split_hash}). Fold k may "
                         "only learn from fold k's test predictions of the same split, or its validation paintings "
@@ -82,7 +81,7 @@ def fold_probs(run: Path, fold, test, classes) -> np.ndarray:
     set's frame, as it is now)."""
     from folds.data import images_hash
 
-    config = json.loads((run / layout.CONFIG).read_text())
+    config = layout.read_json(run / layout.CONFIG)
     sources = layout.planned_folds(config) if fold == layout.FULL else [fold]
     test_ids, now = test["id"].to_numpy(), images_hash(test)
     again = f"`{layout.fold_command(run, 'all', '--resume')}` predicts its finished folds' test again."
@@ -93,7 +92,7 @@ def fold_probs(run: Path, fold, test, classes) -> np.ndarray:
         if missing:
             raise UserError(f"--pseudo {run}: fold {k} has no test probabilities for ids {missing} (test.csv changed "
                             f"since it predicted); {again}")
-        saved = json.loads((layout.fold_dir(run, k) / layout.DONE).read_text()).get("test_hash")
+        saved = layout.read_json(layout.fold_dir(run, k) / layout.DONE).get("test_hash")
         if saved not in (None, now):
             raise UserError(f"--pseudo {run}: fold {k} predicted other test images under these ids (the test set "
                             f"changed since); {again}")

@@ -9,7 +9,6 @@ included, is built from those files by ``ensemble/build.py``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from dataclasses import replace
@@ -152,7 +151,7 @@ class FoldRunner:
         log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
         self.found_finished.add(k)
         self._predict_test_again_if_changed(k, d)
-        return json.loads((d / layout.DONE).read_text())
+        return layout.read_json(d / layout.DONE)
 
     def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
         t0 = time.time()
@@ -212,7 +211,7 @@ class FoldRunner:
         test = Predictor(self.cfg, self.ds.num_classes, d).predict(self.ds.test["path"], desc=f"fold {k} test")
         if distributed.is_main():
             write_csv(d / layout.TEST_PROBS, prob_frame(test, self.ds.classes, id=now))
-            done = json.loads((d / layout.DONE).read_text())
+            done = layout.read_json(d / layout.DONE)
             if done.get("test_hash") != self.test_hash:
                 write_json(d / layout.DONE, {**done, "test_hash": self.test_hash})
         distributed.barrier()
@@ -227,7 +226,7 @@ class FoldRunner:
         if not np.array_equal(then, now):
             return (f"test.csv changed since its test probabilities were written ({len(then):,} ids then, "
                     f"{len(now):,} now, {len(np.intersect1d(then, now)):,} in both)")
-        saved = json.loads((d / layout.DONE).read_text()).get("test_hash")  # None: a fold from before it was kept
+        saved = layout.read_json(d / layout.DONE).get("test_hash")  # None: a fold from before it was kept
         if saved not in (None, self.test_hash):
             return "the test images changed since its test probabilities were written (the same ids)"
         return None
@@ -256,7 +255,7 @@ class FoldRunner:
         """``epochs``, or the median best epoch of the run's finished folds."""
         if epochs is not None:
             return epochs
-        best = [json.loads((self.fold_dir(k) / layout.DONE).read_text())["best_epoch"]
+        best = [layout.read_json(self.fold_dir(k) / layout.DONE)["best_epoch"]
                 for k in self.planned_folds if self.is_done(k)]
         if not best:
             raise UserError("--fold full needs the run's folds first (for the epoch count), or --full-epochs N.")
@@ -315,7 +314,7 @@ class FoldRunner:
 
     def finished(self, folds) -> dict:
         """The results (done.json) of those of ``folds`` that are finished."""
-        return {k: json.loads((self.fold_dir(k) / layout.DONE).read_text()) for k in folds if self.is_done(k)}
+        return {k: layout.read_json(self.fold_dir(k) / layout.DONE) for k in folds if self.is_done(k)}
 
     def join(self, results: dict) -> dict:
         """``results``, and, when every planned fold is done, the joined run (its OOF files and scores)."""
@@ -344,7 +343,7 @@ class FoldRunner:
             if ids.duplicated().any() or set(ids) != set(self.ds.train["id"]):
                 raise UserError(f"{self.run_dir}/{layout.OOF} does not cover every train id exactly once.")
         out["fold_results"] = done
-        manifest = json.loads((self.run_dir / layout.MANIFEST).read_text())
+        manifest = layout.read_json(self.run_dir / layout.MANIFEST)
         manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         fold_minutes={k: round(v["minutes"], 3) for k, v in done.items()},
                         scores={k: v for k, v in out.items() if k in ("oof", "oof_crops")})
@@ -425,7 +424,7 @@ def settings_kept(run_dir: Path, cfg: RunConfig, k) -> None:
 
 def check_classes(run_dir: Path, prep: PreparedRun) -> None:
     saved = run_dir / layout.CLASSES
-    if saved.is_file() and layout.has_started(run_dir) and json.loads(saved.read_text()) != prep.ds.classes:
+    if saved.is_file() and layout.has_started(run_dir) and layout.read_json(saved) != prep.ds.classes:
         raise UserError(f"{saved} differs from the classes in {prep.cfg.data_dir}/train.csv.")
 
 

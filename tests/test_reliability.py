@@ -334,6 +334,32 @@ def test_broken_checkpoints_name_the_file(damage_kind, small_run, demo_source, t
         assert "corrupt" in err
 
 
+@pytest.mark.parametrize("command", ["build", "run"])
+@pytest.mark.parametrize("damage", ["config.json", "fold_0/done.json", "classes.json gone"])
+def test_a_run_folders_damaged_or_missing_json_file_is_named_in_one_line(command, damage, small_run, demo_source,
+                                                                       tmp_path, capsys):
+    """A hand-edited config.json (a trailing comma), a done.json cut short by a copy, or a classes.json a copy
+    left out: the build and the rerun died with json's or the file system's traceback."""
+    import shutil
+    shutil.copytree(small_run / "runs", tmp_path / "runs")
+    run = tmp_path / "runs" / "t"
+    f = run / damage.split()[0]
+    if damage.endswith("gone"):
+        f.unlink()
+    else:
+        f.write_text(f.read_text()[:-20])  # cut short
+    if command == "build":
+        rc = build_main([str(run), "--out", str(tmp_path / "sub.csv")])
+    else:
+        rc = run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 2, "--n-folds": 2, "--keep-last": True}))
+    err = capsys.readouterr().err
+    if command == "run" and damage.endswith("gone"):  # the rerun writes its run files again before it reads them
+        assert rc == 0 and f.is_file(), err
+        return
+    what = "missing from its run folder" if damage.endswith("gone") else "not valid JSON"
+    assert rc == 2 and err.startswith(f"error: {f}: {what}") and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("value", ["nan", "", "inf"])
 def test_probabilities_that_are_not_finite_are_refused_with_their_line(value, small_run, demo_source, tmp_path,
                                                                         capsys):
