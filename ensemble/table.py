@@ -111,6 +111,7 @@ def runs_table(runs_dir, sort: str = AUTO) -> tuple[pd.DataFrame, list[str]]:
             commands.append(command)
     df = pd.DataFrame(rows, columns=["run", "model", "img", "folds", "complete", "crop_oof", "oof", "minutes",
                                      "split", "status", "settings"])
+    df["img"] = pd.to_numeric(df["img"]).astype("Int64")  # 288, not 288.0 beside a damaged row's blank
     key = SORTS[sort]
     df = df.sort_values(key, ascending=key in ("run",), na_position="last", kind="stable", ignore_index=True)
     return df, commands

@@ -346,6 +346,7 @@ def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_ru
     assert u["folds"] == "1/5" and u["status"] == "unfinished" and "lr=0.003" in u["settings"]
     assert float(u["crop_oof"]) == json.loads((tmp_path / "runs" / "u" / "fold_0" / "done.json").read_text())[
         "crop_oof"]["f1"]  # the finished fold's score, marked as partial in the text
+    assert list(table["img"][:3]) == ["32", "32", "32"] and " 32.0 " not in text  # the sizes stay whole numbers
     assert table.set_index("run").loc["broken", "status"].startswith(
         f"damaged ({tmp_path / 'runs' / 'broken' / 'config.json'}: not valid JSON (")
     assert table["split"].iloc[0] == table["split"].iloc[1] == u["split"]  # one split: they can be stacked
