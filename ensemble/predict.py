@@ -104,18 +104,19 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
         raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
     # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run;
     # one pass for all the folds: each image decoded once for every fold model, their mean
-    dirs = [layout.fold_dir(run, k) for k in folds]
+    def mean_of(these: list) -> np.ndarray:
+        return Predictor(cfg, len(classes), [layout.fold_dir(run, k) for k in these], store_cache=False).predict(
+            paths, desc=f"{run.name} fold{'s' if len(these) > 1 else ''} {','.join(map(str, these))}")
+
     try:
-        return classes, Predictor(cfg, len(classes), dirs, store_cache=False).predict(
-            paths, desc=f"{run.name} folds {','.join(map(str, folds))}")
+        return classes, mean_of(folds)
     except torch.OutOfMemoryError:
         pass  # below, once the traceback has let go of the models it holds
     # a large backbone's fold models together may not fit the GPU that held one at a time
     torch.cuda.empty_cache()
     log.warning("%s: its %d fold models do not fit the GPU's memory together; predicting a fold at a time.",
-                run, len(dirs))
-    return classes, merge(np.stack([Predictor(cfg, len(classes), d, store_cache=False).predict(
-        paths, desc=f"{run.name} fold {k}") for k, d in zip(folds, dirs)]), "mean")
+                run, len(folds))
+    return classes, merge(np.stack([mean_of([k]) for k in folds]), "mean")
 
 
 def predict(args) -> dict:

@@ -93,7 +93,7 @@ def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | 
     try:
         config = layout.read_json(first_run / layout.CONFIG)
         manifest = layout.read_json(first_run / layout.MANIFEST)
-    except (OSError, ValueError, UserError):
+    except (OSError, UserError):  # (read_json names a damaged or missing file)
         return "crops", None  # load_run names what is wrong with the folder
     if not config.get("crop_oof", 1):
         return "whole", None  # a run made with --crop-oof 0 has no other

@@ -73,7 +73,7 @@ class FoldRunner:
         prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
         if announce and distributed.is_main():
-            for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds.test_area_share)]:
+            for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds)]:
                 if warning:
                     log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split

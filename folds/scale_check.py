@@ -62,10 +62,13 @@ def looks_whole(share: float | None) -> bool:
     return share is not None and share >= WHOLE_AREA_SHARE
 
 
-def whole_test_warning(crop: str, share: float | None) -> str | None:
-    """A warning when the recipe trains on test-scale crops but the test images look whole (``share``: their
-    median area over the train images', ``Dataset.test_area_share``), else None."""
-    if crop != "test-scale" or not looks_whole(share):
+def whole_test_warning(crop: str, ds) -> str | None:
+    """A warning when the recipe trains on test-scale crops but the test images look whole (their median area
+    over the train images', ``ds.test_area_share``: its headers are read only for that recipe), else None."""
+    if crop != "test-scale":
+        return None
+    share = ds.test_area_share
+    if not looks_whole(share):
         return None
     return (f"the test images are about as large as the train images (their median area is {share:.0%} of a "
             "train image's, where a half-width, half-height crop has 25%): they look like whole images, not crops of "

@@ -151,7 +151,7 @@ def run(args) -> int:
     study_dir = Path(args.tuning_dir) / args.study
     prep = prepare_run(cfg, study_dir / "folds.csv", write_split=False)
     cfg, ds = prep.cfg, prep.ds
-    warning = whole_test_warning(cfg.crop, ds.test_area_share) if args.worker_index is None else None
+    warning = whole_test_warning(cfg.crop, ds) if args.worker_index is None else None
     if warning:  # the study's trials would tune a recipe made for another test set
         log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
