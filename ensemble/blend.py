@@ -10,6 +10,7 @@ from the rows they were fit on.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -216,8 +217,14 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     blocks = _blocks(X, n_members)[:, :, present]
     Xp = members_to_X(blocks / blocks.sum(axis=2, keepdims=True))
     per_class = np.array([len(np.unique(groups[y == c])) for c in present])  # paintings, not crops
-    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, per_class.min()))), shuffle=True, random_state=seed)
-    p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba")
+    # fewer inner folds where a class has fewer paintings, so that each is learnt in every inner fold; a
+    # class of one painting (--allow-small-classes) cannot be, under any K, so it does not shrink them
+    smallest = per_class[per_class > 1].min(initial=n_splits)
+    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, smallest))), shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # scikit-learn's warnings about that class: the split's warning said it
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
+        p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba")
     out = np.zeros((len(y), k))
     out[:, present] = p
     return out

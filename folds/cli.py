@@ -62,6 +62,9 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--split-seed", key="split_seed", type=int, help="seed of the split, separate from --seed so runs "
         "share folds")
     opt(g, "--holdout", key="holdout", action="store_true", default=None, help="train fold 0 only: one (K-1)/K split")
+    opt(g, "--allow-small-classes", key="allow_small_classes", action="store_true", default=None,
+        help="split a class with fewer than K images (a long tail) as scikit-learn does, rather than refuse it: it "
+        "is validated in fewer folds, and a class of one image is never learnt by the fold that validates it")
     g = p.add_argument_group("model")
     opt(g, "--model", key="model", help="any timm model name")
     opt(g, "--img-size", key="img_size", type=int, help="input size (none: the model's pretrained size)")

@@ -31,6 +31,7 @@ class RunConfig:
     n_folds: int = 5
     split_seed: int = 42
     holdout: bool = False  # train fold 0 only: a single (K-1)/K : 1/K split
+    allow_small_classes: bool = False  # split a class with fewer than K images as scikit-learn does (a warning)
     # model
     model: str = "efficientnet_b3"
     img_size: int | None = None  # None: the model's pretrained input size
@@ -104,8 +105,9 @@ PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "grou
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)
 RUN_CONTROL = {"data_dir", "runs_dir", "submissions_dir", "device", "workers", "name", "max_image_pixels",
-               "keep_last", "deterministic", "grad_checkpointing", "cache_dir"}
-# (deterministic kernels change the last digits, not the recipe; checkpointing recomputes the same
+               "keep_last", "deterministic", "grad_checkpointing", "cache_dir", "allow_small_classes"}
+# (allow_small_classes only lets a split be made: a saved split is reused as it is, with it or without;
+# deterministic kernels change the last digits, not the recipe; checkpointing recomputes the same
 # activations, with the running statistics kept, so a fold that ran out of memory may resume with it)
 
 

@@ -68,5 +68,5 @@ def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, wr
     groups = read_groups(cfg.groups, ds.train["id"]) if cfg.groups else None
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
                                                 cfg.split_seed, shared_dir=split_store(cfg), write=write_split,
-                                                groups=groups)
+                                                groups=groups, allow_small=cfg.allow_small_classes)
     return PreparedRun(cfg, ds, folds, key, split_hash, demo)

@@ -8,6 +8,8 @@ other seeds or backbones on the same data share one split: stacking needs that. 
 from __future__ import annotations
 
 import hashlib
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from common import UserError, write_csv
+
+log = logging.getLogger(__name__)
 
 
 def split_key(ids, labels, n_folds: int, split_seed: int, groups=None) -> str:
@@ -35,9 +39,13 @@ def assignment_hash(folds: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None) -> pd.DataFrame:
+def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None,
+               allow_small: bool = False) -> pd.DataFrame:
     """Assign each row a fold with StratifiedKFold(shuffle=True, random_state=split_seed), or with
-    StratifiedGroupKFold where ``groups`` (one per row) keep rows together."""
+    StratifiedGroupKFold where ``groups`` (one per row) keep rows together.
+
+    A class with fewer images (or groups) than K is refused, unless ``allow_small``: then it is split
+    as scikit-learn splits it, validated in as many folds as it has images, and said in a warning."""
     if n_folds < 2:
         raise UserError(f"--n-folds must be at least 2, but got {n_folds}.")
     labels = pd.Series(list(labels))
@@ -48,9 +56,24 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None)
     small = counts[counts < n_folds]
     if len(small):
         worst = ", ".join(f"{str(k)!r} ({int(v)})" for k, v in small.sort_values().head(5).items())
-        raise UserError(f"{len(small)} class(es) have fewer {what} than --n-folds={n_folds}: {worst}. "
-                        f"Use --n-folds {max(2, int(counts.min()))} or fewer, or add images.")
+        if not allow_small:
+            smaller = (f"Use --n-folds {int(counts.min())} or fewer, add" if counts.min() >= 2  # K=1: no split
+                       else "Add")
+            raise UserError(f"{len(small)} class(es) have fewer {what} than --n-folds={n_folds}: {worst}. "
+                            f"{smaller} images, or use --allow-small-classes (such a class is validated in "
+                            "fewer folds, and one of a single image is never learnt by the fold that validates it).")
+        log.warning("%d class(es) have fewer %s than --n-folds=%d: %s. With --allow-small-classes each is validated "
+                    "in as many folds as it has %s, and a class of one is never learnt by the fold that validates "
+                    "it: its OOF rows are wrong, as a test image of a class the model never saw would be.",
+                    len(small), what, n_folds, worst, what.split()[0])
     x = np.zeros(len(labels))
+    with warnings.catch_warnings():  # scikit-learn's "least populated class" warning: said above, in full
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        fold = _assign(x, labels, n_folds, split_seed, groups)
+    return pd.DataFrame({"id": list(map(str, ids)), "label": labels.values, "fold": fold})
+
+
+def _assign(x, labels, n_folds, split_seed, groups) -> np.ndarray:
     if groups is None:
         parts = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed).split(x, labels)
     else:
@@ -59,11 +82,11 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None)
     fold = np.empty(len(labels), dtype=int)
     for k, (_, val) in enumerate(parts):
         fold[val] = k
-    return pd.DataFrame({"id": list(map(str, ids)), "label": labels.values, "fold": fold})
+    return fold
 
 
 def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
-                       write: bool = True, groups=None):
+                       write: bool = True, groups=None, allow_small: bool = False):
     """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.
 
     A saved split made from other data, K, seed or groups is refused rather than silently replaced:
@@ -84,7 +107,7 @@ def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, s
             folds = folds[["id", "label", "fold"]]
             break
     else:
-        folds = make_folds(ids, labels, n_folds, split_seed, groups)
+        folds = make_folds(ids, labels, n_folds, split_seed, groups, allow_small)
     if write:
         save_folds(path, folds, key, shared_dir)
     return folds, key, assignment_hash(folds)

@@ -125,6 +125,26 @@ def test_inner_cv_keeps_crops_of_a_painting_together():
     assert honest < 0.45, honest
 
 
+def test_a_class_of_one_painting_does_not_halve_the_inner_cv(monkeypatch):
+    # --allow-small-classes: a class of one painting is learnt in no inner fold under any K; it made the
+    # inner CV 2-fold for every class (a learning blend then fit on half the OOF rows), while classes of
+    # few paintings still shrink it, so that each is learnt in every inner fold
+    import ensemble.blend as blend
+    seen, real = [], blend.cross_val_predict
+
+    def spy(*args, cv, **kw):
+        seen.append(cv.n_splits)
+        return real(*args, cv=cv, **kw)
+    monkeypatch.setattr(blend, "cross_val_predict", spy)
+    rng = np.random.default_rng(4)
+    y = np.array([0] * 60 + [1] * 40 + [2])
+    X = members_to_X([rng.dirichlet(np.ones(3), len(y))])
+    out = honest_oof(StackBlend("logreg"), X, y, np.arange(len(y)))
+    assert out.shape == (len(y), 3) and seen == [5]
+    honest_oof(StackBlend("logreg"), X, np.array([0] * 60 + [1] * 38 + [2] * 3), np.arange(len(y)))
+    assert seen == [5, 3]
+
+
 def test_weighted_blend_finds_the_better_run():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 300)

@@ -88,3 +88,36 @@ def test_class_smaller_than_k_suggests_smaller_k():
     ids, y = labels((30, 3))
     with pytest.raises(UserError, match=r"fewer images than --n-folds=5.*'c1' \(3\).*--n-folds 3"):
         make_folds(ids, y, 5, 0)
+
+
+def test_a_class_of_one_image_is_not_told_to_use_a_k_that_cannot_split_it():
+    ids, y = labels((30, 4, 1))
+    # "Use --n-folds 2 or fewer" was the advice here, which K=2 still refuses
+    with pytest.raises(UserError, match=r"'c2' \(1\), 'c1' \(4\)\. Add images, or use --allow-small-classes") as e:
+        make_folds(ids, y, 5, 0)
+    assert "--n-folds 2" not in str(e.value)
+
+
+def test_allow_small_classes_splits_a_long_tail_as_scikit_learn_does(caplog, tmp_path):
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    ids, y = labels((30, 12, 3, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's own warning is replaced by the one below
+        f = make_folds(ids, y, 5, 0, allow_small=True)
+    assert "2 class(es) have fewer images than --n-folds=5: 'c3' (1), 'c2' (3)" in caplog.text
+    assert "--allow-small-classes" in caplog.text
+    counts = pd.crosstab(f["label"], f["fold"])
+    assert counts.loc["c2"].tolist().count(1) == 3 and counts.loc["c3"].sum() == 1  # each image in a fold of its own
+    assert (counts.loc[["c0", "c1"]] > 0).all().all()  # the large classes are in every fold, as without small ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = np.empty(len(y), dtype=int)
+        for k, (_, val) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y)):
+            want[val] = k
+    assert f["fold"].tolist() == want.tolist()
+    # the option only lets a split be made: a saved one is reused without it
+    made, _, h = load_or_make_folds(tmp_path / "folds.csv", ids, y, 5, 0, allow_small=True)
+    assert load_or_make_folds(tmp_path / "folds.csv", ids, y, 5, 0)[2] == h == assignment_hash(f)

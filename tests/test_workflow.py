@@ -1,6 +1,7 @@
 """The competitor's workflow end to end: inference-only prediction, export, and the hand-offs."""
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -252,6 +253,41 @@ def test_a_build_started_in_another_folder_finds_the_runs_relative_data_folder(d
     out = capsys.readouterr().out
     assert "neighbour smoothing is off" not in out and "test macro-F1 against" in out, out
     assert Path("b2.csv").read_text() == Path("b.csv").read_text()
+
+
+def test_a_long_tail_with_allow_small_classes_trains_builds_and_stacks_without_a_warning(demo_dir, tmp_path,
+                                                                                           capsys, recwarn):
+    # a Kaggle task's long tail: a class of one image and one of two, under 3 folds
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False)
+    tail = train["artist"].value_counts().index[-2:]
+    keep = pd.concat([train[train["artist"] == tail[0]].head(2), train[train["artist"] == tail[1]].head(1),
+                      train[~train["artist"].isin(tail)]])
+    keep.to_csv(demo_dir / "train.csv", index=False)
+    args = tiny_args(demo_dir, tmp_path, **{"--epochs": 1, "--n-folds": 3})
+    assert run_main(args) == 2  # a user error
+    assert re.search(r"'.*' \(1\), '.*' \(2\)\. Add images, or use --allow-small-classes", capsys.readouterr().err)
+    assert not (tmp_path / "runs" / "t").exists()
+    assert run_main(args + ["--allow-small-classes"]) == 0
+    oof = pd.read_csv(tmp_path / "runs" / "t" / "oof.csv", dtype={"id": str}, keep_default_na=False)
+    assert sorted(oof["id"]) == sorted(keep["id"])  # every painting has its OOF row, the single one too
+    capsys.readouterr()
+    assert build_main([str(tmp_path / "runs" / "t"), "--method", "best", "--out", str(tmp_path / "b.csv"),
+                       "--no-report"]) == 0
+    assert "stack+offsets" in capsys.readouterr().out
+    # scikit-learn's warnings about the small classes (its inner CV's "Number of classes in training fold")
+    # were printed at the end of the run and in the build; the split's own warning says it once
+    assert not [w for w in recwarn if "class" in str(w.message)], [str(w.message) for w in recwarn]
+    # the split is reused without the option: a rerun, a build or a study need not repeat it
+    assert run_main(args) == 0
+    # a study hands it on: its best.json trains in a runs folder without that split
+    study = ["--study", "tail", "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs2"),
+             "--data-dir", str(demo_dir), "--preset", "demo", "--img-size", "32", "--epochs", "1", "--n-folds", "3",
+             "--num-workers", "0", "--n-trials", "1", "--pruner", "none", "--allow-small-classes"]
+    assert tune_main(study) == 0
+    best = tmp_path / "tuning" / "tail" / "best.json"
+    assert json.loads(best.read_text())["config"]["allow_small_classes"] is True
+    assert run_main(["-q", "--params", str(best), "--fold", "0", "--runs-dir", str(tmp_path / "runs3"),
+                     "--submissions-dir", str(tmp_path / "subs3"), "--crop-oof", "1", "--tta", "none"]) == 0
 
 
 def renamed_columns(src, dst, names=("ID", "label")):

@@ -197,9 +197,9 @@ def run(args) -> int:
             raise time_up
         return 0
     print(summary(study))
-    # the training setup a run needs besides the tuned parameters: every learning setting, and where the
-    # data and runs are; not this machine's or run folder's own controls
-    machine = RUN_CONTROL - {"data_dir", "runs_dir"}
+    # the training setup a run needs besides the tuned parameters: every learning setting, where the data
+    # and runs are, and whether the data's small classes may be split; not this machine's or run folder's controls
+    machine = RUN_CONTROL - {"data_dir", "runs_dir", "allow_small_classes"}
     setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
     best = write_best(study, study_dir / "best.json", args.storage, setup_cfg)
     plots = save_plots(study, study_dir)
