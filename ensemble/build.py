@@ -33,7 +33,7 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
-from ensemble.runs import (OOF_KINDS, check_compatible, check_distinct, check_test_set_unchanged,  # noqa: E402
+from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_distinct, check_test_set_unchanged,  # noqa: E402
                            finished_in_every_run, load_run, resolve_oof)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
@@ -111,11 +111,11 @@ def best_method(rows: list[dict], oofs: dict) -> dict:
     return max((r for r in rows if r["method"] in oofs), key=lambda r: r["f1"])
 
 
-def keep_offsets(table: list[dict], method: str, notes: list) -> bool:
+def keep_offsets(table: list[dict], method: str, notes: list, oof: str = "crops") -> bool:
     """``--offsets auto``: keep them where their honest (inner-CV) score beats the method alone, and say so."""
     f1 = {r["method"]: r["f1"] for r in table}
     keep = f1[method + "+offsets"] > f1[method]
-    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest OOF macro-F1 "
+    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest {OOF_NAMES[oof]} macro-F1 "
                  f"{f1[method + '+offsets']:.4f} with them, {f1[method]:.4f} without (--offsets auto)")
     return keep
 
@@ -185,11 +185,12 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         candidates = {k: v for k, v in oofs.items() if mode != "on" or k.endswith("+offsets")}
         best = best_method(table, candidates)
         method, offsets = best["method"].removesuffix("+offsets"), best["method"].endswith("+offsets")
-        notes.append(f"--method {BEST}: {best['method']} has the highest honest OOF macro-F1 ({best['f1']:.4f}) of "
+        notes.append(f"--method {BEST}: {best['method']} has the highest honest {OOF_NAMES[oof]} macro-F1 "
+                     f"({best['f1']:.4f}) of "
                      f"the {len(candidates)} candidates in the table; the best of several honest scores reads a "
                      "little high, by more the fewer the OOF paintings")
     else:
-        offsets = mode == "on" or (tried and keep_offsets(table, method, notes))
+        offsets = mode == "on" or (tried and keep_offsets(table, method, notes, oof))
     chosen = method + ("+offsets" if offsets else "")
     blend = make_blend(method, stacker, offsets, n_members=len(runs))
     final_oof = oofs[chosen]
@@ -245,20 +246,23 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
                                         sub_labels=labels, notes=notes,
-                                        oof_kind={"crops": "crop-OOF", "whole": "whole-painting OOF"}[oof],
+                                        oof_kind=OOF_NAMES[oof],
                                         errors=confident_errors(groups, y, final_oof, classes, paths))
-    result["notes"] = notes
+    result["notes"], result["oof"] = notes, oof
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result
 
 
-def format_table(table: list[dict], chosen: str) -> str:
+def format_table(table: list[dict], chosen: str, oof: str = "crops") -> str:
+    """The methods' table, its score column named by the OOF it was chosen on (a run's own summary line
+    calls the whole-painting one "OOF" and the other "crop-OOF")."""
     w = max(len(r["method"]) for r in table) + 10
-    lines = [f"{'method':<{w}} {'OOF macro-F1':>12} {'accuracy':>9}  note", "-" * (w + 32)]
+    score = f"{OOF_NAMES[oof]} macro-F1"
+    lines = [f"{'method':<{w}} {score:>{len(score)}} {'accuracy':>9}  note", "-" * (w + len(score) + 20)]
     for r in table:
         name = r["method"] + (" (chosen)" if r["method"] == chosen else "")
-        lines.append(f"{name:<{w}} {r['f1']:>12.4f} {r['acc']:>9.4f}  {r.get('note', '')}")
+        lines.append(f"{name:<{w}} {r['f1']:>{len(score)}.4f} {r['acc']:>9.4f}  {r.get('note', '')}")
     return "\n".join(lines)
 
 
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
                    offsets=args.offsets, with_full=args.with_full, sample=args.sample,
                    inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours,
                    finished_folds=args.finished_folds)
-    print(format_table(result["table"], result["chosen"]))
+    print(format_table(result["table"], result["chosen"], result["oof"]))
     for n in result["notes"]:
         print(f"note: {n}")
     print(f"submission: {result['out']}\nfitted blend (for ensemble/predict.py and ensemble/export.py): "

@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
-from ensemble.runs import OOF_KINDS, check_compatible, finished_in_every_run, load_run, resolve_oof  # noqa: E402
+from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, finished_in_every_run, load_run,  # noqa: E402
+                           resolve_oof)
 
-OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}
 
 
 def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float = 0.9, seed: int = 0,

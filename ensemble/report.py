@@ -122,12 +122,13 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
         "Class distribution": distribution_plot(train_labels, sub_labels, classes, fig_dir / "distribution.png"),
     }
     lines = [f"# Ensemble report: {csv_path.name}", "", f"Final method: **{chosen}**.", "",
-             "## Methods compared (OOF macro-F1; learning methods scored in an inner cross-validation)", "",
-             "| method | OOF macro-F1 | OOF accuracy | note |", "| --- | --- | --- | --- |"]
+             f"## Methods compared ({oof_kind} macro-F1; learning methods scored in an inner cross-validation)", "",
+             f"| method | {oof_kind} macro-F1 | {oof_kind} accuracy | note |", "| --- | --- | --- | --- |"]
     for r in table:
         lines.append(f"| {r['method']}{' (chosen)' if r['method'] == chosen else ''} | {r['f1']:.4f} | "
                      f"{r['acc']:.4f} | {r.get('note', '')} |")
-    lines += ["", "## Runs and folds", "", "| run | fold | val F1 | OOF F1 | crop-OOF F1 |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "## Runs and folds", "", "| run | fold | val F1 | OOF F1 | crop-OOF F1 |",
+              "| --- | --- | --- | --- | --- |"]
     for r in run_rows:
         lines.append(f"| {r['run']} | {r['fold']} | {r['val_f1']:.4f} | {r['oof_f1']:.4f} | {r['crop_f1']:.4f} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]

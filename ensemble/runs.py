@@ -14,6 +14,7 @@ from common import UserError, layout
 from ensemble.merge import merge
 
 OOF_KINDS = ("auto", "crops", "whole")  # --oof of the build and compare.py
+OOF_NAMES = {"crops": "crop-OOF", "whole": "whole-painting OOF"}  # what a score on each is called
 
 
 @dataclass

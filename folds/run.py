@@ -67,7 +67,7 @@ def finish_run(runner, result: dict) -> str:
 
     cfg = runner.cfg
     sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv")
-    logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"]))
+    logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"], sub["oof"]))
     line = f"OOF macro-F1 {result['oof']['f1']:.4f}"
     if "oof_crops" in result:
         line += f" | crop-OOF macro-F1 {result['oof_crops']['f1']:.4f}"

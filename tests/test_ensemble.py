@@ -37,6 +37,8 @@ def test_every_method_builds_a_valid_submission(two_runs, method, capsys):
     out_csv = two_runs / "subs" / f"{method}.csv"
     assert build(two_runs, "s0", "s1", method=method, out=out_csv, no_report=True) == 0
     printed = capsys.readouterr().out
+    # the score column names the OOF it is: the run's summary line calls the whole-painting one "OOF macro-F1"
+    assert re.search(r"^method +crop-OOF macro-F1 +accuracy  note$", printed, re.M), printed
     for m in ("mean", "gmean", "vote", "weighted", "stack"):  # one comparison table with every score
         assert any(line.startswith(m) for line in printed.splitlines()), printed
     assert printed.count("inner CV") >= 2  # weighted and stack are scored out of sample
@@ -63,7 +65,7 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     assert chosen["f1"] == top and chosen is next(r for r in candidates if r["f1"] == top)  # a tie: the first
     meta = json.loads(res["blend"].read_text())
     assert meta["method"] in BLENDS and meta["offsets"] == res["chosen"].endswith("+offsets")
-    assert any(f"--method best: {res['chosen']} has the highest honest OOF macro-F1" in n for n in res["notes"])
+    assert any(f"--method best: {res['chosen']} has the highest honest crop-OOF macro-F1" in n for n in res["notes"])
     # the CSV is the chosen method's, as a build naming it writes it
     named = res["chosen"].removesuffix("+offsets")
     again = two_runs / "subs" / f"named-{offsets}.csv"
@@ -81,6 +83,7 @@ def test_report_has_real_plots(two_runs):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"rep_report/{png}" in md
     assert re.search(r"\| stack\+offsets(\+neighbours)? \(chosen\) \|", md) and "| s1 | 4 |" in md
+    assert "| method | crop-OOF macro-F1 | crop-OOF accuracy | note |" in md
     # the most confident mistakes, for finding mislabelled paintings: one row a painting, wrong, most sure first
     errors = pd.read_csv(two_runs / "subs" / "rep_report" / "oof_errors.csv", dtype={"id": str})
     data_dir = json.loads((two_runs / "runs" / "s0" / "config.json").read_text())["data_dir"]
@@ -340,7 +343,8 @@ def test_the_whole_painting_oof_builds_from_several_runs(two_runs, capsys):
     select by, and the build ended in a KeyError traceback."""
     assert build(two_runs, "s0", "s1", method="stack", oof="whole", out=two_runs / "subs" / "whole.csv",
                  no_report=True) == 0
-    assert "stack" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stack" in printed and re.search(r"^method +whole-painting OOF macro-F1 +accuracy", printed, re.M)
 
 
 def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_runs, demo_source, tmp_path, capsys):
