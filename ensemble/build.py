@@ -34,7 +34,7 @@ from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_t
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_distinct, check_test_set_unchanged,  # noqa: E402
-                           finished_in_every_run, load_run, resolve_oof)
+                           finished_in_every_run, load_run, resolve_oof, validated_by_every_run)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -152,6 +152,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     check_distinct(run_paths)
     oof, oof_note = resolve_oof(oof, run_paths[0])
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
+    runs, common = validated_by_every_run(runs)
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
     if mode not in OFFSETS:
         raise UserError(f"--offsets {mode!r}: choose one of {list(OFFSETS)}.")
@@ -171,7 +172,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
     groups = first.oof["id"].to_numpy()
-    notes = [n for n in (oof_note, partial) if n]
+    notes = [n for n in (oof_note, partial, common) if n]
     if not same_split:
         notes.append("runs use different splits: weighted and stack are left out (they would leak).")
     methods = [m for m in BLENDS if same_split or not make_blend(m, stacker).learns]

@@ -27,7 +27,7 @@ from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, finished_in_every_run, load_run,  # noqa: E402
-                           resolve_oof)
+                           resolve_oof, validated_by_every_run)
 
 
 
@@ -45,6 +45,7 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     oof, oof_note = resolve_oof(oof, run_paths[0])
     # the same rows in the first run's order (other splits are fine: the rows are what is compared)
     runs, partial = finished_in_every_run([load_run(p, oof, finished_folds) for p in run_paths])
+    runs, common = validated_by_every_run(runs)  # a holdout run (--preset seed) beside a K-fold one
     runs = check_compatible(runs, need_same_split=False)
     cidx = {c: i for i, c in enumerate(runs[0].classes)}
     y = runs[0].oof["label"].map(cidx).to_numpy()
@@ -62,7 +63,7 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
                        better=float((diff > 0).mean()))
         rows.append(row)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
-            "oof": oof, "partial": partial, "oof_note": oof_note}
+            "oof": oof, "partial": partial, "oof_note": oof_note, "common": common}
 
 
 def format_result(result: dict) -> str:
@@ -77,7 +78,7 @@ def format_result(result: dict) -> str:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
         lines.append(line)
-    for note in (result.get("oof_note"), result.get("partial")):
+    for note in (result.get("oof_note"), result.get("partial"), result.get("common")):
         if note:
             lines.append(f"note: {note}")
     lines.append("note: these intervals hold only the noise of which paintings are in the OOF; training noise (seed, "

@@ -187,6 +187,35 @@ def finished_in_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str
                   f"those {len(common)} fold model(s)")
 
 
+def validated_by_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], str | None]:
+    """Runs whose OOF holds other rows are compared on the rows they share, and a note says so: a holdout run
+    (``--holdout``, ``--preset seed``) validates fold 0 only, and a run with a smaller ``--crop-oof`` cuts
+    fewer crops (crop ``i`` of a painting is the same box in every run, whatever its count). Each OOF row is
+    still a model's prediction of a painting it never saw, so the rows stay honest; a run's test probabilities
+    stay its own fold mean, all its folds'."""
+    keys = [c for c in ("id", "crop") if c in runs[0].oof]
+    rows = [pd.MultiIndex.from_frame(r.oof[keys].astype(str)) for r in runs]
+    if all(len(r) == len(rows[0]) and r.sort_values().equals(rows[0].sort_values()) for r in rows[1:]):
+        return runs, None
+    common = rows[0]
+    for r in rows[1:]:
+        common = common.intersection(r)
+    counts = "; ".join(f"{run.name}: {len(r):,} rows, {run.oof['id'].nunique():,} paintings"
+                       for run, r in zip(runs, rows))
+    if not len(common):
+        raise UserError(f"no OOF row is in every run's OOF ({counts}), so they cannot be compared or blended on it. "
+                        "Use runs on one split (the default --n-folds and --split-seed share it).")
+    runs = [replace(run, oof=run.oof[r.isin(common)].reset_index(drop=True)) for run, r in zip(runs, rows)]
+    why = [f"{run.name} is a holdout run, which validates fold 0 only" for run in runs if run.config.get("holdout")]
+    crops = {run.config.get("crop_oof") for run in runs} - {None, 0} if "crop" in keys else set()
+    if len(crops) > 1:
+        why.append(f"the runs cut {' and '.join(map(str, sorted(crops, reverse=True)))} crops a painting (--crop-oof): "
+                   f"the first {min(crops)} are the same boxes in each")
+    return runs, (f"the runs' OOF rows differ ({counts}{'; ' if why else ''}{'; '.join(why)}): the OOF scores and "
+                  f"any fit use the {len(common):,} rows of {runs[0].oof['id'].nunique():,} paintings every run holds; "
+                  "each run's test probabilities are still the mean of all its folds")
+
+
 def check_test_set_unchanged(runs: list[RunOutputs], data_dir) -> None:
     """Refuse test probabilities that a fold made for other images than the data folder's test set holds now
     under the same ids (a corrected release): the submission would be silently wrong. Nothing to compare

@@ -320,6 +320,40 @@ def test_a_weighted_macro_f1_equals_macro_f1_on_the_rows_repeated_as_drawn():
     assert weighted_macro_f1(y, pred, g, np.ones((1, 40)))[0] == pytest.approx(macro_f1(y, pred), abs=1e-12)
 
 
+def test_a_holdout_run_is_compared_and_blended_with_a_k_fold_run_on_the_rows_both_hold(two_runs, demo_source,
+                                                                                        tmp_path, capsys):
+    # the mission's first comparison, the seed recipe's holdout run against the suite's 5 folds: compare.py and
+    # the build stopped at "its OOF rows differ (other --crop-oof?)"
+    from ensemble.compare import compare_runs, main as compare_main
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--holdout": True, "--crop": "whole", "--crop-oof": 3,
+                                                        "--epochs": 1, "--name": "h"})) == 0
+    s0, h = two_runs / "runs" / "s0", tmp_path / "runs" / "h"
+    fold0 = pd.read_csv(s0 / "folds.csv", dtype={"id": str}).query("fold == 0")["id"]
+    result = compare_runs([s0, h], draws=200)
+    # fold 0's paintings, as the 2 crops each that both runs cut (crop i is one box, whatever the count)
+    assert (result["n_paintings"], result["n_rows"]) == (len(fold0), 2 * len(fold0))
+    assert "h is a holdout run, which validates fold 0 only" in result["common"]
+    assert "the runs cut 3 and 2 crops a painting" in result["common"]
+    assert compare_main([str(s0), str(h), "--draws", "200"]) == 0
+    assert f"on {2 * len(fold0)} rows from {len(fold0)} paintings" in capsys.readouterr().out
+    out = tmp_path / "sh.csv"
+    assert build_main([str(s0), str(h), "--method", "best", "--neighbours", "off", "--out", str(out),
+                       "--no-report"]) == 0
+    assert "every run holds; each run's test probabilities are still the mean of all its folds" in \
+        capsys.readouterr().out
+    assert build_main([str(s0), str(h), "--method", "mean", "--offsets", "off", "--neighbours", "off",
+                       "--out", str(out), "--no-report"]) == 0
+    # the suite's run votes with its 5 folds' mean, not with fold 0 alone
+    fold_mean = np.mean([probs_of(s0 / f"fold_{k}" / "test_probs.csv") for k in range(5)], axis=0)
+    want = (fold_mean + probs_of(h / "fold_0" / "test_probs.csv")) / 2
+    assert np.allclose(probs_of(tmp_path / "sh_probs.csv"), want / want.sum(1, keepdims=True), atol=1e-6)
+
+
+def probs_of(path):
+    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False).sort_values("id")
+    return df.drop(columns=[c for c in ("id", "fold", "label") if c in df]).to_numpy(dtype=float)
+
+
 def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
     from ensemble.compare import compare_runs, main as compare_main
     s0, s1 = two_runs / "runs" / "s0", two_runs / "runs" / "s1"
