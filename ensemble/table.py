@@ -128,7 +128,11 @@ def show(df: pd.DataFrame) -> str:
     mark = partial(df)
     for c in ("crop_oof", "oof"):
         view[c] = ["" if pd.isna(v) else f"{v:.4f}" + ("*" if m else "") for v, m in zip(df[c], mark)]
-    return view.fillna("").to_string(index=False)
+    # every column reads from the left, under its name: pandas right-aligned the text, and a long settings cell
+    # pushed the short ones far from their header
+    view = view.fillna("").astype(str)
+    left = {c: (lambda w: lambda v: f"{v:<{w}}")(max(len(c), view[c].str.len().max())) for c in view}
+    return "\n".join(line.rstrip() for line in view.to_string(index=False, formatters=left, justify="left").split("\n"))
 
 
 @entry_point

@@ -405,6 +405,10 @@ def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_ru
     assert float(u["crop_oof"]) == json.loads((tmp_path / "runs" / "u" / "fold_0" / "done.json").read_text())[
         "crop_oof"]["f1"]  # the finished fold's score, marked as partial in the text
     assert list(table["img"][:3]) == ["32", "32", "32"] and " 32.0 " not in text  # the sizes stay whole numbers
+    head, *rows = text.splitlines()
+    at = head.index("settings")  # each column under its name: a long settings cell pushed short ones far right
+    u_row = next((r for r in rows if r.startswith("u ")), "")  # names read from the left too
+    assert u_row[at:].split()[0] == u["settings"].split()[0] and u_row[at - 1] == " "
     assert table.set_index("run").loc["broken", "status"].startswith(
         f"damaged ({tmp_path / 'runs' / 'broken' / 'config.json'}: not valid JSON (")
     assert table["split"].iloc[0] == table["split"].iloc[1] == u["split"]  # one split: they can be stacked
