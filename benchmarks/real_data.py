@@ -255,8 +255,11 @@ def main(argv=None) -> int:
         others += [row["run_dir"]] if stage in ("b+", "v") else []
         if stage in ("b+", "b") or (stage == "v" and args.join):
             suite.append(row["run_dir"])
-    if "b" in result and others:  # is a gain over (b) more than which paintings are in the crop OOF?
-        paired_vs_default(result["b"]["run_dir"], others, out)
+    # is a gain over (b) more than which paintings are in the crop OOF? The seed run (a) validates fold 0 only, so
+    # it is compared apart, on fold 0's paintings, and the others keep all their rows
+    for group in ([result["a"]["run_dir"]] if "a" in result else [], others):
+        if "b" in result and group:
+            paired_vs_default(result["b"]["run_dir"], group, out)
     # (p) a pseudo-label round and (f) a full-data model start from the first round's best run by
     # crop-OOF (the strong preset only where it beat the default), never by the test score
     base = max((result[s] for s in ("b+", "b") if s in result), default=None,
