@@ -64,8 +64,9 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None,
                             "fewer folds, and one of a single image is never learnt by the fold that validates it).")
         log.warning("%d class(es) have fewer %s than --n-folds=%d: %s. With --allow-small-classes each is validated "
                     "in as many folds as it has %s, and a class of one is never learnt by the fold that validates "
-                    "it: its OOF rows are wrong, as a test image of a class the model never saw would be.",
-                    len(small), what, n_folds, worst, what.split()[0])
+                    "it: its OOF rows are wrong, as a test image of a class the model never saw would be. (The "
+                    "balanced sampler draws every class alike, so a small class's images are drawn many times an "
+                    "epoch; --balance-power 0.5 draws them less.)", len(small), what, n_folds, worst, what.split()[0])
     x = np.zeros(len(labels))
     with warnings.catch_warnings():  # scikit-learn's "least populated class" warning: said above, in full
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
