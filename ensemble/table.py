@@ -131,8 +131,13 @@ def show(df: pd.DataFrame) -> str:
     # every column reads from the left, under its name: pandas right-aligned the text, and a long settings cell
     # pushed the short ones far from their header
     view = view.fillna("").astype(str)
-    left = {c: (lambda w: lambda v: f"{v:<{w}}")(max(len(c), view[c].str.len().max())) for c in view}
-    return "\n".join(line.rstrip() for line in view.to_string(index=False, formatters=left, justify="left").split("\n"))
+
+    def left(width: int):
+        return lambda cell: f"{cell:<{width}}"
+
+    text = view.to_string(index=False, justify="left",
+                          formatters={c: left(max(len(c), view[c].str.len().max())) for c in view})
+    return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
 @entry_point

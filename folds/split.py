@@ -75,6 +75,7 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None,
 
 
 def _assign(x, labels, n_folds, split_seed, groups) -> np.ndarray:
+    """Each row's fold: its validation fold in scikit-learn's split."""
     if groups is None:
         parts = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed).split(x, labels)
     else:
