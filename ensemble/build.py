@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default) keeps them where that honest score beats the method alone; --offsets alone: on")
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
-    p.add_argument("--sample", help="sample_submission.csv (default: the one in the first run's data folder)")
+    p.add_argument("--sample", help="sample_submission.csv (default: the one in the data folder)")
+    p.add_argument("--data-dir", help="the runs' data folder where it is not where they read it (run folders "
+                   "taken to another machine: a kernel with the data in /kaggle/input/COMP): its sample submission, "
+                   "test labels, train.csv and images (default: the first run's, found as it was given or moved)")
     p.add_argument("--neighbours", default="auto", choices=("auto", "off"), help="auto (default): mix each test "
                    "crop's probabilities with those of its sibling crops (several crops of one painting), found by "
                    "colour or by their overlapping pixels; the way and the weight are chosen on the crop OOF, off "
@@ -143,14 +146,16 @@ def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, te
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stacker: str = "logreg",
           offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True, neighbours: str = "auto", finished_folds: bool = False) -> dict:
+          report: bool = True, neighbours: str = "auto", finished_folds: bool = False, data_dir=None) -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
     """
     check_at_least("--inner-folds", inner_folds, 2)  # fewer was taken as 2, silently
     check_distinct(run_paths)
-    oof, oof_note = resolve_oof(oof, run_paths[0])
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: not a folder.")
+    oof, oof_note = resolve_oof(oof, run_paths[0], data_dir=data_dir)
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     runs, common = validated_by_every_run(runs)
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
@@ -166,7 +171,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     # the smoothing decodes the images the runs decoded: under the limit (--max-image-pixels) that admitted them
     set_max_image_pixels(loosest_limit(r.config.get("max_image_pixels") for r in runs))
     first = runs[0]
-    data_dir = first.data_dir
+    data_dir = Path(data_dir) if data_dir is not None else first.data_dir
     check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
@@ -274,7 +279,7 @@ def main(argv=None) -> int:
     result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
                    offsets=args.offsets, with_full=args.with_full, sample=args.sample,
                    inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours,
-                   finished_folds=args.finished_folds)
+                   finished_folds=args.finished_folds, data_dir=args.data_dir)
     print(format_table(result["table"], result["chosen"], result["oof"]))
     for n in result["notes"]:
         print(f"note: {n}")

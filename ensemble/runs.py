@@ -82,10 +82,10 @@ def run_data_dir(path: Path, config: dict, data_path: str | None) -> Path:
     return next((p for p in found if p.is_dir()), typed)
 
 
-def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | None]:
+def resolve_oof(oof: str, first_run, option: str = "--oof", data_dir=None) -> tuple[str, str | None]:
     """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
     or it has no crop OOF, else its crop OOF; and a note, naming ``option``, when auto chose the whole-painting
-    OOF for the test images' sake."""
+    OOF for the test images' sake. ``data_dir``: the run's data folder where it has moved (else the run's own)."""
     if oof != "auto":
         return oof, None
     from folds.scale_check import data_area_share, looks_whole
@@ -98,7 +98,7 @@ def resolve_oof(oof: str, first_run, option: str = "--oof") -> tuple[str, str | 
         return "crops", None  # load_run names what is wrong with the folder
     if not config.get("crop_oof", 1):
         return "whole", None  # a run made with --crop-oof 0 has no other
-    share = data_area_share(run_data_dir(first_run, config, manifest.get("data_path")))
+    share = data_area_share(data_dir or run_data_dir(first_run, config, manifest.get("data_path")))
     if not looks_whole(share):
         return "crops", None
     return "whole", (f"{option} auto: the test images look whole (their median area is {share:.0%} of a train "

@@ -290,6 +290,26 @@ def test_a_long_tail_with_allow_small_classes_trains_builds_and_stacks_without_a
                      "--submissions-dir", str(tmp_path / "subs3"), "--crop-oof", "1", "--tta", "none"]) == 0
 
 
+def test_a_build_on_another_machine_reads_the_data_where_data_dir_says(demo_source, tmp_path, capsys):
+    # runs trained on Colab (/content/data), built in a Kaggle kernel whose data is at /kaggle/input/COMP: the
+    # build asked for --sample, and its neighbour smoothing and test score went off for want of the data folder
+    shutil.copytree(demo_source, tmp_path / "colab" / "data")
+    assert run_main(tiny_args(tmp_path / "colab" / "data", tmp_path / "colab", **{"--epochs": 1, "--n-folds": 2})) == 0
+    run = tmp_path / "colab" / "runs" / "t"
+    assert build_main([str(run), "--out", str(tmp_path / "b.csv"), "--no-report"]) == 0
+    shutil.move(tmp_path / "colab" / "data", tmp_path / "input" / "comp")  # the data is elsewhere now
+    capsys.readouterr()
+    assert build_main([str(run), "--out", str(tmp_path / "b2.csv"), "--no-report"]) == 2
+    assert "sample_submission.csv: not found" in capsys.readouterr().err
+    assert build_main([str(run), "--out", str(tmp_path / "b2.csv"), "--no-report", "--data-dir",
+                       str(tmp_path / "input" / "comp")]) == 0
+    out = capsys.readouterr().out
+    assert "neighbour smoothing is off" not in out and "test macro-F1 against" in out, out
+    assert (tmp_path / "b2.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert build_main([str(run), "--out", str(tmp_path / "b3.csv"), "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--data-dir " in capsys.readouterr().err and not (tmp_path / "b3.csv").exists()
+
+
 def renamed_columns(src, dst, names=("ID", "label")):
     """A copy of the demo data whose CSVs name the id and class columns as most tasks do."""
     shutil.copytree(src, dst)
