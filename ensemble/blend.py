@@ -216,12 +216,13 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     present = np.unique(y)
     blocks = _blocks(X, n_members)[:, :, present]
     Xp = members_to_X(blocks / blocks.sum(axis=2, keepdims=True))
-    per_class = np.array([len(np.unique(groups[y == c])) for c in present])  # paintings, not crops
-    # fewer inner folds where a class has fewer paintings, so that each is learnt in every inner fold; a
-    # class of one painting (--allow-small-classes) cannot be, under any K, so it does not shrink them
-    smallest = per_class[per_class > 1].min(initial=n_splits)
-    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, smallest))), shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # scikit-learn's warnings about that class: the split's warning said it
+    # A class of few paintings needs no fewer inner folds: a painting's crops hold one label, so the grouped
+    # split puts each of a class's paintings in a fold of its own, and a class of two or more is learnt in
+    # every inner fold. (They made it 2-fold for every class, fitting on half the rows.) A class of one
+    # painting (--allow-small-classes) is learnt in none, under any K.
+    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups))))), shuffle=True,
+                              random_state=seed)
+    with warnings.catch_warnings():  # scikit-learn's warnings about small classes: the split's warning said it
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
         p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba")

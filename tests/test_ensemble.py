@@ -128,24 +128,27 @@ def test_inner_cv_keeps_crops_of_a_painting_together():
     assert honest < 0.45, honest
 
 
-def test_a_class_of_one_painting_does_not_halve_the_inner_cv(monkeypatch):
-    # --allow-small-classes: a class of one painting is learnt in no inner fold under any K; it made the
-    # inner CV 2-fold for every class (a learning blend then fit on half the OOF rows), while classes of
-    # few paintings still shrink it, so that each is learnt in every inner fold
+def test_small_classes_do_not_shrink_the_inner_cv_and_are_learnt_in_every_inner_fold(monkeypatch):
+    # a class of 3 paintings made the inner CV 3-fold for every class, one of 2 (a long tail) 2-fold: the learning
+    # blends fit on half the OOF rows. The grouped split puts a class's paintings in folds of their own, so a
+    # class of two or more is learnt in every inner fold at 5; a class of one (--allow-small-classes) in none.
     import ensemble.blend as blend
     seen, real = [], blend.cross_val_predict
 
     def spy(*args, cv, **kw):
         seen.append(cv.n_splits)
+        for train, _ in cv.split(args[1], args[2], kw["groups"]):
+            learnt = set(args[2][train])
+            assert all(c in learnt for c in (0, 1, 2)), learnt  # the classes of 2 or more paintings
         return real(*args, cv=cv, **kw)
     monkeypatch.setattr(blend, "cross_val_predict", spy)
     rng = np.random.default_rng(4)
-    y = np.array([0] * 60 + [1] * 40 + [2])
-    X = members_to_X([rng.dirichlet(np.ones(3), len(y))])
-    out = honest_oof(StackBlend("logreg"), X, y, np.arange(len(y)))
-    assert out.shape == (len(y), 3) and seen == [5]
-    honest_oof(StackBlend("logreg"), X, np.array([0] * 60 + [1] * 38 + [2] * 3), np.arange(len(y)))
-    assert seen == [5, 3]
+    for y in ([0] * 60 + [1] * 40 + [2] * 2 + [3], [0] * 60 + [1] * 38 + [2] * 3):
+        y = np.repeat(y, 2)  # two crops a painting, grouped by painting
+        X = members_to_X([rng.dirichlet(np.ones(4), len(y))])
+        out = honest_oof(StackBlend("logreg"), X, y, np.repeat(np.arange(len(y) // 2), 2))
+        assert out.shape == (len(y), 4)
+    assert seen == [5, 5]
 
 
 def test_weighted_blend_finds_the_better_run():
