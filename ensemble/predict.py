@@ -17,6 +17,7 @@ training loop.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -90,6 +91,16 @@ def run_config(run: Path, args):
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)
 
 
+def run_folds(run: Path, cfg, with_full: bool, meta: dict) -> list:
+    """The folds whose models predict for ``run`` (the blend's, and its full-data model when asked); all
+    finished."""
+    folds = blend_folds(meta, cfg) + ([layout.FULL] if with_full else [])
+    missing = [k for k in folds if not layout.is_done(run, k)]
+    if missing:
+        raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
+    return folds
+
+
 def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[list, np.ndarray]:
     """A run's classes and the mean test probabilities of the blend's folds (the full-data model joins when
     asked); ``cfg``: its ``run_config``."""
@@ -98,10 +109,7 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
     from folds.predict import Predictor
 
     classes = layout.read_json(run / layout.CLASSES)
-    folds = blend_folds(meta, cfg) + ([layout.FULL] if with_full else [])
-    missing = [k for k in folds if not layout.is_done(run, k)]
-    if missing:
-        raise UserError(f"{run}: folds {missing} are not finished; predict with finished runs only.")
+    folds = run_folds(run, cfg, with_full, meta)
     # a --cache run's images are shrunk as its folds saw them, in memory: nothing is written beside the run;
     # one pass for all the folds: each image decoded once for every fold model, their mean
     def mean_of(these: list) -> np.ndarray:
@@ -119,6 +127,58 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
     return classes, merge(np.stack([mean_of([k]) for k in folds]), "mean")
 
 
+def shared_pass(run: Path, cfg, folds: list) -> tuple | None:
+    """What runs must share for their fold models to predict from one loader pass (seeds of one backbone and
+    size): the eval transform (a fold's done.json keeps its data config), the image cache, TTA, precision, the
+    loader's batch and workers, and the classes. None where a fold's data config is not kept: it predicts alone."""
+    from folds.cache import cache_root
+
+    data_config = layout.read_json(layout.fold_dir(run, folds[0]) / layout.DONE).get("data_config")
+    if not data_config:
+        return None
+    return (json.dumps(data_config, sort_keys=True), cfg.tta, cfg.cache, str(cache_root(cfg)) if cfg.cache else None,
+            cfg.amp, cfg.channels_last, cfg.deterministic, cfg.batch_size, cfg.workers,
+            tuple(layout.read_json(run / layout.CLASSES)))
+
+
+def predict_runs(runs: list, cfgs: list, paths, with_full: bool, meta: dict) -> list[tuple[list, np.ndarray]]:
+    """Each run's (classes, fold-mean test probabilities). Runs that share a pass (``shared_pass``) predict
+    from one: each image is decoded once for all their fold models (three seeds: once, not three times), and
+    each run's mean is the one its own pass gives, to the bit. Where their models do not fit the GPU together,
+    run by run."""
+    import torch
+
+    from folds.predict import Predictor
+
+    folds = [run_folds(run, cfg, with_full, meta) for run, cfg in zip(runs, cfgs)]
+    groups: dict = {}
+    for i, (run, cfg, f) in enumerate(zip(runs, cfgs, folds)):
+        key = shared_pass(run, cfg, f)
+        groups.setdefault(i if key is None else key, []).append(i)
+    out = [None] * len(runs)
+    for members in groups.values():
+        if len(members) > 1:
+            owner = np.concatenate([[j] * len(folds[j]) for j in members])
+            dirs = [layout.fold_dir(runs[j], k) for j in members for k in folds[j]]
+            classes = layout.read_json(runs[members[0]] / layout.CLASSES)
+            try:
+                each = Predictor(cfgs[members[0]], len(classes), dirs, store_cache=False,
+                                 cfgs=[cfgs[j] for j in owner]).predict_each(
+                    paths, desc=" + ".join(f"{runs[j].name} folds {','.join(map(str, folds[j]))}" for j in members))
+                for j in members:
+                    mine = each[owner == j]
+                    out[j] = classes, mine[0] if len(mine) == 1 else merge(mine, "mean")
+                continue
+            except torch.OutOfMemoryError:
+                pass  # below, once the traceback has let go of the models it holds
+            torch.cuda.empty_cache()
+            log.warning("runs %s: their %d fold models do not fit the GPU's memory together; predicting run by run.",
+                        ", ".join(runs[j].name for j in members), len(dirs))
+        for j in members:
+            out[j] = predict_run(runs[j], cfgs[j], paths, with_full, meta)
+    return out
+
+
 def predict(args) -> dict:
     from folds.data import load_test_set
 
@@ -134,8 +194,7 @@ def predict(args) -> dict:
     with_full = meta.get("with_full", False) if args.with_full is None else args.with_full
     test, sample = load_test_set(args.data_dir)
     members, classes = [], None
-    for run, cfg in zip(runs, cfgs):
-        run_classes, probs = predict_run(run, cfg, test["path"], with_full, meta)
+    for run, (run_classes, probs) in zip(runs, predict_runs(runs, cfgs, test["path"], with_full, meta)):
         if classes is not None and run_classes != classes:
             raise UserError(f"{run} has other classes than {runs[0]}; runs must share train.csv.")
         classes = run_classes

@@ -119,20 +119,26 @@ def predict_crop_oof(predictor: "Predictor", val, n_crops: int, desc: str = "cro
 
 
 class Predictor:
-    """A finished fold's best weights with the eval transform, the image cache and TTA; or several folds of one
-    run (``fold_dir`` a list), whose models predict each batch in turn: an image is decoded once for all of them,
-    and ``predict`` gives their mean (a new test set's fold mean: ``ensemble/predict.py``).
+    """A finished fold's best weights with the eval transform, the image cache and TTA; or several folds
+    (``fold_dir`` a list), whose models predict each batch in turn: an image is decoded once for all of them,
+    and ``predict`` gives their mean (a new test set's fold mean: ``ensemble/predict.py``), ``predict_each``
+    each one's. ``cfgs``: one config a fold, where the folds are of several runs (seeds of one backbone) that
+    share the eval transform, precision and TTA; the first one's loader settings are used.
 
     >>> p = Predictor(cfg, ds.num_classes, Path("runs/demo/fold_0"))     # doctest: +SKIP
     >>> p.predict(ds.test["path"]).shape                                   # doctest: +SKIP
     (72, 6)
     """
 
-    def __init__(self, cfg, num_classes: int, fold_dir, store_cache: bool = True):
+    def __init__(self, cfg, num_classes: int, fold_dir, store_cache: bool = True, cfgs=None):
         fold_dirs = list(fold_dir) if isinstance(fold_dir, (list, tuple)) else [fold_dir]
-        loaded = [load_best(cfg, num_classes, d) for d in fold_dirs]  # one run: one model config, one transform
+        cfgs = list(cfgs) if cfgs is not None else [cfg] * len(fold_dirs)
+        loaded = [load_best(c, num_classes, d) for c, d in zip(cfgs, fold_dirs)]
         self.models = [model for model, *_ in loaded]
         _, dcfg, self.prec, self.inputs = loaded[0]
+        seen = {(tuple(d["input_size"]), tuple(d["mean"]), tuple(d["std"]), p.describe()) for _, d, p, _ in loaded}
+        if len(seen) > 1:  # one loader and one input pipe feed them all
+            raise ValueError(f"the folds' eval transforms or precisions differ: {sorted(seen)}")
         size = dcfg["input_size"][-1]
         self.transform = eval_transform(size, dcfg["mean"], dcfg["std"])
         self.cache = image_cache(cfg, size, store=store_cache)  # a --cache run's images, shrunk as in training
@@ -141,10 +147,15 @@ class Predictor:
 
     def predict(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
         """(N, K) probabilities of whole images, or of ``crops`` (one box per path, None: the whole image) of
-        them; a painting's rows one after another are decoded once (``PaintingViews``).
+        them; a painting's rows one after another are decoded once (``PaintingViews``). Several models: their mean.
 
         ``desc`` names the phase; the progress line adds the count and the TTA views.
         """
+        each = self.predict_each(paths, crops, desc)
+        return each[0] if len(each) == 1 else merge(each, "mean")
+
+    def predict_each(self, paths, crops=None, desc: str = "predict") -> np.ndarray:
+        """(M, N, K): ``predict``'s rows for each of the M models, from one pass."""
         paths = list(paths)
         what = "images" if crops is None else "crops" if None not in crops else "images and crops"
         models = f" x {len(self.models)} models" if len(self.models) > 1 else ""
@@ -155,4 +166,6 @@ class Predictor:
         loader = make_loader(data, self.batch_size, train=False, num_workers=self.workers,
                              pin_memory=self.prec.device.type == "cuda")
         each = predict_probs_each(self.models, loader, self.prec, self.inputs, self.tta, desc=desc)
-        return distributed.gather_rows(each[0] if len(each) == 1 else merge(each, "mean"), len(paths))
+        return np.stack([distributed.gather_rows(e, len(paths)) for e in each])
+
+

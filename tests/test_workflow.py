@@ -1,6 +1,7 @@
 """The competitor's workflow end to end: inference-only prediction, export, and the hand-offs."""
 import json
 import os
+from dataclasses import replace
 import re
 import shlex
 import shutil
@@ -123,6 +124,51 @@ def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_sou
     assert "its 2 fold models do not fit the GPU's memory together; predicting a fold at a time" in \
         capsys.readouterr().out
     assert (tmp_path / "s0b_probs.csv").read_bytes() == (tmp_path / "s0_probs.csv").read_bytes()
+
+
+def test_runs_that_share_a_transform_predict_from_one_pass(trained, demo_source, monkeypatch, caplog):
+    """Seeds of one backbone and size: predict.py made a loader pass per run, decoding every test image once a
+    run. Now their fold models share one pass, and each run's mean is the one its own pass gives, to the bit."""
+    import folds.loader
+    import folds.predict
+    from ensemble.predict import build_parser, predict_run, predict_runs, run_config
+    from folds.data import load_test_set
+
+    runs = [trained / "runs" / f"s{s}" for s in (0, 1)]
+    args = build_parser().parse_args([*map(str, runs), "--data-dir", str(demo_source), "--out", "x.csv"])
+    cfgs = [run_config(r, args) for r in runs]
+    paths = list(load_test_set(demo_source)[0]["path"])
+    meta = {"method": "mean", "with_full": False}
+    decodes, read_rgb = [], folds.loader.read_rgb
+    monkeypatch.setattr(folds.loader, "read_rgb", lambda p: decodes.append(p) or read_rgb(p))
+    apart = [predict_run(r, c, paths, False, meta) for r, c in zip(runs, cfgs)]
+    assert len(decodes) == 2 * len(paths)  # a pass per run
+    decodes.clear()
+    together = predict_runs(runs, cfgs, paths, False, meta)
+    assert len(decodes) == len(paths)  # one pass for both runs' 4 fold models
+    for (classes, p), (classes_apart, p_apart) in zip(together, apart):
+        assert classes == classes_apart
+        np.testing.assert_array_equal(p, p_apart)
+    # their models together do not fit the GPU: run by run, each run's folds in one pass as before
+    each = folds.predict.predict_probs_each
+
+    def out_of_memory_with_more_than_a_run(models, *a, **kw):
+        if len(models) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return each(models, *a, **kw)
+
+    monkeypatch.setattr(folds.predict, "predict_probs_each", out_of_memory_with_more_than_a_run)
+    again = predict_runs(runs, cfgs, paths, False, meta)
+    assert "runs s0, s1: their 4 fold models do not fit the GPU's memory together; predicting run by run" in \
+        caplog.text
+    for (_, p), (_, p_apart) in zip(again, apart):
+        np.testing.assert_array_equal(p, p_apart)
+    # a run with other TTA views (or another input size) predicts in a pass of its own
+    other = [cfgs[0], replace(cfgs[1], tta="none")]
+    decodes.clear()
+    monkeypatch.setattr(folds.predict, "predict_probs_each", each)
+    predict_runs(runs, other, paths, False, meta)
+    assert len(decodes) == 2 * len(paths)
 
 
 def test_predict_with_a_vote_from_run_folders(trained, demo_source, tmp_path, capsys):
