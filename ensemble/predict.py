@@ -129,16 +129,14 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
 
 def shared_pass(run: Path, cfg, folds: list) -> tuple | None:
     """What runs must share for their fold models to predict from one loader pass (seeds of one backbone and
-    size): the eval transform (a fold's done.json keeps its data config), the image cache, TTA, precision, the
-    loader's batch and workers, and the classes. None where a fold's data config is not kept: it predicts alone."""
-    from folds.cache import cache_root
-
+    size): the eval transform (a fold's done.json keeps its data config), whether images are shrunk as a
+    ``--cache`` run's were (in memory here), TTA, precision, the loader's batch and workers, and the classes.
+    None where a fold's data config is not kept: it predicts alone."""
     data_config = layout.read_json(layout.fold_dir(run, folds[0]) / layout.DONE).get("data_config")
     if not data_config:
         return None
-    return (json.dumps(data_config, sort_keys=True), cfg.tta, cfg.cache, str(cache_root(cfg)) if cfg.cache else None,
-            cfg.amp, cfg.channels_last, cfg.deterministic, cfg.batch_size, cfg.workers,
-            tuple(layout.read_json(run / layout.CLASSES)))
+    return (json.dumps(data_config, sort_keys=True), cfg.cache, cfg.tta, cfg.amp, cfg.channels_last, cfg.deterministic,
+            cfg.batch_size, cfg.workers, tuple(layout.read_json(run / layout.CLASSES)))
 
 
 def predict_runs(runs: list, cfgs: list, paths, with_full: bool, meta: dict) -> list[tuple[list, np.ndarray]]:
