@@ -54,6 +54,20 @@ def new_test_folder(demo_source, dst, n=20):
     return dict(zip(new["id"], test["id"]))
 
 
+def out_of_memory_above(monkeypatch, n_models: int):
+    """``predict_probs_each`` fails as a GPU would with more than ``n_models`` models at once; returns the real one."""
+    import folds.predict
+    each = folds.predict.predict_probs_each
+
+    def fake(models, *args, **kwargs):
+        if len(models) > n_models:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return each(models, *args, **kwargs)
+
+    monkeypatch.setattr(folds.predict, "predict_probs_each", fake)
+    return each
+
+
 def test_export_then_predict_offline_equals_the_builds_own_predictions(trained, demo_source, tmp_path):
     export = tmp_path / "export"
     assert export_main(["--blend", str(trained / "subs" / "st_blend.json"), "--out", str(export), "--no-wheels"]) == 0
@@ -111,15 +125,7 @@ def test_a_runs_fold_models_predict_a_new_test_set_in_one_pass(trained, demo_sou
     np.testing.assert_allclose(probs(tmp_path / "s0_probs.csv").loc[load_test_set(demo_source)[0]["id"]].to_numpy(),
                                apart, atol=1e-6)  # (read back from the CSV text)
     # a large backbone's fold models may not fit the GPU together, where one at a time did: a pass per fold then
-    import folds.predict
-    each = folds.predict.predict_probs_each
-
-    def out_of_memory_with_several(models, *args, **kwargs):
-        if len(models) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return each(models, *args, **kwargs)
-
-    monkeypatch.setattr(folds.predict, "predict_probs_each", out_of_memory_with_several)
+    out_of_memory_above(monkeypatch, 1)
     assert predict_main([str(run), "--data-dir", str(demo_source), "--out", str(tmp_path / "s0b.csv")]) == 0
     assert "its 2 fold models do not fit the GPU's memory together; predicting a fold at a time" in \
         capsys.readouterr().out
@@ -150,14 +156,7 @@ def test_runs_that_share_a_transform_predict_from_one_pass(trained, demo_source,
         assert classes == classes_apart
         np.testing.assert_array_equal(p, p_apart)
     # their models together do not fit the GPU: run by run, each run's folds in one pass as before
-    each = folds.predict.predict_probs_each
-
-    def out_of_memory_with_more_than_a_run(models, *a, **kw):
-        if len(models) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return each(models, *a, **kw)
-
-    monkeypatch.setattr(folds.predict, "predict_probs_each", out_of_memory_with_more_than_a_run)
+    each = out_of_memory_above(monkeypatch, 2)
     again = predict_runs(runs, cfgs, paths, False, meta)
     assert "runs s0, s1: their 4 fold models do not fit the GPU's memory together; predicting run by run" in \
         caplog.text
