@@ -171,8 +171,9 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     # the smoothing decodes the images the runs decoded: under the limit (--max-image-pixels) that admitted them
     set_max_image_pixels(loosest_limit(r.config.get("max_image_pixels") for r in runs))
     first = runs[0]
-    data_dir = Path(data_dir) if data_dir is not None else first.data_dir
-    check_test_set_unchanged(runs, data_dir)  # before any work: test probabilities of other images are no use
+    given = data_dir is not None
+    data_dir = Path(data_dir) if given else first.data_dir
+    check_test_set_unchanged(runs, data_dir, given)  # before any work: test probabilities of other images are no use
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()

@@ -216,17 +216,27 @@ def validated_by_every_run(runs: list[RunOutputs]) -> tuple[list[RunOutputs], st
                   "each run's test probabilities are still the mean of all its folds")
 
 
-def check_test_set_unchanged(runs: list[RunOutputs], data_dir) -> None:
-    """Refuse test probabilities that a fold made for other images than the data folder's test set holds now
-    under the same ids (a corrected release): the submission would be silently wrong. Nothing to compare
-    with when the data is not at hand (run folders copied without it), or for folds from before the hash."""
-    from folds.data import images_hash, read_test_set
+def check_test_set_unchanged(runs: list[RunOutputs], data_dir, given: bool = False) -> None:
+    """Refuse test probabilities that a fold made for other ids or images than the data folder's test set holds
+    now (a corrected release; or, ``given``, a ``--data-dir`` that is not the runs' data): the submission would
+    be silently wrong, or fail at its last step. Nothing to compare with when the data is not at hand (run
+    folders copied without it), or for folds from before the hash."""
+    from folds.data import TEST_CSV, images_hash, read_test_set
 
     try:
-        now = images_hash(read_test_set(data_dir)[0])
+        test = read_test_set(data_dir)[0]
+        now = images_hash(test)
     except (UserError, OSError):
         return
+    ids = set(test["id"].astype(str))
     for r in runs:
+        predicted = set(map(str, r.test_ids))
+        if predicted != ids:
+            again = f"`{layout.fold_command(r.path, 'all', '--resume')}` predicts them again."
+            raise UserError(f"{Path(data_dir) / TEST_CSV} holds other ids than {r.path}'s folds predicted "
+                            f"({len(predicted & ids):,} of their {len(predicted):,} are in it, of its {len(ids):,}): "
+                            + ("is --data-dir the folder the runs were trained on?" if given
+                               else f"{TEST_CSV} changed since; {again}"))
         full = layout.fold_dir(r.path, layout.FULL) / layout.DONE
         dones = {**r.fold_scores, **({layout.FULL: layout.read_json(full)} if full.is_file() else {})}
         for k, done in dones.items():

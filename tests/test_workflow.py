@@ -353,6 +353,17 @@ def test_a_build_on_another_machine_reads_the_data_where_data_dir_says(demo_sour
     assert (tmp_path / "b2.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert build_main([str(run), "--out", str(tmp_path / "b3.csv"), "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "--data-dir " in capsys.readouterr().err and not (tmp_path / "b3.csv").exists()
+    # another task's data folder: its test ids are not the runs' (this said "other images ... under the same ids",
+    # with the command that predicts them again, from the wrong data)
+    shutil.copytree(tmp_path / "input" / "comp", tmp_path / "other")
+    for name in ("test.csv", "sample_submission.csv", "test_labels.csv"):
+        df = pd.read_csv(tmp_path / "other" / name, dtype=str, keep_default_na=False)
+        df.assign(id="X" + df["id"]).to_csv(tmp_path / "other" / name, index=False)
+    test = pd.read_csv(tmp_path / "other" / "test.csv", dtype=str)
+    assert build_main([str(run), "--out", str(tmp_path / "b3.csv"), "--data-dir", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert f"test.csv holds other ids than {run}'s folds predicted (0 of their {len(test)} are in it" in err
+    assert "is --data-dir the folder the runs were trained on?" in err and "--resume" not in err
 
 
 def renamed_columns(src, dst, names=("ID", "label")):
