@@ -127,7 +127,7 @@ def predict_run(run: Path, cfg, paths, with_full: bool, meta: dict) -> tuple[lis
     return classes, merge(np.stack([mean_of([k]) for k in folds]), "mean")
 
 
-def shared_pass(run: Path, cfg, folds: list) -> tuple | None:
+def shared_pass(run: Path, cfg, folds: list, classes: list) -> tuple | None:
     """What runs must share for their fold models to predict from one loader pass (seeds of one backbone and
     size): the eval transform (a fold's done.json keeps its data config), whether images are shrunk as a
     ``--cache`` run's were (in memory here), TTA, precision, the loader's batch and workers, and the classes.
@@ -136,7 +136,7 @@ def shared_pass(run: Path, cfg, folds: list) -> tuple | None:
     if not data_config:
         return None
     return (json.dumps(data_config, sort_keys=True), cfg.cache, cfg.tta, cfg.amp, cfg.channels_last, cfg.deterministic,
-            cfg.batch_size, cfg.workers, tuple(layout.read_json(run / layout.CLASSES)))
+            cfg.batch_size, cfg.workers, tuple(classes))
 
 
 def predict_runs(runs: list, cfgs: list, paths, with_full: bool, meta: dict) -> list[tuple[list, np.ndarray]]:
@@ -149,16 +149,17 @@ def predict_runs(runs: list, cfgs: list, paths, with_full: bool, meta: dict) -> 
     from folds.predict import Predictor
 
     folds = [run_folds(run, cfg, with_full, meta) for run, cfg in zip(runs, cfgs)]
+    classes_of = [layout.read_json(run / layout.CLASSES) for run in runs]
     groups: dict = {}
     for i, (run, cfg, f) in enumerate(zip(runs, cfgs, folds)):
-        key = shared_pass(run, cfg, f)
+        key = shared_pass(run, cfg, f, classes_of[i])
         groups.setdefault(i if key is None else key, []).append(i)
     out = [None] * len(runs)
     for members in groups.values():
         if len(members) > 1:
             owner = np.concatenate([[j] * len(folds[j]) for j in members])
             dirs = [layout.fold_dir(runs[j], k) for j in members for k in folds[j]]
-            classes = layout.read_json(runs[members[0]] / layout.CLASSES)
+            classes = classes_of[members[0]]  # the same in the group: the key holds them
             try:
                 each = Predictor(cfgs[members[0]], len(classes), dirs, store_cache=False,
                                  cfgs=[cfgs[j] for j in owner]).predict_each(
