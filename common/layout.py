@@ -57,6 +57,13 @@ def fold_command(run: Path, folds: str, *flags: str) -> str:
                        "--name", run.name, "--fold", folds, *flags])
 
 
+def predict_test_again(run: Path, folds: str = "all") -> str:
+    """The command that brings ``folds`` of ``run`` up to the test set as it is now, said the same way in every
+    message that finds their test probabilities missing or stale: their best weights predict it again."""
+    return (f"`{fold_command(run, folds, '--resume')}` predicts the test again with the finished folds' best "
+            "weights (nothing is trained again)")
+
+
 def planned_folds(config) -> list[int]:
     """The folds a run trains: fold 0 only for a holdout run, else all K. ``config``: a RunConfig or its dict."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)

@@ -148,15 +148,13 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     for k in folds:
         f = layout.fold_dir(path, k) / layout.TEST_PROBS
         if not f.is_file():
-            raise UserError(f"{f}: test probabilities are missing; `{layout.fold_command(path, str(k), '--resume')}` "
-                            "predicts them again with the fold's best weights.")
+            raise UserError(f"{f}: test probabilities are missing; {layout.predict_test_again(path, str(k))}.")
         t = layout.read_probs(f, classes)
         if ids is None:
             ids = t["id"].to_numpy()
         elif not np.array_equal(ids, t["id"].to_numpy()):
             raise UserError(f"{f}: test ids differ from fold {folds[0]}'s: test.csv changed between them. "
-                            f"`{layout.fold_command(path, 'all', '--resume')}` predicts every finished fold's "
-                            "test again, for test.csv as it is now.")
+                            f"{layout.predict_test_again(path)}.")
         fold_test[k] = t[classes].to_numpy(dtype=np.float64)
     full = layout.fold_dir(path, layout.FULL) / layout.TEST_PROBS
     full_test = None
@@ -232,18 +230,17 @@ def check_test_set_unchanged(runs: list[RunOutputs], data_dir, given: bool = Fal
     for r in runs:
         predicted = set(map(str, r.test_ids))
         if predicted != ids:
-            again = f"`{layout.fold_command(r.path, 'all', '--resume')}` predicts them again."
             raise UserError(f"{Path(data_dir) / TEST_CSV} holds other ids than {r.path}'s folds predicted "
                             f"({len(predicted & ids):,} of their {len(predicted):,} are in it, of its {len(ids):,}): "
                             + ("is --data-dir the folder the runs were trained on?" if given
-                               else f"{TEST_CSV} changed since; {again}"))
+                               else f"{TEST_CSV} changed since; {layout.predict_test_again(r.path)}."))
         full = layout.fold_dir(r.path, layout.FULL) / layout.DONE
         dones = {**r.fold_scores, **({layout.FULL: layout.read_json(full)} if full.is_file() else {})}
         for k, done in dones.items():
             if done.get("test_hash") not in (None, now):
                 raise UserError(f"{layout.fold_dir(r.path, k)}: its test probabilities are for other images than "
                                 f"{data_dir}'s test set holds now under the same ids; "
-                                f"`{layout.fold_command(r.path, 'all', '--resume')}` predicts them again.")
+                                f"{layout.predict_test_again(r.path)}.")
 
 
 def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunOutputs]:

@@ -84,7 +84,7 @@ def fold_probs(run: Path, fold, test, classes) -> np.ndarray:
     config = layout.read_json(run / layout.CONFIG)
     sources = layout.planned_folds(config) if fold == layout.FULL else [fold]
     test_ids, now = test["id"].to_numpy(), images_hash(test)
-    again = f"`{layout.fold_command(run, 'all', '--resume')}` predicts its finished folds' test again."
+    again = f"{layout.predict_test_again(run)}."
     probs = []
     for k in sources:
         df = layout.read_probs(layout.fold_dir(run, k) / layout.TEST_PROBS, classes).set_index("id")

@@ -35,6 +35,9 @@ from folds.scale_check import whole_test_warning
 from folds.split import save_folds
 from folds.train import train_fold
 
+
+LOCK_POLL_SECONDS = 2  # how often a finished fold's lock is looked at while another process predicts it
+
 log = logging.getLogger(__name__)
 
 
@@ -124,7 +127,7 @@ class FoldRunner:
             # since the look above (on a network folder, whose client may cache a file's absence, the look
             # may be older still). Trained again, it would cost a whole fold from scratch and replace its files.
             if distributed.agree(not self.trains(k)):
-                return self._finished(k, d)
+                return self._finished(k, d, lock)
             settings_kept(self.run_dir, self.cfg, k)
             if (d / layout.LAST).is_file() and not (self.resume or self.force):
                 raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
@@ -146,11 +149,12 @@ class FoldRunner:
         still_held(lock)
         settings_kept(self.run_dir, self.cfg, k)
 
-    def _finished(self, k, d: Path) -> dict:
-        """A finished fold is skipped: its done.json, after its test probabilities are brought up to date."""
+    def _finished(self, k, d: Path, lock: FoldLock | None = None) -> dict:
+        """A finished fold is skipped: its done.json, after its test probabilities are brought up to date.
+        ``lock``: the fold's lock, when this process holds it already."""
         log.info("fold %s already finished (%s); skipping. --force retrains it.", k, d / layout.DONE)
         self.found_finished.add(k)
-        self._predict_test_again_if_changed(k, d)
+        self._predict_test_again_if_changed(k, d, lock)
         return layout.read_json(d / layout.DONE)
 
     def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
@@ -196,14 +200,40 @@ class FoldRunner:
                      f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
         return result
 
-    def _predict_test_again_if_changed(self, k, d: Path) -> None:
+    def _predict_test_again_if_changed(self, k, d: Path, lock: FoldLock | None) -> None:
         """A finished fold's test probabilities for the test set as it is now. A corrected or new test set (or
         a lost test_probs.csv) would leave the fold's probabilities for other ids, and the run's submission
         could not be made, or for other images under the same ids, and it would be wrong; its best weights
-        predict the test again, so the fold is not trained again."""
+        predict the test again, so the fold is not trained again. Under the fold's lock: the other processes
+        on the run folder (side-by-side fold processes, another machine resuming it) find the same change,
+        and one prediction serves them all."""
         why = distributed.agree(self.test_changed(k) if distributed.is_main() else None)
         if why is None:
             return
+        mine = None
+        if lock is None:
+            mine = self._wait_for_lock(k, d) if distributed.is_main() else None
+            why = distributed.agree(self.test_changed(k) if distributed.is_main() else None)  # done meanwhile?
+        try:
+            if why is not None:
+                self._predict_test(k, d, why)
+        finally:
+            if mine is not None:
+                mine.release()
+
+    def _wait_for_lock(self, k, d: Path) -> FoldLock:
+        """Fold ``k``'s lock, once its holder lets it go (or is found gone: a stale lock is taken over)."""
+        lock, said = FoldLock(d / layout.LOCK, owner=self.lock_owner), False
+        while not lock.acquire():
+            if not said:
+                holder = lock.holder()
+                log.info("fold %s is held by %s (predicting its test again, or retraining it); waiting for it.", k,
+                         lock.describe(holder) if holder else "another process")
+                said = True
+            time.sleep(LOCK_POLL_SECONDS)
+        return lock
+
+    def _predict_test(self, k, d: Path, why: str) -> None:
         log.info("fold %s: %s; predicting the test again with its best weights.", k, why)
         now = self.ds.test["id"].to_numpy()
         self.deadline.before("prediction", f"fold {k}'s test prediction",

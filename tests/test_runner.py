@@ -90,6 +90,52 @@ def test_finished_folds_are_skipped_and_changed_settings_refused(finished_run, d
     assert "made with other settings (lr: 0.002 -> 0.5)" in capsys.readouterr().err
 
 
+def test_a_finished_fold_held_by_another_process_is_not_predicted_twice(demo_dir, tmp_path, capsys, monkeypatch):
+    # two processes resume one run folder after test.csv changed (side-by-side fold processes, a second machine):
+    # the fold another one is predicting again is waited for, and its prediction serves this process too
+    import shutil
+    import threading
+
+    from folds import runner as runner_module
+    from folds.lock import FoldLock
+
+    monkeypatch.setattr(runner_module, "LOCK_POLL_SECONDS", 0.1, raising=False)
+    args = tiny_args(demo_dir, tmp_path, **{"--epochs": 1, "--n-folds": 2})
+    assert main(args) == 0
+    run, other = tmp_path / "runs" / "t", tmp_path / "other"
+    shutil.copytree(run, other / "runs" / "t")
+    sample = pd.read_csv(demo_dir / "sample_submission.csv", dtype=str, keep_default_na=False)
+    for name in ("test.csv", "sample_submission.csv", "test_labels.csv"):  # two crops fewer
+        df = pd.read_csv(demo_dir / name, dtype=str, keep_default_na=False)
+        df.iloc[2:].to_csv(demo_dir / name, index=False)
+    # what the other process writes: the copy, predicted again
+    assert main(tiny_args(demo_dir, other, **{"--epochs": 1, "--n-folds": 2})) == 0
+    predicted = {f: (other / "runs" / "t" / "fold_0" / f).read_bytes() for f in ("test_probs.csv", "done.json")}
+    holder = FoldLock(run / "fold_0" / "lock", owner="the other process")
+    assert holder.acquire()
+
+    def other_process():
+        time.sleep(1)
+        for f, data in predicted.items():
+            (run / "fold_0" / f".{f}.tmp").write_bytes(data)
+            os.replace(run / "fold_0" / f".{f}.tmp", run / "fold_0" / f)
+        holder.release()
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    capsys.readouterr()
+    assert main([a for a in args if a != "-q"]) == 0
+    thread.join()
+    out = capsys.readouterr().out
+    assert "fold 0 is held by host" in out and "waiting for it" in out
+    assert "fold 0: test.csv changed" not in out  # the other process predicted it
+    assert "fold 1: test.csv changed since its test probabilities were written" in out
+    assert (run / "fold_0" / "test_probs.csv").read_bytes() == predicted["test_probs.csv"]
+    assert not (run / "fold_0" / "lock").exists() and not (run / "fold_1" / "lock").exists()
+    sub = pd.read_csv(tmp_path / "subs" / "t_folds-mean.csv", dtype=str)
+    assert sub["id"].tolist() == sample["id"].iloc[2:].tolist()
+
+
 def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, tmp_path, capsys):
     # a corrected test.csv after the folds were trained: their probabilities were for other ids, and the run's
     # submission (and any build) failed after all its training; the folds' best weights predict the new set
