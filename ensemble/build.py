@@ -33,8 +33,9 @@ from common.metrics import macro_f1  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
-from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_distinct, check_test_set_unchanged,  # noqa: E402
-                           finished_in_every_run, load_run, resolve_oof, validated_by_every_run)
+from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, check_distinct,  # noqa: E402
+                           check_test_set_unchanged, finished_in_every_run, load_run, resolve_oof,
+                           validated_by_every_run)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -153,8 +154,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     """
     check_at_least("--inner-folds", inner_folds, 2)  # fewer was taken as 2, silently
     check_distinct(run_paths)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UserError(f"--data-dir {data_dir}: not a folder.")
+    check_data_dir(data_dir)
     oof, oof_note = resolve_oof(oof, run_paths[0], data_dir=data_dir)
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     runs, common = validated_by_every_run(runs)

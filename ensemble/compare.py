@@ -26,23 +26,25 @@ import numpy as np  # noqa: E402
 from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
-from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, finished_in_every_run, load_run,  # noqa: E402
-                           resolve_oof, validated_by_every_run)
+from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, finished_in_every_run,  # noqa: E402,E501
+                           load_run, resolve_oof, validated_by_every_run)
 
 
 
 def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float = 0.9, seed: int = 0,
-                 finished_folds: bool = False) -> dict:
+                 finished_folds: bool = False, data_dir=None) -> dict:
     """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
     how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
-    run, where some have folds still to train (is the new recipe worth its other folds?)."""
+    run, where some have folds still to train (is the new recipe worth its other folds?). ``data_dir``: the
+    runs' data folder where it has moved (its test images decide ``oof`` auto)."""
     if draws < 100:
         raise UserError(f"--draws {draws}: use at least 100 (the interval's ends are percentiles of the draws).")
     if seed < 0:
         raise UserError(f"--seed {seed}: give 0 or more.")
     if not 0 < level < 1:
         raise UserError(f"--level {level}: give the share of the draws an interval holds, in (0, 1), e.g. 0.9.")
-    oof, oof_note = resolve_oof(oof, run_paths[0])
+    check_data_dir(data_dir)
+    oof, oof_note = resolve_oof(oof, run_paths[0], data_dir=data_dir)
     # the same rows in the first run's order (other splits are fine: the rows are what is compared)
     runs, partial = finished_in_every_run([load_run(p, oof, finished_folds) for p in run_paths])
     runs, common = validated_by_every_run(runs)  # a holdout run (--preset seed) beside a K-fold one
@@ -98,13 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the result repeats with it)")
     p.add_argument("--finished-folds", action="store_true", help="compare runs with folds still to train on the "
                    "folds finished in every one (they must share a split)")
+    p.add_argument("--data-dir", help="the runs' data folder where it is not where they read it (run folders taken "
+                   "to another machine): its test images decide --oof auto (default: the first run's)")
     return p
 
 
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed, args.finished_folds)))
+    print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed, args.finished_folds,
+                                     args.data_dir)))
     return 0
 
 

@@ -82,6 +82,12 @@ def run_data_dir(path: Path, config: dict, data_path: str | None) -> Path:
     return next((p for p in found if p.is_dir()), typed)
 
 
+def check_data_dir(data_dir) -> None:
+    """``--data-dir``, where given, is a folder (a typo would otherwise read as data that is not here)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: not a folder.")
+
+
 def resolve_oof(oof: str, first_run, option: str = "--oof", data_dir=None) -> tuple[str, str | None]:
     """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
     or it has no crop OOF, else its crop OOF; and a note, naming ``option``, when auto chose the whole-painting
@@ -98,7 +104,12 @@ def resolve_oof(oof: str, first_run, option: str = "--oof", data_dir=None) -> tu
         return "crops", None  # load_run names what is wrong with the folder
     if not config.get("crop_oof", 1):
         return "whole", None  # a run made with --crop-oof 0 has no other
-    share = data_area_share(data_dir or run_data_dir(first_run, config, manifest.get("data_path")))
+    folder = Path(data_dir or run_data_dir(first_run, config, manifest.get("data_path")))
+    if not (folder / "test.csv").is_file():  # run folders taken to another machine, the data elsewhere
+        return "crops", (f"{option} auto: the runs' data folder {folder} is not here, so the crop OOF is used; "
+                         f"{'--data-dir names where it is, or ' if option == '--oof' else ''}{option} whole "
+                         "chooses the whole-painting OOF (for a task whose test images are whole)")
+    share = data_area_share(folder)
     if not looks_whole(share):
         return "crops", None
     return "whole", (f"{option} auto: the test images look whole (their median area is {share:.0%} of a train "

@@ -158,6 +158,19 @@ def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_pat
     assert json.loads((tmp_path / "w_blend.json").read_text())["oof"] == "whole"
     assert compare_main([run, "--draws", "100"]) == 0
     assert capsys.readouterr().out.startswith("whole-painting OOF macro-F1 on 128 rows")
+    # the run folders on another machine, the data elsewhere: auto says it could not look, --data-dir finds it
+    moved = demo_dir.rename(tmp_path / "moved")
+    try:
+        assert compare_main([run, "--draws", "100"]) == 0
+        said = capsys.readouterr().out
+        assert said.startswith("crop-OOF macro-F1") and f"note: --oof auto: the runs' data folder {demo_dir} is not " \
+            "here, so the crop OOF is used; --data-dir names where it is, or --oof whole chooses" in said, said
+        assert compare_main([run, "--draws", "100", "--data-dir", str(moved)]) == 0
+        assert capsys.readouterr().out.startswith("whole-painting OOF macro-F1 on 128 rows")
+        assert compare_main([run, "--data-dir", str(tmp_path / "nowhere")]) == 2
+        assert "error: --data-dir" in capsys.readouterr().err
+    finally:
+        moved.rename(demo_dir)
     # the table of runs ranks them by the same OOF, and says why
     from ensemble.table import main as table_main
     assert table_main([str(tmp_path / "runs"), "--out", str(tmp_path / "table.csv")]) == 0
