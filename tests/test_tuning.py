@@ -146,6 +146,11 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     # the value is the validation crops' F1 (the demo trains for crops): it said "val macro-F1", which a user
     # read against the run table's whole-painting "val F1"
     assert "best value (validation-crop macro-F1, mean over folds) " in out, out
+    # the printed command trains in a folder of its own: under the default name (model and seed) it met a default
+    # run trained before the study, which refused it as "made with other settings"
+    best = json.loads((demo_study / "tuning" / "s" / "best.json").read_text())
+    assert f"next: python folds/run.py --params {demo_study / 'tuning' / 's' / 'best.json'} --fold all --name " \
+        f"s-trial{best['trial']}\n" in out, out
 
 
 def test_other_search_space_is_refused_and_study_kept(demo_study, demo_source, tmp_path, capsys):

@@ -111,8 +111,11 @@ def summary(study) -> str:
             + (f", {c['running']} running" if c["running"] else ""))
 
 
-def next_command(path: Path) -> str:
-    return f"python folds/run.py --params {path} --fold all"
+def next_command(path: Path, study_name: str, trial: int) -> str:
+    """The fold run of the best trial's parameters, in a run folder of its own: under the default name (the
+    model and seed) it met a default run trained before the study ("made with other settings"), and a later
+    best trial of the same study would meet this one."""
+    return f"python folds/run.py --params {path} --fold all --name {study_name}-trial{trial}"
 
 
 def write_best(study, path: Path, storage_url: str | None, config: dict) -> Path:
@@ -122,7 +125,7 @@ def write_best(study, path: Path, storage_url: str | None, config: dict) -> Path
     config = {k: v for k, v in config.items() if k not in b.params}
     return write_json(path, {"study": study.study_name, "storage": mask(storage_url) or "journal file",
                              "value": b.value, "trial": b.number, "params": b.params, "config": config,
-                             "counts": counts(study), "use": next_command(path)})
+                             "counts": counts(study), "use": next_command(path, study.study_name, b.number)})
 
 
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA importances from fewer complete trials are mostly noise

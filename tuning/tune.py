@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import UserError, children  # noqa: E402
+from common import UserError, children, layout  # noqa: E402
 from common.atomic import check_writable_folder  # noqa: E402
 from common.interrupt import TimeUp  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
@@ -133,7 +133,7 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (fail_orphaned_local_trials, make_pruner, next_command, open_study, save_plots,
+    from tuning.study import (fail_orphaned_local_trials, make_pruner, open_study, save_plots,
                               summary, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
@@ -203,7 +203,7 @@ def run(args) -> int:
     setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
     best = write_best(study, study_dir / "best.json", args.storage, setup_cfg)
     plots = save_plots(study, study_dir)
-    print(f"best parameters and training setup: {best}\nnext: {next_command(best)}")
+    print(f"best parameters and training setup: {best}\nnext: {layout.read_json(best)['use']}")
     print("plots: " + ", ".join(str(p) for p in plots))
     if time_up is not None:
         raise time_up
