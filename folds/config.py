@@ -16,6 +16,7 @@ from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
 from folds.images import check_limit
 from folds.optim import CLIP_MODES, OPTIMIZERS, SCHEDULERS
 from folds.stopping import MONITORS
+from models.factory import HEAD_INITS
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RunConfig:
     weights: str = "hub"
     dropout: float = 0.2
     drop_path: float = 0.0  # timm's stochastic depth (drop_path_rate; 0: off)
+    head_init: str = "zero"  # the new head's last layer: zero (every class starts equal), or timm's own init
     # training
     seed: int = 0
     epochs: int = 30
@@ -96,7 +98,7 @@ class RunConfig:
 def settings_before_they_existed(saved: dict) -> dict:
     """What a run folder written before a setting existed did, where today's default is not that:
     its config lacks the key, and reading the default there would resume it with another recipe."""
-    return {"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {}
+    return {"head_init": "timm", **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
 
 
 # Settings that name a file or folder: made absolute where another working folder reads them (Ray)
@@ -125,7 +127,7 @@ PRESETS = {
     "demo": {"model": "resnet10t", "img_size": 64, "weights": "none", "epochs": 12, "step_size": 8,
              "patience": 4, "batch_size": 32, "tta": "flips", "crop_oof": 3, "lr": 2e-3},
     # The original team's recipe: whole painting resized, default-scale RRC, one 80/20 split, no TTA.
-    "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5},
+    "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5, "head_init": "timm"},
     # A modern fine-tuning recipe from timm's parts, checkpoints chosen on validation crops. A
     # candidate until GPU runs choose it by crop-OOF (benchmarks/RESULTS.md has what was measured).
     "strong": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.02, "sched": "cosine", "warmup_epochs": 2,
@@ -135,9 +137,10 @@ PRESETS = {
 
 # What each preset is for, in a few words (``--help`` shows them; stated here, beside the presets).
 PRESET_NOTES = {
-    "default": "the suite's recipe: test-scale crops, 5 folds, flip TTA, checkpoints on validation crops",
+    "default": "the suite's recipe: test-scale crops, a zero-started head, 5 folds, flip TTA, checkpoints on "
+               "validation crops",
     "demo": "tiny model, runs on a CPU; the default when no layer names a data folder",
-    "seed": "the original recipe: whole-image resize, one 80/20 split, no TTA",
+    "seed": "the original recipe: whole-image resize, timm's head init, one 80/20 split, no TTA",
     "strong": "AdamW, cosine, label smoothing, MixUp/CutMix, erasing, EMA: a candidate, not yet chosen",
 }
 assert PRESET_NOTES.keys() == PRESETS.keys(), "every preset needs its note"
@@ -155,6 +158,7 @@ CHOICES = {
     "pseudo_mode": ("hard", "soft"),
     "amp": AMP_MODES,
     "channels_last": CHANNELS_LAST_MODES,
+    "head_init": tuple(HEAD_INITS),
 }
 
 
@@ -173,8 +177,12 @@ def read_config_file(path, option: str) -> dict:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{option} {path}: cannot parse ({e}).") from None
     if isinstance(data, dict) and isinstance(data.get("params"), dict):
-        # tuning/<study>/best.json: the study's training setup, with the best parameters over it
-        data = {**(data.get("config") or {}), **data["params"]}
+        # tuning/<study>/best.json: the study's training setup, with the best parameters over it; a setup is
+        # whole, so a setting it lacks is newer than the study, which tuned what the setting's old behaviour did
+        setup = data.get("config") or {}
+        data = {**(settings_before_they_existed(setup) if setup else {}), **setup, **data["params"]}
+    elif isinstance(data, dict) and path.name == layout.CONFIG and (path.parent / layout.MANIFEST).is_file():
+        data = {**settings_before_they_existed(data), **data}  # a run folder's own (whole) config, to continue it
     if not isinstance(data, dict):
         raise UserError(f"{option} {path}: expected a mapping of option names to values.")
     return data

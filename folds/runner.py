@@ -432,7 +432,8 @@ def check_settings(run_dir: Path, cfg: RunConfig) -> None:
         return
     if layout.has_started(run_dir):
         raise UserError(f"{run_dir} was made with other settings ({shown}). Its folds were trained with "
-                        "the old ones: use a new --name for the new settings, or delete the folder.")
+                        "the old ones: use a new --name for the new settings, or delete the folder; "
+                        f"`{layout.fold_command(run_dir, 'all', '--resume')}` goes on with the folder's own.")
     training = folds_in_training(run_dir)
     if training:
         raise UserError(f"{run_dir} was made with other settings ({shown}), and another process is training "

