@@ -77,7 +77,7 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "a residual block is skipped in training, rising to this in the last block; 0 turns it off")
     pick(g, "--head-init", "head_init", "how the new head's last layer starts: zero (default; every class starts "
          "at the same logit, so the first steps do not push the backbone after random errors) or timm (the "
-         "model's own random init, the seed preset's)")
+         "model's own random init, the seed and demo presets')")
     g = p.add_argument_group("training")
     opt(g, "--seed", key="seed", type=int, help="training seed: init, sampler, augmentation")
     opt(g, "--epochs", key="epochs", type=int, help="maximum epochs per fold")

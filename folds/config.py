@@ -124,8 +124,10 @@ def learning_settings(cfg: RunConfig, exclude=()) -> dict:
 PRESETS = {
     "default": {},
     # Small enough for `--fold all` on a 2-core CPU in a few minutes, with the same code path.
+    # Its model learns from scratch, where the zero head (a fine-tuning rule) lost 0.016 crop-OOF and trained 12
+    # epochs more: it keeps timm's init.
     "demo": {"model": "resnet10t", "img_size": 64, "weights": "none", "epochs": 12, "step_size": 8,
-             "patience": 4, "batch_size": 32, "tta": "flips", "crop_oof": 3, "lr": 2e-3},
+             "patience": 4, "batch_size": 32, "tta": "flips", "crop_oof": 3, "lr": 2e-3, "head_init": "timm"},
     # The original team's recipe: whole painting resized, default-scale RRC, one 80/20 split, no TTA.
     "seed": {"crop": "whole", "holdout": True, "tta": "none", "crop_oof": 5, "head_init": "timm"},
     # A modern fine-tuning recipe from timm's parts, checkpoints chosen on validation crops. A

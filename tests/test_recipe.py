@@ -403,9 +403,7 @@ def test_pseudo_labels_take_their_sibling_crops_consensus_unless_told_not_to(sou
     alone = pseudo_labels(run, 0, ds.test, ds.classes, "soft", siblings=False, workers=2)[1]
     agreed = pseudo_labels(run, 0, ds.test, ds.classes, "soft", workers=2)[1]
     assert not np.allclose(alone, agreed) and np.allclose(agreed.sum(1), 1, atol=1e-5)
-    # the demo's source labels all but a crop or two alone (it learns its synthetic painters in 3 epochs), so the
-    # consensus may trade one crop for another here; its gain is measured on real subsets (benchmarks/RESULTS.md)
-    assert (agreed.argmax(1) == truth).sum() >= (alone.argmax(1) == truth).sum() - 1
+    assert (agreed.argmax(1) == truth).mean() >= (alone.argmax(1) == truth).mean()
     parser = argparse.ArgumentParser()
     add_training_options(parser)
     assert resolve_config(cli_overrides(parser.parse_args(["--no-pseudo-siblings"]))).pseudo_siblings is False

@@ -143,11 +143,12 @@ def test_a_run_folder_or_study_from_before_head_init_goes_on_as_it_began(demo_so
 
     from folds.config import resolve_config, saved_config
     from tuning.study import open_study
-    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0"})
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--head-init": "zero", "--fold": "0"})
     assert main(args) == 0
     run = tmp_path / "runs" / "t"
     config = json.loads((run / "config.json").read_text())
-    assert config["head_init"] == "zero"
+    assert config["head_init"] == "zero" and resolve_config({"data_dir": "x"}).head_init == "zero"
+    assert resolve_config({}, "demo").head_init == resolve_config({}, "seed").head_init == "timm"
     del config["head_init"]  # as an older checkout wrote it
     (run / "config.json").write_text(json.dumps(config))
     assert saved_config(run).head_init == "timm"
@@ -165,7 +166,7 @@ def test_a_run_folder_or_study_from_before_head_init_goes_on_as_it_began(demo_so
     assert resolve_config({}, None, None, best).head_init == "timm"
     best.write_text(json.dumps({"params": {"lr": 0.01, "head_init": "zero"}, "config": {"epochs": 2}}))
     assert resolve_config({}, None, None, best).head_init == "zero"
-    (tmp_path / "layer.json").write_text(json.dumps({"epochs": 2}))
+    (tmp_path / "layer.json").write_text(json.dumps({"epochs": 2, "data_dir": "x"}))
     assert resolve_config({}, None, tmp_path / "layer.json").head_init == "zero"
     # a study from before, reopened: as it tuned (timm) it goes on; today's default is another setup
     storage = optuna.storages.InMemoryStorage()
