@@ -91,9 +91,11 @@ def check_data_dir(data_dir) -> None:
 def resolve_oof(oof: str, first_run, option: str = "--oof", data_dir=None) -> tuple[str, str | None]:
     """``--oof``, with auto resolved from the first run: its whole-painting OOF where the test images look whole
     or it has no crop OOF, else its crop OOF; and a note, naming ``option``, when auto chose the whole-painting
-    OOF for the test images' sake. ``data_dir``: the run's data folder where it has moved (else the run's own)."""
+    OOF for the test images' sake, or could not look at them (the data folder is not on this machine).
+    ``data_dir``: the run's data folder where it has moved (else the run's own)."""
     if oof != "auto":
         return oof, None
+    from folds.data import TEST_CSV
     from folds.scale_check import data_area_share, looks_whole
 
     first_run = Path(first_run)
@@ -105,7 +107,7 @@ def resolve_oof(oof: str, first_run, option: str = "--oof", data_dir=None) -> tu
     if not config.get("crop_oof", 1):
         return "whole", None  # a run made with --crop-oof 0 has no other
     folder = Path(data_dir or run_data_dir(first_run, config, manifest.get("data_path")))
-    if not (folder / "test.csv").is_file():  # run folders taken to another machine, the data elsewhere
+    if not (folder / TEST_CSV).is_file():  # run folders taken to another machine, the data elsewhere
         return "crops", (f"{option} auto: the runs' data folder {folder} is not here, so the crop OOF is used; "
                          f"{'--data-dir names where it is, or ' if option == '--oof' else ''}{option} whole "
                          "chooses the whole-painting OOF (for a task whose test images are whole)")
