@@ -113,9 +113,14 @@ def test_a_finished_fold_held_by_another_process_is_not_predicted_twice(demo_dir
     predicted = {f: (other / "runs" / "t" / "fold_0" / f).read_bytes() for f in ("test_probs.csv", "done.json")}
     holder = FoldLock(run / "fold_0" / "lock", owner="the other process")
     assert holder.acquire()
+    waiting = threading.Event()  # this process found the fold held (however long its start took)
+    wait = getattr(runner_module.FoldRunner, "_wait_for_lock", None)
+    monkeypatch.setattr(runner_module.FoldRunner, "_wait_for_lock",
+                        lambda self, *a: waiting.set() or wait(self, *a), raising=False)
 
     def other_process():
-        time.sleep(1)
+        waiting.wait(120)
+        time.sleep(0.5)
         for f, data in predicted.items():
             (run / "fold_0" / f".{f}.tmp").write_bytes(data)
             os.replace(run / "fold_0" / f".{f}.tmp", run / "fold_0" / f)
