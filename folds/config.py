@@ -95,10 +95,12 @@ class RunConfig:
         return asdict(self)
 
 
-def settings_before_they_existed(saved: dict) -> dict:
-    """What a run folder written before a setting existed did, where today's default is not that:
-    its config lacks the key, and reading the default there would resume it with another recipe."""
-    return {"head_init": "timm", **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
+def as_it_began(saved: dict) -> dict:
+    """A whole saved setup (a run folder's config.json, a study's setup, a best.json's config) with each setting
+    newer than it as it was then, where today's default is not that: it lacks the key, and reading the default
+    there would go on with another recipe."""
+    before = {"head_init": "timm", **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
+    return {**before, **saved}
 
 
 # Settings that name a file or folder: made absolute where another working folder reads them (Ray)
@@ -182,9 +184,9 @@ def read_config_file(path, option: str) -> dict:
         # tuning/<study>/best.json: the study's training setup, with the best parameters over it; a setup is
         # whole, so a setting it lacks is newer than the study, which tuned what the setting's old behaviour did
         setup = data.get("config") or {}
-        data = {**(settings_before_they_existed(setup) if setup else {}), **setup, **data["params"]}
+        data = {**(as_it_began(setup) if setup else {}), **data["params"]}
     elif isinstance(data, dict) and path.name == layout.CONFIG and (path.parent / layout.MANIFEST).is_file():
-        data = {**settings_before_they_existed(data), **data}  # a run folder's own (whole) config, to continue it
+        data = as_it_began(data)  # a run folder's own (whole) config, to continue it
     if not isinstance(data, dict):
         raise UserError(f"{option} {path}: expected a mapping of option names to values.")
     return data
@@ -192,9 +194,8 @@ def read_config_file(path, option: str) -> dict:
 
 def saved_config(run_dir) -> RunConfig:
     """The resolved config a run folder saved (``config.json``): keys this version lacks are ignored, and
-    a setting newer than the folder reads as what the folder did (``settings_before_they_existed``)."""
-    saved = layout.read_json(Path(run_dir) / layout.CONFIG)
-    saved = {**settings_before_they_existed(saved), **saved}
+    a setting newer than the folder reads as what the folder did (``as_it_began``)."""
+    saved = as_it_began(layout.read_json(Path(run_dir) / layout.CONFIG))
     return RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig) if f.name in saved})
 
 

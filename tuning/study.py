@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from common import UserError, atomic_write, write_json
-from folds.config import settings_before_they_existed
+from folds.config import as_it_began
 from tuning.space import fingerprint
 from tuning.storage import mask
 
@@ -44,8 +44,7 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
         raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
                         f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
                         "Nothing in the study was changed.")
-    saved = attrs.get("setup", {})
-    saved = {**settings_before_they_existed(saved), **saved}  # a setting newer than the study: what it tuned with
+    saved = as_it_began(attrs.get("setup", {}))  # a setting newer than the study: what it tuned with
     diff = {k: (saved.get(k), v) for k, v in setup.items() if saved.get(k) != v}
     if diff:
         raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
