@@ -1,7 +1,23 @@
-"""The one macro-F1 of the project, shared by training, the ensemble and the benchmarks."""
+"""The competition's metrics, shared by training, the ensemble and the benchmarks.
+
+``METRICS`` is the one registry of ``--metric`` names. Each metric scores predicted classes (the
+argmax of probability rows), higher is better, and has a key: its column in ``history.csv``
+(``val_<key>``, ``val_crop_<key>``), in a fold's ``done.json`` and a run's ``scores.json``. Every
+registered metric is computed and kept; the run's ``--metric`` decides which one chooses the
+checkpoints, the tuned settings, the ensemble and its offsets, and which one the tables lead with.
+"""
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
+
+from common import UserError
+
+
+def _classes(probs_or_pred) -> np.ndarray:
+    p = np.asarray(probs_or_pred)
+    return p.argmax(axis=1) if p.ndim == 2 else p
 
 
 def macro_f1(y, probs_or_pred) -> float:
@@ -11,13 +27,17 @@ def macro_f1(y, probs_or_pred) -> float:
     over the classes seen in ``y`` or in the predictions; a test checks it equals sklearn.
     """
     y = np.asarray(y)
-    p = np.asarray(probs_or_pred)
-    pred = p.argmax(axis=1) if p.ndim == 2 else p
+    pred = _classes(probs_or_pred)
     k = int(max(pred.max(initial=0), y.max(initial=0))) + 1
     tp = np.bincount(y[pred == y], minlength=k)
     denom = np.bincount(pred, minlength=k) + np.bincount(y, minlength=k)
     present = denom > 0
     return float((2 * tp[present] / denom[present]).mean())
+
+
+def accuracy(y, probs_or_pred) -> float:
+    """The share of rows whose predicted class is right (labels or probability rows)."""
+    return float(np.mean(_classes(probs_or_pred) == np.asarray(y)))
 
 
 def mean_single_f1(y, members) -> float:
@@ -54,3 +74,41 @@ def weighted_macro_f1(y, pred, g, weights) -> np.ndarray:
     denom = weights @ (per_group[1] + per_group[2])
     f1 = np.divide(2 * tp, denom, out=np.full_like(tp, np.nan), where=denom > 0)  # absent classes: not averaged
     return np.nanmean(f1, axis=1)
+
+
+def weighted_accuracy(y, pred, g, weights) -> np.ndarray:
+    """``accuracy`` of every weighting of the groups in one pass, as ``weighted_macro_f1`` draws them."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    n = weights.shape[1]
+    right = np.bincount(g, weights=(pred == y).astype(np.float64), minlength=n)
+    rows = np.bincount(g, minlength=n).astype(np.float64)
+    return (weights @ right) / (weights @ rows)
+
+
+class Metric(NamedTuple):
+    """A competition metric of predicted classes, higher is better."""
+    label: str  # in tables and logs
+    key: str  # its column: val_<key>, val_crop_<key>, and the key in done.json and scores.json
+    score: Callable  # (labels, probability rows or predicted classes) -> float
+    drawn: Callable  # (labels, predicted classes, group of each row, group weights per draw) -> a score per draw
+
+
+# The one registry of --metric names. Insertion order is the tables' column order.
+METRICS = {
+    "macro_f1": Metric("macro-F1", "f1", macro_f1, weighted_macro_f1),
+    "accuracy": Metric("accuracy", "acc", accuracy, weighted_accuracy),
+}
+DEFAULT_METRIC = "macro_f1"  # Dacon's painter task; a run folder from before --metric was scored by it
+
+
+def get_metric(name: str | None, option: str = "--metric") -> Metric:
+    """The registered metric ``name`` (None: the default)."""
+    name = DEFAULT_METRIC if name is None else name
+    if name not in METRICS:
+        raise UserError(f"{option} {name!r}: unknown; choose one of {list(METRICS)}.")
+    return METRICS[name]
+
+
+def all_scores(y, probs_or_pred, prefix: str = "") -> dict:
+    """Every registered metric of these predictions, by key (``prefix`` before each key)."""
+    return {prefix + m.key: m.score(y, probs_or_pred) for m in METRICS.values()}

@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from common import UserError
-from common.metrics import macro_f1
+from common.metrics import DEFAULT_METRIC, get_metric
 from ensemble.merge import EPS, merge
 
 
@@ -61,12 +61,13 @@ class MergeBlend(_Blender):
 
 
 class WeightedBlend(_Blender):
-    """Run weights on the simplex that maximise OOF macro-F1 (random search, then coordinate refinement)."""
+    """Run weights on the simplex that maximise the OOF score by ``metric`` (``common.metrics.METRICS``;
+    random search, then coordinate refinement)."""
 
     learns = True
 
-    def __init__(self, n_members: int = 1, n_candidates: int = 300, seed: int = 0):
-        self.n_members, self.n_candidates, self.seed = n_members, n_candidates, seed
+    def __init__(self, n_members: int = 1, n_candidates: int = 300, seed: int = 0, metric: str = DEFAULT_METRIC):
+        self.n_members, self.n_candidates, self.seed, self.metric = n_members, n_candidates, seed, metric
 
     def fit(self, X, y):
         n = self.n_members
@@ -74,7 +75,8 @@ class WeightedBlend(_Blender):
         self.classes_ = np.arange(stack.shape[2])
         rng = np.random.default_rng(self.seed)
         cands = np.vstack([np.eye(n), np.full((1, n), 1 / n), rng.dirichlet(np.ones(n), self.n_candidates)])
-        score = lambda w: macro_f1(y, np.tensordot(w, stack, axes=1))  # noqa: E731
+        metric = get_metric(self.metric).score
+        score = lambda w: metric(y, np.tensordot(w, stack, axes=1))  # noqa: E731
         best = max(cands, key=score)
         best_s = score(best)
         for step in (0.2, 0.1, 0.05):  # coordinate moves between pairs of runs
@@ -149,23 +151,26 @@ class StackBlend(_Blender):
 
 
 class DecisionOffsets(_Blender):
-    """Per-class log-probability offsets fit to maximise macro-F1 on top of another blender.
+    """Per-class log-probability offsets fit to maximise the score by ``metric`` on top of another blender.
 
-    Macro-F1 rewards the small classes that argmax under-predicts; a per-class bias fixes that.
+    Macro-F1 rewards the small classes that argmax under-predicts; a per-class bias fixes that. (Under
+    accuracy they can only trade one class's rows for another's; the build keeps them where that pays.)
     """
 
     learns = True
 
-    def __init__(self, base=None, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2):
-        self.base, self.grid, self.rounds = base, grid, rounds
+    def __init__(self, base=None, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2,
+                 metric: str = DEFAULT_METRIC):
+        self.base, self.grid, self.rounds, self.metric = base, grid, rounds, metric
 
     def fit(self, X, y):
+        metric = get_metric(self.metric).score
         self.base_ = clone(self.base).fit(X, y)
         self.classes_ = self.base_.classes_
         logp = _log_probs(self.base_.predict_proba(X))
         target = np.searchsorted(self.classes_, y)  # y as column positions of the base's output
         b = np.zeros(logp.shape[1])
-        best = macro_f1(target, logp)
+        best = metric(target, logp)
         rows, cols = np.arange(len(logp)), np.arange(len(b))
         ranked = None
         for _ in range(self.rounds):
@@ -183,7 +188,7 @@ class DecisionOffsets(_Blender):
                 for g in self.grid:
                     pred = np.where(own + g > other_score, c,
                                     np.where(own + g == other_score, np.minimum(c, other), other))
-                    s = macro_f1(target, pred)
+                    s = metric(target, pred)
                     if s > best + 1e-12:
                         best, b, ranked = s, np.where(cols == c, g, b), None
         self.offsets_ = b
@@ -231,23 +236,26 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     return out
 
 
-# The one registry of --method names: name -> factory(stacker, n_members). Insertion order is the report's.
+# The one registry of --method names: name -> factory(stacker, n_members, metric). Insertion order is the report's.
 BLENDS = {
-    "mean": lambda stacker, n: MergeBlend("mean", n),
-    "gmean": lambda stacker, n: MergeBlend("gmean", n),
-    "vote": lambda stacker, n: MergeBlend("vote", n),
-    "weighted": lambda stacker, n: WeightedBlend(n),
-    "stack": lambda stacker, n: StackBlend(stacker, n),
+    "mean": lambda stacker, n, metric: MergeBlend("mean", n),
+    "gmean": lambda stacker, n, metric: MergeBlend("gmean", n),
+    "vote": lambda stacker, n, metric: MergeBlend("vote", n),
+    "weighted": lambda stacker, n, metric: WeightedBlend(n, metric=metric),
+    "stack": lambda stacker, n, metric: StackBlend(stacker, n),
 }
 
 
 def votes() -> list[str]:
     """The methods that learn nothing from the OOF: usable without a fitted blend."""
-    return [m for m in BLENDS if not BLENDS[m]("logreg", 1).learns]
+    return [m for m in BLENDS if not BLENDS[m]("logreg", 1, DEFAULT_METRIC).learns]
 
 
-def make_blend(method: str, stacker: str = "logreg", offsets: bool = False, n_members: int = 1):
+def make_blend(method: str, stacker: str = "logreg", offsets: bool = False, n_members: int = 1,
+               metric: str = DEFAULT_METRIC):
+    """The ``--method`` blender (with per-class offsets on top); the ones that fit weights or offsets
+    maximise ``metric``, the competition's."""
     if method not in BLENDS:
         raise UserError(f"--method {method!r}: choose one of {sorted(BLENDS)}.")
-    b = BLENDS[method](stacker, n_members)
-    return DecisionOffsets(b) if offsets else b
+    b = BLENDS[method](stacker, n_members, metric)
+    return DecisionOffsets(b, metric=metric) if offsets else b

@@ -6,7 +6,8 @@ Examples:
     python ensemble/build.py runs/b3-seed0 --method mean --with-full --out submissions/b3_full.csv
     python ensemble/build.py runs/a runs/b runs/c --method best     # the method with the best honest score
 
-Every method's OOF macro-F1 is printed in one table; `weighted`, `stack` and the per-class offsets
+Every method's OOF score is printed in one table, by the runs' competition metric (`--metric` of
+folds/run.py: macro-F1 unless they named another); `weighted`, `stack` and the per-class offsets
 are scored in an inner cross-validation on the OOF rows (grouped by painting), never on the rows
 they were fit on, and the offsets are kept where that honest score beats the method alone
 (`--offsets auto`, the default). By default the crop OOF (validation paintings as test-like crops)
@@ -23,19 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from sklearn.base import clone  # noqa: E402
-from sklearn.metrics import accuracy_score  # noqa: E402
 
 from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
-from common.metrics import macro_f1  # noqa: E402
+from common.metrics import DEFAULT_METRIC, METRICS, all_scores, get_metric  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, check_distinct,  # noqa: E402
-                           check_test_set_unchanged, finished_in_every_run, load_run, resolve_oof,
-                           validated_by_every_run)
+                           check_test_set_unchanged, finished_in_every_run, load_run, resolve_metric,
+                           resolve_oof, validated_by_every_run)
 from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
@@ -52,15 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (runs/<name>) with finished folds")
     p.add_argument("--method", default="mean", choices=[*BLENDS, BEST], help="how the final CSV combines the "
                    f"runs (default: mean, the soft vote); {BEST}: the method, with or without the offsets, whose "
-                   "honest OOF macro-F1 in the table is highest")
+                   "honest OOF score in the table is highest")
     p.add_argument("--out", help="submission CSV (default: submissions/<runs>_<method>.csv)")
     p.add_argument("--oof", default="auto", choices=OOF_KINDS, help="fit and score on the crop OOF (test-like "
                    "crops of the validation paintings) or the whole-painting OOF; auto (default): the whole-painting "
                    "OOF where the test images look whole (a task tested on whole images), else the crop OOF")
     p.add_argument("--stacker", default="logreg", help="meta-learner for --method stack: logreg (default), rf, "
                    "hgb, mlp, or a class path like sklearn.linear_model.LogisticRegression")
+    p.add_argument("--metric", choices=tuple(METRICS), help="the metric that fits, chooses and leads the table "
+                   "(default: the one the runs were trained for, --metric of folds/run.py)")
     p.add_argument("--offsets", nargs="?", const="on", default="auto", choices=OFFSETS, help="per-class logit "
-                   "offsets fit for macro-F1 on top of the method, scored in the inner cross-validation: auto "
+                   "offsets fit for the metric on top of the method, scored in the inner cross-validation: auto "
                    "(default) keeps them where that honest score beats the method alone; --offsets alone: on")
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
@@ -81,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets_for=(), inner_folds=5,
-            with_full=False, truth=None) -> tuple[list[dict], dict]:
-    """One row per run alone and per method: honest OOF macro-F1 (and test macro-F1 given ``truth``).
+            with_full=False, truth=None, metric=DEFAULT_METRIC) -> tuple[list[dict], dict]:
+    """One row per run alone and per method: every metric's honest OOF score, by key (and ``test_<key>`` given
+    ``truth``); the weights and offsets are fit for ``metric``.
 
     Returns the rows and each method's honest OOF probabilities.
     """
@@ -92,16 +95,16 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
     rows, oofs = [], {}
 
     def row(name, oof_p, test_p, note):
-        r = {"method": name, "f1": macro_f1(y, oof_p), "acc": accuracy_score(y, oof_p.argmax(1)), "note": note}
+        r = {"method": name, **all_scores(y, oof_p), "note": note}
         if truth is not None:
-            r["test_f1"] = macro_f1(truth, test_p)
+            r.update(all_scores(truth, test_p, "test_"))
         rows.append(r)
 
     for r in runs:
         row(f"run {r.name}", r.oof_probs, r.test_probs(with_full), "single run")
     for m in methods:
         for off in (False, True) if m in offsets_for else (False,):
-            blend = make_blend(m, stacker, off, n_members=len(runs))
+            blend = make_blend(m, stacker, off, n_members=len(runs), metric=metric)
             name = m + ("+offsets" if off else "")
             oofs[name] = honest_oof(blend, X, y, groups, inner_folds)
             test_p = full_proba(clone(blend).fit(X, y), test_X, k) if truth is not None else None
@@ -109,18 +112,20 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
     return rows, oofs
 
 
-def best_method(rows: list[dict], oofs: dict) -> dict:
-    """The method row with the highest honest OOF macro-F1. On a tie the earlier row: the table lists the
-    simpler methods first, and a method before its '+offsets'. Rows of runs alone are not candidates."""
-    return max((r for r in rows if r["method"] in oofs), key=lambda r: r["f1"])
+def best_method(rows: list[dict], oofs: dict, metric: str | None = None) -> dict:
+    """The method row with the highest honest OOF score by ``metric``. On a tie the earlier row: the table lists
+    the simpler methods first, and a method before its '+offsets'. Rows of runs alone are not candidates."""
+    key = get_metric(metric).key
+    return max((r for r in rows if r["method"] in oofs), key=lambda r: r[key])
 
 
-def keep_offsets(table: list[dict], method: str, notes: list, oof: str = "crops") -> bool:
+def keep_offsets(table: list[dict], method: str, notes: list, oof: str = "crops", metric: str | None = None) -> bool:
     """``--offsets auto``: keep them where their honest (inner-CV) score beats the method alone, and say so."""
-    f1 = {r["method"]: r["f1"] for r in table}
-    keep = f1[method + "+offsets"] > f1[method]
-    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest {OOF_NAMES[oof]} macro-F1 "
-                 f"{f1[method + '+offsets']:.4f} with them, {f1[method]:.4f} without (--offsets auto)")
+    m = get_metric(metric)
+    score = {r["method"]: r[m.key] for r in table}
+    keep = score[method + "+offsets"] > score[method]
+    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest {OOF_NAMES[oof]} {m.label} "
+                 f"{score[method + '+offsets']:.4f} with them, {score[method]:.4f} without (--offsets auto)")
     return keep
 
 
@@ -130,7 +135,8 @@ def blend_test(blend, runs, y, with_full: bool = False) -> np.ndarray:
     return full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(runs[0].classes))
 
 
-def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, test) -> tuple[dict | None, list[str]]:
+def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, test,
+                        metric: str | None = None) -> tuple[dict | None, list[str]]:
     """``for_runs`` on a method's honest crop-OOF ``probs`` and its ``test`` probabilities, with its
     notes; None when it cannot start: --neighbours off, a whole-painting OOF, or the run's images
     are not at hand (run folders copied without their data: the build goes on, unsmoothed)."""
@@ -139,7 +145,7 @@ def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, te
     if oof != "crops":
         return None, ["neighbour smoothing is chosen on the crop OOF; with --oof whole it is off."]
     try:
-        smooth = for_runs(data_dir, first.oof, probs, y, first.test_ids, test)
+        smooth = for_runs(data_dir, first.oof, probs, y, first.test_ids, test, score=get_metric(metric).score)
     except UserError as e:
         return None, [f"neighbour smoothing is off: it needs the run's images ({e})"]
     return smooth, smooth["notes"]
@@ -147,7 +153,8 @@ def neighbour_smoothing(neighbours: str, oof: str, data_dir, first, probs, y, te
 
 def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stacker: str = "logreg",
           offsets: bool | str = "auto", with_full: bool = False, sample=None, inner_folds: int = 5,
-          report: bool = True, neighbours: str = "auto", finished_folds: bool = False, data_dir=None) -> dict:
+          report: bool = True, neighbours: str = "auto", finished_folds: bool = False, data_dir=None,
+          metric: str | None = None) -> dict:
     """Combine finished runs into a validated submission, its probabilities and a report.
 
     >>> build(["runs/demo"], method="mean", out="submissions/demo_folds-mean.csv")   # doctest: +SKIP
@@ -158,6 +165,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     oof, oof_note = resolve_oof(oof, run_paths[0], data_dir=data_dir)
     runs, partial = finished_in_every_run([load_run(r, oof, finished_folds) for r in run_paths])
     runs, common = validated_by_every_run(runs)
+    metric = resolve_metric(runs, metric)  # the competition's: it fits, chooses and leads the table
+    m = get_metric(metric)
     mode = {True: "on", False: "off"}.get(offsets, offsets)  # a bool still works, as before auto existed
     if mode not in OFFSETS:
         raise UserError(f"--offsets {mode!r}: choose one of {list(OFFSETS)}.")
@@ -166,7 +175,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     out = Path(out) if out else Path("submissions") / f"{'+'.join(r.name for r in runs)}_{named}.csv"
     check_out_file(out)  # before any work
     same_split = len({r.split_hash for r in runs}) == 1
-    learns = mode == "on" if choosing else make_blend(method, stacker, mode == "on").learns
+    learns = mode == "on" if choosing else make_blend(method, stacker, mode == "on", metric=metric).learns
     runs = check_compatible(runs, need_same_split=learns)
     # the smoothing decodes the images the runs decoded: under the limit (--max-image-pixels) that admitted them
     set_max_image_pixels(loosest_limit(r.config.get("max_image_pixels") for r in runs))
@@ -186,20 +195,20 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     tried = mode == "on" or (mode == "auto" and same_split)
     offsets_for = [] if not tried else methods if choosing else [method]  # the methods scored with offsets too
     table, oofs = compare(runs, y, groups, methods=methods, stacker=stacker, offsets_for=offsets_for,
-                          inner_folds=inner_folds)
+                          inner_folds=inner_folds, metric=metric)
     if choosing:
         # auto: with or without the offsets, as they score; on: only with them
         candidates = {k: v for k, v in oofs.items() if mode != "on" or k.endswith("+offsets")}
-        best = best_method(table, candidates)
+        best = best_method(table, candidates, metric)
         method, offsets = best["method"].removesuffix("+offsets"), best["method"].endswith("+offsets")
-        notes.append(f"--method {BEST}: {best['method']} has the highest honest {OOF_NAMES[oof]} macro-F1 "
-                     f"({best['f1']:.4f}) of "
+        notes.append(f"--method {BEST}: {best['method']} has the highest honest {OOF_NAMES[oof]} {m.label} "
+                     f"({best[m.key]:.4f}) of "
                      f"the {len(candidates)} candidates in the table; the best of several honest scores reads a "
                      "little high, by more the fewer the OOF paintings")
     else:
-        offsets = mode == "on" or (tried and keep_offsets(table, method, notes, oof))
+        offsets = mode == "on" or (tried and keep_offsets(table, method, notes, oof, metric))
     chosen = method + ("+offsets" if offsets else "")
-    blend = make_blend(method, stacker, offsets, n_members=len(runs))
+    blend = make_blend(method, stacker, offsets, n_members=len(runs), metric=metric)
     final_oof = oofs[chosen]
     if with_full:
         missing = [r for r in runs if r.full_test is None]
@@ -210,22 +219,23 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
                      "(and any stacker fit) use the fold models only.")
     test = blend_test(blend, runs, y, with_full)
     truth = answer_key(data_dir, first.test_ids, classes)
-    plain_test_f1 = None if truth is None else macro_f1(truth, test)
+    plain_test = None if truth is None else all_scores(truth, test, "test_")
     smoothing, smoothing_oof = None, {}
-    smooth, smooth_notes = neighbour_smoothing(neighbours, oof, data_dir, first, final_oof, y, test)
+    smooth, smooth_notes = neighbour_smoothing(neighbours, oof, data_dir, first, final_oof, y, test, metric)
     notes.extend(smooth_notes)
     if smooth is not None:
         smoothing = smooth["smoothing"]
         # what the crop OOF chose and its honest score, also when the test set turned it off
         smoothing_oof = {"neighbours_on_oof": smooth["chosen_on_oof"].describe(),
-                         "neighbours_crop_oof_f1": macro_f1(y, smooth["honest_oof"])}
+                         **all_scores(y, smooth["honest_oof"], "neighbours_crop_oof_")}
         if smoothing.on:
             chosen += "+neighbours"
             final_oof, test = smooth["honest_oof"], smooth["test"]
-            table.append({"method": chosen, "f1": macro_f1(y, final_oof), "acc": accuracy_score(y, final_oof.argmax(1)),
+            table.append({"method": chosen, **all_scores(y, final_oof),
                           "note": f"{smoothing.describe()}; honest: chosen on the other half of the OOF"})
             if truth is not None:
-                notes.append(f"test macro-F1 without the neighbour smoothing: {plain_test_f1:.4f} (for reporting only)")
+                notes.append(f"test {m.label} without the neighbour smoothing: {plain_test['test_' + m.key]:.4f} "
+                             "(for reporting only)")
     sample_path = Path(sample) if sample else data_dir / SAMPLE_CSV
     if not sample_path.is_file():
         raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
@@ -235,16 +245,18 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
     # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
-        "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "with_full": with_full,
+        "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "metric": metric, "with_full": with_full,
         "runs": [str(r.path.resolve()) for r in runs], "classes": classes, "folds": first.folds if partial else None,
         "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None})}
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
-        result["test_f1"], result["test_f1_without_neighbours"] = macro_f1(truth, test), plain_test_f1
-        notes.append(f"test macro-F1 against {data_dir / ANSWER_KEY}: {result['test_f1']:.4f} (for reporting only)")
+        result.update(all_scores(truth, test, "test_"))
+        result.update({f"{k}_without_neighbours": v for k, v in plain_test.items()})
+        notes.append(f"test {m.label} against {data_dir / ANSWER_KEY}: {result['test_' + m.key]:.4f} "
+                     "(for reporting only)")
     if report:
-        run_rows = [{"run": r.name, "fold": k, "val_f1": d.get("best_f1", float("nan")),
-                     "oof_f1": d.get("oof", {}).get("f1", float("nan")),
-                     "crop_f1": d.get("crop_oof", {}).get("f1", float("nan"))}
+        nan = float("nan")
+        run_rows = [{"run": r.name, "fold": k, "val": d.get("best_" + m.key, nan),
+                     "oof": d.get("oof", {}).get(m.key, nan), "crop": d.get("crop_oof", {}).get(m.key, nan)}
                     for r in runs for k, d in r.fold_scores.items()]
         train_csv = data_dir / TRAIN_CSV
         train = read_csv(train_csv, TRAIN_COLUMNS, names=names) if train_csv.is_file() else None
@@ -253,23 +265,27 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         result["report"] = write_report(out, table=table, chosen=chosen, run_rows=run_rows, y=y,
                                         pred=final_oof.argmax(1), classes=classes, train_labels=train_labels,
                                         sub_labels=labels, notes=notes,
-                                        oof_kind=OOF_NAMES[oof],
+                                        oof_kind=OOF_NAMES[oof], metric=metric,
                                         errors=confident_errors(groups, y, final_oof, classes, paths))
-    result["notes"], result["oof"] = notes, oof
+    result["notes"], result["oof"], result["metric"] = notes, oof, metric
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result
 
 
-def format_table(table: list[dict], chosen: str, oof: str = "crops") -> str:
-    """The methods' table, its score column named by the OOF it was chosen on (a run's own summary line
-    calls the whole-painting one "OOF" and the other "crop-OOF")."""
+def format_table(table: list[dict], chosen: str, oof: str = "crops", metric: str | None = None) -> str:
+    """The methods' table: the score it was chosen by first (``metric``, named with the OOF it was chosen on: a
+    run's own summary line calls the whole-painting one "OOF" and the other "crop-OOF"), then the other metrics."""
+    lead = get_metric(metric)
+    cols = [(f"{OOF_NAMES[oof]} {lead.label}", lead.key)]
+    cols += [(m.label, m.key) for m in METRICS.values() if m is not lead]
     w = max(len(r["method"]) for r in table) + 10
-    score = f"{OOF_NAMES[oof]} macro-F1"
-    lines = [f"{'method':<{w}} {score:>{len(score)}} {'accuracy':>9}  note", "-" * (w + len(score) + 20)]
+    lines = [f"{'method':<{w}} " + " ".join(f"{c:>9}" for c, _ in cols) + "  note"]
+    lines.append("-" * (len(lines[0]) + 14))
     for r in table:
         name = r["method"] + (" (chosen)" if r["method"] == chosen else "")
-        lines.append(f"{name:<{w}} {r['f1']:>{len(score)}.4f} {r['acc']:>9.4f}  {r.get('note', '')}")
+        lines.append(f"{name:<{w}} " + " ".join(f"{r[k]:>{max(9, len(c))}.4f}" for c, k in cols)
+                     + f"  {r.get('note', '')}")
     return "\n".join(lines)
 
 
@@ -280,8 +296,8 @@ def main(argv=None) -> int:
     result = build(args.runs, method=args.method, out=args.out, oof=args.oof, stacker=args.stacker,
                    offsets=args.offsets, with_full=args.with_full, sample=args.sample,
                    inner_folds=args.inner_folds, report=not args.no_report, neighbours=args.neighbours,
-                   finished_folds=args.finished_folds, data_dir=args.data_dir)
-    print(format_table(result["table"], result["chosen"], result["oof"]))
+                   finished_folds=args.finished_folds, data_dir=args.data_dir, metric=args.metric)
+    print(format_table(result["table"], result["chosen"], result["oof"], result["metric"]))
     for n in result["notes"]:
         print(f"note: {n}")
     print(f"submission: {result['out']}\nfitted blend (for ensemble/predict.py and ensemble/export.py): "

@@ -1,4 +1,4 @@
-"""Is one run's gain over another real? Paired bootstrap intervals of their OOF macro-F1.
+"""Is one run's gain over another real? Paired bootstrap intervals of their OOF score (the runs' metric).
 
 Examples:
     python ensemble/compare.py runs/b3-seed0 runs/b3-ld9          # the crop OOF (whole test images: the whole OOF)
@@ -25,16 +25,16 @@ import numpy as np  # noqa: E402
 
 from common import UserError  # noqa: E402
 from common.cli import entry_point  # noqa: E402
-from common.metrics import macro_f1, painting_draws, weighted_macro_f1  # noqa: E402
+from common.metrics import METRICS, get_metric, painting_draws  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, finished_in_every_run,  # noqa: E402,E501
-                           load_run, resolve_oof, validated_by_every_run)
+                           load_run, resolve_metric, resolve_oof, validated_by_every_run)
 
 
 
 def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float = 0.9, seed: int = 0,
-                 finished_folds: bool = False, data_dir=None) -> dict:
-    """Each run's OOF macro-F1 with its interval, and its paired difference to the first run (one run:
-    how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
+                 finished_folds: bool = False, data_dir=None, metric: str | None = None) -> dict:
+    """Each run's OOF score by ``metric`` (None: the one the runs were trained for) with its interval, and its
+    paired difference to the first run (one run: how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
     run, where some have folds still to train (is the new recipe worth its other folds?). ``data_dir``: the
     runs' data folder where it has moved (its test images decide ``oof`` auto)."""
     if draws < 100:
@@ -49,33 +49,38 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     runs, partial = finished_in_every_run([load_run(p, oof, finished_folds) for p in run_paths])
     runs, common = validated_by_every_run(runs)  # a holdout run (--preset seed) beside a K-fold one
     runs = check_compatible(runs, need_same_split=False)
+    metric = resolve_metric(runs, metric)
+    m = get_metric(metric)
     cidx = {c: i for i, c in enumerate(runs[0].classes)}
     y = runs[0].oof["label"].map(cidx).to_numpy()
     g, weights = painting_draws(runs[0].oof["id"].to_numpy(), draws, seed)
     preds = [r.oof_probs.argmax(axis=1) for r in runs]
-    drawn = np.stack([weighted_macro_f1(y, p, g, weights) for p in preds], axis=1)  # (draws, runs)
+    drawn = np.stack([m.drawn(y, p, g, weights) for p in preds], axis=1)  # (draws, runs)
     tail = 100 * (1 - level) / 2
     rows = []
     for j, (r, pred) in enumerate(zip(runs, preds)):
-        row = {"run": str(r.path), "f1": macro_f1(y, pred),
+        row = {"run": str(r.path), "score": m.score(y, pred),
                "interval": tuple(np.percentile(drawn[:, j], [tail, 100 - tail]))}
         if j:
             diff = drawn[:, j] - drawn[:, 0]
-            row.update(diff=row["f1"] - rows[0]["f1"], diff_interval=tuple(np.percentile(diff, [tail, 100 - tail])),
-                       better=float((diff > 0).mean()))
+            row.update(diff=row["score"] - rows[0]["score"],
+                       diff_interval=tuple(np.percentile(diff, [tail, 100 - tail])), better=float((diff > 0).mean()))
         rows.append(row)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
-            "oof": oof, "partial": partial, "oof_note": oof_note, "common": common}
+            "oof": oof, "partial": partial, "oof_note": oof_note, "common": common, "metric": metric}
 
 
 def format_result(result: dict) -> str:
     pct = f"{100 * result['level']:.0f}%"
-    lines = [f"{OOF_NAMES[result['oof']]} macro-F1 on {result['n_rows']:,} rows from {result['n_paintings']:,} "
+    label = get_metric(result["metric"]).label
+    short = {"macro-F1": "F1", "accuracy": "acc"}.get(label, label)
+    lines = [f"{OOF_NAMES[result['oof']]} {label} on {result['n_rows']:,} rows from {result['n_paintings']:,} "
              f"paintings; {pct} intervals from {result['draws']:,} resamples of the paintings",
-             f"{'run':<40} {'F1':>7}  {pct + ' interval':<14}    {'vs first':>8}  {pct + ' interval':<16}    better in"]
+             f"{'run':<40} {short:>7}  {pct + ' interval':<14}    {'vs first':>8}  {pct + ' interval':<16}"
+             "    better in"]
     for r in result["rows"]:
         name = r["run"] if len(r["run"]) <= 40 else "…" + r["run"][-39:]
-        line = f"{name:<40} {r['f1']:7.4f}  [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+        line = f"{name:<40} {r['score']:7.4f}  [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
         if "diff" in r:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
@@ -100,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (the result repeats with it)")
     p.add_argument("--finished-folds", action="store_true", help="compare runs with folds still to train on the "
                    "folds finished in every one (they must share a split)")
+    p.add_argument("--metric", choices=tuple(METRICS), help="the score compared (default: the one the runs were "
+                   "trained for, --metric of folds/run.py)")
     p.add_argument("--data-dir", help="the runs' data folder where it is not where they read it (run folders taken "
                    "to another machine): its test images decide --oof auto (default: the first run's)")
     return p
@@ -109,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     print(format_result(compare_runs(args.runs, args.oof, args.draws, args.level, args.seed, args.finished_folds,
-                                     args.data_dir)))
+                                     args.data_dir, args.metric)))
     return 0
 
 

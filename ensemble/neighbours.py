@@ -227,16 +227,16 @@ def pool_neighbours(desc: np.ndarray, pools: list[np.ndarray], k: int) -> tuple[
 
 
 def choose(probs, y, looks, grid_k=GRID_K, grid_w=GRID_W,
-           grid_threshold=sib.THRESHOLDS) -> tuple[Smoothing, float]:
-    """The smoothing with the best macro-F1 on these rows; off is always a candidate, the overlap
-    groups only where ``looks`` has overlap scores."""
+           grid_threshold=sib.THRESHOLDS, score=macro_f1) -> tuple[Smoothing, float]:
+    """The smoothing with the best ``score`` (the competition metric's) on these rows; off is always a
+    candidate, the overlap groups only where ``looks`` has overlap scores."""
     looks = _as_looks(looks)
-    best = (macro_f1(y, probs), Smoothing())
+    best = (score(y, probs), Smoothing())
     candidates = [Smoothing(k, w) for k in grid_k if k <= looks.neighbours.shape[1] for w in grid_w]
     if len(looks.pairs):
         candidates += [Smoothing(0, w, t) for t in grid_threshold for w in grid_w]
     for s in candidates:
-        f = macro_f1(y, s.apply(probs, looks))
+        f = score(y, s.apply(probs, looks))
         if f > best[0] + 1e-9:
             best = (f, s)
     return best[1], best[0]
@@ -250,7 +250,7 @@ def oof_looks(groups, desc, pool_rows: int, kept=None) -> tuple[Looks, list[np.n
     return Looks.of(neighbours, kept, pools), pools, sim  # candidate pairs never cross pools
 
 
-def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
+def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None, score=macro_f1) -> dict:
     """Choose the smoothing on the crop OOF (with overlap siblings when ``kept``, the crops'
     ``siblings.keep_grey``, is given); return the choice, its honest OOF probabilities, the looks
     it chose on, the pools' size, and the median similarity of a crop to its nearest crop and to the nearest crop of
@@ -272,15 +272,15 @@ def fit_on_oof(probs, y, groups, desc, pool_rows: int, kept=None) -> dict:
     halves = [np.concatenate(pools[0::2]), np.concatenate(pools[1::2])]
     honest = np.array(probs, dtype=np.float64, copy=True)
     for fit_rows, score_rows in (halves, halves[::-1]):
-        s, _ = choose(probs[fit_rows], y[fit_rows], looks.subset(fit_rows), **grid)
+        s, _ = choose(probs[fit_rows], y[fit_rows], looks.subset(fit_rows), score=score, **grid)
         honest[score_rows] = s.apply(probs, looks)[score_rows]
-    chosen, _ = choose(probs, y, looks, **grid)
+    chosen, _ = choose(probs, y, looks, score=score, **grid)
     density = (f"the crop OOF has too few crops for pools of the test set's density ({pool_size:,} crops a pool "
                f"against {pool_rows:,} test crops)")
     reason = None
     if sparse and not len(looks.pairs):
         reason = f"{density}, so its choice would overrate the smoothing"
-    elif macro_f1(y, honest) < macro_f1(y, probs):
+    elif score(y, honest) < score(y, probs):
         reason = "it did not beat the method alone on the honest crop OOF"
     if reason:
         chosen, honest = Smoothing(), np.array(probs, dtype=np.float64, copy=True)
@@ -321,8 +321,9 @@ def crop_files(data_dir, oof_frame, test_ids) -> tuple[list, list, list]:
     return ([train_path[i] for i in ids], crop_oof_boxes(ids, oof_frame["crop"]), [test_path[i] for i in test_ids])
 
 
-def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8) -> dict:
-    """Choose the smoothing on a run's crop OOF (rows: id, crop) and apply it to the test crops.
+def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int = 8, score=macro_f1) -> dict:
+    """Choose the smoothing on a run's crop OOF (rows: id, crop) by ``score`` (the competition metric's) and
+    apply it to the test crops.
 
     Returns the smoothing applied to the test (off when the test crops do not look like several
     per painting), the one chosen on the OOF, the honest OOF probabilities, the OOF's looks, the
@@ -330,7 +331,7 @@ def for_runs(data_dir, oof_frame, probs, y, test_ids, test_probs, workers: int =
     oof_paths, boxes, test_paths = crop_files(data_dir, oof_frame, test_ids)
     oof_desc, kept = look(oof_paths, boxes, workers)
     ids = oof_frame["id"].to_numpy()
-    fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids), kept=kept)
+    fit = fit_on_oof(probs, y, ids, oof_desc, pool_rows=len(test_ids), kept=kept, score=score)
     saved = {**fit["smoothing"].saved(), "oof_sibling": fit["oof_sibling"], "oof_stranger": fit["oof_stranger"]}
     test, notes = smooth_test(test_paths, test_probs, saved, workers)
     notes.insert(0, f"neighbour smoothing chosen on the crop OOF (pools of {fit['pool_size']:,} crops; the test "

@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score  # noqa: E402
 
 from common import atomic_write, write_csv, write_text  # noqa: E402
+from common.metrics import METRICS, get_metric  # noqa: E402
 
 ERRORS_SHOWN = 15
 
@@ -110,9 +111,12 @@ def errors_section(errors: pd.DataFrame, csv_name: str, oof_kind: str) -> list[s
 
 def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: list[dict], y, pred, classes,
                  train_labels, sub_labels, notes: list[str], oof_kind: str = "crop-OOF",
-                 errors: pd.DataFrame | None = None) -> Path:
+                 errors: pd.DataFrame | None = None, metric: str | None = None) -> Path:
     """``<csv stem>_report.md`` beside the CSV, with its plots in ``<csv stem>_report/``, and there the
-    ``confident_errors`` as ``oof_errors.csv`` when given."""
+    ``confident_errors`` as ``oof_errors.csv`` when given. The tables lead with ``metric`` (the competition's:
+    the methods' rows hold every metric by key, the run rows that one as val, oof and crop)."""
+    lead = get_metric(metric)
+    shown = [lead] + [m for m in METRICS.values() if m is not lead]
     csv_path = Path(csv_path)
     fig_dir = csv_path.with_name(csv_path.stem + "_report")
     md = csv_path.with_name(csv_path.stem + "_report.md")
@@ -122,15 +126,17 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
         "Class distribution": distribution_plot(train_labels, sub_labels, classes, fig_dir / "distribution.png"),
     }
     lines = [f"# Ensemble report: {csv_path.name}", "", f"Final method: **{chosen}**.", "",
-             f"## Methods compared ({oof_kind} macro-F1; learning methods scored in an inner cross-validation)", "",
-             f"| method | {oof_kind} macro-F1 | {oof_kind} accuracy | note |", "| --- | --- | --- | --- |"]
+             f"## Methods compared ({oof_kind} {lead.label}; learning methods scored in an inner cross-validation)",
+             "", "| method | " + " | ".join(f"{oof_kind} {m.label}" for m in shown) + " | note |",
+             "| --- |" + " --- |" * len(shown) + " --- |"]
     for r in table:
-        lines.append(f"| {r['method']}{' (chosen)' if r['method'] == chosen else ''} | {r['f1']:.4f} | "
-                     f"{r['acc']:.4f} | {r.get('note', '')} |")
-    lines += ["", "## Runs and folds", "", "| run | fold | val F1 | OOF F1 | crop-OOF F1 |",
+        lines.append(f"| {r['method']}{' (chosen)' if r['method'] == chosen else ''} | "
+                     + " | ".join(f"{r[m.key]:.4f}" for m in shown) + f" | {r.get('note', '')} |")
+    lines += ["", "## Runs and folds", "",
+              f"| run | fold | val {lead.label} | OOF {lead.label} | crop-OOF {lead.label} |",
               "| --- | --- | --- | --- | --- |"]
     for r in run_rows:
-        lines.append(f"| {r['run']} | {r['fold']} | {r['val_f1']:.4f} | {r['oof_f1']:.4f} | {r['crop_f1']:.4f} |")
+        lines.append(f"| {r['run']} | {r['fold']} | {r['val']:.4f} | {r['oof']:.4f} | {r['crop']:.4f} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]
     for title, name in figs.items():
         lines += [f"## {title}", "", f"![{title}]({fig_dir.name}/{name})", ""]

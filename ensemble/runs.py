@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from common import UserError, layout
+from common.metrics import DEFAULT_METRIC, get_metric
 from ensemble.merge import merge
 
 OOF_KINDS = ("auto", "crops", "whole")  # --oof of the build and compare.py
@@ -287,3 +288,17 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunO
             fold_test={k: v[pos] for k, v in r.fold_test.items()},
             full_test=None if r.full_test is None else r.full_test[pos]))
     return aligned
+
+
+def resolve_metric(runs: list[RunOutputs], metric: str | None = None, option: str = "--metric") -> str:
+    """``metric`` (checked), or the one the runs were trained for (``--metric``; a run from before it was
+    scored by macro-F1). Runs trained for different metrics are refused unless one is named: the choice
+    would otherwise follow whichever run came first."""
+    if metric is not None:
+        get_metric(metric, option)
+        return metric
+    own = {r.name: r.config.get("metric", DEFAULT_METRIC) for r in runs}
+    if len(set(own.values())) > 1:
+        raise UserError(f"the runs were trained for different metrics ({own}); name the one that chooses and "
+                        f"scores with {option} NAME.")
+    return next(iter(own.values()))

@@ -4,8 +4,9 @@ Examples:
     python ensemble/table.py                                  # the runs in runs/
     python ensemble/table.py /kaggle/working/runs --sort whole --out runs.csv
 
-Runs are sorted by the OOF macro-F1 that ``ensemble/build.py`` would choose by (``--sort auto``): the crop OOF,
-or the whole-image OOF where the test images look whole or the runs have no crop OOF; a run with folds
+Runs are sorted by the OOF score that ``ensemble/build.py`` would choose by (``--sort auto``): the crop OOF,
+or the whole-image OOF where the test images look whole or the runs have no crop OOF, each run's by the
+metric it was trained for (macro-F1 unless ``settings`` names another ``metric``); a run with folds
 still to train shows the mean of its finished folds, marked ``*``. ``settings`` lists what a run does
 differently from the defaults, so two runs can be told apart; ``split`` tells which runs share a split,
 as a weighted blend or a stack of them needs. Each unfinished run gets the command that finishes it
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_out_file  # noqa: E402
 from common.cli import entry_point  # noqa: E402
+from common.metrics import get_metric  # noqa: E402
 from ensemble.runs import resolve_oof  # noqa: E402
 from folds.config import PATH_SETTINGS, RunConfig, learning_settings, saved_config  # noqa: E402
 from folds.lock import FoldLock  # noqa: E402
@@ -57,10 +59,12 @@ def run_row(run: Path) -> tuple[dict, str | None]:
     complete = len(done) == len(planned)
     scores = layout.read_json(run / layout.SCORES) if complete and (run / layout.SCORES).is_file() else {}
 
+    metric = get_metric(cfg.metric).key  # the run's own competition metric
+
     def score(oof_key: str, fold_key: str) -> float:
         if scores.get(oof_key):
-            return scores[oof_key]["f1"]
-        finished = [d[fold_key]["f1"] for d in done.values() if d.get(fold_key)]  # scores, not probabilities
+            return scores[oof_key][metric]
+        finished = [d[fold_key][metric] for d in done.values() if d.get(fold_key)]  # scores, not probabilities
         return float(np.mean(finished)) if finished else float("nan")
 
     first = next(iter(done.values()), {})
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default: runs)")
     p.add_argument("--sort", choices=[AUTO, *sorted(SORTS)], default=AUTO, help="order of the rows, best first "
-                   "(default: auto, the OOF macro-F1 that ensemble/build.py chooses by: crop, or whole where the test "
+                   "(default: auto, the OOF score that ensemble/build.py chooses by: crop, or whole where the test "
                    "images look whole or the runs have no crop OOF)")
     p.add_argument("--out", help="also write the table to this CSV")
     args = p.parse_args(argv)

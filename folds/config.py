@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from common import UserError, layout
+from common.metrics import METRICS
 from ensemble.tta import TTA_MODES
 from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
 from folds.images import check_limit
 from folds.optim import CLIP_MODES, OPTIMIZERS, SCHEDULERS
-from folds.stopping import MONITORS
+from folds.stopping import CROP, MONITORS
 from models.factory import HEAD_INITS
 
 
@@ -60,7 +61,8 @@ class RunConfig:
     erasing: float = 0.0  # random-erasing probability per image, on the device (timm RandomErasing)
     ema: float = 0.0  # weight-EMA decay (timm ModelEmaV3; 0: off); validated and saved when on
     patience: int = 5
-    monitor: str | None = None  # None: crop-f1 with test-scale crops and --val-crops, else f1
+    metric: str = "macro_f1"  # the competition's: chooses checkpoints, tuned settings, the ensemble (common.metrics)
+    monitor: str | None = None  # None: the metric on validation crops (crop-f1) with test-scale crops, else whole
     val_crops: int = 2  # fixed half-size crops per validation painting, scored every epoch (0: off)
     batch_size: int = 32
     grad_accum_steps: int = 1  # batches whose gradients make one optimizer step (a larger batch in less memory)
@@ -97,9 +99,10 @@ class RunConfig:
 
 def as_it_began(saved: dict) -> dict:
     """A whole saved setup (a run folder's config.json, a study's setup, a best.json's config) with each setting
-    newer than it as it was then, where today's default is not that: it lacks the key, and reading the default
-    there would go on with another recipe."""
-    before = {"head_init": "timm", **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
+    newer than it as it was then: it lacks the key, and where today's default is not that, reading the default
+    there would go on with another recipe (and a setup compared key by key would differ)."""
+    before = {"head_init": "timm", "metric": "macro_f1",
+              **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
     return {**before, **saved}
 
 
@@ -163,6 +166,7 @@ CHOICES = {
     "amp": AMP_MODES,
     "channels_last": CHANNELS_LAST_MODES,
     "head_init": tuple(HEAD_INITS),
+    "metric": tuple(METRICS),
 }
 
 
@@ -240,7 +244,7 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), but got {cfg.label_smoothing}.")
     if cfg.monitor is not None and cfg.monitor not in MONITORS:
         raise UserError(f"--monitor must be one of {list(MONITORS)}, but got {cfg.monitor!r}.")
-    if cfg.monitor in ("crop-f1", "crop-loss") and not cfg.val_crops:
+    if cfg.monitor and cfg.monitor.startswith(CROP) and not cfg.val_crops:
         raise UserError(f"--monitor {cfg.monitor} needs validation crops; set --val-crops 1 or more.")
     for key in ("mixup", "cutmix", "warmup_epochs", "val_crops"):
         if getattr(cfg, key) < 0:
@@ -284,6 +288,12 @@ def recipe_warnings(cfg: RunConfig) -> list[str]:
     if cfg.warmup_epochs >= cfg.epochs:
         out.append(f"--warmup-epochs {cfg.warmup_epochs} with --epochs {cfg.epochs}: every epoch is warm-up, so the "
                    f"learning rate never reaches --lr {cfg.lr:g}. Give more --epochs or fewer --warmup-epochs.")
+    follows = (cfg.monitor or "").removeprefix(CROP)
+    key = METRICS[cfg.metric].key
+    if follows in {m.key for m in METRICS.values()} - {key}:  # a preset's or an old command's monitor
+        out.append(f"--monitor {cfg.monitor} keeps each fold's checkpoint by another metric than --metric "
+                   f"{cfg.metric}; for checkpoints by {cfg.metric} give --monitor "
+                   f"{CROP + key if cfg.monitor.startswith(CROP) else key}.")
     return out
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.metrics import accuracy_score, log_loss
+from sklearn.metrics import log_loss
 from timm.models import model_parameters
 from timm.utils import dispatch_clip_grad
 from common import UserError
-from common.metrics import macro_f1
+from common.metrics import all_scores
 from common.progress import progress
 from folds.loader import batches
 
@@ -198,11 +198,11 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Macro-F1, accuracy and log loss of probability rows against integer labels."""
+    """Every registered metric (``common.metrics.METRICS``, by key) and the log loss of probability rows
+    against integer labels."""
     labels = np.asarray(labels)
     if not np.isfinite(probs).all():  # weights gone to NaN on the epoch's last steps, after its loss was summed
         raise FloatingPointError("the model's outputs are not finite; try a lower --lr or --amp off.")
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
     p /= p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within rounding; log_loss warns on that
-    return {"f1": macro_f1(labels, probs), "acc": float(accuracy_score(labels, probs.argmax(axis=1))),
-            "loss": float(log_loss(labels, p, labels=np.arange(num_classes)))}
+    return {**all_scores(labels, probs), "loss": float(log_loss(labels, p, labels=np.arange(num_classes)))}

@@ -63,16 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def finish_run(runner, result: dict) -> str:
     """The run's submission, the fold mean through the ensemble's own build, and a summary line."""
+    from common.metrics import get_metric
     from ensemble.build import build, format_table
 
     cfg = runner.cfg
     sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv")
-    logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"], sub["oof"]))
-    line = f"OOF macro-F1 {result['oof']['f1']:.4f}"
+    logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"], sub["oof"], sub["metric"]))
+    m = get_metric(cfg.metric)
+    line = f"OOF {m.label} {result['oof'][m.key]:.4f}"
     if "oof_crops" in result:
-        line += f" | crop-OOF macro-F1 {result['oof_crops']['f1']:.4f}"
-    if "test_f1" in sub:
-        line += f" | test macro-F1 {sub['test_f1']:.4f} (scored with test_labels.csv, for reporting only)"
+        line += f" | crop-OOF {m.label} {result['oof_crops'][m.key]:.4f}"
+    if f"test_{m.key}" in sub:
+        line += f" | test {m.label} {sub['test_' + m.key]:.4f} (scored with test_labels.csv, for reporting only)"
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
@@ -198,7 +200,7 @@ def run_on_ray(args, cfg) -> int:
             print(f"{runner.run_dir}: folds done: {[k for k in runner.planned_folds if runner.is_done(k)]}")
             continue
         result = runner.assemble()
-        print("\n" + summary_table(result["fold_results"]))
+        print("\n" + summary_table(result["fold_results"], runner.cfg.metric))
         print(finish_run(runner, result))
     return 0
 
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
             return 0
         done = result.get("fold_results", result["folds"])
         if done:
-            print("\n" + summary_table(done))
+            print("\n" + summary_table(done, runner.cfg.metric))
         if result["complete"]:
             print(finish_run(runner, result))
         return 0

@@ -20,6 +20,7 @@ import torch
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
+from common.metrics import get_metric
 from ensemble.tta import n_views
 from folds import distributed
 from folds.config import RunConfig, learning_settings, recipe_warnings, saved_config
@@ -196,8 +197,9 @@ class FoldRunner:
                 (d / layout.LAST).unlink(missing_ok=True)
         distributed.barrier()
         if "oof" in result:
-            log.info("fold %s: OOF macro-F1 %.4f%s", k, result["oof"]["f1"],
-                     f", crop-OOF macro-F1 {result['crop_oof']['f1']:.4f}" if "crop_oof" in result else "")
+            m = get_metric(self.cfg.metric)
+            log.info("fold %s: OOF %s %.4f%s", k, m.label, result["oof"][m.key],
+                     f", crop-OOF {m.label} {result['crop_oof'][m.key]:.4f}" if "crop_oof" in result else "")
         return result
 
     def _predict_test_again_if_changed(self, k, d: Path, lock: FoldLock | None) -> None:
@@ -479,15 +481,20 @@ def still_held(lock: FoldLock | None) -> None:
         raise UserError(lost)
 
 
-def summary_table(fold_results: dict) -> str:
-    """One line per fold: best epoch, its validation F1 and loss (no TTA), then the fold's OOF and
-    crop-OOF macro-F1 (with TTA, what the run's scores are made of), and minutes."""
-    head = (f"{'fold':>5} {'best epoch':>10} {'val F1':>8} {'val loss':>9} {'OOF F1':>8} {'crop-OOF F1':>11} "
+def summary_table(fold_results: dict, metric: str | None = None) -> str:
+    """One line per fold: best epoch, its validation score and loss (no TTA), then the fold's OOF and
+    crop-OOF score (with TTA, what the run's scores are made of), and minutes; the scores by the run's
+    competition ``metric``."""
+    m = get_metric(metric)
+    name = {"macro-F1": "F1"}.get(m.label, m.label)
+    cols = [f"val {name}", f"OOF {name}", f"crop-OOF {name}"]
+    w = [max(8, len(c)) for c in cols]
+    head = (f"{'fold':>5} {'best epoch':>10} {cols[0]:>{w[0]}} {'val loss':>9} {cols[1]:>{w[1]}} {cols[2]:>{w[2]}} "
             f"{'minutes':>8}")
     lines = [head, "-" * len(head)]
     for k, r in sorted(fold_results.items(), key=lambda kv: str(kv[0])):
-        oof = r.get("oof", {}).get("f1", float("nan"))
-        crop = r.get("crop_oof", {}).get("f1", float("nan"))
-        lines.append(f"{k!s:>5} {r['best_epoch']:>10} {r['best_f1']:>8.4f} {r['best_loss']:>9.4f} {oof:>8.4f} "
-                     f"{crop:>11.4f} {r['minutes']:>8.2f}")
+        oof = r.get("oof", {}).get(m.key, float("nan"))
+        crop = r.get("crop_oof", {}).get(m.key, float("nan"))
+        lines.append(f"{k!s:>5} {r['best_epoch']:>10} {r.get('best_' + m.key, float('nan')):>{w[0]}.4f} "
+                     f"{r['best_loss']:>9.4f} {oof:>{w[1]}.4f} {crop:>{w[2]}.4f} {r['minutes']:>8.2f}")
     return "\n".join(lines)

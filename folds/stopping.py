@@ -1,26 +1,47 @@
 """Early stopping on a validation metric, with a state that a resumed fold restores.
 
 ``MONITORS`` is the one registry of ``--monitor`` names: each maps a history row to a key
-where higher is better.
+where higher is better. Every competition metric (``common.metrics.METRICS``) is a monitor by its
+key, on the whole paintings (``f1``) and on their fixed half-size crops (``crop-f1``), and so is
+the log loss (``loss``, ``crop-loss``).
 """
 from __future__ import annotations
 
-MONITORS = {
-    # ties on macro-F1 (common on small validation sets) go to the lower loss
-    "f1": lambda row: [row["val_f1"], -row["val_loss"]],
-    "loss": lambda row: [-row["val_loss"], row["val_f1"]],
-    # the same on fixed half-size crops of the validation paintings: the test's distribution
-    "crop-f1": lambda row: [row["val_crop_f1"], -row["val_crop_loss"]],
-    "crop-loss": lambda row: [-row["val_crop_loss"], row["val_crop_f1"]],
-}
-F1_COLUMN = {"f1": "val_f1", "loss": "val_f1", "crop-f1": "val_crop_f1", "crop-loss": "val_crop_f1"}
+from common.metrics import METRICS, get_metric
+
+CROP = "crop-"  # a monitor on the validation paintings' fixed half-size crops: the test's distribution
+VIEWS = {"": "val_", CROP: "val_crop_"}  # a monitor's prefix -> its history columns' prefix
+
+
+def _by_score(col: str, loss: str):
+    return lambda row: [row[col], -row[loss]]  # ties (common on small validation sets) go to the lower loss
+
+
+def _by_loss(loss: str, col: str):
+    return lambda row: [-row[loss], row[col]]
+
+
+MONITORS = {}
+for _view, _cols in VIEWS.items():
+    for _m in METRICS.values():
+        MONITORS[_view + _m.key] = _by_score(f"{_cols}{_m.key}", f"{_cols}loss")
+    MONITORS[_view + "loss"] = _by_loss(f"{_cols}loss", f"{_cols}f1")
+
+
+def score_column(monitor: str, metric: str | None) -> str:
+    """The history column of the competition ``metric`` on the paintings ``monitor`` follows (whole or
+    crops): a fold's ``best_score``, what a study tunes."""
+    view = CROP if monitor.startswith(CROP) else ""
+    return f"{VIEWS[view]}{get_metric(metric).key}"
 
 
 def resolve_monitor(cfg) -> str:
-    """``--monitor``, or its default: the crops' macro-F1 when the model is trained for crops."""
+    """``--monitor``, or its default: the competition metric (``--metric``), on the validation crops when the
+    model is trained for crops."""
     if cfg.monitor:
         return cfg.monitor
-    return "crop-f1" if cfg.crop == "test-scale" and cfg.val_crops else "f1"
+    key = get_metric(getattr(cfg, "metric", None)).key
+    return CROP + key if cfg.crop == "test-scale" and cfg.val_crops else key
 
 
 class EarlyStopping:

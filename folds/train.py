@@ -2,7 +2,7 @@
 full-data model all call.
 
 >>> result = train_fold(cfg, ds, train_idx, val_idx, Path("runs/x/fold_0"))  # doctest: +SKIP
->>> result["best_f1"]                                                         # doctest: +SKIP
+>>> result["best_score"]                                                      # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from timm.utils import ModelEmaV3
 
 from common import UserError
 from common.machine import usable_cores
+from common.metrics import METRICS, get_metric
 from folds.augment import eval_transform, train_transform
 from folds.backbone import build_model
 from folds import distributed
@@ -31,7 +32,7 @@ from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.pace import loader_hint
 from folds.predict import VAL_CROP_SEED, PaintingViews, predict_probs
 from folds.recipe import build_recipe
-from folds.stopping import F1_COLUMN, EarlyStopping, resolve_monitor
+from folds.stopping import EarlyStopping, resolve_monitor, score_column
 from models import enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ class Validation:
                                                           desc="validate"), len(self.labels))
         row = {}
         for prefix, rows in (("val", self.views.whole), ("val_crop", ~self.views.whole)):
-            s = {"loss": float("nan"), "f1": float("nan"), "acc": float("nan")}
+            s = {"loss": float("nan"), **{m.key: float("nan") for m in METRICS.values()}}
             if rows.any():
                 s = scores(probs[rows], self.labels[rows], self.num_classes)
-            row.update({f"{prefix}_loss": s["loss"], f"{prefix}_f1": s["f1"], f"{prefix}_acc": s["acc"]})
+            row.update({f"{prefix}_loss": s["loss"], **{f"{prefix}_{m.key}": s[m.key] for m in METRICS.values()}})
         return row
 
 
@@ -130,7 +131,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     step_model = distributed.wrap(torch.compile(model) if cfg.compile else model, prec.device)
     judged = ema.module if ema is not None else model  # the weights that are validated and saved
     has_val = len(val_idx) > 0
-    monitor = resolve_monitor(cfg)
+    monitor, key = resolve_monitor(cfg), get_metric(cfg.metric).key  # the competition metric's columns
     stopper = EarlyStopping(monitor, cfg.patience if has_val else None)
     history, seconds = [], 0.0
     if resuming:
@@ -175,9 +176,9 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                 ckpt.save_best(judged)
             ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
         distributed.barrier()  # a resume must find last.pt complete on every rank
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_f1 %.4f val_crop_f1 %.4f lr %.2e (%.1fs)",
-                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], row["val_f1"], row["val_crop_f1"],
-                 lr, row["seconds"])
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_%s %.4f val_crop_%s %.4f lr %.2e (%.1fs)",
+                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], key, row[f"val_{key}"], key,
+                 row[f"val_crop_{key}"], lr, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
             hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
                                cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)
@@ -187,8 +188,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             on_epoch(epoch, row)
     if stopper.best_epoch < 1:
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
-    return {**best_scores(history, stopper.best_epoch, monitor), "epochs_run": len(history), "seconds": seconds,
-            "img_size": size, "data_config": dcfg, "device": prec.describe()}
+    return {**best_scores(history, stopper.best_epoch, monitor, cfg.metric), "epochs_run": len(history),
+            "seconds": seconds, "img_size": size, "data_config": dcfg, "device": prec.describe()}
 
 
 def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, seed: int, cache) -> ImageDataset:
@@ -206,9 +207,10 @@ def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, s
                         transform_of=[0] * len(paths) + [int(c) for c in extra.of_crop])
 
 
-def best_scores(history: list, best_epoch: int, monitor: str) -> dict:
-    """The scores of the epoch whose weights were kept (best.pt)."""
+def best_scores(history: list, best_epoch: int, monitor: str, metric: str) -> dict:
+    """The scores of the epoch whose weights were kept (best.pt): ``best_score`` is the competition ``metric``
+    on the paintings the monitor follows (what a study tunes), then every score of that epoch."""
     row = history[best_epoch - 1]
-    return {"best_epoch": best_epoch, "monitor": monitor, "best_score": row[F1_COLUMN[monitor]],
-            "best_f1": row["val_f1"], "best_crop_f1": row["val_crop_f1"], "best_loss": row["val_loss"],
-            "best_acc": row["val_acc"]}
+    return {"best_epoch": best_epoch, "monitor": monitor, "metric": metric,
+            "best_score": row[score_column(monitor, metric)],
+            **{"best_" + col.removeprefix("val_"): v for col, v in row.items() if col.startswith("val_")}}

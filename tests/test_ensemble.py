@@ -308,19 +308,78 @@ def test_a_stacker_that_is_not_a_probabilistic_classifier_is_refused_by_name(nam
     assert hasattr(make_estimator("sklearn.ensemble.ExtraTreesClassifier"), "predict_proba")
 
 
-def test_a_weighted_macro_f1_equals_macro_f1_on_the_rows_repeated_as_drawn():
-    from common.metrics import painting_draws, weighted_macro_f1
+@pytest.mark.parametrize("name", ["macro_f1", "accuracy"])
+def test_every_metric_drawn_equals_the_metric_on_the_rows_repeated_as_drawn(name):
+    from common.metrics import METRICS, painting_draws
+    m = METRICS[name]
     rng = np.random.default_rng(3)
     groups = np.repeat([f"p{i}" for i in range(40)], 3)  # 40 paintings of 3 crops
     y = np.repeat(rng.integers(0, 6, 40), 3)
     pred = np.where(rng.random(len(y)) < 0.6, y, rng.integers(0, 7, len(y)))  # class 6: predicted, never true
     g, weights = painting_draws(groups, draws=50, seed=1)
     assert weights.shape == (50, 40) and (weights.sum(axis=1) == 40).all()
-    drawn = weighted_macro_f1(y, pred, g, weights)
+    drawn = m.drawn(y, pred, g, weights)
     for d in range(50):
         rows = np.repeat(np.arange(len(y)), weights[d, g].astype(int))
-        assert drawn[d] == pytest.approx(macro_f1(y[rows], pred[rows]), abs=1e-12)
-    assert weighted_macro_f1(y, pred, g, np.ones((1, 40)))[0] == pytest.approx(macro_f1(y, pred), abs=1e-12)
+        assert drawn[d] == pytest.approx(m.score(y[rows], pred[rows]), abs=1e-12)
+    assert m.drawn(y, pred, g, np.ones((1, 40)))[0] == pytest.approx(m.score(y, pred), abs=1e-12)
+    assert set(METRICS) == {"macro_f1", "accuracy"}  # a new metric: add it to the parametrisation
+
+
+def test_the_weights_and_offsets_are_fit_for_the_competition_metric():
+    """Two goals that disagree: 10 rows of a small class and 15 of the big one share one probability, so
+    predicting the small class there wins macro-F1 (0.47 -> 0.74) and loses accuracy (0.90 -> 0.85)."""
+    from common.metrics import accuracy
+    from ensemble.blend import DecisionOffsets, MergeBlend
+
+    y = np.array([0] * 90 + [1] * 10)
+    cautious = np.tile([0.9, 0.1], (100, 1))
+    cautious[75:] = [0.55, 0.45]  # the 10 small-class rows and 15 big-class rows look alike
+    bold = cautious[:, ::-1].copy()
+    bold[:75] = [0.9, 0.1]  # the same rows, argmax the small class
+    X = members_to_X([cautious, bold])
+    for cls, kw in ((WeightedBlend, {"n_members": 2}), (DecisionOffsets, {"base": MergeBlend("mean", 2)})):
+        fit = {m: cls(**kw, metric=m).fit(X, y).predict(X) for m in ("macro_f1", "accuracy")}
+        assert accuracy(y, fit["accuracy"]) == 0.9 > accuracy(y, fit["macro_f1"]), cls
+        assert macro_f1(y, fit["macro_f1"]) > 0.7 > macro_f1(y, fit["accuracy"]), cls
+
+
+def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(two_runs, demo_source, tmp_path,
+                                                                               capsys):
+    """--metric accuracy: each fold keeps the epoch of the best validation-crop accuracy, and the run's tables,
+    the build's choice and compare.py lead with accuracy; runs of two metrics are built only with --metric."""
+    from ensemble.compare import compare_runs
+    from tuning.study import score_name
+
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--metric": "accuracy", "--name": "acc",
+                                                         "--epochs": 3})) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "acc"
+    scores = json.loads((run / "scores.json").read_text())
+    assert f"crop-OOF accuracy {scores['oof_crops']['acc']:.4f}" in out and "val accuracy" in out
+    report = (tmp_path / "subs" / "acc_folds-mean_report.md").read_text()
+    assert "| method | crop-OOF accuracy | crop-OOF macro-F1 | note |" in report and "| val accuracy |" in report
+    for k in (0, 1, 2, 3, 4):
+        done = json.loads((run / f"fold_{k}" / "done.json").read_text())
+        history = pd.read_csv(run / f"fold_{k}" / "history.csv")
+        assert (done["monitor"], done["metric"]) == ("crop-acc", "accuracy")
+        assert done["best_score"] == history["val_crop_acc"].max() == history["val_crop_acc"][done["best_epoch"] - 1]
+    result = compare_runs([run], draws=100)
+    assert result["metric"] == "accuracy" and result["rows"][0]["score"] == pytest.approx(scores["oof_crops"]["acc"])
+    s0 = two_runs / "runs" / "s0"  # trained for macro-F1, on the same split
+    assert build_main([str(s0), str(run), "--out", str(tmp_path / "two.csv"), "--no-report"]) == 2
+    assert "different metrics" in capsys.readouterr().err
+    assert build_main([str(s0), str(run), "--out", str(tmp_path / "two.csv"), "--no-report", "--metric",
+                       "accuracy", "--method", "best"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"crop-OOF accuracy +macro-F1", out) and "highest honest crop-OOF accuracy" in out
+    assert score_name({"metric": "accuracy", "monitor": None, "crop": "test-scale", "val_crops": 2}) == \
+        "validation-crop accuracy, mean over folds"
+    from folds.config import recipe_warnings, resolve_config  # the strong preset keeps its checkpoints by crop-f1
+    assert "--monitor crop-acc" in recipe_warnings(resolve_config({"metric": "accuracy", "data_dir": "d"}, "strong"))[0]
+    # the same folder under the default metric is another experiment: refused, naming the setting
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "acc", "--epochs": 3})) == 2
+    assert "metric" in capsys.readouterr().err
 
 
 def test_a_holdout_run_is_compared_and_blended_with_a_k_fold_run_on_the_rows_both_hold(two_runs, demo_source,
@@ -362,8 +421,8 @@ def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
     s0, s1 = two_runs / "runs" / "s0", two_runs / "runs" / "s1"
     result = compare_runs([s0, s1, s0], draws=300)
     first, other, same = result["rows"]
-    assert first["f1"] == pytest.approx(json.loads((s0 / "scores.json").read_text())["oof_crops"]["f1"])
-    assert first["interval"][0] <= first["f1"] <= first["interval"][1]
+    assert first["score"] == pytest.approx(json.loads((s0 / "scores.json").read_text())["oof_crops"]["f1"])
+    assert first["interval"][0] <= first["score"] <= first["interval"][1]
     assert other["diff_interval"][0] <= other["diff"] <= other["diff_interval"][1]
     assert same["diff"] == 0 and same["diff_interval"] == (0, 0) and same["better"] == 0  # paired: the same draws
     assert compare_runs([s0, s1], draws=300)["rows"][1] == other  # seeded: it repeats

@@ -73,11 +73,12 @@ def painted_oof(tmp_path):
 
 
 def spy_on_choose(monkeypatch) -> list:
-    """Every ``nb.choose`` call from here on, as (its rows, its looks, its grid options)."""
+    """Every ``nb.choose`` call from here on, as (its rows, its looks, its grid options: the keywords but the
+    metric's ``score``)."""
     calls, real_choose = [], nb.choose
 
     def spy(p, y, looks, **kw):
-        calls.append((len(p), looks, kw))
+        calls.append((len(p), looks, {k: v for k, v in kw.items() if k != "score"}))
         return real_choose(p, y, looks, **kw)
 
     monkeypatch.setattr(nb, "choose", spy)

@@ -1,7 +1,8 @@
 """The Optuna objective: map ``trial.suggest_*`` into the run config and call ``train_fold``.
 
 No training loop lives here: the fold runner's ``train_fold`` trains, and this only reports
-each epoch's validation macro-F1 to the trial so the pruner can stop bad trials early.
+each epoch's validation score (the competition metric, ``--metric``) to the trial so the pruner
+can stop bad trials early.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import optuna
 
 from common import write_json
 from common.layout import BEST, LAST, fold_dir
+from common.metrics import get_metric
 from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
 from folds.loader import num_workers
 from folds.pseudo import fold_pseudo_images
-from folds.stopping import F1_COLUMN, resolve_monitor
+from folds.stopping import resolve_monitor, score_column
 from folds.train import train_fold
 from tuning.space import suggest, trial_config
 
@@ -41,7 +43,7 @@ logging.getLogger("optuna.study._optimize").addFilter(_StopWithoutTraceback())  
 
 
 class Objective:
-    """Mean best validation macro-F1 over ``fold_ids``; each trial in its own folder with its own seed."""
+    """Mean best validation score (``--metric``) over ``fold_ids``; each trial in its own folder with its own seed."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset, folds, fold_ids, space: dict, trials_dir: Path,
                  keep_checkpoints: bool = False, deadline: Deadline | None = None):
@@ -69,7 +71,8 @@ class Objective:
         out = self.trials_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("dir", str(out))
         fold_of = self.folds["fold"].to_numpy()
-        column = F1_COLUMN[resolve_monitor(cfg)]  # the score the folds are early-stopped on
+        column = score_column(resolve_monitor(cfg), cfg.metric)  # the metric on what the folds are stopped on
+        key = get_metric(cfg.metric).key
         best, diverged = [], None
         try:
             for i, k in enumerate(self.fold_ids):
@@ -94,10 +97,10 @@ class Objective:
                     best = [0.0] * len(self.fold_ids)
                     break
                 best.append(r["best_score"])
-                trial.set_user_attr(f"fold_{k}_f1", r["best_score"])
+                trial.set_user_attr(f"fold_{k}_{key}", r["best_score"])
             value = float(np.mean(best))
             write_json(out / "result.json", {"number": trial.number, "value": value, "params": params, "seed": seed,
-                                             "fold_f1": dict(zip(map(str, self.fold_ids), best)),
+                                             f"fold_{key}": dict(zip(map(str, self.fold_ids), best)),
                                              **({"diverged": diverged} if diverged else {})})
             return value
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as

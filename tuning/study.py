@@ -92,15 +92,17 @@ def best_trial(study):
 
 
 def score_name(setup: dict) -> str:
-    """What a trial's value is, in words: each fold's best epoch by the monitor, its validation macro-F1 (the
-    crops' where the monitor is on the crops), the mean over the folds. A run's table shows both F1s."""
+    """What a trial's value is, in words: each fold's best epoch by the monitor, its validation score by the
+    competition metric (the crops' where the monitor is on the crops), the mean over the folds."""
     from types import SimpleNamespace
 
-    from folds.stopping import F1_COLUMN, resolve_monitor
+    from common.metrics import get_metric
+    from folds.stopping import CROP, resolve_monitor
+    label = get_metric(setup.get("metric")).label
     if not {"monitor", "crop", "val_crops"} <= setup.keys():  # one of them searched: it differs between trials
-        return "validation macro-F1, mean over folds"
-    column = F1_COLUMN[resolve_monitor(SimpleNamespace(**{k: setup[k] for k in ("monitor", "crop", "val_crops")}))]
-    return {"val_f1": "whole-painting", "val_crop_f1": "validation-crop"}[column] + " macro-F1, mean over folds"
+        return f"validation {label}, mean over folds"
+    monitor = resolve_monitor(SimpleNamespace(**{k: setup.get(k) for k in ("monitor", "crop", "val_crops", "metric")}))
+    return f"{'validation-crop' if monitor.startswith(CROP) else 'whole-painting'} {label}, mean over folds"
 
 
 def summary(study) -> str:
