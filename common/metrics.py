@@ -91,12 +91,14 @@ class Metric(NamedTuple):
     key: str  # its column: val_<key>, val_crop_<key>, and the key in done.json and scores.json
     score: Callable  # (labels, probability rows or predicted classes) -> float
     drawn: Callable  # (labels, predicted classes, group of each row, group weights per draw) -> a score per draw
+    # every class counts the same, however few its images: what the class-balanced sampler trains for
+    classes_equal: bool
 
 
 # The one registry of --metric names. Insertion order is the tables' column order.
 METRICS = {
-    "macro_f1": Metric("macro-F1", "f1", macro_f1, weighted_macro_f1),
-    "accuracy": Metric("accuracy", "acc", accuracy, weighted_accuracy),
+    "macro_f1": Metric("macro-F1", "f1", macro_f1, weighted_macro_f1, classes_equal=True),
+    "accuracy": Metric("accuracy", "acc", accuracy, weighted_accuracy, classes_equal=False),
 }
 DEFAULT_METRIC = "macro_f1"  # Dacon's painter task; a run folder from before --metric was scored by it
 

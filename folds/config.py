@@ -288,6 +288,11 @@ def recipe_warnings(cfg: RunConfig) -> list[str]:
     if cfg.warmup_epochs >= cfg.epochs:
         out.append(f"--warmup-epochs {cfg.warmup_epochs} with --epochs {cfg.epochs}: every epoch is warm-up, so the "
                    f"learning rate never reaches --lr {cfg.lr:g}. Give more --epochs or fewer --warmup-epochs.")
+    if cfg.balanced_sampler and cfg.balance_power > 0 and not METRICS[cfg.metric].classes_equal:
+        out.append(f"--metric {cfg.metric} with the class-balanced sampler (the default): it draws every class as "
+                   "often as the others, which a metric that weighs each class the same rewards and this one does "
+                   "not (a rare class's gains are paid for by the common classes' rows). --no-balanced-sampler trains "
+                   "on the data's own class shares; --balance-power 0.5 is between.")
     follows = (cfg.monitor or "").removeprefix(CROP)
     key = METRICS[cfg.metric].key
     if follows in {m.key for m in METRICS.values()} - {key}:  # a preset's or an old command's monitor

@@ -376,7 +376,9 @@ def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(tw
     assert score_name({"metric": "accuracy", "monitor": None, "crop": "test-scale", "val_crops": 2}) == \
         "validation-crop accuracy, mean over folds"
     from folds.config import recipe_warnings, resolve_config  # the strong preset keeps its checkpoints by crop-f1
-    assert "--monitor crop-acc" in recipe_warnings(resolve_config({"metric": "accuracy", "data_dir": "d"}, "strong"))[0]
+    said = recipe_warnings(resolve_config({"metric": "accuracy", "data_dir": "d"}, "strong"))
+    assert "--no-balanced-sampler" in said[0] and "--monitor crop-acc" in said[1]
+    assert not recipe_warnings(resolve_config({"metric": "accuracy", "data_dir": "d", "balanced_sampler": False}))
     # the same folder under the default metric is another experiment: refused, naming the setting
     assert run_main(tiny_args(demo_source, tmp_path, **{"--name": "acc", "--epochs": 3})) == 2
     assert "metric" in capsys.readouterr().err
