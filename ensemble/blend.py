@@ -101,18 +101,22 @@ class WeightedBlend(_Blender):
 
 
 STACKERS = {
-    "logreg": lambda: LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"),
+    # class weights that make every class count the same where the metric does (macro-F1), none where it
+    # counts rows (accuracy): a balanced fit trades common-class rows for rare ones
+    "logreg": lambda metric: LogisticRegression(C=1.0, max_iter=2000,
+                                                class_weight="balanced" if get_metric(metric).classes_equal else None),
     "rf": "sklearn.ensemble.RandomForestClassifier",
     "hgb": "sklearn.ensemble.HistGradientBoostingClassifier",
     "mlp": "sklearn.neural_network.MLPClassifier",
 }
 
 
-def make_estimator(name: str):
-    """A scikit-learn classifier by short name (logreg, rf, hgb, mlp) or dotted path."""
+def make_estimator(name: str, metric: str = DEFAULT_METRIC):
+    """A scikit-learn classifier by short name (logreg, rf, hgb, mlp) or dotted path; ``metric``, the
+    competition's, sets logreg's class weights."""
     spec = STACKERS.get(name, name)
     if callable(spec):
-        return spec()
+        return spec(metric)
     module, _, cls = spec.rpartition(".")
     try:
         factory = getattr(importlib.import_module(module), cls)
@@ -137,11 +141,11 @@ class StackBlend(_Blender):
 
     learns = True
 
-    def __init__(self, estimator="logreg", n_members: int = 1):
-        self.estimator, self.n_members = estimator, n_members
+    def __init__(self, estimator="logreg", n_members: int = 1, metric: str = DEFAULT_METRIC):
+        self.estimator, self.n_members, self.metric = estimator, n_members, metric
 
     def fit(self, X, y):
-        clf = make_estimator(self.estimator) if isinstance(self.estimator, str) else clone(self.estimator)
+        clf = make_estimator(self.estimator, self.metric) if isinstance(self.estimator, str) else clone(self.estimator)
         self.model_ = Pipeline([("log", FunctionTransformer(_log_probs)), ("clf", clf)]).fit(X, y)
         self.classes_ = self.model_.classes_
         return self
@@ -242,7 +246,7 @@ BLENDS = {
     "gmean": lambda stacker, n, metric: MergeBlend("gmean", n),
     "vote": lambda stacker, n, metric: MergeBlend("vote", n),
     "weighted": lambda stacker, n, metric: WeightedBlend(n, metric=metric),
-    "stack": lambda stacker, n, metric: StackBlend(stacker, n),
+    "stack": lambda stacker, n, metric: StackBlend(stacker, n, metric),
 }
 
 

@@ -342,6 +342,8 @@ def test_the_weights_and_offsets_are_fit_for_the_competition_metric():
         fit = {m: cls(**kw, metric=m).fit(X, y).predict(X) for m in ("macro_f1", "accuracy")}
         assert accuracy(y, fit["accuracy"]) == 0.9 > accuracy(y, fit["macro_f1"]), cls
         assert macro_f1(y, fit["macro_f1"]) > 0.7 > macro_f1(y, fit["accuracy"]), cls
+    weights = {m: StackBlend("logreg", 2, m).fit(X, y).model_["clf"].class_weight for m in ("macro_f1", "accuracy")}
+    assert weights == {"macro_f1": "balanced", "accuracy": None}  # the stacker's class weights follow the metric
 
 
 def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(two_runs, demo_source, tmp_path,
