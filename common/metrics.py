@@ -88,6 +88,7 @@ def weighted_accuracy(y, pred, g, weights) -> np.ndarray:
 class Metric(NamedTuple):
     """A competition metric of predicted classes, higher is better."""
     label: str  # in tables and logs
+    short: str  # a table column's name beside the score's kind: "val F1", "crop-OOF accuracy"
     key: str  # its column: val_<key>, val_crop_<key>, and the key in done.json and scores.json
     score: Callable  # (labels, probability rows or predicted classes) -> float
     drawn: Callable  # (labels, predicted classes, group of each row, group weights per draw) -> a score per draw
@@ -97,8 +98,8 @@ class Metric(NamedTuple):
 
 # The one registry of --metric names. Insertion order is the tables' column order.
 METRICS = {
-    "macro_f1": Metric("macro-F1", "f1", macro_f1, weighted_macro_f1, classes_equal=True),
-    "accuracy": Metric("accuracy", "acc", accuracy, weighted_accuracy, classes_equal=False),
+    "macro_f1": Metric("macro-F1", "F1", "f1", macro_f1, weighted_macro_f1, classes_equal=True),
+    "accuracy": Metric("accuracy", "accuracy", "acc", accuracy, weighted_accuracy, classes_equal=False),
 }
 DEFAULT_METRIC = "macro_f1"  # Dacon's painter task; a run folder from before --metric was scored by it
 

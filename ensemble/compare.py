@@ -34,9 +34,10 @@ from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_di
 def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float = 0.9, seed: int = 0,
                  finished_folds: bool = False, data_dir=None, metric: str | None = None) -> dict:
     """Each run's OOF score by ``metric`` (None: the one the runs were trained for) with its interval, and its
-    paired difference to the first run (one run: how precisely its OOF measures it). ``finished_folds``: on the OOF rows of the folds finished in every
-    run, where some have folds still to train (is the new recipe worth its other folds?). ``data_dir``: the
-    runs' data folder where it has moved (its test images decide ``oof`` auto)."""
+    paired difference to the first run (one run: how precisely its OOF measures it). ``finished_folds``: on the
+    OOF rows of the folds finished in every run, where some have folds still to train (is the new recipe worth
+    its other folds?). ``data_dir``: the runs' data folder where it has moved (its test images decide ``oof``
+    auto)."""
     if draws < 100:
         raise UserError(f"--draws {draws}: use at least 100 (the interval's ends are percentiles of the draws).")
     if seed < 0:
@@ -72,15 +73,15 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
 
 def format_result(result: dict) -> str:
     pct = f"{100 * result['level']:.0f}%"
-    label = get_metric(result["metric"]).label
-    short = {"macro-F1": "F1", "accuracy": "acc"}.get(label, label)
-    lines = [f"{OOF_NAMES[result['oof']]} {label} on {result['n_rows']:,} rows from {result['n_paintings']:,} "
+    m = get_metric(result["metric"])
+    w = max(7, len(m.short))
+    lines = [f"{OOF_NAMES[result['oof']]} {m.label} on {result['n_rows']:,} rows from {result['n_paintings']:,} "
              f"paintings; {pct} intervals from {result['draws']:,} resamples of the paintings",
-             f"{'run':<40} {short:>7}  {pct + ' interval':<14}    {'vs first':>8}  {pct + ' interval':<16}"
+             f"{'run':<40} {m.short:>{w}}  {pct + ' interval':<14}    {'vs first':>8}  {pct + ' interval':<16}"
              "    better in"]
     for r in result["rows"]:
         name = r["run"] if len(r["run"]) <= 40 else "…" + r["run"][-39:]
-        line = f"{name:<40} {r['score']:7.4f}  [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+        line = f"{name:<40} {r['score']:{w}.4f}  [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
         if "diff" in r:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"

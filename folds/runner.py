@@ -486,8 +486,7 @@ def summary_table(fold_results: dict, metric: str | None = None) -> str:
     crop-OOF score (with TTA, what the run's scores are made of), and minutes; the scores by the run's
     competition ``metric``."""
     m = get_metric(metric)
-    name = {"macro-F1": "F1"}.get(m.label, m.label)
-    cols = [f"val {name}", f"OOF {name}", f"crop-OOF {name}"]
+    cols = [f"val {m.short}", f"OOF {m.short}", f"crop-OOF {m.short}"]
     w = [max(8, len(c)) for c in cols]
     head = (f"{'fold':>5} {'best epoch':>10} {cols[0]:>{w[0]}} {'val loss':>9} {cols[1]:>{w[1]}} {cols[2]:>{w[2]}} "
             f"{'minutes':>8}")

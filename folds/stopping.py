@@ -7,7 +7,7 @@ the log loss (``loss``, ``crop-loss``).
 """
 from __future__ import annotations
 
-from common.metrics import METRICS, get_metric
+from common.metrics import DEFAULT_METRIC, METRICS, get_metric
 
 CROP = "crop-"  # a monitor on the validation paintings' fixed half-size crops: the test's distribution
 VIEWS = {"": "val_", CROP: "val_crop_"}  # a monitor's prefix -> its history columns' prefix
@@ -25,7 +25,7 @@ MONITORS = {}
 for _view, _cols in VIEWS.items():
     for _m in METRICS.values():
         MONITORS[_view + _m.key] = _by_score(f"{_cols}{_m.key}", f"{_cols}loss")
-    MONITORS[_view + "loss"] = _by_loss(f"{_cols}loss", f"{_cols}f1")
+    MONITORS[_view + "loss"] = _by_loss(f"{_cols}loss", f"{_cols}{METRICS[DEFAULT_METRIC].key}")
 
 
 def score_column(monitor: str, metric: str | None) -> str:
