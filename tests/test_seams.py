@@ -102,6 +102,14 @@ def test_one_fold_mean_and_one_registry_per_choice():
     assert list(method.choices) == [*BLENDS, BEST]  # every blend, and the choice among them
     assert set(CHOICES["tta"]) == set(__import__("ensemble.tta", fromlist=["TTA_MODES"]).TTA_MODES)
     assert PRUNERS.keys() == {"median", "hyperband", "none"}
+    # the competition's metric: one registry behind every --metric, and no second accuracy or macro-F1
+    from common.metrics import METRICS
+    from ensemble.compare import build_parser as compare_parser
+    for parser in (build_parser(), compare_parser()):
+        assert list(next(a for a in parser._actions if a.dest == "metric").choices) == list(METRICS)
+    assert CHOICES["metric"] == tuple(METRICS)
+    assert not [p for p, t in text.items() if p.parts[-2:] != ("common", "metrics.py")
+                and re.search(r"\baccuracy_score\(|f1_score\([^)]*macro", t)]
 
 
 def test_help_defaults_come_from_the_config(capsys):
