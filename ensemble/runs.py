@@ -298,6 +298,8 @@ def resolve_metric(runs: list[RunOutputs], metric: str | None = None, option: st
         get_metric(metric, option)
         return metric
     own = {r.name: r.config.get("metric", DEFAULT_METRIC) for r in runs}
+    for r in runs:  # a hand-edited config.json: named as the file it came from
+        get_metric(own[r.name], f"{r.path / layout.CONFIG}: metric")
     if len(set(own.values())) > 1:
         raise UserError(f"the runs were trained for different metrics ({own}); name the one that chooses and "
                         f"scores with {option} NAME.")
