@@ -176,9 +176,10 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                 ckpt.save_best(judged)
             ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
         distributed.barrier()  # a resume must find last.pt complete on every rank
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_%s %.4f val_crop_%s %.4f lr %.2e (%.1fs)",
-                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], key, row[f"val_{key}"], key,
-                 row[f"val_crop_{key}"], lr, row["seconds"])
+        crops = row[f"val_crop_{key}"]  # none scored under --val-crops 0: said by leaving it out
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_%s %.4f%s lr %.2e (%.1fs)",
+                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], key, row[f"val_{key}"],
+                 f" val_crop_{key} {crops:.4f}" if np.isfinite(crops) else "", lr, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
             hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
                                cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)
