@@ -74,7 +74,7 @@ def run_row(run: Path) -> tuple[dict, str | None]:
            "minutes": round(sum(d.get("minutes", 0.0) for d in done.values()), 1),
            "split": layout.read_json(manifest).get("split_hash", "") if manifest.is_file() else "",
            "status": "done" if complete else ("training fold " + ", ".join(training) if training else "unfinished"),
-           "settings": differences(cfg)}
+           "settings": differences(cfg), "metric": cfg.metric}
     todo = [k for k in planned if k not in done]
     return row, (layout.fold_command(run, ",".join(map(str, todo)), "--resume") if todo and not training else None)
 
@@ -114,7 +114,7 @@ def runs_table(runs_dir, sort: str = AUTO) -> tuple[pd.DataFrame, list[str]]:
         if command:
             commands.append(command)
     df = pd.DataFrame(rows, columns=["run", "model", "img", "folds", "complete", "crop_oof", "oof", "minutes",
-                                     "split", "status", "settings"])
+                                     "split", "status", "settings", "metric"])
     df["img"] = pd.to_numeric(df["img"]).astype("Int64")  # 288, not 288.0 beside a damaged row's blank
     key = SORTS[sort]
     df = df.sort_values(key, ascending=key in ("run",), na_position="last", kind="stable", ignore_index=True)
@@ -128,7 +128,7 @@ def partial(df: pd.DataFrame) -> pd.Series:
 
 def show(df: pd.DataFrame) -> str:
     """The table as text: scores to 4 places, a partial run's marked ``*``."""
-    view = df.drop(columns=["complete"]).astype(object)
+    view = df.drop(columns=["complete", "metric"]).astype(object)  # settings names a metric other than macro-F1
     mark = partial(df)
     for c in ("crop_oof", "oof"):
         view[c] = ["" if pd.isna(v) else f"{v:.4f}" + ("*" if m else "") for v, m in zip(df[c], mark)]
@@ -163,6 +163,12 @@ def main(argv=None) -> int:
     print(show(df))
     if note:
         print(f"\nnote: {note}")
+    by_metric = df.dropna(subset=["metric"]).groupby("metric")["run"].agg(", ".join)
+    if len(by_metric) > 1:  # one column, scores of two kinds: the ensemble tools refuse to mix them unasked
+        kinds = "; ".join(f"{m}: {r}" for m, r in by_metric.items())
+        print(f"\nnote: these runs were trained for different metrics ({kinds}); each row's scores are by its "
+              "own, so rank within one metric, or score them all by one with `python ensemble/compare.py RUNS "
+              "--metric NAME`.")
     if partial(df).any():
         print("\n* the mean of the finished folds' scores")
     if commands:

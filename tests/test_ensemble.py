@@ -375,6 +375,13 @@ def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(tw
                        "accuracy", "--method", "best"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"crop-OOF accuracy +macro-F1", out) and "highest honest crop-OOF accuracy" in out
+    from ensemble.table import main as table_main  # the runs table: each row by its own metric, and it says so
+    shutil.copytree(s0, tmp_path / "runs" / "s0")
+    assert table_main([str(tmp_path / "runs"), "--out", str(tmp_path / "t.csv")]) == 0
+    assert "trained for different metrics (accuracy: acc; macro_f1: s0)" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "t.csv").set_index("run")
+    assert table.loc["acc", "crop_oof"] == pytest.approx(scores["oof_crops"]["acc"]) and "metric=accuracy" in \
+        table.loc["acc", "settings"]
     assert score_name({"metric": "accuracy", "monitor": None, "crop": "test-scale", "val_crops": 2}) == \
         "validation-crop accuracy, mean over folds"
     from folds.config import recipe_warnings, resolve_config  # the strong preset keeps its checkpoints by crop-f1
