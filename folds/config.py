@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from common import UserError, layout
-from common.metrics import METRICS
+from common.metrics import DEFAULT_METRIC, METRICS
 from ensemble.tta import TTA_MODES
 from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
@@ -61,7 +61,7 @@ class RunConfig:
     erasing: float = 0.0  # random-erasing probability per image, on the device (timm RandomErasing)
     ema: float = 0.0  # weight-EMA decay (timm ModelEmaV3; 0: off); validated and saved when on
     patience: int = 5
-    metric: str = "macro_f1"  # the competition's: chooses checkpoints, tuned settings, the ensemble (common.metrics)
+    metric: str = DEFAULT_METRIC  # the competition's: chooses checkpoints, tuned settings, the ensemble
     monitor: str | None = None  # None: the metric on validation crops (crop-f1) with test-scale crops, else whole
     val_crops: int = 2  # fixed half-size crops per validation painting, scored every epoch (0: off)
     batch_size: int = 32
@@ -101,7 +101,7 @@ def as_it_began(saved: dict) -> dict:
     """A whole saved setup (a run folder's config.json, a study's setup, a best.json's config) with each setting
     newer than it as it was then: it lacks the key, and where today's default is not that, reading the default
     there would go on with another recipe (and a setup compared key by key would differ)."""
-    before = {"head_init": "timm", "metric": "macro_f1",
+    before = {"head_init": "timm", "metric": "macro_f1",  # what every run and study before the option was scored by
               **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
     return {**before, **saved}
 

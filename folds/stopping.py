@@ -10,7 +10,7 @@ from __future__ import annotations
 from common.metrics import DEFAULT_METRIC, METRICS, get_metric
 
 CROP = "crop-"  # a monitor on the validation paintings' fixed half-size crops: the test's distribution
-VIEWS = {"": "val_", CROP: "val_crop_"}  # a monitor's prefix -> its history columns' prefix
+VIEWS = {"": "val_", CROP: "val_crop_"}  # a monitor's prefix -> its history columns' prefix (history.csv's layout)
 
 
 def _by_score(col: str, loss: str):
@@ -40,7 +40,7 @@ def resolve_monitor(cfg) -> str:
     model is trained for crops."""
     if cfg.monitor:
         return cfg.monitor
-    key = get_metric(getattr(cfg, "metric", None)).key
+    key = get_metric(cfg.metric).key
     return CROP + key if cfg.crop == "test-scale" and cfg.val_crops else key
 
 

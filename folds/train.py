@@ -32,7 +32,7 @@ from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.pace import loader_hint
 from folds.predict import VAL_CROP_SEED, PaintingViews, predict_probs
 from folds.recipe import build_recipe
-from folds.stopping import EarlyStopping, resolve_monitor, score_column
+from folds.stopping import CROP, VIEWS, EarlyStopping, resolve_monitor, score_column
 from models import enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,9 @@ class Validation:
             probs = distributed.gather_rows(predict_probs(model, self.loader, prec, inputs, tta="none",
                                                           desc="validate"), len(self.labels))
         row = {}
-        for prefix, rows in (("val", self.views.whole), ("val_crop", ~self.views.whole)):
-            s = {"loss": float("nan"), **{m.key: float("nan") for m in METRICS.values()}}
-            if rows.any():
-                s = scores(probs[rows], self.labels[rows], self.num_classes)
-            row.update({f"{prefix}_loss": s["loss"], **{f"{prefix}_{m.key}": s[m.key] for m in METRICS.values()}})
+        for cols, rows in ((VIEWS[""], self.views.whole), (VIEWS[CROP], ~self.views.whole)):
+            s = scores(probs[rows], self.labels[rows], self.num_classes) if rows.any() else {}
+            row.update({cols + k: s.get(k, float("nan")) for k in ("loss", *(m.key for m in METRICS.values()))})
         return row
 
 
@@ -176,10 +174,11 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                 ckpt.save_best(judged)
             ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
         distributed.barrier()  # a resume must find last.pt complete on every rank
-        crops = row[f"val_crop_{key}"]  # none scored under --val-crops 0: said by leaving it out
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_%s %.4f%s lr %.2e (%.1fs)",
-                 out_dir.name, epoch, n_epochs, train_loss, row["val_loss"], key, row[f"val_{key}"],
-                 f" val_crop_{key} {crops:.4f}" if np.isfinite(crops) else "", lr, row["seconds"])
+        whole, crops = (VIEWS[view] + key for view in ("", CROP))  # the metric's columns
+        log.info("%s epoch %d/%d: train_loss %.4f %sloss %.4f %s %.4f%s lr %.2e (%.1fs)",
+                 out_dir.name, epoch, n_epochs, train_loss, VIEWS[""], row[VIEWS[""] + "loss"], whole, row[whole],
+                 # none scored under --val-crops 0: said by leaving it out
+                 f" {crops} {row[crops]:.4f}" if np.isfinite(row[crops]) else "", lr, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
             hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
                                cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)
@@ -214,4 +213,4 @@ def best_scores(history: list, best_epoch: int, monitor: str, metric: str) -> di
     row = history[best_epoch - 1]
     return {"best_epoch": best_epoch, "monitor": monitor, "metric": metric,
             "best_score": row[score_column(monitor, metric)],
-            **{"best_" + col.removeprefix("val_"): v for col, v in row.items() if col.startswith("val_")}}
+            **{"best_" + col.removeprefix(VIEWS[""]): v for col, v in row.items() if col.startswith(VIEWS[""])}}
