@@ -52,7 +52,8 @@ def with_data_dir(cfg: RunConfig, announce: bool = True) -> tuple[RunConfig, boo
     return replace(cfg, data_dir=str(data_dir)), True
 
 
-def prepare_run(cfg: RunConfig, folds_csv: Path, *, demo: bool | None = None, write_split: bool = True) -> PreparedRun:
+def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = None,
+                write_split: bool = True) -> PreparedRun:
     """Check the model and weights, load and validate the data, then load or make the split.
 
     Nothing is written before every check has passed: the split goes to ``folds_csv`` last, or

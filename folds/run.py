@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "epoch or fold prediction that would not end within MINUTES of the start, keeping all finished "
                    "work; rerun with --resume. Under a Kaggle or Colab session's limit, leave a margin for one "
                    "fold's predictions and the submission build")
+    g.add_argument("--dry-run", action="store_true", help="every check, then a short timed probe of the first "
+                   "fold's training and the test's prediction: how long the folds take and, on a GPU, the memory "
+                   "the batch needs; nothing is written to the run folder or the submissions")
     g.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     g.add_argument("--no-join", action="store_true", help=argparse.SUPPRESS)  # side-by-side fold processes: train
     # their folds only; the parent joins the run and builds the submission once, after they all end
@@ -96,6 +99,9 @@ def check_run_control(args) -> None:
     check_at_least("--ray-gpus", args.ray_gpus, 0, "0 (CPU tasks)")
     check_at_least("--ray-cpus", args.ray_cpus, 1)
     check_at_least("--max-retries", args.max_retries, -1, "-1 (retry without end)")  # Ray's own meaning of -1
+    if args.dry_run and (args.ray or args.ray_runs):
+        raise UserError("--dry-run: a Ray job's fold tasks run on the cluster's nodes; leave --ray out to measure "
+                        "one fold task here (on a node of the kind the tasks get).")
     if args.time_limit is not None and (args.ray or args.ray_runs):
         raise UserError("--time-limit: a Ray job's fold tasks are scheduled by the cluster; leave --time-limit out "
                         "(a retried task resumes from its last epoch).")
@@ -205,6 +211,22 @@ def run_on_ray(args, cfg) -> int:
     return 0
 
 
+def dry_run(args, cfg, n_gpus: int) -> int:
+    """``--dry-run``: the checks, the probe and the estimate (``folds.dry_run``); the run folder is left alone."""
+    from folds import distributed
+    from folds.dry_run import describe, dry_run as plan_run
+    from folds.runner import FoldRunner
+
+    if distributed.world()[1] > 1:
+        raise UserError("--dry-run: run it in one process, without torchrun; it measures one fold process.")
+    runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, dry_run=True)
+    folds = (["full"] if args.fold == "full" else runner.planned_folds if args.fold == "all"
+             else parse_fold_spec(args.fold, runner.cfg.n_folds))
+    runner.check_folds([k for k in folds if k != "full"])
+    print(describe(plan_run(runner, folds, args.time_limit, args.procs_per_gpu * n_gpus, args.full_epochs)))
+    return 0
+
+
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -229,6 +251,8 @@ def main(argv=None) -> int:
             return run_on_ray(args, cfg)
         from folds.engine import check_device
         check_device(cfg.device)
+        if args.dry_run:
+            return dry_run(args, cfg, len(gpus))
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, announce=not args.no_join,
                                  deadline=deadline)
         side_by_side = args.procs_per_gpu * len(gpus) > 1 and args.fold != "full"

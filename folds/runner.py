@@ -65,16 +65,17 @@ class FoldRunner:
 
     @classmethod
     def open(cls, cfg: RunConfig, *, resume: bool = False, force: bool = False,
-             announce: bool = True, deadline: Deadline | None = None) -> "FoldRunner":
+             announce: bool = True, deadline: Deadline | None = None, dry_run: bool = False) -> "FoldRunner":
         """Resolve the data folder and run name, check the run folder, prepare the data, write the run files.
-        ``announce=False``: do not say again that the demo data is used (a side-by-side fold process)."""
+        ``announce=False``: do not say again that the demo data is used (a side-by-side fold process).
+        ``dry_run``: every check, but the run folder is left as it is (``--dry-run``)."""
         if not distributed.is_main():
             distributed.barrier()  # under torchrun rank 0 checks and writes (demo data, run folder) first
         cfg, demo = with_data_dir(cfg, announce)
         cfg = replace(cfg, name=cfg.name or default_run_name(cfg, demo))
         run_dir = layout.run_dir(cfg.runs_dir, cfg.name)
-        check_settings(run_dir, cfg)
-        prep = prepare_run(cfg, run_dir / layout.FOLDS, demo=demo, write_split=False)
+        stale_split = check_settings(run_dir, cfg, apply=not dry_run)
+        prep = prepare_run(cfg, None if stale_split else run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
         if announce and distributed.is_main():
             for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds)]:
@@ -82,7 +83,7 @@ class FoldRunner:
                     log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
             check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg), cfg.pseudo_oof)
-        if distributed.is_main():
+        if distributed.is_main() and not dry_run:
             write_run_files(run_dir, prep)
             distributed.barrier()
         return cls(prep, resume=resume, force=force, deadline=deadline)
@@ -130,9 +131,7 @@ class FoldRunner:
             if distributed.agree(not self.trains(k)):
                 return self._finished(k, d, lock)
             settings_kept(self.run_dir, self.cfg, k)
-            if (d / layout.LAST).is_file() and not (self.resume or self.force):
-                raise UserError(f"fold {k} was interrupted ({d / layout.LAST} exists). Add --resume to continue it "
-                                "from its last epoch, or --force to retrain it from scratch.")
+            self.check_not_interrupted(k)
             if self.force and distributed.is_main():
                 self.clear_fold(k)
             distributed.barrier()
@@ -144,6 +143,13 @@ class FoldRunner:
         finally:
             if lock is not None:
                 lock.release()
+
+    def check_not_interrupted(self, k) -> None:
+        """An interrupted fold goes on only with --resume (or starts again with --force)."""
+        last = self.fold_dir(k) / layout.LAST
+        if last.is_file() and not (self.resume or self.force):
+            raise UserError(f"fold {k} was interrupted ({last} exists). Add --resume to continue it from its last "
+                            "epoch, or --force to retrain it from scratch.")
 
     def _still_mine(self, k, lock: FoldLock | None) -> None:
         """After each epoch: the fold and the run folder's settings are still this process's."""
@@ -158,18 +164,31 @@ class FoldRunner:
         self._predict_test_again_if_changed(k, d, lock)
         return layout.read_json(d / layout.DONE)
 
-    def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
-        t0 = time.time()
+    def fold_rows(self, k) -> tuple[np.ndarray, np.ndarray, int]:
+        """Fold ``k``'s training and validation rows of the train set, and its index (its seed's)."""
         fold_of = self.folds["fold"].to_numpy()
         if k == FULL:  # all paintings, no validation, a fixed number of epochs
-            tr, va, index = np.arange(len(fold_of)), np.array([], dtype=int), self.cfg.n_folds
-        else:
-            tr, va, index = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
-        extra, n_test = None, 0
-        if self.cfg.pseudo:
-            source = check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL else [k],
-                                  self.cfg.pseudo_oof and k != FULL)
-            extra, n_test = fold_pseudo_images(source, k, self.ds, self.cfg, max(1, num_workers(self.cfg)))
+            return np.arange(len(fold_of)), np.array([], dtype=int), self.cfg.n_folds
+        return np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
+
+    def pseudo_images(self, k):
+        """What fold ``k`` learns besides its paintings from ``--pseudo``'s run, and how many of them are test
+        images; (None, 0) without ``--pseudo``."""
+        if not self.cfg.pseudo:
+            return None, 0
+        source = check_source(self.cfg.pseudo, self.ds.classes, self.split_hash, [] if k == FULL else [k],
+                              self.cfg.pseudo_oof and k != FULL)
+        return fold_pseudo_images(source, k, self.ds, self.cfg, max(1, num_workers(self.cfg)))
+
+    def predicted_images(self, n_val: int) -> int:
+        """The images a fold predicts once trained (each with ``--tta``'s views): its ``n_val`` validation
+        paintings whole and as the crop OOF's crops, and the test."""
+        return n_val * (1 + self.cfg.crop_oof) + len(self.ds.test)
+
+    def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
+        t0 = time.time()
+        tr, va, index = self.fold_rows(k)
+        extra, n_test = self.pseudo_images(k)
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
                  f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
                  "its validation paintings (their labels unread)" if extra else "")
@@ -178,7 +197,7 @@ class FoldRunner:
                             deadline=self.deadline)
         if extra:
             result.update(pseudo_images=n_test, pseudo_oof_crops=len(extra.paths) - n_test)
-        predicted = len(va) * (1 + self.cfg.crop_oof) + len(self.ds.test)  # OOF, crop OOF, test
+        predicted = self.predicted_images(len(va))
         self.deadline.before("prediction", f"fold {k}'s prediction (its epochs are done)",
                              self.deadline.prediction_estimate(predicted, n_views(self.cfg.tta)))
         started = time.time()
@@ -426,12 +445,12 @@ def folds_in_training(run_dir: Path) -> list[str]:
     return [d.name for d in sorted(Path(run_dir).glob("fold_*")) if FoldLock(d / layout.LOCK).holder() is not None]
 
 
-def check_settings(run_dir: Path, cfg: RunConfig) -> None:
+def check_settings(run_dir: Path, cfg: RunConfig, apply: bool = True) -> bool:
     """Refuse changed settings once a fold has trained or is training; a folder that never started takes new
-    ones."""
+    ones, and its saved split is stale then (True: removed, or with ``apply=False`` left as it is)."""
     shown = changed_settings(run_dir, cfg)
     if shown is None:
-        return
+        return False
     if layout.has_started(run_dir):
         raise UserError(f"{run_dir} was made with other settings ({shown}). Its folds were trained with "
                         "the old ones: use a new --name for the new settings, or delete the folder; "
@@ -441,7 +460,9 @@ def check_settings(run_dir: Path, cfg: RunConfig) -> None:
         raise UserError(f"{run_dir} was made with other settings ({shown}), and another process is training "
                         f"{', '.join(training)} with the old ones: use a new --name for the new settings.")
     log.info("%s: no fold has started yet, so it takes the new settings (%s).", run_dir, shown)
-    (run_dir / layout.FOLDS).unlink(missing_ok=True)  # the split may change with them
+    if apply:
+        (run_dir / layout.FOLDS).unlink(missing_ok=True)  # the split may change with them
+    return True
 
 
 def settings_kept(run_dir: Path, cfg: RunConfig, k) -> None:

@@ -87,17 +87,16 @@ def _assign(x, labels, n_folds, split_seed, groups) -> np.ndarray:
     return fold
 
 
-def load_or_make_folds(path: Path, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
+def load_or_make_folds(path: Path | None, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
                        write: bool = True, groups=None, allow_small: bool = False):
     """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.
 
     A saved split made from other data, K, seed or groups is refused rather than silently replaced:
     a run's finished folds were trained on it. ``write=False`` leaves saving to ``save_folds``
-    (a caller with more checks to make first).
+    (a caller with more checks to make first). ``path`` None: the run has no split of its own to reuse.
     """
     key = split_key(ids, labels, n_folds, split_seed, groups)
-    path = Path(path)
-    candidates = [path] + ([Path(shared_dir) / f"{key}.csv"] if shared_dir else [])
+    candidates = ([Path(path)] if path is not None else []) + ([Path(shared_dir) / f"{key}.csv"] if shared_dir else [])
     for p in candidates:
         if p.is_file():
             folds = pd.read_csv(p, dtype={"id": str, "label": str, "split_key": str}, keep_default_na=False)

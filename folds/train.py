@@ -38,6 +38,11 @@ from models import enable_grad_checkpointing
 log = logging.getLogger(__name__)
 
 
+# history.csv's timing columns (seconds): the epoch, its training pass, and the pass's wait for images. They differ
+# between two runs of one recipe; every other column repeats.
+TIMINGS = ("seconds", "train_seconds", "loader_wait")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -164,7 +169,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         if validation.images:  # its pace estimates the first fold's predictions for --time-limit
             deadline.scored(time.time() - t1, validation.images, decodes)
         row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.time() - t0,
-               "loader_wait": timed.wait}
+               "train_seconds": train_seconds, "loader_wait": timed.wait}
         history.append(row)
         deadline.took("epoch", row["seconds"])
         seconds += row["seconds"]

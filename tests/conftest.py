@@ -29,7 +29,9 @@ def demo_dir(demo_source, tmp_path):
 def learned_history(path):
     """A fold's history.csv without its timing columns, which differ between two runs of one recipe."""
     import pandas as pd
-    return pd.read_csv(path).drop(columns=["seconds", "loader_wait"])
+
+    from folds.train import TIMINGS
+    return pd.read_csv(path).drop(columns=list(TIMINGS))
 
 
 def tiny_args(data_dir, runs, **over):

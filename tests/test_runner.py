@@ -44,8 +44,10 @@ def test_tiny_run_learns(finished_run):
     assert scores["oof_crops"]["f1"] > 0.5, scores
     history = pd.read_csv(run / "fold_0" / "history.csv")
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "val_crop_loss",
-                                     "val_crop_f1", "val_crop_acc", "lr", "seconds", "loader_wait"]
-    assert ((history["loader_wait"] >= 0) & (history["loader_wait"] < history["seconds"])).all()
+                                     "val_crop_f1", "val_crop_acc", "lr", "seconds", "train_seconds", "loader_wait"]
+    # the training pass is part of the epoch (its validation the rest), its wait for images part of the pass
+    assert ((history["loader_wait"] >= 0) & (history["loader_wait"] < history["train_seconds"])
+            & (history["train_seconds"] < history["seconds"])).all()
 
 
 def test_oof_covers_every_train_id_once(finished_run, demo_source):
@@ -861,3 +863,56 @@ def test_gpus_the_machine_lacks_are_refused_before_the_run_folder_is_made(demo_s
     err = capsys.readouterr().err
     assert err.startswith("error: --gpus 2: this process sees 0 GPU(s)") and "Traceback" not in err, err
     assert not (tmp_path / "runs" / "t").exists()
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_source, tmp_path, capsys,
+                                                                           monkeypatch):
+    """A Kaggle version ends at 12 hours: --dry-run says in seconds whether the folds fit, from a probe of the
+    run's own training and prediction, and leaves the run folder (new, or half-trained) as it was."""
+    import folds.dry_run as dry
+
+    plans = []
+    real = dry.dry_run
+    monkeypatch.setattr(dry, "dry_run", lambda *a, **k: plans.append(real(*a, **k)) or plans[-1])
+    args = tiny_args(demo_source, tmp_path, **{"--n-folds": 3, "--epochs": 3})
+    run = tmp_path / "runs" / "t"
+    assert main(args + ["--dry-run", "--time-limit", "600"]) == 0
+    out = capsys.readouterr().out
+    assert not run.exists() and not (tmp_path / "subs").exists()
+    plan = plans[-1]
+    assert plan["training"] == [0, 1, 2] and plan["probe"]["epochs"] == 2 and plan["probe"]["fold"] == 0
+    test = len(pd.read_csv(demo_source / "test.csv"))
+    for k, d in plan["folds_detail"].items():
+        assert d["epochs"] == 3 and d["views"] == 2  # --tta hflip
+        assert d["predicted_images"] == d["val_paintings"] * 3 + test  # whole, 2 crop-OOF crops; the test
+        assert d["epoch_seconds"] > 0 and plan["fold_minutes"][k] > 0
+    assert "dry run of" in out and "--time-limit 600: it fits." in out, out
+
+    # a fold interrupted after its epochs: refused without --resume, as the run refuses it; with it, only its
+    # predictions are left, while the finished fold is not counted at all
+    assert main(args + ["--fold", "0,1", "--keep-last"]) == 0
+    (run / "fold_0" / "done.json").unlink()
+    before = _files(run)
+    assert main(args + ["--dry-run"]) == 2
+    assert "fold 0 was interrupted" in capsys.readouterr().err
+    assert main(args + ["--dry-run", "--resume", "--time-limit", "1e-6"]) == 0
+    plan, out = plans[-1], capsys.readouterr().out
+    assert plan["training"] == [0, 2] and plan["probe"]["fold"] == 0
+    assert plan["folds_detail"][0]["epochs"] == 0 and plan["folds_detail"][2]["epochs"] == 3
+    assert plan["fold_minutes"][0] < plan["fold_minutes"][2]
+    assert "it does not fit" in out and "--resume goes on" in out, out
+    assert main(args + ["--dry-run", "--fold", "1"]) == 0
+    assert "nothing to train" in capsys.readouterr().out and plans[-1]["training"] == []
+    # the full-data model: its epochs are the finished folds' median best epoch, as --fold full trains it
+    assert main(args + ["--dry-run", "--fold", "full"]) == 0
+    assert plans[-1]["folds_detail"]["full"]["epochs"] == json.loads((run / "fold_1" / "done.json").read_text())[
+        "best_epoch"] and plans[-1]["folds_detail"]["full"]["val_paintings"] == 0
+    # other settings on a started folder: refused as the run refuses them
+    assert main(args + ["--dry-run", "--lr", "0.1"]) == 2
+    assert "was made with other settings" in capsys.readouterr().err
+    assert _files(run) == before
+    assert main(args + ["--dry-run", "--ray", "local"]) == 2
