@@ -81,14 +81,16 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
 def epoch_timing(runner: FoldRunner) -> dict:
     """From each fold's history.csv, read once: its epochs in seconds (training and validation); the slowest
     fold's first epoch over its median later epoch (what a process pays once: workers, autotuning, the cache);
-    and per fold the median share of its later epochs that the training pass waited for images (``loader_wait``:
-    in a real side-by-side run, whether the loaders or the GPU set the pace)."""
+    and per fold the median share of its later epochs' training pass (``train_seconds``; the whole epoch in
+    runs from before it was kept) that waited for images (``loader_wait``: in a real side-by-side run, whether the
+    loaders or the GPU set the pace; the fold runner's warning is at 30% of the training pass)."""
     seconds, waits = {}, {}
     for k in runner.planned_folds:
         h = layout.read_frame(runner.fold_dir(k) / layout.HISTORY)
         seconds[k] = [round(float(x), 1) for x in h["seconds"]]
         if len(h) > 1 and "loader_wait" in h:
-            waits[k] = round(float(np.median(h["loader_wait"].iloc[1:] / h["seconds"].iloc[1:])), 3)
+            passes = h["train_seconds"] if "train_seconds" in h else h["seconds"]
+            waits[k] = round(float(np.median(h["loader_wait"].iloc[1:] / passes.iloc[1:])), 3)
     ratios = [s[0] / float(np.median(s[1:])) for s in seconds.values() if len(s) > 1]
     return {"epoch_seconds": seconds, "first_vs_steady": round(max(ratios), 2) if ratios else None,
             "loader_wait_share": waits}

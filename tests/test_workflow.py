@@ -651,3 +651,22 @@ def test_the_neighbours_speed_bench_times_the_draft_decode_against_a_full_one(ca
     assert row["crops"] == 15 and row["draft_crops_s"] > 0 and row["full_decode_crops_s"] > 0
     assert row["histogram_cosine_min"] > 0.95  # the reduced-scale decode keeps the palette
     assert row["overlap_pairs"] > 0 and row["overlap_pairs_s"] > 0
+
+
+def test_the_benchmarks_loader_wait_share_is_of_the_training_pass_as_the_runners_warning_is(tmp_path):
+    """real_data.py's rows say whether the loaders set the pace; the share is of the training pass (the 30% the
+    fold runner warns at), not of the whole epoch with its validation; a run from before it was kept reads the
+    epoch."""
+    from types import SimpleNamespace
+
+    from benchmarks.real_data import epoch_timing
+    from common import layout
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "seconds": [9.0, 4.0, 4.0], "train_seconds": [8.0, 2.0, 2.0],
+                            "loader_wait": [3.0, 1.0, 1.0]})
+    for k, frame in enumerate([history, history.drop(columns="train_seconds")]):
+        layout.fold_dir(tmp_path, k).mkdir()
+        frame.to_csv(layout.fold_dir(tmp_path, k) / layout.HISTORY, index=False)
+    runner = SimpleNamespace(planned_folds=[0, 1], fold_dir=lambda k: layout.fold_dir(tmp_path, k))
+    timing = epoch_timing(runner)
+    assert timing["loader_wait_share"] == {0: 0.5, 1: 0.25} and timing["first_vs_steady"] == 2.25
