@@ -149,7 +149,8 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
         runner.check_not_interrupted(k)
         tr, va, _ = runner.fold_rows(k)
         extra, _ = runner.pseudo_images(k)
-        work[k] = {"train_images": len(tr) + (len(extra.paths) if extra is not None else 0),
+        pseudo = len(extra.paths) if extra is not None else 0
+        work[k] = {"train_images": len(tr) + pseudo, "pseudo_images": pseudo,
                    "val_paintings": len(va), "epochs": epochs_left(runner, k, full_epochs),
                    "predicted_images": runner.predicted_images(len(va)), "views": n_views(cfg.tta)}
     if not training:
@@ -190,7 +191,8 @@ def describe(plan: dict) -> str:
               f"  prediction {1 / max(p['predict_per_image'], 1e-9):,.0f} images/s, each with its TTA views"]
     for k, minutes in plan["fold_minutes"].items():
         d = plan["folds_detail"][k]
-        lines.append(f"fold {k}: {d['train_images']:,} training images, {d['val_paintings']:,} validation "
+        pseudo = f" ({d['pseudo_images']:,} of them pseudo-labelled)" if d["pseudo_images"] else ""
+        lines.append(f"fold {k}: {d['train_images']:,} training images{pseudo}, {d['val_paintings']:,} validation "
                      f"paintings; {d['epochs']} epoch(s) of {d['epoch_seconds']:.1f} s (the first "
                      f"{d['first_epoch_extra']:.1f} s longer), then {d['predicted_images']:,} images x {d['views']} "
                      f"views predicted in {d['predict_seconds']:.0f} s: about {_duration(minutes)}")
