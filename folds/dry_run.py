@@ -25,6 +25,7 @@ import torch
 from common import UserError, layout
 from ensemble.tta import n_views
 from folds.deadline import Deadline
+from folds.engine import Precision
 from folds.predict import Predictor
 from folds.train import train_fold
 
@@ -75,9 +76,10 @@ def probe(runner, k) -> dict:
         if len(ends) == epochs:
             raise _Probed
 
-    cuda = torch.cuda.is_available() and not str(cfg.device).startswith("cpu")
+    prec = Precision.resolve(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)  # as train_fold's
+    cuda = prec.device.type == "cuda"
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(prec.device)
     with tempfile.TemporaryDirectory(prefix="dry-run-") as tmp, _quiet("folds.train"):
         fold_dir = layout.fold_dir(Path(tmp), k)
         started = time.perf_counter()
@@ -90,7 +92,7 @@ def probe(runner, k) -> dict:
             predict = _time_prediction(cfg, runner.ds, fold_dir)
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory(cfg)) from None
-        peak = torch.cuda.max_memory_allocated() if cuda else None  # training's or prediction's
+        peak = torch.cuda.max_memory_allocated(prec.device) if cuda else None  # training's or prediction's
     first_wall = ends[0][0] - started
     steady_wall, steady = (ends[-1][0] - ends[-2][0], ends[-1][1]) if len(ends) > 1 else (first_wall, ends[0][1])
     val_seconds = steady["seconds"] - steady["train_seconds"]
@@ -104,8 +106,8 @@ def probe(runner, k) -> dict:
         # what an epoch spends besides training and validating (its checkpoints, mostly)
         "epoch_overhead": max(steady_wall - steady["seconds"], 0.0),
         "val_decode_per_view": (deadline.decode_and_score or 0.0) - (deadline.score_only or 0.0),
-        **predict, "peak_memory": peak, "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "memory": torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else None,
+        **predict, "peak_memory": peak, "device": prec.describe(),
+        "memory": torch.cuda.get_device_properties(prec.device).total_memory if cuda else None,
     }
 
 
