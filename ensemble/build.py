@@ -247,7 +247,9 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
         "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "metric": metric, "with_full": with_full,
         "runs": [str(r.path.resolve()) for r in runs], "classes": classes, "folds": first.folds if partial else None,
-        "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None})}
+        "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None,
+        # what was chosen and its honest OOF scores: ensemble/leaderboard.py sets them beside the leaderboard's
+        "chosen": chosen, "cv": all_scores(y, final_oof), "oof_rows": int(len(y))})}
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result.update(all_scores(truth, test, "test_"))
         result.update({f"{k}_without_neighbours": v for k, v in plain_test.items()})

@@ -14,9 +14,18 @@ import joblib
 from common import UserError, atomic_write, layout, write_json
 
 
+BLEND_JSON = "_blend.json"  # <out stem> + this: a submission's fitted blend, described
+
+
 def blend_paths(out_csv) -> tuple[Path, Path]:
     out_csv = Path(out_csv)
-    return out_csv.with_name(out_csv.stem + "_blend.json"), out_csv.with_name(out_csv.stem + "_blend.joblib")
+    return out_csv.with_name(out_csv.stem + BLEND_JSON), out_csv.with_name(out_csv.stem + "_blend.joblib")
+
+
+def submission_of(meta_path) -> Path:
+    """The submission CSV a ``*_blend.json`` was written beside (``blend_paths``' inverse)."""
+    meta_path = Path(meta_path)
+    return meta_path.with_name(meta_path.name.removesuffix(BLEND_JSON) + ".csv")
 
 
 def save_blend(out_csv, blend, meta: dict) -> Path:

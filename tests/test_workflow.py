@@ -670,3 +670,42 @@ def test_the_benchmarks_loader_wait_share_is_of_the_training_pass_as_the_runners
     runner = SimpleNamespace(planned_folds=[0, 1], fold_dir=lambda k: layout.fold_dir(tmp_path, k))
     timing = epoch_timing(runner)
     assert timing["loader_wait_share"] == {0: 0.5, 1: 0.25} and timing["first_vs_steady"] == 2.25
+
+
+def test_the_leaderboard_scores_entered_stand_beside_each_builds_honest_cv(trained, tmp_path, capsys):
+    """A competitor keeps CV and leaderboard side by side to see whether the CV predicts it: each build keeps its
+    choice's honest OOF score, and ensemble/leaderboard.py lines the builds up with the scores entered, best CV
+    first, with their rank correlation; an lb.csv row that names no build is refused by its line."""
+    from ensemble.leaderboard import main as lb_main
+
+    runs = [str(trained / "runs" / f"s{s}") for s in (0, 1)]
+    subs = tmp_path / "subs"
+    for method in ("mean", "vote", "weighted"):
+        assert build_main([*runs, "--method", method, "--out", str(subs / f"{method}.csv"), "--no-report"]) == 0
+    capsys.readouterr()
+    cv = {m: json.loads((subs / f"{m}_blend.json").read_text())["cv"]["f1"] for m in ("mean", "vote", "weighted")}
+    order = sorted(cv, key=cv.get, reverse=True)
+    # the leaderboard agrees on the order; the private board is known for two only
+    lb = pd.DataFrame({"submission": [f"{m}.csv" for m in order], "public": [0.9, 0.8, 0.7],
+                       "private": ["0.85", "", "0.75"]})
+    lb.to_csv(tmp_path / "lb.csv", index=False)
+    assert lb_main([str(subs), "--lb", str(tmp_path / "lb.csv"), "--out", str(tmp_path / "cv_lb.csv")]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "cv_lb.csv")
+    assert list(table["submission"]) == [f"{m}.csv" for m in order]
+    assert np.allclose(table["cv"], [cv[m] for m in order]) and table["private"].isna().sum() == 1
+    assert re.search(r"CV against public: Spearman's rank correlation [+-]\d\.\d\d over 3 submissions", out), out
+    assert "CV against private: 2 submission(s)" in out, out
+    from ensemble.leaderboard import correlations
+    ranks = pd.DataFrame({"cv": [0.7, 0.6, 0.5, 0.4], "public": [0.9, 0.8, 0.7, np.nan],
+                          "private": [0.1, 0.2, 0.3, 0.4]})
+    assert correlations(ranks) == {"public": {"n": 3, "rho": 1.0}, "private": {"n": 4, "rho": -1.0}}
+    assert correlations(ranks.iloc[1:])["public"] == {"n": 2, "rho": None}  # too few to rank
+    # a typo in lb.csv is named by its line, not dropped
+    lb.loc[1, "submission"] = "veto.csv"
+    lb.to_csv(tmp_path / "lb.csv", index=False)
+    assert lb_main([str(subs), "--lb", str(tmp_path / "lb.csv")]) == 2
+    assert "line 3: 'veto.csv' is none of the 3 submissions" in capsys.readouterr().err
+    pd.DataFrame({"submission": ["mean.csv"], "public": ["0,81"]}).to_csv(tmp_path / "lb.csv", index=False)
+    assert lb_main([str(subs), "--lb", str(tmp_path / "lb.csv")]) == 2
+    assert "line 2: public score '0,81' is not a number" in capsys.readouterr().err
