@@ -113,34 +113,40 @@ def line_up(builds: pd.DataFrame, lb: pd.DataFrame, lb_path) -> pd.DataFrame:
 
 
 def correlations(table: pd.DataFrame) -> dict:
-    """Spearman's rank correlation of the CV with each leaderboard column, over the submissions with both."""
+    """Spearman's rank correlation of the CV with each leaderboard column, and, once the private board is known,
+    of the public board with it (how well the public board alone would have ranked them), each over the
+    submissions with both."""
+    pairs = [("cv", b) for b in BOARDS if b in table] + ([BOARDS] if all(b in table for b in BOARDS) else [])
     out = {}
-    for b in BOARDS:
-        if b in table:
-            both = table[["cv", b]].dropna()
-            ranked = len(both) >= MIN_RANKED and both["cv"].nunique() > 1 and both[b].nunique() > 1
-            out[b] = {"n": len(both), "rho": float(spearmanr(both["cv"], both[b]).statistic) if ranked else None}
+    for a, b in pairs:
+        both = table[[a, b]].dropna()
+        ranked = len(both) >= MIN_RANKED and both[a].nunique() > 1 and both[b].nunique() > 1
+        out[b if a == "cv" else f"{a} against {b}"] = {
+            "n": len(both), "rho": float(spearmanr(both[a], both[b]).statistic) if ranked else None}
     return out
 
 
 def format_report(table: pd.DataFrame, corr: dict) -> str:
     boards = [b for b in BOARDS if b in table]
-    head = f"{'submission':<36} {'method':<22} {'oof':<6} {'CV':>8} " + " ".join(f"{b:>8}" for b in boards)
+    ws, wm = (max(len(h), *(len(str(v)) for v in table[c])) for c, h in (("submission", "submission"),
+                                                                          ("method", "method")))
+    head = f"{'submission':<{ws}} {'method':<{wm}} {'oof':<6} {'CV':>8} " + " ".join(f"{b:>8}" for b in boards)
     lines = [head, "-" * len(head)]
     for _, r in table.iterrows():
         cells = " ".join(f"{r[b]:>8.4f}" if pd.notna(r[b]) else f"{'-':>8}" for b in boards)
         cv = f"{r['cv']:>8.4f}" if pd.notna(r["cv"]) else f"{'-':>8}"
-        lines.append(f"{r['submission']:<36} {str(r['method']):<22} {str(r['oof']):<6} {cv} {cells}")
+        lines.append(f"{r['submission']:<{ws}} {str(r['method']):<{wm}} {str(r['oof']):<6} {cv} {cells}")
     metrics = sorted(set(table["metric"]))
     lines.append(f"CV: each build's honest OOF {' / '.join(metrics)} (the OOF it chose on: crops or whole)"
                  + ("; the builds were scored by different metrics" if len(metrics) > 1 else ""))
     if table["cv"].isna().any():
         lines.append("-: a build made before its CV was kept beside it; build it again to see its CV.")
     for b, c in corr.items():
-        lines.append(f"CV against {b}: Spearman's rank correlation {c['rho']:+.2f} over {c['n']} submissions"
+        pair = f"CV against {b}" if b in BOARDS else b
+        lines.append(f"{pair}: Spearman's rank correlation {c['rho']:+.2f} over {c['n']} submissions"
                      if c["rho"] is not None else
-                     f"CV against {b}: {c['n']} submission(s) with both scores; {MIN_RANKED} with different scores "
-                     "are needed to rank.")
+                     f"{pair}: {c['n']} submission(s) with both scores; {MIN_RANKED} with different scores are "
+                     "needed to rank.")
     lines.append("Choose on the CV: the public leaderboard scores a share of the test, and a choice fitted to it "
                  "does not hold on the rest.")
     return "\n".join(lines)

@@ -699,7 +699,8 @@ def test_the_leaderboard_scores_entered_stand_beside_each_builds_honest_cv(train
     from ensemble.leaderboard import correlations
     ranks = pd.DataFrame({"cv": [0.7, 0.6, 0.5, 0.4], "public": [0.9, 0.8, 0.7, np.nan],
                           "private": [0.1, 0.2, 0.3, 0.4]})
-    assert correlations(ranks) == {"public": {"n": 3, "rho": 1.0}, "private": {"n": 4, "rho": -1.0}}
+    assert correlations(ranks) == {"public": {"n": 3, "rho": 1.0}, "private": {"n": 4, "rho": -1.0},
+                                   "public against private": {"n": 3, "rho": -1.0}}
     assert correlations(ranks.iloc[1:])["public"] == {"n": 2, "rho": None}  # too few to rank
     # a typo in lb.csv is named by its line, not dropped
     lb.loc[1, "submission"] = "veto.csv"
