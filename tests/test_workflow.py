@@ -702,6 +702,12 @@ def test_the_leaderboard_scores_entered_stand_beside_each_builds_honest_cv(train
     assert correlations(ranks) == {"public": {"n": 3, "rho": 1.0}, "private": {"n": 4, "rho": -1.0},
                                    "public against private": {"n": 3, "rho": -1.0}}
     assert correlations(ranks.iloc[1:])["public"] == {"n": 2, "rho": None}  # too few to rank
+    # a build from before its CV was kept: listed last, with the hint to build it again
+    meta = json.loads((subs / f"{order[0]}_blend.json").read_text())
+    (subs / f"{order[0]}_blend.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "cv"}))
+    assert lb_main([str(subs), "--lb", str(tmp_path / "lb.csv"), "--out", str(tmp_path / "cv_lb.csv")]) == 0
+    assert "build it again to see its CV" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "cv_lb.csv")["submission"].iloc[-1] == f"{order[0]}.csv"
     # a typo in lb.csv is named by its line, not dropped
     lb.loc[1, "submission"] = "veto.csv"
     lb.to_csv(tmp_path / "lb.csv", index=False)
