@@ -82,7 +82,11 @@ def read_builds(folders) -> pd.DataFrame:
         if not folder.is_dir():
             raise UserError(f"{folder}: not a folder; give the folders ensemble/build.py wrote submissions to.")
         for meta_path in sorted(folder.glob("*" + BLEND_JSON)):
-            meta = json.loads(meta_path.read_text())
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as e:  # cut short, or edited by hand
+                raise UserError(f"{meta_path}: cannot read it ({type(e).__name__}: {e}); build that submission "
+                                "again, or move the file away.") from None
             cv = meta.get("cv") or {}  # builds from before it was kept have none
             metric = get_metric(meta.get("metric") or DEFAULT_METRIC)
             rows.append({"submission": submission_of(meta_path).name, "folder": str(folder),
