@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from folds.deadline import Deadline
 from folds.engine import Precision
 from folds.predict import Predictor
 from folds.train import train_fold
+from models import check_model
 
 PROBE_STEPS = 10  # optimizer steps of each probe epoch: enough for a steady pace, few enough to take seconds
 PROBE_EPOCHS = 2  # the first starts the loader's workers and the GPU's kernels; the second is steady
@@ -60,9 +62,60 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
-def probe(runner, k) -> dict:
-    """Fold ``k``'s own training on a sample of its paintings, then the test's prediction, timed (seconds)."""
-    cfg = runner.cfg
+def lighter(cfg):
+    """``(options, config)`` to try, in turn, where ``cfg``'s batch does not fit the GPU's memory, the most alike
+    first: the same training in less memory (``--grad-checkpointing``: the weights and scores of the run without
+    it), then half the batch with twice the accumulation (each optimizer step sees as many images; BatchNorm sees
+    fewer at a time), down to 2 images (an even batch under MixUp or CutMix)."""
+    checkpointing = cfg.grad_checkpointing
+    if not checkpointing and supports_checkpointing(cfg.model):
+        checkpointing = True
+        yield "--grad-checkpointing", replace(cfg, grad_checkpointing=True)
+    batch, accum = cfg.batch_size, cfg.grad_accum_steps
+    while batch // 2 >= 2 and not ((cfg.mixup or cfg.cutmix) and (batch // 2) % 2):
+        batch, accum = batch // 2, accum * 2
+        options = f"--batch-size {batch} --grad-accum-steps {accum}" + (
+            " --grad-checkpointing" if checkpointing and not cfg.grad_checkpointing else "")
+        yield options, replace(cfg, batch_size=batch, grad_accum_steps=accum, grad_checkpointing=checkpointing)
+
+
+def supports_checkpointing(model: str) -> bool:
+    try:
+        check_model(model, None, grad_checkpointing=True)
+        return True
+    except UserError:
+        return False
+
+
+def probe_what_fits(runner, k) -> dict:
+    """``probe`` with the run's settings; where its batch does not fit the GPU, with the first of ``lighter``'s
+    that does (its options in ``fits_with``), so that the estimate is for a run that can be made."""
+    tried = []
+    try:
+        return {**probe(runner, k, runner.cfg), "fits_with": None}
+    except torch.OutOfMemoryError:
+        pass
+    for options, cfg in lighter(runner.cfg):
+        _free_memory()
+        try:
+            return {**probe(runner, k, cfg), "fits_with": options}
+        except torch.OutOfMemoryError:
+            tried.append(options)
+    raise UserError(out_of_memory(runner.cfg, tried))
+
+
+def _free_memory() -> None:
+    """What a failed try held, given back before the next (its tensors are garbage once the error unwound)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def probe(runner, k, cfg) -> dict:
+    """Fold ``k``'s own training on a sample of its paintings, then the test's prediction, timed (seconds), with
+    ``cfg`` (the run's, or a lighter one); a batch that does not fit raises ``torch.OutOfMemoryError``."""
     tr, va, index = runner.fold_rows(k)
     rng = np.random.default_rng(cfg.seed)
     tr_sample = np.sort(rng.choice(tr, min(len(tr), PROBE_STEPS * cfg.batch_size * cfg.grad_accum_steps),
@@ -84,14 +137,11 @@ def probe(runner, k) -> dict:
         fold_dir = layout.fold_dir(Path(tmp), k)
         started = time.perf_counter()
         try:
-            try:
-                train_fold(cfg, runner.ds, tr_sample, va_sample, fold_dir, fold_index=index, on_epoch=on_epoch,
-                           deadline=deadline)
-            except _Probed:
-                pass
-            predict = _time_prediction(cfg, runner.ds, fold_dir)
-        except torch.OutOfMemoryError:
-            raise UserError(out_of_memory(cfg)) from None
+            train_fold(cfg, runner.ds, tr_sample, va_sample, fold_dir, fold_index=index, on_epoch=on_epoch,
+                       deadline=deadline)
+        except _Probed:
+            pass
+        predict = _time_prediction(cfg, runner.ds, fold_dir)
         peak = torch.cuda.max_memory_allocated(prec.device) if cuda else None  # training's or prediction's
     first_wall = ends[0][0] - started
     steady_wall, steady = (ends[-1][0] - ends[-2][0], ends[-1][1]) if len(ends) > 1 else (first_wall, ends[0][1])
@@ -129,13 +179,12 @@ def _time_prediction(cfg, ds, fold_dir: Path) -> dict:
     return {"predict_per_image": per_image, "predict_start": max(seconds[1] - sizes[1] * per_image, 0.0)}
 
 
-def out_of_memory(cfg) -> str:
-    """What to do when the probe's batch did not fit (nothing was written, so any setting may change)."""
+def out_of_memory(cfg, tried: list) -> str:
+    """Nothing tried fitted: the run's batch, and ``tried``, the lighter settings (``lighter``)."""
     size = f"{cfg.img_size} px" if cfg.img_size else "its pretrained input size"
-    return (f"--dry-run: the GPU ran out of memory with {cfg.model} at {size} and --batch-size {cfg.batch_size} "
-            "(prediction batches are twice that; nothing was written). Add --grad-checkpointing (the same "
-            f"training in less memory, slower), or halve --batch-size with --grad-accum-steps "
-            f"{2 * cfg.grad_accum_steps} (each step still sees as many images), or lower --img-size.")
+    return (f"--dry-run: the GPU ran out of memory with {cfg.model} at {size} and --batch-size {cfg.batch_size}"
+            + (f", and also with {'; '.join(tried)}" if tried else "") + " (nothing was written). Lower --img-size, "
+            "choose a smaller --model, or free the GPU's memory (nvidia-smi shows who holds it).")
 
 
 def dry_run(runner, folds: list, time_limit: float | None = None, processes: int = 1,
@@ -145,6 +194,7 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     cfg = runner.cfg
     training = [k for k in folds if runner.trains(k)]
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
+            "batch_size": cfg.batch_size,
             "processes": processes, "fold_minutes": {}, "folds_detail": {}}
     work = {}
     for k in training:
@@ -157,7 +207,7 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
                    "predicted_images": runner.predicted_images(len(va)), "views": n_views(cfg.tta)}
     if not training:
         return plan
-    p = plan["probe"] = probe(runner, next((k for k in training if k != layout.FULL), 0))
+    p = plan["probe"] = probe_what_fits(runner, next((k for k in training if k != layout.FULL), 0))
     for k, w in work.items():
         epoch = w["train_images"] * p["train_per_image"] + w["val_paintings"] * p["val_per_painting"] \
             + p["epoch_overhead"]
@@ -186,6 +236,11 @@ def describe(plan: dict) -> str:
     p = plan["probe"]
     memory = (f"; peak GPU memory {p['peak_memory'] / 2 ** 30:.1f} of {p['memory'] / 2 ** 30:.1f} GiB"
               if p["peak_memory"] is not None else "")
+    if p["fits_with"]:
+        lines.append(f"--batch-size {plan['batch_size']} ran out of GPU memory; it fits with {p['fits_with']}, which "
+                     "the figures below are for" + (" (the same run, slower: a resume may add it)"
+                                                    if p["fits_with"] == "--grad-checkpointing" else
+                                                    " (a new run's recipe: each step sees as many images)") + ".")
     lines += [f"measured on {p['device']}: fold {p['fold']}'s training for {p['epochs']} epoch(s) on "
               f"{p['train_sample']:,} of its paintings (validating {p['val_sample']:,}), then its test prediction:",
               f"  training {1 / max(p['train_per_image'], 1e-9):,.0f} images/s (the loader kept it waiting "

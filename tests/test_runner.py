@@ -916,3 +916,40 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
     assert "was made with other settings" in capsys.readouterr().err
     assert _files(run) == before
     assert main(args + ["--dry-run", "--ray", "local"]) == 2
+
+
+def test_a_dry_run_whose_batch_does_not_fit_finds_the_lightest_change_that_does(demo_source, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A Colab T4 has 15 GiB: where the batch does not fit, the dry run tries the same run with gradient
+    checkpointing, then half batches with twice the accumulation, and estimates the first that fits; where
+    none does, one error lists what was tried. (The GPU's out-of-memory error is simulated above a batch.)"""
+    import torch
+
+    import folds.dry_run as dry
+
+    def fits_below(limit, checkpointed_limit):
+        def train_fold(cfg, *args, **kwargs):
+            if cfg.batch_size > (checkpointed_limit if cfg.grad_checkpointing else limit):
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(cfg, *args, **kwargs)
+        return train_fold
+
+    real = dry.train_fold
+    args = tiny_args(demo_source, tmp_path, **{"--n-folds": 2, "--epochs": 2, "--batch-size": 16})
+    monkeypatch.setattr(dry, "train_fold", fits_below(8, 16))
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("--batch-size 16 ran out of GPU memory; it fits with --grad-checkpointing, which the figures below are "
+            "for (the same run, slower") in out, out
+    monkeypatch.setattr(dry, "train_fold", fits_below(4, 8))
+    assert main(args + ["--dry-run"]) == 0
+    assert ("it fits with --batch-size 8 --grad-accum-steps 2 --grad-checkpointing, which the figures below are for "
+            "(a new run's recipe") in capsys.readouterr().out
+    monkeypatch.setattr(dry, "train_fold", fits_below(1, 1))
+    assert main(args + ["--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert ("the GPU ran out of memory with resnet10t at 32 px and --batch-size 16, and also with "
+            "--grad-checkpointing; --batch-size 8 --grad-accum-steps 2 --grad-checkpointing; --batch-size 4 "
+            "--grad-accum-steps 4 --grad-checkpointing; --batch-size 2 --grad-accum-steps 8 --grad-checkpointing "
+            "(nothing was written)") in err
+    assert not (tmp_path / "runs" / "t").exists()
