@@ -5,7 +5,7 @@ weights as safetensors (no pickle, no optimizer state); the fitted blend of an
 ``ensemble/build.py`` run (or a soft vote); the code that predicts; and wheels of the packages
 that are not in the Kaggle image. Then, offline:
 
-    pip install --no-index --find-links EXPORT/wheels ttach albumentations albucore
+    pip install --no-index --no-deps --find-links EXPORT/wheels ttach==0.0.3 albumentations==2.0.8 ...
     python EXPORT/code/ensemble/predict.py EXPORT --data-dir /kaggle/input/COMP --out submission.csv
 
 Examples:
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import logging
+import platform
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,13 @@ from ensemble.saved_blend import blend_folds, load_blend, save_blend  # noqa: E4
 log = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("common", "ensemble", "folds", "models")  # what prediction imports (the packages, whole)
-# Not in the Kaggle image (or not at the version this suite needs): their wheels travel along.
-WHEELS = ("ttach", "albumentations", "albucore")
+# What prediction imports that the Kaggle image lacks, or has at another version: their wheels travel along, with
+# the packages they require that the image lacks too (``wheel_names``).
+NEEDED = ("ttach", "albumentations")
+# What the Kaggle GPU image has and prediction may use at its version there (names as pip normalises them).
+KAGGLE_IMAGE = frozenset({"numpy", "scipy", "pyyaml", "pydantic", "opencv-python-headless", "opencv-python",
+                          "typing-extensions", "eval-type-backport", "torch", "torchvision", "timm", "pandas",
+                          "scikit-learn", "safetensors", "pillow", "joblib", "huggingface-hub"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,14 +77,38 @@ def export_run(run: Path, dst: Path, with_full: bool, meta: dict) -> list:
     return folds
 
 
-def download_wheels(dst: Path) -> list[str]:
-    """Wheels of the installed versions of ``WHEELS``; a failure is reported, not fatal."""
-    pins = []
-    for name in WHEELS:
+def wheel_names() -> list[str]:
+    """``NEEDED`` and, installed here, what they require (in this Python, without extras) that is not in
+    ``KAGGLE_IMAGE``: albumentations' pinned albucore, and albucore's compiled simsimd and stringzilla, which it
+    imports at once. Without those an offline ``pip install`` of the export stopped at a missing requirement."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names, todo = [], list(NEEDED)
+    while todo:
+        name = canonicalize_name(todo.pop(0))
+        if name in names or name in KAGGLE_IMAGE:
+            continue
         try:
-            pins.append(f"{name}=={md.version(name)}")
+            requires = md.requires(name) or []
         except md.PackageNotFoundError:
             continue
+        names.append(name)
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return names
+
+
+def download_wheels(dst: Path) -> list[str]:
+    """Wheels of the installed versions of ``wheel_names()``, for this machine's platform and Python; a failure is
+    reported, not fatal."""
+    pins = [f"{name}=={md.version(name)}" for name in wheel_names()]
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        log.warning("the wheels are for this machine (%s %s), and simsimd and stringzilla are compiled: export on a "
+                    "Linux x86-64 machine with the kernel's Python for a Kaggle kernel", platform.system(),
+                    platform.machine())
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dst), *pins],
                           capture_output=True, text=True)
     if proc.returncode:
@@ -86,6 +116,12 @@ def download_wheels(dst: Path) -> list[str]:
                     proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode, " ".join(pins))
         return []
     return pins
+
+
+def install_command(wheels_dir: str, pins: list[str]) -> str:
+    """The offline install: the exact versions (a package the image has at another version is replaced), and no
+    resolving (the image's own numpy, OpenCV and pydantic serve, whichever OpenCV package it has)."""
+    return f"pip install --no-index --no-deps --find-links {wheels_dir} {' '.join(pins)}"
 
 
 def export(args) -> dict:
@@ -120,8 +156,7 @@ def export(args) -> dict:
     write_text(out / "README.md", "\n".join([
         f"# painter-cv export: {', '.join(names)} ({meta['method']})", "",
         "Offline prediction (a Kaggle inference kernel):", "", "```bash",
-        *([f"pip install --no-index --find-links {out.name}/wheels {' '.join(w.split('==')[0] for w in wheels)}"]
-          if wheels else []),
+        *([install_command(f"{out.name}/wheels", wheels)] if wheels else []),
         f"python {out.name}/code/ensemble/predict.py {out.name} --data-dir /kaggle/input/COMP --out submission.csv",
         "```", "", "The blend file is a pickle (joblib): load only exports you made.", ""]))
     return {"out": out, "runs": names, "wheels": wheels}

@@ -716,3 +716,30 @@ def test_the_leaderboard_scores_entered_stand_beside_each_builds_honest_cv(train
     pd.DataFrame({"submission": ["mean.csv"], "public": ["0,81"]}).to_csv(tmp_path / "lb.csv", index=False)
     assert lb_main([str(subs), "--lb", str(tmp_path / "lb.csv")]) == 2
     assert "line 2: public score '0,81' is not a number" in capsys.readouterr().err
+
+
+def test_the_exports_wheels_install_offline_beside_the_kaggle_images_own_packages(trained, tmp_path, monkeypatch):
+    """An offline `pip install` of the export stopped at albucore's stringzilla, which the wheels lacked (albucore
+    imports it and simsimd at once), and would have asked for opencv-python-headless beside an image's
+    opencv-python. The wheels now close over what the Kaggle image lacks, and the install pins each version
+    without resolving (a package the image has at another version is replaced)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    import ensemble.export as export
+
+    names = export.wheel_names()
+    assert {"ttach", "albumentations", "albucore", "simsimd", "stringzilla"} <= set(names)
+    for name in names:  # everything they require is in the wheels or in the image
+        for line in md.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                assert req.name.lower() in set(names) | export.KAGGLE_IMAGE, (name, line)
+    pins = [f"{n}=={md.version(n)}" for n in names]
+    monkeypatch.setattr(export, "download_wheels", lambda dst: pins)
+    out = tmp_path / "exp"
+    assert export_main(["--blend", str(trained / "subs" / "st_blend.json"), "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    assert f"pip install --no-index --no-deps --find-links exp/wheels {' '.join(pins)}\n" in readme, readme
+    assert json.loads((out / "export.json").read_text())["wheels"] == pins
