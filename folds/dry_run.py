@@ -5,7 +5,8 @@ A Kaggle version ends at 12 hours and a Colab session sooner: whether five folds
 batch fit (and whether the batch fits the GPU's memory) is known in a minute or two, not after the first fold.
 The probe is the run's own code on the run's own data: ``train_fold`` on a sample of the first fold's paintings
 for two epochs (the first starts the loader's workers and the GPU's kernels, the second is steady) and
-``Predictor`` on test images, in a temporary folder.
+``Predictor`` on test images, in a temporary folder. Where the batch does not fit the GPU, the lightest change
+that does (``lighter``) is probed and estimated instead, and named.
 
 >>> plan = dry_run(FoldRunner.open(cfg, dry_run=True), [0, 1, 2, 3, 4])   # doctest: +SKIP
 >>> print(describe(plan))                                                 # doctest: +SKIP
