@@ -10,6 +10,8 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from common import UserError
+
 # A test image is half the width and half the height of its painting (Dacon's, and the crop OOF's boxes).
 CROP_SIDE = 0.5
 
@@ -69,6 +71,20 @@ def train_transform(img_size: int, mean, std, crop: str = "test-scale", seed: in
         ] + (shift_scale_rotate if affine == "loader" else []) + _to_tensor(mean, std, cpu_normalize),
         seed=seed,
     )
+
+
+def check_installed(crop: str, affine: str) -> None:
+    """The installed albumentations builds this run's pipelines, or a UserError that names its version, before
+    anything is written. An older one (a notebook image's 1.3) failed with a TypeError when the first fold built
+    its transforms, after the run folder was written."""
+    try:
+        for of_test_crop in (False, True):
+            train_transform(32, (0.5,) * 3, (0.5,) * 3, crop, seed=0, affine=affine, of_test_crop=of_test_crop)
+        eval_transform(32, (0.5,) * 3, (0.5,) * 3)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"albumentations {A.__version__} cannot build this suite's augmentations ({type(e).__name__}: "
+                        f"{e}). Install the version requirements.txt names: pip install -r requirements.txt (offline: "
+                        "its wheels, as ensemble/export.py gathers them).") from None
 
 
 def eval_transform(img_size: int, mean, std, cpu_normalize: bool = False) -> A.Compose:

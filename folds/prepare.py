@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.atomic import check_writable_folder
+from folds.augment import check_installed
 from folds.cache import cache_root
 from folds.config import RunConfig
 from folds.data import Dataset, load_dataset, read_groups
@@ -62,6 +63,7 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     if demo is None:
         cfg, demo = with_data_dir(cfg)
     check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
+    check_installed(cfg.crop, cfg.affine)
     if cfg.cache_dir:
         check_writable_folder(cfg.cache_dir, f"--cache-dir {cfg.cache_dir}")
     set_max_image_pixels(cfg.max_image_pixels)

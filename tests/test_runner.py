@@ -953,3 +953,21 @@ def test_a_dry_run_whose_batch_does_not_fit_finds_the_lightest_change_that_does(
             "--grad-accum-steps 4 --grad-checkpointing; --batch-size 2 --grad-accum-steps 8 --grad-checkpointing "
             "(nothing was written)") in err
     assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_an_albumentations_too_old_for_the_pipelines_is_named_before_anything_is_written(demo_source, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """A notebook image's albumentations 1.3 has no Affine(border_mode=...): the first fold failed with a
+    TypeError after the run folder was written. Its constructor's refusal is simulated here."""
+    import folds.augment
+
+    def old_affine(*args, border_mode=None, **kwargs):
+        if border_mode is not None:
+            raise TypeError("Affine.__init__() got an unexpected keyword argument 'border_mode'")
+
+    monkeypatch.setattr(folds.augment.A, "Affine", old_affine)
+    monkeypatch.setattr(folds.augment.A, "__version__", "1.3.1")
+    assert main(tiny_args(demo_source, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: albumentations 1.3.1 cannot build this suite's augmentations (TypeError: "), err
+    assert "pip install -r requirements.txt" in err and not (tmp_path / "runs" / "t").exists()
