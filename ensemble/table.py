@@ -134,7 +134,7 @@ def show(df: pd.DataFrame) -> str:
         view[c] = ["" if pd.isna(v) else f"{v:.4f}" + ("*" if m else "") for v, m in zip(df[c], mark)]
     # every column reads from the left, under its name: pandas right-aligned the text, and a long settings cell
     # pushed the short ones far from their header
-    view = view.fillna("").astype(str)
+    view = view.where(view.notna(), "").astype(str)  # not fillna: pandas 2 warns that it downcasts object columns
 
     def left(width: int):
         return lambda cell: f"{cell:<{width}}"
