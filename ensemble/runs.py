@@ -274,7 +274,9 @@ def check_compatible(runs: list[RunOutputs], need_same_split: bool) -> list[RunO
             raise UserError(f"{r.path} was trained on another split than {first.path} (split hash {r.split_hash} "
                             f"!= {first.split_hash}). Fitting weights or a stacker across different folds leaks "
                             "validation rows into training. Rerun with the same --n-folds, --split-seed and --groups "
-                            "(the default shares them), or use --method mean/gmean/vote.")
+                            "(the default shares them; with --groups, two scikit-learn versions split one seed "
+                            "differently, so on a second machine copy the first one's <runs>/splits/ into its runs "
+                            "folder before it trains), or use --method mean/gmean/vote.")
     keys = [c for c in ("id", "crop") if c in first.oof]  # the whole-painting OOF has one row per id
     order = first.oof.set_index(keys).index  # a MultiIndex of one level would not select rows by id
     aligned = [first]
