@@ -120,7 +120,9 @@ def correlations(table: pd.DataFrame) -> dict:
     """Spearman's rank correlation of the CV with each leaderboard column, and, once the private board is known,
     of the public board with it (how well the public board alone would have ranked them), each over the
     submissions with both."""
-    pairs = [("cv", b) for b in BOARDS if b in table] + ([BOARDS] if all(b in table for b in BOARDS) else [])
+    pairs = [("cv", b) for b in BOARDS if b in table]
+    if all(b in table for b in BOARDS):
+        pairs.append(("public", "private"))
     out = {}
     for a, b in pairs:
         both = table[[a, b]].dropna()

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from common import UserError, layout
@@ -47,7 +46,7 @@ def epochs_left(runner, k, full_epochs: int | None = None) -> int:
     epochs = runner.full_epochs(full_epochs) if k == layout.FULL else runner.cfg.epochs
     history = runner.fold_dir(k) / layout.HISTORY
     if runner.resume and not runner.force and (runner.fold_dir(k) / layout.LAST).is_file() and history.is_file():
-        return max(epochs - len(pd.read_csv(history)), 0)
+        return max(epochs - len(layout.read_frame(history, usecols=['epoch'])), 0)
     return epochs
 
 
