@@ -1,9 +1,10 @@
 """The competition's metrics, shared by training, the ensemble and the benchmarks.
 
-``METRICS`` is the one registry of ``--metric`` names. Each metric scores predicted classes (the
-argmax of probability rows), higher is better, and has a key: its column in ``history.csv``
-(``val_<key>``, ``val_crop_<key>``), in a fold's ``done.json`` and a run's ``scores.json``. Every
-registered metric is computed and kept; the run's ``--metric`` decides which one chooses the
+``METRICS`` is the one registry of ``--metric`` names. Each metric scores probability rows (most score
+their predicted classes, the argmax; the log loss scores the probabilities themselves), higher is better
+(the log loss is kept negated, as scikit-learn's ``neg_log_loss`` scorer does), and has a key: its column
+in ``history.csv`` (``val_<key>``, ``val_crop_<key>``), in a fold's ``done.json`` and a run's
+``scores.json``. Every registered metric is computed and kept; the run's ``--metric`` decides which one chooses the
 checkpoints, the tuned settings, the ensemble and its offsets, and which one the tables lead with.
 """
 from __future__ import annotations
@@ -40,6 +41,25 @@ def accuracy(y, probs_or_pred) -> float:
     return float(np.mean(_classes(probs_or_pred) == np.asarray(y)))
 
 
+# Kaggle's log loss clips each probability to [1e-15, 1 - 1e-15] and renormalises the rows: a zero would be infinite
+LOG_LOSS_EPS = 1e-15
+
+
+def _true_class_losses(y, probs) -> np.ndarray:
+    """Each row's log loss: minus the log of its true class's probability, clipped and renormalised as Kaggle does."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError("the log loss scores probability rows, not predicted classes")
+    p = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    return np.log(p.sum(axis=1)) - np.log(p[np.arange(len(p)), np.asarray(y)])
+
+
+def neg_log_loss(y, probs) -> float:
+    """Minus the multi-class log loss of probability rows (higher is better, as scikit-learn's ``neg_log_loss``);
+    equals ``-sklearn.metrics.log_loss(y, probs, labels=range(K))`` away from the clip (a test checks it)."""
+    return -float(_true_class_losses(y, probs).mean())
+
+
 def mean_single_f1(y, members) -> float:
     """The mean macro-F1 of single models' probabilities (``members``: fold models on one test set).
 
@@ -59,10 +79,10 @@ def painting_draws(groups, draws: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return g, rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
 
 
-def weighted_macro_f1(y, pred, g, weights) -> np.ndarray:
+def weighted_macro_f1(y, probs_or_pred, g, weights) -> np.ndarray:
     """``macro_f1`` of every weighting of the groups in one pass: row ``d`` of ``weights`` counts each row
     of group ``i`` ``weights[d, i]`` times. Equals ``macro_f1`` on the rows repeated so (a test checks it)."""
-    y, pred = np.asarray(y), np.asarray(pred)
+    y, pred = np.asarray(y), _classes(probs_or_pred)
     k = int(max(pred.max(initial=0), y.max(initial=0))) + 1
     n = weights.shape[1]
     per_group = np.zeros((3, n, k))  # true positives, predicted, true: counts per group and class
@@ -76,31 +96,47 @@ def weighted_macro_f1(y, pred, g, weights) -> np.ndarray:
     return np.nanmean(f1, axis=1)
 
 
-def weighted_accuracy(y, pred, g, weights) -> np.ndarray:
+def weighted_accuracy(y, probs_or_pred, g, weights) -> np.ndarray:
     """``accuracy`` of every weighting of the groups in one pass, as ``weighted_macro_f1`` draws them."""
-    y, pred = np.asarray(y), np.asarray(pred)
+    y, pred = np.asarray(y), _classes(probs_or_pred)
     n = weights.shape[1]
     right = np.bincount(g, weights=(pred == y).astype(np.float64), minlength=n)
     rows = np.bincount(g, minlength=n).astype(np.float64)
     return (weights @ right) / (weights @ rows)
 
 
+def weighted_neg_log_loss(y, probs, g, weights) -> np.ndarray:
+    """``neg_log_loss`` of every weighting of the groups in one pass, as ``weighted_macro_f1`` draws them."""
+    n = weights.shape[1]
+    loss = np.bincount(g, weights=_true_class_losses(y, probs), minlength=n)
+    rows = np.bincount(g, minlength=n).astype(np.float64)
+    return -(weights @ loss) / (weights @ rows)
+
+
 class Metric(NamedTuple):
-    """A competition metric of predicted classes, higher is better."""
+    """A competition metric of probability rows, higher is better."""
     label: str  # in tables and logs
     short: str  # a table column's name beside the score's kind: "val F1", "crop-OOF accuracy"
     key: str  # its column: val_<key>, val_crop_<key>, and the key in done.json and scores.json
-    score: Callable  # (labels, probability rows or predicted classes) -> float
-    drawn: Callable  # (labels, predicted classes, group of each row, group weights per draw) -> a score per draw
+    score: Callable  # (labels, probability rows; predicted classes where of_classes) -> float
+    drawn: Callable  # (labels, probability rows, group of each row, group weights per draw) -> a score per draw
     # every class counts the same, however few its images: what the class-balanced sampler trains for
     classes_equal: bool
+    # it scores the predicted class (the argmax), so per-class offsets can move it and the submission names a
+    # class; False: it scores the probabilities, and the submission may be one probability column per class
+    of_classes: bool = True
+    # a leaderboard shows board_sign x the score: -1 for the log loss, which it shows as a loss (lower is better)
+    board_sign: int = 1
 
 
 # The one registry of --metric names. Insertion order is the tables' column order.
 METRICS = {
     "macro_f1": Metric("macro-F1", "F1", "f1", macro_f1, weighted_macro_f1, classes_equal=True),
     "accuracy": Metric("accuracy", "accuracy", "acc", accuracy, weighted_accuracy, classes_equal=False),
+    "neg_log_loss": Metric("neg. log loss", "-log loss", "neg_log_loss", neg_log_loss, weighted_neg_log_loss,
+                           classes_equal=False, of_classes=False, board_sign=-1),
 }
+NEG_LOG_LOSS = METRICS["neg_log_loss"].key  # also a fold's validation loss (history.csv's val_loss, crop-loss monitor)
 DEFAULT_METRIC = "macro_f1"  # Dacon's painter task; a run folder from before --metric was scored by it
 
 
@@ -115,3 +151,15 @@ def get_metric(name: str | None, option: str = "--metric") -> Metric:
 def all_scores(y, probs_or_pred, prefix: str = "") -> dict:
     """Every registered metric of these predictions, by key (``prefix`` before each key)."""
     return {prefix + m.key: m.score(y, probs_or_pred) for m in METRICS.values()}
+
+
+def check_metric_fits_sample(metric: str | None, probability_columns, sample_path) -> None:
+    """A sample submission of one probability column per class is scored on its probabilities: a metric of the
+    predicted classes would choose checkpoints and blends for another score than the leaderboard's."""
+    m = get_metric(metric)
+    if probability_columns and m.of_classes:
+        shown = [name for name, x in METRICS.items() if not x.of_classes]
+        raise UserError(f"{sample_path}: one probability column per class ({len(probability_columns)} classes), so the "
+                        f"submission is scored on its probabilities (Kaggle's multi-class log loss, most often), but "
+                        f"--metric is {metric or DEFAULT_METRIC}, which scores the predicted class. Give --metric "
+                        f"{' or '.join(shown)}.")

@@ -14,8 +14,10 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
@@ -159,6 +161,7 @@ class DecisionOffsets(_Blender):
 
     Macro-F1 rewards the small classes that argmax under-predicts; a per-class bias fixes that. (Under
     accuracy they can only trade one class's rows for another's; the build keeps them where that pays.)
+    A metric of the probabilities (the log loss) gets ``TemperatureCalibration`` in their place.
     """
 
     learns = True
@@ -166,6 +169,10 @@ class DecisionOffsets(_Blender):
     def __init__(self, base=None, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2,
                  metric: str = DEFAULT_METRIC):
         self.base, self.grid, self.rounds, self.metric = base, grid, rounds, metric
+
+    @property
+    def n_members(self) -> int:
+        return self.base.n_members
 
     def fit(self, X, y):
         metric = get_metric(self.metric).score
@@ -203,6 +210,45 @@ class DecisionOffsets(_Blender):
         return p / p.sum(axis=1, keepdims=True)
 
 
+class TemperatureCalibration(_Blender):
+    """Another blender's probabilities calibrated by scikit-learn's temperature scaling
+    (``CalibratedClassifierCV(method="temperature")``: ``softmax(log p / T)``, ``T`` fit for the log loss), the
+    adjustment on top of a method under a metric of the probabilities, as ``DecisionOffsets`` is under one of
+    the classes: a fold mean of models trained with label smoothing and MixUp is less sure than it is right,
+    and the log loss charges for that.
+
+    A base that learns nothing (a vote) is calibrated on every row. One that learns (weighted, stack) is
+    calibrated on its predictions for rows it was not fit on (``ensemble=False``: a stratified ``inner_folds``
+    split; a painting's crops may fall on both sides, which the build's grouped honest score would show): on
+    its own rows it is surer than on new ones, and a temperature fit there sharpens it.
+    """
+
+    learns = True
+
+    def __init__(self, base=None, inner_folds: int = 5, seed: int = 0):
+        self.base, self.inner_folds, self.seed = base, inner_folds, seed
+
+    @property
+    def n_members(self) -> int:
+        return self.base.n_members
+
+    def fit(self, X, y):
+        base = clone(self.base)
+        if base.learns:
+            cv = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed)
+            with warnings.catch_warnings():  # a class of fewer rows than folds: calibrated all the same
+                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
+        else:
+            self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
+        self.classes_ = self.model_.classes_
+        self.temperature_ = float(1 / self.model_.calibrated_classifiers_[0].calibrators[0].beta_)
+        return self
+
+    def predict_proba(self, X):
+        return self.model_.predict_proba(X)
+
+
 def full_proba(fitted, X, n_classes: int) -> np.ndarray:
     """``predict_proba`` spread over all ``n_classes`` columns (a class absent from the fit gets 0)."""
     out = np.zeros((len(X), n_classes))
@@ -218,7 +264,7 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     fit on itself. Classes absent from the OOF are left out of the inner CV (they cannot be
     learnt) and get probability 0.
     """
-    n_members = (blend.base if isinstance(blend, DecisionOffsets) else blend).n_members
+    n_members = blend.n_members
     k = np.shape(X)[1] // n_members
     if not blend.learns:
         return full_proba(clone(blend).fit(X, y), X, k)
@@ -257,9 +303,11 @@ def votes() -> list[str]:
 
 def make_blend(method: str, stacker: str = "logreg", offsets: bool = False, n_members: int = 1,
                metric: str = DEFAULT_METRIC):
-    """The ``--method`` blender (with per-class offsets on top); the ones that fit weights or offsets
-    maximise ``metric``, the competition's."""
+    """The ``--method`` blender, with per-class offsets on top (a temperature under a metric of the probabilities,
+    the log loss); the ones that fit weights or offsets maximise ``metric``, the competition's."""
     if method not in BLENDS:
         raise UserError(f"--method {method!r}: choose one of {sorted(BLENDS)}.")
     b = BLENDS[method](stacker, n_members, metric)
-    return DecisionOffsets(b, metric=metric) if offsets else b
+    if not offsets:
+        return b
+    return DecisionOffsets(b, metric=metric) if get_metric(metric).of_classes else TemperatureCalibration(b)

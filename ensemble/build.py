@@ -29,7 +29,7 @@ from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
-from common.metrics import DEFAULT_METRIC, METRICS, all_scores, get_metric  # noqa: E402
+from common.metrics import DEFAULT_METRIC, METRICS, all_scores, check_metric_fits_sample, get_metric  # noqa: E402
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=tuple(METRICS), help="the metric that fits, chooses and leads the table "
                    "(default: the one the runs were trained for, --metric of folds/run.py)")
     p.add_argument("--offsets", nargs="?", const="on", default="auto", choices=OFFSETS, help="per-class logit "
-                   "offsets fit for the metric on top of the method, scored in the inner cross-validation: auto "
-                   "(default) keeps them where that honest score beats the method alone; --offsets alone: on")
+                   "offsets fit for the metric on top of the method (under neg_log_loss a temperature in their place: "
+                   "a calibration), scored in the inner cross-validation: auto (default) keeps them where that honest "
+                   "score beats the method alone; --offsets alone: on")
     p.add_argument("--with-full", action="store_true", help="add each run's full-data model (--fold full) to "
                    "its test soft vote (it has no OOF, so it cannot join a stack's fit)")
     p.add_argument("--sample", help="sample_submission.csv (default: the one in the data folder)")
@@ -124,7 +125,8 @@ def keep_offsets(table: list[dict], method: str, notes: list, oof: str = "crops"
     m = get_metric(metric)
     score = {r["method"]: r[m.key] for r in table}
     keep = score[method + "+offsets"] > score[method]
-    notes.append(f"per-class offsets {'kept' if keep else 'left off'}: honest {OOF_NAMES[oof]} {m.label} "
+    what = "per-class offsets" if m.of_classes else "the temperature calibration (in the offsets' place)"
+    notes.append(f"{what} {'kept' if keep else 'left off'}: honest {OOF_NAMES[oof]} {m.label} "
                  f"{score[method + '+offsets']:.4f} with them, {score[method]:.4f} without (--offsets auto)")
     return keep
 
@@ -183,6 +185,11 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     given = data_dir is not None
     data_dir = Path(data_dir) if given else first.data_dir
     check_test_set_unchanged(runs, data_dir, given)  # before any work: test probabilities of other images are no use
+    sample_path = Path(sample) if sample else data_dir / SAMPLE_CSV
+    if not sample_path.is_file():
+        raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
+    sample_df, names = read_sample(sample_path)
+    check_metric_fits_sample(metric, names.probabilities, sample_path)
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
@@ -236,12 +243,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
             if truth is not None:
                 notes.append(f"test {m.label} without the neighbour smoothing: {plain_test['test_' + m.key]:.4f} "
                              "(for reporting only)")
-    sample_path = Path(sample) if sample else data_dir / SAMPLE_CSV
-    if not sample_path.is_file():
-        raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
-    sample_df, names = read_sample(sample_path)
     labels = np.asarray(classes)[test.argmax(1)]
-    write_submission(out, first.test_ids, labels, sample_df, classes)
+    write_submission(out, first.test_ids, test, sample_df, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
     # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {

@@ -55,12 +55,12 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     cidx = {c: i for i, c in enumerate(runs[0].classes)}
     y = runs[0].oof["label"].map(cidx).to_numpy()
     g, weights = painting_draws(runs[0].oof["id"].to_numpy(), draws, seed)
-    preds = [r.oof_probs.argmax(axis=1) for r in runs]
-    drawn = np.stack([m.drawn(y, p, g, weights) for p in preds], axis=1)  # (draws, runs)
+    probs = [r.oof_probs for r in runs]
+    drawn = np.stack([m.drawn(y, p, g, weights) for p in probs], axis=1)  # (draws, runs)
     tail = 100 * (1 - level) / 2
     rows = []
-    for j, (r, pred) in enumerate(zip(runs, preds)):
-        row = {"run": str(r.path), "score": m.score(y, pred),
+    for j, (r, p) in enumerate(zip(runs, probs)):
+        row = {"run": str(r.path), "score": m.score(y, p),
                "interval": tuple(np.percentile(drawn[:, j], [tail, 100 - tail]))}
         if j:
             diff = drawn[:, j] - drawn[:, 0]

@@ -92,7 +92,9 @@ def read_builds(folders) -> pd.DataFrame:
             rows.append({"submission": submission_of(meta_path).name, "folder": str(folder),
                          "method": meta.get("chosen") or meta.get("method"),
                          "runs": " ".join(Path(r).name for r in meta.get("runs", [])),
-                         "oof": meta.get("oof"), "metric": metric.short, "cv": cv.get(metric.key, np.nan)})
+                         "oof": meta.get("oof"), "metric": metric.short, "loss": metric.board_sign < 0,
+                         # as the leaderboard shows it (the log loss as a loss); "better": higher, whatever the metric
+                         "cv": metric.board_sign * cv.get(metric.key, np.nan), "better": cv.get(metric.key, np.nan)})
     if not rows:
         raise UserError(f"no builds in {', '.join(map(str, folders))}: ensemble/build.py writes <out>{BLEND_JSON} "
                         "beside each submission.")
@@ -113,7 +115,8 @@ def line_up(builds: pd.DataFrame, lb: pd.DataFrame, lb_path) -> pd.DataFrame:
                         f"the {len(builds)} submissions built here ({', '.join(builds['submission'][:5])}"
                         f"{', ...' if len(builds) > 5 else ''}).")
     table = builds.merge(lb, on="submission", how="left")
-    return table.sort_values("cv", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    table = table.sort_values("better", ascending=False, na_position="last", kind="stable")
+    return table.drop(columns="better").reset_index(drop=True)
 
 
 def correlations(table: pd.DataFrame) -> dict:
@@ -144,6 +147,7 @@ def format_report(table: pd.DataFrame, corr: dict) -> str:
         lines.append(f"{r['submission']:<{ws}} {str(r['method']):<{wm}} {str(r['oof']):<6} {cv} {cells}")
     metrics = sorted(set(table["metric"]))
     lines.append(f"CV: each build's honest OOF {' / '.join(metrics)} (the OOF it chose on: crops or whole)"
+                 + ("; a log loss as the leaderboard shows it, a loss (lower is better)" if table["loss"].any() else "")
                  + ("; the builds were scored by different metrics" if len(metrics) > 1 else ""))
     if table["cv"].isna().any():
         lines.append("-: a build made before its CV was kept beside it; build it again to see its CV.")

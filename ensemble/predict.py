@@ -206,7 +206,7 @@ def predict(args) -> dict:
     final, notes = smooth_test(test["path"], final, meta.get("neighbours"))  # as the build chose on its crop OOF
     out = Path(args.out)
     ids = test["id"].to_numpy()
-    write_submission(out, ids, np.asarray(classes)[final.argmax(1)], sample, classes)
+    write_submission(out, ids, final, sample, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(final, classes, id=ids))
     return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test), "notes": notes}
 

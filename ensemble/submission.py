@@ -7,23 +7,34 @@ import numpy as np
 import pandas as pd
 
 from common import UserError, write_csv
-from folds.data import ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, Columns, read_csv, read_sample
+from folds.data import (ANSWER_KEY, SAMPLE_CSV, SUBMISSION_COLUMNS, Columns, probability_columns, read_csv,
+                        read_sample)
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, classes) -> None:
-    """Same header, ids in the same order, same count, class names from train, no empty cells. ``sample`` is
-    sample_submission.csv as written: its first column is the id, its second the class."""
+    """Same header, ids in the same order, same count, no empty cells; class names from train, or (a sample of a
+    column per class) probabilities in [0, 1]. ``sample`` is sample_submission.csv as written: its first column is
+    the id."""
     if list(sub.columns) != list(sample.columns):
         raise UserError(f"submission columns {list(sub.columns)} differ from sample_submission's "
                         f"{list(sample.columns)}.")
     if len(sub) != len(sample):
         raise UserError(f"submission has {len(sub)} rows; sample_submission has {len(sample)}.")
-    id_col, cls_col = sample.columns
+    id_col = sample.columns[0]
     ids, ref = sub[id_col].astype(str).to_numpy(), sample[id_col].astype(str).to_numpy()
     if (ids != ref).any():
         i = int((ids != ref).argmax())
         raise UserError(f"submission id at row {i} is {ids[i]!r}; sample_submission has {ref[i]!r} there. "
                         "Rows must follow sample_submission's order.")
+    per_class = probability_columns(sample)
+    if per_class:
+        p = sub[per_class].to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(p) & (p >= 0) & (p <= 1)).all(axis=1)
+        if bad.any():
+            raise UserError(f"submission has {int(bad.sum())} row(s) with a probability outside [0, 1], first at "
+                            f"row {int(bad.argmax())}.")
+        return
+    cls_col = sample.columns[1]
     empty = sub[cls_col].isna() | (sub[cls_col].astype(str).str.strip() == "")
     if empty.any():
         raise UserError(f"submission has {int(empty.sum())} empty {cls_col} cell(s), first at row "
@@ -33,15 +44,29 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, classes) -> Non
         raise UserError(f"submission names {cls_col} values not in train: {unknown[:5]}.")
 
 
-def write_submission(path, ids, labels, sample: pd.DataFrame, classes) -> Path:
-    """Order predictions like sample_submission, with its header, validate, then write atomically."""
-    id_col, cls_col = sample.columns
+def write_submission(path, ids, probs, sample: pd.DataFrame, classes) -> Path:
+    """The submission of probability rows (one column per class of ``classes``): each row's most probable class,
+    or (a sample of one column per class) its probabilities, in the sample's column order; ordered like
+    sample_submission, with its header, validated, then written atomically."""
+    id_col = sample.columns[0]
     order = sample[id_col].astype(str)
-    pred = pd.Series(list(labels), index=list(map(str, ids)))
-    missing = sorted(set(order) - set(pred.index))
+    probs = np.asarray(probs, dtype=np.float64)
+    rows = pd.Series(np.arange(len(probs)), index=list(map(str, ids)))
+    missing = sorted(set(order) - set(rows.index))
     if missing:
         raise UserError(f"no prediction for sample_submission id(s) {missing[:5]}; no CSV written.")
-    sub = pd.DataFrame({id_col: order, cls_col: pred.loc[order].to_numpy()})
+    probs = probs[rows.loc[order].to_numpy()]
+    per_class = probability_columns(sample)
+    if per_class:
+        where = {str(c): i for i, c in enumerate(classes)}
+        lacking = [c for c in per_class if c not in where]
+        if lacking:
+            raise UserError(f"sample_submission's column(s) {lacking[:5]} are not among the run's classes; no CSV "
+                            "written.")
+        sub = pd.DataFrame(probs[:, [where[c] for c in per_class]], columns=per_class)
+        sub.insert(0, id_col, order.to_numpy())
+    else:
+        sub = pd.DataFrame({id_col: order.to_numpy(), sample.columns[1]: np.asarray(classes)[probs.argmax(axis=1)]})
     validate_submission(sub, sample, classes)
     return write_csv(path, sub)
 

@@ -37,11 +37,27 @@ class Columns:
     them. Inside, every frame is read with ``ID`` and ``CLASS``."""
 
     id: str = ID
-    cls: str = CLASS
+    cls: str | None = CLASS  # None until found (``with_class_of``) where the sample has a column per class
+    # a sample of one probability column per class (Kaggle's Dog Breed Identification): those columns, in its order
+    probabilities: tuple = ()
 
     def spelled(self, columns) -> tuple:
         """``columns`` (the code's names) as this folder spells them."""
         return tuple({ID: self.id, CLASS: self.cls}.get(c, c) for c in columns)
+
+    def with_class_of(self, path, columns=TRAIN_COLUMNS) -> Columns:
+        """These names with the class column's found in the header of ``path``, a CSV of ``columns`` (the code's
+        names), where the sample (a column per class) does not name it: its one column besides the others."""
+        if self.cls is not None or CLASS not in columns:
+            return self
+        others = [c for c in columns if c not in (ID, CLASS)]  # img_path: spelled alike everywhere
+        head = list(_read_frame(path, (self.id, *others, "<class>"), DATA_FILES).columns)
+        rest = [c for c in head if c not in (self.id, *others)]
+        if self.id not in head or len(rest) != 1:
+            raise UserError(f"{path}: the sample submission has a column per class, so the class column is found "
+                            f"here: the header must be {','.join((self.id, *others))} and one class column; found "
+                            f"{head}.")
+        return Columns(self.id, rest[0], self.probabilities)
 
 
 @dataclass
@@ -104,6 +120,7 @@ def read_csv(path: Path, columns, expected: str = DATA_FILES, names: Columns = C
     """Read a CSV as strings and check its columns, emptiness and duplicate ids (``expected``: the
     data folder's files a missing one belongs to). ``columns`` are the code's names; the file spells the
     id and class columns as ``names`` says, and the frame comes back with the code's names."""
+    names = names.with_class_of(path, columns)  # a sample of a column per class leaves the class column to the file
     spelled = names.spelled(columns)
     df = _read_frame(path, spelled, expected)
     missing = [c for c in spelled if c not in df.columns]
@@ -148,16 +165,38 @@ def _checked(df: pd.DataFrame, path, spelled, filled: int | None = None) -> pd.D
 
 def read_sample(path, expected: str = DATA_FILES) -> tuple[pd.DataFrame, Columns]:
     """sample_submission.csv as it is written (the submission's template: its header and order), and the
-    folder's ``Columns``, which its two columns name: the id, then the class."""
+    folder's ``Columns``, which its columns name: the id, then the class, or the id, then one probability
+    column per class (the class column's name is then train.csv's, ``Columns.with_class_of``)."""
     df = _read_frame(path, SUBMISSION_COLUMNS, expected)
     head = list(df.columns)
-    if len(head) != 2 or len(set(head)) != 2 or "img_path" in head or any(c.startswith("Unnamed:") or not c
-                                                                         for c in head):
-        raise UserError(f"{path}: the header must name two columns, the id and the class (Dacon's painters: "
-                        f"{','.join(SUBMISSION_COLUMNS)}; elsewhere often id,label); found {head}. A submission of "
-                        "one probability column per class is not supported.")
-    # its class column is a placeholder (often 0, or left empty): only the ids must be there
-    return _checked(df, path, head, filled=1), Columns(*head)
+    if len(head) < 2 or len(set(head)) != len(head) or "img_path" in head or any(c.startswith("Unnamed:") or not c
+                                                                                for c in head):
+        raise UserError(f"{path}: the header must name the id and the class (Dacon's painters: "
+                        f"{','.join(SUBMISSION_COLUMNS)}; elsewhere often id,label), or the id and one probability "
+                        f"column per class (id,<class 1>,<class 2>,...); found {head}.")
+    # its class or probability columns are placeholders (often 0, or left empty): only the ids must be there
+    per_class = probability_columns(df)
+    names = Columns(head[0], None, tuple(per_class)) if per_class else Columns(*head)
+    return _checked(df, path, head, filled=1), names
+
+
+def probability_columns(sample: pd.DataFrame) -> list[str]:
+    """The class columns of a sample submission of one probability column per class (after the id: more than
+    one column), in its order; [] for a sample of ``id,class``."""
+    head = list(sample.columns)
+    return head[1:] if len(head) > 2 else []
+
+
+def check_probability_columns(names: Columns, classes, sub_csv: Path, train_csv: Path) -> None:
+    """A sample of a column per class names train.csv's classes, each once."""
+    if not names.probabilities:
+        return
+    missing = sorted(set(classes) - set(names.probabilities))
+    extra = sorted(set(names.probabilities) - set(classes))
+    if missing or extra:
+        raise UserError(f"{sub_csv}: its probability columns (one per class) must be {train_csv}'s {len(classes)} "
+                        f"{names.cls} values; classes without a column {missing[:MAX_LISTED]}, columns that are no "
+                        f"class {extra[:MAX_LISTED]}.")
 
 
 def not_utf8_message(path: Path) -> str:
@@ -321,6 +360,7 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
         raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding train.csv.")
     train_csv, test_csv, sub_csv = data_dir / TRAIN_CSV, data_dir / TEST_CSV, data_dir / SAMPLE_CSV
     sub, names = read_sample(sub_csv)  # its header names the id and class columns of every CSV here
+    names = names.with_class_of(train_csv)  # the class column's name, for the messages and the Dataset
     train = read_csv(train_csv, TRAIN_COLUMNS, names=names)
     test = read_csv(test_csv, TEST_COLUMNS, names=names)
     if corrections:
@@ -332,6 +372,7 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
         raise UserError(f"{train_csv}: every row has the {names.cls} {classes[0]!r}; a classifier needs at least 2 "
                         f"classes. Check the {names.cls} column.")
     check_class_names(train, train_csv, names)
+    check_probability_columns(names, classes, sub_csv, train_csv)
     check_sample(sub, test, sub_csv, test_csv)
     train["label"] = train["artist"].map({c: i for i, c in enumerate(classes)}).astype(int)
     labels = None

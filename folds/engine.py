@@ -9,11 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.metrics import log_loss
 from timm.models import model_parameters
 from timm.utils import dispatch_clip_grad
 from common import UserError
-from common.metrics import all_scores
+from common.metrics import NEG_LOG_LOSS, all_scores
 from common.progress import progress
 from folds.loader import batches
 
@@ -197,12 +196,11 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
     return total / max(n, 1)
 
 
-def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Every registered metric (``common.metrics.METRICS``, by key) and the log loss of probability rows
     against integer labels."""
     labels = np.asarray(labels)
     if not np.isfinite(probs).all():  # weights gone to NaN on the epoch's last steps, after its loss was summed
         raise FloatingPointError("the model's outputs are not finite; try a lower --lr or --amp off.")
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
-    p /= p.sum(axis=1, keepdims=True)  # float32 rows sum to 1 only within rounding; log_loss warns on that
-    return {**all_scores(labels, probs), "loss": float(log_loss(labels, p, labels=np.arange(num_classes)))}
+    out = all_scores(labels, probs)
+    return {**out, "loss": -out[NEG_LOG_LOSS]}  # the registry's log loss, as a loss (lower is better)

@@ -293,13 +293,13 @@ class FoldRunner:
         oof, crops = probs[views.whole], probs[~views.whole]
         if distributed.is_main():
             write_csv(d / layout.OOF, prob_frame(oof, self.ds.classes, id=ids, fold=k, label=artists))
-        out["oof"] = scores(oof, labels, self.ds.num_classes)
+        out["oof"] = scores(oof, labels)
         if n:
             if distributed.is_main():
                 write_csv(d / layout.OOF_CROPS, prob_frame(crops, self.ds.classes, id=np.repeat(ids, n),
                                                            crop=np.tile(np.arange(n), len(val)), fold=k,
                                                            label=np.repeat(artists, n)))
-            out["crop_oof"] = scores(crops, np.repeat(labels, n), self.ds.num_classes)
+            out["crop_oof"] = scores(crops, np.repeat(labels, n))
         return out
 
     def full_epochs(self, epochs: int | None = None) -> int:
@@ -387,8 +387,7 @@ class FoldRunner:
             if all(p.is_file() for p in parts):
                 df = pd.concat([layout.read_frame(p) for p in parts], ignore_index=True)
                 write_csv(self.run_dir / name, df)
-                out[key] = scores(df[self.ds.classes].to_numpy(), df["label"].map(cidx).to_numpy(),
-                                  self.ds.num_classes)
+                out[key] = scores(df[self.ds.classes].to_numpy(), df["label"].map(cidx).to_numpy())
         if len(self.planned_folds) == self.cfg.n_folds:
             ids = layout.read_frame(self.run_dir / layout.OOF, usecols=["id"])["id"]
             if ids.duplicated().any() or set(ids) != set(self.ds.train["id"]):

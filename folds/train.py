@@ -59,7 +59,7 @@ class Validation:
     distribution the model is judged on), scored every epoch. Under torchrun each rank scores
     its block of rows (``distributed.my_rows``); the gathered scores are the same on every rank."""
 
-    def __init__(self, val, cfg: RunConfig, transform, cache, num_classes: int, workers: int, pin: bool):
+    def __init__(self, val, cfg: RunConfig, transform, cache, workers: int, pin: bool):
         # each painting whole, then its crops: one loader decodes a painting once for all its rows
         self.views = PaintingViews.of(list(val["path"]), val["id"], cfg.val_crops, VAL_CROP_SEED)
         self.labels = np.repeat(val["label"].to_numpy(), 1 + cfg.val_crops)
@@ -69,7 +69,6 @@ class Validation:
         # the same batches every epoch: decoded once, then kept in memory (KeptBatches)
         self.loader = KeptBatches(make_loader(data, cfg.batch_size * 2, train=False, num_workers=workers,
                                               pin_memory=pin)) if len(data) else None
-        self.num_classes = num_classes
         self.images = len(self.labels)  # scored every epoch, one view each
 
     def decodes(self) -> bool:
@@ -83,7 +82,7 @@ class Validation:
                                                           desc="validate"), len(self.labels))
         row = {}
         for cols, rows in ((VIEWS[""], self.views.whole), (VIEWS[CROP], ~self.views.whole)):
-            s = scores(probs[rows], self.labels[rows], self.num_classes) if rows.any() else {}
+            s = scores(probs[rows], self.labels[rows]) if rows.any() else {}
             row.update({cols + k: s.get(k, float("nan")) for k in ("loss", *(m.key for m in METRICS.values()))})
         return row
 
@@ -143,7 +142,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
     validation = Validation(ds.train.iloc[val_idx], cfg, eval_transform(size, dcfg["mean"], dcfg["std"]), cache,
-                            ds.num_classes, workers, pin)
+                            workers, pin)
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
                          power=cfg.balance_power, num_workers=workers, pin_memory=pin)

@@ -181,7 +181,8 @@ def test_the_sample_submissions_class_column_is_a_placeholder(demo_dir, tmp_path
     ds = load_dataset(demo_dir)
     order = list(ds.sample_submission["id"])
     guess = [ds.classes[i % ds.num_classes] for i in range(len(ds.test))]
-    write_submission(tmp_path / "sub.csv", ds.test["id"], guess, ds.sample_submission, ds.classes)
+    probs = np.eye(ds.num_classes)[[ds.classes.index(c) for c in guess]]
+    write_submission(tmp_path / "sub.csv", ds.test["id"], probs, ds.sample_submission, ds.classes)
     sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "artist"] and list(sub["id"]) == order
     assert sub.set_index("id")["artist"].to_dict() == dict(zip(ds.test["id"], guess))

@@ -13,7 +13,7 @@ from common.metrics import macro_f1
 from ensemble.blend import StackBlend, WeightedBlend, honest_oof, make_blend, members_to_X
 from ensemble.build import build_parser, main as build_main
 from ensemble.runs import load_run
-from ensemble.submission import write_submission
+from ensemble.submission import validate_submission, write_submission
 from folds.run import main as run_main
 
 
@@ -38,7 +38,7 @@ def test_every_method_builds_a_valid_submission(two_runs, method, capsys):
     assert build(two_runs, "s0", "s1", method=method, out=out_csv, no_report=True) == 0
     printed = capsys.readouterr().out
     # the score column names the OOF it is: the run's summary line calls the whole-painting one "OOF macro-F1"
-    assert re.search(r"^method +crop-OOF macro-F1 +accuracy  note$", printed, re.M), printed
+    assert re.search(r"^method +crop-OOF macro-F1 +accuracy neg. log loss  note$", printed, re.M), printed
     for m in ("mean", "gmean", "vote", "weighted", "stack"):  # one comparison table with every score
         assert any(line.startswith(m) for line in printed.splitlines()), printed
     assert printed.count("inner CV") >= 2  # weighted and stack are scored out of sample
@@ -83,7 +83,7 @@ def test_report_has_real_plots(two_runs):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"rep_report/{png}" in md
     assert re.search(r"\| stack\+offsets(\+neighbours)? \(chosen\) \|", md) and "| s1 | 4 |" in md
-    assert "| method | crop-OOF macro-F1 | crop-OOF accuracy | note |" in md
+    assert "| method | crop-OOF macro-F1 | crop-OOF accuracy | crop-OOF neg. log loss | note |" in md
     # the most confident mistakes, for finding mislabelled paintings: one row a painting, wrong, most sure first
     errors = pd.read_csv(two_runs / "subs" / "rep_report" / "oof_errors.csv", dtype={"id": str})
     data_dir = json.loads((two_runs / "runs" / "s0" / "config.json").read_text())["data_dir"]
@@ -246,9 +246,14 @@ def test_full_data_model_joins_the_soft_vote(two_runs, demo_source, capsys):
 def test_invalid_submission_writes_nothing(tmp_path):
     sample = pd.DataFrame({"id": ["a", "b", "c"], "artist": ["x"] * 3})
     with pytest.raises(UserError, match=r"no prediction for sample_submission id\(s\) \['c'\]"):
-        write_submission(tmp_path / "s.csv", ["a", "b"], ["x", "y"], sample, ["x", "y"])
+        write_submission(tmp_path / "s.csv", ["a", "b"], np.eye(2), sample, ["x", "y"])
+    per_class = pd.DataFrame({"id": ["a", "b", "c"], "x": 0.5, "z": 0.5})
+    with pytest.raises(UserError, match=r"column\(s\) \['z'\] are not among the run's classes"):
+        write_submission(tmp_path / "s.csv", ["a", "b", "c"], np.eye(3)[:, :2], per_class, ["x", "y"])
     with pytest.raises(UserError, match=r"not in train: \['z'\]"):
-        write_submission(tmp_path / "s.csv", ["a", "b", "c"], ["x", "y", "z"], sample, ["x", "y"])
+        validate_submission(sample.assign(artist=["x", "y", "z"]), sample, ["x", "y"])
+    with pytest.raises(UserError, match=r"1 row\(s\) with a probability outside \[0, 1\], first at row 2"):
+        validate_submission(per_class.assign(x=[0.5, 1.0, np.nan]), per_class, ["x", "z"])
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -272,7 +277,7 @@ def test_one_macro_f1_even_when_a_class_is_absent():
     from sklearn.metrics import f1_score
     y = np.array([0, 0, 1, 1])  # class 2 of 3 is absent from these validation rows
     p = np.eye(3)[[0, 1, 1, 1]]
-    assert scores(p, y, 3)["f1"] == macro_f1(y, p) == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
+    assert scores(p, y)["f1"] == macro_f1(y, p) == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
 
 
 def test_fast_macro_f1_equals_sklearn():
@@ -310,7 +315,7 @@ def test_a_stacker_that_is_not_a_probabilistic_classifier_is_refused_by_name(nam
     assert hasattr(make_estimator("sklearn.ensemble.ExtraTreesClassifier"), "predict_proba")
 
 
-@pytest.mark.parametrize("name", ["macro_f1", "accuracy"])
+@pytest.mark.parametrize("name", ["macro_f1", "accuracy", "neg_log_loss"])
 def test_every_metric_drawn_equals_the_metric_on_the_rows_repeated_as_drawn(name):
     from common.metrics import METRICS, painting_draws
     m = METRICS[name]
@@ -318,14 +323,18 @@ def test_every_metric_drawn_equals_the_metric_on_the_rows_repeated_as_drawn(name
     groups = np.repeat([f"p{i}" for i in range(40)], 3)  # 40 paintings of 3 crops
     y = np.repeat(rng.integers(0, 6, 40), 3)
     pred = np.where(rng.random(len(y)) < 0.6, y, rng.integers(0, 7, len(y)))  # class 6: predicted, never true
+    probs = rng.dirichlet(np.ones(7), len(y)) + 2 * np.eye(7)[pred]  # rows whose argmax is pred
+    probs /= probs.sum(axis=1, keepdims=True)
     g, weights = painting_draws(groups, draws=50, seed=1)
     assert weights.shape == (50, 40) and (weights.sum(axis=1) == 40).all()
-    drawn = m.drawn(y, pred, g, weights)
+    drawn = m.drawn(y, probs, g, weights)
     for d in range(50):
         rows = np.repeat(np.arange(len(y)), weights[d, g].astype(int))
-        assert drawn[d] == pytest.approx(m.score(y[rows], pred[rows]), abs=1e-12)
-    assert m.drawn(y, pred, g, np.ones((1, 40)))[0] == pytest.approx(m.score(y, pred), abs=1e-12)
-    assert set(METRICS) == {"macro_f1", "accuracy"}  # a new metric: add it to the parametrisation
+        assert drawn[d] == pytest.approx(m.score(y[rows], probs[rows]), abs=1e-12)
+    assert m.drawn(y, probs, g, np.ones((1, 40)))[0] == pytest.approx(m.score(y, probs), abs=1e-12)
+    if m.of_classes:  # a metric of the predicted class takes the classes too
+        assert m.drawn(y, pred, g, weights[:1])[0] == drawn[0] and m.score(y, pred) == m.score(y, probs)
+    assert set(METRICS) == {"macro_f1", "accuracy", "neg_log_loss"}  # a new metric: add it to the parametrisation
 
 
 def test_the_weights_and_offsets_are_fit_for_the_competition_metric():
@@ -362,7 +371,8 @@ def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(tw
     scores = json.loads((run / "scores.json").read_text())
     assert f"crop-OOF accuracy {scores['oof_crops']['acc']:.4f}" in out and "val accuracy" in out
     report = (tmp_path / "subs" / "acc_folds-mean_report.md").read_text()
-    assert "| method | crop-OOF accuracy | crop-OOF macro-F1 | note |" in report and "| val accuracy |" in report
+    assert "| method | crop-OOF accuracy | crop-OOF macro-F1 | crop-OOF neg. log loss | note |" in report
+    assert "| val accuracy |" in report
     for k in (0, 1, 2, 3, 4):
         done = json.loads((run / f"fold_{k}" / "done.json").read_text())
         history = pd.read_csv(run / f"fold_{k}" / "history.csv")

@@ -262,9 +262,10 @@ BAD_INPUTS = {
     "one class": (edit("train.csv", lambda df: df.assign(artist="X")), r"at least 2 classes"),
     "escaping path": (edit("train.csv", lambda df: df.assign(img_path="../../etc/passwd")), r"leaves the data folder"),
     "sample ids differ": (edit("sample_submission.csv", lambda df: df.iloc[1:]), r"sample_submission\.csv: ids do not"),
-    # a submission of one probability column per class: the written CSV could not follow it (refused after training)
+    # more than two columns: a sample of one probability column per class, whose columns must be the classes
     "sample of three columns": (edit("sample_submission.csv", lambda df: df.assign(extra="x")),
-                                r"sample_submission\.csv: the header must name two columns, the id and the class"),
+                                r"sample_submission\.csv: its probability columns \(one per class\) must be "
+                                r".*train\.csv's 6 artist values; .* columns that are no class \['artist', 'extra'\]"),
     "train without the sample's class column": (edit("train.csv", lambda df: df.rename(columns={"artist": "label"})),
                                                 r"train\.csv: missing column\(s\) \['artist'\]"),
     # a class named like a probability file's own column would overwrite it: the join failed after training

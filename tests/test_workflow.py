@@ -580,7 +580,8 @@ def test_report_names_the_oof_and_lists_class_codes(tmp_path):
     classes = [f"Painter number {i} with a long name" for i in range(20)]
     rng = np.random.default_rng(0)
     y = rng.integers(0, 20, 200)
-    md = write_report(tmp_path / "r.csv", table=[{"method": "mean", "f1": 0.5, "acc": 0.5}], chosen="mean",
+    md = write_report(tmp_path / "r.csv", table=[{"method": "mean", "f1": 0.5, "acc": 0.5, "neg_log_loss": -1.0}],
+                      chosen="mean",
                       run_rows=[], y=y, pred=y, classes=classes, train_labels=np.asarray(classes)[y],
                       sub_labels=np.asarray(classes)[y], notes=[], oof_kind="crop-OOF").read_text()
     assert "| C07 | Painter number 6 with a long name |" in md
