@@ -82,6 +82,7 @@ def answer_key(data_dir, ids, classes) -> np.ndarray | None:
         return None
     sample = Path(data_dir) / SAMPLE_CSV
     names = read_sample(sample)[1] if sample.is_file() else Columns()  # the key is spelled like the sample
+    names = names.with_class_of(path, SUBMISSION_COLUMNS)  # or names its class column itself (a column per class)
     key = read_csv(path, SUBMISSION_COLUMNS, names=names).set_index("id")["artist"]
     missing = sorted(set(map(str, ids)) - set(key.index))[:5]
     if missing:

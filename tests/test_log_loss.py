@@ -1,6 +1,7 @@
 """A task scored by the multi-class log loss on a submission of one probability column per class (Kaggle's Dog
 Breed Identification): the metric, its calibration, and a run from the sample submission to the CSV."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,3 +152,41 @@ def test_a_sample_of_a_column_per_class_must_name_the_classes_of_train(demo_dir)
     ds = load_dataset(demo_dir, check_images=False)  # the class column is train.csv's one besides id and img_path
     assert ds.columns.cls == "breed" and ds.columns.probabilities == tuple(classes)
     assert ds.test_labels is not None
+
+
+def test_the_readmes_dog_breed_recipe_makes_a_folder_that_runs(demo_source, tmp_path):
+    """The README's commands for Kaggle's Dog Breed Identification, run as written on a folder of that shape (made
+    from the demo's images): the data folder they write is read as a task of a probability column per class."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import ROOT
+
+    kaggle = tmp_path / "input" / "dog-breed-identification"
+    for split in ("train", "test"):
+        (kaggle / split).mkdir(parents=True)
+    train = pd.read_csv(demo_source / "train.csv", dtype=str)
+    test = pd.read_csv(demo_source / "test.csv", dtype=str)
+    breeds = sorted(train["artist"].unique())
+    for frame, split in ((train, "train"), (test, "test")):
+        frame["dog"] = [f"{split[:2]}{i:04d}" for i in range(len(frame))]  # Kaggle's ids: the file name, no suffix
+        for dog, rel in zip(frame["dog"], frame["img_path"]):
+            Image.open(demo_source / rel).convert("RGB").save(kaggle / split / f"{dog}.jpg")
+    train[["dog", "artist"]].set_axis(["id", "breed"], axis=1).to_csv(kaggle / "labels.csv", index=False)
+    pd.DataFrame({"id": test["dog"], **{b: 1 / len(breeds) for b in breeds}}).to_csv(kaggle / "sample_submission.csv",
+                                                                                      index=False)
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "dog-breed-identification" in b)
+    making = block[:block.index("python folds/run.py")].replace("/kaggle/input", str(tmp_path / "input"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", "-euc", making], cwd=work, env=env, check=True)
+    ds = load_dataset(work / "data")
+    assert (ds.columns.id, ds.columns.cls, ds.columns.probabilities) == ("id", "breed", tuple(breeds))
+    assert ds.classes == breeds and len(ds.train) == len(train) and len(ds.test) == len(test)
+    assert list(ds.train["artist"]) == list(train["artist"])
