@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import sys
+import traceback
 
 from common import children
 from common.errors import UserError
@@ -52,6 +53,7 @@ def entry_point(main):
     a line that says how to continue."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        quiet_resource_sharer()
         try:
             with stops_as_exceptions():
                 children.stop_with_parent()
@@ -75,6 +77,27 @@ def entry_point(main):
             print(f"error: {worker_death_message(e)}", file=sys.stderr)
             return 1
     return wrapper
+
+
+def quiet_resource_sharer() -> None:
+    """Drop the report of a handshake that a dying process broke in multiprocessing's resource sharer (the
+    thread that hands this process's shared tensors' file descriptors to the loader workers). A worker killed
+    while it fetched one (the out-of-memory killer) left that thread's ``EOFError`` traceback on stderr beside
+    the one clear error (``worker_death_message``) that says what happened and how to go on. Other reports
+    pass, as does every other exception."""
+    if getattr(sys.excepthook, "quiet_resource_sharer", False):
+        return
+    before = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, (EOFError, ConnectionError)) and any(
+                frame.filename.endswith(os.path.join("multiprocessing", "resource_sharer.py"))
+                for frame in traceback.extract_tb(tb)):
+            return
+        before(kind, value, tb)
+
+    hook.quiet_resource_sharer = True
+    sys.excepthook = hook
 
 
 def loader_worker_died(e: BaseException) -> bool:

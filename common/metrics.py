@@ -41,6 +41,34 @@ def accuracy(y, probs_or_pred) -> float:
     return float(np.mean(_classes(probs_or_pred) == np.asarray(y)))
 
 
+def _kappa(observed, k: int):
+    """Quadratic weighted kappa from confusion counts (``observed``: (..., k * k), true class major): one minus
+    the weighted disagreement over what rows and columns of the same totals would give by chance."""
+    i, j = np.divmod(np.arange(k * k), k)
+    w = (i - j) ** 2 / max(k - 1, 1) ** 2
+    o = observed.reshape(*observed.shape[:-1], k, k)
+    n = o.sum(axis=(-2, -1))
+    chance = (o.sum(axis=-1)[..., :, None] * o.sum(axis=-2)[..., None, :]).reshape(observed.shape)
+    chance = chance / np.where(n > 0, n, 1)[..., None]
+    disagree = chance @ w
+    return np.where(disagree > 0, 1 - (observed @ w) / np.where(disagree > 0, disagree, 1), 0.0)
+
+
+def quadratic_kappa(y, probs_or_pred) -> float:
+    """Cohen's kappa with quadratic weights (APTOS, PANDA): the classes in their sorted order are the ordinal
+    scale, weighted by ``(i - j)^2`` over all of them; equals ``sklearn.metrics.cohen_kappa_score(y, pred,
+    labels=range(K), weights="quadratic")`` (a test checks it)."""
+    y, pred, k = _graded(y, probs_or_pred)
+    return float(_kappa(np.bincount(y * k + pred, minlength=k * k).astype(np.float64), k))
+
+
+def _graded(y, probs_or_pred) -> tuple[np.ndarray, np.ndarray, int]:
+    """Labels, predicted classes and the scale's length: the probability rows' columns, or the largest class seen
+    (the kappa does not change with classes above every row's, seen by neither)."""
+    y, pred, p = np.asarray(y), _classes(probs_or_pred), np.asarray(probs_or_pred)
+    return y, pred, p.shape[1] if p.ndim == 2 else int(max(pred.max(initial=0), y.max(initial=0))) + 1
+
+
 # Kaggle's log loss clips each probability to [1e-15, 1 - 1e-15] and renormalises the rows: a zero would be infinite
 LOG_LOSS_EPS = 1e-15
 
@@ -105,6 +133,14 @@ def weighted_accuracy(y, probs_or_pred, g, weights) -> np.ndarray:
     return (weights @ right) / (weights @ rows)
 
 
+def weighted_quadratic_kappa(y, probs_or_pred, g, weights) -> np.ndarray:
+    """``quadratic_kappa`` of every weighting of the groups in one pass, as ``weighted_macro_f1`` draws them."""
+    y, pred, k = _graded(y, probs_or_pred)
+    per_group = np.zeros((weights.shape[1], k * k))  # confusion counts per group
+    np.add.at(per_group, (g, y * k + pred), 1)
+    return _kappa(weights @ per_group, k)
+
+
 def weighted_neg_log_loss(y, probs, g, weights) -> np.ndarray:
     """``neg_log_loss`` of every weighting of the groups in one pass, as ``weighted_macro_f1`` draws them."""
     n = weights.shape[1]
@@ -127,12 +163,16 @@ class Metric(NamedTuple):
     of_classes: bool = True
     # a leaderboard shows board_sign x the score: -1 for the log loss, which it shows as a loss (lower is better)
     board_sign: int = 1
+    # the classes are an ordinal scale, in their sorted order (a grade 0 to 4): a near miss costs less than a far one
+    ordinal: bool = False
 
 
 # The one registry of --metric names. Insertion order is the tables' column order.
 METRICS = {
     "macro_f1": Metric("macro-F1", "F1", "f1", macro_f1, weighted_macro_f1, classes_equal=True),
     "accuracy": Metric("accuracy", "accuracy", "acc", accuracy, weighted_accuracy, classes_equal=False),
+    "quadratic_kappa": Metric("quadratic kappa", "QWK", "qwk", quadratic_kappa, weighted_quadratic_kappa,
+                              classes_equal=False, ordinal=True),
     "neg_log_loss": Metric("neg. log loss", "-log loss", "neg_log_loss", neg_log_loss, weighted_neg_log_loss,
                            classes_equal=False, of_classes=False, board_sign=-1),
 }
@@ -146,6 +186,12 @@ def get_metric(name: str | None, option: str = "--metric") -> Metric:
     if name not in METRICS:
         raise UserError(f"{option} {name!r}: unknown; choose one of {list(METRICS)}.")
     return METRICS[name]
+
+
+def shown_beside(lead: Metric) -> list[Metric]:
+    """The metrics a table shows beside the one it leads with: every other one but an ordinal one (a kappa over
+    classes that are no scale, the painters, says nothing), which is kept all the same."""
+    return [m for m in METRICS.values() if m is not lead and not m.ordinal]
 
 
 def all_scores(y, probs_or_pred, prefix: str = "") -> dict:
@@ -163,3 +209,23 @@ def check_metric_fits_sample(metric: str | None, probability_columns, sample_pat
                         f"submission is scored on its probabilities (Kaggle's multi-class log loss, most often), but "
                         f"--metric is {metric or DEFAULT_METRIC}, which scores the predicted class. Give --metric "
                         f"{' or '.join(shown)}.")
+
+
+def check_metric_fits_classes(metric: str | None, classes, where) -> str | None:
+    """A metric of an ordinal scale (``quadratic_kappa``) takes the classes in their sorted order as the scale:
+    names that are numbers but sort otherwise as text (``10`` before ``2``) are refused; other names get a note
+    to read (returned), since only the user knows that ``mild`` comes before ``severe``, which sorts after it."""
+    m = get_metric(metric)
+    if not m.ordinal:
+        return None
+    classes = [str(c) for c in classes]
+    try:
+        numbers = [float(c) for c in classes]
+    except ValueError:
+        return (f"--metric {metric} takes the classes in their sorted order as the scale, near to far: "
+                f"{' < '.join(classes)}. If that is not their order, rename them so it is (0_none, 1_mild, ...).")
+    if numbers != sorted(numbers):
+        raise UserError(f"{where}: --metric {metric} takes the classes in their sorted order as the scale, and "
+                        f"these numbers sort otherwise as text: {' < '.join(classes)}. Write them zero-padded "
+                        "(01, 02, ..., 10) in train.csv, so that their order as text is their order.")
+    return None

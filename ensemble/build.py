@@ -29,7 +29,8 @@ from common import UserError, layout, write_csv  # noqa: E402
 from common.atomic import check_out_file  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
-from common.metrics import DEFAULT_METRIC, METRICS, all_scores, check_metric_fits_sample, get_metric  # noqa: E402
+from common.metrics import (DEFAULT_METRIC, METRICS, all_scores, check_metric_fits_classes,  # noqa: E402
+                            check_metric_fits_sample, get_metric, shown_beside)
 from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
@@ -190,6 +191,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         raise UserError(f"{sample_path}: not found; pass --sample PATH to sample_submission.csv.")
     sample_df, names = read_sample(sample_path)
     check_metric_fits_sample(metric, names.probabilities, sample_path)
+    check_metric_fits_classes(metric, first.classes, first.path / layout.CLASSES)  # its note: the run's log said it
     classes = first.classes
     cidx = {c: i for i, c in enumerate(classes)}
     y = first.oof["label"].map(cidx).to_numpy()
@@ -283,7 +285,7 @@ def format_table(table: list[dict], chosen: str, oof: str = "crops", metric: str
     run's own summary line calls the whole-painting one "OOF" and the other "crop-OOF"), then the other metrics."""
     lead = get_metric(metric)
     cols = [(f"{OOF_NAMES[oof]} {lead.label}", lead.key)]
-    cols += [(m.label, m.key) for m in METRICS.values() if m is not lead]
+    cols += [(m.label, m.key) for m in shown_beside(lead)]
     w = max(len(r["method"]) for r in table) + 10
     lines = [f"{'method':<{w}} " + " ".join(f"{c:>9}" for c, _ in cols) + "  note"]
     lines.append("-" * (len(lines[0]) + 14))

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score  # noqa: E402
 
 from common import atomic_write, write_csv, write_text  # noqa: E402
-from common.metrics import METRICS, get_metric  # noqa: E402
+from common.metrics import get_metric, shown_beside  # noqa: E402
 
 ERRORS_SHOWN = 15
 
@@ -116,7 +116,7 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
     ``confident_errors`` as ``oof_errors.csv`` when given. The tables lead with ``metric`` (the competition's:
     the methods' rows hold every metric by key, the run rows that one as val, oof and crop)."""
     lead = get_metric(metric)
-    shown = [lead] + [m for m in METRICS.values() if m is not lead]
+    shown = [lead, *shown_beside(lead)]
     csv_path = Path(csv_path)
     fig_dir = csv_path.with_name(csv_path.stem + "_report")
     md = csv_path.with_name(csv_path.stem + "_report.md")

@@ -106,11 +106,12 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "weights are validated and saved; 0: off)")
     opt(g, "--patience", key="patience", type=int, help="early-stopping patience in epochs")
     pick(g, "--metric", "metric", "the competition's metric: it chooses each fold's checkpoint (the default "
-         "--monitor), a study's settings and the ensemble, and leads every table (macro_f1: Dacon's; neg_log_loss: "
-         "Kaggle's multi-class log loss, negated so higher is better, for a submission of a probability per class)")
+         "--monitor), a study's settings and the ensemble, and leads every table (macro_f1: Dacon's; quadratic_kappa: "
+         "grades on an ordinal scale, the classes in their sorted order; neg_log_loss: Kaggle's multi-class log loss, "
+         "negated so higher is better, for a submission of a probability per class)")
     opt(g, "--monitor", key="monitor", choices=tuple(MONITORS), help="early-stopping and best-checkpoint score "
-        "(none: --metric on the validation crops, crop-f1, crop-acc or crop-neg_log_loss, when training on "
-        "test-scale crops with --val-crops, else on the whole images, f1, acc or neg_log_loss)")
+        "(none: --metric on the validation crops, crop-f1, crop-acc, crop-qwk or crop-neg_log_loss, when training "
+        "on test-scale crops with --val-crops, else on the whole images, f1, acc, qwk or neg_log_loss)")
     opt(g, "--val-crops", key="val_crops", type=int, help="fixed half-size crops per validation painting, scored "
         "every epoch beside the whole painting (0: off)")
     opt(g, "--batch-size", key="batch_size", type=int, help="batch size (per rank under torchrun)")

@@ -15,8 +15,8 @@ from common.atomic import check_writable_folder
 from folds.augment import check_installed
 from folds.cache import cache_root
 from folds.config import RunConfig
-from common.metrics import check_metric_fits_sample
-from folds.data import SAMPLE_CSV, Dataset, load_dataset, read_groups
+from common.metrics import check_metric_fits_classes, check_metric_fits_sample
+from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, load_dataset, read_groups
 from folds.images import set_max_image_pixels
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
@@ -70,6 +70,9 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     set_max_image_pixels(cfg.max_image_pixels)
     ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=cache_root(cfg))
     check_metric_fits_sample(cfg.metric, ds.columns.probabilities, Path(cfg.data_dir) / SAMPLE_CSV)
+    scale = check_metric_fits_classes(cfg.metric, ds.classes, Path(cfg.data_dir) / TRAIN_CSV)
+    if scale:
+        log.warning("%s", scale)
     groups = read_groups(cfg.groups, ds.train["id"]) if cfg.groups else None
     folds, key, split_hash = load_or_make_folds(folds_csv, ds.train["id"], ds.train["artist"], cfg.n_folds,
                                                 cfg.split_seed, shared_dir=split_store(cfg), write=write_split,

@@ -315,7 +315,7 @@ def test_a_stacker_that_is_not_a_probabilistic_classifier_is_refused_by_name(nam
     assert hasattr(make_estimator("sklearn.ensemble.ExtraTreesClassifier"), "predict_proba")
 
 
-@pytest.mark.parametrize("name", ["macro_f1", "accuracy", "neg_log_loss"])
+@pytest.mark.parametrize("name", ["macro_f1", "accuracy", "quadratic_kappa", "neg_log_loss"])
 def test_every_metric_drawn_equals_the_metric_on_the_rows_repeated_as_drawn(name):
     from common.metrics import METRICS, painting_draws
     m = METRICS[name]
@@ -334,7 +334,7 @@ def test_every_metric_drawn_equals_the_metric_on_the_rows_repeated_as_drawn(name
     assert m.drawn(y, probs, g, np.ones((1, 40)))[0] == pytest.approx(m.score(y, probs), abs=1e-12)
     if m.of_classes:  # a metric of the predicted class takes the classes too
         assert m.drawn(y, pred, g, weights[:1])[0] == drawn[0] and m.score(y, pred) == m.score(y, probs)
-    assert set(METRICS) == {"macro_f1", "accuracy", "neg_log_loss"}  # a new metric: add it to the parametrisation
+    assert set(METRICS) == {"macro_f1", "accuracy", "quadratic_kappa", "neg_log_loss"}  # a new one: add it above
 
 
 def test_the_weights_and_offsets_are_fit_for_the_competition_metric():
