@@ -1,6 +1,9 @@
 """A task scored by the multi-class log loss on a submission of one probability column per class (Kaggle's Dog
 Breed Identification): the metric, its calibration, and a run from the sample submission to the CSV."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from common import UserError
 from common.metrics import METRICS, neg_log_loss
 from conftest import tiny_args
 from ensemble.build import main as build_main
-from ensemble.predict import main as predict_main
+from ensemble.export import main as export_main
 from folds.data import load_dataset
 from folds.run import main as run_main
 
@@ -109,10 +112,13 @@ def test_a_task_scored_by_log_loss_submits_a_probability_per_class(demo_dir, tmp
     assert meta["metric"] == "neg_log_loss" and "vote" in table  # the hard vote is scored, and loses
     built = pd.read_csv(best, dtype={"id": str}, keep_default_na=False)
     assert list(built.columns) == ["id", *order]
-    # ensemble/predict.py writes the same kind of submission from the fitted blend, on the test set again
-    again = tmp_path / "again.csv"
-    assert predict_main(["--blend", str(best.with_name("best_blend.json")), "--data-dir", str(demo_dir),
-                         "--out", str(again)]) == 0
+    # an offline kernel's export writes the same kind of submission with the fitted blend, on the test set again
+    export, again = tmp_path / "export", tmp_path / "again.csv"
+    assert export_main(["--blend", str(best.with_name("best_blend.json")), "--out", str(export), "--no-wheels"]) == 0
+    proc = subprocess.run([sys.executable, str(export / "code" / "ensemble" / "predict.py"), str(export),
+                           "--data-dir", str(demo_dir), "--out", str(again)], cwd=tmp_path, capture_output=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     redone = pd.read_csv(again, dtype={"id": str}, keep_default_na=False)
     assert list(redone.columns) == list(built.columns)
     assert np.allclose(redone[order].to_numpy(), built[order].to_numpy(), atol=1e-5)
@@ -157,10 +163,7 @@ def test_a_sample_of_a_column_per_class_must_name_the_classes_of_train(demo_dir)
 def test_the_readmes_dog_breed_recipe_makes_a_folder_that_runs(demo_source, tmp_path):
     """The README's commands for Kaggle's Dog Breed Identification, run as written on a folder of that shape (made
     from the demo's images): the data folder they write is read as a task of a probability column per class."""
-    import os
     import re
-    import subprocess
-    import sys
 
     from PIL import Image
 
