@@ -20,7 +20,7 @@ import torch
 
 from common import UserError, layout, write_csv, write_json
 from common.layout import FULL, prob_frame
-from common.metrics import get_metric
+from common.metrics import NEG_LOG_LOSS, get_metric
 from ensemble.tta import n_views
 from folds import distributed
 from folds.config import RunConfig, learning_settings, recipe_warnings, saved_config
@@ -502,18 +502,21 @@ def still_held(lock: FoldLock | None) -> None:
 
 
 def summary_table(fold_results: dict, metric: str | None = None) -> str:
-    """One line per fold: best epoch, its validation score and loss (no TTA), then the fold's OOF and
+    """One line per fold: best epoch, its validation score and loss (no TTA; the loss is the score where the metric
+    is the log loss, negated, and is not shown twice), then the fold's OOF and
     crop-OOF score (with TTA, what the run's scores are made of), and minutes; the scores by the run's
     competition ``metric``."""
     m = get_metric(metric)
     cols = [f"val {m.short}", f"OOF {m.short}", f"crop-OOF {m.short}"]
     w = [max(8, len(c)) for c in cols]
-    head = (f"{'fold':>5} {'best epoch':>10} {cols[0]:>{w[0]}} {'val loss':>9} {cols[1]:>{w[1]}} {cols[2]:>{w[2]}} "
-            f"{'minutes':>8}")
+    loss = m.key != NEG_LOG_LOSS  # the validation loss, unless the metric is that loss (negated) already
+    head = (f"{'fold':>5} {'best epoch':>10} {cols[0]:>{w[0]}}" + (f" {'val loss':>9}" if loss else "")
+            + f" {cols[1]:>{w[1]}} {cols[2]:>{w[2]}} {'minutes':>8}")
     lines = [head, "-" * len(head)]
     for k, r in sorted(fold_results.items(), key=lambda kv: str(kv[0])):
         oof = r.get("oof", {}).get(m.key, float("nan"))
         crop = r.get("crop_oof", {}).get(m.key, float("nan"))
-        lines.append(f"{k!s:>5} {r['best_epoch']:>10} {r.get('best_' + m.key, float('nan')):>{w[0]}.4f} "
-                     f"{r['best_loss']:>9.4f} {oof:>{w[1]}.4f} {crop:>{w[2]}.4f} {r['minutes']:>8.2f}")
+        lines.append(f"{k!s:>5} {r['best_epoch']:>10} {r.get('best_' + m.key, float('nan')):>{w[0]}.4f}"
+                     + (f" {r['best_loss']:>9.4f}" if loss else "")
+                     + f" {oof:>{w[1]}.4f} {crop:>{w[2]}.4f} {r['minutes']:>8.2f}")
     return "\n".join(lines)
