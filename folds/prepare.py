@@ -16,7 +16,7 @@ from common.metrics import check_metric_fits_classes, check_metric_fits_sample
 from folds.augment import check_installed
 from folds.cache import cache_root
 from folds.config import RunConfig
-from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, load_dataset, read_groups, read_sample
+from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, load_dataset, read_groups
 from folds.images import set_max_image_pixels
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
@@ -68,10 +68,10 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     if cfg.cache_dir:
         check_writable_folder(cfg.cache_dir, f"--cache-dir {cfg.cache_dir}")
     set_max_image_pixels(cfg.max_image_pixels)
-    sample = Path(cfg.data_dir) / SAMPLE_CSV
-    if sample.is_file():  # before the images are decoded (a missing one: load_dataset's error)
-        check_metric_fits_sample(cfg.metric, read_sample(sample)[1].probabilities, sample)
     ds = load_dataset(cfg.data_dir, cfg.corrections, verified_cache=cache_root(cfg))
+    # after the data's own checks, whose messages say more (a sample's stray column is no class); the images it
+    # verified are kept (verified_cache), so the run again with --metric does not decode them again
+    check_metric_fits_sample(cfg.metric, ds.columns.probabilities, Path(cfg.data_dir) / SAMPLE_CSV)
     scale = check_metric_fits_classes(cfg.metric, ds.classes, Path(cfg.data_dir) / TRAIN_CSV)
     if scale:
         log.warning("%s", scale)
