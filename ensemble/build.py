@@ -227,6 +227,9 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
     test = blend_test(blend, runs, y, with_full)
+    if hasattr(blend, "temperature_"):  # the calibration, fit on all the OOF rows: how far off the blend's sureness was
+        notes.append(f"the calibration's temperature: {blend.temperature_:.3f} (above 1: the blend was surer than it "
+                     "was right, and is softened; below 1: less sure, and is sharpened)")
     truth = answer_key(data_dir, first.test_ids, classes)
     plain_test = None if truth is None else all_scores(truth, test, "test_")
     smoothing, smoothing_oof = None, {}

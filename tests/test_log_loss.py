@@ -2,10 +2,12 @@
 Breed Identification): the metric, its calibration, and a run from the sample submission to the CSV."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +114,10 @@ def test_a_task_scored_by_log_loss_submits_a_probability_per_class(demo_dir, tmp
     table = {r.split()[0]: r for r in out.splitlines() if r.startswith(("mean", "vote"))}
     assert meta["metric"] == "neg_log_loss" and "vote" in table  # the hard vote is scored, and loses
     built = pd.read_csv(best, dtype={"id": str}, keep_default_na=False)
+    assert build_main([str(run), "--offsets", "on", "--out", str(tmp_path / "cal.csv"), "--no-report"]) == 0
+    said = re.search(r"the calibration's temperature: ([0-9.]+) \(above 1", capsys.readouterr().out)
+    cal = joblib.load(tmp_path / "cal_blend.joblib")
+    assert said and float(said.group(1)) == pytest.approx(cal.temperature_, abs=5e-4) and cal.temperature_ > 0
     assert list(built.columns) == ["id", *order]
     # an offline kernel's export writes the same kind of submission with the fitted blend, on the test set again
     export, again = tmp_path / "export", tmp_path / "again.csv"
@@ -164,8 +170,6 @@ def test_a_sample_of_a_column_per_class_must_name_the_classes_of_train(demo_dir)
 def test_the_readmes_dog_breed_recipe_makes_a_folder_that_runs(demo_source, tmp_path):
     """The README's commands for Kaggle's Dog Breed Identification, run as written on a folder of that shape (made
     from the demo's images): the data folder they write is read as a task of a probability column per class."""
-    import re
-
     from PIL import Image
 
     from conftest import ROOT
