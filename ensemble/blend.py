@@ -156,7 +156,15 @@ class StackBlend(_Blender):
         return self.model_.predict_proba(X)
 
 
-class DecisionOffsets(_Blender):
+class _OnTop(_Blender):
+    """An adjustment on top of another blender (``base``), whose members it takes."""
+
+    @property
+    def n_members(self) -> int:
+        return self.base.n_members
+
+
+class DecisionOffsets(_OnTop):
     """Per-class log-probability offsets fit to maximise the score by ``metric`` on top of another blender.
 
     Macro-F1 rewards the small classes that argmax under-predicts; a per-class bias fixes that. (Under
@@ -169,10 +177,6 @@ class DecisionOffsets(_Blender):
     def __init__(self, base=None, grid=(-1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0), rounds: int = 2,
                  metric: str = DEFAULT_METRIC):
         self.base, self.grid, self.rounds, self.metric = base, grid, rounds, metric
-
-    @property
-    def n_members(self) -> int:
-        return self.base.n_members
 
     def fit(self, X, y):
         metric = get_metric(self.metric).score
@@ -210,7 +214,7 @@ class DecisionOffsets(_Blender):
         return p / p.sum(axis=1, keepdims=True)
 
 
-class TemperatureCalibration(_Blender):
+class TemperatureCalibration(_OnTop):
     """Another blender's probabilities calibrated by scikit-learn's temperature scaling
     (``CalibratedClassifierCV(method="temperature")``: ``softmax(log p / T)``, ``T`` fit for the log loss), the
     adjustment on top of a method under a metric of the probabilities, as ``DecisionOffsets`` is under one of
@@ -227,10 +231,6 @@ class TemperatureCalibration(_Blender):
 
     def __init__(self, base=None, inner_folds: int = 5, seed: int = 0):
         self.base, self.inner_folds, self.seed = base, inner_folds, seed
-
-    @property
-    def n_members(self) -> int:
-        return self.base.n_members
 
     def fit(self, X, y):
         base = clone(self.base)

@@ -31,7 +31,8 @@ from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import (DEFAULT_METRIC, METRICS, all_scores, check_metric_fits_classes,  # noqa: E402
                             check_metric_fits_sample, get_metric, shown_beside)
-from ensemble.blend import BLENDS, full_proba, honest_oof, make_blend, members_to_X  # noqa: E402
+from ensemble.blend import (BLENDS, TemperatureCalibration, full_proba, honest_oof, make_blend,  # noqa: E402
+                            members_to_X)
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, check_distinct,  # noqa: E402
@@ -227,7 +228,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         notes.append("full-data models joined each run's test soft vote; they have no OOF, so the OOF scores "
                      "(and any stacker fit) use the fold models only.")
     test = blend_test(blend, runs, y, with_full)
-    if hasattr(blend, "temperature_"):  # the calibration, fit on all the OOF rows: how far off the blend's sureness was
+    if isinstance(blend, TemperatureCalibration):  # fit on all the OOF rows: how far off the blend's sureness was
         notes.append(f"the calibration's temperature: {blend.temperature_:.3f} (above 1: the blend was surer than it "
                      "was right, and is softened; below 1: less sure, and is sharpened)")
     truth = answer_key(data_dir, first.test_ids, classes)

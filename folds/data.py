@@ -51,7 +51,7 @@ class Columns:
         if self.cls is not None or CLASS not in columns:
             return self
         others = [c for c in columns if c not in (ID, CLASS)]  # img_path: spelled alike everywhere
-        head = list(_read_frame(path, (self.id, *others, "<class>"), DATA_FILES).columns)
+        head = list(_read_frame(path, (self.id, *others, "<class>"), DATA_FILES, rows=0).columns)
         rest = [c for c in head if c not in (self.id, *others)]
         if self.id not in head or len(rest) != 1:
             raise UserError(f"{path}: the sample submission has a column per class, so the class column is found "
@@ -130,12 +130,13 @@ def read_csv(path: Path, columns, expected: str = DATA_FILES, names: Columns = C
     return _checked(df[list(spelled)].set_axis(list(columns), axis=1), path, spelled)
 
 
-def _read_frame(path, spelled, expected: str) -> pd.DataFrame:
+def _read_frame(path, spelled, expected: str, rows: int | None = None) -> pd.DataFrame:
+    """``path`` as strings (its header alone with ``rows=0``), or a UserError that names what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found. Expected Dacon layout: {expected} in --data-dir.")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=rows)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty; it needs a header {','.join(spelled)} and rows.") from None
     except UnicodeDecodeError:

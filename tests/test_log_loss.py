@@ -15,7 +15,7 @@ from sklearn.metrics import log_loss
 
 from common import UserError
 from common.metrics import METRICS, neg_log_loss
-from conftest import tiny_args
+from conftest import ROOT, tiny_args
 from ensemble.build import main as build_main
 from ensemble.export import main as export_main
 from folds.data import load_dataset
@@ -171,8 +171,6 @@ def test_the_readmes_dog_breed_recipe_makes_a_folder_that_runs(demo_source, tmp_
     """The README's commands for Kaggle's Dog Breed Identification, run as written on a folder of that shape (made
     from the demo's images): the data folder they write is read as a task of a probability column per class."""
     from PIL import Image
-
-    from conftest import ROOT
 
     kaggle = tmp_path / "input" / "dog-breed-identification"
     for split in ("train", "test"):
