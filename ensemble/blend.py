@@ -222,20 +222,23 @@ class TemperatureCalibration(_OnTop):
     and the log loss charges for that.
 
     A base that learns nothing (a vote) is calibrated on every row. One that learns (weighted, stack) is
-    calibrated on its predictions for rows it was not fit on (``ensemble=False``: a stratified ``inner_folds``
-    split; a painting's crops may fall on both sides, which the build's grouped honest score would show): on
-    its own rows it is surer than on new ones, and a temperature fit there sharpens it.
+    calibrated on its predictions for rows it was not fit on (``ensemble=False``, an ``inner_folds`` split): on
+    its own rows it is surer than on new ones, and a temperature fit there sharpens it. That split keeps a
+    painting's crops together where ``fit`` is given the rows' ``groups`` (the build and ``honest_oof`` give
+    them): a stacker that saw one crop of a painting is as sure of its siblings as of its own rows.
     """
 
     learns = True
+    takes_groups = True  # fit_blend and honest_oof hand it the rows' paintings
 
     def __init__(self, base=None, inner_folds: int = 5, seed: int = 0):
         self.base, self.inner_folds, self.seed = base, inner_folds, seed
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         base = clone(self.base)
         if base.learns:
-            cv = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed)
+            cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
+                  else list(grouped_split(groups, self.inner_folds, self.seed).split(X, y, groups)))
             with warnings.catch_warnings():  # a class of fewer rows than folds: calibrated all the same
                 warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
@@ -247,6 +250,17 @@ class TemperatureCalibration(_OnTop):
 
     def predict_proba(self, X):
         return self.model_.predict_proba(X)
+
+
+def grouped_split(groups, n_splits: int, seed: int) -> StratifiedGroupKFold:
+    """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting."""
+    return StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups))))), shuffle=True,
+                                random_state=seed)
+
+
+def fit_blend(blend, X, y, groups):
+    """``blend.fit(X, y)``, handing the rows' paintings to a blender whose own inner split needs them."""
+    return blend.fit(X, y, groups=groups) if getattr(blend, "takes_groups", False) else blend.fit(X, y)
 
 
 def full_proba(fitted, X, n_classes: int) -> np.ndarray:
@@ -275,12 +289,13 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     # split puts each of a class's paintings in a fold of its own, and a class of two or more is learnt in
     # every inner fold. (They made it 2-fold for every class, fitting on half the rows.) A class of one
     # painting (--allow-small-classes) is learnt in none, under any K.
-    cv = StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups))))), shuffle=True,
-                              random_state=seed)
+    cv = grouped_split(groups, n_splits, seed)
+    # scikit-learn hands each inner fit its own rows' groups (``params``, cut to the fold's rows)
+    params = {"groups": np.asarray(groups)} if getattr(blend, "takes_groups", False) else None
     with warnings.catch_warnings():  # scikit-learn's warnings about small classes: the split's warning said it
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
-        p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba")
+        p = cross_val_predict(clone(blend), Xp, y, groups=groups, cv=cv, method="predict_proba", params=params)
     out = np.zeros((len(y), k))
     out[:, present] = p
     return out

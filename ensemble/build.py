@@ -31,7 +31,7 @@ from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from common.layout import prob_frame  # noqa: E402
 from common.metrics import (DEFAULT_METRIC, METRICS, all_scores, check_metric_fits_classes,  # noqa: E402
                             check_metric_fits_sample, get_metric, shown_beside)
-from ensemble.blend import (BLENDS, TemperatureCalibration, full_proba, honest_oof, make_blend,  # noqa: E402
+from ensemble.blend import (BLENDS, TemperatureCalibration, fit_blend, full_proba, honest_oof, make_blend,  # noqa: E402
                             members_to_X)
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
@@ -110,7 +110,7 @@ def compare(runs, y, groups, *, methods=tuple(BLENDS), stacker="logreg", offsets
             blend = make_blend(m, stacker, off, n_members=len(runs), metric=metric)
             name = m + ("+offsets" if off else "")
             oofs[name] = honest_oof(blend, X, y, groups, inner_folds)
-            test_p = full_proba(clone(blend).fit(X, y), test_X, k) if truth is not None else None
+            test_p = full_proba(fit_blend(clone(blend), X, y, groups), test_X, k) if truth is not None else None
             row(name, oofs[name], test_p, "inner CV" if blend.learns else "")
     return rows, oofs
 
@@ -134,8 +134,9 @@ def keep_offsets(table: list[dict], method: str, notes: list, oof: str = "crops"
 
 
 def blend_test(blend, runs, y, with_full: bool = False) -> np.ndarray:
-    """The blend fit on all the runs' OOF rows, then applied to their test probabilities."""
-    blend.fit(members_to_X([r.oof_probs for r in runs]), y)
+    """The blend fit on all the runs' OOF rows (a crop's painting is its OOF row's id), then applied to their test
+    probabilities."""
+    fit_blend(blend, members_to_X([r.oof_probs for r in runs]), y, runs[0].oof["id"].to_numpy())
     return full_proba(blend, members_to_X([r.test_probs(with_full) for r in runs]), len(runs[0].classes))
 
 

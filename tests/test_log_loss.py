@@ -66,6 +66,25 @@ def test_the_calibration_finds_the_temperature_of_over_sure_probabilities():
     assert isinstance(make_blend("mean", offsets=True, metric="macro_f1"), DecisionOffsets)
 
 
+def test_the_temperature_over_a_stacker_is_fit_on_paintings_it_never_saw():
+    """Five near-identical crops a painting, labels unrelated to the probabilities: a stacker learns noise. Fit on
+    one crop of a painting it is sure of the siblings, so a temperature fit on an inner split that parts them
+    found the stacker nearly right (1.28) and scored worse than a uniform guess; split by painting, the
+    temperature softens the noise to near uniform, in the build's fit and in its honest score."""
+    from ensemble.blend import fit_blend, honest_oof, make_blend
+
+    rng = np.random.default_rng(0)
+    paintings, crops, k = 300, 5, 6
+    X = np.hstack([np.repeat(rng.dirichlet(np.ones(k), paintings), crops, axis=0) for _ in range(2)])
+    X *= np.exp(rng.normal(0, 0.05, X.shape))
+    X[:, :k] /= X[:, :k].sum(axis=1, keepdims=True)
+    X[:, k:] /= X[:, k:].sum(axis=1, keepdims=True)
+    y, groups = np.repeat(rng.integers(0, k, paintings), crops), np.repeat(np.arange(paintings), crops)
+    blend = make_blend("stack", offsets=True, n_members=2, metric="neg_log_loss")
+    assert fit_blend(blend, X, y, groups).temperature_ > 4
+    assert neg_log_loss(y, honest_oof(blend, X, y, groups)) > -np.log(k) - 0.02
+
+
 def per_class_sample(data_dir, order=None) -> list:
     """The data folder's sample submission made one probability column per class (Kaggle's kind), in ``order``
     (default: the classes' own); returns the classes."""
