@@ -87,24 +87,24 @@ def supports_checkpointing(model: str) -> bool:
         return False
 
 
-def probe_what_fits(runner, k) -> dict:
-    """``probe`` with the run's settings; where its batch does not fit the GPU, with the first of ``lighter``'s
-    that does (its options in ``fits_with``), so that the estimate is for a run that can be made."""
-    tried = []
+def probe_what_fits(runner, k, cfg=None, predict: bool = True) -> dict:
+    """``probe`` with ``cfg`` (default: the run's settings); where its batch does not fit the GPU, with the first
+    of ``lighter``'s that does (its options in ``fits_with``), so that the estimate is for a run that can be made."""
+    cfg, tried = cfg or runner.cfg, []
     try:
-        return {**probe(runner, k, runner.cfg), "fits_with": None}
+        return {**probe(runner, k, cfg, predict), "fits_with": None}
     except torch.OutOfMemoryError:
         pass
-    for options, cfg in lighter(runner.cfg):
-        _free_memory()
+    for options, lighter_cfg in lighter(cfg):
+        free_memory()
         try:
-            return {**probe(runner, k, cfg), "fits_with": options}
+            return {**probe(runner, k, lighter_cfg, predict), "fits_with": options}
         except torch.OutOfMemoryError:
             tried.append(options)
-    raise UserError(out_of_memory(runner.cfg, tried))
+    raise UserError(out_of_memory(cfg, tried))
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     """What a failed try held, given back before the next (its tensors are garbage once the error unwound)."""
     import gc
 
@@ -113,9 +113,10 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def probe(runner, k, cfg) -> dict:
-    """Fold ``k``'s own training on a sample of its paintings, then the test's prediction, timed (seconds), with
-    ``cfg`` (the run's, or a lighter one); a batch that does not fit raises ``torch.OutOfMemoryError``."""
+def probe(runner, k, cfg, predict: bool = True) -> dict:
+    """Fold ``k``'s own training on a sample of its paintings, then (``predict``) the test's prediction, timed
+    (seconds), with ``cfg`` (the run's, or a lighter one); a batch that does not fit raises
+    ``torch.OutOfMemoryError``. ``runner`` gives the data (``ds``) and the fold's rows (``fold_rows``)."""
     tr, va, index = runner.fold_rows(k)
     rng = np.random.default_rng(cfg.seed)
     tr_sample = np.sort(rng.choice(tr, min(len(tr), PROBE_STEPS * cfg.batch_size * cfg.grad_accum_steps),
@@ -141,7 +142,8 @@ def probe(runner, k, cfg) -> dict:
                        deadline=deadline)
         except _Probed:
             pass
-        predict = _time_prediction(cfg, runner.ds, fold_dir)
+        predict = (_time_prediction(cfg, runner.ds, fold_dir) if predict
+                   else {"predict_per_image": 0.0, "predict_start": 0.0})
         peak = torch.cuda.max_memory_allocated(prec.device) if cuda else None  # training's or prediction's
     first_wall = ends[0][0] - started
     steady_wall, steady = (ends[-1][0] - ends[-2][0], ends[-1][1]) if len(ends) > 1 else (first_wall, ends[0][1])
@@ -187,6 +189,15 @@ def out_of_memory(cfg, tried: list) -> str:
             "choose a smaller --model, or free the GPU's memory (nvidia-smi shows who holds it).")
 
 
+def epoch_seconds(p: dict, cfg, train_images: int, val_paintings: int, epochs: int) -> tuple[float, float]:
+    """A fold's steady epoch and what its first adds, in seconds, from ``probe``'s figures ``p``."""
+    epoch = train_images * p["train_per_image"] + val_paintings * p["val_per_painting"] + p["epoch_overhead"]
+    # the loader's and the model's start, and the validation paintings' first decoding
+    first_extra = max(p["first_epoch"] - p["steady_epoch"], 0.0) + (
+        val_paintings * (1 + cfg.val_crops) * p["val_decode_per_view"]) if epochs else 0.0
+    return epoch, first_extra
+
+
 def dry_run(runner, folds: list, time_limit: float | None = None, processes: int = 1,
             full_epochs: int | None = None) -> dict:
     """What each of ``folds`` that would train has to do, checked first as the run checks it; then the probe, on
@@ -209,11 +220,7 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
         return plan
     p = plan["probe"] = probe_what_fits(runner, next((k for k in training if k != layout.FULL), 0))
     for k, w in work.items():
-        epoch = w["train_images"] * p["train_per_image"] + w["val_paintings"] * p["val_per_painting"] \
-            + p["epoch_overhead"]
-        # the loader's and the model's start, and the validation paintings' first decoding
-        first_extra = max(p["first_epoch"] - p["steady_epoch"], 0.0) + (
-            w["val_paintings"] * (1 + cfg.val_crops) * p["val_decode_per_view"]) if w["epochs"] else 0.0
+        epoch, first_extra = epoch_seconds(p, cfg, w["train_images"], w["val_paintings"], w["epochs"])
         predict = 2 * p["predict_start"] + w["predicted_images"] * p["predict_per_image"]  # the OOF's, the test's
         plan["folds_detail"][k] = {**w, "epoch_seconds": epoch, "first_epoch_extra": first_extra,
                                    "predict_seconds": predict}
@@ -222,7 +229,7 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     return plan
 
 
-def _duration(minutes: float) -> str:
+def duration(minutes: float) -> str:
     return f"{minutes * 60:.0f} s" if minutes < 2 else f"{minutes:.0f} min" if minutes < 120 else \
         f"{minutes / 60:.1f} hours"
 
@@ -252,9 +259,9 @@ def describe(plan: dict) -> str:
         lines.append(f"fold {k}: {d['train_images']:,} training images{pseudo}, {d['val_paintings']:,} validation "
                      f"paintings; {d['epochs']} epoch(s) of {d['epoch_seconds']:.1f} s (the first "
                      f"{d['first_epoch_extra']:.1f} s longer), then {d['predicted_images']:,} images x {d['views']} "
-                     f"views predicted in {d['predict_seconds']:.0f} s: about {_duration(minutes)}")
+                     f"views predicted in {d['predict_seconds']:.0f} s: about {duration(minutes)}")
     total = plan["minutes"]
-    lines.append(f"in all: about {_duration(total)} in this process, at most (early stopping ends a fold sooner)"
+    lines.append(f"in all: about {duration(total)} in this process, at most (early stopping ends a fold sooner)"
                  + (f"; with --procs-per-gpu/--gpus the {plan['processes']} fold processes share the machine, which "
                     "this estimate does not measure" if plan["processes"] > 1 else "") + ".")
     if plan["time_limit"] is not None:

@@ -33,7 +33,7 @@ from folds.predict import CROP_OOF_SEED, PaintingViews, Predictor
 from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
 from folds.scale_check import whole_test_warning
-from folds.split import save_folds
+from folds.split import fold_rows, save_folds
 from folds.train import train_fold
 
 
@@ -166,10 +166,9 @@ class FoldRunner:
 
     def fold_rows(self, k) -> tuple[np.ndarray, np.ndarray, int]:
         """Fold ``k``'s training and validation rows of the train set, and its index (its seed's)."""
-        fold_of = self.folds["fold"].to_numpy()
         if k == FULL:  # all paintings, no validation, a fixed number of epochs
-            return np.arange(len(fold_of)), np.array([], dtype=int), self.cfg.n_folds
-        return np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k), k
+            return np.arange(len(self.folds)), np.array([], dtype=int), self.cfg.n_folds
+        return (*fold_rows(self.folds, k), k)
 
     def pseudo_images(self, k):
         """What fold ``k`` learns besides its paintings from ``--pseudo``'s run, and how many of them are test

@@ -87,6 +87,12 @@ def _assign(x, labels, n_folds, split_seed, groups) -> np.ndarray:
     return fold
 
 
+def fold_rows(folds: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``k``'s training and validation rows of the train set, by the split's ``fold`` column."""
+    fold_of = folds["fold"].to_numpy()
+    return np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+
+
 def load_or_make_folds(path: Path | None, ids, labels, n_folds: int, split_seed: int, shared_dir: Path | None = None,
                        write: bool = True, groups=None, allow_small: bool = False):
     """Return (folds, key, assignment_hash); reuse ``path`` (or a shared copy) when it matches.

@@ -162,6 +162,64 @@ def test_other_search_space_is_refused_and_study_kept(demo_study, demo_source, t
     assert len(load(demo_study).trials) == before
 
 
+def test_a_dry_run_times_a_trial_and_the_heaviest_the_space_can_draw_and_writes_nothing(
+        demo_study, demo_source, tmp_path, capsys, monkeypatch):
+    """A study on a Kaggle version's 12 hours: --dry-run probes a trial's training with the recipe's settings and
+    with each model of the space at its largest batch and image size, says how long the trials take, and names
+    the heaviest trial a GPU cannot hold (simulated above a batch) before any trial fails on it. No study is
+    opened, a new one's folder is not made and an existing one is left as it was."""
+    import torch
+
+    import folds.dry_run as dry
+    import tuning.dry_run
+
+    plans = []
+    real_plan, real_train = tuning.dry_run.plan_study, dry.train_fold
+    monkeypatch.setattr(tuning.dry_run, "plan_study", lambda *a, **k: plans.append(real_plan(*a, **k)) or plans[-1])
+    space = tmp_path / "space.yaml"
+    space.write_text("batch_size: {type: categorical, choices: [8, 16]}\n"
+                     "model: {type: categorical, choices: [resnet10t, resnet18]}\n")
+    args = ["--study", "new", "--n-trials", "20", "--fold", "0,1", "--space", str(space), "--batch-size", "8"]
+    assert tune(tmp_path, demo_source, *args, "--dry-run", "--time-limit", "600") == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "tuning").exists()
+    base, *heaviest = plans[-1]["shapes"]
+    assert [s["params"] for s in heaviest] == [{"model": "resnet10t", "batch_size": 16},
+                                               {"model": "resnet18", "batch_size": 16}]
+    assert base["probe"]["predict_per_image"] == 0  # a trial predicts no test images: none are timed
+    assert all(s["trial_minutes"] > 0 for s in plans[-1]["shapes"])
+    assert "the heaviest trial the space can draw (--model resnet18 --batch-size 16): training" in out, out
+    assert "--n-trials 20: about" in out and "--time-limit 600: it fits." in out, out
+
+    def fits_below(limit):
+        def train_fold(cfg, *a, **k):
+            if cfg.batch_size > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_train(cfg, *a, **k)
+        return train_fold
+
+    monkeypatch.setattr(dry, "train_fold", fits_below(8))
+    assert tune(tmp_path, demo_source, *args, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.count("ran out of GPU memory; the trials that draw it would fail") == 2, out
+    assert "narrow the search space (--space)" in out and "--n-trials 20: about" in out, out
+    monkeypatch.setattr(dry, "train_fold", fits_below(4))  # not even the recipe's batch: the lightest that fits
+    assert tune(tmp_path, demo_source, *args, "--dry-run") == 0
+    assert "--batch-size 8 ran out of GPU memory; it fits with --batch-size 4 --grad-accum-steps 2" in \
+        capsys.readouterr().out
+    # an existing study: its folder and its trials as they were
+    before = _files(demo_study / "tuning" / "s")
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "9", "--dry-run") == 0
+    assert "no study was opened" in capsys.readouterr().out
+    assert _files(demo_study / "tuning" / "s") == before
+    assert tune(tmp_path, demo_source, *args, "--dry-run", "--ray", "local") == 2
+    assert "--dry-run: Ray's workers train on the cluster's nodes" in capsys.readouterr().err
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_a_worker_that_opens_the_study_a_moment_later_sees_its_whole_setup(monkeypatch):
     """Two workers start at once on one storage: the second must never read the study half-written
     (it did, and refused a study made for its own setup), and two that wrote different setups at the

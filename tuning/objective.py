@@ -22,6 +22,7 @@ from folds.data import Dataset
 from folds.deadline import Deadline
 from folds.loader import num_workers
 from folds.pseudo import fold_pseudo_images
+from folds.split import fold_rows
 from folds.stopping import resolve_monitor, score_column
 from folds.train import train_fold
 from tuning.space import suggest, trial_config
@@ -70,7 +71,6 @@ class Objective:
         cfg = trial_config(self.cfg, params, seed=seed)
         out = self.trials_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("dir", str(out))
-        fold_of = self.folds["fold"].to_numpy()
         column = score_column(resolve_monitor(cfg), cfg.metric)  # the metric on what the folds are stopped on
         key = get_metric(cfg.metric).key
         best, diverged = [], None
@@ -84,7 +84,7 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: {column} {row[column]:.4f}")
 
                 try:
-                    r = train_fold(cfg, self.ds, np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k),
+                    r = train_fold(cfg, self.ds, *fold_rows(self.folds, k),
                                    fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k),
                                    deadline=self.deadline)
                 except FloatingPointError:

@@ -7,6 +7,7 @@ Examples:
     python tuning/tune.py --study b3 --n-trials 60 --data-dir data \\
         --storage postgresql://user:pw@db-host/optuna                      # run the same on every machine
     python tuning/tune.py --study b3 --n-trials 0                          # summary, best.json, plots only
+    python tuning/tune.py --study b3 --n-trials 30 --data-dir data --dry-run   # does it fit? nothing written
     python folds/run.py --data-dir data --params tuning/b3/best.json       # train with the best parameters
 
 --n-trials is the study's total of finished (complete + pruned) trials: a rerun tops it up.
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "folds/run.py (default: 0)")
     g.add_argument("--storage", help="RDB URL shared by several machines, e.g. postgresql://user:pw@host/db "
                    "(default: a journal file tuning/<study>/journal.log, no server)")
-    g.add_argument("--workers", dest="study_workers", type=int, default=1, help="local worker processes on this study, one per GPU "
-                   "when there are several (default: 1)")
+    g.add_argument("--workers", dest="study_workers", type=int, default=1, help="local worker processes on this "
+                   "study, one per GPU when there are several (default: 1)")
     g.add_argument("--pruner", default="median", choices=sorted(PRUNERS),
                    help="prune bad trials after each epoch (default: median)")
     g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer)")
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop before an epoch that would not end "
                    "within MINUTES of the start, as folds/run.py does: the running trial is queued again, the "
                    "summary and best.json are written, and the command exits with 75; rerun it to go on")
+    g.add_argument("--dry-run", action="store_true", help="every check, then a short timed probe of a trial's "
+                   "training, with the recipe's settings and with the heaviest the space can draw: how long the "
+                   "trials take and, on a GPU, the memory they need; no study is opened and nothing is written")
     g.add_argument("--ray", metavar="ADDRESS", help="start the --workers as Ray tasks ('local', 'auto' or "
                    "HOST:PORT); across machines the storage must be PostgreSQL")
     g.add_argument("--ray-gpus", type=float, help="GPUs per Ray worker (default: 1 on a GPU cluster, 0 on CPU)")
@@ -92,8 +96,9 @@ def run_workers_on_ray(args) -> None:
     gpus = args.ray_gpus if args.ray_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
     argv = list(args.argv)
     remote = ray.remote(_ray_worker)
+    own = strip_options(argv, {"--ray": 1, "--ray-gpus": 1, "--workers": 1})
     refs = [remote.options(num_gpus=gpus, num_cpus=1, name=f"optuna-{args.study}-{i}").remote(
-        [*strip_options(argv, {"--ray": 1, "--ray-gpus": 1, "--workers": 1}), "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
+        [*own, "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
     codes = ray.get(refs)
     if any(codes):
         log.warning("Ray worker exit codes: %s", codes)
@@ -109,6 +114,9 @@ def check_tuner_args(args) -> None:
         raise UserError(f"--ray {args.ray} with {'the journal file' if args.storage is None else 'SQLite'}: workers on "
                         "other machines do not share this disk. Use a PostgreSQL --storage URL (see README), or "
                         "--ray local.")
+    if args.dry_run and args.ray:
+        raise UserError("--dry-run: Ray's workers train on the cluster's nodes; leave --ray out to measure a trial "
+                        "on this machine.")
     if args.time_limit is not None and args.ray:
         raise UserError("--time-limit: Ray schedules the workers; leave --time-limit out (a lost trial is retried).")
     if args.heartbeat < 1:
@@ -156,6 +164,8 @@ def run(args) -> int:
         log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
+    if args.dry_run:  # before the storage: no study is opened, nothing is written
+        return dry_run(args, cfg, prep, fold_ids, space, study_dir)
     storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     # The study's "same experiment" key: every learning setting except what the trials vary.
@@ -207,6 +217,19 @@ def run(args) -> int:
     print("plots: " + ", ".join(str(p) for p in plots))
     if time_up is not None:
         raise time_up
+    return 0
+
+
+def dry_run(args, cfg, prep, fold_ids, space, study_dir) -> int:
+    """``--dry-run``: the probe and the estimate (``tuning.dry_run``), after every check the study makes."""
+    from tuning.dry_run import describe_study, plan_study
+    from tuning.objective import Objective
+
+    objective = Objective(cfg, prep.ds, prep.folds, fold_ids, space, study_dir / "trials")
+    extra = {k: len(e.paths) for k in fold_ids if (e := objective.pseudo_images(cfg, k)) is not None}
+    plan = plan_study(cfg, prep.ds, prep.folds, fold_ids, space, n_trials=args.n_trials, extra_images=extra,
+                      workers=args.study_workers, time_limit=args.time_limit)
+    print(describe_study(plan, study_dir))
     return 0
 
 
