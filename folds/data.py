@@ -241,9 +241,29 @@ def resolve_paths(df: pd.DataFrame, data_dir: Path, csv_path: Path, check_images
         raise UserError(f"{csv_path}: img_path {df.loc[bad_escape[0], 'img_path']!r} at {_rows(bad_escape)} "
                         f"leaves the data folder {root}; refusing it. Keep images under the data folder.")
     if missing:
-        raise UserError(f"{csv_path}: image not found: {df.loc[missing[0], 'img_path']!r} at {_rows(missing)} "
-                        f"(looked in {root}).")
+        first = df.loc[missing[0], "img_path"]
+        raise UserError(f"{csv_path}: image not found: {first!r} at {_rows(missing)} (looked in {root})"
+                        f"{_near_miss(root, first, out[df.index.get_loc(missing[0])])}.")
     return pd.Series(out, index=df.index, dtype=object)
+
+
+def _near_miss(root: Path, rel: str, path: Path) -> str:
+    """Why a listed image may be missing, where the folder shows it: spaces around its name, a name of another
+    case (a CSV made on Windows or macOS, whose file systems ignore case, read on Linux), a folder that is not
+    there; '' where none is seen."""
+    if rel.strip() != rel and Path(os.path.normpath(root / rel.strip().replace("\\", "/"))).is_file():
+        return "; its img_path has spaces at its ends, and the file without them exists: strip them in the CSV"
+    folder = path.parent
+    if not folder.is_dir():
+        here = sorted(e.name + ("/" if e.is_dir() else "") for e in root.iterdir())
+        shown = ", ".join(here[:8]) + (f" and {len(here) - 8} more" if len(here) > 8 else "")
+        return (f"; its folder {os.path.relpath(folder, root)!r} is not in the data folder, which holds: "
+                f"{shown or 'nothing'}")
+    other_case = next((e.name for e in folder.iterdir() if e.name.lower() == path.name.lower()), None)
+    if other_case:
+        return (f"; {other_case!r} is there, a name of another case (Windows and macOS ignore the case of file "
+                "names, Linux does not): make the CSV's names match the files'")
+    return ""
 
 
 def read_option_csv(path, columns, option: str, what: str, names: Columns = Columns()) -> pd.DataFrame:

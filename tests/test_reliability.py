@@ -282,6 +282,15 @@ BAD_INPUTS = {
     "garbage train image": (damage("train/0004.jpg", "garbage"), r"train\.csv line 6: .*cannot decode"),
     "empty test image": (lambda d: damage(first_test_image(d), "empty")(d), r"test\.csv line 2: .*cannot decode"),
     "missing image": (lambda d: (d / "train" / "0005.jpg").unlink(), r"image not found: './train/0005\.jpg'"),
+    # why it may be missing, where the folder shows it (a CSV made on Windows or macOS, or by hand)
+    "image named in another case": (edit("train.csv", lambda df: df.assign(img_path=df["img_path"].str.upper())),
+                                    r"image not found: './TRAIN/0000\.JPG' .*its folder 'TRAIN' is not in the data "
+                                    r"folder, which holds: .*train/"),
+    "image file named in another case": (
+        edit("train.csv", lambda df: df.assign(img_path=df["img_path"].str.replace("0003.jpg", "0003.JPG"))),
+        r"image not found: './train/0003\.JPG' at line 5 .*'0003\.jpg' is there, a name of another case"),
+    "image path with a trailing space": (edit("train.csv", lambda df: df.assign(img_path=df["img_path"] + " ")),
+                                         r"its img_path has spaces at its ends, and the file without them exists"),
     # id defects
     "empty train id": (edit("train.csv", lambda df: df.assign(id=df["id"].where(df.index != 2, ""))),
                        r"train\.csv: empty 'id' at line 4"),
