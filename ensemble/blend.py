@@ -35,6 +35,13 @@ def _blocks(X, n_members: int) -> np.ndarray:
     return np.stack(np.split(np.asarray(X, dtype=np.float64), n_members, axis=1))  # (members, rows, K)
 
 
+def _of_classes(X, n_members: int, classes) -> np.ndarray:
+    """``X`` with each member's columns of ``classes`` only, its rows renormalised: the blenders' input over the
+    classes the rows they learn from hold."""
+    blocks = _blocks(X, n_members)[:, :, classes]
+    return members_to_X(blocks / np.maximum(blocks.sum(axis=2, keepdims=True), EPS))
+
+
 def _log_probs(X):
     return np.log(np.clip(X, EPS, 1.0))
 
@@ -236,20 +243,28 @@ class TemperatureCalibration(_OnTop):
 
     def fit(self, X, y, groups=None):
         base = clone(self.base)
+        # scikit-learn's calibration knows the classes of y only, the blends those of X's columns: it is fit on
+        # the columns of y's classes, and the others get 0 (a class of one painting, in a fold of the honest
+        # score, is absent from the rows the others learn from)
+        self.classes_, self.present_ = np.arange(np.shape(X)[1] // self.n_members), np.unique(y)
+        X = _of_classes(X, self.n_members, self.present_)
+        y = np.searchsorted(self.present_, y)
         if base.learns:
             cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
                   else list(grouped_split(groups, self.inner_folds, self.seed).split(X, y, groups)))
-            with warnings.catch_warnings():  # a class of fewer rows than folds: calibrated all the same
+            with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
                 warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
         else:
             self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
-        self.classes_ = self.model_.classes_
         self.temperature_ = float(1 / self.model_.calibrated_classifiers_[0].calibrators[0].beta_)
         return self
 
     def predict_proba(self, X):
-        return self.model_.predict_proba(X)
+        out = np.zeros((len(X), len(self.classes_)))
+        out[:, self.present_] = self.model_.predict_proba(_of_classes(X, self.n_members, self.present_))
+        return out
 
 
 def grouped_split(groups, n_splits: int, seed: int) -> StratifiedGroupKFold:
@@ -283,8 +298,7 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     if not blend.learns:
         return full_proba(clone(blend).fit(X, y), X, k)
     present = np.unique(y)
-    blocks = _blocks(X, n_members)[:, :, present]
-    Xp = members_to_X(blocks / blocks.sum(axis=2, keepdims=True))
+    Xp = _of_classes(X, n_members, present)
     # A class of few paintings needs no fewer inner folds: a painting's crops hold one label, so the grouped
     # split puts each of a class's paintings in a fold of its own, and a class of two or more is learnt in
     # every inner fold. (They made it 2-fold for every class, fitting on half the rows.) A class of one

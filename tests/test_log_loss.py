@@ -85,6 +85,32 @@ def test_the_temperature_over_a_stacker_is_fit_on_paintings_it_never_saw():
     assert neg_log_loss(y, honest_oof(blend, X, y, groups)) > -np.log(k) - 0.02
 
 
+def test_the_calibration_takes_a_class_of_one_painting():
+    """Runs made with --allow-small-classes: a class of one painting is absent from the rows the blend learns
+    from in one fold of the honest score, where scikit-learn's calibration, knowing y's classes only, failed
+    with an IndexError beside the blends' columns. It is calibrated on the classes it has, the other at 0."""
+    import warnings
+
+    from ensemble.blend import fit_blend, honest_oof, make_blend
+
+    rng = np.random.default_rng(0)
+    paintings, crops, k = 60, 5, 4
+    labels = rng.integers(0, k - 1, paintings)
+    labels[7] = k - 1  # one painting of the last class
+    y, groups = np.repeat(labels, crops), np.repeat(np.arange(paintings), crops)
+    logits = rng.normal(0, 1, (len(y), k))
+    logits[np.arange(len(y)), y] += 2
+    X = np.hstack([softmax(logits)] * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and quietly
+        for method in ("mean", "weighted", "stack"):
+            blend = make_blend(method, offsets=True, n_members=2, metric="neg_log_loss")
+            p = fit_blend(blend, X, y, groups).predict_proba(X)
+            assert p.shape == (len(y), k) and np.allclose(p.sum(axis=1), 1), method
+            honest = honest_oof(blend, X, y, groups)
+            assert np.allclose(honest.sum(axis=1), 1) and (honest[y == k - 1, k - 1] == 0).all(), method
+
+
 def per_class_sample(data_dir, order=None) -> list:
     """The data folder's sample submission made one probability column per class (Kaggle's kind), in ``order``
     (default: the classes' own); returns the classes."""
