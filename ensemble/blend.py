@@ -249,15 +249,15 @@ class TemperatureCalibration(_OnTop):
         self.classes_, self.present_ = np.arange(np.shape(X)[1] // self.n_members), np.unique(y)
         X = _of_classes(X, self.n_members, self.present_)
         y = np.searchsorted(self.present_, y)
-        if base.learns:
-            cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
-                  else list(grouped_split(groups, self.inner_folds, self.seed).split(X, y, groups)))
-            with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
-                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-                warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
+        with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
+            if base.learns:
+                cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
+                      else list(grouped_split(groups, self.inner_folds, self.seed).split(X, y, groups)))
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
-        else:
-            self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
+            else:  # (scikit-learn still splits y to predict with the frozen base, which gives the same everywhere)
+                self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
         self.temperature_ = float(1 / self.model_.calibrated_classifiers_[0].calibrators[0].beta_)
         return self
 
