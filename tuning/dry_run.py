@@ -55,7 +55,8 @@ def plan_study(cfg, ds: Dataset, folds: pd.DataFrame, fold_ids: list, space: dic
     if it does not fit, and with each of ``heaviest_trials``, which must fit as drawn; each one's trial minutes."""
     runner, k0 = _Folds(ds, folds), fold_ids[0]
     plan = {"folds": list(fold_ids), "n_trials": n_trials, "workers": workers, "time_limit": time_limit,
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "shapes": []}
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "pseudo_images": dict(extra_images or {}),
+            "shapes": []}
     for params in [{}, *heaviest_trials(space)]:
         shape_cfg = trial_config(cfg, params)
         free_memory()
@@ -68,7 +69,7 @@ def plan_study(cfg, ds: Dataset, folds: pd.DataFrame, fold_ids: list, space: dic
         seconds = 0.0
         for k in fold_ids:
             tr, va = fold_rows(folds, k)
-            epoch, first_extra = epoch_seconds(p, shape_cfg, len(tr) + (extra_images or {}).get(k, 0), len(va),
+            epoch, first_extra = epoch_seconds(p, shape_cfg, len(tr) + plan["pseudo_images"].get(k, 0), len(va),
                                                cfg.epochs)
             seconds += first_extra + cfg.epochs * epoch
         plan["shapes"].append({"params": params, "probe": p, "trial_minutes": seconds / 60})
@@ -82,7 +83,9 @@ def describe_study(plan: dict, study_dir) -> str:
     base = plan["shapes"][0]["probe"]
     lines.append(f"measured on {base['device']}: fold {base['fold']}'s training for {base['epochs']} epoch(s) on "
                  f"{base['train_sample']:,} of its paintings (validating {base['val_sample']:,}); a trial trains "
-                 f"fold(s) {folds} for {plan['epochs']} epoch(s) each:")
+                 f"fold(s) {folds} for {plan['epochs']} epoch(s) each"
+                 + (f", with {sum(plan['pseudo_images'].values()):,} pseudo-labelled images in all besides their "
+                    "paintings" if plan["pseudo_images"] else "") + ":")
     if base["fits_with"]:
         lines.append(f"  --batch-size {plan['batch_size']} ran out of GPU memory; it fits with {base['fits_with']}: "
                      "add those options (the figures below are for them), or every trial fails.")
