@@ -262,6 +262,8 @@ class TemperatureCalibration(_OnTop):
         return self
 
     def predict_proba(self, X):
+        if not hasattr(self, "present_"):  # saved before 2026-12-06's thirtieth session: fit on every column
+            return self.model_.predict_proba(X)
         out = np.zeros((len(X), len(self.classes_)))
         out[:, self.present_] = self.model_.predict_proba(_of_classes(X, self.n_members, self.present_))
         return out

@@ -109,6 +109,10 @@ def test_the_calibration_takes_a_class_of_one_painting():
             assert p.shape == (len(y), k) and np.allclose(p.sum(axis=1), 1), method
             honest = honest_oof(blend, X, y, groups)
             assert np.allclose(honest.sum(axis=1), 1) and (honest[y == k - 1, k - 1] == 0).all(), method
+    # a blend saved before the calibration knew its classes (every class in its rows): read as it was fit
+    fitted = fit_blend(make_blend("mean", offsets=True, n_members=2, metric="neg_log_loss"), X, y, groups)
+    del fitted.present_
+    assert np.array_equal(fitted.predict_proba(X), fitted.model_.predict_proba(X))
 
 
 def per_class_sample(data_dir, order=None) -> list:
