@@ -216,6 +216,21 @@ def test_a_dry_run_times_a_trial_and_the_heaviest_the_space_can_draw_and_writes_
     assert "--dry-run: Ray's workers train on the cluster's nodes" in capsys.readouterr().err
 
 
+def test_a_dry_run_reaches_the_database_and_leaves_it_as_it_was(demo_source, tmp_path, capsys):
+    """On a cluster the likeliest failure is the database's URL: the dry run connects to it (the real server
+    .ci/run starts), makes no table and opens no study; an unreachable one is the study's own clear error."""
+    name = f"dry-{uuid.uuid4().hex[:8]}"
+    assert tune(tmp_path, demo_source, "--study", name, "--n-trials", "3", "--storage", PG_URL, "--dry-run") == 0
+    assert f"--storage {PG_URL}: reached, and left as it was." in capsys.readouterr().out  # no password to hide
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name=name, storage=PG_URL)
+    url = "postgresql://user:secret@127.0.0.1:1/nowhere"
+    assert tune(tmp_path, demo_source, "--study", name, "--storage", url, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "secret" not in err and "user:***@" in err, err
+    assert not (tmp_path / "tuning").exists()
+
+
 def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

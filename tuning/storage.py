@@ -83,9 +83,7 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
         path = default_journal(study_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if not re.match(r"^[a-z0-9+]+://", url):
-        raise UserError(f"--storage {mask(url)!r}: expected a URL like postgresql://user:pw@host/db or "
-                        "sqlite:///tuning/study.db (or leave it out for the embedded journal file).")
+    check_url(url)
     if url.startswith("sqlite"):
         m = re.match(r"sqlite:///(.+)", url)
         if m:
@@ -96,14 +94,45 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                               heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    except ImportError as e:
-        raise UserError(f"--storage {mask(url)}: a database driver is missing ({e}); for PostgreSQL "
-                        "`pip install 'psycopg[binary]'`.") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = redact(first, url)  # drivers quote the URL they were given
-        raise UserError(f"--storage {mask(url)}: cannot connect ({first}). Check host, port, user, password "
-                        "and that the database exists (createdb). Nothing in the study was changed.") from None
+        raise _cannot_connect(url, e) from None
+
+
+def check_url(url: str) -> None:
+    if not re.match(r"^[a-z0-9+]+://", url):
+        raise UserError(f"--storage {mask(url)!r}: expected a URL like postgresql://user:pw@host/db or "
+                        "sqlite:///tuning/study.db (or leave it out for the embedded journal file).")
+
+
+def _cannot_connect(url: str, e: Exception) -> UserError:
+    if isinstance(e, ImportError):
+        return UserError(f"--storage {mask(url)}: a database driver is missing ({e}); for PostgreSQL "
+                         "`pip install 'psycopg[binary]'`.")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = redact(first, url)  # drivers quote the URL they were given
+    return UserError(f"--storage {mask(url)}: cannot connect ({first}). Check host, port, user, password "
+                     "and that the database exists (createdb). Nothing in the study was changed.")
+
+
+def check_reachable(url: str | None) -> str | None:
+    """``--dry-run``: a database server the study would use, connected to and left as it is (no tables made, no
+    study opened); what was checked, in words, or None for a file (the journal, SQLite), which its folder's
+    check covers."""
+    if url is None or url.startswith("sqlite"):
+        return None
+    check_url(url)
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends, a missing driver
+        raise _cannot_connect(url, e) from None
+    return f"--storage {mask(url)}: reached, and left as it was"
 
 
 def check_parallel_safe(url: str | None, workers: int) -> None:

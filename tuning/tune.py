@@ -164,8 +164,9 @@ def run(args) -> int:
         log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
-    if args.dry_run:  # before the storage: no study is opened, nothing is written
-        return dry_run(args, cfg, prep, fold_ids, space, study_dir)
+    if args.dry_run:  # before the storage is made: no study is opened, nothing is written
+        from tuning.storage import check_reachable
+        return dry_run(args, cfg, prep, fold_ids, space, study_dir, check_reachable(args.storage))
     storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     # The study's "same experiment" key: every learning setting except what the trials vary.
@@ -220,7 +221,7 @@ def run(args) -> int:
     return 0
 
 
-def dry_run(args, cfg, prep, fold_ids, space, study_dir) -> int:
+def dry_run(args, cfg, prep, fold_ids, space, study_dir, storage_note: str | None) -> int:
     """``--dry-run``: the probe and the estimate (``tuning.dry_run``), after every check the study makes."""
     from tuning.dry_run import describe_study, plan_study
     from tuning.objective import Objective
@@ -229,7 +230,7 @@ def dry_run(args, cfg, prep, fold_ids, space, study_dir) -> int:
     extra = {k: len(e.paths) for k in fold_ids if (e := objective.pseudo_images(cfg, k)) is not None}
     plan = plan_study(cfg, prep.ds, prep.folds, fold_ids, space, n_trials=args.n_trials, extra_images=extra,
                       workers=args.study_workers, time_limit=args.time_limit)
-    print(describe_study(plan, study_dir))
+    print(describe_study(plan, study_dir) + (f"\n{storage_note}." if storage_note else ""))
     return 0
 
 
