@@ -105,7 +105,7 @@ def describe_study(plan: dict, study_dir) -> str:
                      f"{duration(shape['trial_minutes'])}")
     if out_of_memory:
         lines.append("narrow the search space (--space) so that no trial draws those, or add --grad-checkpointing; "
-                     "a trial that fails scores nothing and is drawn near again.")
+                     "a trial that fails teaches the sampler nothing, so it goes on drawing there.")
     minutes = [s["trial_minutes"] for s in plan["shapes"] if s["trial_minutes"] is not None]
     if not minutes or not plan["n_trials"]:
         return "\n".join(lines)
