@@ -28,7 +28,8 @@ EPOCH_BEAT_STALE_SECONDS = 2 * 3600
 EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host lives (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
         return True
@@ -81,7 +82,7 @@ class FoldLock:
         return EPOCH_BEAT_STALE_SECONDS if info and "beat" not in info else STALE_SECONDS  # {}: not known
 
     def _is_live(self, info: dict, path: Path) -> bool:
-        if info.get("host") == self.me["host"] and not _alive(int(info.get("pid", -1))):
+        if info.get("host") == self.me["host"] and not alive(int(info.get("pid", -1))):
             return False
         return self._age(path) <= self.stale_after(info)
 

@@ -95,6 +95,39 @@ def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_
     assert retried.state == TrialState.COMPLETE and retried.params == stopped.params
 
 
+def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat_is_stale(demo_source, tmp_path):
+    """A Colab session that ended mid-trial, its study folder resumed in the next (another host): the journal has
+    no heartbeat, and the trial stayed RUNNING for good, its parameters never tried. A worker now holds its
+    trial's lock with the fold lock's heartbeat: a trial of another host whose heartbeat is 11 minutes old is
+    failed and queued again; one that beat a moment ago (a live worker on a shared folder) and one of a worker
+    from before the lock are left as they are."""
+    from optuna.distributions import FloatDistribution
+
+    from tuning.study import TRIAL_LOCK, trial_dir
+
+    assert tune(tmp_path, demo_source, "--study", "c", "--n-trials", "1", "--fold", "0") == 0
+    study = load(tmp_path, "c")
+    trials = tmp_path / "tuning" / "c" / "trials"
+    ended, live, old = (study.ask({"lr": FloatDistribution(1e-5, 1e-2, log=True)}) for _ in range(3))
+    for t, age in ((ended, 11 * 60), (live, 5), (old, None)):
+        t.set_user_attr("host", "colab-vm-gone")
+        t.set_user_attr("pid", 4242)
+        if age is not None:
+            lock = trial_dir(trials, t.number) / TRIAL_LOCK
+            lock.parent.mkdir(parents=True)
+            lock.write_text(json.dumps({"host": "colab-vm-gone", "pid": 4242, "beat": 30}))
+            os.utime(lock, (time.time() - age, time.time() - age))
+    assert tune(tmp_path, demo_source, "--study", "c", "--n-trials", "2", "--fold", "0") == 0
+    by_number = {t.number: t for t in load(tmp_path, "c").trials}
+    assert by_number[ended.number].state == TrialState.FAIL
+    retried = [t for t in by_number.values() if t.user_attrs.get("retry_of") == ended.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params["lr"] == ended.params["lr"]  # (the other parameters it had not drawn yet)
+    assert by_number[live.number].state == by_number[old.number].state == TrialState.RUNNING
+    planted = {trial_dir(trials, t.number) / TRIAL_LOCK for t in (ended, live)}
+    assert set(trials.glob(f"*/{TRIAL_LOCK}")) == planted  # a trial that ends releases its own
+
+
 def test_a_time_limit_stops_a_study_between_epochs_and_keeps_its_summary(demo_source, tmp_path, monkeypatch, capsys):
     """--time-limit: the study stops before an epoch that would not fit; the running trial is queued again,
     best.json is written from the finished trials, and the command exits 75. Each look at the clock is a

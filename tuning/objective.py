@@ -20,12 +20,14 @@ from common.metrics import get_metric
 from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
+from folds.lock import FoldLock
 from folds.loader import num_workers
 from folds.pseudo import fold_pseudo_images
 from folds.split import fold_rows
 from folds.stopping import resolve_monitor, score_column
 from folds.train import train_fold
 from tuning.space import suggest, trial_config
+from tuning.study import TRIAL_LOCK, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,15 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         # Tuning scores the validation fold only: no TTA, no crop OOF, no test predictions.
         cfg = trial_config(self.cfg, params, seed=seed)
-        out = self.trials_dir / f"trial_{trial.number:04d}"
+        out = trial_dir(self.trials_dir, trial.number)
         trial.set_user_attr("dir", str(out))
+        # held while this process trains the trial: a study resumed elsewhere (the next Colab or Kaggle session)
+        # tells a trial of a worker that is gone by its stale heartbeat (study.fail_orphaned_trials)
         column = score_column(resolve_monitor(cfg), cfg.metric)  # the metric on what the folds are stopped on
         key = get_metric(cfg.metric).key
         best, diverged = [], None
+        lock = FoldLock(out / TRIAL_LOCK)
+        lock.acquire()
         try:
             for i, k in enumerate(self.fold_ids):
                 def report(epoch, row, i=i):
@@ -104,11 +110,12 @@ class Objective:
                                              **({"diverged": diverged} if diverged else {})})
             return value
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as
-            # it does for a trial whose worker was killed (study.fail_orphaned_local_trials)
+            # it does for a trial whose worker was killed (study.fail_orphaned_trials)
             trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
             log.warning("trial %d: stopped; its parameters are queued for the study's next run.", trial.number)
             raise
         finally:
+            lock.release()
             if not self.keep:
                 for k in self.fold_ids:
                     for ckpt in (BEST, LAST):

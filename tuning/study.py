@@ -52,26 +52,40 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
     return study
 
 
-def fail_orphaned_local_trials(study) -> int:
-    """Mark RUNNING trials of dead processes on this host as FAIL and re-enqueue their parameters.
+TRIAL_LOCK = "trial.lock"  # in a trial's folder while its worker trains it (a folds.lock.FoldLock: its heartbeat)
 
-    Storages with a heartbeat (RDB) do this themselves; the journal file has none.
+
+def trial_dir(trials_dir, number: int) -> Path:
+    """Where trial ``number`` of a study keeps its folds (``trials_dir``: ``tuning/<study>/trials``)."""
+    return Path(trials_dir) / f"trial_{number:04d}"
+
+
+def fail_orphaned_trials(study, trials_dir) -> int:
+    """Mark RUNNING trials whose worker is gone as FAIL and queue their parameters again.
+
+    A worker holds its trial's lock while it trains (``TRIAL_LOCK``, with the fold lock's host, pid and
+    heartbeat), so a trial is orphaned by the fold lock's own rule: its process gone, on this host, or no
+    heartbeat for ``folds.lock.STALE_SECONDS`` from another (a Colab session that ended; a Kaggle version whose
+    study folder the next one copied back). A trial of a worker from before the lock is judged by its host and
+    pid alone. Storages with a heartbeat (RDB) do this themselves; the journal file has none.
     """
+    from folds.lock import FoldLock, alive
+
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or pid is None or pid == os.getpid():
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if pid is None or (where == host and pid == os.getpid()):
             continue
-        try:
-            os.kill(int(pid), 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
+        if lock.path.exists():
+            if lock.holder() is not None:
+                continue
+        elif where != host or alive(int(pid)):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log.warning("trial %d: its worker (pid %s) is gone; marked FAIL and queued again.", t.number, pid)
+        log.warning("trial %d: its worker (host %s, pid %s) is gone; marked FAIL and queued again.", t.number,
+                    where, pid)
         n += 1
     return n
 

@@ -141,7 +141,7 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (fail_orphaned_local_trials, make_pruner, open_study, save_plots,
+    from tuning.study import (fail_orphaned_trials, make_pruner, open_study, save_plots,
                               summary, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
@@ -192,7 +192,7 @@ def run(args) -> int:
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         if not has_heartbeat(storage):
-            fail_orphaned_local_trials(study)
+            fail_orphaned_trials(study, study_dir / "trials")
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if left > 0:
