@@ -128,6 +128,19 @@ def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat
     assert set(trials.glob(f"*/{TRIAL_LOCK}")) == planted  # a trial that ends releases its own
 
 
+def test_a_resumed_study_draws_new_parameters_not_its_first_sessions_again(demo_source, tmp_path):
+    """Each session of a study (the next Colab or Kaggle session, a rerun that tops it up) seeded its sampler as
+    the first did, and so drew the first session's parameters again: trials already trained. Each session is
+    still reproducible."""
+    short = ["--fold", "0", "--pruner", "none", "--epochs", "1"]
+    for n in (1, 2, 3):
+        assert tune(tmp_path, demo_source, "--study", "r", "--n-trials", str(n), *short) == 0
+    params = [tuple(sorted(t.params.items())) for t in load(tmp_path, "r").trials]
+    assert len(params) == 3 and len(set(params)) == 3, params
+    assert tune(tmp_path / "again", demo_source, "--study", "r", "--n-trials", "1", *short) == 0
+    assert load(tmp_path / "again", "r").trials[0].params == load(tmp_path, "r").trials[0].params
+
+
 def test_a_time_limit_stops_a_study_between_epochs_and_keeps_its_summary(demo_source, tmp_path, monkeypatch, capsys):
     """--time-limit: the study stops before an epoch that would not fit; the running trial is queued again,
     best.json is written from the finished trials, and the command exits 75. Each look at the clock is a

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -31,8 +32,7 @@ def make_pruner(name: str, max_steps: int):
 
 def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int):
     """Load ``name`` (or create it); a study made with another space or setup is refused, untouched."""
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(seed, 0), pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     if "search_space" not in study.user_attrs:
         # the setup first: "search_space" marks a whole identity, so a worker that opens the study a moment
@@ -49,7 +49,18 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
     if diff:
         raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
                         "not be comparable. Use a new --study name. Nothing in the study was changed.")
+    # A study resumed (the next Colab or Kaggle session, a rerun to top it up) draws on from where it is: a sampler
+    # of the first session's seed would draw that session's first parameters again, trials already trained.
+    study.sampler = make_sampler(seed, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def make_sampler(seed: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    """TPE seeded by ``seed`` in a new study, by (``seed``, ``trials_so_far``) in one resumed: each session of a
+    study is reproducible, and none repeats another's draws."""
+    if trials_so_far:
+        seed = int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
 
 
 TRIAL_LOCK = "trial.lock"  # in a trial's folder while its worker trains it (a folds.lock.FoldLock: its heartbeat)

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer)")
     g.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; a trial silent "
                    "for twice this is marked FAIL and retried (default: 30)")
-    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0); a resumed "
+                   "study mixes in its number of trials so far, so a session never redraws another's parameters")
     g.add_argument("--tuning-dir", default="tuning", help="where study folders live (default: tuning)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's .pt files")
     g.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop before an epoch that would not end "
