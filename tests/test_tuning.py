@@ -95,7 +95,8 @@ def test_a_stopped_trial_is_tried_again_by_the_studys_next_run(demo_source, tmp_
     assert retried.state == TrialState.COMPLETE and retried.params == stopped.params
 
 
-def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat_is_stale(demo_source, tmp_path):
+def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat_is_stale(demo_source, tmp_path,
+                                                                                           monkeypatch):
     """A Colab session that ended mid-trial, its study folder resumed in the next (another host): the journal has
     no heartbeat, and the trial stayed RUNNING for good, its parameters never tried. A worker now holds its
     trial's lock with the fold lock's heartbeat: a trial of another host whose heartbeat is 11 minutes old is
@@ -126,6 +127,22 @@ def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat
     assert by_number[live.number].state == by_number[old.number].state == TrialState.RUNNING
     planted = {trial_dir(trials, t.number) / TRIAL_LOCK for t in (ended, live)}
     assert set(trials.glob(f"*/{TRIAL_LOCK}")) == planted  # a trial that ends releases its own
+    # a lock copied with the study's folder (cp -r) looks fresh: it goes stale during the session, and the check
+    # after each trial finds it then
+    import tuning.objective
+
+    real = tuning.objective.train_fold
+
+    def train_and_age(*args, **kwargs):
+        os.utime(trial_dir(trials, live.number) / TRIAL_LOCK, (time.time() - 660, time.time() - 660))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning.objective, "train_fold", train_and_age)
+    assert tune(tmp_path, demo_source, "--study", "c", "--n-trials", "4", "--fold", "0") == 0
+    trials_now = load(tmp_path, "c").trials
+    assert trials_now[live.number].state == TrialState.FAIL
+    retried = [t.state for t in trials_now if t.user_attrs.get("retry_of") == live.number]
+    assert len(retried) == 1 and retried[0] in (TrialState.COMPLETE, TrialState.PRUNED), retried  # trained again
 
 
 def test_a_resumed_study_draws_new_parameters_not_its_first_sessions_again(demo_source, tmp_path):

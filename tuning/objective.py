@@ -73,11 +73,11 @@ class Objective:
         cfg = trial_config(self.cfg, params, seed=seed)
         out = trial_dir(self.trials_dir, trial.number)
         trial.set_user_attr("dir", str(out))
-        # held while this process trains the trial: a study resumed elsewhere (the next Colab or Kaggle session)
-        # tells a trial of a worker that is gone by its stale heartbeat (study.fail_orphaned_trials)
         column = score_column(resolve_monitor(cfg), cfg.metric)  # the metric on what the folds are stopped on
         key = get_metric(cfg.metric).key
         best, diverged = [], None
+        # held while this process trains the trial: a study resumed elsewhere (the next Colab or Kaggle session)
+        # tells a trial of a worker that is gone by its stale heartbeat (study.fail_orphaned_trials)
         lock = FoldLock(out / TRIAL_LOCK)
         lock.acquire()
         try:

@@ -192,16 +192,20 @@ def run(args) -> int:
             log.warning("worker exit codes: %s (%s)", codes,
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
-        if not has_heartbeat(storage):
-            fail_orphaned_trials(study, study_dir / "trials")
+        trials_dir = study_dir / "trials"
+        # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and after
+        # each trial (a lock copied with the study's folder looks fresh until 10 minutes without a beat)
+        watch = [] if has_heartbeat(storage) else [lambda study, _trial: fail_orphaned_trials(study, trials_dir)]
+        for orphans in watch:
+            orphans(study, None)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if left > 0:
-            objective = Objective(cfg, ds, prep.folds, fold_ids, space, study_dir / "trials", args.keep_checkpoints,
+            objective = Objective(cfg, ds, prep.folds, fold_ids, space, trials_dir, args.keep_checkpoints,
                                   deadline=args.deadline)
             try:
                 study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
+                               callbacks=[*watch, optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
             except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
                 time_up = e
     if args.worker_index is not None:
