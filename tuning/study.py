@@ -93,8 +93,17 @@ def fail_orphaned_trials(study, trials_dir) -> int:
                 continue
         elif where != host or alive(int(pid)):
             continue
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        # two workers of one study may find it at once: the one that takes its lock (a stale lock is broken by one
+        # process only) retries it, if it is still running once the lock is this worker's
+        if not lock.acquire():
+            continue
+        try:
+            if t.number not in {r.number for r in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}:
+                continue
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        finally:
+            lock.release()
         log.warning("trial %d: its worker (host %s, pid %s) is gone; marked FAIL and queued again.", t.number,
                     where, pid)
         n += 1
