@@ -284,8 +284,9 @@ def bench_epochs(args) -> dict:
             "suite_img_s": round(suite, 1), "ceiling_img_s": round(ceiling, 1),
             "of_ceiling": round(suite / ceiling, 3), "first_epoch_s": round(times[0], 2),
             "steady_epoch_s": round(steady, 2), "first_vs_steady": round(times[0] / steady, 2),
-            "first_epoch_loader_wait_s": round(waits[0], 2), "first_batch_s": round(first_batch, 2),
-            "first_step_s": round(first_step, 2), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            # (to 0.1 ms: a tiny first batch on the CPU took under 5 ms, which two decimals recorded as 0)
+            "first_epoch_loader_wait_s": round(waits[0], 4), "first_batch_s": round(first_batch, 4),
+            "first_step_s": round(first_step, 4), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "steady_loader_wait_share": round(float(np.median(waits[1:])) / steady, 3),
             "epochs": args.epochs, "compile": args.compile, "affine": args.affine,
             "grad_checkpointing": args.grad_checkpointing,  # and what it saves: the training's peak GPU memory
