@@ -195,9 +195,9 @@ def run(args) -> int:
         trials_dir = study_dir / "trials"
         # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and after
         # each trial (a lock copied with the study's folder looks fresh until 10 minutes without a beat)
-        watch = [] if has_heartbeat(storage) else [lambda study, _trial: fail_orphaned_trials(study, trials_dir)]
-        for orphans in watch:
-            orphans(study, None)
+        watch = [] if has_heartbeat(storage) else [lambda study, _trial=None: fail_orphaned_trials(study, trials_dir)]
+        for look_for_orphans in watch:
+            look_for_orphans(study)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if left > 0:
