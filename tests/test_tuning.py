@@ -273,10 +273,17 @@ def test_a_dry_run_times_a_trial_and_the_heaviest_the_space_can_draw_and_writes_
     assert tune(tmp_path, demo_source, *args, "--dry-run") == 0
     assert "--batch-size 8 ran out of GPU memory; it fits with --batch-size 4 --grad-accum-steps 2" in \
         capsys.readouterr().out
-    # an existing study: its folder and its trials as they were
+    # an existing study (the next session's): read, its folder and its trials as they were; its finished trials
+    # count towards --n-trials, and a setup the study would refuse is refused here, not after the probe
     before = _files(demo_study / "tuning" / "s")
     assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "9", "--dry-run") == 0
-    assert "no study was opened" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "5 of its trials are finished" in out and "--n-trials 9: the 4 trial(s) it leaves after the study's 5 " \
+        "finished, about" in out, out
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "5", "--dry-run") == 0
+    assert "the command trains none and only summarises it" in capsys.readouterr().out
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "9", "--dry-run", "--epochs", "2") == 2
+    assert "was created for another training setup ({'epochs': (3, 2)})" in capsys.readouterr().err
     assert _files(demo_study / "tuning" / "s") == before
     assert tune(tmp_path, demo_source, *args, "--dry-run", "--ray", "local") == 2
     assert "--dry-run: Ray's workers train on the cluster's nodes" in capsys.readouterr().err
@@ -295,6 +302,14 @@ def test_a_dry_run_reaches_the_database_and_leaves_it_as_it_was(demo_source, tmp
     err = capsys.readouterr().err
     assert "cannot connect" in err and "secret" not in err and "user:***@" in err, err
     assert not (tmp_path / "tuning").exists()
+    # the study there (a trial run by another machine): read and counted, not written to
+    assert tune(tmp_path, demo_source, "--study", name, "--n-trials", "1", "--fold", "0", "--storage", PG_URL) == 0
+    capsys.readouterr()
+    trials = optuna.load_study(study_name=name, storage=PG_URL).get_trials()
+    assert tune(tmp_path, demo_source, "--study", name, "--n-trials", "3", "--fold", "0", "--storage", PG_URL,
+                "--dry-run") == 0
+    assert "1 of its trials are finished" in capsys.readouterr().out
+    assert optuna.load_study(study_name=name, storage=PG_URL).get_trials() == trials
 
 
 def _files(folder):

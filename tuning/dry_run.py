@@ -1,5 +1,6 @@
 """``tuning/tune.py --dry-run``: every check a study makes, then a short probe of a trial's real training, timed,
-and how long the trials asked for would take. No study is opened and nothing is written to its folder.
+and how long the trials asked for would take. Nothing is written: a study already there (the next session's) is
+read, to check its space and setup as the study would and to count the trials it has towards ``--n-trials``.
 
 A study is many runs: on a Kaggle version's 12 hours, whether 20 trials of 5 epochs on fold 0 fit is worth knowing
 before the first one starts. The probe is ``folds.dry_run``'s (the fold's own ``train_fold`` on a sample of its
@@ -49,12 +50,15 @@ def _options(params: dict) -> str:
 
 
 def plan_study(cfg, ds: Dataset, folds: pd.DataFrame, fold_ids: list, space: dict, *, n_trials: int,
-               extra_images: dict | None = None, workers: int = 1, time_limit: float | None = None) -> dict:
+               finished: int = 0, extra_images: dict | None = None, workers: int = 1,
+               time_limit: float | None = None) -> dict:
     """What a trial trains (``fold_ids``, ``cfg.epochs`` each, ``extra_images[k]`` pseudo-labelled images besides
     fold ``k``'s paintings), probed on the first fold with the recipe's settings, where a lighter batch is found
-    if it does not fit, and with each of ``heaviest_trials``, which must fit as drawn; each one's trial minutes."""
+    if it does not fit, and with each of ``heaviest_trials``, which must fit as drawn; each one's trial minutes.
+    ``finished``: the trials the study has already, which count towards ``n_trials``."""
     runner, k0 = _Folds(ds, folds), fold_ids[0]
-    plan = {"folds": list(fold_ids), "n_trials": n_trials, "workers": workers, "time_limit": time_limit,
+    plan = {"folds": list(fold_ids), "n_trials": n_trials, "finished": finished, "left": max(0, n_trials - finished),
+            "workers": workers, "time_limit": time_limit,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "pseudo_images": dict(extra_images or {}),
             "shapes": []}
     for params in [{}, *heaviest_trials(space)]:
@@ -79,7 +83,9 @@ def plan_study(cfg, ds: Dataset, folds: pd.DataFrame, fold_ids: list, space: dic
 def describe_study(plan: dict, study_dir) -> str:
     """What the study's dry run found, in lines a person reads."""
     folds = ",".join(map(str, plan["folds"]))
-    lines = [f"dry run of the study in {study_dir}: no study was opened and nothing was written."]
+    lines = [f"dry run of the study in {study_dir}: nothing was written"
+             + (f"; the study is there, its space and setup are this command's, {plan['finished']} of its trials "
+                "are finished." if plan["finished"] else ".")]
     base = plan["shapes"][0]["probe"]
     lines.append(f"measured on {base['device']}: fold {base['fold']}'s training for {base['epochs']} epoch(s) on "
                  f"{base['train_sample']:,} of its paintings (validating {base['val_sample']:,}); a trial trains "
@@ -107,19 +113,23 @@ def describe_study(plan: dict, study_dir) -> str:
         lines.append("narrow the search space (--space) so that no trial draws those, or add --grad-checkpointing; "
                      "a trial that fails teaches the sampler nothing, so it goes on drawing there.")
     minutes = [s["trial_minutes"] for s in plan["shapes"] if s["trial_minutes"] is not None]
-    if not minutes or not plan["n_trials"]:
+    n = plan["left"]  # --n-trials is the study's total: its finished trials count towards it
+    if plan["n_trials"] and not n:
+        lines.append(f"--n-trials {plan['n_trials']}: the study has {plan['finished']} finished trials already; the "
+                     "command trains none and only summarises it. Raise --n-trials to go on.")
+    if not minutes or not n:
         return "\n".join(lines)
     low, high = minutes[0], max(minutes)
     span = (lambda f: duration(f(low)) if high <= low * 1.05 else f"{duration(f(low))} to {duration(f(high))}")
-    lines.append(f"--n-trials {plan['n_trials']}: about {span(lambda m: m * plan['n_trials'])} in this process, at "
-                 "most: the pruner stops poor trials sooner, and the study's finished trials count towards "
-                 "--n-trials.")
+    todo = f"the {n} trial(s) it leaves after the study's {plan['finished']} finished, " if plan["finished"] else ""
+    lines.append(f"--n-trials {plan['n_trials']}: {todo}about {span(lambda m: m * n)} in this process, at most: "
+                 "the pruner stops poor trials sooner.")
     if plan["workers"] > 1:
         lines.append(f"--workers {plan['workers']}: {plan['workers']} trials at once; on as many GPUs, about "
-                     f"{span(lambda m: m * plan['n_trials'] / plan['workers'])}. Workers that share a device share "
+                     f"{span(lambda m: m * n / plan['workers'])}. Workers that share a device share "
                      "its speed, which this estimate does not measure.")
     if plan["time_limit"] is not None:
-        limit, n = plan["time_limit"], plan["n_trials"]
+        limit = plan["time_limit"]
         lines.append(f"--time-limit {limit:g}: " + (
             "it fits." if high * n <= limit else
             f"about {min(n, int(limit // low))} trial(s) fit in this process at the recipe's settings"

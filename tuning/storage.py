@@ -135,6 +135,33 @@ def check_reachable(url: str | None) -> str | None:
     return f"--storage {mask(url)}: reached, and left as it was"
 
 
+def existing_storage(url: str | None, study_dir: Path):
+    """The storage ``make_storage`` would open, where a study may already be in it; None where none can be.
+
+    Nothing is written (``--dry-run``): a journal file that is not there is not made, and a database without
+    Optuna's tables gets none (Optuna writes its version rows only where they are missing)."""
+    if url is None:
+        path = default_journal(study_dir)
+        return JournalStorage(JournalFileBackend(str(path))) if path.is_file() else None
+    check_url(url)
+    m = re.match(r"sqlite:///(.+)", url)
+    if url.startswith("sqlite") and not (m and Path(m.group(1)).is_file()):
+        return None
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        if not {"studies", "version_info", "alembic_version"} <= tables:
+            return None
+        return RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends, a missing driver
+        raise _cannot_connect(url, e) from None
+
+
 def check_parallel_safe(url: str | None, workers: int) -> None:
     """SQLite locks the whole file and corrupts or stalls under concurrent writers."""
     if workers > 1 and url and url.startswith("sqlite"):

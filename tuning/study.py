@@ -16,6 +16,7 @@ from tuning.space import fingerprint
 from tuning.storage import mask
 
 log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials --n-trials counts: a failed one is tried again
 # The one registry of --pruner names: name -> factory(max_steps).
 PRUNERS = {
     "median": lambda max_steps: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -39,7 +40,16 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
         # later never reads it without its setup (it did, and refused a study made for its own setup)
         study.set_user_attr("setup", setup)
         study.set_user_attr("search_space", fingerprint(space))
-    attrs = study.user_attrs  # read back: a worker that created it at the same moment may have written its own
+    check_identity(study, space, setup)  # read back: a worker that created it at once may have written its own
+    # A study resumed (the next Colab or Kaggle session, a rerun to top it up) draws on from where it is: a sampler
+    # of the first session's seed would draw that session's first parameters again, trials already trained.
+    study.sampler = make_sampler(seed, len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def check_identity(study, space: dict, setup: dict) -> None:
+    """Refuse a study made with another search space or training setup: its trials' values would not compare."""
+    name, attrs = study.study_name, study.user_attrs
     if attrs["search_space"] != fingerprint(space):
         raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
                         f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
@@ -49,10 +59,17 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
     if diff:
         raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
                         "not be comparable. Use a new --study name. Nothing in the study was changed.")
-    # A study resumed (the next Colab or Kaggle session, a rerun to top it up) draws on from where it is: a sampler
-    # of the first session's seed would draw that session's first parameters again, trials already trained.
-    study.sampler = make_sampler(seed, len(study.get_trials(deepcopy=False)))
-    return study
+
+
+def find_study(name: str, storage):
+    """The study ``name`` in ``storage`` (``tuning.storage.existing_storage``), loaded without a write; None where
+    it is not there."""
+    if storage is None:
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
 
 
 def make_sampler(seed: int, trials_so_far: int) -> optuna.samplers.BaseSampler:

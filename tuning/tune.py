@@ -28,7 +28,7 @@ from common.interrupt import TimeUp  # noqa: E402
 from common.cli import check_at_least, entry_point, log_to_stdout  # noqa: E402
 from folds.cli import add_legacy_folds, add_training_options, cli_overrides, legacy_folds, strip_options  # noqa: E402,E501
 from folds.config import parse_fold_spec, resolve_config  # noqa: E402
-from tuning.study import PRUNERS  # noqa: E402
+from tuning.study import FINISHED, PRUNERS  # noqa: E402
 
 log = logging.getLogger("tuning")
 
@@ -165,14 +165,13 @@ def run(args) -> int:
         log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
-    if args.dry_run:  # before the storage is made: no study is opened, nothing is written
-        from tuning.storage import check_reachable
-        return dry_run(args, cfg, prep, fold_ids, space, study_dir, check_reachable(args.storage))
-    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
-    save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     # The study's "same experiment" key: every learning setting except what the trials vary.
     setup = {**learning_settings(cfg, exclude={*space, "seed"}), "folds": fold_ids, "split_hash": prep.split_hash,
              "data_hash": ds.data_hash()}
+    if args.dry_run:  # before the storage is made: nothing is written
+        return dry_run(args, cfg, prep, fold_ids, space, setup, study_dir)
+    storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
+    save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     seed = args.sampler_seed + (args.worker_index or 0)
     study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
     time_up = None  # --time-limit reached: raised once the summary and best.json are written
@@ -198,14 +197,13 @@ def run(args) -> int:
         watch = [] if has_heartbeat(storage) else [lambda study, _trial=None: fail_orphaned_trials(study, trials_dir)]
         for look_for_orphans in watch:
             look_for_orphans(study)
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        left = args.n_trials - len(study.get_trials(deepcopy=False, states=finished))
+        left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
         if left > 0:
             objective = Objective(cfg, ds, prep.folds, fold_ids, space, trials_dir, args.keep_checkpoints,
                                   deadline=args.deadline)
             try:
                 study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[*watch, optuna.study.MaxTrialsCallback(args.n_trials, states=finished)])
+                               callbacks=[*watch, optuna.study.MaxTrialsCallback(args.n_trials, states=FINISHED)])
             except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
                 time_up = e
     if args.worker_index is not None:
@@ -226,15 +224,24 @@ def run(args) -> int:
     return 0
 
 
-def dry_run(args, cfg, prep, fold_ids, space, study_dir, storage_note: str | None) -> int:
-    """``--dry-run``: the probe and the estimate (``tuning.dry_run``), after every check the study makes."""
+def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir) -> int:
+    """``--dry-run``: the probe and the estimate (``tuning.dry_run``), after every check the study makes: the
+    storage reached and, where the study is there already (the next session of a study), read and not opened for
+    writing, its space and setup compared with this command's and its finished trials counted."""
     from tuning.dry_run import describe_study, plan_study
     from tuning.objective import Objective
+    from tuning.storage import check_reachable, existing_storage
+    from tuning.study import check_identity, find_study
 
+    storage_note = check_reachable(args.storage)
+    study = find_study(args.study, existing_storage(args.storage, study_dir))
+    if study is not None and "search_space" in study.user_attrs:  # else its first worker stopped before it was set
+        check_identity(study, space, setup)
+    finished = 0 if study is None else len(study.get_trials(deepcopy=False, states=FINISHED))
     objective = Objective(cfg, prep.ds, prep.folds, fold_ids, space, study_dir / "trials")
     extra = {k: len(e.paths) for k in fold_ids if (e := objective.pseudo_images(cfg, k)) is not None}
-    plan = plan_study(cfg, prep.ds, prep.folds, fold_ids, space, n_trials=args.n_trials, extra_images=extra,
-                      workers=args.study_workers, time_limit=args.time_limit)
+    plan = plan_study(cfg, prep.ds, prep.folds, fold_ids, space, n_trials=args.n_trials, finished=finished,
+                      extra_images=extra, workers=args.study_workers, time_limit=args.time_limit)
     print(describe_study(plan, study_dir) + (f"\n{storage_note}." if storage_note else ""))
     return 0
 
