@@ -42,6 +42,7 @@ from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
+from folds.stopping import best_of, chosen_on_crops  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
@@ -267,8 +268,9 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
                      "(for reporting only)")
     if report:
         nan = float("nan")
-        run_rows = [{"run": r.name, "fold": k, "val": d.get("best_" + m.key, nan),
-                     "oof": d.get("oof", {}).get(m.key, nan), "crop": d.get("crop_oof", {}).get(m.key, nan)}
+        run_rows = [{"run": r.name, "fold": k, "val": best_of(d, m.key),
+                     "on": "crops" if chosen_on_crops(d) else "whole", "oof": d.get("oof", {}).get(m.key, nan),
+                     "crop": d.get("crop_oof", {}).get(m.key, nan)}
                     for r in runs for k, d in r.fold_scores.items()]
         train_csv = data_dir / TRAIN_CSV
         train = read_csv(train_csv, TRAIN_COLUMNS, names=names) if train_csv.is_file() else None

@@ -133,10 +133,11 @@ def write_report(csv_path: Path, *, table: list[dict], chosen: str, run_rows: li
         lines.append(f"| {r['method']}{' (chosen)' if r['method'] == chosen else ''} | "
                      + " | ".join(f"{r[m.key]:.4f}" for m in shown) + f" | {r.get('note', '')} |")
     lines += ["", "## Runs and folds", "",
-              f"| run | fold | val {lead.label} | OOF {lead.label} | crop-OOF {lead.label} |",
-              "| --- | --- | --- | --- | --- |"]
-    for r in run_rows:
-        lines.append(f"| {r['run']} | {r['fold']} | {r['val']:.4f} | {r['oof']:.4f} | {r['crop']:.4f} |")
+              f"| run | fold | val {lead.label} | validated on | OOF {lead.label} | crop-OOF {lead.label} |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in run_rows:  # val: the best epoch's, on the paintings its monitor chose it on
+        lines.append(f"| {r['run']} | {r['fold']} | {r['val']:.4f} | {r.get('on', '')} | {r['oof']:.4f} | "
+                     f"{r['crop']:.4f} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]
     for title, name in figs.items():
         lines += [f"## {title}", "", f"![{title}]({fig_dir.name}/{name})", ""]

@@ -35,6 +35,18 @@ def score_column(monitor: str, metric: str | None) -> str:
     return f"{VIEWS[view]}{get_metric(metric).key}"
 
 
+def chosen_on_crops(done: dict) -> bool:
+    """Whether a finished fold's best epoch was chosen on the validation crops (its ``done.json``'s monitor)."""
+    return str(done.get("monitor") or "").startswith(CROP)
+
+
+def best_of(done: dict, key: str) -> float:
+    """A finished fold's best-epoch ``key`` (a metric's key, or ``loss``) in its ``done.json``, on the paintings its
+    monitor chose that epoch on: the validation crops' or the whole paintings' (both are saved)."""
+    view = VIEWS[CROP if chosen_on_crops(done) else ""].removeprefix("val_")
+    return done.get(f"best_{view}{key}", float("nan"))
+
+
 def resolve_monitor(cfg) -> str:
     """``--monitor``, or its default: the competition metric (``--metric``), on the validation crops when the
     model is trained for crops."""

@@ -83,6 +83,8 @@ def test_report_has_real_plots(two_runs):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"rep_report/{png}" in md
     assert re.search(r"\| stack\+offsets(\+neighbours)? \(chosen\) \|", md) and "| s1 | 4 |" in md
+    done = json.loads((two_runs / "runs" / "s1" / "fold_4" / "done.json").read_text())  # chosen on the crops
+    assert done["monitor"] == "crop-f1" and f"| s1 | 4 | {done['best_crop_f1']:.4f} | crops |" in md, md
     assert "| method | crop-OOF macro-F1 | crop-OOF accuracy | crop-OOF neg. log loss | note |" in md
     # the most confident mistakes, for finding mislabelled paintings: one row a painting, wrong, most sure first
     errors = pd.read_csv(two_runs / "subs" / "rep_report" / "oof_errors.csv", dtype={"id": str})

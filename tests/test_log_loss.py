@@ -146,7 +146,7 @@ def test_a_task_scored_by_log_loss_submits_a_probability_per_class(demo_dir, tmp
     assert np.allclose(history["val_crop_neg_log_loss"], -history["val_crop_loss"])  # the one log loss
     scores = json.loads((run / "scores.json").read_text())
     assert f"crop-OOF neg. log loss {scores['oof_crops']['neg_log_loss']:.4f}" in out
-    assert "val -log loss" in out and "val loss" not in out  # the fold table shows the log loss once
+    assert "val-crop -log loss" in out and "val-crop loss" not in out  # the fold table shows the log loss once
     sample = pd.read_csv(demo_dir / "sample_submission.csv", dtype=str, keep_default_na=False)
     sub = pd.read_csv(tmp_path / "subs" / "t_folds-mean.csv", dtype={"id": str}, keep_default_na=False)
     assert list(sub.columns) == ["id", *order] and list(sub["id"]) == list(sample["id"])

@@ -210,7 +210,7 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     out = capsys.readouterr().out
     assert "complete" in out and "pruned" in out and "failed" in out
     # the value is the validation crops' F1 (the demo trains for crops): it said "val macro-F1", which a user
-    # read against the run table's whole-painting "val F1"
+    # read as the whole paintings' F1 (the run table's "val-crop F1" is this one)
     assert "best value (validation-crop macro-F1, mean over folds) " in out, out
     # the printed command trains in a folder of its own: under the default name (model and seed) it met a default
     # run trained before the study, which refused it as "made with other settings"
