@@ -68,6 +68,7 @@ def finish_run(runner, result: dict) -> str:
     """The run's submission, the fold mean through the ensemble's own build, and a summary line."""
     from common.metrics import get_metric
     from ensemble.build import build, format_table
+    from ensemble.runs import OOF_NAMES
 
     cfg = runner.cfg
     sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv")
@@ -76,6 +77,9 @@ def finish_run(runner, result: dict) -> str:
     line = f"OOF {m.label} {result['oof'][m.key]:.4f}"
     if "oof_crops" in result:
         line += f" | crop-OOF {m.label} {result['oof_crops'][m.key]:.4f}"
+    chosen = next((r for r in sub["table"] if r["method"] == sub["chosen"]), None)
+    if chosen is not None and sub["chosen"] != "mean":  # offsets or smoothing over the fold mean: the test is theirs
+        line += f" | the submission ({sub['chosen']}): {OOF_NAMES[sub['oof']]} {m.label} {chosen[m.key]:.4f}"
     if f"test_{m.key}" in sub:
         line += f" | test {m.label} {sub['test_' + m.key]:.4f} (scored with test_labels.csv, for reporting only)"
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"

@@ -68,6 +68,31 @@ def test_the_fold_table_shows_the_score_each_best_epoch_was_chosen_on(finished_r
     assert summary_table(whole).splitlines()[2].split()[2] == f"{dones[0]['best_f1']:.4f}"
 
 
+def test_the_runs_last_line_gives_the_submissions_own_cv_beside_its_test_score(tmp_path, monkeypatch):
+    """Where the build chooses offsets (or smoothing) over the plain fold mean, the test score printed is the
+    submission's: it stood beside the plain mean's crop-OOF alone (0.198 beside a test 0.281, whose method
+    scored 0.253 on the same OOF), which read as a CV far below the leaderboard."""
+    from types import SimpleNamespace
+
+    import ensemble.build
+    from folds.run import finish_run
+
+    table = [{"method": "mean", "f1": 0.1983}, {"method": "mean+offsets", "f1": 0.2533}]
+    sub = {"table": table, "chosen": "mean+offsets", "oof": "crops", "metric": "macro_f1", "test_f1": 0.2813,
+           "out": tmp_path / "s.csv", "report": None}
+    monkeypatch.setattr(ensemble.build, "build", lambda *a, **k: sub)
+    monkeypatch.setattr(ensemble.build, "format_table", lambda *a, **k: "the method table")
+    runner = SimpleNamespace(cfg=SimpleNamespace(submissions_dir=tmp_path, name="b", metric="macro_f1"),
+                             run_dir=tmp_path / "b")
+    result = {"oof": {"f1": 0.1717}, "oof_crops": {"f1": 0.1983}}
+    assert finish_run(runner, result).splitlines()[0] == (
+        "OOF macro-F1 0.1717 | crop-OOF macro-F1 0.1983 | the submission (mean+offsets): crop-OOF macro-F1 0.2533 | "
+        "test macro-F1 0.2813 (scored with test_labels.csv, for reporting only)")
+    sub["chosen"] = "mean"  # the fold mean itself: its scores are the run's
+    assert finish_run(runner, result).splitlines()[0].startswith("OOF macro-F1 0.1717 | crop-OOF macro-F1 0.1983 | "
+                                                                 "test macro-F1 0.2813")
+
+
 def test_oof_covers_every_train_id_once(finished_run, demo_source):
     run, _ = finished_run
     train = pd.read_csv(demo_source / "train.csv", dtype=str)
