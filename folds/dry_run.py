@@ -203,10 +203,11 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     """What each of ``folds`` that would train has to do, checked first as the run checks it; then the probe, on
     the first of them (fold 0 for the full-data model, which validates nothing), and each one's minutes."""
     cfg = runner.cfg
-    training = [k for k in folds if runner.trains(k)]
+    held = {k: holder for k in folds if runner.trains(k) and (holder := runner.holder(k)) is not None}
+    training = [k for k in folds if runner.trains(k) and k not in held]
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
-            "batch_size": cfg.batch_size,
-            "processes": processes, "fold_minutes": {}, "folds_detail": {}}
+            "batch_size": cfg.batch_size, "processes": processes, "fold_minutes": {}, "folds_detail": {},
+            "held": {k: runner.held_note(k, holder, "the run would skip it here") for k, holder in held.items()}}
     work = {}
     for k in training:
         runner.check_not_interrupted(k)
@@ -237,9 +238,12 @@ def duration(minutes: float) -> str:
 def describe(plan: dict) -> str:
     """What the dry run found, in lines a person reads."""
     lines = [f"dry run of {plan['run_dir']}: nothing was written there or to the submissions."]
+    lines += plan.get("held", {}).values()  # a lock copied with its run folder looks alive until it misses its beats
     if not plan["training"]:
-        return "\n".join(lines + [f"folds {','.join(map(str, plan['folds']))} are finished: nothing to train "
-                                  "(--force retrains them)."])
+        others = [k for k in plan["folds"] if k not in plan.get("held", {})]
+        finished = f"fold {others[0]} is" if len(others) == 1 else f"folds {','.join(map(str, others))} are"
+        return "\n".join(lines + ([f"{finished} finished: nothing to train (--force retrains them)."]
+                                  if others else []))
     p = plan["probe"]
     memory = (f"; peak GPU memory {p['peak_memory'] / 2 ** 30:.1f} of {p['memory'] / 2 ** 30:.1f} GiB"
               if p["peak_memory"] is not None else "")

@@ -108,6 +108,19 @@ class FoldRunner:
         """Whether ``run_fold(k)`` trains the fold (unless another process holds it): not finished, or --force."""
         return self.force or not self.is_done(k)
 
+    def holder(self, k) -> dict | None:
+        """The live process that holds fold ``k``'s lock (another one: a run skips the fold), or None."""
+        return FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner).holder()
+
+    def held_note(self, k, holder: dict, doing: str) -> str:
+        """Who holds fold ``k`` (``holder``, its lock's; {} where it let go this instant), what this process is
+        ``doing`` about it, and how the fold is taken over where that process is gone."""
+        path = self.fold_dir(k) / layout.LOCK
+        return (f"fold {k} is being trained by {FoldLock(path).describe(holder) if holder else 'another process'}; "
+                f"{doing}. If that process is gone (its machine, or a Colab or Kaggle session, ended), a rerun with "
+                f"--resume takes the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or "
+                f"delete {path} now).")
+
     # -- one fold (or the full-data model) -----------------------------------------------
     def run_fold(self, k, epochs: int | None = None) -> dict | None:
         """Train and predict fold ``k`` (or ``FULL``); None when another process holds it."""
@@ -119,11 +132,7 @@ class FoldRunner:
         # once more where the holder let go while this process looked (it may have just finished the fold: the
         # look under the lock skips it then)
         if not distributed.agree((lock.acquire() or (lock.holder() is None and lock.acquire())) if lock else None):
-            holder = (lock.holder() if lock else None) or {}
-            log.info("fold %s is being trained by %s; skipping it here. If that process is gone (its machine, or a "
-                     "Colab or Kaggle session, ended), a rerun with --resume takes the fold over %d min after its last "
-                     "heartbeat (or delete %s now).", k, lock.describe(holder) if holder else "another process",
-                     FoldLock.stale_after(holder) // 60, d / layout.LOCK)
+            log.info("%s", self.held_note(k, (lock.holder() if lock else None) or {}, "skipping it here"))
             return None
         try:
             # Asked again under the lock: another process may have finished the fold (and released its lock)

@@ -987,6 +987,14 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
     assert "it does not fit" in out and "--resume goes on" in out, out
     assert main(args + ["--dry-run", "--fold", "1"]) == 0
     assert "nothing to train" in capsys.readouterr().out and plans[-1]["training"] == []
+    # a fold another machine holds (a lock copied with the run folder looks alive until it misses its beats): the
+    # run would skip it, and the dry run says so, with the run's own line, rather than time it
+    (run / "fold_0" / "lock").write_text(json.dumps({"host": "last-kaggle-version", "pid": 7, "beat": 30}))
+    assert main(args + ["--dry-run", "--resume", "--fold", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert plans[-1]["training"] == [] and "fold 0 is being trained by host last-kaggle-version, pid 7, last " \
+        "heartbeat 0 s ago; the run would skip it here." in out and "fold 1 is finished" in out, out
+    (run / "fold_0" / "lock").unlink()
     # the full-data model: its epochs are the finished folds' median best epoch, as --fold full trains it
     assert main(args + ["--dry-run", "--fold", "full"]) == 0
     assert plans[-1]["folds_detail"]["full"]["epochs"] == json.loads((run / "fold_1" / "done.json").read_text())[
