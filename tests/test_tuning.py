@@ -54,6 +54,42 @@ def test_space_file_widens_and_is_checked(tmp_path):
         load_space(f)
 
 
+def test_a_knob_no_trial_would_use_is_left_out_of_the_default_space_and_refused_from_a_file(tmp_path):
+    """StepLR's step_size and gamma under --sched cosine (the strong preset), a pseudo threshold without --pseudo:
+    every trial drew them and none used them, so a study spent its trials and its best.json on them, and a plot
+    of them read as 'no effect'. The default space leaves them out (a study made before goes on as it was); a
+    --space file that names one is refused; 'name: null' leaves a default entry out."""
+    from tuning.space import live_space
+    from tuning.study import check_identity, fingerprint
+
+    cosine = resolve_config({"data_dir": "x"}, "strong", None)
+    space, left_out = live_space(load_space(), cosine)
+    assert set(space) == {"lr"} and set(left_out) == {"step_size", "gamma"}
+    assert live_space(load_space(), resolve_config({"data_dir": "x"}, None, None))[1] == {}  # StepLR: all used
+    f = tmp_path / "space.yaml"
+    f.write_text("sched: {type: categorical, choices: [step, cosine]}\n")  # some trials are StepLR's: kept
+    assert live_space(load_space(f), cosine)[1] == {}
+    f.write_text("pseudo_threshold: {type: float, low: 0.5, high: 0.99}\n")
+    with pytest.raises(UserError, match=r"'pseudo_threshold' changes nothing in any trial .* it is hard "
+                                        r"pseudo-labels': --pseudo RUN with --pseudo-mode hard"):
+        live_space(load_space(f), cosine)
+    f.write_text("mix_prob: {type: float, low: 0.2, high: 1.0}\n")  # the default recipe has no MixUp or CutMix
+    with pytest.raises(UserError, match="'mix_prob' changes nothing"):
+        live_space(load_space(f), resolve_config({"data_dir": "x"}, None, None))
+    f.write_text("step_size: null\ngamma: null\ndropout: {type: float, low: 0.1, high: 0.5}\n")
+    assert set(load_space(f)) == {"lr", "dropout"}
+    f.write_text("lr: null\nstep_size: null\ngamma: null\n")
+    with pytest.raises(UserError, match="leaves nothing to tune"):
+        load_space(f)
+    # a study made with the whole default space under cosine (before): it goes on drawing what it drew
+    study = optuna.create_study()
+    study.set_user_attr("setup", {"epochs": 3})
+    study.set_user_attr("search_space", fingerprint(DEFAULT_SPACE))
+    assert check_identity(study, space, {"epochs": 3}, left_out) == DEFAULT_SPACE
+    study.set_user_attr("search_space", fingerprint(space))  # one made now
+    assert check_identity(study, space, {"epochs": 3}, left_out) == space
+
+
 def test_a_diverged_trial_scores_zero_so_the_sampler_avoids_its_region(demo_source, tmp_path, monkeypatch):
     """A trial whose loss blows up (the engine's FloatingPointError) completes with 0: as a failed trial
     the sampler would leave it out of its model, and keep drawing there. It says where it diverged."""

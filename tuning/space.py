@@ -35,6 +35,20 @@ DEFAULT_SPACE = {
 }
 TYPES = ("float", "int", "categorical")
 
+# What a knob needs of the rest of a trial's settings to change anything: name -> (the need, in words; the test of
+# a trial's config). A space that varies a knob where no trial it can draw meets the need spends the study on it.
+NEEDS = {
+    "step_size": ("StepLR's: --sched step", lambda c: c.sched == "step"),
+    "gamma": ("StepLR's: --sched step", lambda c: c.sched == "step"),
+    "mix_prob": ("MixUp's and CutMix's: --mixup or --cutmix above 0", lambda c: c.mixup > 0 or c.cutmix > 0),
+    "balance_power": ("the class-balanced sampler's", lambda c: c.balanced_sampler),
+    "clip_mode": ("gradient clipping's: --clip-grad above 0", lambda c: c.clip_grad > 0),
+    "pseudo_mode": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
+    "pseudo_siblings": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
+    "pseudo_threshold": ("hard pseudo-labels': --pseudo RUN with --pseudo-mode hard",
+                         lambda c: bool(c.pseudo) and c.pseudo_mode == "hard"),
+}
+
 
 def load_space(path=None) -> dict:
     """The default space, updated from ``path``; every entry is checked."""
@@ -42,6 +56,10 @@ def load_space(path=None) -> dict:
     if path:
         extra = read_config_file(path, "--space")
         space.update(extra)
+        for name in [n for n, spec in extra.items() if spec is None]:  # 'step_size: null' leaves a default out
+            del space[name]
+        if not space:
+            raise UserError(f"--space {path}: it leaves nothing to tune (every entry is null).")
     names = {f.name for f in fields(RunConfig)}
     for name, spec in space.items():
         where = f"--space {path}: '{name}'" if path else f"search space '{name}'"
@@ -60,6 +78,32 @@ def load_space(path=None) -> dict:
     return space
 
 
+def live_space(space: dict, cfg: RunConfig, path=None) -> tuple[dict, dict]:
+    """``(space, left_out)``: a knob of ``NEEDS`` that no corner of the space (``corner_trials``) gives what it needs
+    changes no trial. The default space's own entry is left out (StepLR's ``step_size`` and ``gamma`` under
+    ``--sched cosine``), to be said in a line; one the ``--space`` file gives is refused, naming the need."""
+    left_out = {}
+    for name, (need, test) in NEEDS.items():
+        if name not in space or any(test(trial_config(cfg, combo)) for combo in corner_trials(space)):
+            continue
+        if space[name] != DEFAULT_SPACE.get(name):
+            raise UserError(f"--space {path}: '{name}' changes nothing in any trial the space can draw: it is {need}, "
+                            "which neither the training options nor the space give. The study would spend its "
+                            f"trials on it. Add what it needs, or leave '{name}' out.")
+        left_out[name] = space[name]
+    return {k: v for k, v in space.items() if k not in left_out}, left_out
+
+
+def corner_trials(space: dict):
+    """The trials at the space's corners (each range's ends and each choice, together; each alone where they
+    are too many to try together), as parameters."""
+    corners = {name: s["choices"] if s["type"] == "categorical" else [s["low"], s["high"]]
+               for name, s in space.items()}
+    if math.prod(len(v) for v in corners.values()) > 4096:  # too many to try together: each alone
+        return [{name: v} for name, values in corners.items() for v in values]
+    return [dict(zip(corners, values)) for values in itertools.product(*corners.values())]
+
+
 def trial_config(cfg: RunConfig, params: dict, **extra) -> RunConfig:
     """The run a trial trains: ``cfg`` with the trial's parameters, checked like any run's."""
     trial_cfg = replace(cfg, **params, **extra)
@@ -71,14 +115,8 @@ def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
     """Every corner of the space (each range's ends, each choice, together) is a valid run of ``cfg``:
     checked before the study exists, since a trial that drew an invalid value would only fail, study
     after study, with its message lost in Optuna's log."""
-    corners = {name: s["choices"] if s["type"] == "categorical" else [s["low"], s["high"]]
-               for name, s in space.items()}
-    if math.prod(len(v) for v in corners.values()) > 4096:  # too many to try together: each alone
-        combos = ({name: v} for name, values in corners.items() for v in values)
-    else:
-        combos = (dict(zip(corners, values)) for values in itertools.product(*corners.values()))
     models_checked = set()
-    for combo in combos:
+    for combo in corner_trials(space):
         try:
             trial_cfg = trial_config(cfg, combo)
             # what only some timm models have (drop path, a model's weights) is a question for the model

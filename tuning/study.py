@@ -31,8 +31,9 @@ def make_pruner(name: str, max_steps: int):
     return PRUNERS[name](max_steps)
 
 
-def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int):
-    """Load ``name`` (or create it); a study made with another space or setup is refused, untouched."""
+def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: int, left_out: dict | None = None):
+    """Load ``name`` (or create it), and the space its trials draw from (``check_identity``); a study made with
+    another space or setup is refused, untouched."""
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(seed, 0), pruner=pruner,
                                 direction="maximize", load_if_exists=True)
     if "search_space" not in study.user_attrs:
@@ -40,16 +41,20 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
         # later never reads it without its setup (it did, and refused a study made for its own setup)
         study.set_user_attr("setup", setup)
         study.set_user_attr("search_space", fingerprint(space))
-    check_identity(study, space, setup)  # read back: a worker that created it at once may have written its own
+    space = check_identity(study, space, setup, left_out)  # read back: a worker that made it at once wrote its own
     # A study resumed (the next Colab or Kaggle session, a rerun to top it up) draws on from where it is: a sampler
     # of the first session's seed would draw that session's first parameters again, trials already trained.
     study.sampler = make_sampler(seed, len(study.get_trials(deepcopy=False)))
-    return study
+    return study, space
 
 
-def check_identity(study, space: dict, setup: dict) -> None:
-    """Refuse a study made with another search space or training setup: its trials' values would not compare."""
+def check_identity(study, space: dict, setup: dict, left_out: dict | None = None) -> dict:
+    """Refuse a study made with another search space or training setup: its trials' values would not compare. The
+    space its trials draw from: ``space``, or, for a study made before ``tuning.space.live_space`` left out the
+    knobs that change no trial, ``space`` with them (its trials go on drawing them, as they did)."""
     name, attrs = study.study_name, study.user_attrs
+    if left_out and attrs["search_space"] == fingerprint({**space, **left_out}):
+        space = {**space, **left_out}
     if attrs["search_space"] != fingerprint(space):
         raise UserError(f"study {name!r} was created with another search space:\n  saved: {attrs['search_space']}\n"
                         f"  now:   {fingerprint(space)}\nUse a new --study name (or the same --space file). "
@@ -59,6 +64,7 @@ def check_identity(study, space: dict, setup: dict) -> None:
     if diff:
         raise UserError(f"study {name!r} was created for another training setup ({diff}); its trial values would "
                         "not be comparable. Use a new --study name. Nothing in the study was changed.")
+    return space
 
 
 def find_study(name: str, storage):
@@ -187,7 +193,8 @@ MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA importances from fewer complete trials 
 
 
 def save_plots(study, out_dir: Path) -> list[Path]:
-    """Optimisation history, parameter importances and lr-vs-gamma contour (or slice) as PNG."""
+    """Optimisation history, parameter importances, a contour of two parameters (lr and gamma where the space
+    has them, else its first two; named by them, none for a space of one) and the slices, as PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,7 +206,8 @@ def save_plots(study, out_dir: Path) -> list[Path]:
     pair = ["lr", "gamma"] if {"lr", "gamma"} <= set(params) else params[:2]
     plots = {"history.png": lambda: vis.plot_optimization_history(study),
              "importances.png": lambda: vis.plot_param_importances(study),
-             "contour_lr_gamma.png": lambda: vis.plot_contour(study, params=pair),
+             **({f"contour_{pair[0]}_{pair[1]}.png": lambda: vis.plot_contour(study, params=pair)}
+                if len(pair) == 2 else {}),
              "slice.png": lambda: vis.plot_slice(study, params=params)}
     for name, make in plots.items():
         try:

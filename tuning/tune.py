@@ -140,7 +140,7 @@ def run(args) -> int:
     from folds.scale_check import whole_test_warning
     from folds.split import save_folds
     from tuning.objective import Objective
-    from tuning.space import check_corners, load_space
+    from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
     from tuning.study import (fail_orphaned_trials, make_pruner, open_study, save_plots,
                               summary, write_best)
@@ -155,6 +155,7 @@ def run(args) -> int:
     fold_ids = parse_fold_spec(args.fold, cfg.n_folds)
     space = load_space(args.space)
     check_corners(space, cfg, args.space)
+    space, left_out = live_space(space, cfg, args.space)
     check_parallel_safe(args.storage, args.study_workers)
     pruner = make_pruner(args.pruner, cfg.epochs * len(fold_ids))
     study_dir = Path(args.tuning_dir) / args.study
@@ -166,14 +167,17 @@ def run(args) -> int:
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
     # The study's "same experiment" key: every learning setting except what the trials vary.
-    setup = {**learning_settings(cfg, exclude={*space, "seed"}), "folds": fold_ids, "split_hash": prep.split_hash,
-             "data_hash": ds.data_hash()}
+    # (the knobs the space leaves out change no trial: a study made before they were left out still compares)
+    setup = {**learning_settings(cfg, exclude={*space, *left_out, "seed"}), "folds": fold_ids,
+             "split_hash": prep.split_hash, "data_hash": ds.data_hash()}
     if args.dry_run:  # before the storage is made: nothing is written
-        return dry_run(args, cfg, prep, fold_ids, space, setup, study_dir)
+        return dry_run(args, cfg, prep, fold_ids, space, setup, study_dir, left_out)
     storage = make_storage(args.storage, study_dir, heartbeat=args.heartbeat)
     save_folds(study_dir / "folds.csv", prep.folds, prep.split_key, split_store(cfg))
     seed = args.sampler_seed + (args.worker_index or 0)
-    study = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed)
+    study, space = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed, left_out=left_out)
+    if args.worker_index is None:
+        say_left_out(left_out, space)
     time_up = None  # --time-limit reached: raised once the summary and best.json are written
 
     if args.ray and args.worker_index is None:
@@ -224,7 +228,18 @@ def run(args) -> int:
     return 0
 
 
-def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir) -> int:
+def say_left_out(left_out: dict, space: dict) -> None:
+    """The default space's knobs that no trial would use (``tuning.space.live_space``), where the study's space
+    leaves them out (one made before they were left out goes on drawing them)."""
+    from tuning.space import NEEDS
+
+    names = [name for name in left_out if name not in space]
+    if names:
+        log.info("the search space leaves out %s: no trial it can draw would use them (they are %s).",
+                 ", ".join(names), "; ".join(sorted({NEEDS[name][0] for name in names})))
+
+
+def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir, left_out: dict) -> int:
     """``--dry-run``: the probe and the estimate (``tuning.dry_run``), after every check the study makes: the
     storage reached and, where the study is there already (the next session of a study), read and not opened for
     writing, its space and setup compared with this command's and its finished trials counted."""
@@ -236,7 +251,8 @@ def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir) -> int:
     storage_note = check_reachable(args.storage)
     study = find_study(args.study, existing_storage(args.storage, study_dir))
     if study is not None and "search_space" in study.user_attrs:  # else its first worker stopped before it was set
-        check_identity(study, space, setup)
+        space = check_identity(study, space, setup, left_out)
+    say_left_out(left_out, space)
     finished = 0 if study is None else len(study.get_trials(deepcopy=False, states=FINISHED))
     objective = Objective(cfg, prep.ds, prep.folds, fold_ids, space, study_dir / "trials")
     extra = {k: len(e.paths) for k in fold_ids if (e := objective.pseudo_images(cfg, k)) is not None}
