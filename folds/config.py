@@ -282,9 +282,33 @@ def check_config(cfg: RunConfig) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, but got {getattr(cfg, key)}.")
 
 
+# What a knob needs of the rest of a run's settings to change anything: name -> (the need, in words; the test of
+# a run's config). Given without its need it does nothing: a run says so; a study's space does not search it.
+NEEDS = {
+    "step_size": ("StepLR's: --sched step", lambda c: c.sched == "step"),
+    "gamma": ("StepLR's: --sched step", lambda c: c.sched == "step"),
+    "mix_prob": ("MixUp's and CutMix's: --mixup or --cutmix above 0", lambda c: c.mixup > 0 or c.cutmix > 0),
+    "balance_power": ("the class-balanced sampler's", lambda c: c.balanced_sampler),
+    "clip_mode": ("gradient clipping's: --clip-grad above 0", lambda c: c.clip_grad > 0),
+    "pseudo_mode": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
+    "pseudo_siblings": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
+    "pseudo_threshold": ("hard pseudo-labels': --pseudo RUN with --pseudo-mode hard",
+                         lambda c: bool(c.pseudo) and c.pseudo_mode == "hard"),
+}
+
+
+def _as_option(name: str, value) -> str:
+    flag = name.replace("_", "-")
+    return (f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}"
+
+
 def recipe_warnings(cfg: RunConfig) -> list[str]:
     """Settings that are valid but unlikely to be what was meant (a short smoke run may mean them)."""
     out = []
+    default = RunConfig()
+    for name, (need, test) in NEEDS.items():  # set away from its default, where it does nothing
+        if getattr(cfg, name) != getattr(default, name) and not test(cfg):
+            out.append(f"{_as_option(name, getattr(cfg, name))} does nothing here: it is {need}.")
     if cfg.warmup_epochs >= cfg.epochs:
         out.append(f"--warmup-epochs {cfg.warmup_epochs} with --epochs {cfg.epochs}: every epoch is warm-up, so the "
                    f"learning rate never reaches --lr {cfg.lr:g}. Give more --epochs or fewer --warmup-epochs.")

@@ -371,7 +371,7 @@ def test_a_task_scored_by_accuracy_is_trained_chosen_and_reported_by_accuracy(tw
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "acc"
     scores = json.loads((run / "scores.json").read_text())
-    assert f"crop-OOF accuracy {scores['oof_crops']['acc']:.4f}" in out and "val accuracy" in out
+    assert f"crop-OOF accuracy {scores['oof_crops']['acc']:.4f}" in out and "val-crop accuracy" in out
     report = (tmp_path / "subs" / "acc_folds-mean_report.md").read_text()
     assert "| method | crop-OOF accuracy | crop-OOF macro-F1 | crop-OOF neg. log loss | note |" in report
     assert "| val accuracy |" in report

@@ -122,6 +122,24 @@ def test_bad_run_options_are_one_line_errors_before_anything_is_written(args, me
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_option_that_does_nothing_in_its_recipe_is_a_warning_that_names_its_need():
+    """'--preset strong --step-size 3 --gamma 0.5' trained a cosine schedule, silently; so did a pseudo threshold
+    without --pseudo. No preset trips it (the run's warnings, before the folds; a study's space leaves them out)."""
+    from folds.config import PRESETS, recipe_warnings, resolve_config
+
+    said = recipe_warnings(resolve_config({"data_dir": "d", "step_size": 3, "gamma": 0.5, "pseudo_threshold": 0.8,
+                                           "pseudo_siblings": False, "clip_mode": "agc"}, "strong"))
+    assert said == ["--step-size 3 does nothing here: it is StepLR's: --sched step.",
+                    "--gamma 0.5 does nothing here: it is StepLR's: --sched step.",
+                    "--clip-mode agc does nothing here: it is gradient clipping's: --clip-grad above 0.",
+                    "--no-pseudo-siblings does nothing here: it is pseudo-labelling's: --pseudo RUN.",
+                    "--pseudo-threshold 0.8 does nothing here: it is hard pseudo-labels': --pseudo RUN with "
+                    "--pseudo-mode hard."], said
+    assert not recipe_warnings(resolve_config({"data_dir": "d", "step_size": 3, "gamma": 0.5, "clip_grad": 1.0,
+                                               "clip_mode": "agc"}))  # StepLR, clipping on: each is used
+    assert not any(recipe_warnings(resolve_config({"data_dir": "d"}, preset)) for preset in PRESETS)
+
+
 def test_a_warm_up_as_long_as_the_run_is_a_warning_that_names_both_options(demo_source, tmp_path, capsys):
     """Valid (a two-epoch smoke run of the strong preset means it), but the lr never reaches --lr."""
     args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0", "--warmup-epochs": 1})

@@ -14,7 +14,7 @@ import math
 from dataclasses import fields, replace
 
 from common import UserError
-from folds.config import RunConfig, check_config, read_config_file
+from folds.config import NEEDS, RunConfig, check_config, read_config_file
 from models import check_model
 
 # What a trial may vary: training knobs only. The split (n_folds, split_seed, holdout), the data,
@@ -34,21 +34,6 @@ DEFAULT_SPACE = {
     "gamma": {"type": "float", "low": 0.05, "high": 0.9},
 }
 TYPES = ("float", "int", "categorical")
-
-# What a knob needs of the rest of a trial's settings to change anything: name -> (the need, in words; the test of
-# a trial's config). A space that varies a knob where no trial it can draw meets the need spends the study on it.
-NEEDS = {
-    "step_size": ("StepLR's: --sched step", lambda c: c.sched == "step"),
-    "gamma": ("StepLR's: --sched step", lambda c: c.sched == "step"),
-    "mix_prob": ("MixUp's and CutMix's: --mixup or --cutmix above 0", lambda c: c.mixup > 0 or c.cutmix > 0),
-    "balance_power": ("the class-balanced sampler's", lambda c: c.balanced_sampler),
-    "clip_mode": ("gradient clipping's: --clip-grad above 0", lambda c: c.clip_grad > 0),
-    "pseudo_mode": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
-    "pseudo_siblings": ("pseudo-labelling's: --pseudo RUN", lambda c: bool(c.pseudo)),
-    "pseudo_threshold": ("hard pseudo-labels': --pseudo RUN with --pseudo-mode hard",
-                         lambda c: bool(c.pseudo) and c.pseudo_mode == "hard"),
-}
-
 
 def load_space(path=None) -> dict:
     """The default space, updated from ``path``; every entry is checked."""
