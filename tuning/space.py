@@ -35,6 +35,7 @@ DEFAULT_SPACE = {
 }
 TYPES = ("float", "int", "categorical")
 
+
 def load_space(path=None) -> dict:
     """The default space, updated from ``path``; every entry is checked."""
     space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
