@@ -99,6 +99,9 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
 def check_run_control(args) -> None:
     """This command's own options, before the run folder is touched."""
     check_at_least("--full-epochs", args.full_epochs, 1)  # 0 trained nothing and predicted with a random head
+    if args.full_epochs is not None and args.fold != "full":  # it was ignored: the folds trained --epochs
+        raise UserError(f"--full-epochs {args.full_epochs} sets the full-data model's epochs (--fold full); the folds "
+                        f"of --fold {args.fold} train --epochs.")
     check_at_least("--procs-per-gpu", args.procs_per_gpu, 1)  # 0 or less ran one process, as 1 does
     check_at_least("--ray-gpus", args.ray_gpus, 0, "0 (CPU tasks)")
     check_at_least("--ray-cpus", args.ray_cpus, 1)

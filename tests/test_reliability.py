@@ -100,6 +100,7 @@ def test_bad_tuner_arguments_create_no_study(args, message, demo_source, tmp_pat
     (["--seed", "-1"], "--seed must be in 0..2**32-1"),  # numpy's ValueError traceback
     (["--split-seed", "4294967296"], "--split-seed must be in 0..2**32-1"),
     (["--fold", "full", "--full-epochs", "0"], "--full-epochs must be at least 1"),  # predicted with a random head
+    (["--full-epochs", "9"], "--full-epochs 9 sets the full-data model's epochs (--fold full)"),  # ignored, silently
     (["--procs-per-gpu", "0"], "--procs-per-gpu must be at least 1, but got 0"),  # ran as 1, silently
     (["--ray-cpus", "0"], "--ray-cpus must be at least 1, but got 0"),
     (["--max-retries", "-2"], "--max-retries must be -1 (retry without end) or more, but got -2"),
