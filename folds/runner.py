@@ -194,13 +194,24 @@ class FoldRunner:
         paintings whole and as the crop OOF's crops, and the test."""
         return n_val * (1 + self.cfg.crop_oof) + len(self.ds.test)
 
+    def _pseudo_share(self, n_test: int) -> str:
+        """How many of the test images a fold learns, in words: in hard mode, those that reach the threshold, with
+        a hint where they are few (a weak source's round adds little, and costs a run)."""
+        total = len(self.ds.test)
+        if self.cfg.pseudo_mode != "hard":
+            return f"{n_test} pseudo-labelled test images (soft)"
+        few = (" (few: a lower --pseudo-threshold or --pseudo-mode soft adds more; choose by the crop OOF)"
+               if n_test < 0.1 * total else "")
+        return (f"{n_test} of the {total} test images, those the source gives --pseudo-threshold "
+                f"{self.cfg.pseudo_threshold:g} or more{few}")
+
     def _train_and_predict(self, k, d: Path, lock: FoldLock | None, epochs: int | None) -> dict:
         t0 = time.time()
         tr, va, index = self.fold_rows(k)
         extra, n_test = self.pseudo_images(k)
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
-                 f" + {n_test} pseudo-labelled test images + {len(extra.paths) - n_test} pseudo-labelled crops of "
-                 "its validation paintings (their labels unread)" if extra else "")
+                 f" + {self._pseudo_share(n_test)} + {len(extra.paths) - n_test} pseudo-labelled crops of its "
+                 "validation paintings (their labels unread)" if extra else "")
         result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
                             on_epoch=lambda *_: self._still_mine(k, lock), epochs=epochs, extra=extra,
                             deadline=self.deadline)
