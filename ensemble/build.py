@@ -33,6 +33,7 @@ from common.metrics import (DEFAULT_METRIC, METRICS, all_scores, check_metric_fi
                             check_metric_fits_sample, get_metric, shown_beside)
 from ensemble.blend import (BLENDS, TemperatureCalibration, fit_blend, full_proba, honest_oof, make_blend,  # noqa: E402
                             members_to_X)
+from ensemble.compare import gain  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, check_distinct,  # noqa: E402
@@ -251,6 +252,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
             if truth is not None:
                 notes.append(f"test {m.label} without the neighbour smoothing: {plain_test['test_' + m.key]:.4f} "
                              "(for reporting only)")
+    if chosen != method:  # offsets or smoothing over the blend alone: is the gain more than which paintings are in?
+        notes.append(gain_note(y, groups, oofs[method], final_oof, method, chosen, OOF_NAMES[oof], metric))
     labels = np.asarray(classes)[test.argmax(1)]
     write_submission(out, first.test_ids, test, sample_df, classes)
     write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
@@ -285,6 +288,16 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result
+
+
+def gain_note(y, groups, base, final, method: str, chosen: str, oof_name: str, metric: str | None) -> str:
+    """The chosen method's honest OOF gain over its blend alone, with ``ensemble.compare.gain``'s paired interval
+    over the paintings: a gain that interval holds 0 in may be only which paintings the OOF has."""
+    m, g = get_metric(metric), gain(y, groups, base, final, metric)
+    lo, hi = g["interval"]
+    return (f"{chosen} against {method}: {g['diff']:+.4f} {oof_name} {m.label} on the same rows, {g['level']:.0%} "
+            f"interval [{lo:+.3f}, {hi:+.3f}] over resamples of the paintings (higher in {g['better']:.0%} of them)"
+            + ("; within the noise of which paintings are in the OOF" if lo <= 0 else ""))
 
 
 def format_table(table: list[dict], chosen: str, oof: str = "crops", metric: str | None = None) -> str:

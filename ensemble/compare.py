@@ -57,18 +57,34 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     g, weights = painting_draws(runs[0].oof["id"].to_numpy(), draws, seed)
     probs = [r.oof_probs for r in runs]
     drawn = np.stack([m.drawn(y, p, g, weights) for p in probs], axis=1)  # (draws, runs)
-    tail = 100 * (1 - level) / 2
     rows = []
     for j, (r, p) in enumerate(zip(runs, probs)):
-        row = {"run": str(r.path), "score": m.score(y, p),
-               "interval": tuple(np.percentile(drawn[:, j], [tail, 100 - tail]))}
+        row = {"run": str(r.path), "score": m.score(y, p), "interval": interval(drawn[:, j], level)}
         if j:
             diff = drawn[:, j] - drawn[:, 0]
-            row.update(diff=row["score"] - rows[0]["score"],
-                       diff_interval=tuple(np.percentile(diff, [tail, 100 - tail])), better=float((diff > 0).mean()))
+            row.update(diff=row["score"] - rows[0]["score"], diff_interval=interval(diff, level),
+                       better=float((diff > 0).mean()))
         rows.append(row)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
             "oof": oof, "partial": partial, "oof_note": oof_note, "common": common, "metric": metric}
+
+
+def interval(drawn: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` share of the bootstrap's draws."""
+    tail = 100 * (1 - level) / 2
+    return tuple(np.percentile(drawn, [tail, 100 - tail]))
+
+
+def gain(y, groups, base, other, metric: str | None = None, draws: int = 2000, level: float = 0.9,
+         seed: int = 0) -> dict:
+    """``other``'s score minus ``base``'s on the same OOF rows (``groups``: each row's painting), with its paired
+    interval over resamples of the paintings and the share of draws in which ``other`` scored higher: the
+    comparison ``compare_runs`` makes of two runs, for two sets of probabilities (an ensemble's choice)."""
+    m = get_metric(metric)
+    g, weights = painting_draws(groups, draws, seed)
+    diff = m.drawn(y, other, g, weights) - m.drawn(y, base, g, weights)
+    return {"diff": m.score(y, other) - m.score(y, base), "interval": interval(diff, level),
+            "better": float((diff > 0).mean()), "level": level}
 
 
 def format_result(result: dict) -> str:

@@ -66,12 +66,37 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     meta = json.loads(res["blend"].read_text())
     assert meta["method"] in BLENDS and meta["offsets"] == res["chosen"].endswith("+offsets")
     assert any(f"--method best: {res['chosen']} has the highest honest crop-OOF macro-F1" in n for n in res["notes"])
+    # with offsets chosen, their gain over the blend alone comes with its interval over the paintings
+    gains = [n for n in res["notes"] if " against " in n and "over resamples of the paintings" in n]
+    assert len(gains) == res["chosen"].endswith("+offsets"), res["notes"]
     # the CSV is the chosen method's, as a build naming it writes it
     named = res["chosen"].removesuffix("+offsets")
     again = two_runs / "subs" / f"named-{offsets}.csv"
     assert build(two_runs, "s0", "s1", method=named, offsets="on" if meta["offsets"] else "off", out=again,
                  no_report=True, neighbours="off") == 0
     assert again.read_text() == out.read_text()
+
+
+def test_the_builds_choice_of_offsets_or_smoothing_comes_with_its_gain_and_interval_over_the_paintings():
+    """A build that chose offsets or neighbour smoothing over the plain blend said by how much on the OOF, not
+    whether that was more than which paintings happen to be in it (compare.py's question, for runs)."""
+    from ensemble.build import gain_note
+    from ensemble.compare import gain
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 5, 300), 5)  # 300 paintings x 5 crops
+    groups = np.repeat(np.arange(300), 5)
+    base = rng.dirichlet(np.ones(5), len(y))
+    right = np.eye(5)[y] * 0.5 + base * 0.5  # surely better
+    g = gain(y, groups, base, right, "macro_f1")
+    assert g["diff"] > 0.3 and g["interval"][0] > 0.2 and g["better"] == 1.0
+    said = gain_note(y, groups, base, right, "mean", "mean+offsets", "crop-OOF", "macro_f1")
+    assert said.startswith(f"mean+offsets against mean: {g['diff']:+.4f} crop-OOF macro-F1 on the same rows, 90% "
+                           "interval [+") and "within the noise" not in said, said
+    nudged = base.copy()
+    nudged[:5] = np.eye(5)[y[:5]]  # one painting's crops put right: no more than the paintings' noise
+    assert "; within the noise of which paintings are in the OOF" in gain_note(y, groups, base, nudged, "mean",
+                                                                             "mean+offsets", "crop-OOF", "macro_f1")
 
 
 def test_report_has_real_plots(two_runs):
