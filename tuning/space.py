@@ -1,10 +1,13 @@
 """The search space: a mapping of RunConfig fields to distributions, widened by a file.
 
 Default: lr log-uniform 1e-5..1e-2, StepLR step_size 2..15, gamma 0.05..0.9. A ``--space``
-file (YAML or JSON) adds or replaces entries, for example::
+file (YAML or JSON) adds, replaces or (``null``) removes entries, for example::
 
     dropout: {type: float, low: 0.1, high: 0.5}
     optimizer: {type: categorical, choices: [adam, adamw]}
+    gamma: null
+
+A knob that no trial of the space would use (``folds.config.NEEDS``) is not searched: ``live_space``.
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "study, one per GPU when there are several (default: 1)")
     g.add_argument("--pruner", default="median", choices=sorted(PRUNERS),
                    help="prune bad trials after each epoch (default: median)")
-    g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer)")
+    g.add_argument("--space", help="YAML/JSON that widens or changes the search space (e.g. dropout, optimizer); "
+                   "'step_size: null' leaves a default entry out")
     g.add_argument("--heartbeat", type=int, default=30, help="seconds between RDB heartbeats; a trial silent "
                    "for twice this is marked FAIL and retried (default: 30)")
     g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0); a resumed "
