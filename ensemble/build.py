@@ -43,6 +43,7 @@ from ensemble.saved_blend import save_blend  # noqa: E402
 from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
+from folds.manifest import make_manifest  # noqa: E402
 from folds.stopping import best_of, chosen_on_crops  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         "runs": [str(r.path.resolve()) for r in runs], "classes": classes, "folds": first.folds if partial else None,
         "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None,
         # what was chosen and its honest OOF scores: ensemble/leaderboard.py sets them beside the leaderboard's
-        "chosen": chosen, "cv": all_scores(y, final_oof), "oof_rows": int(len(y))})}
+        "chosen": chosen, "cv": all_scores(y, final_oof), "oof_rows": int(len(y)),
+        "manifest": make_manifest()})}  # what built it (packages, git commit), as a run's manifest.json says
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result.update(all_scores(truth, test, "test_"))
         result.update({f"{k}_without_neighbours": v for k, v in plain_test.items()})

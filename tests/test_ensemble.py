@@ -65,6 +65,7 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     assert chosen["f1"] == top and chosen is next(r for r in candidates if r["f1"] == top)  # a tie: the first
     meta = json.loads(res["blend"].read_text())
     assert meta["method"] in BLENDS and meta["offsets"] == res["chosen"].endswith("+offsets")
+    assert {"packages", "git"} <= set(meta["manifest"])  # what built it, as a run's manifest.json says
     assert any(f"--method best: {res['chosen']} has the highest honest crop-OOF macro-F1" in n for n in res["notes"])
     # with offsets chosen, their gain over the blend alone comes with its interval over the paintings
     gains = [n for n in res["notes"] if " against " in n and "over resamples of the paintings" in n]
