@@ -179,10 +179,12 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
         distributed.barrier()  # a resume must find last.pt complete on every rank
         whole, crops = (VIEWS[view] + key for view in ("", CROP))  # the metric's columns
-        log.info("%s epoch %d/%d: train_loss %.4f %sloss %.4f %s %.4f%s lr %.2e (%.1fs)",
-                 out_dir.name, epoch, n_epochs, train_loss, VIEWS[""], row[VIEWS[""] + "loss"], whole, row[whole],
-                 # none scored under --val-crops 0: said by leaving it out
-                 f" {crops} {row[crops]:.4f}" if np.isfinite(row[crops]) else "", lr, row["seconds"])
+        # what was not scored is left out, not shown as nan: the crops under --val-crops 0, everything for the
+        # full-data model (no validation paintings), whose nan read as a loss gone wrong
+        scored = "".join(f" {col} {row[col]:.4f}" for col in (VIEWS[""] + "loss", whole, crops)
+                         if np.isfinite(row[col]))
+        log.info("%s epoch %d/%d: train_loss %.4f%s lr %.2e (%.1fs)", out_dir.name, epoch, n_epochs, train_loss,
+                 scored, lr, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
             hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
                                cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)
