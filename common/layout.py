@@ -40,6 +40,25 @@ def run_dir(runs_dir, name: str) -> Path:
     return Path(runs_dir) / name
 
 
+def run_folders(folder) -> list[str]:
+    """The names of the run folders in ``folder`` (each holds a config.json), sorted."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.iterdir() if (p / CONFIG).is_file()) if folder.is_dir() else []
+
+
+def check_run_folder(path, option: str = "") -> Path:
+    """``path``, where it is a run folder (it holds config.json); else a clear error (``option``: the option that
+    named it), with the run folders it holds (runs/ itself was given) or those beside it (a typo)."""
+    path = Path(path)
+    if (path / CONFIG).is_file():
+        return path
+    inside, beside = run_folders(path), run_folders(path.parent)
+    hint = (f"it holds the run folders {', '.join(inside[:10])}: pass those" if inside else
+            f"the run folders in {path.parent} are {', '.join(beside[:10])}" if beside else
+            "pass folders like runs/<name>")
+    raise UserError(f"{option + ' ' if option else ''}{path}: not a run folder (no {CONFIG}); {hint}.")
+
+
 def fold_dir(run: Path, k) -> Path:
     return Path(run) / f"fold_{k}"
 

@@ -143,8 +143,7 @@ def export(args) -> dict:
     if len(set(names)) != len(names):
         raise UserError(f"runs with the same folder name {names}; rename one (the export keys runs by name).")
     for run in runs:
-        if not (run / layout.CONFIG).is_file():
-            raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
+        layout.check_run_folder(run)
         (out / "runs" / run.name).mkdir(parents=True)
         export_run(run, out / "runs" / run.name, with_full, meta)
     blend_json = save_blend(out / "ensemble.csv", blend, {**meta, "with_full": with_full, "runs": names})

@@ -84,8 +84,7 @@ def resolve_sources(args) -> tuple[list[Path], object, dict]:
 def run_config(run: Path, args):
     """The run's RunConfig, set up for prediction on this machine."""
     from folds.config import saved_config
-    if not (run / layout.CONFIG).is_file():
-        raise UserError(f"{run}: not a run folder (no {layout.CONFIG}).")
+    layout.check_run_folder(run)
     cfg = saved_config(run)
     return replace(cfg, device=args.device, workers=args.num_workers if args.num_workers is not None
                    else cfg.workers, batch_size=(args.batch_size + 1) // 2 if args.batch_size else cfg.batch_size)

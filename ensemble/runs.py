@@ -136,8 +136,7 @@ def load_run(path, oof: str = "crops", finished_folds: bool = False) -> RunOutpu
     ``finished_folds``: a run with folds still to train gives its finished folds (their OOF rows, the mean of
     their models on the test), for a submission before the rest are done."""
     path = Path(path)
-    if not (path / layout.CONFIG).is_file():
-        raise UserError(f"{path}: not a run folder (no {layout.CONFIG}). Pass folders like runs/<name>.")
+    layout.check_run_folder(path)
     config = layout.read_json(path / layout.CONFIG)
     classes = layout.read_json(path / layout.CLASSES)
     manifest = layout.read_json(path / layout.MANIFEST)

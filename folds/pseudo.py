@@ -39,8 +39,7 @@ def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) 
     """The source run folder, checked: same classes, same split, the needed folds finished, and,
     where fold k is to learn its own crop-OOF crops, a source whose fold k never learned them."""
     run = Path(run)
-    if not (run / layout.CONFIG).is_file():
-        raise UserError(f"--pseudo {run}: not a run folder (no {layout.CONFIG}).")
+    layout.check_run_folder(run, "--pseudo")
     if own_crops:
         check_own_crops_unlearned(run)
     if layout.read_json(run / layout.CLASSES) != list(classes):

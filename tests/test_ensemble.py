@@ -275,6 +275,27 @@ def test_full_data_model_joins_the_soft_vote(two_runs, demo_source, capsys):
     assert build(two_runs, "s1", method="mean", with_full=True, out=two_runs / "subs" / "f2.csv") == 2
 
 
+def test_a_path_that_is_not_a_run_folder_names_the_run_folders_it_meant(tmp_path, capsys):
+    """'runs/b3-sed0' (a typo) or 'runs' itself: the build, compare, predict, export and --pseudo said only 'not a
+    run folder'; they name the run folders beside it, or in it. Written once: common.layout.check_run_folder."""
+    from common.layout import check_run_folder
+    from ensemble.compare import main as compare_main
+
+    for name in ("b3-seed0", "b3-seed1"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text("{}")
+    (tmp_path / "runs" / "cache").mkdir()  # not a run
+    assert check_run_folder(tmp_path / "runs" / "b3-seed0") == tmp_path / "runs" / "b3-seed0"
+    assert compare_main([str(tmp_path / "runs" / "b3-sed0")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"b3-sed0: not a run folder (no config.json); the run folders in {tmp_path / 'runs'} are b3-seed0, b3-seed1.")
+    with pytest.raises(UserError, match=r"^--pseudo .*runs: not a run folder .* it holds the run folders b3-seed0, "
+                                        r"b3-seed1: pass those\.$"):
+        check_run_folder(tmp_path / "runs", "--pseudo")
+    with pytest.raises(UserError, match=r"x: not a run folder \(no config.json\); pass folders like runs/<name>\.$"):
+        check_run_folder(tmp_path / "nowhere" / "x")
+
+
 def test_invalid_submission_writes_nothing(tmp_path):
     sample = pd.DataFrame({"id": ["a", "b", "c"], "artist": ["x"] * 3})
     with pytest.raises(UserError, match=r"no prediction for sample_submission id\(s\) \['c'\]"):
