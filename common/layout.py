@@ -26,6 +26,7 @@ OOF, OOF_CROPS, TEST_PROBS = "oof.csv", "oof_crops.csv", "test_probs.csv"
 HISTORY, BEST, LAST, DONE, LOCK = "history.csv", "best.pt", "last.pt", "done.json", "lock"
 BEST_EXPORTED = "best.safetensors"  # the best weights in an export folder (no pickle at all)
 EXPORT = "export.json"  # marks an export folder: its runs under runs/, the fitted blend beside it
+BEST_PARAMS = "best.json"  # in a study's folder, tuning/<study>/: its best parameters over its training setup
 FULL = "full"  # the full-data model's fold name
 # Everything a fold writes: --force removes these before it retrains.
 FOLD_FILES = (DONE, LAST, BEST, HISTORY, OOF, OOF_CROPS, TEST_PROBS)

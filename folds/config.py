@@ -173,6 +173,13 @@ CHOICES = {
 def read_config_file(path, option: str) -> dict:
     """A JSON or YAML mapping of RunConfig fields (Optuna's best.json works as is)."""
     path = Path(path)
+    if path.is_dir():  # a run's folder for --config, a study's for --params: the file in it
+        inside, kind = {"--config": (layout.CONFIG, "a run folder (runs/<name>)"),
+                        "--params": (layout.BEST_PARAMS, "a study's folder (tuning/<study>)")}.get(option, (None, None))
+        if inside is None or not (path / inside).is_file():
+            raise UserError(f"{option} {path}: a folder" + (f" without {inside}; give {kind} or" if inside else
+                                                            "; give") + " a JSON or YAML file.")
+        path = path / inside
     if not path.is_file():
         raise UserError(f"{option} {path}: file not found.")
     text = path.read_text()

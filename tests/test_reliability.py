@@ -123,6 +123,25 @@ def test_bad_run_options_are_one_line_errors_before_anything_is_written(args, me
     assert not (tmp_path / "runs").exists()
 
 
+def test_config_and_params_take_the_run_or_study_folder_itself(tmp_path):
+    """'--config runs/a' (the folder, config.json left off) said 'file not found' of a folder that is there; a run's
+    folder now gives its config.json, a study's its best.json, and any other folder is named as a folder."""
+    from folds.config import read_config_file
+
+    run, study = tmp_path / "runs" / "a", tmp_path / "tuning" / "s"
+    run.mkdir(parents=True), study.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"lr": 0.01, "epochs": 3}))
+    (run / "manifest.json").write_text("{}")
+    (study / "best.json").write_text(json.dumps({"params": {"lr": 0.02}, "config": {"epochs": 4}}))
+    assert read_config_file(run, "--config") == read_config_file(run / "config.json", "--config")
+    assert read_config_file(study, "--params")["lr"] == 0.02
+    with pytest.raises(UserError, match=r"^--config .*tuning/s: a folder without config.json; give a run folder "
+                                        r"\(runs/<name>\) or a JSON or YAML file\.$"):
+        read_config_file(study, "--config")
+    with pytest.raises(UserError, match=r"^--space .*runs/a: a folder; give a JSON or YAML file\.$"):
+        read_config_file(run, "--space")
+
+
 def test_an_option_that_does_nothing_in_its_recipe_is_a_warning_that_names_its_need():
     """'--preset strong --step-size 3 --gamma 0.5' trained a cosine schedule, silently; so did a pseudo threshold
     without --pseudo. No preset trips it (the run's warnings, before the folds; a study's space leaves them out)."""

@@ -220,7 +220,7 @@ def run(args) -> int:
     # and runs are, and whether the data's small classes may be split; not this machine's or run folder's controls
     machine = RUN_CONTROL - {"data_dir", "runs_dir", "allow_small_classes"}
     setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
-    best = write_best(study, study_dir / "best.json", args.storage, setup_cfg)
+    best = write_best(study, study_dir / layout.BEST_PARAMS, args.storage, setup_cfg)
     plots = save_plots(study, study_dir)
     print(f"best parameters and training setup: {best}\nnext: {layout.read_json(best)['use']}")
     print("plots: " + ", ".join(str(p) for p in plots))
