@@ -71,9 +71,11 @@ def live_space(space: dict, cfg: RunConfig, path=None) -> tuple[dict, dict]:
     """``(space, left_out)``: a knob of ``NEEDS`` that no corner of the space (``corner_trials``) gives what it needs
     changes no trial. The default space's own entry is left out (StepLR's ``step_size`` and ``gamma`` under
     ``--sched cosine``), to be said in a line; one the ``--space`` file gives is refused, naming the need."""
-    left_out = {}
-    for name, (need, test) in NEEDS.items():
-        if name not in space or any(test(trial_config(cfg, combo)) for combo in corner_trials(space)):
+    left_out, names = {}, [name for name in NEEDS if name in space]
+    trials = [trial_config(cfg, combo) for combo in corner_trials(space)] if names else []  # built once
+    for name in names:
+        need, test = NEEDS[name]
+        if any(map(test, trials)):
             continue
         if space[name] != DEFAULT_SPACE.get(name):
             raise UserError(f"--space {path}: '{name}' changes nothing in any trial the space can draw: it is {need}, "

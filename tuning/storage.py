@@ -114,52 +114,34 @@ def _cannot_connect(url: str, e: Exception) -> UserError:
                      "and that the database exists (createdb). Nothing in the study was changed.")
 
 
-def check_reachable(url: str | None) -> str | None:
-    """``--dry-run``: a database server the study would use, connected to and left as it is (no tables made, no
-    study opened); what was checked, in words, or None for a file (the journal, SQLite), which its folder's
-    check covers."""
-    if url is None or url.startswith("sqlite"):
-        return None
-    check_url(url)
-    try:
-        import sqlalchemy
+def existing_storage(url: str | None, study_dir: Path) -> tuple[object | None, str | None]:
+    """``--dry-run``: the storage ``make_storage`` would open, where a study may already be in it (else None), and
+    what was checked, in words (None for a file: the journal or SQLite, which its folder's check covers).
 
-        engine = sqlalchemy.create_engine(url)
-        try:
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("SELECT 1"))
-        finally:
-            engine.dispose()
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends, a missing driver
-        raise _cannot_connect(url, e) from None
-    return f"--storage {mask(url)}: reached, and left as it was"
-
-
-def existing_storage(url: str | None, study_dir: Path):
-    """The storage ``make_storage`` would open, where a study may already be in it; None where none can be.
-
-    Nothing is written (``--dry-run``): a journal file that is not there is not made, and a database without
-    Optuna's tables gets none (Optuna writes its version rows only where they are missing)."""
+    Nothing is written: a journal file that is not there is not made; a database server is connected to (a wrong
+    host or password is the study's own clear error) and a database without Optuna's tables gets none (Optuna
+    writes its version rows only where they are missing)."""
     if url is None:
         path = default_journal(study_dir)
-        return JournalStorage(JournalFileBackend(str(path))) if path.is_file() else None
+        return (JournalStorage(JournalFileBackend(str(path))) if path.is_file() else None), None
     check_url(url)
     m = re.match(r"sqlite:///(.+)", url)
-    if url.startswith("sqlite") and not (m and Path(m.group(1)).is_file()):
-        return None
+    sqlite = url.startswith("sqlite")
+    if sqlite and not (m and Path(m.group(1)).is_file()):
+        return None, None
     try:
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(url)
         try:
-            tables = set(sqlalchemy.inspect(engine).get_table_names())
+            tables = set(sqlalchemy.inspect(engine).get_table_names())  # connects: an unreachable server fails here
         finally:
             engine.dispose()
-        if not {"studies", "version_info", "alembic_version"} <= tables:
-            return None
-        return RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+        storage = RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True) \
+            if {"studies", "version_info", "alembic_version"} <= tables else None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends, a missing driver
         raise _cannot_connect(url, e) from None
+    return storage, None if sqlite else f"--storage {mask(url)}: reached, and left as it was"
 
 
 def check_parallel_safe(url: str | None, workers: int) -> None:

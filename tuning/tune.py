@@ -232,7 +232,7 @@ def run(args) -> int:
 def say_left_out(left_out: dict, space: dict) -> None:
     """The default space's knobs that no trial would use (``tuning.space.live_space``), where the study's space
     leaves them out (one made before they were left out goes on drawing them)."""
-    from tuning.space import NEEDS
+    from folds.config import NEEDS
 
     names = [name for name in left_out if name not in space]
     if names:
@@ -246,11 +246,11 @@ def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir, left_out: 
     writing, its space and setup compared with this command's and its finished trials counted."""
     from tuning.dry_run import describe_study, plan_study
     from tuning.objective import Objective
-    from tuning.storage import check_reachable, existing_storage
+    from tuning.storage import existing_storage
     from tuning.study import check_identity, find_study
 
-    storage_note = check_reachable(args.storage)
-    study = find_study(args.study, existing_storage(args.storage, study_dir))
+    storage, storage_note = existing_storage(args.storage, study_dir)  # one connection: reached, and read
+    study = find_study(args.study, storage)
     if study is not None and "search_space" in study.user_attrs:  # else its first worker stopped before it was set
         space = check_identity(study, space, setup, left_out)
     say_left_out(left_out, space)
