@@ -356,11 +356,58 @@ def load_test_set(data_dir, verified_cache=None) -> tuple[pd.DataFrame, pd.DataF
     return test, sub
 
 
-def read_test_set(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``load_test_set`` without decoding the images: the CSVs checked, every image there."""
+# how deep below --data-dir, and over how many folders, a misplaced data folder is looked for (a Kaggle input's
+# /kaggle/input/<dataset>/<folder>, an archive unzipped into a folder of its own); the images' folders are not entered
+SEARCH_DEPTH, SEARCH_FOLDERS = 3, 400
+
+
+def check_data_folder(data_dir, files=(TRAIN_CSV, TEST_CSV, SAMPLE_CSV)) -> Path:
+    """``data_dir`` as a folder that holds ``files``, checked before anything slower (the model's weights, the
+    images): a UserError that names every missing file at once and, where they are in a folder below it, or in
+    an archive not yet unpacked, that folder or archive."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding test.csv.")
+        raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding {files[0]}.")
+    missing = [f for f in files if not (data_dir / f).is_file()]
+    if not missing:
+        return data_dir
+    hint = ""
+    found = folders_holding(data_dir, files)
+    archives = sorted(p.name for p in data_dir.iterdir() if p.suffix.lower() in (".zip", ".tar", ".gz", ".tgz"))
+    if found:
+        hint = (f" They are in {', '.join(str(f) for f in found[:MAX_LISTED])}: point --data-dir there"
+                f"{' (one of them)' if len(found) > 1 else ''}.")
+    elif archives:
+        hint = f" Unpack {', '.join(archives[:MAX_LISTED])} here first (Dacon's data comes as open.zip)."
+    expected = DATA_FILES if TRAIN_CSV in files else TEST_FILES
+    raise UserError(f"--data-dir {data_dir}: {', '.join(missing)} not found. Expected Dacon layout: {expected} in "
+                    f"--data-dir.{hint}")
+
+
+def folders_holding(top: Path, files) -> list[Path]:
+    """Folders below ``top`` (to ``SEARCH_DEPTH``, at most ``SEARCH_FOLDERS`` of them) that hold every one of
+    ``files``; hidden folders, and those a data folder's CSVs sit beside (its image folders), are not entered."""
+    found, queue, seen = [], [(top, 0)], 0
+    while queue and seen < SEARCH_FOLDERS:
+        folder, depth = queue.pop(0)
+        seen += 1
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        names = {e.name for e in entries if e.is_file()}
+        if folder != top and all(f in names for f in files):
+            found.append(folder)
+            continue  # its train/ and test/ hold images
+        if depth < SEARCH_DEPTH:
+            queue += [(Path(e.path), depth + 1) for e in sorted(entries, key=lambda e: e.name)
+                      if not e.name.startswith(".") and e.is_dir()]
+    return found
+
+
+def read_test_set(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``load_test_set`` without decoding the images: the CSVs checked, every image there."""
+    data_dir = check_data_folder(data_dir, (TEST_CSV, SAMPLE_CSV))
     test_csv, sub_csv = data_dir / TEST_CSV, data_dir / SAMPLE_CSV
     sub, names = read_sample(sub_csv, TEST_FILES)
     test = read_csv(test_csv, TEST_COLUMNS, TEST_FILES, names)
@@ -376,9 +423,7 @@ def load_dataset(data_dir, corrections=None, check_images: bool = True, verified
     >>> ds.num_classes, len(ds.train), len(ds.test)    # doctest: +SKIP
     (50, 5912, 12670)
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir}: not a folder. Point it at the folder holding train.csv.")
+    data_dir = check_data_folder(data_dir)
     train_csv, test_csv, sub_csv = data_dir / TRAIN_CSV, data_dir / TEST_CSV, data_dir / SAMPLE_CSV
     sub, names = read_sample(sub_csv)  # its header names the id and class columns of every CSV here
     names = names.with_class_of(train_csv)  # the class column's name, for the messages and the Dataset

@@ -16,7 +16,7 @@ from common.metrics import check_metric_fits_classes, check_metric_fits_sample
 from folds.augment import check_installed
 from folds.cache import cache_root
 from folds.config import RunConfig
-from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, load_dataset, read_groups
+from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, check_data_folder, load_dataset, read_groups
 from folds.images import set_max_image_pixels
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
@@ -63,6 +63,7 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     """
     if demo is None:
         cfg, demo = with_data_dir(cfg)
+    check_data_folder(cfg.data_dir)  # a second, not the model check's hub wait, to find a mistyped folder
     check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
     check_installed(cfg.crop, cfg.affine)
     if cfg.cache_dir:

@@ -148,11 +148,38 @@ def test_a_missing_option_file_is_named_with_its_option(demo_dir):
     with pytest.raises(UserError, match=r"^--corrections \S*nope\.csv: file not found\. It is a CSV of id,artist "):
         load_dataset(demo_dir, corrections=demo_dir / "nope.csv")
     (demo_dir / "test.csv").unlink()
-    with pytest.raises(UserError, match=r"test\.csv: file not found\. Expected Dacon layout: train\.csv, test\.csv"):
+    with pytest.raises(UserError, match=r": test\.csv not found\. Expected Dacon layout: train\.csv, test\.csv"):
         load_dataset(demo_dir)
-    with pytest.raises(UserError, match=r"test\.csv: file not found\. Expected Dacon layout: test\.csv, "
+    with pytest.raises(UserError, match=r": test\.csv not found\. Expected Dacon layout: test\.csv, "
                                         r"sample_submission\.csv and the test images \(no train data needed\)"):
         load_test_set(demo_dir)  # what ensemble/predict.py reads
+
+
+def test_a_data_folder_one_level_off_names_where_the_csvs_are_before_the_models_check(demo_dir, tmp_path):
+    """A Kaggle input (/kaggle/input/<dataset>/<folder>) or an archive unpacked into a folder of its own: the user
+    gave the folder above. Every missing file is named at once, with the folder that holds them; and this comes
+    first, before the model's check, which offline spends its hub wait and then asks for weights."""
+    import shutil
+
+    from folds.config import resolve_config
+    from folds.prepare import prepare_run
+
+    top = tmp_path / "input"
+    shutil.copytree(demo_dir, top / "painters" / "open")
+    with pytest.raises(UserError, match=r"^--data-dir \S*input: train\.csv, test\.csv, sample_submission\.csv not "
+                                        r"found\. .* They are in \S*input/painters/open: point --data-dir there\.$"):
+        load_dataset(top)
+    (tmp_path / "dacon").mkdir()
+    (tmp_path / "dacon" / "open.zip").write_bytes(b"PK")
+    with pytest.raises(UserError, match=r"Unpack open\.zip here first"):
+        load_test_set(tmp_path / "dacon")
+    cfg = resolve_config({"data_dir": str(top), "model": "no_such_model", "runs_dir": str(tmp_path / "runs")})
+    with pytest.raises(UserError, match=r"^--data-dir .*point --data-dir there"):  # not the unknown model
+        prepare_run(cfg, None)
+    cfg = resolve_config({"data_dir": str(top / "painters" / "open"), "model": "no_such_model",
+                          "runs_dir": str(tmp_path / "runs")})
+    with pytest.raises(UserError, match="no_such_model"):  # the data is there: the model is what is wrong
+        prepare_run(cfg, None)
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "I;16", "1"])
