@@ -29,7 +29,7 @@ from common.atomic import check_out_file  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import get_metric  # noqa: E402
 from ensemble.runs import resolve_oof  # noqa: E402
-from folds.config import PATH_SETTINGS, RunConfig, learning_settings, saved_config  # noqa: E402
+from folds.config import PATH_SETTINGS, PRESETS, RunConfig, learning_settings, saved_config  # noqa: E402
 from folds.lock import FoldLock  # noqa: E402
 
 SORTS = {"crop": "crop_oof", "whole": "oof", "name": "run", "minutes": "minutes"}
@@ -38,10 +38,17 @@ SHOWN_APART = {"model", "img_size"}  # settings with their own column
 
 
 def differences(cfg: RunConfig) -> str:
-    """The learning settings that differ from RunConfig's defaults, as ``key=value`` (files by name)."""
-    base = RunConfig().to_dict()
-    return " ".join(f"{k}={Path(v).name if k in PATH_SETTINGS and v else v}"
-                    for k, v in learning_settings(cfg).items() if k not in SHOWN_APART and v != base[k])
+    """The learning settings that differ from the nearest preset's, as ``key=value`` (files by name), after
+    ``preset=NAME`` where that preset is not the default: a config keeps its settings, not the preset that
+    gave them, and a ``strong`` run listed against the default took a dozen columns' width."""
+    own = {k: v for k, v in learning_settings(cfg).items() if k not in SHOWN_APART}
+
+    def against(preset: str) -> list[str]:
+        base = RunConfig(**PRESETS[preset]).to_dict()
+        return [f"{k}={Path(v).name if k in PATH_SETTINGS and v else v}" for k, v in own.items() if v != base[k]]
+
+    nearest = min(PRESETS, key=lambda p: (len(against(p)), p != "default"))  # a tie: the default
+    return " ".join((["preset=" + nearest] if nearest != "default" else []) + against(nearest))
 
 
 def run_row(run: Path) -> tuple[dict, str | None]:

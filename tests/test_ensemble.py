@@ -542,6 +542,12 @@ def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_ru
         (two_runs / "runs" / r / "scores.json").read_text())["oof_crops"]["f1"])  # the better crop-OOF first
     u = table.set_index("run").loc["u"]
     assert u["folds"] == "1/5" and u["status"] == "unfinished" and "lr=0.003" in u["settings"]
+    # a preset's run is named by its preset, with what it changed, not by a dozen settings against the defaults
+    assert u["settings"].startswith("preset=demo ") and "weights=" not in u["settings"]  # the demo preset's
+    from ensemble.table import differences
+    from folds.config import resolve_config
+    strong = resolve_config({"data_dir": "d", "epochs": 20}, "strong")
+    assert differences(strong) == "preset=strong epochs=20" and differences(resolve_config({"data_dir": "d"})) == ""
     assert float(u["crop_oof"]) == json.loads((tmp_path / "runs" / "u" / "fold_0" / "done.json").read_text())[
         "crop_oof"]["f1"]  # the finished fold's score, marked as partial in the text
     assert list(table["img"][:3]) == ["32", "32", "32"] and " 32.0 " not in text  # the sizes stay whole numbers
