@@ -33,7 +33,7 @@ from common.metrics import (DEFAULT_METRIC, METRICS, all_scores, check_metric_fi
                             check_metric_fits_sample, get_metric, shown_beside)
 from ensemble.blend import (BLENDS, TemperatureCalibration, fit_blend, full_proba, honest_oof, make_blend,  # noqa: E402
                             members_to_X)
-from ensemble.compare import gain  # noqa: E402
+from ensemble.compare import gain, selection_optimism  # noqa: E402
 from ensemble.neighbours import for_runs  # noqa: E402
 from ensemble.report import confident_errors, write_report  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, check_distinct,  # noqa: E402
@@ -216,12 +216,14 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         best = best_method(table, candidates, metric)
         method, offsets = best["method"].removesuffix("+offsets"), best["method"].endswith("+offsets")
         notes.append(f"--method {BEST}: {best['method']} has the highest honest {OOF_NAMES[oof]} {m.label} "
-                     f"({best[m.key]:.4f}) of "
-                     f"the {len(candidates)} candidates in the table; the best of several honest scores reads a "
-                     "little high, by more the fewer the OOF paintings")
+                     f"({best[m.key]:.4f}) of the {len(candidates)} candidates in the table")
     else:
         offsets = mode == "on" or (tried and keep_offsets(table, method, notes, oof, metric))
+        candidates = {k: oofs[k] for k in (method, method + "+offsets")} if tried and mode == "auto" else {}
     chosen = method + ("+offsets" if offsets else "")
+    optimism = selection_optimism(y, groups, list(candidates.values()), metric)
+    if len(candidates) > 1:
+        notes.append(optimism_note(optimism, len(candidates), chosen, oofs[chosen], y, OOF_NAMES[oof], metric))
     blend = make_blend(method, stacker, offsets, n_members=len(runs), metric=metric)
     final_oof = oofs[chosen]
     if with_full:
@@ -265,6 +267,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         "neighbours": smooth["saved"] if smoothing is not None and smoothing.on else None,
         # what was chosen and its honest OOF scores: ensemble/leaderboard.py sets them beside the leaderboard's
         "chosen": chosen, "cv": all_scores(y, final_oof), "oof_rows": int(len(y)),
+        "choice_optimism": optimism,  # what choosing among the candidates on these paintings adds to its cv
         "manifest": make_manifest()})}  # what built it (packages, git commit), as a run's manifest.json says
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result.update(all_scores(truth, test, "test_"))
@@ -290,6 +293,16 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result
+
+
+def optimism_note(optimism: float, n: int, chosen: str, chosen_oof, y, oof_name: str, metric: str | None) -> str:
+    """What choosing among ``n`` candidates on the OOF paintings adds to the chosen one's score there
+    (``ensemble.compare.selection_optimism``), and the score to expect of it on new paintings."""
+    m = get_metric(metric)
+    return (f"{chosen} was chosen among {n} honest scores on these paintings, which reads it high by about "
+            f"{optimism:+.4f} (a bootstrap of the choice over the paintings): expect about "
+            f"{m.score(y, chosen_oof) - optimism:.4f} {oof_name} {m.label} of it on new ones (more off where the "
+            "paintings are few and the candidates many and near)")
 
 
 def gain_note(y, groups, base, final, method: str, chosen: str, oof_name: str, metric: str | None) -> str:

@@ -87,6 +87,25 @@ def gain(y, groups, base, other, metric: str | None = None, draws: int = 2000, l
             "better": float((diff > 0).mean()), "level": level}
 
 
+def selection_optimism(y, groups, candidates: list, metric: str | None = None, draws: int = 1000,
+                       seed: int = 0) -> float:
+    """How much higher the best of ``candidates``' OOF scores (probability rows on the same OOF rows; ``groups``:
+    each row's painting) reads than the candidate it picks scores on paintings it was not picked on: the best of
+    several honest scores is itself chosen on these paintings. Efron's bootstrap of the choice: on each resample
+    of the paintings the best candidate is picked again, and its resample score is set against its score on all
+    of them (the resample's stand-in for new paintings). Each candidate's score is first centred on its own
+    resampling mean, so that only the choice counts: one candidate, or several alike, read 0."""
+    if len(candidates) < 2:
+        return 0.0
+    m = get_metric(metric)
+    g, weights = painting_draws(groups, draws, seed)
+    scores = np.array([m.score(y, p) for p in candidates])
+    drawn = np.stack([m.drawn(y, p, g, weights) for p in candidates], axis=1)  # (draws, candidates)
+    centred = drawn - drawn.mean(axis=0) + scores  # the macro-F1 of a resample leans by itself; that is not choice
+    picked = centred.argmax(axis=1)
+    return float(np.mean(centred[np.arange(draws), picked] - scores[picked]))
+
+
 def format_result(result: dict) -> str:
     pct = f"{100 * result['level']:.0f}%"
     m = get_metric(result["metric"])

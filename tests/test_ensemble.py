@@ -48,6 +48,35 @@ def test_every_method_builds_a_valid_submission(two_runs, method, capsys):
     assert list(sub["id"]) == list(sample["id"])
 
 
+def test_the_best_of_several_honest_scores_is_read_down_by_what_choosing_it_added():
+    """Twelve candidates, each right on 60% of 300 paintings: the best of their OOF scores reads high, as the
+    chosen one's score on new paintings shows. The bootstrap of the choice gives most of that back, and nothing
+    where there is no choice (one candidate, or several alike)."""
+    from common.metrics import get_metric
+    from ensemble.compare import selection_optimism
+
+    m, classes = get_metric("macro_f1"), 10
+
+    def candidates(y, rng, n):
+        wrong = (y + rng.integers(1, classes, (n, len(y)))) % classes
+        return [np.eye(classes)[np.where(rng.random(len(y)) < 0.6, y, w)] for w in wrong]
+
+    over, left = [], []
+    for rep in range(8):
+        rng = np.random.default_rng(rep)
+        y = rng.integers(0, classes, 300)
+        cands = candidates(y, rng, 12)
+        best = max(m.score(y, p) for p in cands)
+        new = rng.integers(0, classes, 50_000)  # the chosen one's score on new paintings: all alike in truth
+        truth = m.score(new, candidates(new, rng, 1)[0])
+        optimism = selection_optimism(y, np.arange(300), cands, draws=500)
+        over.append(best - truth)
+        left.append(best - optimism - truth)
+    assert np.mean(over) > 0.03 and abs(np.mean(left)) < 0.5 * np.mean(over)
+    assert selection_optimism(y, np.arange(300), cands[:1]) == 0.0
+    assert selection_optimism(y, np.arange(300), cands[:1] * 4) == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.mark.parametrize("offsets", ["auto", "on", "off"])
 def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, offsets, capsys):
     from ensemble.blend import BLENDS
@@ -67,6 +96,10 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     assert meta["method"] in BLENDS and meta["offsets"] == res["chosen"].endswith("+offsets")
     assert {"packages", "git"} <= set(meta["manifest"])  # what built it, as a run's manifest.json says
     assert any(f"--method best: {res['chosen']} has the highest honest crop-OOF macro-F1" in n for n in res["notes"])
+    # and how high the best of them reads, with the score to expect of it on new paintings
+    said = next(n for n in res["notes"] if "honest scores on these paintings, which reads it high by about" in n)
+    expect = float(re.search(r"expect about ([0-9.]+)", said)[1])
+    assert meta["choice_optimism"] >= 0 and expect == pytest.approx(chosen["f1"] - meta["choice_optimism"], abs=1e-4)
     # with offsets chosen, their gain over the blend alone comes with its interval over the paintings
     gains = [n for n in res["notes"] if " against " in n and "over resamples of the paintings" in n]
     assert len(gains) == res["chosen"].endswith("+offsets"), res["notes"]
