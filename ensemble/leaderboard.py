@@ -89,12 +89,16 @@ def read_builds(folders) -> pd.DataFrame:
                                 "again, or move the file away.") from None
             cv = meta.get("cv") or {}  # builds from before it was kept have none
             metric = get_metric(meta.get("metric") or DEFAULT_METRIC)
+            # a build that chose among candidates on its OOF paintings reads high by what choosing added: the CV
+            # that predicts the board is its score less that (ensemble.compare.selection_optimism)
+            read_down = meta.get("choice_optimism") or 0.0
+            better = cv.get(metric.key, np.nan) - read_down
             rows.append({"submission": submission_of(meta_path).name, "folder": str(folder),
                          "method": meta.get("chosen") or meta.get("method"),
                          "runs": " ".join(Path(r).name for r in meta.get("runs", [])),
                          "oof": meta.get("oof"), "metric": metric.short, "loss": metric.board_sign < 0,
                          # as the leaderboard shows it (the log loss as a loss); "better": higher, whatever the metric
-                         "cv": metric.board_sign * cv.get(metric.key, np.nan), "better": cv.get(metric.key, np.nan)})
+                         "cv": metric.board_sign * better, "better": better, "chose": read_down > 0})
     if not rows:
         raise UserError(f"no builds in {', '.join(map(str, folders))}: ensemble/build.py writes <out>{BLEND_JSON} "
                         "beside each submission.")
@@ -149,6 +153,9 @@ def format_report(table: pd.DataFrame, corr: dict) -> str:
     lines.append(f"CV: each build's honest OOF {' / '.join(metrics)} (the OOF it chose on: crops or whole)"
                  + ("; a log loss as the leaderboard shows it, a loss (lower is better)" if table["loss"].any() else "")
                  + ("; the builds were scored by different metrics" if len(metrics) > 1 else ""))
+    if table["chose"].any():
+        lines.append("   less, where a build chose among candidates on those paintings (--method best, --offsets "
+                     "auto), what choosing added (its note: 'reads it high by about')")
     if table["cv"].isna().any():
         lines.append("-: a build made before its CV was kept beside it; build it again to see its CV.")
     for b, c in corr.items():

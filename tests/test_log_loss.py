@@ -183,8 +183,11 @@ def test_a_task_scored_by_log_loss_submits_a_probability_per_class(demo_dir, tmp
     from ensemble.leaderboard import main as leaderboard_main
     assert build_main([str(run), "--method", "vote", "--out", str(tmp_path / "subs" / "vote.csv"), "--no-report"]) == 0
     capsys.readouterr()
-    cv = {f.name.removesuffix("_blend.json") + ".csv": -json.loads(f.read_text())["cv"]["neg_log_loss"]
-          for f in (tmp_path / "subs").glob("*_blend.json")}
+    metas = {f.name.removesuffix("_blend.json") + ".csv": json.loads(f.read_text())
+             for f in (tmp_path / "subs").glob("*_blend.json")}
+    # a loss, read up by what a build's choice among candidates added (--method best, --offsets auto)
+    cv = {name: -(meta["cv"]["neg_log_loss"] - meta["choice_optimism"]) for name, meta in metas.items()}
+    assert metas["best.csv"]["choice_optimism"] > 0
     assert len(cv) == 3 and cv["vote.csv"] > min(cv.values())  # the hard vote is the worst, even calibrated
     pd.DataFrame({"submission": list(cv), "public": [v + 0.01 for v in cv.values()]}).to_csv(tmp_path / "lb.csv",
                                                                                                index=False)
