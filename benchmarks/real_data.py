@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.blend import make_blend  # noqa: E402
 from ensemble.build import best_method, blend_test, build, compare, neighbour_smoothing  # noqa: E402
-from ensemble.compare import compare_runs, format_result  # noqa: E402
+from ensemble.compare import compare_runs, format_result, selection_optimism  # noqa: E402
 from ensemble.runs import check_compatible, load_run  # noqa: E402
 from common import UserError, layout  # noqa: E402
 from common.cli import entry_point  # noqa: E402
@@ -158,6 +158,9 @@ def ensemble_rows(run_dirs, data_dir: Path, with_full: bool = False) -> list[dic
     # chosen by honest crop-OOF, as `ensemble/build.py --method best` chooses; the row without the
     # full-data model and the one with neighbour smoothing (as build adds it) follow it
     best = best_method(rows, oofs)
+    # what choosing among them on these paintings added to its crop-OOF, as the build's note says
+    best["choice_optimism"] = selection_optimism(y, runs[0].oof["id"].to_numpy(),
+                                                 [oofs[r["method"]] for r in rows if r["method"] in oofs])
     method, _, offsets = best["method"].partition("+")
     blend = make_blend(method, "logreg", bool(offsets), n_members=len(runs))
     if with_full and truth is not None:  # the full-data model's test gain, reported apart
@@ -318,6 +321,8 @@ def markdown_table(rows: list[dict]) -> str:
              "| first / steady epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         what = (r.get("name") or r.get("method")) + (" **(chosen by crop-OOF)**" if r.get("chosen") else "")
+        if r.get("choice_optimism"):
+            what += f" (the choice reads its crop-OOF {r['choice_optimism']:+.4f} high)"
         lines.append(f"| {r['stage']} | {what} | {f(r.get('oof_f1'))} | "
                      f"{f(r.get('crop_oof_f1') or r.get('f1'))} | {f(r.get('single_fold_test_f1'))} | "
                      f"{f(r.get('test_f1'))} | {r['minutes']} | {r.get('first_vs_steady') or ''} |")
