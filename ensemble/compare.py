@@ -65,8 +65,12 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
             row.update(diff=row["score"] - rows[0]["score"], diff_interval=interval(diff, level),
                        better=float((diff > 0).mean()))
         rows.append(row)
+    # a recipe is chosen as the best of these: by how much that best reads high, as the build says of its choice
+    best = int(np.argmax([r["score"] for r in rows]))
+    optimism = selection_optimism(y, runs[0].oof["id"].to_numpy(), probs, metric, min(draws, 1000), seed)
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
-            "oof": oof, "partial": partial, "oof_note": oof_note, "common": common, "metric": metric}
+            "oof": oof, "partial": partial, "oof_note": oof_note, "common": common, "metric": metric,
+            "best": rows[best]["run"], "best_optimism": optimism}
 
 
 def interval(drawn: np.ndarray, level: float) -> tuple[float, float]:
@@ -121,6 +125,11 @@ def format_result(result: dict) -> str:
             lo, hi = r["diff_interval"]
             line += f"    {r['diff']:+8.4f}  [{lo:+.3f}, {hi:+.3f}]    {100 * r['better']:.0f}% of draws"
         lines.append(line)
+    if len(result["rows"]) > 1 and "best_optimism" in result:
+        best = next(r for r in result["rows"] if r["run"] == result["best"])
+        lines.append(f"note: the best of these {len(result['rows'])}, {result['best']}, reads about "
+                     f"{result['best_optimism']:+.4f} high, being picked on these paintings (a bootstrap of the "
+                     f"choice): expect about {best['score'] - result['best_optimism']:.4f} of it on new ones")
     for note in (result.get("oof_note"), result.get("partial"), result.get("common")):
         if note:
             lines.append(f"note: {note}")

@@ -541,6 +541,12 @@ def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
     assert compare_main([str(s0), str(s1), "--draws", "300"]) == 0
     out = capsys.readouterr().out
     assert "90% intervals from 300 resamples of the paintings" in out and "% of draws" in out
+    # the better of the two is picked on these paintings: it reads high by what the choice adds
+    best = max(compare_runs([s0, s1], draws=300)["rows"], key=lambda r: r["score"])
+    said = re.search(r"the best of these 2, (\S+), reads about \+([0-9.]+) high.*expect about ([0-9.]+)", out)
+    assert said and said[1] == best["run"] and float(said[3]) == pytest.approx(best["score"] - float(said[2]),
+                                                                               abs=2e-4)
+    assert compare_runs([s0, s0], draws=300)["best_optimism"] == pytest.approx(0, abs=1e-12)  # no choice to make
     assert compare_main([str(s0), "--draws", "10"]) == 2 and "--draws 10" in capsys.readouterr().err
     assert compare_main([str(s0), "--seed", "-1"]) == 2 and "--seed -1" in capsys.readouterr().err  # numpy's traceback
 
