@@ -5,6 +5,7 @@
         oof.csv  oof_crops.csv                 the folds' OOF files, joined
         fold_<k>/ fold_full/                   one folder per fold, and the full-data model
             history.csv  best.pt  last.pt  oof.csv  oof_crops.csv  test_probs.csv  done.json
+    tuning/<study>/trials/trial_NNNN/fold_<k>/   a study's trial: history.csv, val_probs.npz
 
 A fold is finished exactly when its ``done.json`` exists (written last). Probability frames
 have metadata columns first (``id`` always), then one column per class; ids are always read
@@ -27,6 +28,7 @@ HISTORY, BEST, LAST, DONE, LOCK = "history.csv", "best.pt", "last.pt", "done.jso
 BEST_EXPORTED = "best.safetensors"  # the best weights in an export folder (no pickle at all)
 EXPORT = "export.json"  # marks an export folder: its runs under runs/, the fitted blend beside it
 BEST_PARAMS = "best.json"  # in a study's folder, tuning/<study>/: its best parameters over its training setup
+VAL_PROBS = "val_probs.npz"  # in a study trial's fold folder: its best epoch's monitored validation rows
 FULL = "full"  # the full-data model's fold name
 # Everything a fold writes: --force removes these before it retrains.
 FOLD_FILES = (DONE, LAST, BEST, HISTORY, OOF, OOF_CROPS, TEST_PROBS)

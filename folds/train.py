@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from common import UserError
+from common import UserError, layout
+from common.atomic import atomic_write
 from common.machine import usable_cores
 from common.metrics import METRICS, get_metric
 from folds.augment import eval_transform, train_transform
@@ -63,6 +64,8 @@ class Validation:
         # each painting whole, then its crops: one loader decodes a painting once for all its rows
         self.views = PaintingViews.of(list(val["path"]), val["id"], cfg.val_crops, VAL_CROP_SEED)
         self.labels = np.repeat(val["label"].to_numpy(), 1 + cfg.val_crops)
+        self.ids = np.repeat(val["id"].to_numpy().astype(str), 1 + cfg.val_crops)  # each row's painting
+        self.probs = None  # the last score's, every row
         rows = distributed.my_rows(len(self.labels))
         data = ImageDataset(self.views.paths[rows], self.labels[rows], transform, cache=cache,
                             crops=self.views.boxes[rows], reuse_decoded=True)
@@ -80,11 +83,19 @@ class Validation:
         if self.loader is not None:
             probs = distributed.gather_rows(predict_probs(model, self.loader, prec, inputs, tta="none",
                                                           desc="validate"), len(self.labels))
+        self.probs = probs
         row = {}
         for cols, rows in ((VIEWS[""], self.views.whole), (VIEWS[CROP], ~self.views.whole)):
             s = scores(probs[rows], self.labels[rows]) if rows.any() else {}
             row.update({cols + k: s.get(k, float("nan")) for k in ("loss", *(m.key for m in METRICS.values()))})
         return row
+
+    def save(self, path: Path, monitor: str) -> None:
+        """The last score's rows the monitor follows (the crops', or the whole paintings'), with their labels and
+        paintings: a study sets its trials' side by side on these same rows (``tuning.study.best_read_down``)."""
+        rows = ~self.views.whole if monitor.startswith(CROP) else self.views.whole
+        with atomic_write(path, "wb") as f:
+            np.savez(f, probs=self.probs[rows].astype(np.float32), labels=self.labels[rows], ids=self.ids[rows])
 
 
 def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
@@ -101,7 +112,7 @@ def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
 
 def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *, fold_index: int = 0,
                resume: bool = False, on_epoch=None, epochs: int | None = None, extra=None,
-               deadline: Deadline | None = None) -> dict:
+               deadline: Deadline | None = None, keep_val_probs: bool = False) -> dict:
     """Train on ``train_idx``, early-stop on ``val_idx``; keep best and last checkpoints.
 
     ``on_epoch(epoch, row)`` is called after each epoch (the tuner reports and prunes there).
@@ -176,6 +187,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         if distributed.is_main():
             if improved:
                 ckpt.save_best(judged)
+                if keep_val_probs and validation.probs is not None:  # a study's trial (``layout.VAL_PROBS``)
+                    validation.save(out_dir / layout.VAL_PROBS, monitor)
             ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
         distributed.barrier()  # a resume must find last.pt complete on every rank
         whole, crops = (VIEWS[view] + key for view in ("", CROP))  # the metric's columns

@@ -251,6 +251,21 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     # the printed command trains in a folder of its own: under the default name (model and seed) it met a default
     # run trained before the study, which refused it as "made with other settings"
     best = json.loads((demo_study / "tuning" / "s" / "best.json").read_text())
+    # the best of the trials is picked on the same validation paintings: by how much that reads it high
+    import re
+    said = re.search(r"the best of (\d+) trials' scores on the same validation paintings reads about \+([0-9.]+) "
+                     r"high .*expect about ([0-9.]+) of its parameters", out)
+    complete = [t for t in load(demo_study).trials if t.state == TrialState.COMPLETE]
+    assert said and int(said[1]) == len(complete) >= 2, out
+    assert float(said[3]) == pytest.approx(best["value"] - float(said[2]), abs=2e-4)
+    # each trial's kept rows are its best epoch's monitored ones: they score its value again, to the digit
+    import numpy as np
+
+    from common.metrics import get_metric
+    for t in complete:
+        kept = np.load(demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "fold_0" / "val_probs.npz")
+        assert get_metric("macro_f1").score(kept["labels"], kept["probs"]) == pytest.approx(t.value, abs=1e-6)
+        assert len(set(kept["ids"])) * 2 == len(kept["ids"])  # the validation crops: 2 a painting
     assert f"next: python folds/run.py --params {demo_study / 'tuning' / 's' / 'best.json'} --fold all --name " \
         f"s-trial{best['trial']}\n" in out, out
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -167,9 +169,47 @@ def summary(study) -> str:
     c = counts(study)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
     what = score_name(study.user_attrs.get("setup", {}))
+    read = best_read_down(study)
     return (f"study {study.study_name}: best value ({what}) {b.value:.4f} at trial {b.number}: {params}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
-            + (f", {c['running']} running" if c["running"] else ""))
+            + (f", {c['running']} running" if c["running"] else "")
+            + (f"\nthe best of {read['trials']} trials' scores on the same validation paintings reads about "
+               f"{read['optimism']:+.4f} high (a bootstrap of the choice over the paintings; another seed's noise "
+               f"comes on top): expect about {b.value - read['optimism']:.4f} of its parameters in a new run"
+               if read else ""))
+
+
+def best_read_down(study) -> dict | None:
+    """What picking the best of the study's complete trials on their validation paintings adds to its value
+    (``ensemble.compare.selection_optimism``), from each trial's best epochs' monitored rows (``layout.VAL_PROBS``,
+    every fold it trained, one after another); None where fewer than 2 trials' rows are here (a worker elsewhere,
+    a study from before they were kept) or the trials scored other rows (a space that varies ``val_crops``)."""
+    from common.layout import VAL_PROBS, fold_dir
+    from ensemble.compare import selection_optimism
+
+    best, rows, probs = best_trial(study), None, []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("diverged") or "dir" not in t.user_attrs:
+            continue
+        # the folds it trained: the objective keeps each one's score as fold_<k>_<metric key>
+        keys = sorted({int(k.split("_")[1]) for k in t.user_attrs if re.fullmatch(r"fold_\d+_\w+", k)})
+        paths = [fold_dir(t.user_attrs["dir"], k) / VAL_PROBS for k in keys]
+        try:
+            parts = [dict(np.load(p)) for p in paths]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # not here (another worker's), or cut short
+            continue
+        if not parts:
+            continue
+        these = (np.concatenate([x["labels"] for x in parts]), np.concatenate([x["ids"] for x in parts]))
+        if rows is not None and not (np.array_equal(these[0], rows[0]) and np.array_equal(these[1], rows[1])):
+            return None
+        rows = these
+        probs.append((t.number, np.concatenate([x["probs"] for x in parts])))
+    if len(probs) < 2 or best.number not in {n for n, _ in probs}:
+        return None
+    metric = study.user_attrs.get("setup", {}).get("metric")
+    return {"trials": len(probs),
+            "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric)}
 
 
 def next_command(path: Path, study_name: str, trial: int) -> str:
