@@ -195,7 +195,7 @@ def best_read_down(study) -> dict | None:
         keys = sorted({int(k.split("_")[1]) for k in t.user_attrs if re.fullmatch(r"fold_\d+_\w+", k)})
         paths = [fold_dir(t.user_attrs["dir"], k) / VAL_PROBS for k in keys]
         try:
-            parts = [dict(np.load(p)) for p in paths]
+            parts = [read_npz(p) for p in paths]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # not here (another worker's), or cut short
             continue
         if not parts:
@@ -210,6 +210,12 @@ def best_read_down(study) -> dict | None:
     metric = study.user_attrs.get("setup", {}).get("metric")
     return {"trials": len(probs),
             "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric)}
+
+
+def read_npz(path: Path) -> dict:
+    """Every array of an ``.npz`` file, the file closed."""
+    with np.load(path) as z:
+        return dict(z)
 
 
 def next_command(path: Path, study_name: str, trial: int) -> str:
