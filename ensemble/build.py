@@ -223,7 +223,8 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     chosen = method + ("+offsets" if offsets else "")
     optimism = selection_optimism(y, groups, list(candidates.values()), metric)
     if len(candidates) > 1:
-        notes.append(optimism_note(optimism, len(candidates), chosen, oofs[chosen], y, OOF_NAMES[oof], metric))
+        score = next(r[m.key] for r in table if r["method"] == chosen)  # its honest score, as the table has it
+        notes.append(optimism_note(optimism, len(candidates), chosen, score, OOF_NAMES[oof], metric))
     blend = make_blend(method, stacker, offsets, n_members=len(runs), metric=metric)
     final_oof = oofs[chosen]
     if with_full:
@@ -295,13 +296,13 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     return result
 
 
-def optimism_note(optimism: float, n: int, chosen: str, chosen_oof, y, oof_name: str, metric: str | None) -> str:
-    """What choosing among ``n`` candidates on the OOF paintings adds to the chosen one's score there
+def optimism_note(optimism: float, n: int, chosen: str, score: float, oof_name: str, metric: str | None) -> str:
+    """What choosing among ``n`` candidates on the OOF paintings adds to the chosen one's ``score`` there
     (``ensemble.compare.selection_optimism``), and the score to expect of it on new paintings."""
     m = get_metric(metric)
     return (f"{chosen} was chosen among {n} honest scores on these paintings, which reads it high by about "
             f"{optimism:+.4f} (a bootstrap of the choice over the paintings): expect about "
-            f"{m.score(y, chosen_oof) - optimism:.4f} {oof_name} {m.label} of it on new ones (more off where the "
+            f"{score - optimism:.4f} {oof_name} {m.label} of it on new ones (more off where the "
             "paintings are few and the candidates many and near)")
 
 

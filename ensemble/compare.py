@@ -67,7 +67,7 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
         rows.append(row)
     # a recipe is chosen as the best of these: by how much that best reads high, as the build says of its choice
     best = int(np.argmax([r["score"] for r in rows]))
-    optimism = selection_optimism(y, runs[0].oof["id"].to_numpy(), probs, metric, min(draws, 1000), seed)
+    optimism = optimism_of([r["score"] for r in rows], drawn)  # on the draws the intervals came from
     return {"rows": rows, "n_rows": len(y), "n_paintings": weights.shape[1], "draws": draws, "level": level,
             "oof": oof, "partial": partial, "oof_note": oof_note, "common": common, "metric": metric,
             "best": rows[best]["run"], "best_optimism": optimism}
@@ -103,11 +103,19 @@ def selection_optimism(y, groups, candidates: list, metric: str | None = None, d
         return 0.0
     m = get_metric(metric)
     g, weights = painting_draws(groups, draws, seed)
-    scores = np.array([m.score(y, p) for p in candidates])
-    drawn = np.stack([m.drawn(y, p, g, weights) for p in candidates], axis=1)  # (draws, candidates)
+    return optimism_of([m.score(y, p) for p in candidates],
+                       np.stack([m.drawn(y, p, g, weights) for p in candidates], axis=1))
+
+
+def optimism_of(scores, drawn: np.ndarray) -> float:
+    """``selection_optimism`` from the candidates' ``scores`` on all the paintings and their scores on each
+    resample (``drawn``: draws x candidates), where a caller has drawn them already."""
+    scores = np.asarray(scores)
+    if len(scores) < 2:
+        return 0.0
     centred = drawn - drawn.mean(axis=0) + scores  # the macro-F1 of a resample leans by itself; that is not choice
     picked = centred.argmax(axis=1)
-    return float(np.mean(centred[np.arange(draws), picked] - scores[picked]))
+    return float(np.mean(centred[np.arange(len(drawn)), picked] - scores[picked]))
 
 
 def format_result(result: dict) -> str:

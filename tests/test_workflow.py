@@ -602,6 +602,17 @@ def test_benchmark_variants_parse_to_run_options():
             parse_variant(bad)
 
 
+def test_the_option_fuzz_tries_each_value_option_in_a_fresh_process(tmp_path, capsys):
+    """benchmarks/option_fuzz.py: every option that takes a value, put in place of the base's own, each value in a
+    fresh process; compare.py refuses each bad one (or a missing run folder) by name, without a traceback."""
+    from benchmarks.option_fuzz import main as fuzz_main, value_options, with_option
+    assert set(value_options("ensemble/compare.py")) == {"--oof", "--draws", "--level", "--seed", "--data-dir",
+                                                         "--metric"}
+    assert with_option(["r", "--draws", "300", "--x"], "--draws", "0") == ["r", "--x", "--draws", "0"]
+    assert fuzz_main(["ensemble/compare.py", "--", str(tmp_path / "nowhere")]) == 0
+    assert "6 options x 4 values, 0 tracebacks" in capsys.readouterr().out
+
+
 def test_a_resumed_benchmark_budgets_a_run_by_its_folds_minutes():
     """Resumed over finished folds, a run scores in seconds; the optional second seed was then started
     on a budget its training would overrun."""
