@@ -38,6 +38,7 @@ from ensemble.submission import answer_key  # noqa: E402
 from folds.config import resolve_config  # noqa: E402
 from folds.run import start_side_by_side, wait_for  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
+from folds.stopping import read_down_view  # noqa: E402
 
 
 def open_run(name: str, preset: str, args, **over) -> FoldRunner:
@@ -62,6 +63,9 @@ def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
     return {"name": name, "preset": preset, "model": cfg.model, "weights": cfg.weights, "epochs": cfg.epochs,
             "oof_f1": res["oof"]["f1"],
             "crop_oof_f1": res.get("oof_crops", {}).get("f1"), "test_f1": sub["test_f1_without_neighbours"],
+            # how high choosing each fold's best epoch on its validation paintings reads the OOF it chose on: the
+            # crop-OOF less this is what predicts the single-fold test F1 (folds.stopping.epoch_read_down)
+            "epoch_optimism": res.get("epoch_optimism"), "epochs_chosen_on": read_down_view(res["fold_results"]),
             "single_fold_test_f1": round(single, 4),
             "fold_mean_gain": round(sub["test_f1_without_neighbours"] - single, 4),
             # the fold mean with neighbour smoothing (ensemble/neighbours.py, build.py --neighbours auto)
@@ -317,14 +321,17 @@ def markdown_table(rows: list[dict]) -> str:
     def f(x):
         return "" if x is None or x != x else f"{x:.4f}"
 
-    lines = ["", "| stage | what | OOF F1 | crop-OOF F1 | mean single-fold test F1 | fold-mean test F1 | minutes "
-             "| first / steady epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["", "| stage | what | OOF F1 | crop-OOF F1 (less its epochs' choice) | mean single-fold test F1 | "
+             "fold-mean test F1 | minutes | first / steady epoch |", "|" + " --- |" * 8]
     for r in rows:
         what = (r.get("name") or r.get("method")) + (" **(chosen by crop-OOF)**" if r.get("chosen") else "")
         if r.get("choice_optimism"):
             what += f" (the choice reads its crop-OOF {r['choice_optimism']:+.4f} high)"
+        crop = r.get("crop_oof_f1") or r.get("f1")
+        if crop is not None and r.get("epoch_optimism") is not None and r.get("epochs_chosen_on") == "crops":
+            crop = f"{f(crop)} ({f(crop - r['epoch_optimism'])})"
         lines.append(f"| {r['stage']} | {what} | {f(r.get('oof_f1'))} | "
-                     f"{f(r.get('crop_oof_f1') or r.get('f1'))} | {f(r.get('single_fold_test_f1'))} | "
+                     f"{crop if isinstance(crop, str) else f(crop)} | {f(r.get('single_fold_test_f1'))} | "
                      f"{f(r.get('test_f1'))} | {r['minutes']} | {r.get('first_vs_steady') or ''} |")
     return "\n".join(lines)
 

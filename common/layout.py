@@ -4,8 +4,8 @@
         config.json  classes.json  manifest.json  folds.csv  scores.json
         oof.csv  oof_crops.csv                 the folds' OOF files, joined
         fold_<k>/ fold_full/                   one folder per fold, and the full-data model
-            history.csv  best.pt  last.pt  oof.csv  oof_crops.csv  test_probs.csv  done.json
-    tuning/<study>/trials/trial_NNNN/fold_<k>/   a study's trial: history.csv, val_probs.npz
+            history.csv  val_epochs.npz  best.pt  last.pt  oof.csv  oof_crops.csv  test_probs.csv  done.json
+    tuning/<study>/trials/trial_NNNN/fold_<k>/   a study's trial: history.csv, val_epochs.npz
 
 A fold is finished exactly when its ``done.json`` exists (written last). Probability frames
 have metadata columns first (``id`` always), then one column per class; ids are always read
@@ -28,10 +28,12 @@ HISTORY, BEST, LAST, DONE, LOCK = "history.csv", "best.pt", "last.pt", "done.jso
 BEST_EXPORTED = "best.safetensors"  # the best weights in an export folder (no pickle at all)
 EXPORT = "export.json"  # marks an export folder: its runs under runs/, the fitted blend beside it
 BEST_PARAMS = "best.json"  # in a study's folder, tuning/<study>/: its best parameters over its training setup
-VAL_PROBS = "val_probs.npz"  # in a study trial's fold folder: its best epoch's monitored validation rows
+# in a fold's (and a study trial's fold's) folder: every epoch's validation rows the monitor followed, and the best
+# epoch; the read-downs of choosing that epoch (a fold's epoch_optimism) and the best trial (a study's) come from it
+VAL_EPOCHS = "val_epochs.npz"
 FULL = "full"  # the full-data model's fold name
 # Everything a fold writes: --force removes these before it retrains.
-FOLD_FILES = (DONE, LAST, BEST, HISTORY, OOF, OOF_CROPS, TEST_PROBS)
+FOLD_FILES = (DONE, LAST, BEST, HISTORY, VAL_EPOCHS, OOF, OOF_CROPS, TEST_PROBS)
 OOF_FILES = {"whole": OOF, "crops": OOF_CROPS}
 STRING_COLUMNS = ("id", "label", "artist", "split_key")
 # The columns a probability table holds besides one per class (``prob_frame``'s keywords): no class may

@@ -44,7 +44,7 @@ from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 from folds.manifest import make_manifest  # noqa: E402
-from folds.stopping import best_of, chosen_on_crops  # noqa: E402
+from folds.stopping import best_of, chosen_on_crops, epoch_read_down, read_down_view  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
@@ -225,6 +225,13 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     if len(candidates) > 1:
         score = next(r[m.key] for r in table if r["method"] == chosen)  # its honest score, as the table has it
         notes.append(optimism_note(optimism, len(candidates), chosen, score, OOF_NAMES[oof], metric))
+    epochs = runs_epoch_read_down(runs, oof)
+    if epochs is not None:
+        score = next(r[m.key] for r in table if r["method"] == chosen)
+        notes.append(f"each fold's best epoch was chosen on the paintings its {OOF_NAMES[oof]} scores, which reads "
+                     f"it about {epochs:+.4f} high (the runs' mean, a bootstrap of each fold's choice): expect about "
+                     f"{score - optimism - epochs:.4f} {OOF_NAMES[oof]} {m.label} of {chosen} on new paintings"
+                     + (" with the choice above read down too" if optimism else ""))
     blend = make_blend(method, stacker, offsets, n_members=len(runs), metric=metric)
     final_oof = oofs[chosen]
     if with_full:
@@ -269,6 +276,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         # what was chosen and its honest OOF scores: ensemble/leaderboard.py sets them beside the leaderboard's
         "chosen": chosen, "cv": all_scores(y, final_oof), "oof_rows": int(len(y)),
         "choice_optimism": optimism,  # what choosing among the candidates on these paintings adds to its cv
+        "epoch_optimism": epochs,  # what choosing each fold's best epoch on them adds (None: not known)
         "manifest": make_manifest()})}  # what built it (packages, git commit), as a run's manifest.json says
     if truth is not None:  # an answer key (demo, wikiart50): report the real test score, never choose by it
         result.update(all_scores(truth, test, "test_"))
@@ -294,6 +302,13 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result
+
+
+def runs_epoch_read_down(runs, oof: str) -> float | None:
+    """How high the runs' ``oof`` reads, each fold's best epoch being chosen on the paintings it scores: the mean of
+    the runs' ``folds.stopping.epoch_read_down``; None unless every run has one, on this OOF."""
+    kept = [epoch_read_down(r.fold_scores) if read_down_view(r.fold_scores) == oof else None for r in runs]
+    return None if not kept or None in kept else float(np.mean(kept))
 
 
 def optimism_note(optimism: float, n: int, chosen: str, score: float, oof_name: str, metric: str | None) -> str:

@@ -89,9 +89,10 @@ def read_builds(folders) -> pd.DataFrame:
                                 "again, or move the file away.") from None
             cv = meta.get("cv") or {}  # builds from before it was kept have none
             metric = get_metric(meta.get("metric") or DEFAULT_METRIC)
-            # a build that chose among candidates on its OOF paintings reads high by what choosing added: the CV
-            # that predicts the board is its score less that (ensemble.compare.selection_optimism)
-            read_down = meta.get("choice_optimism") or 0.0
+            # a build that chose among candidates on its OOF paintings reads high by what choosing added, and so
+            # do its folds' best epochs, chosen on them too: the CV that predicts the board is its score less both
+            # (ensemble.compare.selection_optimism)
+            read_down = (meta.get("choice_optimism") or 0.0) + (meta.get("epoch_optimism") or 0.0)
             better = cv.get(metric.key, np.nan) - read_down
             rows.append({"submission": submission_of(meta_path).name, "folder": str(folder),
                          "method": meta.get("chosen") or meta.get("method"),
@@ -154,8 +155,8 @@ def format_report(table: pd.DataFrame, corr: dict) -> str:
                  + ("; a log loss as the leaderboard shows it, a loss (lower is better)" if table["loss"].any() else "")
                  + ("; the builds were scored by different metrics" if len(metrics) > 1 else ""))
     if table["chose"].any():
-        lines.append("   less, where a build chose among candidates on those paintings (--method best, --offsets "
-                     "auto), what choosing added (its note: 'reads it high by about')")
+        lines.append("   less what choosing on those same paintings added (the build's notes: 'reads it ... high'): "
+                     "among candidates (--method best, --offsets auto), and each fold's best epoch")
     if table["cv"].isna().any():
         lines.append("-: a build made before its CV was kept beside it; build it again to see its CV.")
     for b, c in corr.items():

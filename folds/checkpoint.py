@@ -27,15 +27,20 @@ class Checkpointer:
         save_torch(self.dir / BEST, model.state_dict())
 
     def save_last(self, model, optimizer, scheduler, scaler, stopper, history: list, seconds: float,
-                  ema=None) -> None:
+                  ema=None, val_epochs: list | None = None) -> None:
+        """``val_epochs``: each scored epoch's monitored validation probabilities (tensors), which the read-down of
+        the best epoch's choice needs from every epoch, the resumed ones too."""
         save_torch(self.dir / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                      "stopper": stopper.state_dict(), "history": history, "seconds": seconds,
-                                     "ema": None if ema is None else ema.state_dict()})
+                                     "ema": None if ema is None else ema.state_dict(),
+                                     "val_epochs": list(val_epochs or [])})
         write_csv(self.dir / HISTORY, pd.DataFrame(history))
 
-    def restore_last(self, model, optimizer, scheduler, scaler, stopper, device, ema=None) -> tuple[list, float]:
-        """Load ``last.pt`` into the given objects; returns (history, seconds)."""
+    def restore_last(self, model, optimizer, scheduler, scaler, stopper, device,
+                     ema=None) -> tuple[list, float, list]:
+        """Load ``last.pt`` into the given objects; returns (history, seconds, val_epochs). A ``last.pt`` from before
+        the epochs' validation rows were kept has none."""
         path = self.dir / LAST
         ckpt = read_checkpoint(path, map_location=device)
         try:
@@ -46,7 +51,7 @@ class Checkpointer:
             stopper.load_state_dict(ckpt["stopper"])
             if ema is not None:
                 ema.load_state_dict(ckpt["ema"])
-            return list(ckpt["history"]), float(ckpt["seconds"])
+            return list(ckpt["history"]), float(ckpt["seconds"]), [t.cpu() for t in ckpt.get("val_epochs", [])]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path}: not a checkpoint of this run's settings ({type(e).__name__}: "
                             f"{_first_line(e)}). {fold_hint(path)}") from None

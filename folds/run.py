@@ -69,14 +69,23 @@ def finish_run(runner, result: dict) -> str:
     from common.metrics import get_metric
     from ensemble.build import build, format_table
     from ensemble.runs import OOF_NAMES
+    from folds.stopping import read_down_view
 
     cfg = runner.cfg
     sub = build([runner.run_dir], method="mean", out=Path(cfg.submissions_dir) / f"{cfg.name}_folds-mean.csv")
     logging.getLogger(__name__).info("%s", format_table(sub["table"], sub["chosen"], sub["oof"], sub["metric"]))
     m = get_metric(cfg.metric)
-    line = f"OOF {m.label} {result['oof'][m.key]:.4f}"
+    read_down = result.get("epoch_optimism")
+    view = read_down_view(result.get("fold_results", {}))
+
+    def read(kind: str, score: float) -> str:  # the OOF the folds chose their best epochs on reads high by that
+        return (f" (its folds' best epochs, chosen on these paintings, read it about {read_down:+.4f} high: expect "
+                f"about {score - read_down:.4f} of one fold model on new {'crops' if kind == 'crops' else 'paintings'})"
+                if read_down is not None and kind == view else "")
+
+    line = f"OOF {m.label} {result['oof'][m.key]:.4f}{read('whole', result['oof'][m.key])}"
     if "oof_crops" in result:
-        line += f" | crop-OOF {m.label} {result['oof_crops'][m.key]:.4f}"
+        line += f" | crop-OOF {m.label} {result['oof_crops'][m.key]:.4f}{read('crops', result['oof_crops'][m.key])}"
     chosen = next((r for r in sub["table"] if r["method"] == sub["chosen"]), None)
     if chosen is not None and sub["chosen"] != "mean":  # offsets or smoothing over the fold mean: the test is theirs
         line += f" | the submission ({sub['chosen']}): {OOF_NAMES[sub['oof']]} {m.label} {chosen[m.key]:.4f}"

@@ -34,7 +34,7 @@ from folds.prepare import PreparedRun, prepare_run, split_store, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
 from folds.scale_check import whole_test_warning
 from folds.split import fold_rows, save_folds
-from folds.stopping import best_of, chosen_on_crops
+from folds.stopping import best_of, chosen_on_crops, epoch_read_down
 from folds.train import train_fold
 
 
@@ -412,6 +412,9 @@ class FoldRunner:
             ids = layout.read_frame(self.run_dir / layout.OOF, usecols=["id"])["id"]
             if ids.duplicated().any() or set(ids) != set(self.ds.train["id"]):
                 raise UserError(f"{self.run_dir}/{layout.OOF} does not cover every train id exactly once.")
+        read_down = epoch_read_down(done)
+        if read_down is not None:  # the folds' best epochs were chosen on the paintings their OOF scores
+            out["epoch_optimism"] = read_down
         out["fold_results"] = done
         manifest = layout.read_json(self.run_dir / layout.MANIFEST)
         manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -525,20 +528,28 @@ def summary_table(fold_results: dict, metric: str | None = None) -> str:
     """One line per fold: best epoch, its validation score and loss on the paintings the monitor chose it on (the
     validation crops under the default crop recipe, else the whole paintings; no TTA; the loss is the score where
     the metric is the log loss, negated, and is not shown twice), then the fold's OOF and crop-OOF score (with
-    TTA, what the run's scores are made of), and minutes; the scores by the run's competition ``metric``."""
+    TTA, what the run's scores are made of), how high choosing the best epoch on those paintings reads them
+    (``epoch_optimism``, where kept), and minutes; the scores by the run's competition ``metric``."""
     m = get_metric(metric)
     view = "val-crop" if any(map(chosen_on_crops, fold_results.values())) else "val"  # a run's folds share it
     cols = [f"{view} {m.short}", f"OOF {m.short}", f"crop-OOF {m.short}"]
     w = [max(8, len(c)) for c in cols]
     lw = len(view) + 6  # the loss column's width
     loss = m.key != NEG_LOG_LOSS  # the validation loss, unless the metric is that loss (negated) already
+    chose = any("epoch_optimism" in r for r in fold_results.values())
     head = (f"{'fold':>5} {'best epoch':>10} {cols[0]:>{w[0]}}" + (f" {view + ' loss':>{lw}}" if loss else "")
-            + f" {cols[1]:>{w[1]}} {cols[2]:>{w[2]}} {'minutes':>8}")
+            + f" {cols[1]:>{w[1]}} {cols[2]:>{w[2]}}" + (f" {'epoch choice':>12}" if chose else "")
+            + f" {'minutes':>8}")
     lines = [head, "-" * len(head)]
     for k, r in sorted(fold_results.items(), key=lambda kv: str(kv[0])):
         oof = r.get("oof", {}).get(m.key, float("nan"))
         crop = r.get("crop_oof", {}).get(m.key, float("nan"))
+        optimism = f"{r['epoch_optimism']:+12.4f}" if "epoch_optimism" in r else f"{'-':>12}"
         lines.append(f"{k!s:>5} {r['best_epoch']:>10} {best_of(r, m.key):>{w[0]}.4f}"
                      + (f" {best_of(r, 'loss'):>{lw}.4f}" if loss else "")
-                     + f" {oof:>{w[1]}.4f} {crop:>{w[2]}.4f} {r['minutes']:>8.2f}")
+                     + f" {oof:>{w[1]}.4f} {crop:>{w[2]}.4f}" + (f" {optimism}" if chose else "")
+                     + f" {r['minutes']:>8.2f}")
+    if chose:
+        lines.append(f"epoch choice: how high choosing each fold's best epoch on its validation paintings reads "
+                     f"their {'crop-OOF' if view == 'val-crop' else 'OOF'} (a bootstrap of the choice)")
     return "\n".join(lines)

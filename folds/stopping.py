@@ -47,6 +47,23 @@ def best_of(done: dict, key: str) -> float:
     return done.get(f"best_{view}{key}", float("nan"))
 
 
+def epoch_read_down(dones: dict) -> float | None:
+    """How high a run's OOF on the paintings its monitor followed (its crop-OOF under the default recipe) reads,
+    each fold's best epoch being chosen on the validation paintings that OOF then scores: the mean of the folds'
+    ``epoch_optimism`` (``done.json``; a bootstrap of the choice, ``folds.train.Validation.epoch_optimism``). None
+    unless every fold has one (a loss monitor, a single epoch, folds from before it was kept)."""
+    kept = [d.get("epoch_optimism") for d in dones.values()]
+    if not kept or any(v is None for v in kept):
+        return None
+    return float(sum(kept) / len(kept))
+
+
+def read_down_view(dones: dict) -> str:
+    """The OOF that ``epoch_read_down`` reads down: "crops" where the folds chose their epochs on the validation
+    crops, else "whole" (``ensemble.runs.OOF_KINDS``)."""
+    return "crops" if any(map(chosen_on_crops, dones.values())) else "whole"
+
+
 def resolve_monitor(cfg) -> str:
     """``--monitor``, or its default: the competition metric (``--metric``), on the validation crops when the
     model is trained for crops."""

@@ -60,12 +60,11 @@ class Validation:
     distribution the model is judged on), scored every epoch. Under torchrun each rank scores
     its block of rows (``distributed.my_rows``); the gathered scores are the same on every rank."""
 
-    def __init__(self, val, cfg: RunConfig, transform, cache, workers: int, pin: bool):
+    def __init__(self, val, cfg: RunConfig, monitor: str, transform, cache, workers: int, pin: bool):
         # each painting whole, then its crops: one loader decodes a painting once for all its rows
         self.views = PaintingViews.of(list(val["path"]), val["id"], cfg.val_crops, VAL_CROP_SEED)
         self.labels = np.repeat(val["label"].to_numpy(), 1 + cfg.val_crops)
         self.ids = np.repeat(val["id"].to_numpy().astype(str), 1 + cfg.val_crops)  # each row's painting
-        self.probs = None  # the last score's, every row
         rows = distributed.my_rows(len(self.labels))
         data = ImageDataset(self.views.paths[rows], self.labels[rows], transform, cache=cache,
                             crops=self.views.boxes[rows], reuse_decoded=True)
@@ -73,6 +72,10 @@ class Validation:
         self.loader = KeptBatches(make_loader(data, cfg.batch_size * 2, train=False, num_workers=workers,
                                               pin_memory=pin)) if len(data) else None
         self.images = len(self.labels)  # scored every epoch, one view each
+        # the rows the monitor follows (the crops', or the whole paintings'), kept each epoch: the best epoch is
+        # chosen on them, and the read-down of that choice (``epoch_optimism``) sets the epochs side by side
+        self.monitored = ~self.views.whole if monitor.startswith(CROP) else self.views.whole
+        self.epochs: list[torch.Tensor] = []  # one (rows, classes) a scored epoch; in last.pt for a resume
 
     def decodes(self) -> bool:
         """Whether the next ``score`` decodes images (the first, or a set too large to keep)."""
@@ -83,19 +86,35 @@ class Validation:
         if self.loader is not None:
             probs = distributed.gather_rows(predict_probs(model, self.loader, prec, inputs, tta="none",
                                                           desc="validate"), len(self.labels))
-        self.probs = probs
+        if probs is not None:
+            self.epochs.append(torch.from_numpy(probs[self.monitored].astype(np.float32)))  # exact: scores again
         row = {}
         for cols, rows in ((VIEWS[""], self.views.whole), (VIEWS[CROP], ~self.views.whole)):
             s = scores(probs[rows], self.labels[rows]) if rows.any() else {}
             row.update({cols + k: s.get(k, float("nan")) for k in ("loss", *(m.key for m in METRICS.values()))})
         return row
 
-    def save(self, path: Path, monitor: str) -> None:
-        """The last score's rows the monitor follows (the crops', or the whole paintings'), with their labels and
-        paintings: a study sets its trials' side by side on these same rows (``tuning.study.best_read_down``)."""
-        rows = ~self.views.whole if monitor.startswith(CROP) else self.views.whole
+    def epoch_optimism(self, monitor: str, metric: str | None) -> float | None:
+        """How high the best epoch's score reads, being chosen among the scored epochs on these same paintings
+        (``ensemble.compare.selection_optimism``, the epochs its candidates), which the fold's OOF and crop-OOF
+        then score again; None where no choice was made by the competition ``metric`` (one epoch, a loss monitor,
+        no validation rows) or epochs of a resume from before they were kept are missing."""
+        from ensemble.compare import selection_optimism
+
+        if len(self.epochs) < 2 or monitor.removeprefix(CROP) != get_metric(metric).key:
+            return None
+        rows = self.monitored
+        return selection_optimism(self.labels[rows], self.ids[rows], [p.numpy() for p in self.epochs],
+                                  metric)
+
+    def save(self, path: Path, best_epoch: int) -> None:
+        """Every scored epoch's monitored rows (``probs``: epochs x rows x classes), with their labels,
+        paintings and the best epoch: a study sets its trials' best epochs side by side on these same rows
+        (``tuning.study.best_read_down``)."""
+        rows = self.monitored
         with atomic_write(path, "wb") as f:
-            np.savez(f, probs=self.probs[rows].astype(np.float32), labels=self.labels[rows], ids=self.ids[rows])
+            np.savez(f, probs=torch.stack(self.epochs).numpy(), labels=self.labels[rows], ids=self.ids[rows],
+                     best_epoch=best_epoch)
 
 
 def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
@@ -112,7 +131,7 @@ def train_targets(labels, extra_targets, num_classes: int, smoothing: float):
 
 def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *, fold_index: int = 0,
                resume: bool = False, on_epoch=None, epochs: int | None = None, extra=None,
-               deadline: Deadline | None = None, keep_val_probs: bool = False) -> dict:
+               deadline: Deadline | None = None) -> dict:
     """Train on ``train_idx``, early-stop on ``val_idx``; keep best and last checkpoints.
 
     ``on_epoch(epoch, row)`` is called after each epoch (the tuner reports and prunes there).
@@ -146,14 +165,15 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     has_val = len(val_idx) > 0
     monitor, key = resolve_monitor(cfg), get_metric(cfg.metric).key  # the competition metric's columns
     stopper = EarlyStopping(monitor, cfg.patience if has_val else None)
-    history, seconds = [], 0.0
+    history, seconds, kept = [], 0.0, []
     if resuming:
-        history, seconds = ckpt.restore_last(model, optimizer, scheduler, scaler, stopper, prec.device, ema)
+        history, seconds, kept = ckpt.restore_last(model, optimizer, scheduler, scaler, stopper, prec.device, ema)
         log.info("resuming %s after epoch %d", out_dir, len(history))
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
-    validation = Validation(ds.train.iloc[val_idx], cfg, eval_transform(size, dcfg["mean"], dcfg["std"]), cache,
-                            workers, pin)
+    validation = Validation(ds.train.iloc[val_idx], cfg, monitor, eval_transform(size, dcfg["mean"], dcfg["std"]),
+                            cache, workers, pin)
+    validation.epochs = kept
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
                          power=cfg.balance_power, num_workers=workers, pin_memory=pin)
@@ -187,9 +207,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         if distributed.is_main():
             if improved:
                 ckpt.save_best(judged)
-                if keep_val_probs and validation.probs is not None:  # a study's trial (``layout.VAL_PROBS``)
-                    validation.save(out_dir / layout.VAL_PROBS, monitor)
-            ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema)
+            ckpt.save_last(model, optimizer, scheduler, scaler, stopper, history, seconds, ema, validation.epochs)
         distributed.barrier()  # a resume must find last.pt complete on every rank
         whole, crops = (VIEWS[view] + key for view in ("", CROP))  # the metric's columns
         # what was not scored is left out, not shown as nan: the crops under --val-crops 0, everything for the
@@ -207,8 +225,18 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
             on_epoch(epoch, row)
     if stopper.best_epoch < 1:
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
-    return {**best_scores(history, stopper.best_epoch, monitor, cfg.metric), "epochs_run": len(history),
-            "seconds": seconds, "img_size": size, "data_config": dcfg, "device": prec.describe()}
+    result = {**best_scores(history, stopper.best_epoch, monitor, cfg.metric), "epochs_run": len(history),
+              "seconds": seconds, "img_size": size, "data_config": dcfg, "device": prec.describe()}
+    if len(validation.epochs) == len(history) and validation.epochs:  # every epoch's rows (a resume kept them)
+        if distributed.is_main():
+            validation.save(out_dir / layout.VAL_EPOCHS, stopper.best_epoch)
+        optimism = validation.epoch_optimism(monitor, cfg.metric) if distributed.is_main() else None
+        if optimism is not None:
+            result["epoch_optimism"] = optimism
+            log.info("%s: its best epoch (%d of %d) was chosen on these validation paintings, which reads its score "
+                     "about %+.4f high (a bootstrap of the choice); its OOF scores the same paintings", out_dir.name,
+                     stopper.best_epoch, len(history), optimism)
+    return result
 
 
 def training_images(cfg: RunConfig, ds: Dataset, train_idx, extra, dcfg: dict, seed: int, cache) -> ImageDataset:

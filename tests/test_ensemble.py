@@ -100,6 +100,13 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     said = next(n for n in res["notes"] if "honest scores on these paintings, which reads it high by about" in n)
     expect = float(re.search(r"expect about ([0-9.]+)", said)[1])
     assert meta["choice_optimism"] >= 0 and expect == pytest.approx(chosen["f1"] - meta["choice_optimism"], abs=1e-4)
+    # each fold's best epoch was chosen on the same paintings: the runs' mean read-down, on top of the choice above
+    runs = [json.loads((two_runs / "runs" / r / "scores.json").read_text())["epoch_optimism"] for r in ("s0", "s1")]
+    assert meta["epoch_optimism"] == pytest.approx(np.mean(runs)) and meta["epoch_optimism"] > 0
+    said = next(n for n in res["notes"] if n.startswith("each fold's best epoch was chosen on the paintings its "
+                                                        "crop-OOF scores, which reads it about"))
+    expect = float(re.search(r"expect about ([0-9.]+)", said)[1])
+    assert expect == pytest.approx(chosen["f1"] - meta["choice_optimism"] - meta["epoch_optimism"], abs=1e-4)
     # with offsets chosen, their gain over the blend alone comes with its interval over the paintings
     gains = [n for n in res["notes"] if " against " in n and "over resamples of the paintings" in n]
     assert len(gains) == res["chosen"].endswith("+offsets"), res["notes"]

@@ -60,12 +60,64 @@ def test_the_fold_table_shows_the_score_each_best_epoch_was_chosen_on(finished_r
     dones = {k: json.loads((run / f"fold_{k}" / "done.json").read_text()) for k in range(5)}
     head, _, *rows = summary_table(dones).splitlines()
     assert head.split() == ["fold", "best", "epoch", "val-crop", "F1", "val-crop", "loss", "OOF", "F1", "crop-OOF",
-                            "F1", "minutes"]
+                            "F1", "epoch", "choice", "minutes"]
     for row, done in zip(rows, dones.values()):
         assert done["monitor"] == "crop-f1" and done["best_score"] == done["best_crop_f1"]
         assert row.split()[2:4] == [f"{done['best_crop_f1']:.4f}", f"{done['best_crop_loss']:.4f}"], row
     whole = {k: {**d, "monitor": "f1"} for k, d in dones.items()}  # a --crop whole run's: its whole paintings'
     assert summary_table(whole).splitlines()[2].split()[2] == f"{dones[0]['best_f1']:.4f}"
+
+
+def test_each_folds_best_epoch_chosen_on_the_paintings_its_crop_oof_scores_is_read_down(finished_run, capsys):
+    """A fold's best epoch is chosen on its validation paintings, and its crop-OOF then scores those same paintings:
+    the run's crop-OOF read high by that choice, and nothing said so. Every epoch's monitored rows are kept
+    (``val_epochs.npz``), the choice among them is read down by a bootstrap (``epoch_optimism``), and the fold table,
+    scores.json and the run's last line say what to expect of one fold model on new crops."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from common.metrics import get_metric
+    from ensemble.compare import selection_optimism
+    from folds.run import finish_run
+    from folds.runner import summary_table
+    from folds.train import Validation
+    from tuning.study import best_epoch_rows, read_npz
+
+    run, out = finished_run
+    dones = {k: json.loads((run / f"fold_{k}" / "done.json").read_text()) for k in range(5)}
+    f1 = get_metric("macro_f1")
+    for k, done in dones.items():
+        kept = read_npz(run / f"fold_{k}" / "val_epochs.npz")
+        assert kept["probs"].shape[0] == done["epochs_run"] and int(kept["best_epoch"]) == done["best_epoch"]
+        assert len(kept["ids"]) == 2 * len(set(kept["ids"]))  # the validation crops, 2 a painting: what chose it
+        best = best_epoch_rows(kept)
+        assert f1.score(best["labels"], best["probs"]) == pytest.approx(done["best_score"], abs=1e-6)
+        assert done["epoch_optimism"] == pytest.approx(
+            selection_optimism(kept["labels"], kept["ids"], list(kept["probs"]), "macro_f1"), abs=1e-9)
+    assert any(d["epoch_optimism"] > 0 for d in dones.values()), dones  # tiny folds, 4 epochs: choosing adds
+    rows = summary_table(dones).splitlines()
+    assert [r.split()[-2] for r in rows[2:7]] == [f"{d['epoch_optimism']:+.4f}" for d in dones.values()]
+    assert rows[-1].startswith("epoch choice: how high choosing each fold's best epoch on its validation paintings "
+                               "reads their crop-OOF")
+    scores = json.loads((run / "scores.json").read_text())
+    read_down = np.mean([d["epoch_optimism"] for d in dones.values()])
+    assert scores["epoch_optimism"] == pytest.approx(read_down)
+    # the run's last line, as folds/run.py prints it (the build itself is another test's)
+    runner = SimpleNamespace(cfg=SimpleNamespace(submissions_dir=out / "subs", name="t", metric="macro_f1"),
+                             run_dir=run)
+    line = finish_run(runner, {**scores, "fold_results": dones}).splitlines()[0]
+    crop = scores["oof_crops"]["f1"]
+    assert (f"crop-OOF macro-F1 {crop:.4f} (its folds' best epochs, chosen on these paintings, read it about "
+            f"{read_down:+.4f} high: expect about {crop - read_down:.4f} of one fold model on new crops)") in line, line
+    assert line.startswith(f"OOF macro-F1 {scores['oof']['f1']:.4f} | "), line  # the whole OOF chose nothing
+    # epochs alike read 0; an epoch chosen by the loss is not read down in F1
+    v = Validation.__new__(Validation)
+    v.labels, v.ids, v.monitored = best["labels"], best["ids"], np.ones(len(best["labels"]), bool)
+    v.epochs = [torch.from_numpy(best["probs"])] * 3
+    assert v.epoch_optimism("crop-f1", "macro_f1") == pytest.approx(0.0, abs=1e-12)
+    assert v.epoch_optimism("crop-loss", "macro_f1") is None and v.epoch_optimism("crop-acc", "macro_f1") is None
+    capsys.readouterr()
 
 
 def test_the_runs_last_line_gives_the_submissions_own_cv_beside_its_test_score(tmp_path, monkeypatch):
@@ -821,6 +873,13 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     b = learned_history(tmp_path / "cut" / "history.csv")
     pd.testing.assert_frame_equal(a, b)
     assert resumed["best_epoch"] == full["best_epoch"]
+    # the epochs before the cut kept their validation rows in last.pt: the read-down of the best epoch's choice
+    # sets all of them side by side, as the uninterrupted fold did
+    from tuning.study import read_npz
+    kept = [read_npz(tmp_path / d / "val_epochs.npz") for d in ("full", "cut")]
+    assert kept[1]["probs"].shape[0] == 3
+    np.testing.assert_allclose(kept[0]["probs"], kept[1]["probs"], atol=1e-6)
+    assert resumed["epoch_optimism"] == pytest.approx(full["epoch_optimism"], abs=1e-9)
 
 
 def test_several_fold_processes_on_one_device_equal_one_process(demo_source, tmp_path):

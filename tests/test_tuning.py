@@ -258,12 +258,12 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     complete = [t for t in load(demo_study).trials if t.state == TrialState.COMPLETE]
     assert said and int(said[1]) == len(complete) >= 2, out
     assert float(said[3]) == pytest.approx(best["value"] - float(said[2]), abs=2e-4)
-    # each trial's kept rows are its best epoch's monitored ones: they score its value again, to the digit
-    import numpy as np
-
+    # each trial's kept rows at its best epoch are the monitored ones: they score its value again, to the digit
     from common.metrics import get_metric
+    from tuning.study import best_epoch_rows, read_npz
     for t in complete:
-        kept = np.load(demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "fold_0" / "val_probs.npz")
+        kept = best_epoch_rows(read_npz(demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "fold_0"
+                                        / "val_epochs.npz"))
         assert get_metric("macro_f1").score(kept["labels"], kept["probs"]) == pytest.approx(t.value, abs=1e-6)
         assert len(set(kept["ids"])) * 2 == len(kept["ids"])  # the validation crops: 2 a painting
     assert f"next: python folds/run.py --params {demo_study / 'tuning' / 's' / 'best.json'} --fold all --name " \

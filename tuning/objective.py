@@ -92,7 +92,7 @@ class Objective:
                 try:
                     r = train_fold(cfg, self.ds, *fold_rows(self.folds, k),
                                    fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k),
-                                   deadline=self.deadline, keep_val_probs=True)  # the study's read-down
+                                   deadline=self.deadline)
                 except FloatingPointError:
                     # a recipe that diverges scores 0 (chance, at best, for a fold run of it), so the sampler
                     # learns to avoid its region; as a failed trial it would be left out of the sampler's model

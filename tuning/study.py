@@ -181,10 +181,10 @@ def summary(study) -> str:
 
 def best_read_down(study) -> dict | None:
     """What picking the best of the study's complete trials on their validation paintings adds to its value
-    (``ensemble.compare.selection_optimism``), from each trial's best epochs' monitored rows (``layout.VAL_PROBS``,
+    (``ensemble.compare.selection_optimism``), from each trial's best epochs' monitored rows (``layout.VAL_EPOCHS``,
     every fold it trained, one after another); None where fewer than 2 trials' rows are here (a worker elsewhere,
     a study from before they were kept) or the trials scored other rows (a space that varies ``val_crops``)."""
-    from common.layout import VAL_PROBS, fold_dir
+    from common.layout import VAL_EPOCHS, fold_dir
     from ensemble.compare import selection_optimism
 
     best, rows, probs = best_trial(study), None, []
@@ -193,10 +193,10 @@ def best_read_down(study) -> dict | None:
             continue
         # the folds it trained: the objective keeps each one's score as fold_<k>_<metric key>
         keys = sorted({int(k.split("_")[1]) for k in t.user_attrs if re.fullmatch(r"fold_\d+_\w+", k)})
-        paths = [fold_dir(t.user_attrs["dir"], k) / VAL_PROBS for k in keys]
+        paths = [fold_dir(t.user_attrs["dir"], k) / VAL_EPOCHS for k in keys]
         try:
-            parts = [read_npz(p) for p in paths]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # not here (another worker's), or cut short
+            parts = [best_epoch_rows(read_npz(p)) for p in paths]
+        except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile):  # another worker's, or cut short
             continue
         if not parts:
             continue
@@ -210,6 +210,12 @@ def best_read_down(study) -> dict | None:
     metric = study.user_attrs.get("setup", {}).get("metric")
     return {"trials": len(probs),
             "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric)}
+
+
+def best_epoch_rows(kept: dict) -> dict:
+    """A fold's kept validation rows (``layout.VAL_EPOCHS``) at its best epoch: probs, labels, ids."""
+    return {"probs": kept["probs"][int(kept["best_epoch"]) - 1], "labels": kept["labels"],
+            "ids": kept["ids"]}
 
 
 def read_npz(path: Path) -> dict:
