@@ -92,19 +92,28 @@ def gain(y, groups, base, other, metric: str | None = None, draws: int = 2000, l
 
 
 def selection_optimism(y, groups, candidates: list, metric: str | None = None, draws: int = 1000,
-                       seed: int = 0) -> float:
+                       seed: int = 0, blocks=None) -> float:
     """How much higher the best of ``candidates``' OOF scores (probability rows on the same OOF rows; ``groups``:
     each row's painting) reads than the candidate it picks scores on paintings it was not picked on: the best of
     several honest scores is itself chosen on these paintings. Efron's bootstrap of the choice: on each resample
     of the paintings the best candidate is picked again, and its resample score is set against its score on all
     of them (the resample's stand-in for new paintings). Each candidate's score is first centred on its own
-    resampling mean, so that only the choice counts: one candidate, or several alike, read 0."""
+    resampling mean, so that only the choice counts: one candidate, or several alike, read 0. ``blocks``: each
+    row's fold, where a candidate's score is the mean of its folds' scores (a study's trial of several folds);
+    each fold's paintings are resampled on their own."""
     if len(candidates) < 2:
         return 0.0
     m = get_metric(metric)
-    g, weights = painting_draws(groups, draws, seed)
-    return optimism_of([m.score(y, p) for p in candidates],
-                       np.stack([m.drawn(y, p, g, weights) for p in candidates], axis=1))
+    y, groups = np.asarray(y), np.asarray(groups)
+    blocks = np.zeros(len(y), dtype=int) if blocks is None else np.asarray(blocks)
+    keys = np.unique(blocks)
+    scores, drawn = np.zeros(len(candidates)), np.zeros((draws, len(candidates)))
+    for i, key in enumerate(keys):
+        rows = blocks == key
+        g, weights = painting_draws(groups[rows], draws, seed + i)
+        scores += np.array([m.score(y[rows], p[rows]) for p in candidates]) / len(keys)
+        drawn += np.stack([m.drawn(y[rows], p[rows], g, weights) for p in candidates], axis=1) / len(keys)
+    return optimism_of(scores, drawn)
 
 
 def optimism_of(scores, drawn: np.ndarray) -> float:

@@ -475,3 +475,42 @@ def test_postgres_two_workers_one_killed(demo_source, tmp_path):
             result = tmp_path / "tuning" / name / "trials" / f"trial_{t.number:04d}" / "result.json"
             assert json.loads(result.read_text())["value"] == pytest.approx(t.value)
     optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_a_study_of_several_folds_reads_its_best_trial_down_fold_by_fold(tmp_path):
+    """A trial's value is the mean of its folds' scores: the study's read-down resamples each fold's paintings on
+    their own (``selection_optimism``'s blocks), from each fold's kept rows at its best epoch, as the trial's value
+    was scored; the rows of two trials that trained other folds are not set side by side."""
+    import numpy as np
+
+    from common.layout import VAL_EPOCHS, fold_dir
+    from common.metrics import get_metric
+    from ensemble.compare import selection_optimism
+    from tuning.study import best_read_down
+
+    rng, f1, sizes = np.random.default_rng(0), get_metric("macro_f1"), {0: 12, 1: 40}
+    labels = {k: np.repeat(rng.integers(0, 4, n), 2) for k, n in sizes.items()}  # 2 crops a painting
+    ids = {k: np.repeat([f"{k}-{i}" for i in range(n)], 2) for k, n in sizes.items()}
+    study, best = optuna.create_study(direction="maximize"), {}
+    for t in range(3):
+        folds = {k: rng.dirichlet(np.ones(4), (3, len(labels[k]))).astype(np.float32) for k in sizes}  # 3 epochs
+        best_epoch = {k: int(np.argmax([f1.score(labels[k], p) for p in folds[k]])) + 1 for k in sizes}
+        for k in sizes:
+            d = fold_dir(tmp_path / f"trial_{t}", k)
+            d.mkdir(parents=True)
+            np.savez(d / VAL_EPOCHS, probs=folds[k], labels=labels[k], ids=ids[k], best_epoch=best_epoch[k])
+        scores = {k: f1.score(labels[k], folds[k][best_epoch[k] - 1]) for k in sizes}
+        best[t] = np.concatenate([folds[k][best_epoch[k] - 1] for k in sizes])
+        study.add_trial(optuna.trial.create_trial(
+            value=float(np.mean(list(scores.values()))),
+            user_attrs={"dir": str(tmp_path / f"trial_{t}"), **{f"fold_{k}_f1": s for k, s in scores.items()}}))
+    read = best_read_down(study)
+    y, groups = np.concatenate(list(labels.values())), np.concatenate(list(ids.values()))
+    blocks = np.repeat([0, 1], [len(labels[0]), len(labels[1])])
+    assert read == {"trials": 3, "optimism": pytest.approx(selection_optimism(y, groups, list(best.values()),
+                                                                              blocks=blocks))}
+    assert read["optimism"] != pytest.approx(selection_optimism(y, groups, list(best.values())))  # not as one fold
+    # a fourth trial of fold 0 alone scored other rows: no read-down rather than a wrong one
+    study.add_trial(optuna.trial.create_trial(value=0.1, user_attrs={"dir": str(tmp_path / "trial_0"),
+                                                                     "fold_0_f1": 0.1}))
+    assert best_read_down(study) is None

@@ -183,7 +183,8 @@ def best_read_down(study) -> dict | None:
     """What picking the best of the study's complete trials on their validation paintings adds to its value
     (``ensemble.compare.selection_optimism``), from each trial's best epochs' monitored rows (``layout.VAL_EPOCHS``,
     every fold it trained, one after another); None where fewer than 2 trials' rows are here (a worker elsewhere,
-    a study from before they were kept) or the trials scored other rows (a space that varies ``val_crops``)."""
+    a study from before they were kept) or the trials scored other rows (a space that varies ``val_crops``, or
+    trials of other folds)."""
     from common.layout import VAL_EPOCHS, fold_dir
     from ensemble.compare import selection_optimism
 
@@ -200,8 +201,10 @@ def best_read_down(study) -> dict | None:
             continue
         if not parts:
             continue
-        these = (np.concatenate([x["labels"] for x in parts]), np.concatenate([x["ids"] for x in parts]))
-        if rows is not None and not (np.array_equal(these[0], rows[0]) and np.array_equal(these[1], rows[1])):
+        # the folds one after another; a trial's value is the mean of its folds' scores, so each is scored apart
+        these = (np.concatenate([x["labels"] for x in parts]), np.concatenate([x["ids"] for x in parts]),
+                 np.repeat(keys, [len(x["labels"]) for x in parts]))
+        if rows is not None and not all(np.array_equal(a, b) for a, b in zip(these, rows)):
             return None
         rows = these
         probs.append((t.number, np.concatenate([x["probs"] for x in parts])))
@@ -209,7 +212,7 @@ def best_read_down(study) -> dict | None:
         return None
     metric = study.user_attrs.get("setup", {}).get("metric")
     return {"trials": len(probs),
-            "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric)}
+            "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric, blocks=rows[2])}
 
 
 def best_epoch_rows(kept: dict) -> dict:
