@@ -28,6 +28,7 @@ from common.cli import entry_point  # noqa: E402
 from common.metrics import METRICS, get_metric, painting_draws  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, finished_in_every_run,  # noqa: E402,E501
                            load_run, resolve_metric, resolve_oof, validated_by_every_run)
+from folds.stopping import epoch_read_down, read_down_view  # noqa: E402
 
 
 
@@ -60,6 +61,9 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     rows = []
     for j, (r, p) in enumerate(zip(runs, probs)):
         row = {"run": str(r.path), "score": m.score(y, p), "interval": interval(drawn[:, j], level)}
+        # its folds' best epochs were chosen on these paintings, by its own metric: how high that reads it
+        if read_down_view(r.fold_scores) == oof and get_metric(r.config.get("metric")).key == m.key:
+            row["epoch_optimism"] = epoch_read_down(r.fold_scores)
         if j:
             diff = drawn[:, j] - drawn[:, 0]
             row.update(diff=row["score"] - rows[0]["score"], diff_interval=interval(diff, level),
@@ -147,6 +151,12 @@ def format_result(result: dict) -> str:
         lines.append(f"note: the best of these {len(result['rows'])}, {result['best']}, reads about "
                      f"{result['best_optimism']:+.4f} high, being picked on these paintings (a bootstrap of the "
                      f"choice): expect about {best['score'] - result['best_optimism']:.4f} of it on new ones")
+    chose = [(r["run"], r["epoch_optimism"]) for r in result["rows"] if r.get("epoch_optimism") is not None]
+    if chose:
+        lines.append("note: each fold's best epoch was chosen on these paintings, which reads a run high by about "
+                     + ", ".join(f"{run} {v:+.4f}" for run, v in chose) + " (a bootstrap of each fold's choice: "
+                     "more epochs, or noisier ones, read higher); two runs' difference shifts by the difference of "
+                     "theirs")
     for note in (result.get("oof_note"), result.get("partial"), result.get("common")):
         if note:
             lines.append(f"note: {note}")

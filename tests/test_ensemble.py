@@ -582,6 +582,12 @@ def test_compare_gives_paired_intervals_and_repeats(two_runs, capsys):
     assert said and said[1] == best["run"] and float(said[3]) == pytest.approx(best["score"] - float(said[2]),
                                                                                abs=2e-4)
     assert compare_runs([s0, s0], draws=300)["best_optimism"] == pytest.approx(0, abs=1e-12)  # no choice to make
+    # each run's folds chose their best epochs on these paintings: by how much that reads each run high
+    reads = [json.loads((r / "scores.json").read_text())["epoch_optimism"] for r in (s0, s1)]
+    assert [r["epoch_optimism"] for r in (first, other)] == pytest.approx(reads)
+    assert (f"note: each fold's best epoch was chosen on these paintings, which reads a run high by about {s0} "
+            f"{reads[0]:+.4f}, {s1} {reads[1]:+.4f}") in out, out
+    assert "epoch_optimism" not in compare_runs([s0, s1], oof="whole", draws=300)["rows"][0]  # chosen on the crops
     assert compare_main([str(s0), "--draws", "10"]) == 2 and "--draws 10" in capsys.readouterr().err
     assert compare_main([str(s0), "--seed", "-1"]) == 2 and "--seed -1" in capsys.readouterr().err  # numpy's traceback
 

@@ -258,6 +258,9 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
     complete = [t for t in load(demo_study).trials if t.state == TrialState.COMPLETE]
     assert said and int(said[1]) == len(complete) >= 2, out
     assert float(said[3]) == pytest.approx(best["value"] - float(said[2]), abs=2e-4)
+    # best.json keeps it beside the value, for whoever reads the file and not the log
+    assert best["read_down"]["trials"] == int(said[1]) and best["read_down"]["optimism"] == pytest.approx(
+        float(said[2]), abs=1e-4) and best["read_down"]["expect"] == pytest.approx(float(said[3]), abs=1e-4)
     # each trial's kept rows at its best epoch are the monitored ones: they score its value again, to the digit
     from common.metrics import get_metric
     from tuning.study import best_epoch_rows, read_npz

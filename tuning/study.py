@@ -164,12 +164,14 @@ def score_name(setup: dict) -> str:
     return f"{'validation-crop' if monitor.startswith(CROP) else 'whole-painting'} {label}, mean over folds"
 
 
-def summary(study) -> str:
+def summary(study, read: dict | None = None) -> str:
+    """The best trial, the trials' counts, and how high the best reads (``read``: ``best_read_down``'s, computed
+    here where not given)."""
     b = best_trial(study)
     c = counts(study)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
     what = score_name(study.user_attrs.get("setup", {}))
-    read = best_read_down(study)
+    read = best_read_down(study) if read is None else read
     return (f"study {study.study_name}: best value ({what}) {b.value:.4f} at trial {b.number}: {params}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
             + (f", {c['running']} running" if c["running"] else "")
@@ -234,13 +236,15 @@ def next_command(path: Path, study_name: str, trial: int) -> str:
     return f"python folds/run.py --params {path} --fold all --name {study_name}-trial{trial}"
 
 
-def write_best(study, path: Path, storage_url: str | None, config: dict) -> Path:
+def write_best(study, path: Path, storage_url: str | None, config: dict, read: dict | None = None) -> Path:
     """best.json: the best parameters, and the study's training setup (``config``) that
-    ``folds/run.py --params`` restores under them, so the printed command trains what was tuned."""
+    ``folds/run.py --params`` restores under them, so the printed command trains what was tuned; with ``read``
+    (``best_read_down``'s), how high its value reads and what to expect of it in a new run."""
     b = best_trial(study)
     config = {k: v for k, v in config.items() if k not in b.params}
+    read_down = {"read_down": {**read, "expect": b.value - read["optimism"]}} if read else {}
     return write_json(path, {"study": study.study_name, "storage": mask(storage_url) or "journal file",
-                             "value": b.value, "trial": b.number, "params": b.params, "config": config,
+                             "value": b.value, **read_down, "trial": b.number, "params": b.params, "config": config,
                              "counts": counts(study), "use": next_command(path, study.study_name, b.number)})
 
 

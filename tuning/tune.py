@@ -143,7 +143,7 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (fail_orphaned_trials, make_pruner, open_study, save_plots,
+    from tuning.study import (best_read_down, fail_orphaned_trials, make_pruner, open_study, save_plots,
                               summary, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
@@ -215,12 +215,13 @@ def run(args) -> int:
         if time_up is not None:
             raise time_up
         return 0
-    print(summary(study))
+    read = best_read_down(study)  # the bootstrap once, for the summary and best.json
+    print(summary(study, read))
     # the training setup a run needs besides the tuned parameters: every learning setting, where the data
     # and runs are, and whether the data's small classes may be split; not this machine's or run folder's controls
     machine = RUN_CONTROL - {"data_dir", "runs_dir", "allow_small_classes"}
     setup_cfg = {k: v for k, v in cfg.to_dict().items() if k not in machine}
-    best = write_best(study, study_dir / layout.BEST_PARAMS, args.storage, setup_cfg)
+    best = write_best(study, study_dir / layout.BEST_PARAMS, args.storage, setup_cfg, read)
     plots = save_plots(study, study_dir)
     print(f"best parameters and training setup: {best}\nnext: {layout.read_json(best)['use']}")
     print("plots: " + ", ".join(str(p) for p in plots))
