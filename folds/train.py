@@ -233,9 +233,9 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         optimism = validation.epoch_optimism(monitor, cfg.metric) if distributed.is_main() else None
         if optimism is not None:
             result["epoch_optimism"] = optimism
-            log.info("%s: its best epoch (%d of %d) was chosen on these validation paintings, which reads its score "
-                     "about %+.4f high (a bootstrap of the choice); its OOF scores the same paintings", out_dir.name,
-                     stopper.best_epoch, len(history), optimism)
+            log.info("%s: its best epoch (%d of %d) was chosen on these validation paintings, which reads their "
+                     "scores about %+.4f high (a bootstrap of the choice)", out_dir.name, stopper.best_epoch,
+                     len(history), optimism)
     return result
 
 
