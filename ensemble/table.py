@@ -7,7 +7,8 @@ Examples:
 Runs are sorted by the OOF score that ``ensemble/build.py`` would choose by (``--sort auto``): the crop OOF,
 or the whole-image OOF where the test images look whole or the runs have no crop OOF, each run's by the
 metric it was trained for (macro-F1 unless ``settings`` names another ``metric``); a run with folds
-still to train shows the mean of its finished folds, marked ``*``. ``settings`` lists what a run does
+still to train shows the mean of its finished folds, marked ``*``. ``epoch_choice`` is how high choosing each
+fold's best epoch on its validation paintings reads that OOF (the folds' mean). ``settings`` lists what a run does
 differently from the defaults, so two runs can be told apart; ``split`` tells which runs share a split,
 as a weighted blend or a stack of them needs. Each unfinished run gets the command that finishes it
 with its own saved options, and a fold that a live process holds shows as training. Test scores are not
@@ -31,6 +32,7 @@ from common.metrics import get_metric  # noqa: E402
 from ensemble.runs import resolve_oof  # noqa: E402
 from folds.config import PATH_SETTINGS, PRESETS, RunConfig, learning_settings, saved_config  # noqa: E402
 from folds.lock import FoldLock  # noqa: E402
+from folds.stopping import epoch_read_down  # noqa: E402
 
 SORTS = {"crop": "crop_oof", "whole": "oof", "name": "run", "minutes": "minutes"}
 AUTO = "auto"  # the OOF the build would use (ensemble.runs.resolve_oof)
@@ -78,6 +80,9 @@ def run_row(run: Path) -> tuple[dict, str | None]:
     row = {"run": run.name, "model": cfg.model, "img": first.get("img_size", cfg.img_size),
            "folds": f"{len(done)}/{len(planned)}" + (" +full" if layout.is_done(run, layout.FULL) else ""),
            "complete": complete, "crop_oof": score("oof_crops", "crop_oof"), "oof": score("oof", "oof"),
+           # how high choosing each fold's best epoch on its validation paintings reads the OOF it chose on (the
+           # crop OOF by default): a run of more epochs, or noisier ones, reads higher (folds.stopping)
+           "epoch_choice": epoch_read_down(done),
            "minutes": round(sum(d.get("minutes", 0.0) for d in done.values()), 1),
            "split": layout.read_json(manifest).get("split_hash", "") if manifest.is_file() else "",
            "status": "done" if complete else ("training fold " + ", ".join(training) if training else "unfinished"),
@@ -120,8 +125,8 @@ def runs_table(runs_dir, sort: str = AUTO) -> tuple[pd.DataFrame, list[str]]:
         rows.append(row)
         if command:
             commands.append(command)
-    df = pd.DataFrame(rows, columns=["run", "model", "img", "folds", "complete", "crop_oof", "oof", "minutes",
-                                     "split", "status", "settings", "metric"])
+    df = pd.DataFrame(rows, columns=["run", "model", "img", "folds", "complete", "crop_oof", "oof", "epoch_choice",
+                                     "minutes", "split", "status", "settings", "metric"])
     df["img"] = pd.to_numeric(df["img"]).astype("Int64")  # 288, not 288.0 beside a damaged row's blank
     key = SORTS[sort]
     df = df.sort_values(key, ascending=key in ("run",), na_position="last", kind="stable", ignore_index=True)
@@ -139,6 +144,7 @@ def show(df: pd.DataFrame) -> str:
     mark = partial(df)
     for c in ("crop_oof", "oof"):
         view[c] = ["" if pd.isna(v) else f"{v:.4f}" + ("*" if m else "") for v, m in zip(df[c], mark)]
+    view["epoch_choice"] = ["" if pd.isna(v) else f"{v:+.4f}" for v in df["epoch_choice"]]
     # every column reads from the left, under its name: pandas right-aligned the text, and a long settings cell
     # pushed the short ones far from their header
     view = view.where(view.notna(), "").astype(str)  # not fillna: pandas 2 warns that it downcasts object columns

@@ -631,6 +631,11 @@ def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_ru
     assert float(u["crop_oof"]) == json.loads((tmp_path / "runs" / "u" / "fold_0" / "done.json").read_text())[
         "crop_oof"]["f1"]  # the finished fold's score, marked as partial in the text
     assert list(table["img"][:3]) == ["32", "32", "32"] and " 32.0 " not in text  # the sizes stay whole numbers
+    # how high each run's crop-OOF reads, its folds' best epochs chosen on those paintings; none after one epoch
+    s0 = table.set_index("run").loc["s0", "epoch_choice"]
+    assert float(s0) == pytest.approx(json.loads((two_runs / "runs" / "s0" / "scores.json").read_text())[
+        "epoch_optimism"]) and u["epoch_choice"] == ""
+    assert f"{float(s0):+.4f}" in next(r for r in text.splitlines() if r.startswith("s0 "))
     head, *rows = text.splitlines()
     at = head.index("settings")  # each column under its name: a long settings cell pushed short ones far right
     u_row = next((r for r in rows if r.startswith("u ")), "")  # names read from the left too
