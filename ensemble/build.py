@@ -44,7 +44,7 @@ from ensemble.submission import answer_key, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 from folds.manifest import make_manifest  # noqa: E402
-from folds.stopping import best_of, chosen_on_crops, epoch_read_down, read_down_view  # noqa: E402
+from folds.stopping import best_of, chosen_on_crops, epoch_read_down  # noqa: E402
 
 log = logging.getLogger(__name__)
 OFFSETS = ("auto", "on", "off")
@@ -222,12 +222,11 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         candidates = {k: oofs[k] for k in (method, method + "+offsets")} if tried and mode == "auto" else {}
     chosen = method + ("+offsets" if offsets else "")
     optimism = selection_optimism(y, groups, list(candidates.values()), metric)
+    score = next(r[m.key] for r in table if r["method"] == chosen)  # its honest score, as the table has it
     if len(candidates) > 1:
-        score = next(r[m.key] for r in table if r["method"] == chosen)  # its honest score, as the table has it
         notes.append(optimism_note(optimism, len(candidates), chosen, score, OOF_NAMES[oof], metric))
-    epochs = runs_epoch_read_down(runs, oof)
+    epochs = runs_epoch_read_down(runs, oof, metric)
     if epochs is not None:
-        score = next(r[m.key] for r in table if r["method"] == chosen)
         notes.append(f"each fold's best epoch was chosen on the paintings its {OOF_NAMES[oof]} scores, which reads "
                      f"it about {epochs:+.4f} high (the runs' mean, a bootstrap of each fold's choice): expect about "
                      f"{score - optimism - epochs:.4f} {OOF_NAMES[oof]} {m.label} of {chosen} on new paintings"
@@ -304,10 +303,10 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
     return result
 
 
-def runs_epoch_read_down(runs, oof: str) -> float | None:
-    """How high the runs' ``oof`` reads, each fold's best epoch being chosen on the paintings it scores: the mean of
-    the runs' ``folds.stopping.epoch_read_down``; None unless every run has one, on this OOF."""
-    kept = [epoch_read_down(r.fold_scores) if read_down_view(r.fold_scores) == oof else None for r in runs]
+def runs_epoch_read_down(runs, oof: str, metric: str | None) -> float | None:
+    """How high the runs' ``oof`` reads by ``metric``, each fold's best epoch being chosen on the paintings it
+    scores: the mean of the runs' ``folds.stopping.epoch_read_down``; None unless every run has one."""
+    kept = [epoch_read_down(r.fold_scores, oof, metric) for r in runs]
     return None if not kept or None in kept else float(np.mean(kept))
 
 

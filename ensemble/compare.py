@@ -28,7 +28,7 @@ from common.cli import entry_point  # noqa: E402
 from common.metrics import METRICS, get_metric, painting_draws  # noqa: E402
 from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_dir, finished_in_every_run,  # noqa: E402,E501
                            load_run, resolve_metric, resolve_oof, validated_by_every_run)
-from folds.stopping import epoch_read_down, read_down_view  # noqa: E402
+from folds.stopping import epoch_read_down  # noqa: E402
 
 
 
@@ -61,9 +61,10 @@ def compare_runs(run_paths, oof: str = "auto", draws: int = 2000, level: float =
     rows = []
     for j, (r, p) in enumerate(zip(runs, probs)):
         row = {"run": str(r.path), "score": m.score(y, p), "interval": interval(drawn[:, j], level)}
-        # its folds' best epochs were chosen on these paintings, by its own metric: how high that reads it
-        if read_down_view(r.fold_scores) == oof and get_metric(r.config.get("metric")).key == m.key:
-            row["epoch_optimism"] = epoch_read_down(r.fold_scores)
+        # its folds' best epochs were chosen on these paintings: how high that reads it, where known in this metric
+        read_down = epoch_read_down(r.fold_scores, oof, metric)
+        if read_down is not None:
+            row["epoch_optimism"] = read_down
         if j:
             diff = drawn[:, j] - drawn[:, 0]
             row.update(diff=row["score"] - rows[0]["score"], diff_interval=interval(diff, level),

@@ -47,14 +47,19 @@ def best_of(done: dict, key: str) -> float:
     return done.get(f"best_{view}{key}", float("nan"))
 
 
-def epoch_read_down(dones: dict) -> float | None:
+def epoch_read_down(dones: dict, oof: str | None = None, metric: str | None = None) -> float | None:
     """How high a run's OOF on the paintings its monitor followed (its crop-OOF under the default recipe) reads,
     each fold's best epoch being chosen on the validation paintings that OOF then scores: the mean of the folds'
     ``epoch_optimism`` (``done.json``; a bootstrap of the choice, ``folds.train.Validation.epoch_optimism``). None
-    unless every fold has one (a loss monitor, a single epoch, folds from before it was kept)."""
+    unless every fold has one (a loss monitor, a single epoch, folds from before it was kept), and, where asked,
+    unless it reads down the ``oof`` ("crops" or "whole") by the ``metric`` that a reader scores."""
     kept = [d.get("epoch_optimism") for d in dones.values()]
     if not kept or any(v is None for v in kept):
         return None
+    if oof is not None and read_down_view(dones) != oof:
+        return None
+    if metric is not None and any(get_metric(d.get("metric")).key != get_metric(metric).key for d in dones.values()):
+        return None  # in the units of the metric the folds chose by
     return float(sum(kept) / len(kept))
 
 

@@ -60,7 +60,8 @@ class Validation:
     distribution the model is judged on), scored every epoch. Under torchrun each rank scores
     its block of rows (``distributed.my_rows``); the gathered scores are the same on every rank."""
 
-    def __init__(self, val, cfg: RunConfig, monitor: str, transform, cache, workers: int, pin: bool):
+    def __init__(self, val, cfg: RunConfig, monitor: str, transform, cache, workers: int, pin: bool,
+                 epochs: list | None = None):
         # each painting whole, then its crops: one loader decodes a painting once for all its rows
         self.views = PaintingViews.of(list(val["path"]), val["id"], cfg.val_crops, VAL_CROP_SEED)
         self.labels = np.repeat(val["label"].to_numpy(), 1 + cfg.val_crops)
@@ -75,7 +76,8 @@ class Validation:
         # the rows the monitor follows (the crops', or the whole paintings'), kept each epoch: the best epoch is
         # chosen on them, and the read-down of that choice (``epoch_optimism``) sets the epochs side by side
         self.monitored = ~self.views.whole if monitor.startswith(CROP) else self.views.whole
-        self.epochs: list[torch.Tensor] = []  # one (rows, classes) a scored epoch; in last.pt for a resume
+        # one (rows, classes) a scored epoch; in last.pt, so a resumed fold starts with its epochs so far
+        self.epochs: list[torch.Tensor] = list(epochs or [])
 
     def decodes(self) -> bool:
         """Whether the next ``score`` decodes images (the first, or a set too large to keep)."""
@@ -172,8 +174,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     workers = num_workers(cfg)
     pin = prec.device.type == "cuda"
     validation = Validation(ds.train.iloc[val_idx], cfg, monitor, eval_transform(size, dcfg["mean"], dcfg["std"]),
-                            cache, workers, pin)
-    validation.epochs = kept
+                            cache, workers, pin, epochs=kept)
     # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
     loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
                          power=cfg.balance_power, num_workers=workers, pin_memory=pin)

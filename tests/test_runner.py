@@ -103,6 +103,11 @@ def test_each_folds_best_epoch_chosen_on_the_paintings_its_crop_oof_scores_is_re
     scores = json.loads((run / "scores.json").read_text())
     read_down = np.mean([d["epoch_optimism"] for d in dones.values()])
     assert scores["epoch_optimism"] == pytest.approx(read_down)
+    # a reader of the whole-painting OOF, or one scoring by another metric (build.py --metric), gets none: the
+    # figure reads down the crop-OOF, in macro-F1
+    from folds.stopping import epoch_read_down
+    assert epoch_read_down(dones, "crops", "macro_f1") == pytest.approx(read_down)
+    assert epoch_read_down(dones, "whole", "macro_f1") is None and epoch_read_down(dones, "crops", "accuracy") is None
     # the run's last line, as folds/run.py prints it (the build itself is another test's)
     runner = SimpleNamespace(cfg=SimpleNamespace(submissions_dir=out / "subs", name="t", metric="macro_f1"),
                              run_dir=run)

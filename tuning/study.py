@@ -164,17 +164,13 @@ def score_name(setup: dict) -> str:
     return f"{'validation-crop' if monitor.startswith(CROP) else 'whole-painting'} {label}, mean over folds"
 
 
-_COMPUTE = object()  # summary's read-down, where the caller has not computed it
-
-
-def summary(study, read=_COMPUTE) -> str:
+def summary(study, read: dict | None) -> str:
     """The best trial, the trials' counts, and how high the best reads (``read``: ``best_read_down``'s, None where
-    it has none; computed here where not given)."""
+    it has none)."""
     b = best_trial(study)
     c = counts(study)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
     what = score_name(study.user_attrs.get("setup", {}))
-    read = best_read_down(study) if read is _COMPUTE else read
     return (f"study {study.study_name}: best value ({what}) {b.value:.4f} at trial {b.number}: {params}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
             + (f", {c['running']} running" if c["running"] else "")
