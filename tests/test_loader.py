@@ -248,13 +248,16 @@ def test_a_fold_whose_loader_sets_the_pace_says_so_once_with_its_wait_in_the_his
     monkeypatch.setattr(ImageDataset, "__getitem__", slow_item)
     monkeypatch.setattr(folds.pace, "PACED_DEVICES", ("cpu",))  # the test's CPU stands in for the GPU
     monkeypatch.setattr(folds.pace, "_said", [])
+    # The share's value is loader_hint's test; this one checks the wiring. At 30% it failed beside other torch jobs
+    # on 2 cores: the step slowed 40x, the sleeps did not, and the wait fell to 27% of an epoch. 10% holds there.
+    monkeypatch.setattr(folds.pace, "LOADER_BOUND_SHARE", 0.1)
     assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 3, "--n-folds": 2, "--fold": "0,1"})) == 0
     hints = [line for line in "".join(capsys.readouterr()).splitlines() if "waited for images" in line]
     assert len(hints) == 1 and "t/fold_0: the CPU waited for images" in hints[0], hints  # not again for fold 1
     assert "of epoch 2's training pass" in hints[0] and "--cache" in hints[0], hints
     history = pd.read_csv(tmp_path / "runs" / "t" / "fold_0" / "history.csv")
     # the first epoch also decodes the validation paintings, which later epochs keep in memory
-    assert (history["loader_wait"] > 0.3 * history["seconds"]).iloc[1:].all(), history
+    assert (history["loader_wait"] > folds.pace.LOADER_BOUND_SHARE * history["seconds"]).iloc[1:].all(), history
 
 
 def test_a_paintings_crops_in_a_row_are_decoded_once_and_come_out_as_before(demo_source, tmp_path, monkeypatch):
