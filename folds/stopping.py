@@ -7,6 +7,9 @@ the log loss (``loss``, ``crop-loss``).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from common.atomic import atomic_write
 from common.metrics import DEFAULT_METRIC, METRICS, get_metric
 
 CROP = "crop-"  # a monitor on the validation paintings' fixed half-size crops: the test's distribution
@@ -67,6 +70,25 @@ def read_down_view(dones: dict) -> str:
     """The OOF that ``epoch_read_down`` reads down: "crops" where the folds chose their epochs on the validation
     crops, else "whole" (``ensemble.runs.OOF_KINDS``)."""
     return "crops" if any(map(chosen_on_crops, dones.values())) else "whole"
+
+
+def write_val_epochs(path, probs: np.ndarray, labels, ids, best_epoch: int) -> None:
+    """A fold's ``layout.VAL_EPOCHS``: every scored epoch's monitored validation rows (``probs``: epochs x rows x
+    classes), their labels and paintings, and the best epoch (from 1). The read-downs of the epoch choice and of a
+    study's best trial come from it."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, probs=probs, labels=labels, ids=ids, best_epoch=best_epoch)
+
+
+def read_val_epochs(path) -> dict:
+    """``write_val_epochs``'s arrays, the file closed."""
+    with np.load(path) as z:
+        return dict(z)
+
+
+def best_epoch_rows(kept: dict) -> dict:
+    """The rows of ``read_val_epochs`` at the best epoch: probs, labels, ids."""
+    return {"probs": kept["probs"][int(kept["best_epoch"]) - 1], "labels": kept["labels"], "ids": kept["ids"]}
 
 
 def resolve_monitor(cfg) -> str:

@@ -16,7 +16,6 @@ import torch
 from timm.utils import ModelEmaV3
 
 from common import UserError, layout
-from common.atomic import atomic_write
 from common.machine import usable_cores
 from common.metrics import METRICS, get_metric
 from folds.augment import eval_transform, train_transform
@@ -33,7 +32,7 @@ from folds.optim import build_optimizer, build_scheduler, head_lr
 from folds.pace import loader_hint
 from folds.predict import VAL_CROP_SEED, PaintingViews, predict_probs
 from folds.recipe import build_recipe
-from folds.stopping import CROP, VIEWS, EarlyStopping, resolve_monitor, score_column
+from folds.stopping import CROP, VIEWS, EarlyStopping, resolve_monitor, score_column, write_val_epochs
 from models import enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
@@ -114,9 +113,7 @@ class Validation:
         paintings and the best epoch: a study sets its trials' best epochs side by side on these same rows
         (``tuning.study.best_read_down``)."""
         rows = self.monitored
-        with atomic_write(path, "wb") as f:
-            np.savez(f, probs=torch.stack(self.epochs).numpy(), labels=self.labels[rows], ids=self.ids[rows],
-                     best_epoch=best_epoch)
+        write_val_epochs(path, torch.stack(self.epochs).numpy(), self.labels[rows], self.ids[rows], best_epoch)
 
 
 def train_targets(labels, extra_targets, num_classes: int, smoothing: float):

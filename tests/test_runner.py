@@ -82,13 +82,13 @@ def test_each_folds_best_epoch_chosen_on_the_paintings_its_crop_oof_scores_is_re
     from folds.run import finish_run
     from folds.runner import summary_table
     from folds.train import Validation
-    from tuning.study import best_epoch_rows, read_npz
+    from folds.stopping import best_epoch_rows, read_val_epochs
 
     run, out = finished_run
     dones = {k: json.loads((run / f"fold_{k}" / "done.json").read_text()) for k in range(5)}
     f1 = get_metric("macro_f1")
     for k, done in dones.items():
-        kept = read_npz(run / f"fold_{k}" / "val_epochs.npz")
+        kept = read_val_epochs(run / f"fold_{k}" / "val_epochs.npz")
         assert kept["probs"].shape[0] == done["epochs_run"] and int(kept["best_epoch"]) == done["best_epoch"]
         assert len(kept["ids"]) == 2 * len(set(kept["ids"]))  # the validation crops, 2 a painting: what chose it
         best = best_epoch_rows(kept)
@@ -880,8 +880,8 @@ def test_resume_replays_the_uninterrupted_run_exactly(demo_source, tmp_path):
     assert resumed["best_epoch"] == full["best_epoch"]
     # the epochs before the cut kept their validation rows in last.pt: the read-down of the best epoch's choice
     # sets all of them side by side, as the uninterrupted fold did
-    from tuning.study import read_npz
-    kept = [read_npz(tmp_path / d / "val_epochs.npz") for d in ("full", "cut")]
+    from folds.stopping import read_val_epochs
+    kept = [read_val_epochs(tmp_path / d / "val_epochs.npz") for d in ("full", "cut")]
     assert kept[1]["probs"].shape[0] == 3
     np.testing.assert_allclose(kept[0]["probs"], kept[1]["probs"], atol=1e-6)
     assert resumed["epoch_optimism"] == pytest.approx(full["epoch_optimism"], abs=1e-9)

@@ -263,10 +263,10 @@ def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
         float(said[2]), abs=1e-4) and best["read_down"]["expect"] == pytest.approx(float(said[3]), abs=1e-4)
     # each trial's kept rows at its best epoch are the monitored ones: they score its value again, to the digit
     from common.metrics import get_metric
-    from tuning.study import best_epoch_rows, read_npz
+    from folds.stopping import best_epoch_rows, read_val_epochs
     for t in complete:
-        kept = best_epoch_rows(read_npz(demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "fold_0"
-                                        / "val_epochs.npz"))
+        trial = demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}"
+        kept = best_epoch_rows(read_val_epochs(trial / "fold_0" / "val_epochs.npz"))
         assert get_metric("macro_f1").score(kept["labels"], kept["probs"]) == pytest.approx(t.value, abs=1e-6)
         assert len(set(kept["ids"])) * 2 == len(kept["ids"])  # the validation crops: 2 a painting
     assert f"next: python folds/run.py --params {demo_study / 'tuning' / 's' / 'best.json'} --fold all --name " \

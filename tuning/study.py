@@ -188,6 +188,7 @@ def best_read_down(study) -> dict | None:
     trials of other folds)."""
     from common.layout import VAL_EPOCHS, fold_dir
     from ensemble.compare import selection_optimism
+    from folds.stopping import best_epoch_rows, read_val_epochs
 
     best, rows, probs = best_trial(study), None, []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -197,7 +198,7 @@ def best_read_down(study) -> dict | None:
         keys = sorted({int(k.split("_")[1]) for k in t.user_attrs if re.fullmatch(r"fold_\d+_\w+", k)})
         paths = [fold_dir(t.user_attrs["dir"], k) / VAL_EPOCHS for k in keys]
         try:
-            parts = [best_epoch_rows(read_npz(p)) for p in paths]
+            parts = [best_epoch_rows(read_val_epochs(p)) for p in paths]
         except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile):  # another worker's, or cut short
             continue
         if not parts:
@@ -214,18 +215,6 @@ def best_read_down(study) -> dict | None:
     metric = study.user_attrs.get("setup", {}).get("metric")
     return {"trials": len(probs),
             "optimism": selection_optimism(rows[0], rows[1], [p for _, p in probs], metric, blocks=rows[2])}
-
-
-def best_epoch_rows(kept: dict) -> dict:
-    """A fold's kept validation rows (``layout.VAL_EPOCHS``) at its best epoch: probs, labels, ids."""
-    return {"probs": kept["probs"][int(kept["best_epoch"]) - 1], "labels": kept["labels"],
-            "ids": kept["ids"]}
-
-
-def read_npz(path: Path) -> dict:
-    """Every array of an ``.npz`` file, the file closed."""
-    with np.load(path) as z:
-        return dict(z)
 
 
 def next_command(path: Path, study_name: str, trial: int) -> str:
