@@ -298,6 +298,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
                                         oof_kind=OOF_NAMES[oof], metric=metric,
                                         errors=confident_errors(groups, y, final_oof, classes, paths))
     result["notes"], result["oof"], result["metric"] = notes, oof, metric
+    result["choice_optimism"], result["epoch_optimism"] = optimism, epochs  # as _blend.json keeps them
     result["neighbours"] = None if smoothing is None else smoothing.describe()
     result.update(smoothing_oof)
     return result

@@ -89,6 +89,11 @@ def finish_run(runner, result: dict) -> str:
     chosen = next((r for r in sub["table"] if r["method"] == sub["chosen"]), None)
     if chosen is not None and sub["chosen"] != "mean":  # offsets or smoothing over the fold mean: the test is theirs
         line += f" | the submission ({sub['chosen']}): {OOF_NAMES[sub['oof']]} {m.label} {chosen[m.key]:.4f}"
+        # it was chosen over the plain mean on these paintings too, and its folds' epochs were: both read it high
+        high = sub.get("choice_optimism", 0.0) + (sub.get("epoch_optimism") or 0.0)
+        if high:
+            line += f" (choosing it, and its folds' best epochs, on these paintings reads it about {high:+.4f} " \
+                    f"high: expect about {chosen[m.key] - high:.4f})"
     if f"test_{m.key}" in sub:
         line += f" | test {m.label} {sub['test_' + m.key]:.4f} (scored with test_labels.csv, for reporting only)"
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"

@@ -131,6 +131,7 @@ def test_method_best_builds_the_method_with_the_highest_honest_score(two_runs, o
     # each fold's best epoch was chosen on the same paintings: the runs' mean read-down, on top of the choice above
     runs = [json.loads((two_runs / "runs" / r / "scores.json").read_text())["epoch_optimism"] for r in ("s0", "s1")]
     assert meta["epoch_optimism"] == pytest.approx(np.mean(runs)) and meta["epoch_optimism"] > 0
+    assert (res["choice_optimism"], res["epoch_optimism"]) == (meta["choice_optimism"], meta["epoch_optimism"])
     said = next(n for n in res["notes"] if n.startswith("each fold's best epoch was chosen on the paintings its "
                                                         "crop-OOF scores, which reads it about"))
     expect = float(re.search(r"expect about ([0-9.]+)", said)[1])

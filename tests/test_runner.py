@@ -145,6 +145,12 @@ def test_the_runs_last_line_gives_the_submissions_own_cv_beside_its_test_score(t
     assert finish_run(runner, result).splitlines()[0] == (
         "OOF macro-F1 0.1717 | crop-OOF macro-F1 0.1983 | the submission (mean+offsets): crop-OOF macro-F1 0.2533 | "
         "test macro-F1 0.2813 (scored with test_labels.csv, for reporting only)")
+    # chosen over the plain mean on these paintings, by folds whose best epochs were chosen on them: read down by both
+    sub.update(choice_optimism=0.0125, epoch_optimism=0.0310)
+    assert "| the submission (mean+offsets): crop-OOF macro-F1 0.2533 (choosing it, and its folds' best epochs, on " \
+           "these paintings reads it about +0.0435 high: expect about 0.2098) | test" in finish_run(runner, result)
+    sub.update(epoch_optimism=None)  # a loss chose the epochs: the choice of the method alone
+    assert "reads it about +0.0125 high: expect about 0.2408) | test" in finish_run(runner, result)
     sub["chosen"] = "mean"  # the fold mean itself: its scores are the run's
     assert finish_run(runner, result).splitlines()[0].startswith("OOF macro-F1 0.1717 | crop-OOF macro-F1 0.1983 | "
                                                                  "test macro-F1 0.2813")
