@@ -207,7 +207,8 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     training = [k for k in folds if runner.trains(k) and k not in held]
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
             "batch_size": cfg.batch_size, "processes": processes, "fold_minutes": {}, "folds_detail": {},
-            "held": {k: runner.held_note(k, holder, "the run would skip it here") for k, holder in held.items()}}
+            "held": {k: runner.held_note(k, holder, "the run would skip it for now", by="the run")
+                     for k, holder in held.items()}}
     work = {}
     for k in training:
         runner.check_not_interrupted(k)

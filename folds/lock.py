@@ -86,6 +86,17 @@ class FoldLock:
             return False
         return self._age(path) <= self.stale_after(info)
 
+    def last_beat(self) -> int | None:
+        """The lock file's mtime (ns), which its holder's every heartbeat changes; None without a lock file."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def silent_for(self) -> float:
+        """Seconds since the lock's last heartbeat (inf without a lock file)."""
+        return self._age(self.path)
+
     def describe(self, info: dict) -> str:
         """Who holds the lock and when it last beat, for the line that says a fold is skipped."""
         age = self._age(self.path)

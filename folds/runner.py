@@ -38,7 +38,7 @@ from folds.stopping import best_of, chosen_on_crops, epoch_read_down
 from folds.train import train_fold
 
 
-LOCK_POLL_SECONDS = 2  # how often a finished fold's lock is looked at while another process predicts it
+LOCK_POLL_SECONDS = 2  # how often a held fold's lock is looked at while this process waits for it
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,64 @@ class FoldRunner:
         """The live process that holds fold ``k``'s lock (another one: a run skips the fold), or None."""
         return FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner).holder()
 
-    def held_note(self, k, holder: dict, doing: str) -> str:
-        """Who holds fold ``k`` (``holder``, its lock's; {} where it let go this instant), what this process is
-        ``doing`` about it, and how the fold is taken over where that process is gone."""
+    def held_note(self, k, holder: dict, doing: str, by: str = "this process") -> str:
+        """Who holds fold ``k`` (``holder``, its lock's; {} where it let go this instant), what ``by`` (this
+        process, or the run a dry run stands for) is ``doing`` about it, and how the fold is taken over where that
+        process is gone."""
         path = self.fold_dir(k) / layout.LOCK
+        who = f"{by}, once its other folds are done," if self.comes_back_to(k, holder) else "a rerun with --resume"
         return (f"fold {k} is being trained by {FoldLock(path).describe(holder) if holder else 'another process'}; "
-                f"{doing}. If that process is gone (its machine, or a Colab or Kaggle session, ended), a rerun with "
-                f"--resume takes the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or "
-                f"delete {path} now).")
+                f"{doing}. If that process is gone (its machine, or a Colab or Kaggle session, ended), {who} takes "
+                f"the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or delete {path} "
+                "now).")
+
+    def comes_back_to(self, k, holder: dict) -> bool:
+        """Whether ``come_back`` waits for fold ``k``'s ``holder`` to go silent: a plain process (under torchrun
+        the group decides together), a holder that beats every ``HEARTBEAT_SECONDS`` (an older checkout's lock
+        beats once an epoch and is honoured for hours), and a fold this process may take over (an interrupted
+        one needs --resume)."""
+        interrupted = (self.fold_dir(k) / layout.LAST).is_file()
+        return (distributed.world()[1] == 1 and bool(holder) and "beat" in holder
+                and (self.resume or self.force or not interrupted))
+
+    def come_back(self, folds: list) -> dict:
+        """``folds`` skipped as held, once this process has trained its others. A holder that has stopped beating
+        (its machine or its Colab or Kaggle session ended, or its lock was copied with the run folder, which
+        resets the lock's time) is waited out, and its fold taken over, as a rerun with --resume would
+        ``FoldLock.stale_after`` its last heartbeat; a holder that beats meanwhile is alive and keeps its fold.
+        The safety is the lock's own (only a lock silent that long is taken over); what is new is that this
+        process waits, where before the user had to come back and run it again. Returns the folds trained."""
+        results, waiting = {}, {}
+        for k in folds:
+            lock = FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner)
+            holder = lock.holder()
+            if holder is None:  # let go, or silent long enough, since this process looked
+                waiting[k] = (lock, None)
+                continue
+            if not self.comes_back_to(k, holder):
+                continue
+            wait, left = FoldLock.stale_after(holder) - lock.silent_for(), self.deadline.minutes_left()
+            if left is not None and 60 * left <= wait:
+                log.info("fold %s: --time-limit leaves %.0f s, too few to wait the %.0f s after which its holder's "
+                         "lock may be taken over; it is left to a later --resume.", k, 60 * left, wait)
+                continue
+            waiting[k] = (lock, lock.last_beat())
+            log.info("fold %s: this process waits up to %.0f s for its holder (%s) to beat, and then takes the fold "
+                     "over (a process training it beats every %d s and keeps it; Ctrl-C stops the wait).", k,
+                     max(wait, 0), lock.describe(holder), holder["beat"])
+        while waiting:
+            for k, (lock, seen) in list(waiting.items()):
+                if lock.holder() is None:  # gone silent (or let go, or finished): as a rerun would, take it
+                    del waiting[k]
+                    r = self.run_fold(k)
+                    if r is not None:
+                        results[k] = r
+                elif seen is not None and lock.last_beat() != seen:
+                    del waiting[k]
+                    log.info("fold %s: its holder beat; it is training the fold, which is left to it.", k)
+            if waiting:
+                time.sleep(LOCK_POLL_SECONDS)
+        return results
 
     # -- one fold (or the full-data model) -----------------------------------------------
     def run_fold(self, k, epochs: int | None = None) -> dict | None:
@@ -132,7 +182,7 @@ class FoldRunner:
         # once more where the holder let go while this process looked (it may have just finished the fold: the
         # look under the lock skips it then)
         if not distributed.agree((lock.acquire() or (lock.holder() is None and lock.acquire())) if lock else None):
-            log.info("%s", self.held_note(k, (lock.holder() if lock else None) or {}, "skipping it here"))
+            log.info("%s", self.held_note(k, (lock.holder() if lock else None) or {}, "skipping it for now"))
             return None
         try:
             # Asked again under the lock: another process may have finished the fold (and released its lock)
@@ -362,6 +412,7 @@ class FoldRunner:
             if r is not None and trains and k not in self.found_finished:  # its pace: trained here
                 paces.append((time.time() - started) / 60)
                 self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.trains(j)])
+        results.update(self.come_back([k for k in folds if k not in results and self.trains(k)]))
         if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
         return self.join(results)

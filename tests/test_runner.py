@@ -756,7 +756,10 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     name, which no pid check can judge. The heartbeat was touched once per epoch, so such a lock was honoured
     for 2 h: a reconnected session's --resume skipped the fold it had been training. Now the holder beats
     from a thread of its own, whatever an epoch takes, and a lock silent for STALE_SECONDS is taken over."""
+    import threading
+
     import folds.lock
+    import folds.runner
     from folds.lock import STALE_SECONDS, FoldLock
 
     monkeypatch.setattr(folds.lock, "HEARTBEAT_SECONDS", 0.05)
@@ -784,10 +787,20 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     lock = tmp_path / "runs" / "t" / "fold_0" / "lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 4242, "beat": 30}))  # beaten just now
-    assert main([a for a in args if a != "-q"] + ["--fold", "0"]) == 0
+    # (its holder beats: this process comes back to the fold, sees the beat and leaves the fold to it)
+    beating, stop = threading.Thread(target=lambda: [os.utime(lock) for _ in iter(lambda: stop.wait(0.05), True)]), \
+        threading.Event()
+    monkeypatch.setattr(folds.runner, "LOCK_POLL_SECONDS", 0.1)
+    beating.start()
+    try:
+        assert main([a for a in args if a != "-q"] + ["--fold", "0"]) == 0
+    finally:
+        stop.set()
+        beating.join()
     out = "".join(capsys.readouterr())
     assert "fold 0 is being trained by host colab-vm-that-ended, pid 4242, last heartbeat" in out, out
     assert f"{STALE_SECONDS // 60} min after its last heartbeat (or delete {lock} now)" in out
+    assert "fold 0: its holder beat; it is training the fold, which is left to it." in out, out
     assert not (lock.parent / "done.json").exists()
     old = time.time() - STALE_SECONDS - 1  # silent for longer: that session has ended
     # (an older checkout's lock, without "beat", was touched once per epoch: it keeps the 2-hour limit)
@@ -799,6 +812,40 @@ def test_a_lock_beats_while_held_and_a_lost_machines_lock_is_taken_over(demo_sou
     assert FoldLock(lock).holder() is None
     assert main(args + ["--fold", "0", "--resume"]) == 0
     assert (lock.parent / "done.json").is_file() and not lock.exists()
+
+
+def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(demo_source, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A Kaggle version copies the last version's runs back (a copy's lock looks freshly beaten), or a Colab
+    session reconnects within minutes of the one that ended: the fold that session held was skipped, the others
+    trained, and the run ended unfinished, to be run again 10 minutes later by hand. Now the process comes back
+    to it when its other folds are done, waits out the holder's silence, and takes it over as that rerun would;
+    a --time-limit that leaves too little for the wait is not waited into."""
+    import folds.lock
+    import folds.runner
+
+    monkeypatch.setattr(folds.runner, "LOCK_POLL_SECONDS", 0.1)
+    args = [a for a in tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2}) if a != "-q"]
+    lock = tmp_path / "runs" / "t" / "fold_0" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "last-kaggle-version", "pid": 7, "beat": 30}))  # copied just now
+
+    assert main(args + ["--time-limit", "5"]) == 0  # fold 1 trains; the 10 min wait does not fit
+    out = "".join(capsys.readouterr())
+    assert "fold 0 is being trained by host last-kaggle-version" in out and "skipping it for now" in out, out
+    assert "this process, once its other folds are done, takes the fold over 10 min after" in out, out
+    assert "fold 0: --time-limit leaves" in out and "it is left to a later --resume" in out, out
+    assert (lock.parent.parent / "fold_1" / "done.json").is_file() and not (lock.parent / "done.json").exists()
+
+    monkeypatch.setattr(folds.lock, "STALE_SECONDS", 3)
+    lock.write_text(json.dumps({"host": "last-kaggle-version", "pid": 7, "beat": 30}))
+    started = time.time()
+    assert main(args) == 0
+    out = "".join(capsys.readouterr())
+    assert "fold 0: this process waits up to" in out and "then takes the fold over" in out, out
+    assert time.time() - started >= 3 - 0.5  # the lock was taken over only once silent for STALE_SECONDS
+    assert (lock.parent / "done.json").is_file() and not lock.exists()
+    assert (tmp_path / "runs" / "t" / "scores.json").is_file()  # the run joined: every fold is done
 
 
 def test_a_process_whose_fold_was_taken_over_while_it_was_paused_stops(demo_source, tmp_path, monkeypatch, capsys):
@@ -1063,7 +1110,9 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
     assert main(args + ["--dry-run", "--resume", "--fold", "0,1"]) == 0
     out = capsys.readouterr().out
     assert plans[-1]["training"] == [] and "fold 0 is being trained by host last-kaggle-version, pid 7, last " \
-        "heartbeat 0 s ago; the run would skip it here." in out and "fold 1 is finished" in out, out
+        "heartbeat 0 s ago; the run would skip it for now. If that process is gone (its machine, or a Colab or " \
+        "Kaggle session, ended), the run, once its other folds are done, takes the fold over 10 min after its last " \
+        "heartbeat" in out and "fold 1 is finished" in out, out
     (run / "fold_0" / "lock").unlink()
     # the full-data model: its epochs are the finished folds' median best epoch, as --fold full trains it
     assert main(args + ["--dry-run", "--fold", "full"]) == 0
