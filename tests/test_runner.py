@@ -848,6 +848,22 @@ def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(
     assert (tmp_path / "runs" / "t" / "scores.json").is_file()  # the run joined: every fold is done
 
 
+def test_a_torchrun_group_does_not_come_back_to_a_held_fold(demo_source, tmp_path, monkeypatch):
+    """Each rank would read the lock on its own and might call the group's run_fold alone: a hang."""
+    from folds import distributed
+    from folds.config import saved_config
+    from folds.runner import FoldRunner
+
+    assert main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 1})) == 0
+    runner = FoldRunner.open(saved_config(tmp_path / "runs" / "t"), resume=True)
+    monkeypatch.setattr(FoldRunner, "run_fold", lambda self, k, *a: pytest.fail("a rank came back to the fold"))
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    assert runner.come_back([0]) == {}  # free: a plain process would train it now
+    monkeypatch.setattr(distributed, "world", lambda: (0, 1))
+    with pytest.raises(pytest.fail.Exception):
+        runner.come_back([0])
+
+
 def test_a_process_whose_fold_was_taken_over_while_it_was_paused_stops(demo_source, tmp_path, monkeypatch, capsys):
     """Paused (Ctrl-Z) for longer than STALE_SECONDS, a holder beats no more and another process takes the fold
     over; when it wakes it must not train on beside that one: it stops after the epoch, leaving the lock alone."""
