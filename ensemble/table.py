@@ -11,8 +11,9 @@ still to train shows the mean of its finished folds, marked ``*``. ``epoch_choic
 fold's best epoch on its validation paintings reads that OOF (the folds' mean). ``settings`` lists what a run does
 differently from the defaults, so two runs can be told apart; ``split`` tells which runs share a split,
 as a weighted blend or a stack of them needs. Each unfinished run gets the command that finishes it
-with its own saved options, and a fold that a live process holds shows as training. Test scores are not
-shown: a choice is made on the OOF, and ``ensemble/build.py`` reports the test where labels exist.
+with its own saved options, and a fold that a live process holds shows as training (with how long its holder
+has been silent, where it missed its beats: a session that ended, whose lock is taken over after 10 min). Test
+scores are not shown: a choice is made on the OOF, and ``ensemble/build.py`` reports the test where labels exist.
 """
 from __future__ import annotations
 
@@ -61,9 +62,14 @@ def run_row(run: Path) -> tuple[dict, str | None]:
             for k in planned if layout.is_done(run, k)}
     training = []  # folds a live process holds now
     for k in planned:
-        holder = None if k in done else FoldLock(layout.fold_dir(run, k) / layout.LOCK).holder()
+        lock = FoldLock(layout.fold_dir(run, k) / layout.LOCK)
+        holder = None if k in done else lock.holder()
         if holder:
-            training.append(f"{k} ({holder['host']}:{holder['pid']})")
+            # a holder that missed its beats (a session that ended) until its lock may be taken over
+            quiet, beat = lock.silent_for(), holder.get("beat")  # (an older checkout's lock beats once an epoch)
+            silent = f", silent {quiet / 60:.0f} of {FoldLock.stale_after(holder) // 60} min" \
+                if beat and quiet > 3 * beat else ""
+            training.append(f"{k} ({holder['host']}:{holder['pid']}{silent})")
     manifest = run / layout.MANIFEST
     complete = len(done) == len(planned)
     scores = layout.read_json(run / layout.SCORES) if complete and (run / layout.SCORES).is_file() else {}

@@ -605,8 +605,9 @@ def test_the_whole_painting_oof_builds_from_several_runs(two_runs, capsys):
 def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_runs, demo_source, tmp_path, capsys):
     import os
     import shlex
-    import socket
     import shutil
+    import socket
+    import time
 
     from ensemble.table import main as table_main
     shutil.copytree(two_runs / "runs", tmp_path / "runs")
@@ -652,7 +653,12 @@ def test_the_runs_table_ranks_by_crop_oof_and_finishes_what_is_unfinished(two_ru
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
     assert table_main([str(tmp_path / "runs")]) == 0
     text = capsys.readouterr().out
-    assert "training fold 1 (" in text and "--name u" not in text
+    assert "training fold 1 (" in text and "--name u" not in text and "silent" not in text
+    # one that has missed its beats (a Colab session that ended) says so, until its lock may be taken over
+    lock.write_text(json.dumps({"host": "colab-vm-that-ended", "pid": 7, "beat": 30}))
+    os.utime(lock, (time.time() - 420, time.time() - 420))
+    assert table_main([str(tmp_path / "runs")]) == 0
+    assert "training fold 1 (colab-vm-that-ended:7, silent 7 of 10 min)" in capsys.readouterr().out
     lock.unlink()
     assert run_main(shlex.split(command)[2:] + ["-q"]) == 0  # the printed command finishes the run
     assert table_main([str(tmp_path / "runs"), "--out", str(out)]) == 0
