@@ -66,9 +66,8 @@ def run_row(run: Path) -> tuple[dict, str | None]:
         holder = None if k in done else lock.holder()
         if holder:
             # a holder that missed its beats (a session that ended) until its lock may be taken over
-            quiet, beat = lock.silent_for(), holder.get("beat")  # (an older checkout's lock beats once an epoch)
-            silent = f", silent {quiet / 60:.0f} of {FoldLock.stale_after(holder) // 60} min" \
-                if beat and quiet > 3 * beat else ""
+            silent = f", silent {lock.silent_for() / 60:.0f} of {FoldLock.stale_after(holder) // 60} min" \
+                if lock.missed_beats(holder) else ""
             training.append(f"{k} ({holder['host']}:{holder['pid']}{silent})")
     manifest = run / layout.MANIFEST
     complete = len(done) == len(planned)

@@ -27,6 +27,7 @@ from common import UserError, layout
 from ensemble.tta import n_views
 from folds.deadline import Deadline
 from folds.engine import Precision
+from folds.lock import FoldLock
 from folds.predict import Predictor
 from folds.train import train_fold
 from models import check_model
@@ -204,11 +205,15 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     the first of them (fold 0 for the full-data model, which validates nothing), and each one's minutes."""
     cfg = runner.cfg
     held = {k: holder for k in folds if runner.trains(k) and (holder := runner.holder(k)) is not None}
-    training = [k for k in folds if runner.trains(k) and k not in held]
+    # the run comes back to a held fold once its others are done (FoldRunner.come_back): one whose holder has
+    # missed its beats already is counted as the run would train it then, after the rest of its silence
+    silent = {k: FoldLock.stale_after(h) - runner.lock(k).silent_for() for k, h in held.items()
+              if runner.comes_back_to(k, h) and runner.lock(k).missed_beats(h)}
+    training = [k for k in folds if runner.trains(k) and k not in held] + list(silent)
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
             "batch_size": cfg.batch_size, "processes": processes, "fold_minutes": {}, "folds_detail": {},
             "held": {k: runner.held_note(k, holder, "the run would skip it for now", by="the run")
-                     for k, holder in held.items()}}
+                     for k, holder in held.items()}, "silent": silent}
     work = {}
     for k in training:
         runner.check_not_interrupted(k)
@@ -227,7 +232,9 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
         plan["folds_detail"][k] = {**w, "epoch_seconds": epoch, "first_epoch_extra": first_extra,
                                    "predict_seconds": predict}
         plan["fold_minutes"][k] = (first_extra + w["epochs"] * epoch + predict) / 60
-    plan["minutes"] = sum(plan["fold_minutes"].values())
+    before = sum(m for k, m in plan["fold_minutes"].items() if k not in silent)  # the folds it trains first
+    plan["wait_minutes"] = max([(wait / 60 - before) for wait in silent.values()] + [0.0])
+    plan["minutes"] = sum(plan["fold_minutes"].values()) + plan["wait_minutes"]
     return plan
 
 
@@ -240,6 +247,12 @@ def describe(plan: dict) -> str:
     """What the dry run found, in lines a person reads."""
     lines = [f"dry run of {plan['run_dir']}: nothing was written there or to the submissions."]
     lines += plan.get("held", {}).values()  # a lock copied with its run folder looks alive until it misses its beats
+    for k, wait in plan.get("silent", {}).items():
+        waited = f", with {duration(plan['wait_minutes'])} of waiting after the other folds" \
+            if plan.get("wait_minutes") else ""
+        lines.append(f"fold {k}'s holder has missed its beats: the run would come back to it once its other folds "
+                     "are done and take it over once its lock is silent long enough (in about "
+                     f"{duration(max(wait, 0) / 60)}); it is counted below{waited}.")
     if not plan["training"]:
         others = [k for k in plan["folds"] if k not in plan.get("held", {})]
         finished = f"fold {others[0]} is" if len(others) == 1 else f"folds {','.join(map(str, others))} are"

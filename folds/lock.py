@@ -26,6 +26,9 @@ STALE_SECONDS = 10 * 60
 # may take longer than STALE_SECONDS, so such a holder keeps the old limit (a team updating one machine).
 EPOCH_BEAT_STALE_SECONDS = 2 * 3600
 EMPTY_STALE_SECONDS = 60  # a creator that died between create and write left an empty lock
+# A holder silent for this many heartbeats has most likely ended (a Colab session): said, and counted by a dry
+# run, until its lock may be taken over. Fewer could be a network folder's late attributes.
+MISSED_BEATS = 3
 
 
 def alive(pid: int) -> bool:
@@ -96,6 +99,12 @@ class FoldLock:
     def silent_for(self) -> float:
         """Seconds since the lock's last heartbeat (inf without a lock file)."""
         return self._age(self.path)
+
+    def missed_beats(self, info: dict) -> bool:
+        """Whether the holder ``info`` has been silent for ``MISSED_BEATS`` heartbeats (an older checkout's lock,
+        beaten once an epoch, never has)."""
+        beat = info.get("beat")
+        return bool(beat) and self.silent_for() > MISSED_BEATS * beat
 
     def describe(self, info: dict) -> str:
         """Who holds the lock and when it last beat, for the line that says a fold is skipped."""

@@ -108,9 +108,13 @@ class FoldRunner:
         """Whether ``run_fold(k)`` trains the fold (unless another process holds it): not finished, or --force."""
         return self.force or not self.is_done(k)
 
+    def lock(self, k) -> FoldLock:
+        """Fold ``k``'s lock, as this process (or its Ray task) would hold it."""
+        return FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner)
+
     def holder(self, k) -> dict | None:
         """The live process that holds fold ``k``'s lock (another one: a run skips the fold), or None."""
-        return FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner).holder()
+        return self.lock(k).holder()
 
     def held_note(self, k, holder: dict, doing: str, by: str = "this process") -> str:
         """Who holds fold ``k`` (``holder``, its lock's; {} where it let go this instant), what ``by`` (this
@@ -143,7 +147,7 @@ class FoldRunner:
         if distributed.world()[1] > 1:  # each rank would look on its own, and run_fold is the group's together
             return results
         for k in folds:
-            lock = FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner)
+            lock = self.lock(k)
             holder = lock.holder()
             if holder is None:  # let go, or silent long enough, since this process looked
                 waiting[k] = (lock, None)
@@ -180,7 +184,7 @@ class FoldRunner:
         # under torchrun, rank 0 decides for the group (skip, lock) and alone touches files
         if distributed.agree(not self.trains(k)):
             return self._finished(k, d)
-        lock = FoldLock(d / layout.LOCK, owner=self.lock_owner) if distributed.is_main() else None
+        lock = self.lock(k) if distributed.is_main() else None
         # once more where the holder let go while this process looked (it may have just finished the fold: the
         # look under the lock skips it then)
         if not distributed.agree((lock.acquire() or (lock.holder() is None and lock.acquire())) if lock else None):
@@ -316,7 +320,7 @@ class FoldRunner:
 
     def _wait_for_lock(self, k, d: Path) -> FoldLock:
         """Fold ``k``'s lock, once its holder lets it go (or is found gone: a stale lock is taken over)."""
-        lock, said = FoldLock(d / layout.LOCK, owner=self.lock_owner), False
+        lock, said = self.lock(k), False
         while not lock.acquire():
             if not said:
                 holder = lock.holder()

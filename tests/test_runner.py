@@ -1129,6 +1129,16 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
         "heartbeat 0 s ago; the run would skip it for now. If that process is gone (its machine, or a Colab or " \
         "Kaggle session, ended), the run, once its other folds are done, takes the fold over 10 min after its last " \
         "heartbeat" in out and "fold 1 is finished" in out, out
+    # one whose holder has missed its beats: the run would come back to it, wait out the rest and train it
+    os.utime(run / "fold_0" / "lock", (time.time() - 300, time.time() - 300))
+    assert main(args + ["--dry-run", "--resume", "--fold", "0,1"]) == 0
+    plan, out = plans[-1], capsys.readouterr().out
+    assert plan["training"] == [0] and plan["silent"][0] == pytest.approx(300, abs=30)
+    assert plan["wait_minutes"] == pytest.approx(5, abs=0.5)  # fold 1 is finished: nothing to train first
+    assert plan["minutes"] == pytest.approx(plan["fold_minutes"][0] + plan["wait_minutes"])
+    assert "fold 0's holder has missed its beats: the run would come back to it once its other folds are done and " \
+           "take it over once its lock is silent long enough (in about 5 min); it is counted below, with 5 min of " \
+           "waiting after the other folds." in out, out
     (run / "fold_0" / "lock").unlink()
     # the full-data model: its epochs are the finished folds' median best epoch, as --fold full trains it
     assert main(args + ["--dry-run", "--fold", "full"]) == 0
