@@ -309,7 +309,7 @@ class FoldRunner:
             return
         mine = None
         if lock is None:
-            mine = self._wait_for_lock(k, d) if distributed.is_main() else None
+            mine = self._wait_for_lock(k) if distributed.is_main() else None
             why = distributed.agree(self.test_changed(k) if distributed.is_main() else None)  # done meanwhile?
         try:
             if why is not None:
@@ -318,7 +318,7 @@ class FoldRunner:
             if mine is not None:
                 mine.release()
 
-    def _wait_for_lock(self, k, d: Path) -> FoldLock:
+    def _wait_for_lock(self, k) -> FoldLock:
         """Fold ``k``'s lock, once its holder lets it go (or is found gone: a stale lock is taken over)."""
         lock, said = self.lock(k), False
         while not lock.acquire():
