@@ -207,8 +207,9 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     held = {k: holder for k in folds if runner.trains(k) and (holder := runner.holder(k)) is not None}
     # the run comes back to a held fold once its others are done (FoldRunner.come_back): one whose holder has
     # missed its beats already is counted as the run would train it then, after the rest of its silence
-    silent = {k: FoldLock.stale_after(h) - runner.lock(k).silent_for() for k, h in held.items()
-              if runner.comes_back_to(k, h) and runner.lock(k).missed_beats(h)}
+    locks = {k: runner.lock(k) for k in held}
+    silent = {k: FoldLock.stale_after(h) - locks[k].silent_for() for k, h in held.items()
+              if runner.comes_back_to(k, h) and locks[k].missed_beats(h)}
     training = [k for k in folds if runner.trains(k) and k not in held] + list(silent)
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
             "batch_size": cfg.batch_size, "processes": processes, "fold_minutes": {}, "folds_detail": {},

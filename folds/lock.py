@@ -108,7 +108,7 @@ class FoldLock:
 
     def describe(self, info: dict) -> str:
         """Who holds the lock and when it last beat, for the line that says a fold is skipped."""
-        age = self._age(self.path)
+        age = self.silent_for()
         beat = "" if age == float("inf") else f", last heartbeat {age:.0f} s ago"
         return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}{beat}"
 

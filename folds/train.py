@@ -225,10 +225,10 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         raise UserError(f"{out_dir}: no epoch was trained (epochs={n_epochs}).")
     result = {**best_scores(history, stopper.best_epoch, monitor, cfg.metric), "epochs_run": len(history),
               "seconds": seconds, "img_size": size, "data_config": dcfg, "device": prec.describe()}
-    if len(validation.epochs) == len(history) and validation.epochs:  # every epoch's rows (a resume kept them)
-        if distributed.is_main():
-            validation.save(out_dir / layout.VAL_EPOCHS, stopper.best_epoch)
-        optimism = validation.epoch_optimism(monitor, cfg.metric) if distributed.is_main() else None
+    # every epoch's rows (a resume kept them); under torchrun rank 0 writes them and reads the choice down
+    if len(validation.epochs) == len(history) and validation.epochs and distributed.is_main():
+        validation.save(out_dir / layout.VAL_EPOCHS, stopper.best_epoch)
+        optimism = validation.epoch_optimism(monitor, cfg.metric)
         if optimism is not None:
             result["epoch_optimism"] = optimism
             log.info("%s: its best epoch (%d of %d) was chosen on these validation paintings, which reads their "
