@@ -52,9 +52,9 @@ class Deadline:
         left, took = self.end - monotonic(), self.longest.get(what)
         need = estimate if took is None else took
         if distributed.agree(left <= need):
-            why = (f"the longest {what} so far took {_duration(need)}" if took is not None else
-                   f"its {what} would take about {_duration(need)} at the pace its validation images were scored")
-            raise TimeUp(f"{OPTION}: {where} was not started: {_duration(max(left, 0))} were left, and {why}")
+            why = (f"the longest {what} so far took {duration(need)}" if took is not None else
+                   f"its {what} would take about {duration(need)} at the pace its validation images were scored")
+            raise TimeUp(f"{OPTION}: {where} was not started: {duration(max(left, 0))} were left, and {why}")
 
     def took(self, what: str, seconds: float) -> None:
         self.longest[what] = max(self.longest.get(what, 0.0), seconds)
@@ -78,5 +78,5 @@ class Deadline:
         return images * (self.decode_and_score + (views - 1) * score)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

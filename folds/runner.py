@@ -19,12 +19,13 @@ import pandas as pd
 import torch
 
 from common import UserError, layout, write_csv, write_json
+from common.interrupt import TimeUp
 from common.layout import FULL, prob_frame
 from common.metrics import NEG_LOG_LOSS, get_metric
 from ensemble.tta import n_views
 from folds import distributed
 from folds.config import RunConfig, recipe_warnings
-from folds.deadline import Deadline
+from folds.deadline import Deadline, duration
 from folds.engine import scores
 from folds.loader import num_workers
 from folds.lock import FoldLock
@@ -142,8 +143,10 @@ class FoldRunner:
         resets the lock's time) is waited out, and its fold taken over, as a rerun with --resume would
         ``FoldLock.stale_after`` its last heartbeat; a holder that beats meanwhile is alive and keeps its fold.
         The safety is the lock's own (only a lock silent that long is taken over); what is new is that this
-        process waits, where before the user had to come back and run it again. Returns the folds trained."""
-        results, waiting = {}, {}
+        process waits, where before the user had to come back and run it again. Returns the folds trained.
+        A wait that --time-limit leaves no time for raises ``TimeUp`` once the others are taken over: the run is
+        not finished, and the command's 75 says to run it again with --resume, as any stop at the limit does."""
+        results, waiting, too_late = {}, {}, {}
         if distributed.world()[1] > 1:  # each rank would look on its own, and run_fold is the group's together
             return results
         for k in folds:
@@ -156,8 +159,7 @@ class FoldRunner:
                 continue
             wait, left = FoldLock.stale_after(holder) - lock.silent_for(), self.deadline.minutes_left()
             if left is not None and 60 * left <= wait:
-                log.info("fold %s: --time-limit leaves %.0f s, too few to wait the %.0f s after which its holder's "
-                         "lock may be taken over; it is left to a later --resume.", k, 60 * left, wait)
+                too_late[k] = wait
                 continue
             waiting[k] = (lock, lock.last_beat())
             log.info("fold %s: this process waits up to %.0f s for its holder (%s) to beat, and then takes the fold "
@@ -175,6 +177,11 @@ class FoldRunner:
                     log.info("fold %s: its holder beat; it is training the fold, which is left to it.", k)
             if waiting:
                 time.sleep(LOCK_POLL_SECONDS)
+        if too_late:
+            left, k = 60 * max(self.deadline.minutes_left(), 0), min(too_late, key=too_late.get)
+            raise TimeUp(f"--time-limit: fold(s) {','.join(map(str, too_late))} were not taken over: {duration(left)} "
+                         f"were left, and the lock of fold {k}'s silent holder may be taken over only in "
+                         f"{duration(too_late[k])}; a later run with --resume takes them")
         return results
 
     # -- one fold (or the full-data model) -----------------------------------------------

@@ -820,7 +820,8 @@ def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(
     session reconnects within minutes of the one that ended: the fold that session held was skipped, the others
     trained, and the run ended unfinished, to be run again 10 minutes later by hand. Now the process comes back
     to it when its other folds are done, waits out the holder's silence, and takes it over as that rerun would;
-    a --time-limit that leaves too little for the wait is not waited into."""
+    a --time-limit that leaves too little for the wait is not waited into, and the command says with 75 (as at
+    any stop at the limit) that the run is to be run again."""
     import folds.lock
     import folds.runner
 
@@ -830,11 +831,13 @@ def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"host": "last-kaggle-version", "pid": 7, "beat": 30}))  # copied just now
 
-    assert main(args + ["--time-limit", "5"]) == 0  # fold 1 trains; the 10 min wait does not fit
+    # fold 1 trains; the 10 min wait does not fit, and the run is not finished: 75, run it again with --resume
+    assert main(args + ["--time-limit", "5"]) == 75
     out = "".join(capsys.readouterr())
     assert "fold 0 is being trained by host last-kaggle-version" in out and "skipping it for now" in out, out
     assert "this process, once its other folds are done, takes the fold over 10 min after" in out, out
-    assert "fold 0: --time-limit leaves" in out and "it is left to a later --resume" in out, out
+    assert "stopped at the time limit (--time-limit: fold(s) 0 were not taken over: " in out, out
+    assert "may be taken over only in 10.0 min; a later run with --resume takes them" in out, out
     assert (lock.parent.parent / "fold_1" / "done.json").is_file() and not (lock.parent / "done.json").exists()
 
     monkeypatch.setattr(folds.lock, "STALE_SECONDS", 3)
