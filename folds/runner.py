@@ -28,7 +28,7 @@ from folds.config import RunConfig, recipe_warnings
 from folds.deadline import Deadline, duration
 from folds.engine import scores
 from folds.loader import num_workers
-from folds.lock import FoldLock
+from folds.lock import MISSED_BEATS, FoldLock
 from folds.predict import CROP_OOF_SEED, PaintingViews, Predictor
 from folds.prepare import PreparedRun, prepare_run, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
@@ -144,8 +144,10 @@ class FoldRunner:
         ``FoldLock.stale_after`` its last heartbeat; a holder that beats meanwhile is alive and keeps its fold.
         The safety is the lock's own (only a lock silent that long is taken over); what is new is that this
         process waits, where before the user had to come back and run it again. Returns the folds trained.
-        A wait that --time-limit leaves no time for raises ``TimeUp`` once the others are taken over: the run is
-        not finished, and the command's 75 says to run it again with --resume, as any stop at the limit does."""
+
+        Where --time-limit leaves too little for that wait, the holder is only watched: one that beats keeps its
+        fold, and one that misses ``MISSED_BEATS`` beats (or is still silent at the limit) is likely gone, so the
+        command stops with ``TimeUp`` (75: not finished, run it again with --resume) once the others are done."""
         results, waiting, too_late = {}, {}, {}
         if distributed.world()[1] > 1:  # each rank would look on its own, and run_fold is the group's together
             return results
@@ -153,20 +155,24 @@ class FoldRunner:
             lock = self.lock(k)
             holder = lock.holder()
             if holder is None:  # let go, or silent long enough, since this process looked
-                waiting[k] = (lock, None)
+                waiting[k] = (lock, None, None)
                 continue
             if not self.comes_back_to(k, holder):
                 continue
             wait, left = FoldLock.stale_after(holder) - lock.silent_for(), self.deadline.minutes_left()
-            if left is not None and 60 * left <= wait:
-                too_late[k] = wait
-                continue
-            waiting[k] = (lock, lock.last_beat())
-            log.info("fold %s: this process waits up to %.0f s for its holder (%s) to beat, and then takes the fold "
-                     "over (a process training it beats every %d s and keeps it; Ctrl-C stops the wait).", k,
-                     max(wait, 0), lock.describe(holder), holder["beat"])
+            watch = left is not None and 60 * left <= wait
+            waiting[k] = (lock, lock.last_beat(), holder if watch else None)
+            if watch:
+                log.info("fold %s: --time-limit leaves %.0f s, too few to wait the %.0f s after which its holder's "
+                         "lock may be taken over; this process watches for up to %d s whether its holder (%s) "
+                         "beats: if it does, the fold is left to it; if not, the run stops with 75, to be run again "
+                         "with --resume.", k, 60 * left, wait, MISSED_BEATS * holder["beat"], lock.describe(holder))
+            else:
+                log.info("fold %s: this process waits up to %.0f s for its holder (%s) to beat, and then takes the "
+                         "fold over (a process training it beats every %d s and keeps it; Ctrl-C stops the wait).",
+                         k, max(wait, 0), lock.describe(holder), holder["beat"])
         while waiting:
-            for k, (lock, seen) in list(waiting.items()):
+            for k, (lock, seen, watched) in list(waiting.items()):
                 if lock.holder() is None:  # gone silent (or let go, or finished): as a rerun would, take it
                     del waiting[k]
                     r = self.run_fold(k)
@@ -175,13 +181,17 @@ class FoldRunner:
                 elif seen is not None and lock.last_beat() != seen:
                     del waiting[k]
                     log.info("fold %s: its holder beat; it is training the fold, which is left to it.", k)
+                elif watched is not None and (lock.missed_beats(watched)
+                                              or 60 * self.deadline.minutes_left() <= LOCK_POLL_SECONDS):
+                    del waiting[k]
+                    too_late[k] = FoldLock.stale_after(watched) - lock.silent_for()
             if waiting:
                 time.sleep(LOCK_POLL_SECONDS)
         if too_late:
             left, k = 60 * max(self.deadline.minutes_left(), 0), min(too_late, key=too_late.get)
-            raise TimeUp(f"--time-limit: fold(s) {','.join(map(str, too_late))} were not taken over: {duration(left)} "
-                         f"were left, and the lock of fold {k}'s silent holder may be taken over only in "
-                         f"{duration(too_late[k])}; a later run with --resume takes them")
+            raise TimeUp(f"--time-limit: fold(s) {','.join(map(str, too_late))} were not taken over: their holder "
+                         f"is silent, {duration(left)} were left, and the lock of fold {k} may be taken over only "
+                         f"in {duration(too_late[k])}; a later run with --resume takes them")
         return results
 
     # -- one fold (or the full-data model) -----------------------------------------------
