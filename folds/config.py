@@ -256,7 +256,9 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.monitor is not None and cfg.monitor not in MONITORS:
         raise UserError(f"--monitor must be one of {list(MONITORS)}, but got {cfg.monitor!r}.")
     if cfg.monitor and cfg.monitor.startswith(CROP) and not cfg.val_crops:
-        raise UserError(f"--monitor {cfg.monitor} needs validation crops; set --val-crops 1 or more.")
+        raise UserError(f"--monitor {cfg.monitor} (given, or a preset's) needs validation crops: set --val-crops 1 "
+                        f"or more, or choose checkpoints on the whole paintings with --monitor "
+                        f"{cfg.monitor.removeprefix(CROP)}.")
     for key in ("mixup", "cutmix", "warmup_epochs", "val_crops"):
         if getattr(cfg, key) < 0:
             raise UserError(f"--{key.replace('_', '-')} must be 0 (off) or more, but got {getattr(cfg, key)}.")
