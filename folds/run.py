@@ -163,15 +163,16 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     import os
 
     from common import children
-    from common.machine import side_by_side_workers, usable_cores
+    from common.machine import side_by_side_env, side_by_side_workers, usable_cores
     from common.progress import LINES_ENV
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)
+    threads = side_by_side_env(usable_cores(), share or n)
 
     def env(i):  # their epoch and progress lines go to this terminal, as lines (no bars: they would clash)
         gpu = gpus[i % len(gpus)]
-        return {**os.environ, LINES_ENV: "1", **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
+        return {**os.environ, **threads, LINES_ENV: "1", **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
 
     procs = []
     for i, g in enumerate(groups):

@@ -1013,6 +1013,30 @@ def test_side_by_side_processes_use_the_cores_without_oversubscribing_them():
     assert side_by_side_workers(16, 6) == 2  # was 1: 6 processes on 16 cores left 4 cores idle
 
 
+def test_side_by_side_processes_share_the_cores_as_torch_threads(monkeypatch):
+    """Each process's torch would start as many threads as the machine has cores: two demo fold processes on 2
+    cores took 15x as long an epoch. The fold processes and Optuna's local workers get their share of the cores
+    (``OMP_NUM_THREADS``, read as torch starts), unless the user set it."""
+    import argparse
+
+    from common.machine import side_by_side_env
+    from folds.config import RunConfig
+    from folds.run import start_side_by_side
+    from tuning.tune import _worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [side_by_side_env(c, n) for c, n in ((16, 3), (2, 2), (2, 3))] == [
+        {"OMP_NUM_THREADS": "5"}, {"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1"}]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None, **_: started.append(env) or argparse.Namespace())
+    start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 3)
+    assert [e["OMP_NUM_THREADS"] for e in started] == ["5"] * 3
+    assert _worker_env(0, 4)["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting is kept
+    assert side_by_side_env(16, 3) == {} and _worker_env(0, 4)["OMP_NUM_THREADS"] == "2"
+
+
 def test_default_workers_count_the_cores_this_process_was_given_and_share_them_between_torchrun_ranks(monkeypatch):
     import os
 
@@ -1058,7 +1082,7 @@ def test_gpus_spread_the_fold_processes_one_gpu_each(monkeypatch):
     fake_gpus(monkeypatch, 2, visible="3,GPU-5f2e")  # the parent was given two GPUs: the children get those names
     assert fold_gpus("all", RunConfig(), args) == ["3", "GPU-5f2e"]
     from tuning.tune import _worker_env  # Optuna's local workers take one GPU each the same way
-    assert [_worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "GPU-5f2e", "3"]
+    assert [_worker_env(i, 3)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "GPU-5f2e", "3"]
     started = []
     def popen(argv, env=None, **_):
         started.append((argv, env))

@@ -72,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _worker_env(i: int) -> dict:
-    """Worker i's environment: one of this process's GPUs each, round-robin, when it has several."""
-    from common.machine import visible_gpus
+def _worker_env(i: int, n: int) -> dict:
+    """Worker i's environment, of ``n``: its share of the cores as torch's threads, and one of this process's
+    GPUs each, round-robin, when it has several."""
+    from common.machine import side_by_side_env, usable_cores, visible_gpus
 
-    env, gpus = dict(os.environ), visible_gpus()
+    env, gpus = {**os.environ, **side_by_side_env(usable_cores(), n)}, visible_gpus()
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]  # as the parent names it: "2,3" gives "2" and "3"
     return env
@@ -189,7 +190,8 @@ def run(args) -> int:
             from common.machine import side_by_side_workers, usable_cores
             argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
         procs = [children.start([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
-                                 "--workers", "1"], env=_worker_env(i)) for i in range(args.study_workers)]
+                                 "--workers", "1"], env=_worker_env(i, args.study_workers))
+                 for i in range(args.study_workers)]
         codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
         time_up = TimeUp.of_children(codes, "workers")
         if time_up is None and any(codes):  # the study goes on: its next run retries their trials
