@@ -613,6 +613,22 @@ def test_the_option_fuzz_tries_each_value_option_in_a_fresh_process(tmp_path, ca
     assert "6 options x 4 values, 0 tracebacks" in capsys.readouterr().out
 
 
+def test_the_kill_fuzz_kills_a_run_and_finds_the_resumed_one_equal(demo_source, tmp_path, capsys):
+    """benchmarks/kill_fuzz.py: a run killed outright at a random moment and resumed equals the uninterrupted one;
+    a difference in the last digit of one probability, or a missing file, is found."""
+    from benchmarks.kill_fuzz import differences, main as fuzz_main, outputs
+
+    args = ["--data-dir", str(demo_source), "--work", str(tmp_path), "--runs", "1", "--seed", "3"]
+    assert fuzz_main(args) == 0
+    out = capsys.readouterr().out
+    assert "killed-3-0: killed at [" in out and "the same" in out and "1 runs killed and resumed, 0 differed" in out
+    got, reference = outputs(tmp_path, "killed-3-0"), outputs(tmp_path, "uninterrupted")
+    assert set(got) == {"oof.csv", "oof_crops.csv", "submission", "probabilities"} and not differences(reference, got)
+    got["oof.csv"].iloc[0, -1] += 1e-7
+    del got["oof_crops.csv"]
+    assert differences(reference, got) == ["oof.csv", "oof_crops.csv"]
+
+
 def test_a_resumed_benchmark_budgets_a_run_by_its_folds_minutes():
     """Resumed over finished folds, a run scores in seconds; the optional second seed was then started
     on a budget its training would overrun."""

@@ -1,0 +1,118 @@
+"""Kill a fold run outright (SIGKILL, as the OOM killer or a lost machine does) at random moments and resume it
+with --resume until it ends: its OOF files and submission must equal those of the same command run once,
+uninterrupted. "Never a lost fold" and "runs they can resume", tried at moments no test picks by hand: mid-epoch,
+mid-checkpoint, mid-prediction, mid-join.
+
+Examples (a fresh process each; the demo data is made in --work if --data-dir is not given):
+    python benchmarks/kill_fuzz.py --runs 20 --seed 1
+    python benchmarks/kill_fuzz.py --runs 10 --seed 2 -- --procs-per-gpu 2     # the parent alone is killed
+
+Exit 1 when a run differs from the uninterrupted one, or fails, or never ends.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+COMPARED = ("oof.csv", "oof_crops.csv")  # the run's files; the submission and its probabilities beside them
+TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--n-folds", "2", "--num-workers", "1",
+        "--crop-oof", "2"]
+
+
+def command(data: Path, work: Path, name: str, extra: list[str], resume: bool) -> list[str]:
+    return [sys.executable, str(ROOT / "folds" / "run.py"), "--data-dir", str(data), "--runs-dir", str(work / "runs"),
+            "--submissions-dir", str(work / "subs"), *TINY, *extra, "--name", name, "--fold", "all", "-q",
+            *(["--resume"] if resume else [])]
+
+
+def outputs(work: Path, name: str) -> dict:
+    run, subs = work / "runs" / name, work / "subs"
+    files = {f: run / f for f in COMPARED if (run / f).is_file()}
+    files.update({"submission": subs / f"{name}_folds-mean.csv",
+                  "probabilities": subs / f"{name}_folds-mean_probs.csv"})
+    return {k: pd.read_csv(p, dtype={"id": str}, keep_default_na=False) for k, p in files.items()}
+
+
+def differences(reference: dict, got: dict) -> list[str]:
+    """The files of ``got`` that differ from ``reference``'s, or that it lacks (``outputs`` each)."""
+    return [k for k in reference if k not in got or not reference[k].equals(got[k])]
+
+
+def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, kill_group: bool) -> tuple[list, str]:
+    """Start the command, kill it at a random moment up to ``longest`` seconds, and start it again with --resume,
+    until it ends by itself. Returns the kill moments and how it ended ("" when well)."""
+    kills, resume = [], False
+    for _ in range(tries):
+        proc = subprocess.Popen(cmd_of(resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        at = rng.uniform(0.3, longest)
+        try:
+            _, err = proc.communicate(timeout=at)
+            return kills, "" if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-2000:]}"
+        except subprocess.TimeoutExpired:
+            # the whole group (every process the run started), or the parent alone: its fold processes and loader
+            # workers must then end by themselves
+            if kill_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            kills.append(round(at, 1))
+            resume = True
+    return kills, f"not finished after {tries} starts"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, help="a data folder (default: the demo data, made in --work)")
+    p.add_argument("--work", type=Path, default=Path("kill_fuzz"), help="where the runs and submissions go")
+    p.add_argument("--runs", type=int, default=10, help="killed runs to try")
+    p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
+    p.add_argument("--tries", type=int, default=12, help="starts a run may take before it counts as never ending")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every run adds")
+    args = p.parse_args(argv)
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    data = args.data_dir
+    if data is None:
+        from folds.demo import make_demo_dataset
+        data = args.work / "demo-data"
+        if not (data / "train.csv").is_file():
+            make_demo_dataset(data)
+    side_by_side = "--procs-per-gpu" in extra or "--gpus" in extra
+    started = time.time()
+    done = subprocess.run(command(data, args.work, "uninterrupted", extra, False), capture_output=True, text=True)
+    if done.returncode:
+        print(f"the uninterrupted run failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+        return 1
+    longest = 1.1 * (time.time() - started)
+    print(f"uninterrupted run: {longest / 1.1:.1f} s; each run below is killed at a random moment up to "
+          f"{longest:.1f} s, then resumed")
+    reference, rng, bad = outputs(args.work, "uninterrupted"), random.Random(args.seed), 0
+    for i in range(args.runs):
+        name = f"killed-{args.seed}-{i}"
+        kills, failed = killed_until_done(lambda resume, name=name: command(data, args.work, name, extra, resume),
+                                          rng, longest, args.tries, kill_group=not side_by_side)
+        if failed:
+            bad += 1
+            print(f"{name}: killed at {kills} s: FAILED, {failed}", flush=True)
+            continue
+        got = outputs(args.work, name)
+        differ = differences(reference, got)
+        bad += bool(differ)
+        print(f"{name}: killed at {kills} s: " + (f"DIFFERS in {differ}" if differ else "the same"), flush=True)
+    print(f"{args.runs} runs killed and resumed, {bad} differed or failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
