@@ -24,7 +24,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-COMPARED = ("oof.csv", "oof_crops.csv")  # the run's files; the submission and its probabilities beside them
+from common import layout  # noqa: E402
+COMPARED = (layout.OOF, layout.OOF_CROPS)  # the run's files; the submission files beside them, as built
 TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--n-folds", "2", "--num-workers", "1",
         "--crop-oof", "2"]
 
@@ -36,10 +37,11 @@ def command(data: Path, work: Path, name: str, extra: list[str], resume: bool) -
 
 
 def outputs(work: Path, name: str) -> dict:
-    run, subs = work / "runs" / name, work / "subs"
+    """The run's OOF files, and the files its build wrote to the submissions folder (the submission and its
+    probabilities: every CSV named after the run), read as frames."""
+    run = work / "runs" / name
     files = {f: run / f for f in COMPARED if (run / f).is_file()}
-    files.update({"submission": subs / f"{name}_folds-mean.csv",
-                  "probabilities": subs / f"{name}_folds-mean_probs.csv"})
+    files.update({p.name.removeprefix(name): p for p in sorted((work / "subs").glob(f"{name}_*.csv"))})
     return {k: pd.read_csv(p, dtype={"id": str}, keep_default_na=False) for k, p in files.items()}
 
 
