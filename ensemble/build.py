@@ -40,7 +40,7 @@ from ensemble.runs import (OOF_KINDS, OOF_NAMES, check_compatible, check_data_di
                            check_test_set_unchanged, finished_in_every_run, load_run, resolve_metric,
                            resolve_oof, validated_by_every_run)
 from ensemble.saved_blend import save_blend  # noqa: E402
-from ensemble.submission import answer_key, write_submission  # noqa: E402
+from ensemble.submission import answer_key, probabilities_path, write_submission  # noqa: E402
 from folds.data import ANSWER_KEY, SAMPLE_CSV, TRAIN_COLUMNS, TRAIN_CSV, read_csv, read_sample  # noqa: E402
 from folds.images import loosest_limit, set_max_image_pixels  # noqa: E402
 from folds.manifest import make_manifest  # noqa: E402
@@ -266,7 +266,7 @@ def build(run_paths, *, method: str = "mean", out=None, oof: str = "auto", stack
         notes.append(gain_note(y, groups, oofs[method], final_oof, method, chosen, OOF_NAMES[oof], metric))
     labels = np.asarray(classes)[test.argmax(1)]
     write_submission(out, first.test_ids, test, sample_df, classes)
-    write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(test, classes, id=first.test_ids))
+    write_csv(probabilities_path(out), prob_frame(test, classes, id=first.test_ids))
     # the fitted blend, so ensemble/predict.py and ensemble/export.py reuse it on new images
     result = {"out": out, "table": table, "chosen": chosen, "blend": save_blend(out, blend, {
         "method": method, "offsets": offsets, "stacker": stacker, "oof": oof, "metric": metric, "with_full": with_full,

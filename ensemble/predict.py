@@ -36,7 +36,7 @@ from ensemble.merge import merge  # noqa: E402
 from ensemble.neighbours import smooth_test  # noqa: E402
 from ensemble.runs import check_distinct  # noqa: E402
 from ensemble.saved_blend import blend_folds, load_blend  # noqa: E402
-from ensemble.submission import write_submission  # noqa: E402
+from ensemble.submission import probabilities_path, write_submission  # noqa: E402
 from folds.images import check_limit, loosest_limit, set_max_image_pixels  # noqa: E402
 
 log = logging.getLogger("predict")
@@ -206,7 +206,7 @@ def predict(args) -> dict:
     out = Path(args.out)
     ids = test["id"].to_numpy()
     write_submission(out, ids, final, sample, classes)
-    write_csv(out.with_name(out.stem + "_probs.csv"), prob_frame(final, classes, id=ids))
+    write_csv(probabilities_path(out), prob_frame(final, classes, id=ids))
     return {"out": out, "runs": [r.name for r in runs], "method": meta["method"], "images": len(test), "notes": notes}
 
 

@@ -71,6 +71,13 @@ def write_submission(path, ids, probs, sample: pd.DataFrame, classes) -> Path:
     return write_csv(path, sub)
 
 
+def probabilities_path(submission) -> Path:
+    """Where a submission's probability rows go, beside it: ``<csv stem>_probs.csv`` (every class's probability
+    for each id, for a later soft vote or a look at the unsure rows)."""
+    submission = Path(submission)
+    return submission.with_name(submission.stem + "_probs.csv")
+
+
 def answer_key(data_dir, ids, classes) -> np.ndarray | None:
     """Class indices of ``ids`` from ``data_dir/test_labels.csv`` (demo, WikiArt-50; the sample submission's
     header), or None without one.
