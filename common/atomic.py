@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from common.errors import UserError
@@ -35,6 +36,34 @@ def current_umask() -> int:
     return mask
 
 
+TMP_SUFFIX = ".tmp"  # an atomic write's temp file: ".<name>.<random>.tmp" beside its target
+LEFTOVER_AGE = 60  # seconds without a write after which a temp file has no live writer (each write moves its mtime)
+
+
+def leftovers(folder) -> list[Path]:
+    """Temp files of ``atomic_write`` that a process killed mid-write left in ``folder`` (SIGKILL, the OOM killer,
+    a lost machine: no clean-up ran), untouched for ``LEFTOVER_AGE`` seconds. Hidden, they would keep their
+    space unseen: a checkpoint's is about 3x the weights."""
+    now, found = time.time(), []
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file() and now - p.stat().st_mtime > LEFTOVER_AGE:
+                found.append(p)
+    return found
+
+
+def remove_leftovers(folder) -> int:
+    """Remove ``leftovers(folder)``; the bytes freed. Only for a folder no other process writes now (a fold's,
+    under its lock)."""
+    freed = 0
+    for p in leftovers(folder):
+        with contextlib.suppress(FileNotFoundError):
+            size = p.stat().st_size
+            p.unlink()
+            freed += size
+    return freed
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **kwargs):
     """Yield a file handle whose content replaces ``path`` only when the block succeeds. A Ctrl-C or
@@ -44,7 +73,7 @@ def atomic_write(path, mode="w", **kwargs):
     with finish_first():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         except (FileExistsError, NotADirectoryError):
             raise UserError(f"cannot write {path}: a file is in the way of its folder {path.parent}; "
                             "choose another output path.") from None

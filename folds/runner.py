@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from common import UserError, layout, write_csv, write_json
+from common.atomic import remove_leftovers
 from common.interrupt import TimeUp
 from common.layout import FULL, prob_frame
 from common.metrics import NEG_LOG_LOSS, get_metric
@@ -208,6 +209,11 @@ class FoldRunner:
             log.info("%s", self.held_note(k, (lock.holder() if lock else None) or {}, "skipping it for now"))
             return None
         try:
+            if lock is not None:  # under the lock no other process writes here: a killed one's half-writes go
+                freed = remove_leftovers(d)
+                if freed:
+                    log.info("fold %s: removed %.1f MB of files that a killed process left half-written in %s.", k,
+                             freed / 2**20, d)
             # Asked again under the lock: another process may have finished the fold (and released its lock)
             # since the look above (on a network folder, whose client may cache a file's absence, the look
             # may be older still). Trained again, it would cost a whole fold from scratch and replace its files.

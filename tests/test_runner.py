@@ -367,6 +367,22 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     assert main(["--fold", "7", *tiny_args(tmp_path / "missing", tmp_path)[1:]]) == 2
 
 
+def test_a_fold_taken_under_its_lock_removes_the_half_writes_of_a_killed_process(demo_source, tmp_path, capsys):
+    """SIGKILL mid-write (the OOM killer, a lost machine) leaves an atomic write's hidden temp file: a checkpoint's
+    is about 3x the weights, kept unseen on a 20 GB Kaggle disk or a 15 GB Drive. The next process to take the fold
+    removes those untouched for a minute; a young one (a live writer's) and the user's own files stay."""
+    fold = tmp_path / "runs" / "t" / "fold_0"
+    fold.mkdir(parents=True)
+    old, young, mine = fold / ".last.pt.k1ll3d.tmp", fold / ".best.pt.l1v3.tmp", fold / ".notes.tmp.txt"
+    for p, content in ((old, b"x" * 3_000_000), (young, b"y"), (mine, b"z")):
+        p.write_bytes(content)
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    args = [a for a in tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": 0}) if a != "-q"]
+    assert main(args) == 0
+    assert not old.exists() and young.exists() and mine.exists() and (fold / "done.json").is_file()
+    assert "fold 0: removed 2.9 MB of files that a killed process left half-written" in "".join(capsys.readouterr())
+
+
 def test_killed_run_resumes_to_a_complete_result(demo_source, tmp_path):
     run = tmp_path / "runs" / "t"
     # kill in the middle of fold 1, after its first epoch (history.csv is written after last.pt)
