@@ -40,27 +40,18 @@ TMP_SUFFIX = ".tmp"  # an atomic write's temp file: ".<name>.<random>.tmp" besid
 LEFTOVER_AGE = 60  # seconds without a write after which a temp file has no live writer (each write moves its mtime)
 
 
-def leftovers(folder) -> list[Path]:
-    """Temp files of ``atomic_write`` that a process killed mid-write left in ``folder`` (SIGKILL, the OOM killer,
-    a lost machine: no clean-up ran), untouched for ``LEFTOVER_AGE`` seconds. Hidden, they would keep their
-    space unseen: a checkpoint's is about 3x the weights."""
-    now, found = time.time(), []
+def remove_leftovers(folder) -> int:
+    """Remove the temp files of ``atomic_write`` that a process killed mid-write left in ``folder`` (SIGKILL, the
+    OOM killer, a lost machine: no clean-up ran), untouched for ``LEFTOVER_AGE`` seconds; the bytes freed. Hidden,
+    they would keep their space unseen: a checkpoint's is about 3x the weights. Only for a folder no other process
+    writes now (a fold's, under its lock)."""
+    now, freed = time.time(), 0
     for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
         with contextlib.suppress(FileNotFoundError):
-            if p.is_file() and now - p.stat().st_mtime > LEFTOVER_AGE:
-                found.append(p)
-    return found
-
-
-def remove_leftovers(folder) -> int:
-    """Remove ``leftovers(folder)``; the bytes freed. Only for a folder no other process writes now (a fold's,
-    under its lock)."""
-    freed = 0
-    for p in leftovers(folder):
-        with contextlib.suppress(FileNotFoundError):
-            size = p.stat().st_size
-            p.unlink()
-            freed += size
+            st = p.stat()
+            if p.is_file() and now - st.st_mtime > LEFTOVER_AGE:
+                p.unlink()
+                freed += st.st_size
     return freed
 
 

@@ -31,8 +31,8 @@ def side_by_side_env(cores: int, procs: int) -> dict:
     """What each of ``procs`` processes side by side on ``cores`` cores adds to its environment: its share of the
     cores as torch's intra-op threads, unless the user set them. Each would start a pool as large as the machine
     (torch's default), and the pools' spinning threads would oversubscribe the cores: two demo fold processes on
-    2 cores took 4.3 to 5.3 s an epoch with 2 threads each, 0.3 s with 1 (benchmarks/RESULTS.md, thirty-fifth
-    session). torchrun sets 1 the same way. The loader workers set their own (1, torch's DataLoader does)."""
+    2 cores took about 15x as long an epoch (benchmarks/RESULTS.md, thirty-fifth session). torchrun and Ray set
+    the same variable the same way. The loader workers set their own (1, torch's DataLoader does)."""
     if THREADS_ENV in os.environ:
         return {}
     return {THREADS_ENV: str(max(1, cores // procs))}

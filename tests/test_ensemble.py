@@ -77,8 +77,11 @@ def test_the_best_of_several_honest_scores_is_read_down_by_what_choosing_it_adde
     assert selection_optimism(y, np.arange(300), cands[:1] * 4) == pytest.approx(0.0, abs=1e-12)
     # candidates alike: a float's last bits, never below 0 (the runs table showed "-0.0000" for a choice)
     from ensemble.compare import optimism_of
-    alike = [optimism_of([s] * 3, np.repeat(d, 3, axis=1)) for r in range(20)
-             for s, d in [(np.random.default_rng(r).normal(), np.random.default_rng(r).normal(size=(300, 1)))]]
+    alike = []
+    for r in range(20):
+        rng = np.random.default_rng(r)
+        score, drawn = rng.normal(), rng.normal(size=(300, 1))
+        alike.append(optimism_of([score] * 3, np.repeat(drawn, 3, axis=1)))
     assert min(alike) >= 0.0 and f"{min(alike):+.4f}" == "+0.0000"
 
 
