@@ -241,7 +241,11 @@ def dry_run(args, cfg, n_gpus: int) -> int:
 
     if distributed.world()[1] > 1:
         raise UserError("--dry-run: run it in one process, without torchrun; it measures one fold process.")
-    runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, dry_run=True)
+    from folds.deadline import Deadline
+
+    # the limit as the run would start with it now: whether it leaves time to wait out a silent fold's holder
+    runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, dry_run=True,
+                             deadline=Deadline(args.time_limit))
     folds = (["full"] if args.fold == "full" else runner.planned_folds if args.fold == "all"
              else parse_fold_spec(args.fold, runner.cfg.n_folds))
     runner.check_folds([k for k in folds if k != "full"])

@@ -123,7 +123,8 @@ class FoldRunner:
         process, or the run a dry run stands for) is ``doing`` about it, and how the fold is taken over where that
         process is gone."""
         path = self.fold_dir(k) / layout.LOCK
-        who = f"{by}, once its other folds are done," if self.comes_back_to(k, holder) else "a rerun with --resume"
+        waits = self.comes_back_to(k, holder) and self.wait_fits(FoldLock(path), holder)[1]
+        who = f"{by}, once its other folds are done," if waits else "a rerun with --resume"
         return (f"fold {k} is being trained by {FoldLock(path).describe(holder) if holder else 'another process'}; "
                 f"{doing}. If that process is gone (its machine, or a Colab or Kaggle session, ended), {who} takes "
                 f"the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or delete {path} "
@@ -137,6 +138,12 @@ class FoldRunner:
         interrupted = (self.fold_dir(k) / layout.LAST).is_file()
         return (distributed.world()[1] == 1 and bool(holder) and "beat" in holder
                 and (self.resume or self.force or not interrupted))
+
+    def wait_fits(self, lock: FoldLock, holder: dict) -> tuple[float, bool]:
+        """The seconds until ``holder``'s silent ``lock`` may be taken over, and whether --time-limit leaves this
+        process that long (no limit: it does)."""
+        wait, left = FoldLock.stale_after(holder) - lock.silent_for(), self.deadline.minutes_left()
+        return wait, left is None or 60 * left > wait
 
     def come_back(self, folds: list) -> dict:
         """``folds`` skipped as held, once this process has trained its others. A holder that has stopped beating
@@ -160,14 +167,14 @@ class FoldRunner:
                 continue
             if not self.comes_back_to(k, holder):
                 continue
-            wait, left = FoldLock.stale_after(holder) - lock.silent_for(), self.deadline.minutes_left()
-            watch = left is not None and 60 * left <= wait
-            waiting[k] = (lock, lock.last_beat(), holder if watch else None)
-            if watch:
+            wait, fits = self.wait_fits(lock, holder)
+            waiting[k] = (lock, lock.last_beat(), None if fits else holder)
+            if not fits:
                 log.info("fold %s: --time-limit leaves %.0f s, too few to wait the %.0f s after which its holder's "
                          "lock may be taken over; this process watches for up to %d s whether its holder (%s) "
                          "beats: if it does, the fold is left to it; if not, the run stops with 75, to be run again "
-                         "with --resume.", k, 60 * left, wait, MISSED_BEATS * holder["beat"], lock.describe(holder))
+                         "with --resume.", k, 60 * self.deadline.minutes_left(), wait, MISSED_BEATS * holder["beat"],
+                         lock.describe(holder))
             else:
                 log.info("fold %s: this process waits up to %.0f s for its holder (%s) to beat, and then takes the "
                          "fold over (a process training it beats every %d s and keeps it; Ctrl-C stops the wait).",

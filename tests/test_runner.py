@@ -860,7 +860,8 @@ def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(
         beating.set()
     out = "".join(capsys.readouterr())
     assert "fold 0 is being trained by host another-machine" in out and "skipping it for now" in out, out
-    assert "this process, once its other folds are done, takes the fold over 10 min after" in out, out
+    # the limit leaves no time to wait out a silent holder here: the note names the rerun, not this process
+    assert "ended), a rerun with --resume takes the fold over 10 min after" in out, out
     assert "fold 0: --time-limit leaves" in out and "watches for up to 90 s whether its holder" in out, out
     assert "fold 0: its holder beat; it is training the fold, which is left to it." in out, out
     assert (lock.parent.parent / "fold_1" / "done.json").is_file() and not (lock.parent / "done.json").exists()
@@ -880,6 +881,7 @@ def test_a_fold_whose_holder_went_silent_is_taken_over_once_the_others_are_done(
     started = time.time()
     assert main(args) == 0
     out = "".join(capsys.readouterr())
+    assert "ended), this process, once its other folds are done, takes the fold over" in out, out
     assert "fold 0: this process waits up to" in out and "then takes the fold over" in out, out
     assert time.time() - started >= 3 - 0.5  # the lock was taken over only once silent for STALE_SECONDS
     assert (lock.parent / "done.json").is_file() and not lock.exists()
@@ -1191,6 +1193,9 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
         "heartbeat 0 s ago; the run would skip it for now. If that process is gone (its machine, or a Colab or " \
         "Kaggle session, ended), the run, once its other folds are done, takes the fold over 10 min after its last " \
         "heartbeat" in out and "fold 1 is finished" in out, out
+    # under a --time-limit shorter than that wait, the run would not take it over: a rerun would
+    assert main(args + ["--dry-run", "--resume", "--fold", "0,1", "--time-limit", "5"]) == 0
+    assert "Kaggle session, ended), a rerun with --resume takes the fold over 10 min after" in capsys.readouterr().out
     # one whose holder has missed its beats: the run would come back to it, wait out the rest and train it
     os.utime(run / "fold_0" / "lock", (time.time() - 300, time.time() - 300))
     assert main(args + ["--dry-run", "--resume", "--fold", "0,1"]) == 0
