@@ -184,6 +184,47 @@ def test_a_trial_whose_session_ended_elsewhere_is_tried_again_once_its_heartbeat
     assert len(retried) == 1 and retried[0] in (TrialState.COMPLETE, TrialState.PRUNED), retried  # trained again
 
 
+def test_the_files_a_killed_trial_left_are_removed_by_the_studys_next_run(demo_source, tmp_path, capsys):
+    """A worker killed mid-trial (SIGKILL, the OOM killer, a Colab session that ended) removed nothing: its trial's
+    checkpoints and a checkpoint's half-written temp file stayed for good, since a retry is a new trial. The
+    study's next run removes them once the trial has ended (failed, as its worker is gone); a trial still running
+    keeps its files, and --keep-checkpoints keeps the checkpoints."""
+    from optuna.distributions import FloatDistribution
+
+    from tuning.study import TRIAL_LOCK, trial_dir
+
+    assert tune(tmp_path, demo_source, "--study", "k", "--n-trials", "1", "--fold", "0") == 0
+    study = load(tmp_path, "k")
+    trials = tmp_path / "tuning" / "k" / "trials"
+    old = time.time() - 11 * 60
+
+    def killed_mid_trial(age):
+        t = study.ask({"lr": FloatDistribution(1e-5, 1e-2, log=True)})
+        t.set_user_attr("host", "colab-vm-gone")
+        t.set_user_attr("pid", 4242)
+        fold = trial_dir(trials, t.number) / "fold_0"
+        fold.mkdir(parents=True)
+        for name in ("best.pt", "last.pt", ".last.pt.x1y2.tmp", "history.csv"):
+            (fold / name).write_bytes(b"0" * 2**20)
+            os.utime(fold / name, (old, old))
+        lock = fold.parent / TRIAL_LOCK
+        lock.write_text(json.dumps({"host": "colab-vm-gone", "pid": 4242, "beat": 30}))
+        os.utime(lock, (time.time() - age, time.time() - age))
+        return fold
+
+    ended, live = killed_mid_trial(11 * 60), killed_mid_trial(5)
+    assert tune(tmp_path, demo_source, "--study", "k", "--n-trials", "2", "--fold", "0") == 0
+    assert sorted(p.name for p in ended.iterdir()) == ["history.csv"]
+    assert len(list(live.iterdir())) == 4  # its worker may be alive: its files are its own
+    out = "".join(capsys.readouterr())
+    assert f"removed 3.0 MB that trials stopped by a kill left in {trials} (their checkpoints" in out, out
+    assert set(trials.glob("*/fold_*/*.pt")) == {live / "best.pt", live / "last.pt"}  # clean ends removed their own
+
+    kept = killed_mid_trial(11 * 60)
+    assert tune(tmp_path, demo_source, "--study", "k", "--n-trials", "3", "--fold", "0", "--keep-checkpoints") == 0
+    assert sorted(p.name for p in kept.iterdir()) == ["best.pt", "history.csv", "last.pt"]
+
+
 def test_a_resumed_study_draws_new_parameters_not_its_first_sessions_again(demo_source, tmp_path):
     """Each session of a study (the next Colab or Kaggle session, a rerun that tops it up) seeded its sampler as
     the first did, and so drew the first session's parameters again: trials already trained. Each session is

@@ -1,6 +1,7 @@
 """Create or load a study, check its search space, summarise it, and save best.json and plots."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -133,6 +134,30 @@ def fail_orphaned_trials(study, trials_dir) -> int:
                     where, pid)
         n += 1
     return n
+
+
+def tidy_trials(study, trials_dir, keep_checkpoints: bool) -> int:
+    """Free what the study's ended trials left on disk; the bytes freed. A worker that ends a trial cleanly removes
+    its checkpoints (unless --keep-checkpoints); a killed one (SIGKILL, the OOM killer, a Colab or Kaggle session
+    that ended) left them, a checkpoint's half-written temp file beside them, and its trial is never resumed (a
+    retry is a new trial). A trial still RUNNING is its worker's, and is left alone; with --keep-checkpoints only
+    the temp files go."""
+    from common.atomic import remove_leftovers
+    from common.layout import BEST, LAST
+
+    freed = 0
+    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+        d = trial_dir(trials_dir, t.number)
+        if not d.is_dir():
+            continue
+        for folder in (d, *(p for p in d.iterdir() if p.is_dir())):  # the trial's, then each fold's
+            freed += remove_leftovers(folder)
+            for name in () if keep_checkpoints else (BEST, LAST):
+                with contextlib.suppress(FileNotFoundError):
+                    size = (folder / name).stat().st_size
+                    (folder / name).unlink()
+                    freed += size
+    return freed
 
 
 def counts(study) -> dict:

@@ -145,7 +145,7 @@ def run(args) -> int:
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
     from tuning.study import (best_read_down, fail_orphaned_trials, make_pruner, open_study, save_plots,
-                              summary, write_best)
+                              summary, tidy_trials, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
     legacy_folds(args, log, "spec")
@@ -204,6 +204,11 @@ def run(args) -> int:
         watch = [] if has_heartbeat(storage) else [lambda study, _trial=None: fail_orphaned_trials(study, trials_dir)]
         for look_for_orphans in watch:
             look_for_orphans(study)
+        freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
+        if freed:
+            log.warning("removed %.1f MB that trials stopped by a kill left in %s (%s).", freed / 2**20, trials_dir,
+                        "half-written files" if args.keep_checkpoints else
+                        "their checkpoints, as a trial is never resumed, and half-written files")
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
         if left > 0:
             objective = Objective(cfg, ds, prep.folds, fold_ids, space, trials_dir, args.keep_checkpoints,
