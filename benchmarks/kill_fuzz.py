@@ -6,6 +6,7 @@ mid-checkpoint, mid-prediction, mid-join.
 Examples (a fresh process each; the demo data is made in --work if --data-dir is not given):
     python benchmarks/kill_fuzz.py --runs 20 --seed 1
     python benchmarks/kill_fuzz.py --runs 10 --seed 2 -- --procs-per-gpu 2     # the parent alone is killed
+    python benchmarks/kill_fuzz.py --runs 5 --torchrun 2                      # torchrun and its ranks are killed
 
 Exit 1 when a run differs from the uninterrupted one, or fails, or never ends.
 """
@@ -30,10 +31,12 @@ TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--n-folds", "2
         "--crop-oof", "2"]
 
 
-def command(data: Path, work: Path, name: str, extra: list[str], resume: bool) -> list[str]:
-    return [sys.executable, str(ROOT / "folds" / "run.py"), "--data-dir", str(data), "--runs-dir", str(work / "runs"),
-            "--submissions-dir", str(work / "subs"), *TINY, *extra, "--name", name, "--fold", "all", "-q",
-            *(["--resume"] if resume else [])]
+def command(data: Path, work: Path, name: str, extra: list[str], resume: bool, ranks: int = 0) -> list[str]:
+    """The run's command; under torchrun with ``ranks`` processes (gloo on the CPU) where given."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    return [*(launch if ranks else [sys.executable]), str(ROOT / "folds" / "run.py"), "--data-dir", str(data),
+            "--runs-dir", str(work / "runs"), "--submissions-dir", str(work / "subs"), *TINY, *extra, "--name", name,
+            "--fold", "all", "-q", *(["--resume"] if resume else [])]
 
 
 def outputs(work: Path, name: str) -> dict:
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=10, help="killed runs to try")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--tries", type=int, default=12, help="starts a run may take before it counts as never ending")
+    p.add_argument("--torchrun", type=int, default=0, metavar="N",
+                   help="run each fold data-parallel under torchrun with N ranks, the uninterrupted run too")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every run adds")
     args = p.parse_args(argv)
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
@@ -92,7 +97,8 @@ def main(argv=None) -> int:
             make_demo_dataset(data)
     side_by_side = "--procs-per-gpu" in extra or "--gpus" in extra
     started = time.time()
-    done = subprocess.run(command(data, args.work, "uninterrupted", extra, False), capture_output=True, text=True)
+    done = subprocess.run(command(data, args.work, "uninterrupted", extra, False, args.torchrun), capture_output=True,
+                          text=True)
     if done.returncode:
         print(f"the uninterrupted run failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
         return 1
@@ -102,7 +108,8 @@ def main(argv=None) -> int:
     reference, rng, bad = outputs(args.work, "uninterrupted"), random.Random(args.seed), 0
     for i in range(args.runs):
         name = f"killed-{args.seed}-{i}"
-        kills, failed = killed_until_done(lambda resume, name=name: command(data, args.work, name, extra, resume),
+        kills, failed = killed_until_done(lambda resume, name=name: command(data, args.work, name, extra, resume,
+                                                                            args.torchrun),
                                           rng, longest, args.tries, kill_group=not side_by_side)
         if failed:
             bad += 1

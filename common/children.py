@@ -11,7 +11,8 @@ restart) still ends its children: each holds the read end of a pipe whose write 
 parent holds, and the kernel closes it when the parent ends, however it ends. The child reads
 end-of-file and stops itself the same way. (``PR_SET_PDEATHSIG`` would need a ``preexec_fn``,
 which is unsafe in a process with threads.) Before, such children trained on, holding the GPU
-memory a rerun needed.
+memory a rerun needed. The ranks of torchrun, whose agent is not this code's, watch their parent's
+pid instead (``stop_with_launcher``).
 """
 from __future__ import annotations
 
@@ -92,11 +93,13 @@ def _let_go(procs: list[subprocess.Popen]) -> None:
 
 
 def stop_with_parent() -> None:
-    """In a child made by ``start``: SIGTERM this process (unwound as a stop) once the parent has ended.
-    Elsewhere nothing. The variable is taken out of the environment, so this process's own children
-    never mistake another file descriptor for the pipe."""
+    """In a child made by ``start``: SIGTERM this process (unwound as a stop) once the parent has ended. In a
+    rank of torchrun: the same once torchrun's agent has ended (``stop_with_launcher``). Elsewhere nothing. The
+    variable is taken out of the environment, so this process's own children never mistake another file
+    descriptor for the pipe."""
     fd = os.environ.pop(LIFELINE_ENV, None)
     if fd is None or not fd.isdigit():
+        stop_with_launcher()
         return
     fd = int(fd)
     try:
@@ -106,6 +109,42 @@ def stop_with_parent() -> None:
     except OSError:  # not open here: started some other way
         return
     threading.Thread(target=_stop_at_end_of_file, args=(fd,), name="parent-lifeline", daemon=True).start()
+
+
+LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun's agent in each rank it starts
+LAUNCHER_POLL_SECONDS = 1.0
+STUCK_SECONDS = 60  # after its stop, a rank still here is blocked where no signal is seen (below)
+# this process's parent as it was imported, the first thing a command does, well before torch is: under torchrun,
+# the agent, unless it was killed within that first moment of the rank's life
+PARENT_AT_START = os.getppid()
+
+
+def stop_with_launcher() -> None:
+    """In a rank of torchrun: SIGTERM this process once the agent that started it has ended. The agent starts each
+    rank in a session of its own and passes every stop on itself, but killed outright (SIGKILL: ``kill -9``,
+    ``timeout -k``, a notebook's restart) it passes none: its ranks trained on, holding their fold and the GPU
+    memory a rerun needed, or, not yet joined, waited half an hour for the agent's store. The agent's
+    children are not this code's to give ``start``'s pipe, so the rank watches its parent's pid: it changes
+    when the parent ends (the orphan goes to init, or to a subreaper). Only a change counts: the agent may be
+    any launcher (torchrun, accelerate, a container's first process)."""
+    if LAUNCHER_ENV not in os.environ:
+        return
+    threading.Thread(target=_stop_when_orphaned, args=(PARENT_AT_START,), name="launcher-watch",
+                     daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(LAUNCHER_POLL_SECONDS)
+    print("torchrun, which started this rank, has ended without stopping it; stopping here.", file=sys.stderr,
+          flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    # A rank blocked in native code (joining the dead agent's store, or a collective whose other rank has
+    # stopped) never returns to Python, where the stop is raised: it ends here, its lock left to go stale.
+    time.sleep(STUCK_SECONDS)
+    print(f"this rank did not stop within {STUCK_SECONDS} s (blocked in torch.distributed); ending it.",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _stop_at_end_of_file(fd: int) -> None:

@@ -104,3 +104,46 @@ def test_a_killed_ddp_fold_resumes(demo_source, tmp_path):
     h = pd.read_csv(history)
     assert list(h["epoch"]) == list(range(1, len(h) + 1)) and len(h) >= done_before
     assert json.loads((fold / "done.json").read_text())["epochs_run"] == len(h)
+
+
+def test_the_ranks_of_a_torchrun_killed_outright_stop_and_the_fold_resumes(demo_source, tmp_path):
+    """torchrun starts each rank in a session of its own and passes every stop on, but killed outright (SIGKILL:
+    `kill -9`, `timeout -k`, a notebook's restart) it passes none: its ranks trained on, holding their fold and
+    its GPU memory, or waited half an hour for its store. Each rank now watches its parent and stops cleanly
+    when it is gone: its lock released, its finished epochs kept for --resume."""
+    cmd = torchrun(demo_source, tmp_path, epochs=30)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    fold = tmp_path / "runs" / "ddp" / "fold_0"
+    deadline = time.time() + 300
+    while not (fold / "history.csv").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # the agent alone: its ranks are in sessions of their own
+    # the ranks hold the agent's stderr: its end comes once both have ended
+    _, err = proc.communicate(timeout=60)
+    assert err.count("torchrun, which started this rank, has ended without stopping it; stopping here.") == 2, err
+    assert err.count("stopped (SIGTERM)") == 2 and "Traceback" not in err, err
+    assert not (fold / "lock").exists() and not (fold / "done.json").exists()
+    epochs = len(pd.read_csv(fold / "history.csv"))
+    assert epochs < 30
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    h = pd.read_csv(fold / "history.csv")
+    assert list(h["epoch"]) == list(range(1, len(h) + 1)) and len(h) > epochs  # on from where it stopped
+    assert json.loads((fold / "done.json").read_text())["epochs_run"] == len(h)
+
+
+def test_a_rank_whose_torchrun_ended_while_it_started_stops_too(monkeypatch):
+    """torchrun killed while its ranks still import torch: the parent each read first, the agent, is gone by
+    the time its watch starts; it stops at the first look."""
+    from common import children
+
+    stops = []
+    monkeypatch.setattr(children.os, "kill", lambda pid, sig: stops.append((pid, sig)))
+    monkeypatch.setattr(children, "STUCK_SECONDS", 0)
+    monkeypatch.setattr(children.os, "_exit", lambda code: stops.append(code))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    children._stop_when_orphaned(gone.pid)  # at once, not after a poll
+    assert stops == [(os.getpid(), signal.SIGTERM), 128 + signal.SIGTERM]
