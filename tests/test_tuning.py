@@ -469,8 +469,63 @@ def test_sqlite_with_parallel_workers_is_refused(demo_source, tmp_path, capsys):
 def test_local_workers_share_one_study(demo_source, tmp_path):
     assert tune(tmp_path, demo_source, "--study", "w", "--n-trials", "3", "--workers", "2", "--pruner", "none") == 0
     trials = load(tmp_path, "w").trials
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # not one more a worker: see study.StopAtCount
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+
+
+def test_a_worker_at_the_count_waits_for_the_others_running_trials():
+    """Near the end of a study, each of N workers counted only the finished trials, started one more, and the study
+    ended N-1 over --n-trials. A worker whose count the others' running trials reach now waits for them: it stops
+    once they finish, and goes on where one fails (to be tried again); the looks for gone workers run meanwhile."""
+    from optuna.distributions import FloatDistribution
+
+    from tuning.study import StopAtCount
+
+    dist = {"x": FloatDistribution(0, 1)}
+    for then, stops in (("finishes", [True]), ("fails", [])):
+        study = optuna.create_study()
+        for _ in range(2):
+            study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=1.0))
+        other = study.ask(dist)  # another worker's, running
+        stopped, looks = [], []
+        study.stop = lambda stopped=stopped: stopped.append(True)
+
+        def look(s, other=other, looks=looks, then=then):  # the other worker's trial ends during the wait
+            looks.append(len(looks))
+            if len(looks) == 3:
+                s.tell(other, 1.0) if then == "finishes" else s.tell(other, state=TrialState.FAIL)
+
+        StopAtCount(3, [look], poll=0)(study)
+        assert stopped == stops and len(looks) == 3, then
+    StopAtCount(4, [], poll=0)(study)  # 2 finished, none running: room for more, at once
+    assert stopped == []
+
+
+def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(tmp_path):
+    """A worker at the count waits for the others' running trials, but not for a dead worker's: a lock copied with
+    the study's folder (older than this worker), a trial of another host without a lock, or one of this host whose
+    pid is gone. A trial of this host just begun, whose worker has not taken its lock yet, is alive."""
+    import socket
+
+    from optuna.distributions import FloatDistribution
+
+    from tuning.study import TRIAL_LOCK, beating_since, trial_dir
+
+    study = optuna.create_study()
+    trials = [study.ask({"x": FloatDistribution(0, 1)}) for _ in range(5)]
+    since = time.time() - 30
+    for t, age in ((trials[0], 5), (trials[1], 60)):  # beaten since this worker started; copied before it
+        lock = trial_dir(tmp_path, t.number) / TRIAL_LOCK
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"host": "other-machine", "pid": 7, "beat": 30}))
+        os.utime(lock, (time.time() - age, time.time() - age))
+    trials[2].set_user_attr("host", "other-machine")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trials[3].set_user_attr("host", socket.gethostname())
+    trials[3].set_user_attr("pid", gone.pid)
+    alive = beating_since(tmp_path, since)
+    assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, False, False, False, True]
 
 
 def _pg_reachable() -> bool:

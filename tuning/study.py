@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +21,40 @@ from tuning.storage import mask
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials --n-trials counts: a failed one is tried again
+COUNT_POLL_SECONDS = 2.0  # how often a worker at the study's count looks at the others' running trials
+
+
+class StopAtCount:
+    """Optuna's ``MaxTrialsCallback`` for several workers (``--workers``, Ray, machines on one database). After
+    each trial a worker counted only the finished trials, so near the end each started one more, and the study
+    ended up to a trial a worker over ``n_trials``. Now a worker whose count the others' running trials would
+    reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). ``watch``: the
+    looks that fail a gone worker's trial, run before each count; ``alive``: whether a running trial's worker
+    has shown it is alive (``beating_since``), where the storage has no heartbeat to fail it by."""
+
+    def __init__(self, n_trials: int, watch=(), alive=None, poll: float = COUNT_POLL_SECONDS):
+        self.n_trials, self.watch, self.alive, self.poll = n_trials, list(watch), alive or (lambda t: True), poll
+
+    def __call__(self, study, trial=None) -> None:
+        said = False
+        while True:
+            for look in self.watch:
+                look(study)
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+            if finished >= self.n_trials:
+                study.stop()
+                return
+            running = sum(map(self.alive, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
+            if finished + running < self.n_trials:
+                return  # room for another trial
+            if not said:
+                log.info("the study has %d finished trial(s) of --n-trials %d and %d running: this worker waits "
+                         "for them before it starts another (one that fails is tried again).", finished,
+                         self.n_trials, running)
+                said = True
+            time.sleep(self.poll)
+
+
 # The one registry of --pruner names: name -> factory(max_steps).
 PRUNERS = {
     "median": lambda max_steps: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -158,6 +193,35 @@ def tidy_trials(study, trials_dir, keep_checkpoints: bool) -> int:
                     (folder / name).unlink()
                     freed += size
     return freed
+
+
+LOCK_TAKEN_SECONDS = 60  # a trial's worker takes its lock a moment after the trial starts; well within this
+
+
+def beating_since(trials_dir, since: float):
+    """Whether a RUNNING trial's worker has shown it is alive: its trial's lock held, and beaten after ``since``
+    (this worker's start). A lock copied with the study's folder (the next Kaggle version) keeps the time of the
+    copy until it is stale, and a worker from before the lock left none: their trials are not waited for. A trial
+    of this host without a lock yet is alive while its worker's pid is, or, before the worker has written its
+    pid, for ``LOCK_TAKEN_SECONDS`` after it started."""
+    from datetime import datetime
+
+    from folds.lock import FoldLock, alive as pid_alive
+
+    host = socket.gethostname()
+
+    def alive(t) -> bool:
+        lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
+        beat = lock.last_beat()
+        if beat is not None:
+            return beat / 1e9 > since and lock.holder() is not None
+        if t.user_attrs.get("host", host) != host:
+            return False
+        if "pid" in t.user_attrs:
+            return pid_alive(int(t.user_attrs["pid"]))
+        return t.datetime_start is not None and abs(
+            (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS
+    return alive
 
 
 def counts(study) -> dict:

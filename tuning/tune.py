@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -144,8 +145,8 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (best_read_down, fail_orphaned_trials, make_pruner, open_study, save_plots,
-                              summary, tidy_trials, write_best)
+    from tuning.study import (StopAtCount, beating_since, best_read_down, fail_orphaned_trials, make_pruner,
+                              open_study, save_plots, summary, tidy_trials, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
     legacy_folds(args, log, "spec")
@@ -199,11 +200,15 @@ def run(args) -> int:
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         trials_dir = study_dir / "trials"
-        # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and after
-        # each trial (a lock copied with the study's folder looks fresh until 10 minutes without a beat)
-        watch = [] if has_heartbeat(storage) else [lambda study, _trial=None: fail_orphaned_trials(study, trials_dir)]
-        for look_for_orphans in watch:
-            look_for_orphans(study)
+        # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and before
+        # each count that ends the study (a lock copied with the study's folder looks fresh until 10 minutes without
+        # a beat); a database with a heartbeat fails a gone worker's trial by its own rule
+        watch = ([lambda study: optuna.storages.fail_stale_trials(study)] if has_heartbeat(storage)
+                 else [lambda study: fail_orphaned_trials(study, trials_dir)])
+        alive = None  # a database with a heartbeat keeps only live workers' trials RUNNING
+        if not has_heartbeat(storage):
+            fail_orphaned_trials(study, trials_dir)
+            alive = beating_since(trials_dir, args.started)
         freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
         if freed:
             log.warning("removed %.1f MB that trials stopped by a kill left in %s (%s).", freed / 2**20, trials_dir,
@@ -215,7 +220,7 @@ def run(args) -> int:
                                   deadline=args.deadline)
             try:
                 study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[*watch, optuna.study.MaxTrialsCallback(args.n_trials, states=FINISHED)])
+                               callbacks=[StopAtCount(args.n_trials, watch, alive)])
             except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
                 time_up = e
     if args.worker_index is not None:
@@ -277,6 +282,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from folds.deadline import Deadline
     args.deadline = Deadline(args.time_limit)  # counts from here: the data checks spend the time too
+    args.started = time.time()  # another worker's running trial is waited for once its lock has beaten since
     args.argv = argv  # the workers get the same options
     log_to_stdout(logging.INFO if args.worker_index is None else logging.WARNING)
     import optuna
