@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -193,6 +194,15 @@ def tidy_trials(study, trials_dir, keep_checkpoints: bool) -> int:
                     (folder / name).unlink()
                     freed += size
     return freed
+
+
+def fail_stale_trials(study) -> None:
+    """Optuna's look for trials whose heartbeat stopped (it makes it as each trial starts), made also while a worker
+    waits at the count (``StopAtCount``), where no trial starts. Without its "experimental" warning at every look:
+    Optuna's to act on, not the user's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 LOCK_TAKEN_SECONDS = 60  # a trial's worker takes its lock a moment after the trial starts; well within this

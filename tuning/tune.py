@@ -135,8 +135,6 @@ def check_tuner_args(args) -> None:
 
 
 def run(args) -> int:
-    import optuna
-
     from folds.config import RUN_CONTROL, learning_settings
     from folds.prepare import prepare_run, split_store
     from folds.pseudo import check_source
@@ -145,8 +143,8 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (StopAtCount, beating_since, best_read_down, fail_orphaned_trials, make_pruner,
-                              open_study, save_plots, summary, tidy_trials, write_best)
+    from tuning.study import (StopAtCount, beating_since, best_read_down, fail_orphaned_trials, fail_stale_trials,
+                              make_pruner, open_study, save_plots, summary, tidy_trials, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
     legacy_folds(args, log, "spec")
@@ -203,7 +201,7 @@ def run(args) -> int:
         # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and before
         # each count that ends the study (a lock copied with the study's folder looks fresh until 10 minutes without
         # a beat); a database with a heartbeat fails a gone worker's trial by its own rule
-        watch = ([lambda study: optuna.storages.fail_stale_trials(study)] if has_heartbeat(storage)
+        watch = ([fail_stale_trials] if has_heartbeat(storage)
                  else [lambda study: fail_orphaned_trials(study, trials_dir)])
         alive = None  # a database with a heartbeat keeps only live workers' trials RUNNING
         if not has_heartbeat(storage):
