@@ -133,11 +133,26 @@ def stop_with_launcher() -> None:
                      daemon=True).start()
 
 
+def launcher_gone() -> bool:
+    """Whether this is a rank of torchrun whose agent has ended (its parent changed since it started): then the
+    other ranks stop too, and a collective they leave breaks here with a RuntimeError that is their stop, not an
+    error of this rank's."""
+    return LAUNCHER_ENV in os.environ and os.getppid() != PARENT_AT_START
+
+
+def _joined() -> bool:
+    """Whether this rank has joined torchrun's process group (torch imported, and its group made)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
 def _stop_when_orphaned(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(LAUNCHER_POLL_SECONDS)
     print("torchrun, which started this rank, has ended without stopping it; stopping here.", file=sys.stderr,
           flush=True)
+    if not _joined():  # nothing of this rank's to keep yet, and torch's wait for the store retries through a signal
+        os._exit(128 + signal.SIGTERM)
     os.kill(os.getpid(), signal.SIGTERM)
     # A rank blocked in native code (joining the dead agent's store, or a collective whose other rank has
     # stopped) never returns to Python, where the stop is raised: it ends here, its lock left to go stale.

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import select
+import signal
 import sys
 import traceback
 
@@ -72,6 +73,9 @@ def entry_point(main):
                 raise  # another pipe (a worker's): a real error
             return 141  # the reader of the output left (`| head`): stop quietly, as shell tools do (128 + SIGPIPE)
         except RuntimeError as e:
+            if children.launcher_gone():  # a collective broken by the other ranks' stop: this one's too
+                print(f"stopped (torchrun ended; {str(e).splitlines()[0][:200]}): {KEPT}", file=sys.stderr)
+                return 128 + signal.SIGTERM  # as the ranks that stopped at their own watch
             if not loader_worker_died(e):
                 raise
             print(f"error: {worker_death_message(e)}", file=sys.stderr)

@@ -10,7 +10,9 @@ sessions of their own, so the parent's unwinding is what stops them.)
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 
@@ -47,6 +49,28 @@ def _children_after_a_stop(signum, frame):
     """SIGCHLD once a stop is unwinding: the children's ends are the stop's own, not an error of theirs."""
 
 
+LOST_STOP_RETRY_SECONDS = 0.05
+
+
+def _on_unraisable(args) -> None:
+    """Python drops an exception raised where it cannot propagate, and prints "Exception ignored in": a destructor
+    (a DataLoader iterator joining its workers, tens of milliseconds after every prediction pass), an at-fork
+    callback (logging's, as loader workers start). A stop raised there by a signal was lost: the run trained on,
+    and, stops being ignored once raised, ignored every later SIGTERM too. It is sent again a moment later, to
+    land outside; the handlers it had set aside come back first."""
+    stop = args.exc_value
+    if not isinstance(stop, KeyboardInterrupt) or isinstance(stop, TimeUp):
+        (_previous_unraisable or sys.__unraisablehook__)(args)
+        return
+    signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+    for s in STOPS if signum in STOPS else ():
+        signal.signal(s, _on_signal)
+    threading.Timer(LOST_STOP_RETRY_SECONDS, os.kill, (os.getpid(), signum)).start()
+
+
+_previous_unraisable = None  # sys.unraisablehook outside stops_as_exceptions
+
+
 def _on_signal(signum, frame):
     global _pending
     stop = Stopped(signum) if signum in STOPS else KeyboardInterrupt()
@@ -79,12 +103,18 @@ def stops_as_exceptions():
     if not _on_main_thread():  # only the main thread may set handlers; a thread gets Python's defaults
         yield
         return
+    global _previous_unraisable
     # a signal set to be ignored stays ignored: `nohup` ignores SIGHUP, a shell's `&` job SIGINT
     previous = {s: signal.signal(s, _on_signal) for s in (*STOPS, signal.SIGINT)
                 if signal.getsignal(s) is not signal.SIG_IGN}
+    outermost = sys.unraisablehook is not _on_unraisable
+    if outermost:
+        _previous_unraisable, sys.unraisablehook = sys.unraisablehook, _on_unraisable
     try:
         yield
     finally:
+        if outermost:
+            sys.unraisablehook, _previous_unraisable = _previous_unraisable, None
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
 

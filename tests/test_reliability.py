@@ -641,6 +641,41 @@ def test_a_stop_during_a_checkpoint_write_waits_for_the_file(signum, raised, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
+def test_a_stop_that_lands_in_a_destructor_is_not_lost():
+    """A SIGTERM (a scheduler's, a side-by-side parent's, torchrun's) that landed while a DataLoader iterator joined
+    its workers in its ``__del__`` raised there, where Python drops exceptions ("Exception ignored in"): the stop
+    was lost, the run trained on, and every later SIGTERM was ignored. It now comes again a moment later."""
+    import signal
+    import time
+
+    from common import interrupt
+
+    class Joining:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the destructor
+            started = time.time()
+            while time.time() - started < 0.2:  # workers being joined
+                pass
+
+    with pytest.raises(interrupt.Stopped), interrupt.stops_as_exceptions():
+        Joining()  # destroyed at once
+        for _ in range(200):
+            time.sleep(0.01)
+
+    class Broken:  # any other exception a destructor drops is still reported, as Python does
+        def __del__(self):
+            raise ValueError("a destructor's own error")
+
+    seen, before = [], sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with interrupt.stops_as_exceptions(), interrupt.stops_as_exceptions():  # (nested, as a command in a test)
+            Broken()
+        assert [type(u.exc_value) for u in seen] == [ValueError] and sys.unraisablehook == seen.append
+    finally:
+        sys.unraisablehook = before
+
+
 def test_nohup_still_keeps_a_run_going():
     """`nohup` ignores SIGHUP so that a run outlives its terminal; the stop handlers leave it ignored."""
     import signal
