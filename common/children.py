@@ -141,7 +141,8 @@ def launcher_gone() -> bool:
 
 
 def _joined() -> bool:
-    """Whether this rank has joined torchrun's process group (torch imported, and its group made)."""
+    """Whether this rank has joined torchrun's process group (torch imported, and its group made). Not
+    ``folds.distributed.active``: this module sits below folds, and must not import torch for the look."""
     dist = sys.modules.get("torch.distributed")
     return dist is not None and dist.is_available() and dist.is_initialized()
 

@@ -167,8 +167,9 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     from common.progress import LINES_ENV
 
     groups = [g for g in (folds[i::n] for i in range(n)) if g]
-    workers = cfg.workers if cfg.workers is not None else side_by_side_workers(usable_cores(), share or n)
-    threads = side_by_side_env(usable_cores(), share or n)
+    cores = usable_cores()
+    workers = cfg.workers if cfg.workers is not None else side_by_side_workers(cores, share or n)
+    threads = side_by_side_env(cores, share or n)
 
     def env(i):  # their epoch and progress lines go to this terminal, as lines (no bars: they would clash)
         gpu = gpus[i % len(gpus)]

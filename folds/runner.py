@@ -122,13 +122,13 @@ class FoldRunner:
         """Who holds fold ``k`` (``holder``, its lock's; {} where it let go this instant), what ``by`` (this
         process, or the run a dry run stands for) is ``doing`` about it, and how the fold is taken over where that
         process is gone."""
-        path = self.fold_dir(k) / layout.LOCK
-        waits = self.comes_back_to(k, holder) and self.wait_fits(FoldLock(path), holder)[1]
+        lock = FoldLock(self.fold_dir(k) / layout.LOCK)
+        waits = self.comes_back_to(k, holder) and self.wait_fits(lock, holder)[1]
         who = f"{by}, once its other folds are done," if waits else "a rerun with --resume"
-        return (f"fold {k} is being trained by {FoldLock(path).describe(holder) if holder else 'another process'}; "
+        return (f"fold {k} is being trained by {lock.describe(holder) if holder else 'another process'}; "
                 f"{doing}. If that process is gone (its machine, or a Colab or Kaggle session, ended), {who} takes "
-                f"the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or delete {path} "
-                "now).")
+                f"the fold over {FoldLock.stale_after(holder) // 60} min after its last heartbeat (or delete "
+                f"{lock.path} now).")
 
     def comes_back_to(self, k, holder: dict) -> bool:
         """Whether ``come_back`` waits for fold ``k``'s ``holder`` to go silent: a plain process (under torchrun

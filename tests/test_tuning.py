@@ -495,9 +495,9 @@ def test_a_worker_at_the_count_waits_for_the_others_running_trials():
             if len(looks) == 3:
                 s.tell(other, 1.0) if then == "finishes" else s.tell(other, state=TrialState.FAIL)
 
-        StopAtCount(3, [look], poll=0)(study)
+        StopAtCount(3, look, poll=0)(study)
         assert stopped == stops and len(looks) == 3, then
-    StopAtCount(4, [], poll=0)(study)  # 2 finished, none running: room for more, at once
+    StopAtCount(4, poll=0)(study)  # 2 finished, none running: room for more, at once
     assert stopped == []
 
 

@@ -29,23 +29,24 @@ class StopAtCount:
     """Optuna's ``MaxTrialsCallback`` for several workers (``--workers``, Ray, machines on one database). After
     each trial a worker counted only the finished trials, so near the end each started one more, and the study
     ended up to a trial a worker over ``n_trials``. Now a worker whose count the others' running trials would
-    reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). ``watch``: the
-    looks that fail a gone worker's trial, run before each count; ``alive``: whether a running trial's worker
-    has shown it is alive (``beating_since``), where the storage has no heartbeat to fail it by."""
+    reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). ``look``: what
+    fails a gone worker's trial, made before each count; ``alive``: whether a running trial's worker has shown it
+    is alive (``beating_since``), where the storage has no heartbeat to fail it by."""
 
-    def __init__(self, n_trials: int, watch=(), alive=None, poll: float = COUNT_POLL_SECONDS):
-        self.n_trials, self.watch, self.alive, self.poll = n_trials, list(watch), alive or (lambda t: True), poll
+    def __init__(self, n_trials: int, look=None, alive=None, poll: float = COUNT_POLL_SECONDS):
+        self.n_trials, self.poll = n_trials, poll
+        self.look, self.alive = look or (lambda study: None), alive or (lambda t: True)
 
     def __call__(self, study, trial=None) -> None:
         said = False
         while True:
-            for look in self.watch:
-                look(study)
-            finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+            self.look(study)
+            trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))  # one read a look
+            finished = sum(t.state in FINISHED for t in trials)
             if finished >= self.n_trials:
                 study.stop()
                 return
-            running = sum(map(self.alive, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
+            running = sum(self.alive(t) for t in trials if t.state == TrialState.RUNNING)
             if finished + running < self.n_trials:
                 return  # room for another trial
             if not said:

@@ -198,15 +198,14 @@ def run(args) -> int:
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         trials_dir = study_dir / "trials"
-        # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and before
-        # each count that ends the study (a lock copied with the study's folder looks fresh until 10 minutes without
-        # a beat); a database with a heartbeat fails a gone worker's trial by its own rule
-        watch = ([fail_stale_trials] if has_heartbeat(storage)
-                 else [lambda study: fail_orphaned_trials(study, trials_dir)])
-        alive = None  # a database with a heartbeat keeps only live workers' trials RUNNING
-        if not has_heartbeat(storage):
-            fail_orphaned_trials(study, trials_dir)
-            alive = beating_since(trials_dir, args.started)
+        if has_heartbeat(storage):  # a gone worker's trial is failed by the heartbeat: RUNNING ones are alive
+            look, alive = fail_stale_trials, None
+        else:  # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and
+            # before each count that ends the study (a lock copied with the study's folder looks fresh until 10
+            # minutes without a beat)
+            look, alive = (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir,
+                                                                                               args.started)
+            look(study)
         freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
         if freed:
             log.warning("removed %.1f MB that trials stopped by a kill left in %s (%s).", freed / 2**20, trials_dir,
@@ -218,7 +217,7 @@ def run(args) -> int:
                                   deadline=args.deadline)
             try:
                 study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[StopAtCount(args.n_trials, watch, alive)])
+                               callbacks=[StopAtCount(args.n_trials, look, alive)])
             except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
                 time_up = e
     if args.worker_index is not None:
