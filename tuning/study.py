@@ -29,7 +29,9 @@ class StopAtCount:
     """Optuna's ``MaxTrialsCallback`` for several workers (``--workers``, Ray, machines on one database). After
     each trial a worker counted only the finished trials, so near the end each started one more, and the study
     ended up to a trial a worker over ``n_trials``. Now a worker whose count the others' running trials would
-    reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). ``look``: what
+    reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). The count and the
+    next trial's start are still two steps: a worker that counts between another's count and its start can still
+    start one more (seen once in a CI run on 2 busy cores). ``look``: what
     fails a gone worker's trial, made before each count; ``alive``: whether a running trial's worker has shown it
     is alive (``beating_since``), where the storage has no heartbeat to fail it by."""
 
