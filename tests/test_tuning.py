@@ -469,7 +469,9 @@ def test_sqlite_with_parallel_workers_is_refused(demo_source, tmp_path, capsys):
 def test_local_workers_share_one_study(demo_source, tmp_path):
     assert tune(tmp_path, demo_source, "--study", "w", "--n-trials", "3", "--workers", "2", "--pruner", "none") == 0
     trials = load(tmp_path, "w").trials
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3  # (one more can start: see study.StopAtCount)
+    # exactly: a trial two workers begin at once for the last place is ended untrained by the later one
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("surplus") for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
 
 
@@ -499,6 +501,79 @@ def test_a_worker_at_the_count_waits_for_the_others_running_trials():
         assert stopped == stops and len(looks) == 3, then
     StopAtCount(4, poll=0)(study)  # 2 finished, none running: room for more, at once
     assert stopped == []
+
+
+def test_of_two_trials_begun_for_the_last_place_only_the_later_is_over_the_count():
+    """The count and the next trial's start were two steps, so two workers that counted at once each began a trial
+    for the study's last place, and it ended one over --n-trials (a CI run did). Trial numbers are given in one
+    order: the trials begun before a trial decide whether it is over the count. A worker still waiting at the
+    count when --time-limit comes stops as a stopped trial does (TimeUp), not by starting a trial to stop it."""
+    from optuna.distributions import FloatDistribution
+
+    from common.interrupt import TimeUp
+    from folds.deadline import Deadline
+    from tuning.study import StopAtCount
+
+    dist = {"x": FloatDistribution(0, 1)}
+    study = optuna.create_study()
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=1.0))
+    first, second = study.ask(dist), study.ask(dist)
+    stop = StopAtCount(3, poll=0)
+    assert not stop.over(study, first.number) and stop.over(study, second.number)
+    assert not StopAtCount(3, alive=lambda t: t.number != first.number, poll=0).over(study, second.number)  # dead
+    assert not StopAtCount(4, poll=0).over(study, second.number)
+    deadline = Deadline(1e-6)
+    time.sleep(0.01)
+    with pytest.raises(TimeUp, match="waited for the study's 2 running trial"):
+        StopAtCount(3, poll=0, deadline=deadline)(study)
+
+
+def test_a_trial_begun_where_a_live_workers_trial_took_the_last_place_is_not_trained(demo_source, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """A worker that begins a trial where the trials begun before it fill --n-trials (another worker, on this host,
+    holds the last one) ends it at once, untrained and not tried again, and waits: here that worker dies, its
+    trial is queued again, and this worker trains the retry. The summary counts the trial apart from the failed,
+    and Optuna's "failed" lines about it are left out. The other worker's lock beat before this worker started:
+    of this host, its live pid is enough."""
+    import socket
+
+    from optuna.distributions import FloatDistribution
+
+    import tuning.objective
+    from tuning.study import TRIAL_LOCK, trial_dir
+
+    assert tune(tmp_path, demo_source, "--study", "v", "--n-trials", "2", "--fold", "0", "--epochs", "1") == 0
+    study = load(tmp_path, "v")
+    other = study.ask({"lr": FloatDistribution(1e-5, 1e-2, log=True)})
+    worker = subprocess.Popen(["sleep", "60"])
+    for k, v in (("host", socket.gethostname()), ("pid", worker.pid)):
+        other.set_user_attr(k, v)
+    lock = trial_dir(tmp_path / "tuning" / "v" / "trials", other.number) / TRIAL_LOCK
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": worker.pid, "beat": 30}))
+    os.utime(lock, (time.time() - 20, time.time() - 20))
+    real = tuning.objective.Objective.end_surplus
+
+    def end_surplus_and_the_other_worker_dies(trial, params):
+        worker.kill()
+        worker.wait()
+        real(trial, params)
+
+    monkeypatch.setattr(tuning.objective.Objective, "end_surplus", staticmethod(end_surplus_and_the_other_worker_dies))
+    assert tune(tmp_path, demo_source, "--study", "v", "--n-trials", "3", "--fold", "0", "--epochs", "1") == 0
+    assert worker.returncode is not None  # the surplus trial was met
+    trials = load(tmp_path, "v").trials
+    surplus = trials[other.number + 1]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"]
+    assert not trial_dir(tmp_path / "tuning" / "v" / "trials", surplus.number).exists()
+    assert trials[other.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == other.number]
+    assert [t.state for t in retried] == [TrialState.COMPLETE]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    out = "".join(capsys.readouterr())
+    assert f"trial {surplus.number}: not trained" in out and f"Trial {surplus.number} failed" not in out, out
+    assert "3 complete, 0 pruned, 1 failed, 1 not trained" in out, out
 
 
 def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(tmp_path):

@@ -27,19 +27,25 @@ from folds.split import fold_rows
 from folds.stopping import resolve_monitor, score_column
 from folds.train import train_fold
 from tuning.space import suggest, trial_config
-from tuning.study import TRIAL_LOCK, trial_dir
+from tuning.study import SURPLUS, TRIAL_LOCK, SurplusTrial, trial_dir
 
 log = logging.getLogger(__name__)
 
 
+_surplus: set[int] = set()  # this process's surplus trials (tuning.study.SurplusTrial), whose failure is no news
+
+
 class _StopWithoutTraceback(logging.Filter):
     """Optuna logs a trial that raised with its traceback. For a stop (Ctrl-C, SIGTERM) that is noise
-    at the end of every stopped study: the objective has already said what happened to the trial."""
+    at the end of every stopped study: the objective has already said what happened to the trial. A surplus trial
+    is no failure at all: Optuna's two lines about it are left out."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             record.exc_info = None
-        return True
+        words = record.getMessage().split(" ", 2)
+        return not (words[0] == "Trial" and words[1].isdigit() and int(words[1]) in _surplus
+                    and words[2].startswith("failed"))
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_StopWithoutTraceback())  # the logger that reports trials
@@ -49,10 +55,11 @@ class Objective:
     """Mean best validation score (``--metric``) over ``fold_ids``; each trial in its own folder with its own seed."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset, folds, fold_ids, space: dict, trials_dir: Path,
-                 keep_checkpoints: bool = False, deadline: Deadline | None = None):
+                 keep_checkpoints: bool = False, deadline: Deadline | None = None, over=None):
         self.cfg, self.ds, self.folds, self.fold_ids = cfg, ds, folds, list(fold_ids)
         self.space, self.trials_dir, self.keep = space, Path(trials_dir), keep_checkpoints
         self.deadline = deadline  # --time-limit: a trial stops, and is queued again, before an epoch that would not fit
+        self.over = over  # (study, trial number) -> whether the trials begun before it fill --n-trials
 
     def pseudo_images(self, cfg: RunConfig, k):
         """Fold ``k``'s pseudo-labelled crops under this trial's settings (None without --pseudo). With
@@ -63,12 +70,26 @@ class Objective:
             return None
         return fold_pseudo_images(Path(cfg.pseudo), k, self.ds, cfg, max(1, num_workers(cfg)))[0]
 
+    @staticmethod
+    def end_surplus(trial: optuna.Trial, params: dict) -> None:
+        """End ``trial`` untrained: another worker began the trial for the study's last place first. A retry's
+        parameters are queued again, for the study's next run."""
+        if "retry_of" in trial.user_attrs:
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.user_attrs["retry_of"]})
+        trial.set_user_attr(SURPLUS, True)
+        _surplus.add(trial.number)
+        log.info("trial %d: not trained, as the trials other workers began before it fill --n-trials.",
+                 trial.number)
+        raise SurplusTrial(f"trial {trial.number} is over --n-trials")
+
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.space)
         seed = self.cfg.seed + trial.number
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        if self.over is not None and self.over(trial.study, trial.number):
+            self.end_surplus(trial, params)
         # Tuning scores the validation fold only: no TTA, no crop OOF, no test predictions.
         cfg = trial_config(self.cfg, params, seed=seed)
         out = trial_dir(self.trials_dir, trial.number)

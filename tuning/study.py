@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from common import UserError, atomic_write, write_json
+from common.interrupt import TimeUp
 from folds.config import as_it_began
 from tuning.space import fingerprint
 from tuning.storage import mask
@@ -25,32 +26,54 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials --n-trials cou
 COUNT_POLL_SECONDS = 2.0  # how often a worker at the study's count looks at the others' running trials
 
 
+class SurplusTrial(Exception):
+    """A trial begun where the trials begun before it already fill ``--n-trials`` (``StopAtCount.over``): it is
+    ended untrained, as FAIL with the user attribute ``surplus``, and not tried again."""
+
+
+SURPLUS = "surplus"  # the user attribute that marks a SurplusTrial's trial
+
+
 class StopAtCount:
     """Optuna's ``MaxTrialsCallback`` for several workers (``--workers``, Ray, machines on one database). After
     each trial a worker counted only the finished trials, so near the end each started one more, and the study
     ended up to a trial a worker over ``n_trials``. Now a worker whose count the others' running trials would
     reach waits for them: they may finish (it stops), or fail (it goes on, and may retry them). The count and the
-    next trial's start are still two steps: a worker that counts between another's count and its start can still
-    start one more (seen once in a CI run on 2 busy cores). ``look``: what
-    fails a gone worker's trial, made before each count; ``alive``: whether a running trial's worker has shown it
-    is alive (``beating_since``), where the storage has no heartbeat to fail it by."""
+    next trial's start are two steps, so two workers can still each start one (seen in a CI run on 2 busy cores);
+    the later of the two then ends its trial untrained as it begins (``over``). ``look``: what fails a gone
+    worker's trial, made before each count; ``alive``: whether a running trial's worker has shown it is alive
+    (``beating_since``), where the storage has no heartbeat to fail it by."""
 
-    def __init__(self, n_trials: int, look=None, alive=None, poll: float = COUNT_POLL_SECONDS):
-        self.n_trials, self.poll = n_trials, poll
+    def __init__(self, n_trials: int, look=None, alive=None, poll: float = COUNT_POLL_SECONDS, deadline=None):
+        self.n_trials, self.poll, self.deadline = n_trials, poll, deadline
         self.look, self.alive = look or (lambda study: None), alive or (lambda t: True)
+
+    def _taken(self, trials) -> tuple[int, int]:
+        """Of ``trials`` (finished and running), the finished ones and the running ones of a live worker."""
+        finished = sum(t.state in FINISHED for t in trials)
+        return finished, sum(self.alive(t) for t in trials if t.state == TrialState.RUNNING)
+
+    def over(self, study, number: int) -> bool:
+        """Whether the trials begun before trial ``number`` (finished, or running with a live worker) fill the
+        count. Trial numbers are given in one order by the storage, so of two workers that each began a trial
+        for the last place, only the later one finds it taken."""
+        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        return sum(self._taken([t for t in trials if t.number < number])) >= self.n_trials
 
     def __call__(self, study, trial=None) -> None:
         said = False
         while True:
             self.look(study)
-            trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))  # one read a look
-            finished = sum(t.state in FINISHED for t in trials)
+            finished, running = self._taken(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
             if finished >= self.n_trials:
                 study.stop()
                 return
-            running = sum(self.alive(t) for t in trials if t.state == TrialState.RUNNING)
             if finished + running < self.n_trials:
                 return  # room for another trial
+            left = self.deadline.minutes_left() if self.deadline is not None else None
+            if left is not None and left <= 0:  # the others' trials stop at the limit too, and are queued again
+                raise TimeUp(f"--time-limit: this worker's next trial was not started: the limit came while it "
+                             f"waited for the study's {running} running trial(s)")
             if not said:
                 log.info("the study has %d finished trial(s) of --n-trials %d and %d running: this worker waits "
                          "for them before it starts another (one that fails is tried again).", finished,
@@ -214,9 +237,10 @@ LOCK_TAKEN_SECONDS = 60  # a trial's worker takes its lock a moment after the tr
 def beating_since(trials_dir, since: float):
     """Whether a RUNNING trial's worker has shown it is alive: its trial's lock held, and beaten after ``since``
     (this worker's start). A lock copied with the study's folder (the next Kaggle version) keeps the time of the
-    copy until it is stale, and a worker from before the lock left none: their trials are not waited for. A trial
-    of this host without a lock yet is alive while its worker's pid is, or, before the worker has written its
-    pid, for ``LOCK_TAKEN_SECONDS`` after it started."""
+    copy until it is stale, and a worker from before the lock left none: their trials are not waited for. A lock
+    of this host is alive while its holder's pid is, beaten since or not (a trial begun just before this worker
+    started, not yet beaten again). A trial of this host without a lock yet is alive while its worker's pid is,
+    or, before the worker has written its pid, for ``LOCK_TAKEN_SECONDS`` after it started."""
     from datetime import datetime
 
     from folds.lock import FoldLock, alive as pid_alive
@@ -227,7 +251,8 @@ def beating_since(trials_dir, since: float):
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         beat = lock.last_beat()
         if beat is not None:
-            return beat / 1e9 > since and lock.holder() is not None
+            holder = lock.holder()  # of this host: only while its pid is alive
+            return holder is not None and (beat / 1e9 > since or holder.get("host") == host)
         if t.user_attrs.get("host", host) != host:
             return False
         if "pid" in t.user_attrs:
@@ -238,9 +263,13 @@ def beating_since(trials_dir, since: float):
 
 
 def counts(study) -> dict:
+    """The study's trials by state; a surplus one (``SurplusTrial``: never trained) apart from the failed."""
     trials = study.get_trials(deepcopy=False)
-    return {s.name.lower(): sum(t.state == s for t in trials) for s in
-            (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    c = {s.name.lower(): sum(t.state == s for t in trials) for s in
+         (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    c[SURPLUS] = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(SURPLUS)) for t in trials)
+    c["fail"] -= c[SURPLUS]
+    return c
 
 
 def best_trial(study):
@@ -276,6 +305,7 @@ def summary(study, read: dict | None) -> str:
     return (f"study {study.study_name}: best value ({what}) {b.value:.4f} at trial {b.number}: {params}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
             + (f", {c['running']} running" if c["running"] else "")
+            + (f", {c[SURPLUS]} not trained (begun once other workers' trials filled --n-trials)" if c[SURPLUS] else "")
             + (f"\nthe best of {read['trials']} trials' scores on the same validation paintings reads about "
                f"{read['optimism']:+.4f} high (a bootstrap of the choice over the paintings; another seed's noise "
                f"comes on top): expect about {b.value - read['optimism']:.4f} of its parameters in a new run"

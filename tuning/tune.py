@@ -213,11 +213,12 @@ def run(args) -> int:
                         "their checkpoints, as a trial is never resumed, and half-written files")
         left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
         if left > 0:
+            stop = StopAtCount(args.n_trials, look, alive, deadline=args.deadline)
             objective = Objective(cfg, ds, prep.folds, fold_ids, space, trials_dir, args.keep_checkpoints,
-                                  deadline=args.deadline)
+                                  deadline=args.deadline, over=stop.over)
             try:
                 study.optimize(objective, n_trials=2 * args.n_trials, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[StopAtCount(args.n_trials, look, alive)])
+                               callbacks=[stop])
             except TimeUp as e:  # the trial is queued again; the finished ones are summarised below
                 time_up = e
     if args.worker_index is not None:
