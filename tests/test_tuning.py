@@ -446,6 +446,10 @@ def test_steps_are_numbered_across_folds(demo_source, tmp_path):
     assert t.state == TrialState.COMPLETE
     assert sorted(t.intermediate_values) == list(range(6))  # fold 0: steps 0-2, fold 1: steps 3-5
     assert {"fold_0_f1", "fold_1_f1"} <= set(t.user_attrs)
+    # what trained it: a study's sessions may run on other machines and package versions
+    manifest = json.loads((tmp_path / "tuning" / "two" / "trials" / "trial_0000" / "manifest.json").read_text())
+    assert manifest["trial"] == 0 and manifest["study"] == "two" and manifest["params"] == t.params
+    assert manifest["packages"]["timm"] and "commit" in manifest["git"] and manifest["device"]["type"] == "cpu"
 
 
 def test_empty_study_summary_is_a_clear_error(demo_source, tmp_path, capsys):

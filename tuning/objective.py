@@ -15,13 +15,14 @@ import numpy as np
 import optuna
 
 from common import write_json
-from common.layout import BEST, LAST, fold_dir
+from common.layout import BEST, LAST, MANIFEST, fold_dir
 from common.metrics import get_metric
 from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
-from folds.lock import FoldLock
 from folds.loader import num_workers
+from folds.lock import FoldLock
+from folds.manifest import make_manifest
 from folds.pseudo import fold_pseudo_images
 from folds.split import fold_rows
 from folds.stopping import resolve_monitor, score_column
@@ -102,6 +103,10 @@ class Objective:
         lock = FoldLock(out / TRIAL_LOCK)
         lock.acquire()
         try:
+            # what trained it (packages, git commit, device, host): a study's sessions may run on other machines
+            # and package versions (the next Kaggle image), and its trials' values are compared as one
+            write_json(out / MANIFEST, make_manifest(study=trial.study.study_name, trial=trial.number, seed=seed,
+                                                     params=params))
             for i, k in enumerate(self.fold_ids):
                 def report(epoch, row, i=i):
                     # One step counter across folds (fold index x epochs + epoch): Optuna refuses a
