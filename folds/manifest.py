@@ -24,6 +24,20 @@ def package_versions() -> dict:
     return out
 
 
+# the packages whose version can change what a fold learns (a model's layers or weights, an augmentation, decoding)
+TRAINING_PACKAGES = ("torch", "torchvision", "timm", "albumentations", "pillow")
+
+
+def training_packages() -> dict:
+    return {k: v for k, v in package_versions().items() if k in TRAINING_PACKAGES}
+
+
+def package_changes(then: dict) -> list[str]:
+    """How this process's ``TRAINING_PACKAGES`` differ from ``then`` (a manifest's "packages"), in words: a run
+    or a study resumed on the next Kaggle image, or on another machine, whose folds or trials are used as one."""
+    return [f"{k} {then.get(k)} then, {v} now" for k, v in training_packages().items() if then.get(k) != v]
+
+
 def git_commit(repo: Path) -> dict:
     def git(*args):
         try:

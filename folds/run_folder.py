@@ -10,7 +10,7 @@ from common import UserError, layout, write_json
 from folds import distributed
 from folds.config import RunConfig, learning_settings, saved_config
 from folds.lock import FoldLock
-from folds.manifest import make_manifest
+from folds.manifest import make_manifest, package_changes
 from folds.prepare import PreparedRun, split_store
 from folds.split import save_folds
 
@@ -69,6 +69,20 @@ def check_classes(run_dir: Path, prep: PreparedRun) -> None:
     saved = run_dir / layout.CLASSES
     if saved.is_file() and layout.has_started(run_dir) and layout.read_json(saved) != prep.ds.classes:
         raise UserError(f"{saved} differs from the classes in {prep.cfg.data_dir}/train.csv.")
+
+
+def package_note(run_dir: Path) -> str | None:
+    """Where a run already has folds, trained under its manifest's package versions, and this process runs others
+    (the next Kaggle image, another machine), a line that says so: its folds are used as one run."""
+    manifest = run_dir / layout.MANIFEST
+    if not (manifest.is_file() and layout.has_started(run_dir)):
+        return None
+    diff = package_changes(layout.read_json(manifest).get("packages") or {})
+    if not diff:
+        return None
+    return (f"{run_dir.name}: its first folds were trained with other package versions ({'; '.join(diff)}); folds "
+            "trained now may differ from them (a model's layers or an augmentation can change between versions). "
+            "Each finished fold's done.json says what trained it.")
 
 
 def write_run_files(run_dir: Path, prep: PreparedRun) -> None:

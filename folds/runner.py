@@ -30,10 +30,11 @@ from folds.deadline import Deadline, duration
 from folds.engine import scores
 from folds.loader import num_workers
 from folds.lock import MISSED_BEATS, FoldLock
+from folds.manifest import training_packages
 from folds.predict import CROP_OOF_SEED, PaintingViews, Predictor
 from folds.prepare import PreparedRun, prepare_run, with_data_dir
 from folds.pseudo import check_source, fold_pseudo_images
-from folds.run_folder import check_classes, check_settings, settings_kept, write_run_files
+from folds.run_folder import check_classes, check_settings, package_note, settings_kept, write_run_files
 from folds.scale_check import whole_test_warning
 from folds.split import fold_rows
 from folds.stopping import best_of, chosen_on_crops, epoch_read_down
@@ -81,7 +82,7 @@ class FoldRunner:
         prep = prepare_run(cfg, None if stale_split else run_dir / layout.FOLDS, demo=demo, write_split=False)
         check_classes(run_dir, prep)
         if announce and distributed.is_main():
-            for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds)]:
+            for warning in [*recipe_warnings(cfg), whole_test_warning(cfg.crop, prep.ds), package_note(run_dir)]:
                 if warning:
                     log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
@@ -312,7 +313,8 @@ class FoldRunner:
             result.update(self._predict_oof(k, d, predictor, self.ds.train.iloc[va]))
         test = predictor.predict(self.ds.test["path"], desc=f"fold {k} test")
         self.deadline.took("prediction", time.time() - started)
-        result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta, test_hash=self.test_hash)
+        result.update(fold=k, minutes=(time.time() - t0) / 60, tta=self.cfg.tta, test_hash=self.test_hash,
+                      packages=training_packages())  # what trained it: a run's folds may span sessions
         if epochs is not None:
             result["epochs"] = epochs
         if distributed.is_main():

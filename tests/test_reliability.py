@@ -172,6 +172,27 @@ def test_a_warm_up_as_long_as_the_run_is_a_warning_that_names_both_options(demo_
     assert "warm-up" not in said and "look like whole images" not in said  # the demo's test images are crops
 
 
+def test_a_run_resumed_with_other_package_versions_says_so_and_each_fold_keeps_its_own(demo_source, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """A run's folds may span sessions: the next Kaggle version resumes it on a newer image, where a torch or timm
+    upgrade can change what a fold learns, and its folds are still ensembled as one run. Its manifest keeps the
+    first session's versions; a session that runs others says which, and each fold's done.json keeps its own."""
+    import folds.manifest
+
+    args = tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--fold": "0"})
+    assert run_main(args) == 0
+    assert "other package versions" not in capsys.readouterr().out
+    real = folds.manifest.package_versions()
+    monkeypatch.setattr(folds.manifest, "package_versions", lambda: {**real, "timm": "0.9.0"})
+    assert run_main([*args, "--fold", "1"]) == 0
+    said = capsys.readouterr().out
+    assert f"t: its first folds were trained with other package versions (timm {real['timm']} then, 0.9.0 now)" \
+        in said, said
+    run = tmp_path / "runs" / "t"
+    assert [json.loads((run / f"fold_{k}" / "done.json").read_text())["packages"]["timm"] for k in (0, 1)] == [
+        real["timm"], "0.9.0"]
+
+
 def test_whole_test_images_under_the_crop_recipe_are_a_warning(demo_dir, tmp_path, capsys, monkeypatch):
     """A Kaggle task converted to this layout tests on whole images; the default trained on quarter-area crops and
     chose its checkpoints on them without a word. A pseudo round there augmented the whole test images as crops of

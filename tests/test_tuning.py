@@ -452,6 +452,27 @@ def test_steps_are_numbered_across_folds(demo_source, tmp_path):
     assert manifest["packages"]["timm"] and "commit" in manifest["git"] and manifest["device"]["type"] == "cpu"
 
 
+def test_a_study_resumed_with_other_package_versions_says_so(demo_source, tmp_path, capsys, monkeypatch):
+    """A study's sessions may run on another Kaggle image or machine, where a torch or timm upgrade can change what
+    a trial learns; its trials are still compared as one. The study keeps its first session's versions, and a
+    session that runs others says which."""
+    import folds.manifest
+
+    short = ["--fold", "0", "--pruner", "none", "--epochs", "1"]
+    assert tune(tmp_path, demo_source, "--study", "pk", "--n-trials", "1", *short) == 0
+    assert "began with other package versions" not in "".join(capsys.readouterr())
+    real = folds.manifest.package_versions
+    monkeypatch.setattr(folds.manifest, "package_versions", lambda: {**real(), "timm": "0.9.0"})
+    said = f"study 'pk' began with other package versions (timm {real()['timm']} then, 0.9.0 now)"
+    assert tune(tmp_path, demo_source, "--study", "pk", "--n-trials", "2", *short, "--dry-run") == 0
+    assert said in "".join(capsys.readouterr())  # the dry run says it too
+    assert tune(tmp_path, demo_source, "--study", "pk", "--n-trials", "2", *short) == 0
+    out = "".join(capsys.readouterr())
+    assert said in out, out
+    trial = tmp_path / "tuning" / "pk" / "trials" / "trial_0001" / "manifest.json"
+    assert json.loads(trial.read_text())["packages"]["timm"] == "0.9.0"  # what trained it
+
+
 def test_empty_study_summary_is_a_clear_error(demo_source, tmp_path, capsys):
     assert tune(tmp_path, demo_source, "--study", "empty", "--n-trials", "0") == 2
     assert "has no completed trial yet" in capsys.readouterr().err

@@ -113,6 +113,26 @@ def open_study(name: str, storage, space: dict, setup: dict, *, pruner, seed: in
     return study, space
 
 
+def package_note(study, keep: bool = True) -> str | None:
+    """The package versions that can change what a trial learns (``folds.manifest.TRAINING_PACKAGES``), kept in
+    the study at its first session (``keep``; a dry run writes nothing): a line naming those this session's differ
+    from (the next Kaggle image, another machine); None where they agree. A study's trials are compared as one,
+    and a trial's ``manifest.json`` says what trained it."""
+    from folds.manifest import package_changes, training_packages
+
+    first = study.user_attrs.get("packages")
+    if first is None:  # a new study, or one made before the versions were kept: from this session on
+        if keep:
+            study.set_user_attr("packages", training_packages())
+        return None
+    diff = package_changes(first)
+    if not diff:
+        return None
+    return (f"study {study.study_name!r} began with other package versions ({'; '.join(diff)}): its new trials' "
+            "values may not compare exactly with the old ones' (a model's layers or an augmentation can change "
+            "between versions). Each trial's manifest.json says what trained it.")
+
+
 def check_identity(study, space: dict, setup: dict, left_out: dict | None = None) -> dict:
     """Refuse a study made with another search space or training setup: its trials' values would not compare. The
     space its trials draw from: ``space``, or, for a study made before ``tuning.space.live_space`` left out the

@@ -144,7 +144,7 @@ def run(args) -> int:
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
     from tuning.study import (StopAtCount, beating_since, best_read_down, fail_orphaned_trials, fail_stale_trials,
-                              make_pruner, open_study, save_plots, summary, tidy_trials, write_best)
+                              make_pruner, open_study, package_note, save_plots, summary, tidy_trials, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
     legacy_folds(args, log, "spec")
@@ -179,6 +179,9 @@ def run(args) -> int:
     study, space = open_study(args.study, storage, space, setup, pruner=pruner, seed=seed, left_out=left_out)
     if args.worker_index is None:
         say_left_out(left_out, space)
+        note = package_note(study)
+        if note:
+            log.warning(note)
     time_up = None  # --time-limit reached: raised once the summary and best.json are written
 
     if args.ray and args.worker_index is None:
@@ -258,12 +261,15 @@ def dry_run(args, cfg, prep, fold_ids, space, setup: dict, study_dir, left_out: 
     from tuning.dry_run import describe_study, plan_study
     from tuning.objective import Objective
     from tuning.storage import existing_storage
-    from tuning.study import check_identity, find_study
+    from tuning.study import check_identity, find_study, package_note
 
     storage, storage_note = existing_storage(args.storage, study_dir)  # one connection: reached, and read
     study = find_study(args.study, storage)
     if study is not None and "search_space" in study.user_attrs:  # else its first worker stopped before it was set
         space = check_identity(study, space, setup, left_out)
+        note = package_note(study, keep=False)
+        if note:
+            log.warning(note)
     say_left_out(left_out, space)
     finished = 0 if study is None else len(study.get_trials(deepcopy=False, states=FINISHED))
     objective = Objective(cfg, prep.ds, prep.folds, fold_ids, space, study_dir / "trials")
