@@ -554,6 +554,24 @@ def test_of_two_trials_begun_for_the_last_place_only_the_later_is_over_the_count
         StopAtCount(3, poll=0, deadline=deadline)(study)
 
 
+def test_a_surplus_retry_queues_its_parameters_again():
+    """A retry (a killed or stopped trial's parameters, queued) that finds the places taken is not lost: its
+    parameters are queued again, for the study's next run."""
+    from tuning.objective import Objective
+    from tuning.study import SurplusTrial
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25}, user_attrs={"retry_of": 3})
+    trial = study.ask()
+    params = {"x": trial.suggest_float("x", 0, 1)}
+    with pytest.raises(SurplusTrial):
+        Objective.end_surplus(trial, params)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.params or t.system_attrs.get("fixed_params"), t.user_attrs) for t in waiting] == [
+        ({"x": 0.25}, {"retry_of": 3})]
+    assert trial.user_attrs["surplus"]
+
+
 def test_a_trial_begun_where_a_live_workers_trial_took_the_last_place_is_not_trained(demo_source, tmp_path, capsys,
                                                                                      monkeypatch):
     """A worker that begins a trial where the trials begun before it fill --n-trials (another worker, on this host,
