@@ -13,6 +13,7 @@ Exit 1 when a run differs from the uninterrupted one, or fails, or its last star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -56,11 +57,49 @@ def differences(reference: dict, got: dict) -> list[str]:
 HANG_FACTOR = 5  # the last start is not killed: it must end within this many times one uninterrupted run
 
 
-def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, kill_group: bool) -> tuple[list, str]:
-    """Start the command, kill it at a random moment up to ``longest`` seconds, and start it again with --resume;
-    the ``tries``-th start is not killed, and must end by itself within ``HANG_FACTOR`` x ``longest`` (a resumed
-    run whose start-up fills most of the kill window, as torchrun's does, could otherwise be killed before it
-    gets anywhere at every start). Returns the kill moments and how it ended ("" when well)."""
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the command's group: a lost machine, the OOM killer's sweep, `kill -9 -PGID`."""
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def kill_parent(proc: subprocess.Popen) -> None:
+    """SIGKILL the command's own process alone: its child processes must then end by themselves."""
+    proc.send_signal(signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc; those in sessions of their own too."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        above = todo.pop()
+        below = [p for p, pp in parent.items() if pp == above]
+        found += below
+        todo += below
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the command and every process below it, those that started sessions of their own included (a
+    study's workers, torchrun's ranks): the whole machine lost at once."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, kill) -> tuple[list, str]:
+    """Start the command, kill it (``kill(proc)``) at a random moment up to ``longest`` seconds, and start it again
+    with --resume; the ``tries``-th start is not killed, and must end by itself within ``HANG_FACTOR`` x
+    ``longest`` (a resumed run whose start-up fills most of the kill window, as torchrun's does, could otherwise be
+    killed before it gets anywhere at every start). Returns the kill moments and how it ended ("" when well)."""
     kills, resume = [], False
     for i in range(tries):
         proc = subprocess.Popen(cmd_of(resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -71,12 +110,7 @@ def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, ki
             _, err = proc.communicate(timeout=at)
             return kills, "" if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-2000:]}"
         except subprocess.TimeoutExpired:
-            # the whole group (every process the run started), or the parent alone: its fold processes and loader
-            # workers must then end by themselves
-            if kill_group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.send_signal(signal.SIGKILL)
+            kill_tree(proc) if last else kill(proc)
             proc.communicate()
             if last:
                 return kills, f"its last start, not killed, did not end in {at:.0f} s (hung)"
@@ -119,7 +153,7 @@ def main(argv=None) -> int:
         name = f"killed-{args.seed}-{i}"
         kills, failed = killed_until_done(lambda resume, name=name: command(data, args.work, name, extra, resume,
                                                                             args.torchrun),
-                                          rng, longest, args.tries, kill_group=not side_by_side)
+                                          rng, longest, args.tries, kill_parent if side_by_side else kill_group)
         if failed:
             bad += 1
             print(f"{name}: killed at {kills} s: FAILED, {failed}", flush=True)

@@ -637,17 +637,44 @@ def test_the_kill_fuzz_lets_its_last_start_end_and_names_one_that_hangs():
     is named so."""
     import random
 
-    from benchmarks.kill_fuzz import HANG_FACTOR, killed_until_done
+    from benchmarks.kill_fuzz import HANG_FACTOR, kill_group, killed_until_done
 
     def slow(resume):  # ends after 0.6 s, later than any kill moment (up to 0.4 s)
         return ["sleep", "0.6"]
 
-    kills, failed = killed_until_done(slow, random.Random(0), 0.4, 3, kill_group=True)
+    kills, failed = killed_until_done(slow, random.Random(0), 0.4, 3, kill_group)
     assert failed == "" and len(kills) == 2
     started = time.time()
-    kills, failed = killed_until_done(lambda resume: ["sleep", "30"], random.Random(0), 0.4, 2, kill_group=True)
+    kills, failed = killed_until_done(lambda resume: ["sleep", "30"], random.Random(0), 0.4, 2, kill_group)
     assert len(kills) == 1 and "did not end in 2 s (hung)" in failed
     assert time.time() - started < 0.4 + HANG_FACTOR * 0.4 + 5
+
+
+def test_the_study_kill_fuzz_finds_a_killed_study_whole_and_names_what_breaks_one(demo_source, tmp_path, capsys):
+    """benchmarks/study_kill_fuzz.py: a study killed outright and run again ends with exactly --n-trials finished
+    trials; a trial left running, a failed one never tried again, one too many and a checkpoint left behind are
+    each found."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from benchmarks.study_kill_fuzz import STUDY, faults, main as fuzz_main
+    from tuning.storage import make_storage
+
+    args = ["--data-dir", str(demo_source), "--work", str(tmp_path), "--runs", "1", "--seed", "3", "--n-trials", "2"]
+    assert fuzz_main(args) == 0
+    out = capsys.readouterr().out
+    assert "killed-3-0: killed at [" in out and "1 studies killed and run again, 0 broke a rule" in out, out
+    work = tmp_path / "uninterrupted"
+    assert faults(work, 2) == []
+    assert faults(work, 1) == ["2 finished trials for --n-trials 1"]
+    study = optuna.load_study(study_name=STUDY, storage=make_storage(None, work / "tuning" / STUDY))
+    dist = {"lr": FloatDistribution(1e-5, 1e-2, log=True)}
+    running, failed = study.ask(dist), study.ask(dist)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    (work / "tuning" / STUDY / "trials" / "trial_0000" / "fold_0" / "best.pt").write_bytes(b"0")
+    assert faults(work, 2) == [f"trials [{running.number}] still running",
+                               f"failed trials [{failed.number}] neither tried again nor queued",
+                               "left behind: ['trials/trial_0000/fold_0/best.pt']"]
 
 
 def test_a_resumed_benchmark_budgets_a_run_by_its_folds_minutes():

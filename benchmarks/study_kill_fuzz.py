@@ -1,0 +1,121 @@
+"""Kill a study (`tuning/tune.py`) outright at random moments and run it again until it ends by itself. It must
+then hold exactly --n-trials finished trials, none still running, every failed trial's parameters tried again
+(or queued for the next run), and no checkpoint or trial lock left behind. A study's "runs they can resume",
+tried at moments no test picks: mid-trial, mid-count, as workers start, while a retry is queued.
+
+Examples (a fresh process each; the demo data is made in --work if --data-dir is not given):
+    python benchmarks/study_kill_fuzz.py --runs 10 --seed 1                # one process, killed outright
+    python benchmarks/study_kill_fuzz.py --runs 10 --seed 2 --workers 2    # 2 local workers: each kill takes
+        # the parent alone (its workers must stop by themselves) or every process (a lost machine)
+
+Exit 1 when a study breaks a rule above, or a run fails, or its last start (never killed) hangs.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.kill_fuzz import kill_parent, kill_tree, killed_until_done  # noqa: E402
+from common import layout  # noqa: E402
+
+TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--num-workers", "0", "--fold", "0",
+        "--pruner", "none"]
+STUDY = "fuzz"
+
+
+def command(data: Path, work: Path, n_trials: int, workers: int, extra: list[str]) -> list[str]:
+    """The study's command; the same at every start (a study goes on from where it is)."""
+    return [sys.executable, str(ROOT / "tuning" / "tune.py"), "--study", STUDY, "--n-trials", str(n_trials),
+            "--data-dir", str(data), "--tuning-dir", str(work / "tuning"), "--runs-dir", str(work / "runs"), *TINY,
+            *(["--workers", str(workers)] if workers > 1 else []), *extra]
+
+
+def faults(work: Path, n_trials: int) -> list[str]:
+    """How the study in ``work`` breaks the rules of a study that ended (none: [])."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuning.storage import make_storage
+    from tuning.study import FINISHED, SURPLUS, TRIAL_LOCK
+
+    folder = work / "tuning" / STUDY
+    trials = optuna.load_study(study_name=STUDY, storage=make_storage(None, folder)).get_trials(deepcopy=False)
+    found = []
+    finished = sum(t.state in FINISHED for t in trials)
+    if finished != n_trials:
+        found.append(f"{finished} finished trials for --n-trials {n_trials}")
+    running = [t.number for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        found.append(f"trials {running} still running")
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    lost = [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS)
+            and "diverged" not in t.user_attrs and t.number not in retried]
+    if lost:
+        found.append(f"failed trials {lost} neither tried again nor queued")
+    left = sorted(str(p.relative_to(folder)) for pattern in ("*/*/*.pt", f"*/{TRIAL_LOCK}")
+                  for p in (folder / "trials").glob(pattern))
+    if left:
+        found.append(f"left behind: {left}")
+    if not (folder / layout.BEST_PARAMS).is_file():
+        found.append(f"no {layout.BEST_PARAMS}")
+    return found
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, help="a data folder (default: the demo data, made in --work)")
+    p.add_argument("--work", type=Path, default=Path("study_kill_fuzz"), help="where the studies go")
+    p.add_argument("--runs", type=int, default=10, help="killed studies to try")
+    p.add_argument("--seed", type=int, default=0, help="seeds the kill moments (and, with --workers, the kind)")
+    p.add_argument("--tries", type=int, default=12,
+                   help="starts of a study; the last is not killed, and must end by itself")
+    p.add_argument("--n-trials", type=int, default=4, help="the study's --n-trials")
+    p.add_argument("--workers", type=int, default=1, help="the study's --workers")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every start adds")
+    args = p.parse_args(argv)
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    data = args.data_dir
+    if data is None:
+        from folds.demo import make_demo_dataset
+        data = args.work / "demo-data"
+        if not (data / "train.csv").is_file():
+            make_demo_dataset(data)
+    first = args.work / "uninterrupted"
+    started = time.time()
+    done = subprocess.run(command(data, first, args.n_trials, args.workers, extra), capture_output=True, text=True)
+    if done.returncode or faults(first, args.n_trials):
+        print(f"the uninterrupted study failed (exit {done.returncode}): "
+              f"{faults(first, args.n_trials) if not done.returncode else done.stderr.strip()[-2000:]}")
+        return 1
+    longest = 1.1 * (time.time() - started)
+    print(f"uninterrupted study: {longest / 1.1:.1f} s; each study below is killed at a random moment up to "
+          f"{longest:.1f} s, then run again, {args.tries - 1} times at most")
+    rng, bad = random.Random(args.seed), 0
+    kinds = {"parent": kill_parent, "all": kill_tree}
+    for i in range(args.runs):
+        work, how = args.work / f"killed-{args.seed}-{i}", []
+
+        def kill(proc):  # with workers: the parent alone, or every process
+            kind = rng.choice(list(kinds)) if args.workers > 1 else "all"
+            how.append(kind)
+            kinds[kind](proc)
+
+        kills, failed = killed_until_done(lambda resume, work=work: command(data, work, args.n_trials, args.workers,
+                                                                            extra), rng, longest, args.tries, kill)
+        found = [failed] if failed else faults(work, args.n_trials)
+        bad += bool(found)
+        said = ", ".join(f"{at} s ({kind})" for at, kind in zip(kills, how))
+        print(f"{work.name}: killed at [{said}]: " + ("; ".join(found) if found else "ended as a study should"),
+              flush=True)
+    print(f"{args.runs} studies killed and run again, {bad} broke a rule or failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
