@@ -110,10 +110,12 @@ def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, ki
             _, err = proc.communicate(timeout=at)
             return kills, "" if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-2000:]}"
         except subprocess.TimeoutExpired:
-            kill_tree(proc) if last else kill(proc)
-            proc.communicate()
-            if last:
+            if last:  # hung: nothing of it may stay
+                kill_tree(proc)
+                proc.communicate()
                 return kills, f"its last start, not killed, did not end in {at:.0f} s (hung)"
+            kill(proc)
+            proc.communicate()
             kills.append(round(at, 1))
             resume = True
     return kills, "no start"
