@@ -7,6 +7,9 @@ Examples (a fresh process each; the demo data is made in --work if --data-dir is
     python benchmarks/study_kill_fuzz.py --runs 10 --seed 1                # one process, killed outright
     python benchmarks/study_kill_fuzz.py --runs 10 --seed 2 --workers 2    # 2 local workers: each kill takes
         # the parent alone (its workers must stop by themselves) or every process (a lost machine)
+    python benchmarks/study_kill_fuzz.py --runs 5 --workers 2 -- \
+        --storage postgresql://postgres@127.0.0.1:5433/optuna_ci --heartbeat 1   # the database's heartbeat fails
+        # a killed worker's trial, and Optuna's callback queues it again
 
 Exit 1 when a study breaks a rule above, or a run fails, or its last start (never killed) hangs.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import uuid
+import warnings
 import subprocess
 import sys
 import time
@@ -29,23 +34,33 @@ TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--num-workers"
 STUDY = "fuzz"
 
 
-def command(data: Path, work: Path, n_trials: int, workers: int, extra: list[str]) -> list[str]:
+def storage_of(extra: list[str]) -> str | None:
+    """The ``--storage`` URL the options give (None: each study's own journal file)."""
+    return extra[extra.index("--storage") + 1] if "--storage" in extra else None
+
+
+def study_name(work: Path, extra: list[str]) -> str:
+    """One database holds the studies of every run (and of runs before): a name of its own for each."""
+    return STUDY if storage_of(extra) is None else f"{STUDY}-{work.name}-{uuid.uuid4().hex[:8]}"
+
+
+def command(data: Path, work: Path, name: str, n_trials: int, workers: int, extra: list[str]) -> list[str]:
     """The study's command; the same at every start (a study goes on from where it is)."""
-    return [sys.executable, str(ROOT / "tuning" / "tune.py"), "--study", STUDY, "--n-trials", str(n_trials),
+    return [sys.executable, str(ROOT / "tuning" / "tune.py"), "--study", name, "--n-trials", str(n_trials),
             "--data-dir", str(data), "--tuning-dir", str(work / "tuning"), "--runs-dir", str(work / "runs"), *TINY,
             *(["--workers", str(workers)] if workers > 1 else []), *extra]
 
 
-def faults(work: Path, n_trials: int) -> list[str]:
-    """How the study in ``work`` breaks the rules of a study that ended (none: [])."""
+def faults(work: Path, n_trials: int, name: str = STUDY, storage: str | None = None) -> list[str]:
+    """How the study ``name`` of ``work`` breaks the rules of a study that ended (none: [])."""
     import optuna
     from optuna.trial import TrialState
 
     from tuning.storage import make_storage
     from tuning.study import FINISHED, SURPLUS, TRIAL_LOCK
 
-    folder = work / "tuning" / STUDY
-    trials = optuna.load_study(study_name=STUDY, storage=make_storage(None, folder)).get_trials(deepcopy=False)
+    folder = work / "tuning" / name
+    trials = optuna.load_study(study_name=name, storage=make_storage(storage, folder)).get_trials(deepcopy=False)
     found = []
     finished = sum(t.state in FINISHED for t in trials)
     if finished != n_trials:
@@ -53,7 +68,12 @@ def faults(work: Path, n_trials: int) -> list[str]:
     running = [t.number for t in trials if t.state == TrialState.RUNNING]
     if running:
         found.append(f"trials {running} still running")
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    with warnings.catch_warnings():  # (its "experimental" warning)
+        warnings.simplefilter("ignore")
+        # queued again by a stop or a worker found gone (retry_of), or by the database's heartbeat: a retry of a
+        # retry names the first trial as its "failed trial", and every one before it in its history
+        retried = {t.user_attrs.get("retry_of") for t in trials} | {
+            n for t in trials for n in optuna.storages.RetryFailedTrialCallback.retry_history(t)}
     lost = [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS)
             and "diverged" not in t.user_attrs and t.number not in retried]
     if lost:
@@ -86,12 +106,14 @@ def main(argv=None) -> int:
         data = args.work / "demo-data"
         if not (data / "train.csv").is_file():
             make_demo_dataset(data)
-    first = args.work / "uninterrupted"
+    storage, first = storage_of(extra), args.work / "uninterrupted"
+    name = study_name(first, extra)
     started = time.time()
-    done = subprocess.run(command(data, first, args.n_trials, args.workers, extra), capture_output=True, text=True)
-    if done.returncode or faults(first, args.n_trials):
-        print(f"the uninterrupted study failed (exit {done.returncode}): "
-              f"{faults(first, args.n_trials) if not done.returncode else done.stderr.strip()[-2000:]}")
+    done = subprocess.run(command(data, first, name, args.n_trials, args.workers, extra), capture_output=True,
+                          text=True)
+    found = faults(first, args.n_trials, name, storage) if not done.returncode else []
+    if done.returncode or found:
+        print(f"the uninterrupted study failed (exit {done.returncode}): {found or done.stderr.strip()[-2000:]}")
         return 1
     longest = 1.1 * (time.time() - started)
     print(f"uninterrupted study: {longest / 1.1:.1f} s; each study below is killed at a random moment up to "
@@ -100,15 +122,16 @@ def main(argv=None) -> int:
     kinds = {"parent": kill_parent, "all": kill_tree}
     for i in range(args.runs):
         work, how = args.work / f"killed-{args.seed}-{i}", []
+        name = study_name(work, extra)
 
         def kill(proc):  # with workers: the parent alone, or every process
             kind = rng.choice(list(kinds)) if args.workers > 1 else "all"
             how.append(kind)
             kinds[kind](proc)
 
-        kills, failed = killed_until_done(lambda resume, work=work: command(data, work, args.n_trials, args.workers,
-                                                                            extra), rng, longest, args.tries, kill)
-        found = [failed] if failed else faults(work, args.n_trials)
+        kills, failed = killed_until_done(lambda resume, work=work, name=name: command(
+            data, work, name, args.n_trials, args.workers, extra), rng, longest, args.tries, kill)
+        found = [failed] if failed else faults(work, args.n_trials, name, storage)
         bad += bool(found)
         said = ", ".join(f"{at} s ({kind})" for at, kind in zip(kills, how))
         print(f"{work.name}: killed at [{said}]: " + ("; ".join(found) if found else "ended as a study should"),

@@ -225,6 +225,36 @@ def test_the_files_a_killed_trial_left_are_removed_by_the_studys_next_run(demo_s
     assert sorted(p.name for p in kept.iterdir()) == ["best.pt", "history.csv", "last.pt"]
 
 
+def test_an_ended_trials_lock_goes_unless_a_live_process_holds_it(tmp_path):
+    """On a database the heartbeat fails a killed worker's trial, and no worker takes its lock to do it (on the
+    journal, fail_orphaned_trials does): the lock stayed for good (found by benchmarks/study_kill_fuzz.py on
+    PostgreSQL). The study's next run removes an ended trial's lock whose holder is gone; one that a live process
+    holds (a worker paused past the heartbeat, its trial failed meanwhile) stays."""
+    import socket
+
+    from optuna.distributions import FloatDistribution
+
+    from tuning.study import TRIAL_LOCK, tidy_trials, trial_dir
+
+    study = optuna.create_study()
+    killed, paused = (study.ask({"x": FloatDistribution(0, 1)}) for _ in range(2))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        for t, pid in ((killed, gone.pid), (paused, worker.pid)):
+            study.tell(t, state=TrialState.FAIL)
+            lock = trial_dir(tmp_path, t.number) / TRIAL_LOCK
+            lock.parent.mkdir(parents=True)
+            lock.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "beat": 30}))
+        tidy_trials(study, tmp_path, keep_checkpoints=False)
+        assert not (trial_dir(tmp_path, killed.number) / TRIAL_LOCK).exists()
+        assert (trial_dir(tmp_path, paused.number) / TRIAL_LOCK).exists()
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_a_resumed_study_draws_new_parameters_not_its_first_sessions_again(demo_source, tmp_path):
     """Each session of a study (the next Colab or Kaggle session, a rerun that tops it up) seeded its sampler as
     the first did, and so drew the first session's parameters again: trials already trained. Each session is

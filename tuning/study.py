@@ -223,15 +223,21 @@ def tidy_trials(study, trials_dir, keep_checkpoints: bool) -> int:
     its checkpoints (unless --keep-checkpoints); a killed one (SIGKILL, the OOM killer, a Colab or Kaggle session
     that ended) left them, a checkpoint's half-written temp file beside them, and its trial is never resumed (a
     retry is a new trial). A trial still RUNNING is its worker's, and is left alone; with --keep-checkpoints only
-    the temp files go."""
+    the temp files go. The trial's lock goes too, unless a live process still holds it (a worker paused past the
+    database's heartbeat, whose trial was failed meanwhile): on a database the heartbeat fails a killed worker's
+    trial, and no worker takes its lock to do it, as ``fail_orphaned_trials`` does."""
     from common.atomic import remove_leftovers
     from common.layout import BEST, LAST
+    from folds.lock import FoldLock
 
     freed = 0
     for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
         d = trial_dir(trials_dir, t.number)
         if not d.is_dir():
             continue
+        lock = FoldLock(d / TRIAL_LOCK)
+        if lock.path.exists() and lock.holder() is None:
+            lock.path.unlink(missing_ok=True)
         for folder in (d, *(p for p in d.iterdir() if p.is_dir())):  # the trial's, then each fold's
             freed += remove_leftovers(folder)
             for name in () if keep_checkpoints else (BEST, LAST):

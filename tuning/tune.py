@@ -208,7 +208,7 @@ def run(args) -> int:
             # minutes without a beat)
             look, alive = (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir,
                                                                                                args.started)
-            look(study)
+        look(study)  # now: a gone worker's trial, failed, has its files tidied below in this session
         freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
         if freed:
             log.warning("removed %.1f MB that trials stopped by a kill left in %s (%s).", freed / 2**20, trials_dir,
