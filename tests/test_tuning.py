@@ -225,6 +225,26 @@ def test_the_files_a_killed_trial_left_are_removed_by_the_studys_next_run(demo_s
     assert sorted(p.name for p in kept.iterdir()) == ["best.pt", "history.csv", "last.pt"]
 
 
+def test_a_stop_that_lands_as_optuna_starts_a_trials_heartbeat_thread_still_ends_the_process(demo_source, tmp_path):
+    """A stop (here Ctrl-C) raised as Optuna has started a trial's heartbeat thread, before its with-block began,
+    skips the line that tells the thread to stop. The thread is no daemon: Python waited for it at exit for good,
+    and it beat for the trial, which was never failed or retried (a study worker on PostgreSQL hung so in
+    benchmarks/study_kill_fuzz.py). The command now ends as any stopped one does."""
+    args = ["--study", "h", "--n-trials", "1", "--storage", f"sqlite:///{tmp_path}/h.db", "--heartbeat", "1",
+            "--data-dir", str(demo_source), "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir",
+            str(tmp_path / "runs"), *TINY]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from optuna.storages._heartbeat import BaseHeartbeatThread\n"
+            "def enter(self):\n"
+            "    self.start()\n"
+            "    raise KeyboardInterrupt  # the stop lands here: the thread runs, and __exit__ is never called\n"
+            "BaseHeartbeatThread.__enter__ = enter\n"
+            "from tuning.tune import main\n"
+            f"sys.exit(main({args!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "interrupted" in done.stderr, done.stderr[-2000:]
+
+
 def test_an_ended_trials_lock_goes_unless_a_live_process_holds_it(tmp_path):
     """On a database the heartbeat fails a killed worker's trial, and no worker takes its lock to do it (on the
     journal, fail_orphaned_trials does): the lock stayed for good (found by benchmarks/study_kill_fuzz.py on
@@ -582,6 +602,28 @@ def test_of_two_trials_begun_for_the_last_place_only_the_later_is_over_the_count
     time.sleep(0.01)
     with pytest.raises(TimeUp, match="waited for the study's 2 running trial"):
         StopAtCount(3, poll=0, deadline=deadline)(study)
+
+
+def test_a_stop_before_a_trial_trains_still_queues_its_parameters():
+    """A stop that landed in a trial before its training began (as it drew its parameters, or took its lock) failed
+    the trial and lost its parameters: only a stop during training queued them again (found by
+    benchmarks/study_kill_fuzz.py). A retry's parameters, not drawn yet, are queued again too."""
+    from tuning.objective import Objective
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25}, user_attrs={"retry_of": 3})
+    trial = study.ask()
+    objective = Objective.__new__(Objective)
+
+    def stopped_at_once(trial):
+        raise KeyboardInterrupt
+
+    objective._train = stopped_at_once
+    with pytest.raises(KeyboardInterrupt):
+        objective(trial)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [
+        ({"x": 0.25}, {"retry_of": trial.number})]
 
 
 def test_a_surplus_retry_queues_its_parameters_again():

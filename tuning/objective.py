@@ -84,6 +84,19 @@ class Objective:
         raise SurplusTrial(f"trial {trial.number} is over --n-trials")
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._train(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as it does
+            # for a trial whose worker was killed (study.fail_orphaned_trials). From the trial's first line: a stop
+            # that landed before its training began lost them (found by benchmarks/study_kill_fuzz.py). What it had
+            # not drawn yet is drawn then; a retry's own parameters wait in "fixed_params" until drawn.
+            this = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+            params = {**(this[0].system_attrs.get("fixed_params", {}) if this else {}), **trial.params}
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            log.warning("trial %d: stopped; its parameters are queued for the study's next run.", trial.number)
+            raise
+
+    def _train(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.space)
         seed = self.cfg.seed + trial.number
         trial.set_user_attr("seed", seed)
@@ -135,11 +148,6 @@ class Objective:
                                              f"fold_{key}": dict(zip(map(str, self.fold_ids), best)),
                                              **({"diverged": diverged} if diverged else {})})
             return value
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as
-            # it does for a trial whose worker was killed (study.fail_orphaned_trials)
-            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
-            log.warning("trial %d: stopped; its parameters are queued for the study's next run.", trial.number)
-            raise
         finally:
             lock.release()
             if not self.keep:

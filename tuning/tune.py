@@ -291,7 +291,11 @@ def main(argv=None) -> int:
     log_to_stdout(logging.INFO if args.worker_index is None else logging.WARNING)
     import optuna
     optuna.logging.set_verbosity(optuna.logging.INFO)
-    return run(args)
+    from tuning.storage import stop_heartbeat_threads
+    try:
+        return run(args)
+    finally:  # however it ended: a heartbeat thread left running would keep the process alive for good
+        stop_heartbeat_threads()
 
 
 if __name__ == "__main__":
