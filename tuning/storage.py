@@ -32,10 +32,13 @@ def stop_heartbeat_threads() -> int:
     is found by its target, and its stop event is the target's last argument."""
     import threading
 
-    from optuna.storages._heartbeat import HeartbeatThread
-
-    found = [t for t in threading.enumerate()
-             if getattr(t, "_target", None) is HeartbeatThread._record_heartbeat and t.is_alive()]
+    try:  # (a later Optuna may move them: then none is found, as before this look)
+        from optuna.storages._heartbeat import HeartbeatThread
+        target = HeartbeatThread._record_heartbeat
+    except (ImportError, AttributeError):
+        return 0
+    found = [t for t in threading.enumerate() if getattr(t, "_target", None) is target and t.is_alive()
+             and isinstance((getattr(t, "_args", None) or [None])[-1], threading.Event)]
     for t in found:
         t._args[-1].set()
         t.join(HEARTBEAT_JOIN_SECONDS)
