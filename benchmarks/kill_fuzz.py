@@ -121,25 +121,37 @@ def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, ki
     return kills, "no start"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fuzz_parser(doc: str, work: str, what: str) -> argparse.ArgumentParser:
+    """The options every kill fuzz shares (this one's and ``study_kill_fuzz.py``'s); ``what``: what it kills."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, help="a data folder (default: the demo data, made in --work)")
-    p.add_argument("--work", type=Path, default=Path("kill_fuzz"), help="where the runs and submissions go")
-    p.add_argument("--runs", type=int, default=10, help="killed runs to try")
+    p.add_argument("--work", type=Path, default=Path(work), help=f"where the {what} go")
+    p.add_argument("--runs", type=int, default=10, help=f"killed {what} to try")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--tries", type=int, default=12,
-                   help="starts of a run; the last is not killed, and must end by itself")
-    p.add_argument("--torchrun", type=int, default=0, metavar="N",
-                   help="run each fold data-parallel under torchrun with N ranks, the uninterrupted run too")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every run adds")
-    args = p.parse_args(argv)
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+                   help="starts of each; the last is not killed, and must end by itself")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every start adds")
+    return p
+
+
+def data_and_extra(args) -> tuple[Path, list[str]]:
+    """The data folder (the demo data, made in --work once, where --data-dir is not given), and the options after
+    --."""
     data = args.data_dir
     if data is None:
         from folds.demo import make_demo_dataset
         data = args.work / "demo-data"
         if not (data / "train.csv").is_file():
             make_demo_dataset(data)
+    return data, args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+
+
+def main(argv=None) -> int:
+    p = fuzz_parser(__doc__, "kill_fuzz", "runs")
+    p.add_argument("--torchrun", type=int, default=0, metavar="N",
+                   help="run each fold data-parallel under torchrun with N ranks, the uninterrupted run too")
+    args = p.parse_args(argv)
+    data, extra = data_and_extra(args)
     side_by_side = "--procs-per-gpu" in extra or "--gpus" in extra
     started = time.time()
     done = subprocess.run(command(data, args.work, "uninterrupted", extra, False, args.torchrun), capture_output=True,

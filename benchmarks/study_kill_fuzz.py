@@ -15,7 +15,6 @@ Exit 1 when a study breaks a rule above, or a run fails, or its last start (neve
 """
 from __future__ import annotations
 
-import argparse
 import random
 import uuid
 import warnings
@@ -26,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.kill_fuzz import kill_parent, kill_tree, killed_until_done  # noqa: E402
+from benchmarks.kill_fuzz import (data_and_extra, fuzz_parser, kill_parent, kill_tree,  # noqa: E402
+                                  killed_until_done)
 from common import layout  # noqa: E402
 
 TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "3", "--num-workers", "0", "--fold", "0",
@@ -88,24 +88,12 @@ def faults(work: Path, n_trials: int, name: str = STUDY, storage: str | None = N
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, help="a data folder (default: the demo data, made in --work)")
-    p.add_argument("--work", type=Path, default=Path("study_kill_fuzz"), help="where the studies go")
-    p.add_argument("--runs", type=int, default=10, help="killed studies to try")
-    p.add_argument("--seed", type=int, default=0, help="seeds the kill moments (and, with --workers, the kind)")
-    p.add_argument("--tries", type=int, default=12,
-                   help="starts of a study; the last is not killed, and must end by itself")
+    p = fuzz_parser(__doc__, "study_kill_fuzz", "studies")
     p.add_argument("--n-trials", type=int, default=4, help="the study's --n-trials")
-    p.add_argument("--workers", type=int, default=1, help="the study's --workers")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options every start adds")
+    p.add_argument("--workers", type=int, default=1,
+                   help="the study's --workers (each kill then takes the parent alone or every process, by --seed)")
     args = p.parse_args(argv)
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    data = args.data_dir
-    if data is None:
-        from folds.demo import make_demo_dataset
-        data = args.work / "demo-data"
-        if not (data / "train.csv").is_file():
-            make_demo_dataset(data)
+    data, extra = data_and_extra(args)
     storage, first = storage_of(extra), args.work / "uninterrupted"
     name = study_name(first, extra)
     started = time.time()
