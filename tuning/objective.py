@@ -84,6 +84,10 @@ class Objective:
         raise SurplusTrial(f"trial {trial.number} is over --n-trials")
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # first: a worker killed before it says who it is leaves a trial that is waited for, then failed, only once
+        # study.LOCK_TAKEN_SECONDS have passed
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         try:
             return self._train(trial)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the study's next run tries these settings again, as it does
@@ -100,8 +104,6 @@ class Objective:
         params = suggest(trial, self.space)
         seed = self.cfg.seed + trial.number
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
         if self.over is not None and self.over(trial.study, trial.number):
             self.end_surplus(trial, params)
         # Tuning scores the validation fold only: no TTA, no crop OOF, no test predictions.

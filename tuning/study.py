@@ -9,6 +9,7 @@ import socket
 import time
 import warnings
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -193,10 +194,14 @@ def fail_orphaned_trials(study, trials_dir) -> int:
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if pid is None or (where == host and pid == os.getpid()):
-            continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
-        if lock.path.exists():
+        if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
+            if lock.path.exists() or t.datetime_start is None or abs(
+                    (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS:
+                continue
+        elif where == host and pid == os.getpid():
+            continue
+        elif lock.path.exists():
             if lock.holder() is not None:
                 continue
         elif where != host or alive(int(pid)):
@@ -257,7 +262,7 @@ def fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-LOCK_TAKEN_SECONDS = 60  # a trial's worker takes its lock a moment after the trial starts; well within this
+LOCK_TAKEN_SECONDS = 15  # a trial's worker writes its pid as the objective's first line; well within this
 
 
 def beating_since(trials_dir, since: float):
@@ -267,8 +272,6 @@ def beating_since(trials_dir, since: float):
     of this host is alive while its holder's pid is, beaten since or not (a trial begun just before this worker
     started, not yet beaten again). A trial of this host without a lock yet is alive while its worker's pid is,
     or, before the worker has written its pid, for ``LOCK_TAKEN_SECONDS`` after it started."""
-    from datetime import datetime
-
     from folds.lock import FoldLock, alive as pid_alive
 
     host = socket.gethostname()
