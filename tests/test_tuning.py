@@ -742,7 +742,9 @@ def test_postgres_two_workers_one_killed(demo_source, tmp_path):
         assert time.time() < deadline and a.poll() is None, a.stderr.read().decode()[-2000:]
         try:
             study = optuna.load_study(study_name=name, storage=storage)
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("pid") == a.pid]
+            # "dir" is set once every parameter is drawn: the trial is training (its pid comes before its parameters)
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                       if t.user_attrs.get("pid") == a.pid and "dir" in t.user_attrs]
             victim = running[0] if running else None
         except KeyError:
             pass
@@ -757,7 +759,7 @@ def test_postgres_two_workers_one_killed(demo_source, tmp_path):
     retries = [t for t in trials.values()
                if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
     assert retries and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == victim.params
+    assert retries[0].params == trials[victim.number].params == victim.params
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) >= 5  # the study reached its count
     for t in trials.values():  # every other trial's value is intact
         if t.state == TrialState.COMPLETE:
