@@ -598,6 +598,17 @@ def test_of_two_trials_begun_for_the_last_place_only_the_later_is_over_the_count
     assert not stop.over(study, first.number) and stop.over(study, second.number)
     assert not StopAtCount(3, alive=lambda t: t.number != first.number, poll=0).over(study, second.number)  # dead
     assert not StopAtCount(4, poll=0).over(study, second.number)
+    # a retry queued after a worker looked for one to pop, and before it made a fresh trial: numbered before the
+    # fresh trial, popped after that trial's check. Counted by neither check, both trained: one over the count.
+    study = optuna.create_study()
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=1.0))
+    study.enqueue_trial({"x": 0.25}, user_attrs={"retry_of": 1})
+    retry = study.get_trials(states=(TrialState.WAITING,))[0]
+    fresh = study._storage.create_new_trial(study._study_id)  # as study.ask makes one where it found none queued
+    assert retry.number < study._storage.get_trial(fresh).number
+    assert stop.over(study, study._storage.get_trial(fresh).number)  # the fresh one gives way
+    assert study.ask().number == retry.number and not stop.over(study, retry.number)  # the retry trains
     deadline = Deadline(1e-6)
     time.sleep(0.01)
     with pytest.raises(TimeUp, match="waited for the study's 2 running trial"):
@@ -699,7 +710,7 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
 
     from optuna.distributions import FloatDistribution
 
-    from tuning.study import TRIAL_LOCK, beating_since, trial_dir
+    from tuning.study import TRIAL_LOCK, beating_since, fail_stale_trials, gone_worker_checks, trial_dir
 
     study = optuna.create_study()
     trials = [study.ask({"x": FloatDistribution(0, 1)}) for _ in range(5)]
@@ -716,6 +727,13 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
     trials[3].set_user_attr("pid", gone.pid)
     alive = beating_since(tmp_path, since)
     assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, False, False, False, True]
+    # On a database the heartbeat fails a gone worker's trial, 2 heartbeats on: a worker at the count waited that
+    # long on one killed a moment ago. This host's dead pid is gone at once; another host's trial is the heartbeat's.
+    trials[4].set_user_attr("host", socket.gethostname())
+    trials[4].set_user_attr("pid", os.getpid())
+    look, alive = gone_worker_checks(True, tmp_path, since)
+    assert look is fail_stale_trials
+    assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, True, True, False, True]
 
 
 def _pg_reachable() -> bool:

@@ -43,7 +43,7 @@ class StopAtCount:
     next trial's start are two steps, so two workers can still each start one (seen in a CI run on 2 busy cores);
     the later of the two then ends its trial untrained as it begins (``over``). ``look``: what fails a gone
     worker's trial, made before each count; ``alive``: whether a running trial's worker has shown it is alive
-    (``beating_since``), where the storage has no heartbeat to fail it by."""
+    (``gone_worker_checks`` makes both for the storage)."""
 
     def __init__(self, n_trials: int, look=None, alive=None, poll: float = COUNT_POLL_SECONDS, deadline=None):
         self.n_trials, self.poll, self.deadline = n_trials, poll, deadline
@@ -55,11 +55,15 @@ class StopAtCount:
         return finished, sum(self.alive(t) for t in trials if t.state == TrialState.RUNNING)
 
     def over(self, study, number: int) -> bool:
-        """Whether the trials begun before trial ``number`` (finished, or running with a live worker) fill the
-        count. Trial numbers are given in one order by the storage, so of two workers that each began a trial
-        for the last place, only the later one finds it taken."""
-        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        return sum(self._taken([t for t in trials if t.number < number])) >= self.n_trials
+        """Whether the trials numbered before trial ``number`` (finished, running with a live worker, or queued)
+        fill the count. Trial numbers are given in one order by the storage, so of two workers that each began a
+        trial for the last place, only the later one finds it taken. A queued trial (a retry) numbered before a
+        fresh one was queued after that worker looked for one to pop; a worker pops it next, and its own check
+        counts only the trials before it, so the fresh one gives way (counting neither, both trained)."""
+        trials = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING,
+                                                                      TrialState.WAITING)) if t.number < number]
+        queued = sum(t.state == TrialState.WAITING for t in trials)
+        return sum(self._taken(trials)) + queued >= self.n_trials
 
     def __call__(self, study, trial=None) -> None:
         said = False
@@ -289,6 +293,26 @@ def beating_since(trials_dir, since: float):
         return t.datetime_start is not None and abs(
             (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS
     return alive
+
+
+def not_gone_here(t) -> bool:
+    """On a database, a RUNNING trial counts as alive until the heartbeat fails it (2 heartbeats), so a worker at
+    the count waited that long on a worker killed a moment ago. One of this host whose worker's pid has ended is
+    gone at once; one of another host (a Ray node, a machine on the database) is left to the heartbeat."""
+    from folds.lock import alive as pid_alive
+
+    if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
+        return True
+    return pid_alive(int(t.user_attrs["pid"]))
+
+
+def gone_worker_checks(heartbeat: bool, trials_dir, since: float):
+    """``(look, alive)`` for ``StopAtCount``: what fails a gone worker's trial, made before each count, and
+    whether a running trial's worker is alive. With a heartbeat (a database) Optuna fails a silent trial; the
+    journal has none, so the trials' locks tell (``beating_since``)."""
+    if heartbeat:
+        return fail_stale_trials, not_gone_here
+    return (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir, since)
 
 
 def counts(study) -> dict:

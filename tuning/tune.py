@@ -143,7 +143,7 @@ def run(args) -> int:
     from tuning.objective import Objective
     from tuning.space import check_corners, live_space, load_space
     from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
-    from tuning.study import (StopAtCount, beating_since, best_read_down, fail_orphaned_trials, fail_stale_trials,
+    from tuning.study import (StopAtCount, best_read_down, gone_worker_checks,
                               make_pruner, open_study, package_note, save_plots, summary, tidy_trials, write_best)
 
     # Every argument is checked before anything is created: a bad value must not pin a study.
@@ -201,13 +201,9 @@ def run(args) -> int:
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         trials_dir = study_dir / "trials"
-        if has_heartbeat(storage):  # a gone worker's trial is failed by the heartbeat: RUNNING ones are alive
-            look, alive = fail_stale_trials, None
-        else:  # the journal has no heartbeat of its own: the trials' locks tell a worker that is gone, now and
-            # before each count that ends the study (a lock copied with the study's folder looks fresh until 10
-            # minutes without a beat)
-            look, alive = (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir,
-                                                                                               args.started)
+        # a gone worker's trial: failed by the database's heartbeat, or, on the journal, its lock (a lock copied with
+        # the study's folder looks fresh until 10 minutes without a beat)
+        look, alive = gone_worker_checks(has_heartbeat(storage), trials_dir, args.started)
         look(study)  # now: a gone worker's trial, failed, has its files tidied below in this session
         freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
         if freed:
