@@ -162,15 +162,19 @@ def show(df: pd.DataFrame) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
-@entry_point
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default: runs)")
     p.add_argument("--sort", choices=[AUTO, *sorted(SORTS)], default=AUTO, help="order of the rows, best first "
                    "(default: auto, the OOF score that ensemble/build.py chooses by: crop, or whole where the test "
                    "images look whole or the runs have no crop OOF)")
     p.add_argument("--out", help="also write the table to this CSV")
-    args = p.parse_args(argv)
+    return p
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.out:
         check_out_file(args.out)
     sort, note = resolve_sort(args.sort, args.runs_dir)
