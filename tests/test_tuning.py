@@ -707,10 +707,11 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
     the study's folder (older than this worker), a trial of another host without a lock, or one of this host whose
     pid is gone. A trial of this host just begun, whose worker has not taken its lock yet, is alive."""
     import socket
+    import warnings
 
     from optuna.distributions import FloatDistribution
 
-    from tuning.study import TRIAL_LOCK, beating_since, fail_stale_trials, gone_worker_checks, trial_dir
+    from tuning.study import TRIAL_LOCK, beating_since, gone_worker_checks, trial_dir
 
     study = optuna.create_study()
     trials = [study.ask({"x": FloatDistribution(0, 1)}) for _ in range(5)]
@@ -727,13 +728,28 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
     trials[3].set_user_attr("pid", gone.pid)
     alive = beating_since(tmp_path, since)
     assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, False, False, False, True]
-    # On a database the heartbeat fails a gone worker's trial, 2 heartbeats on: a worker at the count waited that
-    # long on one killed a moment ago. This host's dead pid is gone at once; another host's trial is the heartbeat's.
-    trials[4].set_user_attr("host", socket.gethostname())
-    trials[4].set_user_attr("pid", os.getpid())
-    look, alive = gone_worker_checks(True, tmp_path, since)
-    assert look is fail_stale_trials
-    assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, True, True, False, True]
+    # On a database the heartbeat fails a gone worker's trial 2 heartbeats on: a worker at the count waited that
+    # long on one killed a moment ago. A trial of this host whose pid has ended is failed and retried at once (by
+    # the storage's own retry); another host's trial, or a live one, is the heartbeat's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = make_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, heartbeat=1)
+        db = optuna.create_study(storage=rdb)
+        mine, other, live = (db.ask({"x": FloatDistribution(0, 1)}) for _ in range(3))
+        for t, where, pid in ((mine, socket.gethostname(), gone.pid), (other, "other-machine", gone.pid),
+                              (live, socket.gethostname(), os.getpid())):
+            t.set_user_attr("host", where)
+            t.set_user_attr("pid", pid)
+        look, alive = gone_worker_checks(rdb, tmp_path / "db", since)
+        assert [alive(t) for t in db.get_trials(deepcopy=False)] == [False, True, True]
+        look(db)
+        trials = db.get_trials()
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING,
+                                             TrialState.WAITING]
+        assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(trials[3]) == mine.number
+        assert trials[3].params == trials[0].params
+        look(db)  # once only
+        assert len(db.get_trials()) == 4
 
 
 def _pg_reachable() -> bool:

@@ -184,20 +184,24 @@ def trial_dir(trials_dir, number: int) -> Path:
     return Path(trials_dir) / f"trial_{number:04d}"
 
 
-def fail_orphaned_trials(study, trials_dir) -> int:
+def fail_orphaned_trials(study, trials_dir, retry=None) -> int:
     """Mark RUNNING trials whose worker is gone as FAIL and queue their parameters again.
 
     A worker holds its trial's lock while it trains (``TRIAL_LOCK``, with the fold lock's host, pid and
     heartbeat), so a trial is orphaned by the fold lock's own rule: its process gone, on this host, or no
     heartbeat for ``folds.lock.STALE_SECONDS`` from another (a Colab session that ended; a Kaggle version whose
     study folder the next one copied back). A trial of a worker from before the lock is judged by its host and
-    pid alone. Storages with a heartbeat (RDB) do this themselves; the journal file has none.
+    pid alone. The journal file has no heartbeat: this is its only look. On a database (``retry``: the storage's
+    own stale-trial callback, which retries as Optuna's heartbeat does) only this host's trials are looked at:
+    the heartbeat fails a gone worker's trial only 2 heartbeats on, and the workers at the count waited that long.
     """
     from folds.lock import FoldLock, alive
 
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if retry is not None and (where != host or pid is None):  # the heartbeat's to judge
+            continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
             if lock.path.exists() or t.datetime_start is None or abs(
@@ -217,8 +221,14 @@ def fail_orphaned_trials(study, trials_dir) -> int:
         try:
             if t.number not in {r.number for r in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}:
                 continue
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile (a database's
+                continue  # heartbeat, which retries it)
+            if retry is None:
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            else:
+                retry(study, study.get_trials(deepcopy=True)[t.number])
         finally:
             lock.release()
         log.warning("trial %d: its worker (host %s, pid %s) is gone; marked FAIL and queued again.", t.number,
@@ -296,9 +306,8 @@ def beating_since(trials_dir, since: float):
 
 
 def not_gone_here(t) -> bool:
-    """On a database, a RUNNING trial counts as alive until the heartbeat fails it (2 heartbeats), so a worker at
-    the count waited that long on a worker killed a moment ago. One of this host whose worker's pid has ended is
-    gone at once; one of another host (a Ray node, a machine on the database) is left to the heartbeat."""
+    """On a database, whether a RUNNING trial's worker may be alive: not where it is of this host and its pid has
+    ended. One of another host (a Ray node, a machine on the database) is left to the heartbeat."""
     from folds.lock import alive as pid_alive
 
     if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
@@ -306,12 +315,20 @@ def not_gone_here(t) -> bool:
     return pid_alive(int(t.user_attrs["pid"]))
 
 
-def gone_worker_checks(heartbeat: bool, trials_dir, since: float):
-    """``(look, alive)`` for ``StopAtCount``: what fails a gone worker's trial, made before each count, and
-    whether a running trial's worker is alive. With a heartbeat (a database) Optuna fails a silent trial; the
-    journal has none, so the trials' locks tell (``beating_since``)."""
-    if heartbeat:
-        return fail_stale_trials, not_gone_here
+def gone_worker_checks(storage, trials_dir, since: float):
+    """``(look, alive)`` for ``StopAtCount``: what fails a gone worker's trial and queues it again, made before
+    each count, and whether a running trial's worker is alive. A database's heartbeat fails a silent trial 2
+    heartbeats on (``fail_stale_trials``); a trial of this host whose worker's pid has ended is failed at once. The
+    journal has no heartbeat, so the trials' locks tell (``beating_since``)."""
+    from tuning.storage import has_heartbeat
+
+    if has_heartbeat(storage):
+        retry = storage.get_heartbeat_stale_trial_callback()
+
+        def look(study):
+            fail_stale_trials(study)
+            fail_orphaned_trials(study, trials_dir, retry=retry or (lambda study, trial: None))
+        return look, not_gone_here
     return (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir, since)
 
 

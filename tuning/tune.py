@@ -142,7 +142,7 @@ def run(args) -> int:
     from folds.split import save_folds
     from tuning.objective import Objective
     from tuning.space import check_corners, live_space, load_space
-    from tuning.storage import check_parallel_safe, has_heartbeat, make_storage
+    from tuning.storage import check_parallel_safe, make_storage
     from tuning.study import (StopAtCount, best_read_down, gone_worker_checks,
                               make_pruner, open_study, package_note, save_plots, summary, tidy_trials, write_best)
 
@@ -201,9 +201,9 @@ def run(args) -> int:
                         "; ".join(f"worker {i} {children.ending(c)}" for i, c in enumerate(codes) if c))
     elif args.n_trials > 0:
         trials_dir = study_dir / "trials"
-        # a gone worker's trial: failed by the database's heartbeat, or, on the journal, its lock (a lock copied with
-        # the study's folder looks fresh until 10 minutes without a beat)
-        look, alive = gone_worker_checks(has_heartbeat(storage), trials_dir, args.started)
+        # a gone worker's trial: failed by the database's heartbeat, or by its lock (a lock copied with the study's
+        # folder looks fresh until 10 minutes without a beat), or where it is of this host, by its pid
+        look, alive = gone_worker_checks(storage, trials_dir, args.started)
         look(study)  # now: a gone worker's trial, failed, has its files tidied below in this session
         freed = tidy_trials(study, trials_dir, args.keep_checkpoints)  # a killed worker's trials: never resumed
         if freed:
