@@ -184,23 +184,29 @@ def trial_dir(trials_dir, number: int) -> Path:
     return Path(trials_dir) / f"trial_{number:04d}"
 
 
-def fail_orphaned_trials(study, trials_dir, retry=None) -> int:
+def queue_again(study, trial) -> None:
+    """Queue a failed trial's parameters for the study's next trial (the journal's retry; a database's is the
+    storage's own stale-trial callback)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def fail_orphaned_trials(study, trials_dir, *, here_only: bool = False, retry=queue_again) -> int:
     """Mark RUNNING trials whose worker is gone as FAIL and queue their parameters again.
 
     A worker holds its trial's lock while it trains (``TRIAL_LOCK``, with the fold lock's host, pid and
     heartbeat), so a trial is orphaned by the fold lock's own rule: its process gone, on this host, or no
     heartbeat for ``folds.lock.STALE_SECONDS`` from another (a Colab session that ended; a Kaggle version whose
     study folder the next one copied back). A trial of a worker from before the lock is judged by its host and
-    pid alone. The journal file has no heartbeat: this is its only look. On a database (``retry``: the storage's
-    own stale-trial callback, which retries as Optuna's heartbeat does) only this host's trials are looked at:
-    the heartbeat fails a gone worker's trial only 2 heartbeats on, and the workers at the count waited that long.
+    pid alone. The journal file has no heartbeat: this is its only look. On a database (``here_only``, with the
+    storage's own ``retry``, as Optuna's heartbeat retries) only this host's trials are looked at: the heartbeat
+    fails a gone worker's trial only 2 heartbeats on, and the workers at the count waited that long.
     """
     from folds.lock import FoldLock, alive
 
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if retry is not None and (where != host or pid is None):  # the heartbeat's to judge
+        if here_only and (where != host or pid is None):  # the heartbeat's to judge
             continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
@@ -225,10 +231,7 @@ def fail_orphaned_trials(study, trials_dir, retry=None) -> int:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile (a database's
                 continue  # heartbeat, which retries it)
-            if retry is None:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            else:
-                retry(study, study.get_trials(deepcopy=True)[t.number])
+            retry(study, study.get_trials(deepcopy=True)[t.number])
         finally:
             lock.release()
         log.warning("trial %d: its worker (host %s, pid %s) is gone; marked FAIL and queued again.", t.number,
@@ -323,11 +326,11 @@ def gone_worker_checks(storage, trials_dir, since: float):
     from tuning.storage import has_heartbeat
 
     if has_heartbeat(storage):
-        retry = storage.get_heartbeat_stale_trial_callback()
+        retry = storage.get_heartbeat_stale_trial_callback() or queue_again
 
         def look(study):
             fail_stale_trials(study)
-            fail_orphaned_trials(study, trials_dir, retry=retry or (lambda study, trial: None))
+            fail_orphaned_trials(study, trials_dir, here_only=True, retry=retry)
         return look, not_gone_here
     return (lambda study: fail_orphaned_trials(study, trials_dir)), beating_since(trials_dir, since)
 
