@@ -42,6 +42,17 @@ def alive(pid: int) -> bool:
         return True
 
 
+def pid_space() -> str:
+    """Where this process's pids are what another process of the same value sees: the machine's boot and its pid
+    namespace (Linux). Containers on one machine share its host name under Docker's ``--network host``, but not
+    its pids: a pid from another one is "gone" here. Without /proc (macOS), the host name."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return f"host {socket.gethostname()}"
+
+
 class FoldLock:
     """``owner`` names a job that may outlive its process: a Ray task keeps its id across retries,
     so a retried attempt takes over the lock its killed attempt left (Ray runs one attempt at a time)."""

@@ -711,6 +711,7 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
 
     from optuna.distributions import FloatDistribution
 
+    from folds.lock import pid_space
     from tuning.study import TRIAL_LOCK, beating_since, gone_worker_checks, trial_dir
 
     study = optuna.create_study()
@@ -729,27 +730,29 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
     alive = beating_since(tmp_path, since)
     assert [alive(t) for t in study.get_trials(deepcopy=False)] == [True, False, False, False, True]
     # On a database the heartbeat fails a gone worker's trial 2 heartbeats on: a worker at the count waited that
-    # long on one killed a moment ago. A trial of this host whose pid has ended is failed and retried at once (by
-    # the storage's own retry); another host's trial, or a live one, is the heartbeat's.
+    # long on one killed a moment ago. A trial whose pid has ended in this machine and pid namespace is failed and
+    # retried at once (by the storage's own retry); another host's trial, a live one, or one of another container
+    # that shares this host name (Docker's --network host: its pids are not this one's) is the heartbeat's.
+    here, host = pid_space(), socket.gethostname()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = make_storage(f"sqlite:///{tmp_path}/s.db", tmp_path, heartbeat=1)
         db = optuna.create_study(storage=rdb)
-        mine, other, live = (db.ask({"x": FloatDistribution(0, 1)}) for _ in range(3))
-        for t, where, pid in ((mine, socket.gethostname(), gone.pid), (other, "other-machine", gone.pid),
-                              (live, socket.gethostname(), os.getpid())):
+        mine, other, live, container = (db.ask({"x": FloatDistribution(0, 1)}) for _ in range(4))
+        for t, where, space, pid in ((mine, host, here, gone.pid), (other, "other-machine", "elsewhere", gone.pid),
+                                     (live, host, here, os.getpid()), (container, host, here + "0", gone.pid)):
             t.set_user_attr("host", where)
+            t.set_user_attr("pid_space", space)
             t.set_user_attr("pid", pid)
         look, alive = gone_worker_checks(rdb, tmp_path / "db", since)
-        assert [alive(t) for t in db.get_trials(deepcopy=False)] == [False, True, True]
+        assert [alive(t) for t in db.get_trials(deepcopy=False)] == [False, True, True, True]
         look(db)
         trials = db.get_trials()
-        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING,
-                                             TrialState.WAITING]
-        assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(trials[3]) == mine.number
-        assert trials[3].params == trials[0].params
+        assert [t.state for t in trials] == [TrialState.FAIL, *[TrialState.RUNNING] * 3, TrialState.WAITING]
+        assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(trials[4]) == mine.number
+        assert trials[4].params == trials[0].params
         look(db)  # once only
-        assert len(db.get_trials()) == 4
+        assert len(db.get_trials()) == 5
 
 
 def _pg_reachable() -> bool:

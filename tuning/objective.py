@@ -21,7 +21,7 @@ from folds.config import RunConfig
 from folds.data import Dataset
 from folds.deadline import Deadline
 from folds.loader import num_workers
-from folds.lock import FoldLock
+from folds.lock import FoldLock, pid_space
 from folds.manifest import make_manifest
 from folds.pseudo import fold_pseudo_images
 from folds.split import fold_rows
@@ -87,6 +87,7 @@ class Objective:
         # first: a worker killed before it says who it is leaves a trial that is waited for, then failed, only once
         # study.LOCK_TAKEN_SECONDS have passed
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid_space", pid_space())  # on a database, a worker of the same one judges the pid
         trial.set_user_attr("pid", os.getpid())
         try:
             return self._train(trial)

@@ -198,15 +198,16 @@ def fail_orphaned_trials(study, trials_dir, *, here_only: bool = False, retry=qu
     heartbeat for ``folds.lock.STALE_SECONDS`` from another (a Colab session that ended; a Kaggle version whose
     study folder the next one copied back). A trial of a worker from before the lock is judged by its host and
     pid alone. The journal file has no heartbeat: this is its only look. On a database (``here_only``, with the
-    storage's own ``retry``, as Optuna's heartbeat retries) only this host's trials are looked at: the heartbeat
-    fails a gone worker's trial only 2 heartbeats on, and the workers at the count waited that long.
+    storage's own ``retry``, as Optuna's heartbeat retries) only trials whose pid has ended in this machine and
+    pid namespace are looked at (``not_gone_here``): the heartbeat fails a gone worker's trial only 2 heartbeats
+    on, and the workers at the count waited that long.
     """
     from folds.lock import FoldLock, alive
 
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if here_only and (where != host or pid is None):  # the heartbeat's to judge
+        if here_only and not (pid is not None and where == host and not not_gone_here(t)):  # the heartbeat's
             continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
@@ -309,11 +310,12 @@ def beating_since(trials_dir, since: float):
 
 
 def not_gone_here(t) -> bool:
-    """On a database, whether a RUNNING trial's worker may be alive: not where it is of this host and its pid has
-    ended. One of another host (a Ray node, a machine on the database) is left to the heartbeat."""
-    from folds.lock import alive as pid_alive
+    """On a database, whether a RUNNING trial's worker may be alive: not where its pid, of this machine and pid
+    namespace (``folds.lock.pid_space``), has ended. One of another machine (a Ray node, a machine on the
+    database) or container is left to the heartbeat."""
+    from folds.lock import alive as pid_alive, pid_space
 
-    if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
+    if t.user_attrs.get("pid_space") != pid_space() or "pid" not in t.user_attrs:
         return True
     return pid_alive(int(t.user_attrs["pid"]))
 
