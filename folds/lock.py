@@ -10,6 +10,7 @@ it), then the create is tried again.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ def alive(pid: int) -> bool:
         return True
 
 
+@functools.cache
 def pid_space() -> str:
     """Where this process's pids are what another process of the same value sees: the machine's boot and its pid
     namespace (Linux). Containers on one machine share its host name under Docker's ``--network host``, but not
@@ -53,14 +55,22 @@ def pid_space() -> str:
         return f"host {socket.gethostname()}"
 
 
+def same_pids(info: dict) -> bool:
+    """Whether the pid in ``info`` (a lock's holder, a trial's worker) can be looked up from here: its
+    ``pid_space`` is this process's; one written without it (an older checkout) by its host name."""
+    if "pid_space" in info:
+        return info["pid_space"] == pid_space()
+    return info.get("host") == socket.gethostname()
+
+
 class FoldLock:
     """``owner`` names a job that may outlive its process: a Ray task keeps its id across retries,
     so a retried attempt takes over the lock its killed attempt left (Ray runs one attempt at a time)."""
 
     def __init__(self, path: Path, owner: str | None = None):
         self.path = Path(path)
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), **({"owner": owner} if owner else {}),
-                   "beat": HEARTBEAT_SECONDS}
+        self.me = {"host": socket.gethostname(), "pid_space": pid_space(), "pid": os.getpid(),
+                   **({"owner": owner} if owner else {}), "beat": HEARTBEAT_SECONDS}
         self._stop_beating: threading.Event | None = None
 
     def _read(self) -> dict | None:
@@ -96,7 +106,7 @@ class FoldLock:
         return EPOCH_BEAT_STALE_SECONDS if info and "beat" not in info else STALE_SECONDS  # {}: not known
 
     def _is_live(self, info: dict, path: Path) -> bool:
-        if info.get("host") == self.me["host"] and not alive(int(info.get("pid", -1))):
+        if same_pids(info) and not alive(int(info.get("pid", -1))):  # a container sharing the host name: by beats
             return False
         return self._age(path) <= self.stale_after(info)
 

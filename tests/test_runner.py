@@ -665,6 +665,15 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     assert other.acquire()  # stale: taken over
     mine.release()  # not the holder any more: leaves the lock alone
     assert (tmp_path / "lock").is_file()
+    # Another container on this machine (Docker's --network host: this host name, its own pids): its holder's
+    # pid means nothing here, so its lock is judged by its heartbeat, as another host's is. By the host name,
+    # a live fold was taken over and trained twice.
+    container = {"host": mine.me["host"], "pid_space": mine.me["pid_space"] + "0", "pid": 2**22 + 12345, "beat": 30}
+    (tmp_path / "lock").write_text(json.dumps(container))
+    assert not other.acquire()
+    os.utime(tmp_path / "lock", (time.time() - 3600, time.time() - 3600))
+    assert other.acquire()  # silent for an hour: taken over
+    other.release()
 
 
 def test_a_fold_another_process_finishes_while_this_one_takes_its_lock_is_not_trained_again(

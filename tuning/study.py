@@ -202,24 +202,24 @@ def fail_orphaned_trials(study, trials_dir, *, here_only: bool = False, retry=qu
     pid namespace are looked at (``not_gone_here``): the heartbeat fails a gone worker's trial only 2 heartbeats
     on, and the workers at the count waited that long.
     """
-    from folds.lock import FoldLock, alive
+    from folds.lock import FoldLock, alive, same_pids
 
-    host, n = socket.gethostname(), 0
+    n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if here_only and not (pid is not None and where == host and not not_gone_here(t)):  # the heartbeat's
+        if here_only and not_gone_here(t):  # another machine's or container's, or alive: the heartbeat's to judge
             continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
             if lock.path.exists() or t.datetime_start is None or abs(
                     (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS:
                 continue
-        elif where == host and pid == os.getpid():
+        elif same_pids(t.user_attrs) and pid == os.getpid():
             continue
         elif lock.path.exists():
             if lock.holder() is not None:
                 continue
-        elif where != host or alive(int(pid)):
+        elif not same_pids(t.user_attrs) or alive(int(pid)):
             continue
         # two workers of one study may find it at once: the one that takes its lock (a stale lock is broken by one
         # process only) retries it, if it is still running once the lock is this worker's
@@ -287,10 +287,11 @@ def beating_since(trials_dir, since: float):
     """Whether a RUNNING trial's worker has shown it is alive: its trial's lock held, and beaten after ``since``
     (this worker's start). A lock copied with the study's folder (the next Kaggle version) keeps the time of the
     copy until it is stale, and a worker from before the lock left none: their trials are not waited for. A lock
-    of this host is alive while its holder's pid is, beaten since or not (a trial begun just before this worker
-    started, not yet beaten again). A trial of this host without a lock yet is alive while its worker's pid is,
-    or, before the worker has written its pid, for ``LOCK_TAKEN_SECONDS`` after it started."""
-    from folds.lock import FoldLock, alive as pid_alive
+    of this machine and pid namespace (``folds.lock.same_pids``) is alive while its holder's pid is, beaten since
+    or not (a trial begun just before this worker started, not yet beaten again). A trial of this host without a
+    lock yet is alive while its worker's pid is, or, before the worker has written its pid, for
+    ``LOCK_TAKEN_SECONDS`` after it started."""
+    from folds.lock import FoldLock, alive as pid_alive, same_pids
 
     host = socket.gethostname()
 
@@ -299,8 +300,8 @@ def beating_since(trials_dir, since: float):
         beat = lock.last_beat()
         if beat is not None:
             holder = lock.holder()  # of this host: only while its pid is alive
-            return holder is not None and (beat / 1e9 > since or holder.get("host") == host)
-        if t.user_attrs.get("host", host) != host:
+            return holder is not None and (beat / 1e9 > since or same_pids(holder))
+        if not same_pids({"host": host, **t.user_attrs}):  # no attributes yet: just begun, by a worker of this host
             return False
         if "pid" in t.user_attrs:
             return pid_alive(int(t.user_attrs["pid"]))
@@ -313,9 +314,9 @@ def not_gone_here(t) -> bool:
     """On a database, whether a RUNNING trial's worker may be alive: not where its pid, of this machine and pid
     namespace (``folds.lock.pid_space``), has ended. One of another machine (a Ray node, a machine on the
     database) or container is left to the heartbeat."""
-    from folds.lock import alive as pid_alive, pid_space
+    from folds.lock import alive as pid_alive, same_pids
 
-    if t.user_attrs.get("pid_space") != pid_space() or "pid" not in t.user_attrs:
+    if "pid" not in t.user_attrs or not same_pids(t.user_attrs):
         return True
     return pid_alive(int(t.user_attrs["pid"]))
 
