@@ -676,6 +676,38 @@ def test_fold_lock_keeps_a_second_process_off_a_live_fold(tmp_path):
     other.release()
 
 
+TAKE_IN_ANOTHER_PID_NAMESPACE = """
+import sys
+sys.path.insert(0, {root!r})
+from folds.lock import FoldLock
+print(FoldLock({path!r}).acquire())
+"""
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="unshare --pid needs root or user namespaces")
+def test_a_process_in_another_pid_namespace_with_this_host_name_leaves_a_live_fold_alone(tmp_path):
+    """A container on this machine under Docker's --network host has its host name and its own pids: the live
+    holder's pid is not there, so by the host name it took the fold over, and the fold was trained twice."""
+    from folds.lock import FoldLock
+
+    mine = FoldLock(tmp_path / "lock")
+    assert mine.acquire()
+    code = TAKE_IN_ANOTHER_PID_NAMESPACE.format(root=str(ROOT), path=str(tmp_path / "lock"))
+    took = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert took.stdout.strip() == "False", took.stdout + took.stderr
+    assert json.loads((tmp_path / "lock").read_text()) == mine.me
+    mine.release()
+
+
 def test_a_fold_another_process_finishes_while_this_one_takes_its_lock_is_not_trained_again(
         finished_run, demo_source, monkeypatch, capsys):
     """Processes sharing a runs folder (``--fold all`` on each machine): one looks at a fold just before another
