@@ -753,6 +753,12 @@ def test_a_running_trial_is_waited_for_only_while_its_worker_shows_it_is_alive(t
         assert trials[4].params == trials[0].params
         look(db)  # once only
         assert len(db.get_trials()) == 5
+        # Optuna's retry copied its failed trial's user attributes, the dead pid with them, until its own worker's
+        # first line wrote its own: a retry just popped was failed for that pid
+        popped = db.ask()
+        assert popped.number == 4 and not {"host", "pid_space", "pid"} & set(popped.user_attrs)
+        look(db)
+        assert db.get_trials()[4].state == TrialState.RUNNING and len(db.get_trials()) == 5
 
 
 def _pg_reachable() -> bool:

@@ -6,6 +6,7 @@ is marked FAIL and retried with the same parameters.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import warnings
@@ -100,6 +101,19 @@ def default_journal(study_dir: Path) -> Path:
 
 
 MAX_RETRY = 2  # a trial lost with its worker is retried this many times
+WORKER_ATTRS = ("host", "pid_space", "pid")  # who ran a trial (tuning.objective writes them): not its retry's
+
+
+class RetryAsNewTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker is gone, without that worker's host and pid. Optuna copies the
+    failed trial's user attributes into its retry, so a retry just popped named the dead worker until its own
+    worker's first line wrote its own, and a worker of that machine failed it for the dead pid meanwhile
+    (``tuning.study.not_gone_here``)."""
+
+    def __call__(self, study, trial) -> None:
+        trial = copy.deepcopy(trial)  # (Optuna's caller hands over its own copy; this one is ours to change)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS}
+        super().__call__(study, trial)
 
 
 def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
@@ -118,7 +132,7 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                               heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                              heartbeat_stale_trial_callback=RetryAsNewTrial(max_retry=MAX_RETRY))
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
         raise _cannot_connect(url, e) from None
 

@@ -211,8 +211,7 @@ def fail_orphaned_trials(study, trials_dir, *, here_only: bool = False, retry=qu
             continue
         lock = FoldLock(trial_dir(trials_dir, t.number) / TRIAL_LOCK)
         if pid is None:  # its worker was killed between the trial's start and its first line, or is there now
-            if lock.path.exists() or t.datetime_start is None or abs(
-                    (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS:
+            if lock.path.exists() or _just_begun(t):
                 continue
         elif same_pids(t.user_attrs) and pid == os.getpid():
             continue
@@ -232,7 +231,7 @@ def fail_orphaned_trials(study, trials_dir, *, here_only: bool = False, retry=qu
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile (a database's
                 continue  # heartbeat, which retries it)
-            retry(study, study.get_trials(deepcopy=True)[t.number])
+            retry(study, t)
         finally:
             lock.release()
         log.warning("trial %d: its worker (host %s, pid %s) is gone; marked FAIL and queued again.", t.number,
@@ -305,8 +304,7 @@ def beating_since(trials_dir, since: float):
             return False
         if "pid" in t.user_attrs:
             return pid_alive(int(t.user_attrs["pid"]))
-        return t.datetime_start is not None and abs(
-            (datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS
+        return t.datetime_start is not None and _just_begun(t)
     return alive
 
 
@@ -319,6 +317,12 @@ def not_gone_here(t) -> bool:
     if "pid" not in t.user_attrs or not same_pids(t.user_attrs):
         return True
     return pid_alive(int(t.user_attrs["pid"]))
+
+
+def _just_begun(t) -> bool:
+    """Whether trial ``t`` began less than ``LOCK_TAKEN_SECONDS`` ago (or has not begun): its worker may not have
+    written who it is yet."""
+    return t.datetime_start is None or abs((datetime.now() - t.datetime_start).total_seconds()) < LOCK_TAKEN_SECONDS
 
 
 def gone_worker_checks(storage, trials_dir, since: float):
