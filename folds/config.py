@@ -16,7 +16,7 @@ from ensemble.tta import TTA_MODES
 from folds.augment import AFFINE_ON, CROPS
 from folds.engine import AMP_MODES, CHANNELS_LAST_MODES
 from folds.images import check_limit
-from folds.optim import CLIP_MODES, OPTIMIZERS, SCHEDULERS
+from folds.optim import CLIP_MODES, OPTIMIZERS, SCHED_STEPS, SCHEDULERS
 from folds.stopping import CROP, MONITORS
 from models.factory import HEAD_INITS
 
@@ -55,6 +55,7 @@ class RunConfig:
     clip_mode: str = "norm"
     sched: str = "step"  # timm scheduler: StepLR(step_size, gamma) or cosine to 1% of lr
     warmup_epochs: int = 0
+    sched_step: str = "update"  # the schedule moves the lr after every optimizer update, or once an epoch
     label_smoothing: float = 0.0
     mixup: float = 0.0  # MixUp alpha (timm.data.Mixup; 0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off)
@@ -103,8 +104,16 @@ def as_it_began(saved: dict) -> dict:
     newer than it as it was then: it lacks the key, and where today's default is not that, reading the default
     there would go on with another recipe (and a setup compared key by key would differ)."""
     before = {"head_init": "timm", "metric": "macro_f1",  # what every run and study before the option was scored by
+              "sched_step": "epoch" if _warms_up_or_anneals(saved) else "update",
               **({"pseudo_siblings": False, "pseudo_oof": False} if saved.get("pseudo") else {})}
     return {**before, **saved}
+
+
+def _warms_up_or_anneals(saved: dict) -> bool:
+    """Whether a setup's schedule moved within epochs under ``--sched-step update``: a step schedule without a
+    warm-up is the same in both modes, so a setup of one (most runs and studies before the option) reads today's
+    default and stays comparable with a setup of today. A setup without the keys (a study that tunes them) might."""
+    return not (saved.get("sched") == "step" and saved.get("warmup_epochs") == 0)
 
 
 # Settings that name a file or folder: made absolute where another working folder reads them (Ray)
@@ -162,6 +171,7 @@ CHOICES = {
     "affine": AFFINE_ON,
     "tta": tuple(TTA_MODES),
     "sched": tuple(SCHEDULERS),
+    "sched_step": SCHED_STEPS,
     "clip_mode": CLIP_MODES,
     "pseudo_mode": ("hard", "soft"),
     "amp": AMP_MODES,
@@ -300,6 +310,8 @@ def check_config(cfg: RunConfig) -> None:
 NEEDS = {
     "step_size": ("StepLR's: --sched step", lambda c: c.sched == "step"),
     "gamma": ("StepLR's: --sched step", lambda c: c.sched == "step"),
+    "sched_step": ("a warm-up's or a cosine's: --warmup-epochs above 0 or --sched cosine",
+                   lambda c: c.warmup_epochs > 0 or c.sched == "cosine"),
     "mix_prob": ("MixUp's and CutMix's: --mixup or --cutmix above 0", lambda c: c.mixup > 0 or c.cutmix > 0),
     "balance_power": ("the class-balanced sampler's", lambda c: c.balanced_sampler),
     "clip_mode": ("gradient clipping's: --clip-grad above 0", lambda c: c.clip_grad > 0),

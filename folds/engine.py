@@ -144,16 +144,18 @@ def buffers_kept(buffers: list[torch.Tensor]):
 
 def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: InputPipe, recipe=None, ema=None,
                     first_step: int = 0, desc: str = "train", accum_steps: int = 1, clip_grad: float = 0.0,
-                    clip_mode: str = "norm", grad_checkpointing: bool = False) -> float:
+                    clip_mode: str = "norm", grad_checkpointing: bool = False, scheduler=None) -> float:
     """One pass over the loader; returns the mean training loss.
 
     ``recipe`` (folds.recipe.Recipe) augments the batch on the device and gives the loss (plain
     cross-entropy without one); ``ema`` (timm ModelEmaV3) is updated after every optimizer step, with
     the global step number (``first_step``, the optimizer steps of the epochs before, + this epoch's):
     without it timm skips the EMA warm-up, and the EMA weights stay near the initial ones for
-    thousands of steps. ``accum_steps`` (``--grad-accum-steps``): the gradients of that many batches
-    are summed before each optimizer step, each batch's loss divided by its group's size, so a group
-    steps as one batch that many times larger would (BatchNorm still sees each batch alone).
+    thousands of steps. ``scheduler`` (timm's) gets ``step_update`` with that number after every optimizer step
+    (it moves the lr only under ``--sched-step update``).
+    ``accum_steps`` (``--grad-accum-steps``): the gradients of that many batches are summed before each
+    optimizer step, each batch's loss divided by its group's size, so a group steps as one batch that many
+    times larger would (BatchNorm still sees each batch alone).
     ``clip_grad`` (0: off) clips the summed gradients before each step, in timm's ``clip_mode``, after
     the grad scaler has unscaled them (fp16), so the limit holds for the true gradients.
     ``grad_checkpointing``: the model recomputes its blocks in the backward pass (``--grad-checkpointing``),
@@ -186,8 +188,11 @@ def train_one_epoch(model, loader, optimizer, scaler, prec: Precision, inputs: I
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            done = first_step + i // accum_steps + 1  # optimizer updates so far, the epochs before included
             if ema is not None:
-                ema.update(model, step=first_step + i // accum_steps + 1)
+                ema.update(model, step=done)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=done)
         total += loss.detach().float() * len(y)
         n += len(y)
     total = total.item()

@@ -29,17 +29,26 @@ def head_lr(optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
-# The one registry of --sched names: name -> factory(cfg, optimizer, epochs). Both warm up linearly
-# from 1% of --lr over --warmup-epochs; call ``step(epochs_done)`` after each epoch.
+# The one registry of --sched names: name -> its own arguments of timm's ``create_scheduler_v2``. Both warm up
+# linearly from 1% of --lr over --warmup-epochs.
 SCHEDULERS = {
     # the seed recipe and the Optuna default space: lr x gamma every step_size epochs
-    "step": lambda cfg, opt, epochs: timm.scheduler.StepLRScheduler(
-        opt, decay_t=cfg.step_size, decay_rate=cfg.gamma, warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 100),
+    "step": lambda cfg: {"decay_epochs": cfg.step_size, "decay_rate": cfg.gamma},
     # cosine from lr to 1% of it over the epoch budget
-    "cosine": lambda cfg, opt, epochs: timm.scheduler.CosineLRScheduler(
-        opt, t_initial=max(1, epochs), lr_min=cfg.lr / 100, warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 100),
+    "cosine": lambda cfg: {"min_lr": cfg.lr / 100},
 }
 
+# When the schedule moves the lr (--sched-step): after every optimizer update, or once an epoch (timm's epoch
+# mode, in which a warm-up epoch trains whole at its first lr: 1% of --lr for the first of them). A step
+# schedule decays at the same epochs in both; they differ within the warm-up and the cosine's epochs.
+SCHED_STEPS = ("update", "epoch")
 
-def build_scheduler(cfg, optimizer, epochs: int):
-    return SCHEDULERS[cfg.sched](cfg, optimizer, epochs)
+
+def build_scheduler(cfg, optimizer, epochs: int, updates_per_epoch: int):
+    """timm's scheduler for ``cfg.sched``. Call ``step_update(updates_done)`` after each optimizer update and
+    ``step(epochs_done)`` after each epoch: the one that does not match ``cfg.sched_step`` does nothing."""
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=max(1, epochs), warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.lr / 100, step_on_epochs=cfg.sched_step == "epoch", updates_per_epoch=updates_per_epoch,
+        **SCHEDULERS[cfg.sched](cfg))
+    return scheduler

@@ -153,9 +153,15 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     inputs = InputPipe(prec, dcfg["mean"], dcfg["std"])
     cache = image_cache(cfg, size)
     train_ds = training_images(cfg, ds, train_idx, extra, dcfg, seed, cache)
+    workers = num_workers(cfg)
+    pin = prec.device.type == "cuda"
+    # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
+    loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
+                         power=cfg.balance_power, num_workers=workers, pin_memory=pin)
+    updates = optimizer_steps(len(loader), cfg.grad_accum_steps)  # an epoch's optimizer updates
     optimizer = build_optimizer(cfg, model)
     n_epochs = epochs or cfg.epochs
-    scheduler = build_scheduler(cfg, optimizer, n_epochs)
+    scheduler = build_scheduler(cfg, optimizer, n_epochs, updates)
     scaler = prec.scaler()
     recipe = build_recipe(cfg, ds.num_classes, prec.device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
@@ -168,13 +174,8 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
     if resuming:
         history, seconds, kept = ckpt.restore_last(model, optimizer, scheduler, scaler, stopper, prec.device, ema)
         log.info("resuming %s after epoch %d", out_dir, len(history))
-    workers = num_workers(cfg)
-    pin = prec.device.type == "cuda"
     validation = Validation(ds.train.iloc[val_idx], cfg, monitor, eval_transform(size, dcfg["mean"], dcfg["std"]),
                             cache, workers, pin, epochs=kept)
-    # one training loader for the fold: its workers persist across epochs (no start-up per epoch)
-    loader = make_loader(train_ds, cfg.batch_size, train=True, seed=seed, balanced=cfg.balanced_sampler,
-                         power=cfg.balance_power, num_workers=workers, pin_memory=pin)
     first_epoch = len(history) + 1
     for epoch in range(first_epoch, n_epochs + 1):  # numbered from 1, as everywhere a person reads it
         if stopper.should_stop():
@@ -186,12 +187,12 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         lr = head_lr(optimizer)
         timed = WaitTimer(loader)  # the time the step waited for images: the GPU idle, where the loader is slow
         train_loss = train_one_epoch(step_model, timed, optimizer, scaler, prec, inputs, recipe, ema,
-                                     first_step=(epoch - 1) * optimizer_steps(len(loader), cfg.grad_accum_steps),
+                                     first_step=(epoch - 1) * updates, scheduler=scheduler,
                                      desc=f"{out_dir.name} epoch {epoch}/{n_epochs}",  # same batches every epoch
                                      accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
                                      clip_mode=cfg.clip_mode, grad_checkpointing=cfg.grad_checkpointing)
         train_seconds = time.time() - t0
-        scheduler.step(epoch)  # epochs done so far
+        scheduler.step(epoch)  # epochs done so far (--sched-step epoch; per update it moved within the epoch)
         decodes, t1 = validation.decodes(), time.time()
         val = validation.score(judged, prec, inputs)
         if validation.images:  # its pace estimates the first fold's predictions for --time-limit

@@ -151,17 +151,78 @@ def test_ema_weights_follow_training_from_the_first_steps(over, demo_source, tmp
     assert history["lr"].iloc[0] == pytest.approx(cfg.lr)  # the head's: with layer decay the stem's is lower
 
 
-def test_layer_decay_scales_each_group_below_the_head_through_the_schedule():
+@pytest.mark.parametrize("sched_step", ["update", "epoch"])
+def test_layer_decay_scales_each_group_below_the_head_through_the_schedule(sched_step):
     from folds.optim import build_optimizer, build_scheduler, head_lr
     from models import create_model
-    cfg = resolve_config({"lr": 1e-3, "layer_decay": 0.5, "sched": "cosine", "epochs": 4}, "demo")
+    cfg = resolve_config({"lr": 1e-3, "layer_decay": 0.5, "sched": "cosine", "epochs": 4, "sched_step": sched_step},
+                         "demo")
     opt = build_optimizer(cfg, create_model("resnet10t", 3, weights="none"))
-    sched = build_scheduler(cfg, opt, cfg.epochs)
+    sched = build_scheduler(cfg, opt, cfg.epochs, 2)
     for epoch in range(3):
-        lrs = sorted({round(g["lr"] / head_lr(opt), 6) for g in opt.param_groups})
-        assert lrs[-1] == 1 and lrs[:2] == [0.5 ** (len(lrs) - 1), 0.5 ** (len(lrs) - 2)] and len(lrs) > 3
+        for update in range(2):
+            lrs = sorted({round(g["lr"] / head_lr(opt), 6) for g in opt.param_groups})
+            assert lrs[-1] == 1 and lrs[:2] == [0.5 ** (len(lrs) - 1), 0.5 ** (len(lrs) - 2)] and len(lrs) > 3
+            sched.step_update(num_updates=epoch * 2 + update + 1)
         sched.step(epoch + 1)
     assert head_lr(opt) < cfg.lr  # the cosine has moved every group together
+
+
+@pytest.mark.parametrize("sched", ["step", "cosine"])
+def test_the_schedule_moves_after_every_update_so_a_warm_up_epoch_is_not_spent_at_one_percent_of_the_lr(sched):
+    # timm's epoch mode (the only one before --sched-step) trained the whole first warm-up epoch at 1% of --lr: a
+    # tenth of a 10-epoch fine-tuning run. Per update the warm-up climbs within its epochs; a step schedule decays
+    # at the same epochs as before, and the cosine falls within each epoch too.
+    from folds.optim import build_optimizer, build_scheduler, head_lr
+    from models import create_model
+    updates, seen = 4, {}
+    for mode in ("update", "epoch"):
+        cfg = resolve_config({"lr": 1e-2, "sched": sched, "warmup_epochs": 1, "epochs": 6, "step_size": 2,
+                              "gamma": 0.1, "sched_step": mode}, "demo")
+        opt = build_optimizer(cfg, create_model("resnet10t", 3, weights="none"))
+        scheduler, lrs = build_scheduler(cfg, opt, cfg.epochs, updates), []
+        for epoch in range(cfg.epochs):  # as training calls it: after each update, then after each epoch
+            for update in range(updates):
+                lrs.append(head_lr(opt))
+                scheduler.step_update(num_updates=epoch * updates + update + 1)
+            scheduler.step(epoch + 1)
+        seen[mode] = np.array(lrs).reshape(cfg.epochs, updates)
+    per_update, per_epoch = seen["update"], seen["epoch"]
+    assert per_epoch[0] == pytest.approx([1e-4] * updates)
+    assert per_update[0, 0] == pytest.approx(1e-4) and (np.diff(per_update[0]) > 0).all() and per_update[0, -1] > 5e-3
+    assert per_update[1, 0] == pytest.approx(per_epoch[1, 0])  # the warm-up ends at the same epoch
+    if sched == "step":
+        assert per_update[1:] == pytest.approx(per_epoch[1:])
+        assert per_epoch[1:, 0] == pytest.approx([1e-2, 1e-3, 1e-3, 1e-4, 1e-4])
+    else:
+        assert (np.diff(per_update[1:].flatten()) < 0).all() and (np.diff(per_epoch[1], axis=0) == 0).all()
+
+
+def test_a_setup_from_before_sched_step_goes_on_per_epoch_where_that_moved_its_lr_differently():
+    from folds.config import as_it_began
+    step = {"sched": "step", "warmup_epochs": 0}  # the same lr in both modes: today's default, comparable with today
+    assert resolve_config({"data_dir": "x"}).sched_step == as_it_began(step)["sched_step"] == "update"
+    for saved in ({"sched": "cosine", "warmup_epochs": 0}, {"sched": "step", "warmup_epochs": 1},
+                  {"warmup_epochs": 0}, {}):  # a study's setup leaves out what it tunes: it may have moved
+        assert as_it_began(saved)["sched_step"] == "epoch", saved
+    assert as_it_began({"sched": "cosine", "warmup_epochs": 2, "sched_step": "update"})["sched_step"] == "update"
+
+
+def test_training_moves_the_schedule_after_each_optimizer_update_numbered_across_epochs():
+    from folds.engine import InputPipe, Precision, train_one_epoch
+
+    class Updates(list):  # stands in for timm's scheduler: which update counts it was told
+        def step_update(self, num_updates):
+            self.append(num_updates)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3, 4, 4), torch.randint(0, 3, (12,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    prec, told = Precision.resolve("cpu", "off", "off"), Updates()
+    train_one_epoch(model, [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8)], torch.optim.SGD(model.parameters(), lr=0.1),
+                    prec.scaler(), prec, InputPipe(prec, [0] * 3, [1] * 3), first_step=10, accum_steps=2,
+                    scheduler=told)
+    assert told == [11, 12]  # two updates (the third batch a group of one), after the 10 of the epochs before
 
 
 @pytest.mark.parametrize("mode", ["norm", "value"])

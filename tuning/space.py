@@ -26,7 +26,7 @@ TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoot
            "balanced_sampler", "balance_power", "crop", "img_size", "model", "patience", "monitor", "sched",
            "warmup_epochs", "mixup", "cutmix", "mix_prob", "erasing", "ema", "val_crops", "pseudo_mode",
            "pseudo_threshold", "pseudo_siblings", "layer_decay", "clip_grad", "clip_mode", "grad_accum_steps",
-           "drop_path", "head_init"}
+           "drop_path", "head_init", "sched_step"}
 
 # the knobs that change which model is built (checked on the meta device, without weights in memory)
 MODEL_KNOBS = {"model", "drop_path"}
