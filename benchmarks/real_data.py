@@ -46,6 +46,8 @@ def open_run(name: str, preset: str, args, **over) -> FoldRunner:
            "step_size": args.step_size, "batch_size": args.batch_size, "runs_dir": str(Path(args.out) / "runs"),
            "submissions_dir": str(Path(args.out) / "submissions"), "name": name, "img_size": args.img_size,
            "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
+    if resolve_config(cli, preset).sched != "step":  # --step-size is StepLR's: a cosine run would warn it is unused
+        del cli["step_size"]
     return FoldRunner.open(resolve_config(cli, preset), resume=True)
 
 

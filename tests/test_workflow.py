@@ -603,6 +603,21 @@ def test_benchmark_variants_parse_to_run_options():
             parse_variant(bad)
 
 
+def test_the_benchmark_gives_its_step_size_only_to_a_step_schedule(demo_source, tmp_path, caplog):
+    # real_data.py's --step-size is StepLR's: given to the strong preset's cosine, each of its runs warned that it
+    # did nothing
+    from argparse import Namespace
+
+    from benchmarks.real_data import open_run
+    from folds.config import RunConfig
+    args = Namespace(data_dir=str(demo_source), model="resnet10t", weights="none", epochs=2, step_size=3,
+                     batch_size=8, out=str(tmp_path), img_size=32, workers=0, patience=2, cache=False)
+    assert open_run("b", "default", args).cfg.step_size == 3
+    assert open_run("s", "strong", args).cfg.step_size == RunConfig().step_size
+    assert open_run("v", "strong", args, sched="step").cfg.step_size == 3
+    assert "does nothing here" not in caplog.text
+
+
 def test_the_option_fuzz_tries_each_value_option_in_a_fresh_process(tmp_path, capsys):
     """benchmarks/option_fuzz.py: every option that takes a value, put in place of the base's own, each value in a
     fresh process; compare.py refuses each bad one (or a missing run folder) by name, without a traceback."""
