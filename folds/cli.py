@@ -96,7 +96,8 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
     opt(g, "--warmup-epochs", key="warmup_epochs", type=int, help="linear warm-up from 1%% of --lr")
     pick(g, "--sched-step", "sched_step", "when the schedule moves the lr: after every optimizer 'update' (default: "
          "the warm-up climbs and the cosine falls within each epoch) or once an 'epoch' (timm's epoch mode: the "
-         "first warm-up epoch trains whole at 1%% of --lr; runs before the option)")
+         "first warm-up epoch trains whole at 1%% of --lr; a run from before the option goes on in it where the "
+         "two differ)")
     opt(g, "--label-smoothing", key="label_smoothing", type=float, help="cross-entropy label smoothing")
     opt(g, "--mixup", key="mixup", type=float, help="MixUp alpha, e.g. 0.2 (timm Mixup, soft-target loss; 0: off)")
     opt(g, "--cutmix", key="cutmix", type=float, help="CutMix alpha, e.g. 1.0 (0: off; with --mixup, each batch "
