@@ -67,8 +67,8 @@ def kill_parent(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (children, theirs, ...), from /proc; those in sessions of their own too."""
+def parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
     parent = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -76,6 +76,17 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError):
             continue  # ended meanwhile
         parent[int(stat.parent.name)] = int(fields[1])
+    return parent
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started itself (a study's workers, torchrun's ranks), in pid order."""
+    return sorted(p for p, pp in parents().items() if pp == pid)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc; those in sessions of their own too."""
+    parent = parents()
     found, todo = [], [pid]
     while todo:
         above = todo.pop()
@@ -99,7 +110,9 @@ def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, ki
     """Start the command, kill it (``kill(proc)``) at a random moment up to ``longest`` seconds, and start it again
     with --resume; the ``tries``-th start is not killed, and must end by itself within ``HANG_FACTOR`` x
     ``longest`` (a resumed run whose start-up fills most of the kill window, as torchrun's does, could otherwise be
-    killed before it gets anywhere at every start). Returns the kill moments and how it ended ("" when well)."""
+    killed before it gets anywhere at every start). What a kill leaves (workers that must stop by themselves, or a
+    study that goes on without the worker it lost) must end within that time too: the fuzz waited on it for good.
+    Returns the kill moments and how it ended ("" when well)."""
     kills, resume = [], False
     for i in range(tries):
         proc = subprocess.Popen(cmd_of(resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -115,8 +128,13 @@ def killed_until_done(cmd_of, rng: random.Random, longest: float, tries: int, ki
                 proc.communicate()
                 return kills, f"its last start, not killed, did not end in {at:.0f} s (hung)"
             kill(proc)
-            proc.communicate()
             kills.append(round(at, 1))
+            try:
+                proc.communicate(timeout=HANG_FACTOR * longest)
+            except subprocess.TimeoutExpired:  # (its pipe is open while any process of it lives)
+                kill_tree(proc)
+                proc.communicate()
+                return kills, f"what the kill at {at:.1f} s left did not end in {HANG_FACTOR * longest:.0f} s (hung)"
             resume = True
     return kills, "no start"
 

@@ -6,7 +6,8 @@ tried at moments no test picks: mid-trial, mid-count, as workers start, while a 
 Examples (a fresh process each; the demo data is made in --work if --data-dir is not given):
     python benchmarks/study_kill_fuzz.py --runs 10 --seed 1                # one process, killed outright
     python benchmarks/study_kill_fuzz.py --runs 10 --seed 2 --workers 2    # 2 local workers: each kill takes
-        # the parent alone (its workers must stop by themselves) or every process (a lost machine)
+        # the parent alone (its workers must stop by themselves), one worker (the OOM killer's pick: the study
+        # goes on without it, and its trial is tried again) or every process (a lost machine)
     python benchmarks/study_kill_fuzz.py --runs 5 --workers 2 -- \
         --storage postgresql://postgres@127.0.0.1:5433/optuna_ci --heartbeat 1   # the database's heartbeat fails
         # a killed worker's trial, and Optuna's callback queues it again
@@ -15,17 +16,20 @@ Exit 1 when a study breaks a rule above, or a run fails, or its last start (neve
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
-import uuid
-import warnings
+import signal
 import subprocess
 import sys
 import time
+import uuid
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.kill_fuzz import (data_and_extra, fuzz_parser, kill_parent, kill_tree,  # noqa: E402
+from benchmarks.kill_fuzz import (children, data_and_extra, fuzz_parser, kill_parent, kill_tree,  # noqa: E402
                                   killed_until_done)
 from common import layout  # noqa: E402
 
@@ -87,12 +91,35 @@ def faults(work: Path, n_trials: int, name: str = STUDY, storage: str | None = N
     return found
 
 
+def kill_one_worker(proc, rng) -> str:
+    """SIGKILL one of the study's worker processes, chosen by ``rng``, as the OOM killer picks one; the parent alone
+    where it has started none yet. Which it was, in words."""
+    workers = children(proc.pid)
+    if not workers:
+        kill_parent(proc)
+        return "parent: no worker running"
+    victim = rng.choice(workers)
+    with contextlib.suppress(ProcessLookupError):  # (ended meanwhile: the kill missed, and the study goes on)
+        os.kill(victim, signal.SIGKILL)
+    return f"worker {workers.index(victim)} of {len(workers)}"
+
+
+KILLS = {"parent": lambda proc, rng: kill_parent(proc) or "parent", "worker": kill_one_worker,
+         "all": lambda proc, rng: kill_tree(proc) or "all"}
+
+
 def main(argv=None) -> int:
     p = fuzz_parser(__doc__, "study_kill_fuzz", "studies")
     p.add_argument("--n-trials", type=int, default=4, help="the study's --n-trials")
     p.add_argument("--workers", type=int, default=1,
-                   help="the study's --workers (each kill then takes the parent alone or every process, by --seed)")
+                   help="the study's --workers (each kill then takes the parent alone, one worker or every "
+                        "process, by --seed)")
+    p.add_argument("--kills", default=",".join(KILLS), help="with --workers: the kinds of kill to draw from "
+                   f"({', '.join(KILLS)})")
     args = p.parse_args(argv)
+    kinds = args.kills.split(",")
+    if not kinds or set(kinds) - set(KILLS):
+        p.error(f"--kills {args.kills}: give some of {', '.join(KILLS)}, comma-separated")
     data, extra = data_and_extra(args)
     storage, first = storage_of(extra), args.work / "uninterrupted"
     name = study_name(first, extra)
@@ -107,15 +134,13 @@ def main(argv=None) -> int:
     print(f"uninterrupted study: {longest / 1.1:.1f} s; each study below is killed at a random moment up to "
           f"{longest:.1f} s, then run again, {args.tries - 1} times at most")
     rng, bad = random.Random(args.seed), 0
-    kinds = {"parent": kill_parent, "all": kill_tree}
     for i in range(args.runs):
         work, how = args.work / f"killed-{args.seed}-{i}", []
         name = study_name(work, extra)
 
-        def kill(proc):  # with workers: the parent alone, or every process
-            kind = rng.choice(list(kinds)) if args.workers > 1 else "all"
-            how.append(kind)
-            kinds[kind](proc)
+        def kill(proc):  # with workers: the parent alone, one worker, or every process
+            kind = rng.choice(kinds) if args.workers > 1 else "all"
+            how.append(KILLS[kind](proc, rng))
 
         kills, failed = killed_until_done(lambda resume, work=work, name=name: command(
             data, work, name, args.n_trials, args.workers, extra), rng, longest, args.tries, kill)

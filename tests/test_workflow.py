@@ -652,7 +652,7 @@ def test_the_kill_fuzz_lets_its_last_start_end_and_names_one_that_hangs():
     is named so."""
     import random
 
-    from benchmarks.kill_fuzz import HANG_FACTOR, kill_group, killed_until_done
+    from benchmarks.kill_fuzz import HANG_FACTOR, kill_group, kill_parent, killed_until_done
 
     def slow(resume):  # ends after 0.6 s, later than any kill moment (up to 0.4 s)
         return ["sleep", "0.6"]
@@ -663,6 +663,40 @@ def test_the_kill_fuzz_lets_its_last_start_end_and_names_one_that_hangs():
     kills, failed = killed_until_done(lambda resume: ["sleep", "30"], random.Random(0), 0.4, 2, kill_group)
     assert len(kills) == 1 and "did not end in 2 s (hung)" in failed
     assert time.time() - started < 0.4 + HANG_FACTOR * 0.4 + 5
+    # what a kill leaves must end too: here a child that outlives its parent holds the pipe the fuzz waited on
+    started = time.time()
+    kills, failed = killed_until_done(lambda resume: ["bash", "-c", "sleep 30 & wait"], random.Random(0), 0.4, 3,
+                                      kill_parent)
+    assert len(kills) == 1 and "what the kill at" in failed and "did not end in 2 s (hung)" in failed, failed
+    assert time.time() - started < 0.4 + HANG_FACTOR * 0.4 + 5
+
+
+def test_the_study_kill_fuzz_kills_one_worker_as_the_oom_killer_picks_one(capsys):
+    import random
+    import subprocess
+
+    from benchmarks.kill_fuzz import children, kill_tree
+    from benchmarks.study_kill_fuzz import kill_one_worker, main as fuzz_main
+
+    proc = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.time() + 10
+        while len(children(proc.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        workers = children(proc.pid)
+        assert kill_one_worker(proc, random.Random(0)) in ("worker 0 of 2", "worker 1 of 2")
+        deadline = time.time() + 10
+        while len(children(proc.pid)) > 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(children(proc.pid)) == 1 and set(children(proc.pid)) < set(workers) and proc.poll() is None
+    finally:
+        kill_tree(proc)
+        proc.wait()
+    lone = subprocess.Popen(["sleep", "30"])
+    assert kill_one_worker(lone, random.Random(0)) == "parent: no worker running" and lone.wait(10) == -9
+    with pytest.raises(SystemExit):
+        fuzz_main(["--kills", "parent,nobody"])
+    assert "--kills parent,nobody: give some of parent, worker, all" in capsys.readouterr().err
 
 
 def test_the_study_kill_fuzz_finds_a_killed_study_whole_and_names_what_breaks_one(demo_source, tmp_path, capsys):
