@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from common import UserError, layout  # noqa: E402
 from common.cli import entry_point  # noqa: E402
 from common.metrics import macro_f1, mean_single_f1  # noqa: E402
 from ensemble.submission import answer_key  # noqa: E402
-from folds.config import resolve_config  # noqa: E402
+from folds.config import RunConfig, resolve_config  # noqa: E402
 from folds.run import start_side_by_side, wait_for  # noqa: E402
 from folds.runner import FoldRunner  # noqa: E402
 from folds.stopping import read_down_view  # noqa: E402
@@ -46,9 +47,10 @@ def open_run(name: str, preset: str, args, **over) -> FoldRunner:
            "step_size": args.step_size, "batch_size": args.batch_size, "runs_dir": str(Path(args.out) / "runs"),
            "submissions_dir": str(Path(args.out) / "submissions"), "name": name, "img_size": args.img_size,
            "workers": args.workers, "patience": args.patience, "cache": args.cache, **over}
-    if resolve_config(cli, preset).sched != "step":  # --step-size is StepLR's: a cosine run would warn it is unused
-        del cli["step_size"]
-    return FoldRunner.open(resolve_config(cli, preset), resume=True)
+    cfg = resolve_config(cli, preset)
+    if cfg.sched != "step":  # --step-size is StepLR's: a cosine run would warn that it is unused
+        cfg = replace(cfg, step_size=RunConfig.step_size)
+    return FoldRunner.open(cfg, resume=True)
 
 
 def score_run(runner: FoldRunner, preset: str, args, started: float) -> dict:
