@@ -19,9 +19,20 @@ sys.path.insert(0, str(ROOT))
 VALUES = ("-1", "0", "abc", "")
 
 
+def entry_point(script: str) -> Path:
+    """``script`` as a path inside this project: as given (absolute, or from the current folder), else from the
+    project's root, so the fuzz can run from a scratch folder."""
+    given = Path(script)
+    path = (given if given.exists() else ROOT / given).resolve()
+    if not path.is_file() or not path.is_relative_to(ROOT):
+        raise SystemExit(f"option_fuzz.py: {script} is not an entry point of this project ({ROOT})")
+    return path
+
+
 def value_options(script: str) -> list[str]:
     """The options of ``script``'s parser that take a value (its ``build_parser``)."""
-    parser = importlib.import_module(script.removesuffix(".py").replace("/", ".")).build_parser()
+    module = ".".join(entry_point(script).relative_to(ROOT).with_suffix("").parts)
+    parser = importlib.import_module(module).build_parser()
     return [a.option_strings[-1] for a in parser._actions if a.option_strings and a.nargs != 0]
 
 
@@ -45,7 +56,7 @@ def main(argv=None) -> int:
     for option in value_options(args.script):
         for value in VALUES:
             try:
-                done = subprocess.run([sys.executable, str(ROOT / args.script), *with_option(base, option, value)],
+                done = subprocess.run([sys.executable, str(entry_point(args.script)), *with_option(base, option, value)],
                                       capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"timeout: {option} {value!r}", flush=True)

@@ -192,12 +192,13 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
                                      accum_steps=cfg.grad_accum_steps, clip_grad=cfg.clip_grad,
                                      clip_mode=cfg.clip_mode, grad_checkpointing=cfg.grad_checkpointing)
         train_seconds = time.time() - t0
+        lr_end = head_lr(optimizer)  # per update the lr moved within the epoch: this is where it ended
         scheduler.step(epoch)  # epochs done so far (--sched-step epoch; per update it moved within the epoch)
         decodes, t1 = validation.decodes(), time.time()
         val = validation.score(judged, prec, inputs)
         if validation.images:  # its pace estimates the first fold's predictions for --time-limit
             deadline.scored(time.time() - t1, validation.images, decodes)
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.time() - t0,
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "lr_end": lr_end, "seconds": time.time() - t0,
                "train_seconds": train_seconds, "loader_wait": timed.wait}
         history.append(row)
         deadline.took("epoch", row["seconds"])
@@ -213,8 +214,9 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         # full-data model (no validation paintings), whose nan read as a loss gone wrong
         scored = "".join(f" {col} {row[col]:.4f}" for col in (VIEWS[""] + "loss", whole, crops)
                          if np.isfinite(row[col]))
-        log.info("%s epoch %d/%d: train_loss %.4f%s lr %.2e (%.1fs)", out_dir.name, epoch, n_epochs, train_loss,
-                 scored, lr, row["seconds"])
+        lrs = f"{lr:.2e}" if np.isclose(lr, lr_end) else f"{lr:.2e}-{lr_end:.2e}"  # from start to end
+        log.info("%s epoch %d/%d: train_loss %.4f%s lr %s (%.1fs)", out_dir.name, epoch, n_epochs, train_loss,
+                 scored, lrs, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
             hint = loader_hint(timed.wait, train_seconds, device=prec.device.type, epoch=epoch, workers=workers,
                                cores=usable_cores(), cache=cfg.cache, affine=cfg.affine)

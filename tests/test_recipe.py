@@ -130,8 +130,10 @@ def test_a_run_with_every_recipe_part_trains_and_resumes_exactly(demo_source, tm
     a = learned_history(tmp_path / "full" / "history.csv")
     b = learned_history(tmp_path / "cut" / "history.csv")
     pd.testing.assert_frame_equal(a, b)  # MixUp, erasing, the device affine and the EMA replay from (seed, epoch)
-    lrs = a["lr"].to_numpy()
+    lrs, ends = a["lr"].to_numpy(), a["lr_end"].to_numpy()
     assert lrs[0] < lrs[1]  # warm-up, then the cosine
+    # per update the lr moves within an epoch: history.csv has where it began and ended, each end the next start
+    assert lrs[0] < ends[0] and ends[:-1] == pytest.approx(lrs[1:]) and ends[-1] < lrs[-1]
 
 
 @pytest.mark.parametrize("over", [{}, {"batch_size": 16, "grad_accum_steps": 2},

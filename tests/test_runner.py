@@ -46,7 +46,7 @@ def test_tiny_run_learns(finished_run):
     history = pd.read_csv(run / "fold_0" / "history.csv")
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_f1", "val_acc", "val_qwk",
                                      "val_neg_log_loss", "val_crop_loss", "val_crop_f1", "val_crop_acc", "val_crop_qwk",
-                                     "val_crop_neg_log_loss", "lr", "seconds", "train_seconds", "loader_wait"]
+                                     "val_crop_neg_log_loss", "lr", "lr_end", "seconds", "train_seconds", "loader_wait"]
     # the training pass is part of the epoch (its validation the rest), its wait for images part of the pass
     assert ((history["loader_wait"] >= 0) & (history["loader_wait"] < history["train_seconds"])
             & (history["train_seconds"] < history["seconds"])).all()

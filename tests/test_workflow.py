@@ -629,6 +629,20 @@ def test_the_option_fuzz_tries_each_value_option_in_a_fresh_process(tmp_path, ca
     assert "6 options x 4 values, 0 tracebacks" in capsys.readouterr().out
 
 
+def test_the_option_fuzz_finds_its_entry_point_from_any_folder(tmp_path, monkeypatch):
+    """Run from a scratch folder (as RESULTS.md's commands are, so the demo's outputs land there), the fuzz
+    ended in a TypeError on an absolute path. It now takes the entry point as given or from the project's root,
+    and refuses one outside the project by name."""
+    from benchmarks.option_fuzz import ROOT, entry_point, value_options
+    monkeypatch.chdir(tmp_path)
+    assert entry_point("ensemble/compare.py") == ROOT / "ensemble" / "compare.py"
+    assert entry_point(str(ROOT / "ensemble" / "compare.py")) == ROOT / "ensemble" / "compare.py"
+    assert "--draws" in value_options(str(ROOT / "ensemble" / "compare.py"))
+    (tmp_path / "elsewhere.py").write_text("")
+    with pytest.raises(SystemExit, match="elsewhere.py is not an entry point"):
+        entry_point("elsewhere.py")
+
+
 def test_the_kill_fuzz_kills_a_run_and_finds_the_resumed_one_equal(demo_source, tmp_path, capsys):
     """benchmarks/kill_fuzz.py: a run killed outright at a random moment and resumed equals the uninterrupted one;
     a difference in the last digit of one probability, or a missing file, is found."""
