@@ -52,11 +52,11 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=120, help="seconds a call may take")
     args = p.parse_args(argv)
     base = args.base[1:] if args.base[:1] == ["--"] else args.base
-    tracebacks = 0
+    tracebacks, script = 0, str(entry_point(args.script))
     for option in value_options(args.script):
         for value in VALUES:
             try:
-                done = subprocess.run([sys.executable, str(entry_point(args.script)), *with_option(base, option, value)],
+                done = subprocess.run([sys.executable, script, *with_option(base, option, value)],
                                       capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"timeout: {option} {value!r}", flush=True)
