@@ -214,7 +214,7 @@ def train_fold(cfg: RunConfig, ds: Dataset, train_idx, val_idx, out_dir: Path, *
         # full-data model (no validation paintings), whose nan read as a loss gone wrong
         scored = "".join(f" {col} {row[col]:.4f}" for col in (VIEWS[""] + "loss", whole, crops)
                          if np.isfinite(row[col]))
-        lrs = f"{lr:.2e}" if np.isclose(lr, lr_end) else f"{lr:.2e}-{lr_end:.2e}"  # from start to end
+        lrs = f"{lr:.2e}" if lr == lr_end else f"{lr:.2e}-{lr_end:.2e}"  # from start to end
         log.info("%s epoch %d/%d: train_loss %.4f%s lr %s (%.1fs)", out_dir.name, epoch, n_epochs, train_loss,
                  scored, lrs, row["seconds"])
         if epoch == first_epoch + 1 and distributed.is_main():  # a steady epoch: the first starts the workers
