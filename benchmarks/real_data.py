@@ -136,6 +136,21 @@ def train_run(name: str, preset: str, args, **over) -> dict:
     return next(train_runs([(name, preset, over)], args))
 
 
+# --stages' letters: a (seed), b (default), s (strong), p (pseudo round), f (full-data model), c (ensembles);
+# v names the --variant runs, which always train, so "--stages v" trains them alone
+STAGES = "abspfcv"
+
+
+def parse_stages(text: str) -> list[str]:
+    """'a,b,c' -> ['a', 'b', 'c']; a letter that is no stage is refused by name (a typo ran other stages)."""
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} is not a stage: use letters of "
+                                         f"{','.join(STAGES)}, for example a,b,c")
+    return stages
+
+
 def parse_variant(text: str) -> tuple[str, str, dict]:
     """'lighter:strong:mixup=0,ema=0' -> ('lighter', 'strong', {'mixup': 0, 'ema': 0})."""
     name, preset, *rest = text.split(":", 2) + [""]
@@ -209,10 +224,11 @@ def main(argv=None) -> int:
     p.add_argument("--procs-per-gpu", type=int, default=1, metavar="N", help="train each run's folds in N "
                    "processes at once, as folds/run.py --procs-per-gpu N (--workers: per process; default: "
                    "the cores split between them)")
-    p.add_argument("--stages", default="a,b,c", help="which of a (seed), b (default), s (strong), p (a pseudo-label "
+    p.add_argument("--stages", default="a,b,c", type=parse_stages,
+                   help="which of a (seed), b (default), s (strong), p (a pseudo-label "
                    "round on the better of b and s by crop-OOF), f (that run's full-data model, joining its run's "
                    "test soft vote in c; c adds a row for the chosen method without it), c (every method over the "
-                   "runs) to run")
+                   "runs) to run; v: the --variant runs alone")
     p.add_argument("--together", action="store_true", help="train the first round's runs (a, s, b and the "
                    "variants) at once: all their fold processes share the GPU (a small backbone does not fill "
                    "one) and split the cores")
@@ -228,7 +244,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    start, stages, rows = time.time(), args.stages.split(","), []
+    start, stages, rows = time.time(), args.stages, []
 
     def record(row):
         row.update(date=time.strftime("%Y-%m-%d %H:%M"))

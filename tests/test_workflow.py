@@ -603,6 +603,14 @@ def test_benchmark_variants_parse_to_run_options():
             parse_variant(bad)
 
 
+def test_the_benchmark_refuses_a_stage_it_does_not_know_by_name(capsys):
+    """`--stages b,q` (a typo) ran stage b alone, without a word; the letter is now refused before any run."""
+    from benchmarks.real_data import main
+    with pytest.raises(SystemExit) as stop:
+        main(["--data-dir", "nowhere", "--stages", "b,q", "--out", "unused"])
+    assert stop.value.code == 2 and "'q' is not a stage" in capsys.readouterr().err
+
+
 def test_the_benchmark_gives_its_step_size_only_to_a_step_schedule(demo_source, tmp_path, caplog):
     # real_data.py's --step-size is StepLR's: given to the strong preset's cosine, each of its runs warned that it
     # did nothing
