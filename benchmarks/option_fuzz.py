@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=120, help="seconds a call may take")
     args = p.parse_args(argv)
     base = args.base[1:] if args.base[:1] == ["--"] else args.base
-    tracebacks, script = 0, str(entry_point(args.script))
-    for option in value_options(args.script):
+    tracebacks, script, options = 0, str(entry_point(args.script)), value_options(args.script)
+    for option in options:
         for value in VALUES:
             try:
                 done = subprocess.run([sys.executable, script, *with_option(base, option, value)],
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                 tracebacks += 1
                 last = (done.stdout + done.stderr).strip().splitlines()[-1]
                 print(f"TRACEBACK: {option} {value!r}: {last[:200]}", flush=True)
-    print(f"{args.script}: {len(value_options(args.script))} options x {len(VALUES)} values, {tracebacks} tracebacks")
+    print(f"{args.script}: {len(options)} options x {len(VALUES)} values, {tracebacks} tracebacks")
     return 1 if tracebacks else 0
 
 
