@@ -17,6 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import check_at_least, entry_point  # noqa: E402
+from common.errors import UserError  # noqa: E402
 from common.metrics import DEFAULT_METRIC, METRICS, get_metric  # noqa: E402
 from ensemble.blend import BLENDS, fit_blend, honest_oof, make_blend, members_to_X  # noqa: E402
 
@@ -35,7 +37,7 @@ def synthetic_oof(paintings: int, crops: int, classes: int, members: int, seed: 
     return members_to_X(blocks), y, groups
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paintings", type=int, default=5912)
     p.add_argument("--crops", type=int, default=5)
@@ -43,10 +45,27 @@ def main(argv=None) -> int:
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--methods", default="mean,weighted,stack", help=f"comma-separated, of {list(BLENDS)}")
     p.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(METRICS))
-    args = p.parse_args(argv)
+    return p
+
+
+def methods(text: str) -> list[str]:
+    """'mean,stack' -> ['mean', 'stack']; a name that is no blend is refused before the minutes of synthetic OOF."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in BLENDS]
+    if not names or unknown:
+        raise UserError(f"--methods {text!r}: give comma-separated names of {sorted(BLENDS)}, e.g. mean,stack.")
+    return names
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    chosen = methods(args.methods)
+    for option, least in (("--paintings", 2), ("--crops", 1), ("--classes", 2), ("--members", 1)):
+        check_at_least(option, getattr(args, option[2:]), least)
     X, y, groups = synthetic_oof(args.paintings, args.crops, args.classes, args.members)
     score = get_metric(args.metric).score
-    for method in args.methods.split(","):
+    for method in chosen:
         for offsets in (False, True):
             blend = make_blend(method, offsets=offsets, n_members=args.members, metric=args.metric)
             t = time.perf_counter()

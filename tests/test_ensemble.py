@@ -345,7 +345,8 @@ def test_full_data_model_joins_the_soft_vote(two_runs, demo_source, capsys):
     # it validates nothing: its epoch lines leave the validation out (they said 'val_loss nan val_f1 nan')
     assert epochs and all(" lr " in line and "nan" not in line and "val_" not in line for line in epochs), epochs
     done = json.loads((two_runs / "runs" / "s0" / "fold_full" / "done.json").read_text())
-    best = [json.loads((two_runs / "runs" / "s0" / f"fold_{k}" / "done.json").read_text())["best_epoch"] for k in range(5)]
+    best = [json.loads((two_runs / "runs" / "s0" / f"fold_{k}" / "done.json").read_text())["best_epoch"]
+            for k in range(5)]
     assert done["epochs"] == int(np.median(best))
     assert build(two_runs, "s0", method="mean", with_full=True, out=two_runs / "subs" / "full.csv", no_report=True) == 0
     assert "cannot join" in build_parser().format_help() and "full-data models joined" in capsys.readouterr().out
@@ -429,6 +430,16 @@ def test_class_prior_reads_a_runs_crop_oof(two_runs, capsys):
     assert row["crop_oof_f1"] == round(json.loads((run / "scores.json").read_text())["oof_crops"]["f1"], 4)
     assert len(row["per_fold"]) == 5 and 0 < row["smaller_half_true"] < 1
     assert 0 <= row["smaller_half_predicted"] <= 1 and 0 <= row["smaller_half_f1"] <= 1
+
+
+def test_the_blend_timing_refuses_a_method_it_does_not_know_before_its_minutes(capsys):
+    """blend_scale.py --methods mean,stak built the whole synthetic OOF, timed mean, then ended in a traceback."""
+    from benchmarks.blend_scale import main as scale_main
+    assert scale_main(["--methods", "mean,stak"]) == 2
+    assert "--methods 'mean,stak'" in capsys.readouterr().err
+    assert scale_main(["--paintings", "60", "--classes", "3", "--crops", "2", "--methods", "mean"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["method"] for r in rows] == ["mean", "mean+offsets"] and all(r["rows"] == 120 for r in rows)
 
 
 @pytest.mark.parametrize("name,message", [
