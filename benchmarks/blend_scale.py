@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def methods(text: str) -> list[str]:
-    """'mean,stack' -> ['mean', 'stack']; a name that is no blend is refused before the minutes of synthetic OOF."""
+    """'mean,stack' -> ['mean', 'stack']; a name that is no blend is refused before any blend is timed."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in BLENDS]
     if not names or unknown:
@@ -61,8 +61,10 @@ def methods(text: str) -> list[str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     chosen = methods(args.methods)
-    for option, least in (("--paintings", 2), ("--crops", 1), ("--classes", 2), ("--members", 1)):
+    for option, least in (("--crops", 1), ("--classes", 2), ("--members", 1)):
         check_at_least(option, getattr(args, option[2:]), least)
+    # fewer, and a learning blend's 5 inner folds find a class too small to stratify, or one fold of one class
+    check_at_least("--paintings", args.paintings, 5 * args.classes, f"5 x --classes ({5 * args.classes})")
     X, y, groups = synthetic_oof(args.paintings, args.crops, args.classes, args.members)
     score = get_metric(args.metric).score
     for method in chosen:

@@ -437,6 +437,8 @@ def test_the_blend_timing_refuses_a_method_it_does_not_know_before_its_minutes(c
     from benchmarks.blend_scale import main as scale_main
     assert scale_main(["--methods", "mean,stak"]) == 2
     assert "--methods 'mean,stak'" in capsys.readouterr().err
+    assert scale_main(["--paintings", "9", "--classes", "2", "--crops", "1"]) == 2  # a traceback in the inner CV
+    assert "--paintings must be 5 x --classes (10) or more" in capsys.readouterr().err
     assert scale_main(["--paintings", "60", "--classes", "3", "--crops", "2", "--methods", "mean"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["method"] for r in rows] == ["mean", "mean+offsets"] and all(r["rows"] == 120 for r in rows)
