@@ -254,7 +254,7 @@ class TemperatureCalibration(_OnTop):
             warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
             if base.learns:
                 cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
-                      else list(grouped_split(groups, self.inner_folds, self.seed).split(X, y, groups)))
+                      else list(grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups)))
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
             else:  # (scikit-learn still splits y to predict with the frozen base, which gives the same everywhere)
                 self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
@@ -269,9 +269,17 @@ class TemperatureCalibration(_OnTop):
         return out
 
 
-def grouped_split(groups, n_splits: int, seed: int) -> StratifiedGroupKFold:
-    """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting."""
-    return StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups))))), shuffle=True,
+def grouped_split(groups, n_splits: int, seed: int, y) -> StratifiedGroupKFold:
+    """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting.
+
+    No more folds than the largest class has rows: scikit-learn refuses a split where every class has fewer
+    (a build of one finished fold's whole-painting OOF, 2 paintings a class, ended in its traceback)."""
+    largest = int(np.unique(y, return_counts=True)[1].max())
+    if largest < 2:
+        raise UserError(f"the OOF holds one row of each class ({len(y)} rows): a blend that learns, or offsets, "
+                        "cannot be scored on rows it was not fit on; use --method mean, vote or gmean without "
+                        "--offsets, or finish more folds.")
+    return StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups)), largest))), shuffle=True,
                                 random_state=seed)
 
 
@@ -305,7 +313,7 @@ def honest_oof(blend, X, y, groups, n_splits: int = 5, seed: int = 0) -> np.ndar
     # split puts each of a class's paintings in a fold of its own, and a class of two or more is learnt in
     # every inner fold. (They made it 2-fold for every class, fitting on half the rows.) A class of one
     # painting (--allow-small-classes) is learnt in none, under any K.
-    cv = grouped_split(groups, n_splits, seed)
+    cv = grouped_split(groups, n_splits, seed, y)
     # scikit-learn hands each inner fit its own rows' groups (``params``, cut to the fold's rows)
     params = {"groups": np.asarray(groups)} if getattr(blend, "takes_groups", False) else None
     with warnings.catch_warnings():  # scikit-learn's warnings about small classes: the split's warning said it

@@ -256,6 +256,19 @@ def test_small_classes_do_not_shrink_the_inner_cv_and_are_learnt_in_every_inner_
     assert seen == [5, 5]
 
 
+
+@pytest.mark.parametrize("method,offsets", [("stack", False), ("weighted", False), ("mean", True)])
+def test_a_learning_blend_is_scored_on_an_oof_of_fewer_rows_a_class_than_inner_folds(method, offsets):
+    """A build of one finished fold's whole-painting OOF (2 paintings a class, one row each) ended in
+    scikit-learn's 'n_splits=5 cannot be greater than the number of members in each class'."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(5), 2)
+    X = members_to_X([rng.dirichlet(np.ones(5), len(y))])
+    out = honest_oof(make_blend(method, offsets=offsets), X, y, np.arange(len(y)))
+    assert out.shape == (10, 5) and np.isfinite(out).all()
+    with pytest.raises(UserError, match="one row of each class"):  # nothing to score a fit on: said, not a traceback
+        honest_oof(make_blend(method, offsets=offsets), X[::2], y[::2], np.arange(5))
+
 def test_weighted_blend_finds_the_better_run():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 300)
