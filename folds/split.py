@@ -53,6 +53,15 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None,
         counts, what = labels.value_counts(), "images"
     else:  # a class needs a group of its own in every fold
         counts, what = pd.Series(list(groups)).groupby(labels.to_numpy()).nunique(), "groups (--groups)"
+    # what no flag can split: scikit-learn refuses K folds over fewer groups, or where every class has fewer images
+    rows = labels.value_counts()
+    if groups is not None and (n_groups := len(set(groups))) < n_folds:
+        raise UserError(f"--groups: {n_groups} groups in all, fewer than --n-folds={n_folds}: a fold would validate "
+                        f"no group. Use --n-folds {n_groups} or fewer.")
+    if rows.max() < n_folds:
+        raise UserError(f"every class has fewer images than --n-folds={n_folds} (the largest, {str(rows.index[0])!r}, "
+                        f"has {int(rows.max())}): no stratified split exists, even with --allow-small-classes. Use "
+                        f"--n-folds {int(rows.max())} or fewer.")
     small = counts[counts < n_folds]
     if len(small):
         worst = ", ".join(f"{str(k)!r} ({int(v)})" for k, v in small.sort_values().head(5).items())

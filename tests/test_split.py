@@ -98,6 +98,20 @@ def test_a_class_of_one_image_is_not_told_to_use_a_k_that_cannot_split_it():
     assert "--n-folds 2" not in str(e.value)
 
 
+@pytest.mark.parametrize("allow_small", [False, True])
+def test_a_split_no_flag_can_make_is_refused_by_its_option(allow_small):
+    """--n-folds above every class's size, or above the --groups' count, ended in scikit-learn's ValueError
+    traceback with --allow-small-classes; without it, the advice was that flag, which could not split them."""
+    ids, y = labels((10, 10, 8))
+    with pytest.raises(UserError, match=r"every class has fewer images than --n-folds=12 \(the largest, 'c0', has "
+                                        r"10\).*even with --allow-small-classes.*--n-folds 10 or fewer"):
+        make_folds(ids, y, 12, 0, allow_small=allow_small)
+    groups = [i % 4 for i in range(len(ids))]
+    with pytest.raises(UserError, match=r"--groups: 4 groups in all, fewer than --n-folds=5.*--n-folds 4 or fewer"):
+        make_folds(ids, y, 5, 0, groups, allow_small=allow_small)
+    assert make_folds(ids, y, 10, 0, allow_small=True)["fold"].nunique() == 10  # the largest class's size splits
+
+
 def test_allow_small_classes_splits_a_long_tail_as_scikit_learn_does(caplog, tmp_path):
     import warnings
 
