@@ -252,12 +252,14 @@ class TemperatureCalibration(_OnTop):
         with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
+            cv = list(StratifiedKFold(inner_folds(y, self.inner_folds), shuffle=True, random_state=self.seed).split(
+                X, y) if groups is None else grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups))
             if base.learns:
-                cv = (StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed) if groups is None
-                      else list(grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups)))
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
-            else:  # (scikit-learn still splits y to predict with the frozen base, which gives the same everywhere)
-                self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature").fit(X, y)
+            else:  # (scikit-learn still splits y to predict with the frozen base, which gives the same everywhere:
+                # the split only has to exist, so it is the one above, which exists where each class is small)
+                self.model_ = CalibratedClassifierCV(FrozenEstimator(base.fit(X, y)), method="temperature",
+                                                     cv=cv).fit(X, y)
         self.temperature_ = float(1 / self.model_.calibrated_classifiers_[0].calibrators[0].beta_)
         return self
 
@@ -269,18 +271,22 @@ class TemperatureCalibration(_OnTop):
         return out
 
 
-def grouped_split(groups, n_splits: int, seed: int, y) -> StratifiedGroupKFold:
-    """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting.
-
-    No more folds than the largest class has rows: scikit-learn refuses a split where every class has fewer
-    (a build of one finished fold's whole-painting OOF, 2 paintings a class, ended in its traceback)."""
+def inner_folds(y, n_splits: int) -> int:
+    """``n_splits``, or fewer: no more folds than the largest class has rows. scikit-learn refuses a stratified split
+    where every class has fewer (a build of one finished fold's whole-painting OOF, 2 paintings a class, ended in its
+    traceback)."""
     largest = int(np.unique(y, return_counts=True)[1].max())
     if largest < 2:
-        raise UserError(f"the OOF holds one row of each class ({len(y)} rows): a blend that learns, or offsets, "
-                        "cannot be scored on rows it was not fit on; use --method mean, vote or gmean without "
-                        "--offsets, or finish more folds.")
-    return StratifiedGroupKFold(n_splits=int(max(2, min(n_splits, len(np.unique(groups)), largest))), shuffle=True,
-                                random_state=seed)
+        raise UserError(f"{len(y)} OOF rows to learn from hold one of each class: a blend that learns, or "
+                        "offsets, cannot be scored on rows it was not fit on; use --method mean, vote or gmean "
+                        "without --offsets, or finish more folds.")
+    return max(2, min(n_splits, largest))
+
+
+def grouped_split(groups, n_splits: int, seed: int, y) -> StratifiedGroupKFold:
+    """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting."""
+    return StratifiedGroupKFold(n_splits=min(inner_folds(y, n_splits), max(2, len(np.unique(groups)))),
+                                shuffle=True, random_state=seed)
 
 
 def fit_blend(blend, X, y, groups):

@@ -266,8 +266,13 @@ def test_a_learning_blend_is_scored_on_an_oof_of_fewer_rows_a_class_than_inner_f
     X = members_to_X([rng.dirichlet(np.ones(5), len(y))])
     out = honest_oof(make_blend(method, offsets=offsets), X, y, np.arange(len(y)))
     assert out.shape == (10, 5) and np.isfinite(out).all()
-    with pytest.raises(UserError, match="one row of each class"):  # nothing to score a fit on: said, not a traceback
+    with pytest.raises(UserError, match="hold one of each class"):  # nothing to score a fit on: said, not a traceback
         honest_oof(make_blend(method, offsets=offsets), X[::2], y[::2], np.arange(5))
+    # under the log loss the offsets are a temperature, fit on a split of its own rows (3 a class: 2 in each fit)
+    y = np.repeat(np.arange(5), 3)
+    X = members_to_X([rng.dirichlet(np.ones(5), len(y))])
+    out = honest_oof(make_blend(method, offsets=True, metric="neg_log_loss"), X, y, np.arange(len(y)))
+    assert out.shape == (15, 5) and np.isfinite(out).all()
 
 def test_weighted_blend_finds_the_better_run():
     rng = np.random.default_rng(2)
