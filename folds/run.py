@@ -99,6 +99,12 @@ def finish_run(runner, result: dict) -> str:
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
+def side_by_side_processes(args, n_gpus: int, folds: list) -> int:
+    """How many fold processes ``--procs-per-gpu`` and ``--gpus`` start for ``folds``: one a fold at most, and
+    none beside this one for the full-data model."""
+    return 1 if args.fold == "full" else max(1, min(args.procs_per_gpu * n_gpus, len(folds)))
+
+
 def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     """``--procs-per-gpu N`` (and ``--gpus``): ``folds`` in N processes on each of ``gpus`` at once; then
     this process joins the run, as ``runner.run`` would. It trains nothing itself, so a ``--force``
@@ -166,7 +172,8 @@ def start_side_by_side(base_argv: list[str], cfg, folds: list[int], n: int, shar
     from common.machine import side_by_side_env, side_by_side_workers, usable_cores
     from common.progress import LINES_ENV
 
-    groups = [g for g in (folds[i::n] for i in range(n)) if g]
+    n = max(1, min(n, len(folds)))  # a process a fold at most: the cores are split among those that start
+    groups = [folds[i::n] for i in range(n)]
     cores = usable_cores()
     workers = cfg.workers if cfg.workers is not None else side_by_side_workers(cores, share or n)
     threads = side_by_side_env(cores, share or n)
@@ -250,7 +257,8 @@ def dry_run(args, cfg, n_gpus: int) -> int:
     folds = (["full"] if args.fold == "full" else runner.planned_folds if args.fold == "all"
              else parse_fold_spec(args.fold, runner.cfg.n_folds))
     runner.check_folds([k for k in folds if k != "full"])
-    print(describe(plan_run(runner, folds, args.time_limit, args.procs_per_gpu * n_gpus, args.full_epochs)))
+    print(describe(plan_run(runner, folds, args.time_limit, side_by_side_processes(args, n_gpus, folds),
+                            args.full_epochs)))
     return 0
 
 
@@ -282,7 +290,6 @@ def main(argv=None) -> int:
             return dry_run(args, cfg, len(gpus))
         runner = FoldRunner.open(cfg, resume=args.resume, force=args.force, announce=not args.no_join,
                                  deadline=deadline)
-        side_by_side = args.procs_per_gpu * len(gpus) > 1 and args.fold != "full"
         if args.fold == "full":
             result = runner.run_full(args.full_epochs)
             if not distributed.is_main():
@@ -292,7 +299,7 @@ def main(argv=None) -> int:
                   f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
         folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
-        if side_by_side:
+        if side_by_side_processes(args, len(gpus), folds) > 1:  # one fold (a holdout) trains here, with every core
             result = run_side_by_side(args, runner, gpus, folds)
         else:
             result = runner.run(folds, join=not args.no_join)

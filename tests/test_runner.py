@@ -1091,6 +1091,9 @@ def test_side_by_side_processes_share_the_cores_as_torch_threads(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda argv, env=None, **_: started.append(env) or argparse.Namespace())
     start_side_by_side([], RunConfig(name="r", workers=0), [0, 1, 2, 3, 4], 3)
     assert [e["OMP_NUM_THREADS"] for e in started] == ["5"] * 3
+    started.clear()  # two folds for 3 processes: 2 start, and the cores are split in two, not in three
+    start_side_by_side([], RunConfig(name="r", workers=0), [0, 1], 3)
+    assert [e["OMP_NUM_THREADS"] for e in started] == ["8"] * 2
     assert _worker_env(0, 4)["OMP_NUM_THREADS"] == "4"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting is kept
     assert side_by_side_env(16, 3) == {} and _worker_env(0, 4)["OMP_NUM_THREADS"] == "2"
@@ -1225,6 +1228,9 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
     assert "it does not fit" in out and "--resume goes on" in out, out
     assert main(args + ["--dry-run", "--fold", "1"]) == 0
     assert "nothing to train" in capsys.readouterr().out and plans[-1]["training"] == []
+    # 3 processes asked for 2 folds: 2 start (the estimate said 3 would share the machine)
+    assert main(args + ["--dry-run", "--fold", "1,2", "--procs-per-gpu", "3"]) == 0
+    assert plans[-1]["processes"] == 2 and "the 2 fold processes share" in capsys.readouterr().out
     # a fold another machine holds (a lock copied with the run folder looks alive until it misses its beats): the
     # run would skip it, and the dry run says so, with the run's own line, rather than time it
     (run / "fold_0" / "lock").write_text(json.dumps({"host": "last-kaggle-version", "pid": 7, "beat": 30}))
