@@ -44,7 +44,8 @@ def test_default_space_matches_the_recipe_knobs():
 
 def test_space_file_widens_and_is_checked(tmp_path):
     f = tmp_path / "space.yaml"
-    f.write_text("dropout: {type: float, low: 0.1, high: 0.5}\noptimizer: {type: categorical, choices: [adam, adamw]}\n")
+    f.write_text("dropout: {type: float, low: 0.1, high: 0.5}\n"
+                 "optimizer: {type: categorical, choices: [adam, adamw]}\n")
     assert set(load_space(f)) == {"lr", "step_size", "gamma", "dropout", "optimizer"}
     f.write_text("warp_speed: {type: float, low: 1, high: 2}\n")
     with pytest.raises(UserError, match="'warp_speed' is not a training option"):
@@ -319,7 +320,8 @@ def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["seed"] == t.number  # each trial its own seed
-            result = json.loads((demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}" / "result.json").read_text())
+            trial_dir = demo_study / "tuning" / "s" / "trials" / f"trial_{t.number:04d}"
+            result = json.loads((trial_dir / "result.json").read_text())
             assert result["value"] == pytest.approx(t.value)
     best = json.loads((demo_study / "tuning" / "s" / "best.json").read_text())
     assert best["value"] == max(t.value for t in study.trials if t.state == TrialState.COMPLETE)
@@ -327,7 +329,7 @@ def test_demo_study_prunes_and_writes_best_and_plots(demo_study, capsys):
         assert (demo_study / "tuning" / "s" / png).read_bytes()[:4] == b"\x89PNG"
     # best.json feeds the fold runner
     cfg = resolve_config({"data_dir": "x"}, None, None, demo_study / "tuning" / "s" / "best.json")
-    assert (cfg.lr, cfg.step_size, cfg.gamma) == (best["params"]["lr"], best["params"]["step_size"], best["params"]["gamma"])
+    assert (cfg.lr, cfg.step_size, cfg.gamma) == tuple(best["params"][k] for k in ("lr", "step_size", "gamma"))
 
 
 def test_rerun_tops_up_and_summary_only(demo_study, demo_source, capsys):
@@ -425,6 +427,9 @@ def test_a_dry_run_times_a_trial_and_the_heaviest_the_space_can_draw_and_writes_
     out = capsys.readouterr().out
     assert "5 of its trials are finished" in out and "--n-trials 9: the 4 trial(s) it leaves after the study's 5 " \
         "finished, about" in out, out
+    # 4 workers for the 2 trials it leaves: 2 start (the estimate divided the 2 trials' time by 4)
+    assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "7", "--workers", "4", "--dry-run") == 0
+    assert "--workers 4: 2 trials at once; on as many GPUs, about" in capsys.readouterr().out
     assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "5", "--dry-run") == 0
     assert "the command trains none and only summarises it" in capsys.readouterr().out
     assert tune(demo_study, demo_source, "--study", "s", "--n-trials", "9", "--dry-run", "--epochs", "2") == 2
@@ -548,6 +553,10 @@ def test_local_workers_share_one_study(demo_source, tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("surplus") for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    # one trial left for two workers: it trains in this process, with every core (two split them, one idle)
+    assert tune(tmp_path, demo_source, "--study", "w", "--n-trials", "4", "--workers", "2", "--pruner", "none") == 0
+    trials = [t for t in load(tmp_path, "w").trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 4 and trials[-1].user_attrs["pid"] == os.getpid()
 
 
 def test_a_worker_at_the_count_waits_for_the_others_running_trials():

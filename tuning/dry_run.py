@@ -124,9 +124,10 @@ def describe_study(plan: dict, study_dir) -> str:
     todo = f"the {n} trial(s) it leaves after the study's {plan['finished']} finished, " if plan["finished"] else ""
     lines.append(f"--n-trials {plan['n_trials']}: {todo}about {span(lambda m: m * n)} in this process, at most: "
                  "the pruner stops poor trials sooner.")
-    if plan["workers"] > 1:
-        lines.append(f"--workers {plan['workers']}: {plan['workers']} trials at once; on as many GPUs, about "
-                     f"{span(lambda m: m * n / plan['workers'])}. Workers that share a device share "
+    workers = min(plan["workers"], n)  # the study starts no more workers than trials it leaves
+    if workers > 1:
+        lines.append(f"--workers {plan['workers']}: {workers} trials at once; on as many GPUs, about "
+                     f"{span(lambda m: m * -(-n // workers))}. Workers that share a device share "
                      "its speed, which this estimate does not measure.")
     if plan["time_limit"] is not None:
         limit = plan["time_limit"]

@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_workers(args, study) -> int:
+    """The local worker processes ``--workers`` starts: no more than the trials the study leaves (a resumed study
+    with one trial left trains it here, with every core, where 4 workers split the cores in four)."""
+    left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
+    return max(1, min(args.study_workers, left))
+
+
 def _worker_env(i: int, n: int) -> dict:
     """Worker i's environment, of ``n``: its share of the cores as torch's threads, and one of this process's
     GPUs each, round-robin, when it has several."""
@@ -186,14 +193,14 @@ def run(args) -> int:
 
     if args.ray and args.worker_index is None:
         run_workers_on_ray(args)
-    elif args.study_workers > 1 and args.worker_index is None:
+    elif (workers := local_workers(args, study)) > 1 and args.worker_index is None:
         argv = args.deadline.hand_on(args.argv)  # the workers stop at this process's limit
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
             from common.machine import side_by_side_workers, usable_cores
-            argv += ["--num-workers", str(side_by_side_workers(usable_cores(), args.study_workers))]
+            argv += ["--num-workers", str(side_by_side_workers(usable_cores(), workers))]
         procs = [children.start([sys.executable, str(Path(__file__).resolve()), *argv, "--worker-index", str(i),
-                                 "--workers", "1"], env=_worker_env(i, args.study_workers))
-                 for i in range(args.study_workers)]
+                                 "--workers", "1"], env=_worker_env(i, workers))
+                 for i in range(workers)]
         codes = children.wait_all(procs)  # stopping the study stops its workers, each failing its trial
         time_up = TimeUp.of_children(codes, "workers")
         if time_up is None and any(codes):  # the study goes on: its next run retries their trials
