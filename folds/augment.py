@@ -89,4 +89,5 @@ def check_installed(crop: str, affine: str) -> None:
 
 def eval_transform(img_size: int, mean, std, cpu_normalize: bool = False) -> A.Compose:
     """Resize to the model's size (deterministic); uint8 CHW out."""
-    return A.Compose([A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA)] + _to_tensor(mean, std, cpu_normalize))
+    return A.Compose([A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA)]
+                     + _to_tensor(mean, std, cpu_normalize))

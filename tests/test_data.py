@@ -129,7 +129,8 @@ def test_missing_data_dir(tmp_path):
 def test_corrections_override_and_log(demo_dir, caplog):
     ds = load_dataset(demo_dir)
     a, b = ds.train.iloc[0], ds.train.iloc[-1]
-    pd.DataFrame({"id": [a["id"], b["id"]], "artist": [b["artist"], a["artist"]]}).to_csv(demo_dir / "fix.csv", index=False)
+    pd.DataFrame({"id": [a["id"], b["id"]], "artist": [b["artist"], a["artist"]]}).to_csv(demo_dir / "fix.csv",
+                                                                                          index=False)
     with caplog.at_level(logging.INFO, logger="folds.data"):
         fixed = load_dataset(demo_dir, corrections=demo_dir / "fix.csv")
     assert fixed.train.set_index("id").loc[a["id"], "artist"] == b["artist"]

@@ -37,7 +37,8 @@ def test_two_ranks_train_one_fold_and_only_rank_0_writes(demo_source, tmp_path):
     # predictions were sharded across the ranks and gathered: every validation painting, once, in order
     assert list(oof["id"]) == list(folds.loc[folds["fold"] == "0", "id"])
     test = pd.read_csv(fold / "test_probs.csv", dtype={"id": str})
-    assert len(test) == len(pd.read_csv(demo_source / "test.csv")) and np.allclose(test.iloc[:, 1:].sum(axis=1), 1, atol=1e-4)
+    assert len(test) == len(pd.read_csv(demo_source / "test.csv"))
+    assert np.allclose(test.iloc[:, 1:].sum(axis=1), 1, atol=1e-4)
     assert list(pd.read_csv(fold / "history.csv")["epoch"]) == [1, 2]
     # and each gathered row is its own painting's: the fold's weights, predicting here in one process, agree
     from folds.config import saved_config

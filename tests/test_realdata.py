@@ -17,7 +17,8 @@ def test_real_data_smoke(tmp_path):
     sub = train[train["artist"].isin(keep)].groupby("artist").head(8)
     labels = pd.read_csv(WIKIART / "test_labels.csv", dtype=str, keep_default_na=False)
     test_ids = labels[labels["artist"].isin(keep)].head(12)["id"]
-    test = pd.read_csv(WIKIART / "test.csv", dtype=str, keep_default_na=False).set_index("id").loc[test_ids].reset_index()
+    test = pd.read_csv(WIKIART / "test.csv", dtype=str, keep_default_na=False)
+    test = test.set_index("id").loc[test_ids].reset_index()
     data = tmp_path / "w50"
     for part, df in (("train", sub), ("test", test)):
         (data / part).mkdir(parents=True)

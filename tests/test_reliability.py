@@ -337,7 +337,8 @@ BAD_INPUTS = {
         r"\(.* at line 5\)"),
     "cp949 train.csv": (korean_excel_artist, r"train\.csv: not UTF-8 text at line 5 \(byte 0xb0\)\. Save it as UTF-8"),
     # image defects
-    "truncated train jpeg": (damage("train/0003.jpg", "truncate"), r"train\.csv line 5: './train/0003\.jpg'.*truncated"),
+    "truncated train jpeg": (damage("train/0003.jpg", "truncate"),
+                             r"train\.csv line 5: './train/0003\.jpg'.*truncated"),
     "garbage train image": (damage("train/0004.jpg", "garbage"), r"train\.csv line 6: .*cannot decode"),
     "empty test image": (lambda d: damage(first_test_image(d), "empty")(d), r"test\.csv line 2: .*cannot decode"),
     "missing image": (lambda d: (d / "train" / "0005.jpg").unlink(), r"image not found: './train/0005\.jpg'"),
