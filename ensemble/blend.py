@@ -252,7 +252,7 @@ class TemperatureCalibration(_OnTop):
         with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
-            cv = list(StratifiedKFold(inner_folds(y, self.inner_folds), shuffle=True, random_state=self.seed).split(
+            cv = list(StratifiedKFold(n_inner_folds(y, self.inner_folds), shuffle=True, random_state=self.seed).split(
                 X, y) if groups is None else grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups))
             if base.learns:
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
@@ -271,7 +271,7 @@ class TemperatureCalibration(_OnTop):
         return out
 
 
-def inner_folds(y, n_splits: int) -> int:
+def n_inner_folds(y, n_splits: int) -> int:
     """``n_splits``, or fewer: no more folds than the largest class has rows. scikit-learn refuses a stratified split
     where every class has fewer (a build of one finished fold's whole-painting OOF, 2 paintings a class, ended in its
     traceback)."""
@@ -285,7 +285,7 @@ def inner_folds(y, n_splits: int) -> int:
 
 def grouped_split(groups, n_splits: int, seed: int, y) -> StratifiedGroupKFold:
     """The inner split of OOF rows: stratified, a painting's crops in one fold, at most one fold a painting."""
-    return StratifiedGroupKFold(n_splits=min(inner_folds(y, n_splits), max(2, len(np.unique(groups)))),
+    return StratifiedGroupKFold(n_splits=min(n_inner_folds(y, n_splits), max(2, len(np.unique(groups)))),
                                 shuffle=True, random_state=seed)
 
 
