@@ -99,10 +99,16 @@ def finish_run(runner, result: dict) -> str:
     return line + f"\nrun folder: {runner.run_dir}\nsubmission: {sub['out']}\nreport: {sub.get('report')}"
 
 
-def side_by_side_processes(args, n_gpus: int, folds: list) -> int:
-    """How many fold processes ``--procs-per-gpu`` and ``--gpus`` start for ``folds``: one a fold at most, and
-    none beside this one for the full-data model."""
-    return 1 if args.fold == "full" else max(1, min(args.procs_per_gpu * n_gpus, len(folds)))
+def side_by_side_processes(args, runner, n_gpus: int, folds: list) -> int:
+    """How many fold processes ``--procs-per-gpu`` and ``--gpus`` start for ``folds``: one a fold it trains at
+    most (a resumed run with one fold left trains it here, with every core), and none beside this one for the
+    full-data model."""
+    return 1 if args.fold == "full" else max(1, min(args.procs_per_gpu * n_gpus, len(to_train(runner, folds))))
+
+
+def to_train(runner, folds: list) -> list:
+    """Those of ``folds`` the run trains: unfinished, or all under --force."""
+    return [k for k in folds if runner.trains(k)]
 
 
 def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
@@ -112,7 +118,7 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     runner.check_folds(folds)
     base = runner.deadline.hand_on(strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1,
                                                              "--num-workers": 1, "--name": 1}))
-    wait_for(start_side_by_side(base, runner.cfg, folds, args.procs_per_gpu * len(gpus), gpus=gpus))
+    wait_for(start_side_by_side(base, runner.cfg, to_train(runner, folds), args.procs_per_gpu * len(gpus), gpus=gpus))
     return runner.join(runner.finished(folds))
 
 
@@ -257,7 +263,7 @@ def dry_run(args, cfg, n_gpus: int) -> int:
     folds = (["full"] if args.fold == "full" else runner.planned_folds if args.fold == "all"
              else parse_fold_spec(args.fold, runner.cfg.n_folds))
     runner.check_folds([k for k in folds if k != "full"])
-    print(describe(plan_run(runner, folds, args.time_limit, side_by_side_processes(args, n_gpus, folds),
+    print(describe(plan_run(runner, folds, args.time_limit, side_by_side_processes(args, runner, n_gpus, folds),
                             args.full_epochs)))
     return 0
 
@@ -299,7 +305,7 @@ def main(argv=None) -> int:
                   f"`python ensemble/build.py {runner.run_dir} --with-full`.")
             return 0
         folds = runner.planned_folds if args.fold == "all" else parse_fold_spec(args.fold, runner.cfg.n_folds)
-        if side_by_side_processes(args, len(gpus), folds) > 1:  # one fold (a holdout) trains here, with every core
+        if side_by_side_processes(args, runner, len(gpus), folds) > 1:  # one fold to train: here, with every core
             result = run_side_by_side(args, runner, gpus, folds)
         else:
             result = runner.run(folds, join=not args.no_join)

@@ -1228,8 +1228,8 @@ def test_a_dry_run_checks_times_and_estimates_each_fold_and_writes_nothing(demo_
     assert "it does not fit" in out and "--resume goes on" in out, out
     assert main(args + ["--dry-run", "--fold", "1"]) == 0
     assert "nothing to train" in capsys.readouterr().out and plans[-1]["training"] == []
-    # 3 processes asked for 2 folds: 2 start (the estimate said 3 would share the machine)
-    assert main(args + ["--dry-run", "--fold", "1,2", "--procs-per-gpu", "3"]) == 0
+    # 3 processes asked for 3 folds, one of them finished: 2 start (the estimate said 3 would share the machine)
+    assert main(args + ["--dry-run", "--resume", "--fold", "0,1,2", "--procs-per-gpu", "3"]) == 0
     assert plans[-1]["processes"] == 2 and "the 2 fold processes share" in capsys.readouterr().out
     # a fold another machine holds (a lock copied with the run folder looks alive until it misses its beats): the
     # run would skip it, and the dry run says so, with the run's own line, rather than time it
