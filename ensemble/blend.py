@@ -252,8 +252,11 @@ class TemperatureCalibration(_OnTop):
         with warnings.catch_warnings():  # a class of fewer rows or paintings than folds: calibrated all the same
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             warnings.filterwarnings("ignore", message="Number of classes in training fold", category=RuntimeWarning)
-            cv = list(StratifiedKFold(n_inner_folds(y, self.inner_folds), shuffle=True, random_state=self.seed).split(
-                X, y) if groups is None else grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups))
+            if groups is None:
+                cv = StratifiedKFold(n_inner_folds(y, self.inner_folds), shuffle=True, random_state=self.seed)
+                cv = list(cv.split(X, y))
+            else:
+                cv = list(grouped_split(groups, self.inner_folds, self.seed, y).split(X, y, groups))
             if base.learns:
                 self.model_ = CalibratedClassifierCV(base, method="temperature", cv=cv, ensemble=False).fit(X, y)
             else:  # (scikit-learn still splits y to predict with the frozen base, which gives the same everywhere:

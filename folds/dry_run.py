@@ -204,13 +204,13 @@ def dry_run(runner, folds: list, time_limit: float | None = None, processes: int
     """What each of ``folds`` that would train has to do, checked first as the run checks it; then the probe, on
     the first of them (fold 0 for the full-data model, which validates nothing), and each one's minutes."""
     cfg = runner.cfg
-    held = {k: holder for k in folds if runner.trains(k) and (holder := runner.holder(k)) is not None}
+    held = {k: holder for k in runner.to_train(folds) if (holder := runner.holder(k)) is not None}
     # the run comes back to a held fold once its others are done (FoldRunner.come_back): one whose holder has
     # missed its beats already is counted as the run would train it then, after the rest of its silence
     locks = {k: runner.lock(k) for k in held}
     silent = {k: FoldLock.stale_after(h) - locks[k].silent_for() for k, h in held.items()
               if runner.comes_back_to(k, h) and locks[k].missed_beats(h)}
-    training = [k for k in folds if runner.trains(k) and k not in held] + list(silent)
+    training = [k for k in runner.to_train(folds) if k not in held] + list(silent)
     plan = {"run_dir": str(runner.run_dir), "folds": list(folds), "training": training, "time_limit": time_limit,
             "batch_size": cfg.batch_size, "processes": processes, "fold_minutes": {}, "folds_detail": {},
             "held": {k: runner.held_note(k, holder, "the run would skip it for now", by="the run")

@@ -103,12 +103,7 @@ def side_by_side_processes(args, runner, n_gpus: int, folds: list) -> int:
     """How many fold processes ``--procs-per-gpu`` and ``--gpus`` start for ``folds``: one a fold it trains at
     most (a resumed run with one fold left trains it here, with every core), and none beside this one for the
     full-data model."""
-    return 1 if args.fold == "full" else max(1, min(args.procs_per_gpu * n_gpus, len(to_train(runner, folds))))
-
-
-def to_train(runner, folds: list) -> list:
-    """Those of ``folds`` the run trains: unfinished, or all under --force."""
-    return [k for k in folds if runner.trains(k)]
+    return 1 if args.fold == "full" else max(1, min(args.procs_per_gpu * n_gpus, len(runner.to_train(folds))))
 
 
 def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
@@ -118,7 +113,7 @@ def run_side_by_side(args, runner, gpus: list, folds: list[int]) -> dict:
     runner.check_folds(folds)
     base = runner.deadline.hand_on(strip_options(args.argv, {"--fold": 1, "--procs-per-gpu": 1, "--gpus": 1,
                                                              "--num-workers": 1, "--name": 1}))
-    wait_for(start_side_by_side(base, runner.cfg, to_train(runner, folds), args.procs_per_gpu * len(gpus), gpus=gpus))
+    wait_for(start_side_by_side(base, runner.cfg, runner.to_train(folds), args.procs_per_gpu * len(gpus), gpus=gpus))
     return runner.join(runner.finished(folds))
 
 

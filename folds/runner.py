@@ -111,6 +111,10 @@ class FoldRunner:
         """Whether ``run_fold(k)`` trains the fold (unless another process holds it): not finished, or --force."""
         return self.force or not self.is_done(k)
 
+    def to_train(self, folds) -> list:
+        """Those of ``folds`` that ``run_fold`` trains: unfinished, or all under --force."""
+        return [k for k in folds if self.trains(k)]
+
     def lock(self, k) -> FoldLock:
         """Fold ``k``'s lock, as this process (or its Ray task) would hold it."""
         return FoldLock(self.fold_dir(k) / layout.LOCK, owner=self.lock_owner)
@@ -449,8 +453,8 @@ class FoldRunner:
                 results[k] = r
             if r is not None and trains and k not in self.found_finished:  # its pace: trained here
                 paces.append((time.time() - started) / 60)
-                self._say_what_is_left(k, paces, [j for j in folds[i + 1:] if self.trains(j)])
-        results.update(self.come_back([k for k in folds if k not in results and self.trains(k)]))
+                self._say_what_is_left(k, paces, self.to_train(folds[i + 1:]))
+        results.update(self.come_back(self.to_train(k for k in folds if k not in results)))
         if not distributed.is_main() or not join:
             return {"folds": results, "complete": False}  # rank 0, or the side-by-side parent, joins the run
         return self.join(results)

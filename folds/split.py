@@ -49,12 +49,12 @@ def make_folds(ids, labels, n_folds: int = 5, split_seed: int = 42, groups=None,
     if n_folds < 2:
         raise UserError(f"--n-folds must be at least 2, but got {n_folds}.")
     labels = pd.Series(list(labels))
+    rows = labels.value_counts()  # largest first
     if groups is None:
-        counts, what = labels.value_counts(), "images"
+        counts, what = rows, "images"
     else:  # a class needs a group of its own in every fold
         counts, what = pd.Series(list(groups)).groupby(labels.to_numpy()).nunique(), "groups (--groups)"
     # what no flag can split: scikit-learn refuses K folds over fewer groups, or where every class has fewer images
-    rows = labels.value_counts()
     if groups is not None and (n_groups := len(set(groups))) < n_folds:
         raise UserError(f"--groups: {n_groups} groups in all, fewer than --n-folds={n_folds}: a fold would validate "
                         f"no group. Use --n-folds {n_groups} or fewer.")

@@ -73,11 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def trials_left(args, study) -> int:
+    """How many of ``--n-trials`` the study has yet to finish."""
+    return args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
 def local_workers(args, study) -> int:
     """The local worker processes ``--workers`` starts: no more than the trials the study leaves (a resumed study
     with one trial left trains it here, with every core, where 4 workers split the cores in four)."""
-    left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
-    return max(1, min(args.study_workers, left))
+    return max(1, min(args.study_workers, trials_left(args, study)))
 
 
 def _worker_env(i: int, n: int) -> dict:
@@ -217,8 +221,7 @@ def run(args) -> int:
             log.warning("removed %.1f MB that trials stopped by a kill left in %s (%s).", freed / 2**20, trials_dir,
                         "half-written files" if args.keep_checkpoints else
                         "their checkpoints, as a trial is never resumed, and half-written files")
-        left = args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
-        if left > 0:
+        if trials_left(args, study) > 0:  # (after the tidy: a gone worker's trial failed counts as not finished)
             stop = StopAtCount(args.n_trials, look, alive, deadline=args.deadline)
             objective = Objective(cfg, ds, prep.folds, fold_ids, space, trials_dir, args.keep_checkpoints,
                                   deadline=args.deadline, over=stop.over)
