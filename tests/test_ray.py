@@ -67,18 +67,26 @@ def test_several_runs_in_one_ray_job(demo_source, tmp_path):
     assert {p: p.stat().st_mtime for p in kept} == kept  # nothing trained, nothing else written
 
 
-def test_optuna_workers_on_ray_share_one_study(demo_source, tmp_path):
+def test_optuna_workers_on_ray_share_one_study(demo_source, tmp_path, capsys):
     from tuning.tune import main as tune_main
     base = ["--study", "r", "--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"),
             "--data-dir", str(demo_source), "--preset", "demo", "--img-size", "32", "--epochs", "1",
-            "--num-workers", "0", "--pruner", "none"]
-    assert tune_main([*base, "--n-trials", "2", "--workers", "2", "--ray", "local"]) == 0
+            "--num-workers", "0", "--pruner", "none", "--workers", "2", "--ray", "local"]
+    assert tune_main([*base, "--n-trials", "2"]) == 0
     import optuna
 
     from tuning.storage import make_storage
     study = optuna.load_study(study_name="r", storage=make_storage(None, tmp_path / "tuning" / "r"))
     hosts = {t.user_attrs.get("pid") for t in study.trials}
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) >= 2 and len(hosts) == 2
+    assert "2 Optuna workers as Ray tasks" in capsys.readouterr().out
+    # resumed with one trial left, the study starts one task (one GPU held), and with none left, none
+    finished = len([t for t in study.trials if t.state.name == "COMPLETE"])
+    assert tune_main([*base, "--n-trials", str(finished + 1)]) == 0
+    assert "1 Optuna worker as Ray tasks" in capsys.readouterr().out
+    assert tune_main([*base, "--n-trials", str(finished + 1)]) == 0
+    assert "as Ray tasks" not in capsys.readouterr().out
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == finished + 1
 
 
 def test_ray_across_machines_refuses_a_local_storage(demo_source, tmp_path, capsys):

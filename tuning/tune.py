@@ -78,9 +78,10 @@ def trials_left(args, study) -> int:
     return args.n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def local_workers(args, study) -> int:
-    """The local worker processes ``--workers`` starts: no more than the trials the study leaves (a resumed study
-    with one trial left trains it here, with every core, where 4 workers split the cores in four)."""
+def workers_to_start(args, study) -> int:
+    """The workers ``--workers`` starts, as local processes or Ray tasks: no more than the trials the study leaves
+    (a resumed study with one trial left trains it in one worker, with every core, where 4 workers split the cores
+    in four or hold 4 of the cluster's GPUs)."""
     return max(1, min(args.study_workers, trials_left(args, study)))
 
 
@@ -102,8 +103,8 @@ def _ray_worker(argv: list[str], cwd: str) -> int:
     return main(argv)
 
 
-def run_workers_on_ray(args) -> None:
-    """``--workers`` Optuna workers as Ray tasks on one study. A worker lost with its node is retried
+def run_workers_on_ray(args, n: int) -> None:
+    """``n`` Optuna workers as Ray tasks on one study. A worker lost with its node is retried
     by Optuna's heartbeat (PostgreSQL), as without Ray."""
     from folds.on_ray import connect
 
@@ -113,7 +114,8 @@ def run_workers_on_ray(args) -> None:
     remote = ray.remote(_ray_worker)
     own = strip_options(argv, {"--ray": 1, "--ray-gpus": 1, "--workers": 1})
     refs = [remote.options(num_gpus=gpus, num_cpus=1, name=f"optuna-{args.study}-{i}").remote(
-        [*own, "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(args.study_workers)]
+        [*own, "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(n)]
+    log.info("%d Optuna worker%s as Ray tasks on study %s", n, "s" * (n > 1), args.study)
     codes = ray.get(refs)
     if any(codes):
         log.warning("Ray worker exit codes: %s", codes)
@@ -196,8 +198,9 @@ def run(args) -> int:
     time_up = None  # --time-limit reached: raised once the summary and best.json are written
 
     if args.ray and args.worker_index is None:
-        run_workers_on_ray(args)
-    elif (workers := local_workers(args, study)) > 1 and args.worker_index is None:
+        if trials_left(args, study) > 0:
+            run_workers_on_ray(args, workers_to_start(args, study))
+    elif (workers := workers_to_start(args, study)) > 1 and args.worker_index is None:
         argv = args.deadline.hand_on(args.argv)  # the workers stop at this process's limit
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
             from common.machine import side_by_side_workers, usable_cores
