@@ -128,7 +128,7 @@ def frozen_features(paths, crops, model_spec: str, size: int, workers: int) -> n
     from models import create_model, data_config
 
     name, _, weights = model_spec.partition(":")
-    model = create_model(name, 2, weights=weights or "hub")
+    model = create_model(name, 2, weights=weights or "hub", img_size=size)
     dcfg = data_config(model, size)
     model.reset_classifier(0)
     prec = Precision.resolve()

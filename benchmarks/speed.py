@@ -159,7 +159,7 @@ def bench_train(args) -> dict:
     labels = np.arange(len(paths)) % 10
     fast = Precision.resolve(args.device, "auto", "auto")
     naive = Precision.resolve(args.device, "off", "off")
-    model = create_model(args.model, 10, weights="none")
+    model = create_model(args.model, 10, weights="none", img_size=args.img_size)
     size = args.img_size or data_config(model)["input_size"][-1]
     tf = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0)  # uint8 out, normalised on the device
     tf_cpu = train_transform(size, (0.5,) * 3, (0.5,) * 3, seed=0, cpu_normalize=True)  # the seed recipe's float path
@@ -170,7 +170,7 @@ def bench_train(args) -> dict:
         """One epoch of the shipped training pass (folds.engine.train_one_epoch), not a copy of it."""
         inputs = InputPipe(prec, (0.5,) * 3, (0.5,) * 3)
         torch.manual_seed(0)
-        m = prec.prepare(create_model(args.model, 10, weights="none")).train()
+        m = prec.prepare(create_model(args.model, 10, weights="none", img_size=args.img_size)).train()
         fm = torch.compile(m) if compile_ else m
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         scaler = prec.scaler()
@@ -221,7 +221,7 @@ def bench_epochs(args) -> dict:
     prec = Precision.resolve(args.device, args.amp, "auto")
     torch.backends.cudnn.benchmark = prec.device.type == "cuda" and args.cudnn_benchmark == "on"
     n_classes = int(labels.max()) + 1
-    model = create_model(args.model, n_classes, weights="none")
+    model = create_model(args.model, n_classes, weights="none", img_size=args.img_size)
     model = prec.prepare(enable_grad_checkpointing(model, args.model) if args.grad_checkpointing else model)
     dcfg = data_config(model, args.img_size)
     size = dcfg["input_size"][-1]
@@ -318,7 +318,7 @@ def bench_kept(args) -> dict:
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=prec.device)
     kept = {}
     for checkpointing in (False, True):
-        model = prec.prepare(create_model(args.model, 50, weights="none"))
+        model = prec.prepare(create_model(args.model, 50, weights="none", img_size=args.img_size))
         if checkpointing:
             enable_grad_checkpointing(model, args.model)
         kept[checkpointing] = kept_bytes(model, x) / 2**20
@@ -334,7 +334,8 @@ def bench_infer(args) -> dict:
     from folds.predict import predict_probs, predict_probs_each
     from folds.data import load_dataset
     prec = Precision.resolve(args.device, "auto", "auto")
-    models = [prec.prepare(create_model(args.model, 50, weights="none")).eval() for _ in range(args.folds)]
+    models = [prec.prepare(create_model(args.model, 50, weights="none", img_size=args.img_size)).eval()
+              for _ in range(args.folds)]
     cfg = data_config(models[0], args.img_size)
     size = cfg["input_size"][-1]
     tf = eval_transform(size, cfg["mean"], cfg["std"])

@@ -14,7 +14,7 @@ from models import create_model, data_config
 def build_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
     """The model and its data config (input size, mean, std)."""
     model = create_model(cfg.model, num_classes, weights=cfg.weights if pretrained else "none", dropout=cfg.dropout,
-                         drop_path=cfg.drop_path, head_init=cfg.head_init)
+                         drop_path=cfg.drop_path, head_init=cfg.head_init, img_size=cfg.img_size)
     return model, data_config(model, cfg.img_size)
 
 

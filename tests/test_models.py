@@ -5,7 +5,7 @@ import torch
 
 import models.weights as weights
 from common import UserError
-from models import create_model, data_config
+from models import check_model, create_model, data_config
 
 
 def test_head_sized_to_classes_with_dropout():
@@ -28,6 +28,9 @@ def test_a_new_head_starts_at_zero_and_a_head_loaded_with_the_weights_is_kept(tm
         loss.backward()  # the head learns from the first step
         assert last.weight.grad.abs().sum() > 0
     assert create_model("resnet10t", 6, weights="none", head_init="timm").get_classifier().weight.abs().sum() > 0
+    # a distilled model's two heads (a tuple, where the zeroing ended in "'tuple' object has no attribute")
+    heads = create_model("deit_tiny_distilled_patch16_224", 6, weights="none", img_size=32).get_classifier()
+    assert len(heads) == 2 and not any(h.weight.any() for h in heads)
     # a file's head that fits the classes is the file's (a fine-tuned checkpoint to go on from)
     src = create_model("resnet10t", 6, weights="none", head_init="timm")
     torch.save(src.state_dict(), tmp_path / "w.pth")
@@ -40,6 +43,29 @@ def test_input_size_from_pretrained_config_or_override():
     m = create_model("efficientnet_b3", 5, weights="none")
     assert data_config(m)["input_size"] == (3, 288, 288)
     assert data_config(m, 160)["input_size"] == (3, 160, 160)
+
+
+def test_a_model_built_for_one_input_size_is_built_for_img_size(tmp_path, demo_source):
+    # a ViT's position embeddings are sized when it is built: with --img-size 64 its first training step ended in
+    # timm's "Input height (64) doesn't match model (224)", after the data's checks and the split
+    m = create_model("vit_tiny_patch16_224", 3, weights="none", img_size=32)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    check_model("vit_tiny_patch16_224", "none", img_size=32)
+    # its 224 px weights from a file are resampled to the size, as timm's hub weights are
+    src = create_model("vit_tiny_patch16_224", 1000, weights="none", head_init="timm")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    m = create_model("vit_tiny_patch16_224", 3, weights=str(tmp_path / "w.pth"), img_size=32)
+    assert torch.equal(m.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    assert m.pos_embed.shape[1] == 1 + 2 * 2  # the class token and a 2x2 grid of 16 px patches
+    # a model that stays at its own size is refused before any file is written, with the size it takes
+    with pytest.raises(UserError, match="--img-size 32: timm's efficientformer_l1 takes only 224 px"):
+        check_model("efficientformer_l1", "none", img_size=32)
+    # and a run trains, predicts its OOF and test crops, and builds its submission at that size
+    from conftest import tiny_args
+    from folds.run import main as run_main
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--model": "vit_tiny_patch16_224", "--epochs": 1,
+                                                        "--n-folds": 2})) == 0
+    assert (tmp_path / "subs" / "t_folds-mean.csv").is_file()
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -29,7 +29,7 @@ TUNABLE = {"lr", "step_size", "gamma", "optimizer", "weight_decay", "label_smoot
            "drop_path", "head_init", "sched_step"}
 
 # the knobs that change which model is built (checked on the meta device, without weights in memory)
-MODEL_KNOBS = {"model", "drop_path"}
+MODEL_KNOBS = {"model", "drop_path", "img_size"}
 
 DEFAULT_SPACE = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -111,7 +111,8 @@ def check_corners(space: dict, cfg: RunConfig, path=None) -> None:
         try:
             trial_cfg = trial_config(cfg, combo)
             # what only some timm models have (drop path, a model's weights) is a question for the model
-            model = (trial_cfg.model, trial_cfg.weights, trial_cfg.drop_path, trial_cfg.grad_checkpointing)
+            model = (trial_cfg.model, trial_cfg.weights, trial_cfg.drop_path, trial_cfg.grad_checkpointing,
+                     trial_cfg.img_size)
             if MODEL_KNOBS & combo.keys() and model not in models_checked:
                 check_model(*model)
                 models_checked.add(model)
