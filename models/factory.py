@@ -53,31 +53,37 @@ def size_kwargs(name: str, img_size: int | None) -> dict:
 
 def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_checkpointing: bool = False,
                 img_size: int | None = None) -> None:
-    """The model name, its weights source, and the options only some timm models have, checked
-    before anything is written (those on the meta device: no memory, no weights)."""
+    """The model name, its weights source, the options only some timm models have, and that the model takes
+    the run's input size, checked before anything is written (on the meta device: no memory, no weights;
+    under a second for a large ViT)."""
     check_model_name(name)
     check_weights(name, weights or "none")
-    size = size_kwargs(name, img_size)
-    if drop_path or grad_checkpointing or size:
-        with torch.device("meta"):
+    with torch.device("meta"):
+        try:
             model = create_model(name, 2, weights="none", drop_path=drop_path, img_size=img_size)
-            if size:
-                check_input_size(model, name, img_size)
-        if grad_checkpointing:
-            enable_grad_checkpointing(model, name)
+        except UserError:
+            raise
+        except Exception as e:  # an encoder without a classifier head, for one
+            raise UserError(f"--model {name}: timm cannot build it as a classifier ({type(e).__name__}: "
+                            f"{str(e)[:120]}). Choose another --model.") from None
+        check_input_size(model, name, img_size or data_config(model)["input_size"][-1])
+    if grad_checkpointing:
+        enable_grad_checkpointing(model, name)
 
 
 def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
-    """A model of one input size built for ``img_size`` takes it (most do; EfficientFormer's attention, for one,
-    stays at its own size), found on the meta device rather than in the first training step."""
+    """The model takes ``img_size`` (an Inception's pooling needs 75 px or more, a ViT of 14 px patches a
+    multiple of 14; EfficientFormer's attention stays at its own size), found on the meta device rather than
+    in the first training step, after the data's checks and the split."""
     try:
         model.eval()(torch.zeros(1, 3, img_size, img_size))
     except NotImplementedError:  # an operation without a meta kernel: not a question of size; the run will tell
         return
     except Exception as e:  # timm's models refuse a size in many ways
-        own = model.pretrained_cfg.get("input_size", (3, "its own", ""))[-1]
-        raise UserError(f"--img-size {img_size}: timm's {name} takes only {own} px input ({type(e).__name__}: "
-                        f"{str(e)[:120]}). Use --img-size {own}, or leave it out.") from None
+        own = data_config(model)["input_size"][-1]
+        raise UserError(f"--img-size {img_size}: timm's {name} does not take {img_size} px input "
+                        f"({type(e).__name__}: {str(e)[:120]}). Its pretrained size is {own}: use --img-size "
+                        f"{own}, or leave it out.") from None
 
 
 def create_model(name: str, num_classes: int, weights: str | None = "hub", dropout: float = 0.2,

@@ -57,9 +57,13 @@ def test_a_model_built_for_one_input_size_is_built_for_img_size(tmp_path, demo_s
     m = create_model("vit_tiny_patch16_224", 3, weights=str(tmp_path / "w.pth"), img_size=32)
     assert torch.equal(m.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
     assert m.pos_embed.shape[1] == 1 + 2 * 2  # the class token and a 2x2 grid of 16 px patches
-    # a model that stays at its own size is refused before any file is written, with the size it takes
-    with pytest.raises(UserError, match="--img-size 32: timm's efficientformer_l1 takes only 224 px"):
+    # a model that stays at its own size, or needs more pixels, is refused before any file is written
+    with pytest.raises(UserError, match="--img-size 32: timm's efficientformer_l1 does not take 32 px input .*"
+                                        "Its pretrained size is 224"):
         check_model("efficientformer_l1", "none", img_size=32)
+    with pytest.raises(UserError, match="--img-size 64: timm's inception_v3 does not take 64 px .* size is 299"):
+        check_model("inception_v3", "none", img_size=64)
+    check_model("inception_v3", "none", img_size=96)
     # and a run trains, predicts its OOF and test crops, and builds its submission at that size
     from conftest import tiny_args
     from folds.run import main as run_main
