@@ -176,3 +176,11 @@ def test_weights_from_a_file_are_announced_once(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "w.pth" in r.getMessage()]
     assert said == [f"loaded backbone weights from {tmp_path / 'w.pth'}"], said
     assert logging.getLogger("timm.models._helpers").level == logging.NOTSET  # its level is put back
+
+
+def test_the_family_sweep_tells_a_refused_model_from_a_working_one(capsys):
+    from benchmarks.model_families import main as sweep
+    assert sweep(["--module", "inception_v3", "resnet", "--per-module", "1", "--img-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "refused  inception_v3: --img-size 64" in out and "2 modules, --img-size 64: 1 ok, 1 refused" in out
+    assert sweep(["--module", "vit"]) == 2  # timm's module is vision_transformer
