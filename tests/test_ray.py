@@ -79,13 +79,13 @@ def test_optuna_workers_on_ray_share_one_study(demo_source, tmp_path, capsys):
     study = optuna.load_study(study_name="r", storage=make_storage(None, tmp_path / "tuning" / "r"))
     hosts = {t.user_attrs.get("pid") for t in study.trials}
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) >= 2 and len(hosts) == 2
-    assert "2 Optuna workers as Ray tasks" in capsys.readouterr().out
+    assert "Ray: 2 Optuna workers on study r" in capsys.readouterr().out
     # resumed with one trial left, the study starts one task (one GPU held), and with none left, none
     finished = len([t for t in study.trials if t.state.name == "COMPLETE"])
     assert tune_main([*base, "--n-trials", str(finished + 1)]) == 0
-    assert "1 Optuna worker as Ray tasks" in capsys.readouterr().out
+    assert "Ray: 1 Optuna worker on study r" in capsys.readouterr().out
     assert tune_main([*base, "--n-trials", str(finished + 1)]) == 0
-    assert "as Ray tasks" not in capsys.readouterr().out
+    assert "Ray: " not in capsys.readouterr().out
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == finished + 1
 
 

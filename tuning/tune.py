@@ -115,7 +115,7 @@ def run_workers_on_ray(args, n: int) -> None:
     own = strip_options(argv, {"--ray": 1, "--ray-gpus": 1, "--workers": 1})
     refs = [remote.options(num_gpus=gpus, num_cpus=1, name=f"optuna-{args.study}-{i}").remote(
         [*own, "--worker-index", str(i), "--workers", "1"], os.getcwd()) for i in range(n)]
-    log.info("%d Optuna worker%s as Ray tasks on study %s", n, "s" * (n > 1), args.study)
+    log.info("Ray: %d Optuna worker%s on study %s", n, "s" * (n > 1), args.study)
     codes = ray.get(refs)
     if any(codes):
         log.warning("Ray worker exit codes: %s", codes)
