@@ -63,12 +63,21 @@ def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_che
             model = create_model(name, 2, weights="none", drop_path=drop_path, img_size=img_size)
         except UserError:
             raise
-        except Exception as e:  # an encoder without a classifier head, for one
+        except Exception as e:
+            if _meta_cannot_tell(e):  # older timm's ViT calls .item() in its constructor: the run will tell
+                return
+            # an encoder without a classifier head, for one
             raise UserError(f"--model {name}: timm cannot build it as a classifier ({type(e).__name__}: "
                             f"{str(e)[:120]}). Choose another --model.") from None
         check_input_size(model, name, img_size or data_config(model)["input_size"][-1])
     if grad_checkpointing:
         enable_grad_checkpointing(model, name)
+
+
+def _meta_cannot_tell(e: Exception) -> bool:
+    """The meta device, not the model, failed: an operation without a meta kernel, or one that reads a value
+    (``.item()``); such a model is built and checked by the run itself."""
+    return isinstance(e, NotImplementedError) or "meta tensor" in str(e)
 
 
 def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
@@ -77,9 +86,9 @@ def check_input_size(model: nn.Module, name: str, img_size: int) -> None:
     in the first training step, after the data's checks and the split."""
     try:
         model.eval()(torch.zeros(1, 3, img_size, img_size))
-    except NotImplementedError:  # an operation without a meta kernel: not a question of size; the run will tell
-        return
     except Exception as e:  # timm's models refuse a size in many ways
+        if _meta_cannot_tell(e):
+            return
         own = data_config(model)["input_size"][-1]
         raise UserError(f"--img-size {img_size}: timm's {name} does not take {img_size} px input "
                         f"({type(e).__name__}: {str(e)[:120]}). Its pretrained size is {own}: use --img-size "

