@@ -199,7 +199,7 @@ def test_a_notebook_image_with_an_older_timm_still_loads_weights_and_checks_mode
     newer = timm.models.load_state_dict
 
     def older(checkpoint_path, use_ema=True, device="cpu"):
-        return newer(checkpoint_path, use_ema=use_ema, device=device, weights_only=True)
+        return newer(checkpoint_path, use_ema=use_ema, device=device)
 
     monkeypatch.setattr(timm.models, "load_state_dict", older)
     assert torch.equal(create_model("resnet10t", 6, weights=str(tmp_path / "w.pth")).conv1[0].weight,

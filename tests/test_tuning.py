@@ -857,3 +857,18 @@ def test_a_study_of_several_folds_reads_its_best_trial_down_fold_by_fold(tmp_pat
     study.add_trial(optuna.trial.create_trial(value=0.1, user_attrs={"dir": str(tmp_path / "trial_0"),
                                                                      "fold_0_f1": 0.1}))
     assert best_read_down(study) is None
+
+
+def test_an_optuna_older_than_the_studies_take_is_refused_in_one_line(monkeypatch, capsys):
+    """A notebook image's Optuna 3.6 ended in an ImportError traceback (RetryHeartbeatStaleTrialCallback, from
+    4.9; 4.0 to 4.8 name it RetryFailedTrialCallback, which is taken instead)."""
+    import importlib
+
+    import tuning
+    monkeypatch.setattr(optuna, "__version__", "3.6.2")
+    with pytest.raises(SystemExit) as stop:
+        importlib.reload(tuning)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: Optuna 3.6.2 is older than this suite's studies take (4.0 ")
+    monkeypatch.setattr(optuna, "__version__", "4.0.0")
+    importlib.reload(tuning)  # 4.0 is taken

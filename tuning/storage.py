@@ -10,13 +10,29 @@ import copy
 import logging
 import re
 import warnings
+from inspect import signature
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from common import UserError
+
+# Optuna 4.9 renamed the heartbeat's retry: its class, RDBStorage's keyword and the getter. 4.0 to 4.8 (a notebook
+# image's) call it the failed trial's callback; 4.9 keeps those as deprecated aliases.
+try:
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+except ImportError:
+    from optuna.storages import RetryFailedTrialCallback as RetryHeartbeatStaleTrialCallback
+RETRY_KEYWORD = next(k for k in ("heartbeat_stale_trial_callback", "failed_trial_callback")
+                     if k in signature(RDBStorage.__init__).parameters)
+
+
+def retry_callback(storage):
+    """The storage's retry of a trial whose heartbeat went stale, or None."""
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    return getter()
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +148,7 @@ def make_storage(url: str | None, study_dir: Path, *, heartbeat: int = 30):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                               heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryAsNewTrial(max_retry=MAX_RETRY))
+                              **{RETRY_KEYWORD: RetryAsNewTrial(max_retry=MAX_RETRY)})
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
         raise _cannot_connect(url, e) from None
 

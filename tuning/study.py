@@ -330,10 +330,10 @@ def gone_worker_checks(storage, trials_dir, since: float):
     each count, and whether a running trial's worker is alive. A database's heartbeat fails a silent trial 2
     heartbeats on (``fail_stale_trials``); a trial of this host whose worker's pid has ended is failed at once. The
     journal has no heartbeat, so the trials' locks tell (``beating_since``)."""
-    from tuning.storage import has_heartbeat
+    from tuning.storage import has_heartbeat, retry_callback
 
     if has_heartbeat(storage):
-        retry = storage.get_heartbeat_stale_trial_callback() or queue_again
+        retry = retry_callback(storage) or queue_again
 
         def look(study):
             fail_stale_trials(study)
