@@ -872,3 +872,9 @@ def test_an_optuna_older_than_the_studies_take_is_refused_in_one_line(monkeypatc
     assert capsys.readouterr().err.startswith("error: Optuna 3.6.2 is older than this suite's studies take (4.0 ")
     monkeypatch.setattr(optuna, "__version__", "4.0.0")
     importlib.reload(tuning)  # 4.0 is taken
+    # 4.0 to 4.8's name of the retry's getter (their RDBStorage keyword, failed_trial_callback, is read from it)
+    from types import SimpleNamespace
+
+    from tuning.storage import RETRY_KEYWORD, retry_callback
+    assert RETRY_KEYWORD == "heartbeat_stale_trial_callback"  # the pinned Optuna's
+    assert retry_callback(SimpleNamespace(get_failed_trial_callback=lambda: "retry")) == "retry"
