@@ -34,6 +34,7 @@ def retry_callback(storage):
     getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
     return getter()
 
+
 log = logging.getLogger(__name__)
 
 
