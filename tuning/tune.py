@@ -81,8 +81,8 @@ def trials_left(args, study) -> int:
 def workers_to_start(args, study) -> int:
     """The workers ``--workers`` starts, as local processes or Ray tasks: no more than the trials the study leaves
     (a resumed study with one trial left trains it in one worker, with every core, where 4 workers split the cores
-    in four or hold 4 of the cluster's GPUs)."""
-    return max(1, min(args.study_workers, trials_left(args, study)))
+    in four or hold 4 of the cluster's GPUs); 0 where none is left."""
+    return max(0, min(args.study_workers, trials_left(args, study)))
 
 
 def _worker_env(i: int, n: int) -> dict:
@@ -198,8 +198,8 @@ def run(args) -> int:
     time_up = None  # --time-limit reached: raised once the summary and best.json are written
 
     if args.ray and args.worker_index is None:
-        if trials_left(args, study) > 0:
-            run_workers_on_ray(args, workers_to_start(args, study))
+        if (workers := workers_to_start(args, study)) > 0:
+            run_workers_on_ray(args, workers)
     elif (workers := workers_to_start(args, study)) > 1 and args.worker_index is None:
         argv = args.deadline.hand_on(args.argv)  # the workers stop at this process's limit
         if cfg.workers is None:  # the workers split the cores, as side-by-side fold processes do
