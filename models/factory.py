@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from common import UserError
-from models.weights import build_with_weights, check_weights
+from models.weights import build_with_weights, check_file_fits, check_weights
 
 
 def _zero_head(model: nn.Module) -> None:
@@ -53,9 +53,9 @@ def size_kwargs(name: str, img_size: int | None) -> dict:
 
 def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_checkpointing: bool = False,
                 img_size: int | None = None) -> None:
-    """The model name, its weights source, the options only some timm models have, and that the model takes
-    the run's input size, checked before anything is written (on the meta device: no memory, no weights;
-    under a second for a large ViT)."""
+    """The model name, its weights source (a ``--weights PATH`` file read, and fitted to the model's shapes),
+    the options only some timm models have, and that the model takes the run's input size, checked before
+    anything is written (on the meta device: no memory; under a second for a large ViT, and a file's read)."""
     check_model_name(name)
     check_weights(name, weights or "none")
     with torch.device("meta"):
@@ -70,6 +70,7 @@ def check_model(name: str, weights: str | None, drop_path: float = 0.0, grad_che
             raise UserError(f"--model {name}: timm cannot build it as a classifier ({type(e).__name__}: "
                             f"{str(e)[:120]}). Choose another --model.") from None
         check_input_size(model, name, img_size or data_config(model)["input_size"][-1])
+        check_file_fits(model, weights or "none")
     if grad_checkpointing:
         enable_grad_checkpointing(model, name)
 

@@ -58,8 +58,12 @@ def read_state_dict(path: Path) -> dict:
         sd = timm.models.load_state_dict(str(path), use_ema=True, **safe)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file for the user
         first = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {first}). "
-                        "Use a .safetensors or .pth state dict.") from None
+        hint = "Use a .safetensors or .pth state dict."
+        if "weights_only" in str(e):  # a checkpoint that pickles objects beside its tensors (a trainer's config)
+            hint = ("The file pickles objects beside its tensors, which are not unpickled here (they can run code). "
+                    "If you trust it, save its tensors alone once: python -c \"import torch; c = torch.load("
+                    f"'{path}', weights_only=False); torch.save(c.get('state_dict', c), 'weights.pth')\"")
+        raise UserError(f"--weights {path}: cannot read weights ({type(e).__name__}: {first}). {hint}") from None
     finally:
         timm_log.setLevel(level)
     if not isinstance(sd, dict):
@@ -82,10 +86,36 @@ def _resampled(model: nn.Module, sd: dict) -> dict:
         return sd
 
 
-def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
-    """Load every backbone tensor strictly; the head stays new when its shape differs."""
+def _unwrapped(sd: dict, own: dict, origin: str, say: bool) -> dict:
+    """``sd`` with the prefix of the module that held the timm model taken off, where no key fits as it is: a
+    Lightning checkpoint's ``model.`` (the LightningModule's attribute), a wrapper's ``backbone.``. Keys outside
+    that module (a loss's class weights, a head of the wrapper's own) are left out, and said."""
+    if any(k in own for k in sd):
+        return sd
+    counts: dict[str, int] = {}
+    for k in sd:
+        dots = [i for i, c in enumerate(k) if c == "."]
+        for i in dots[:3]:  # up to three levels of wrapping: "model.", "model.backbone.", "net.model.encoder."
+            if k[i + 1:] in own:
+                counts[k[:i + 1]] = counts.get(k[:i + 1], 0) + 1
+    prefix = max(counts, key=counts.get, default=None)
+    if prefix is None or counts[prefix] < len(own) / 2:  # a stray match (another model's "head.fc.") is no wrapper
+        return sd
+    kept = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    left = [k for k in sd if not k.startswith(prefix)]
+    if say:
+        log.info("%s: the model's weights are those under %r (%d tensors)%s", origin, prefix, len(kept),
+                 f"; {len(left)} other tensors left out (e.g. {left[:3]})" if left else "")
+    return kept
+
+
+def fitted_state(model: nn.Module, sd: dict, origin: str, say: bool = True) -> dict:
+    """``sd`` as it loads into ``model``: every backbone tensor there, of the model's shape (resampled by timm
+    where the model is built for another input size), the head left out where its shape differs; otherwise a
+    UserError that says what does not fit. Shapes only: ``model`` may be on the meta device."""
     head = _classifier_keys(model)
     own = model.state_dict()
+    sd = _unwrapped(sd, own, origin, say)
     sd = {k: v for k, v in sd.items()
           if not (k.startswith(head) and (k not in own or own[k].shape != v.shape))}
     if _other_shapes(sd, own):  # trained at another input size, or another model
@@ -98,7 +128,19 @@ def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
                         f"{len(bad)} of another shape (e.g. {bad[:3]}). "
                         "Check that --model names the architecture the weights were trained for.")
-    model.load_state_dict(sd, strict=False)
+    return sd
+
+
+def load_backbone_state(model: nn.Module, sd: dict, origin: str) -> None:
+    """Load every backbone tensor strictly; the head stays new when its shape differs."""
+    model.load_state_dict(fitted_state(model, sd, origin), strict=False)
+
+
+def check_file_fits(model: nn.Module, arg: str) -> None:
+    """A ``--weights PATH`` file read and fitted to ``model`` (built on the meta device) before the run, so
+    that a file for another architecture, or one that cannot be read, stops it before anything is written."""
+    if parse_weights(arg)[0] == "file":
+        fitted_state(model, read_state_dict(Path(arg)), f"--weights {arg}", say=False)
 
 
 def _from_file(name: str, arg: str, build) -> nn.Module:
@@ -194,7 +236,7 @@ def parse_weights(value: str) -> tuple[str, str]:
     if ":" in value and value.split(":", 1)[0] in WEIGHT_SOURCES and len(value.split(":", 1)[0]) > 1:
         src, arg = value.split(":", 1)
         return src, arg
-    if value.endswith((".safetensors", ".pth", ".pt", ".bin")) or os.sep in value or Path(value).exists():
+    if value.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt")) or os.sep in value or Path(value).exists():
         return "file", value
     raise UserError(f"--weights {value!r}: not a known source. Use 'hub', 'none', a .safetensors/.pth path, "
                     f"or one of {sorted(k + ':' for k in WEIGHT_SOURCES if k not in ('hub', 'none', 'file'))}.")

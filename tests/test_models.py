@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -90,6 +91,41 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     torch.save(create_model("mobilenetv3_small_050", 10, weights="none").state_dict(), tmp_path / "w.pth")
     with pytest.raises(UserError, match=r"weights do not fit this model.*--model"):
         create_model("resnet10t", 4, weights=str(tmp_path / "w.pth"))
+
+
+class _TrainerConfig:  # a trainer's own config object, pickled into its checkpoint beside the tensors
+    lr = 1e-3
+
+
+def test_a_trainers_checkpoint_loads_and_a_file_that_does_not_fit_stops_the_run_before_any_file(tmp_path, demo_source,
+                                                                                                 caplog):
+    """A PyTorch Lightning .ckpt keeps the timm model under its attribute's prefix ("model.") beside a loss's
+    tensors; it ended in "weights do not fit this model: ... 87 unexpected". A file that does not fit, or cannot
+    be read, was found at fold 0's start, after the run folder, its config, manifest and split were written."""
+    src = create_model("resnet10t", 6, weights="none", head_init="timm")
+    wrapped = {"model." + k: v for k, v in src.state_dict().items()} | {"criterion.weight": torch.ones(6)}
+    torch.save({"epoch": 3, "state_dict": wrapped, "hyper_parameters": {"lr": 1e-3}}, tmp_path / "w.ckpt")
+    with caplog.at_level(logging.INFO, logger="models.weights"):
+        m = create_model("resnet10t", 6, weights=str(tmp_path / "w.ckpt"))
+    assert torch.equal(m.conv1[0].weight, src.conv1[0].weight)
+    assert torch.equal(m.get_classifier().weight, src.get_classifier().weight)  # its head fits, and is kept
+    assert "those under 'model.' (86 tensors); 1 other tensors left out (e.g. ['criterion.weight'])" in caplog.text
+    check_model("resnet10t", str(tmp_path / "w.ckpt"))
+    # another model's keys that happen to share a wrapper-like prefix ("head.fc.") are not taken for a wrapper
+    torch.save(create_model("convnext_atto", 10, weights="none").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"84 missing keys .* 128 unexpected"):
+        check_model("resnet10t", str(tmp_path / "other.pth"))
+    # a checkpoint that pickles its own objects is not unpickled; the message says how to take its tensors out
+    torch.save({"state_dict": wrapped, "hyper_parameters": _TrainerConfig()}, tmp_path / "cfg.ckpt")
+    with pytest.raises(UserError, match=r"pickles objects beside its tensors.*weights_only=False.*state_dict"):
+        check_model("resnet10t", str(tmp_path / "cfg.ckpt"))
+    # and neither reaches the run folder
+    from conftest import tiny_args
+    from folds.run import main as run_main
+    for bad in ("other.pth", "cfg.ckpt"):
+        assert run_main(tiny_args(demo_source, tmp_path, **{"--model": "resnet10t",
+                                                            "--weights": str(tmp_path / bad)})) == 2
+        assert not (tmp_path / "runs" / "t").exists(), bad
 
 
 def test_missing_weights_file():
