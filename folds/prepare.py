@@ -18,6 +18,7 @@ from folds.cache import cache_root
 from folds.config import RunConfig
 from folds.data import SAMPLE_CSV, TRAIN_CSV, Dataset, check_data_folder, load_dataset, read_groups
 from folds.images import set_max_image_pixels
+from folds.init_from import check_weights_unseen
 from folds.demo import make_demo_dataset
 from folds.split import load_or_make_folds
 from models import check_model
@@ -64,7 +65,9 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     if demo is None:
         cfg, demo = with_data_dir(cfg)
     check_data_folder(cfg.data_dir)  # a second, not the model check's hub wait, to find a mistyped folder
-    check_model(cfg.model, cfg.weights, cfg.drop_path, cfg.grad_checkpointing, cfg.img_size)
+    # under --init-from the folds start from that run's weights (checked with its split, in check_init_source)
+    check_model(cfg.model, None if cfg.init_from else cfg.weights, cfg.drop_path, cfg.grad_checkpointing,
+                cfg.img_size)
     check_installed(cfg.crop, cfg.affine)
     if cfg.cache_dir:
         check_writable_folder(cfg.cache_dir, f"--cache-dir {cfg.cache_dir}")
@@ -73,6 +76,8 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     # after the data's own checks, whose messages say more (a sample's stray column is no class); the images it
     # verified are kept (verified_cache), so the run again with --metric does not decode them again
     check_metric_fits_sample(cfg.metric, ds.columns.probabilities, Path(cfg.data_dir) / SAMPLE_CSV)
+    if not cfg.init_from:
+        check_weights_unseen(cfg.weights, ds.train["id"])  # a fold's model of these paintings: --init-from
     scale = check_metric_fits_classes(cfg.metric, ds.classes, Path(cfg.data_dir) / TRAIN_CSV)
     if scale:
         log.warning("%s", scale)

@@ -33,6 +33,7 @@ from folds.lock import MISSED_BEATS, FoldLock
 from folds.manifest import training_packages
 from folds.predict import CROP_OOF_SEED, PaintingViews, Predictor
 from folds.prepare import PreparedRun, prepare_run, with_data_dir
+from folds.init_from import check_init_source, started_from
 from folds.pseudo import check_source, fold_pseudo_images
 from folds.run_folder import check_classes, check_settings, package_note, settings_kept, write_run_files
 from folds.scale_check import whole_test_warning
@@ -87,6 +88,9 @@ class FoldRunner:
                     log.warning(warning)
         if cfg.pseudo:  # before anything is written: the source must fit this run's split
             check_source(cfg.pseudo, prep.ds.classes, prep.split_hash, layout.planned_folds(cfg), cfg.pseudo_oof)
+        if cfg.init_from:  # the same, for the folds still to train (a finished one needs its source no more)
+            check_init_source(cfg, prep.ds.classes, prep.split_hash,
+                              [k for k in layout.planned_folds(cfg) if force or not layout.is_done(run_dir, k)])
         if distributed.is_main() and not dry_run:
             write_run_files(run_dir, prep)
             distributed.barrier()
@@ -303,7 +307,7 @@ class FoldRunner:
         log.info("fold %s: %d train / %d validation paintings%s", k, len(tr), len(va),
                  f" + {self._pseudo_share(n_test)} + {len(extra.paths) - n_test} pseudo-labelled crops of its "
                  "validation paintings (their labels unread)" if extra else "")
-        result = train_fold(self.cfg, self.ds, tr, va, d, fold_index=index, resume=self.resume,
+        result = train_fold(started_from(self.cfg, k), self.ds, tr, va, d, fold_index=index, resume=self.resume,
                             on_epoch=lambda *_: self._still_mine(k, lock), epochs=epochs, extra=extra,
                             deadline=self.deadline)
         if extra:

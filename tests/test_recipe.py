@@ -525,6 +525,45 @@ def test_pseudo_labels_from_another_split_are_refused_up_front(source_run, demo_
     assert run_main(args) == 0
 
 
+def test_a_second_stage_starts_fold_k_from_fold_k_of_a_finished_run_and_one_fold_file_is_refused(
+        source_run, demo_source, tmp_path, capsys, monkeypatch):
+    """A second stage (here at a larger --img-size) from a first run's models: fold k starts from fold k's best
+    weights, which never saw fold k's validation paintings. One fold's file as --weights for every fold was
+    accepted before, and each other fold was then scored on paintings its starting weights had learnt."""
+    import folds.train
+    src = source_run / "runs" / "src"
+    started = []
+    build = folds.train.build_model
+
+    def spy(cfg, num_classes, pretrained=True):
+        model, dcfg = build(cfg, num_classes, pretrained)
+        started.append((cfg.weights, {name: t.clone() for name, t in model.state_dict().items()}))
+        return model, dcfg
+
+    monkeypatch.setattr(folds.train, "build_model", spy)
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--img-size": 48,
+                                                        "--init-from": src})) == 0
+    assert [w for w, _ in started] == [str(src / "fold_0" / "best.pt"), str(src / "fold_1" / "best.pt")]
+    for k, (_, state) in enumerate(started):
+        theirs = torch.load(src / f"fold_{k}" / "best.pt", weights_only=True)
+        assert all(torch.equal(state[name], theirs[name]) for name in theirs), k  # the head too: same classes
+    assert json.loads((tmp_path / "runs" / "t" / layout.CONFIG).read_text())["init_from"] == str(src)
+    monkeypatch.setattr(folds.train, "build_model", build)
+    # refused before anything is written: one fold's file for every fold, another split, another architecture,
+    # and a full-data model whose source has none
+    refused = {"the fold 0 model of run": {"--weights": src / "fold_0" / "best.pt"},
+               "made on another split": {"--n-folds": 3, "--init-from": src},
+               "That run trained --model resnet10t": {"--model": "mobilenetv3_small_050", "--init-from": src}}
+    for said, over in refused.items():
+        assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--name": "bad",
+                                                            **over})) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "runs" / "bad").exists(), said
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--img-size": 48,
+                                                        "--init-from": src, "--fold": "full"})) == 2
+    assert "its full-data model is not finished" in capsys.readouterr().err
+
+
 def test_a_second_round_may_not_label_its_own_crops_from_a_round_that_learned_them(source_run, demo_source,
                                                                                    tmp_path, capsys):
     """A pseudo round's fold k learned fold k's crop-OOF crops; labelling them again from its crop

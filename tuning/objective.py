@@ -23,6 +23,7 @@ from folds.deadline import Deadline
 from folds.loader import num_workers
 from folds.lock import FoldLock, pid_space
 from folds.manifest import make_manifest
+from folds.init_from import started_from
 from folds.pseudo import fold_pseudo_images
 from folds.split import fold_rows
 from folds.stopping import resolve_monitor, score_column
@@ -132,7 +133,7 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at fold {k} epoch {epoch}: {column} {row[column]:.4f}")
 
                 try:
-                    r = train_fold(cfg, self.ds, *fold_rows(self.folds, k),
+                    r = train_fold(started_from(cfg, k), self.ds, *fold_rows(self.folds, k),
                                    fold_dir(out, k), fold_index=k, on_epoch=report, extra=self.pseudo_images(cfg, k),
                                    deadline=self.deadline)
                 except FloatingPointError:

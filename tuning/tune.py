@@ -150,6 +150,7 @@ def check_tuner_args(args) -> None:
 def run(args) -> int:
     from folds.config import RUN_CONTROL, learning_settings
     from folds.prepare import prepare_run, split_store
+    from folds.init_from import check_init_source
     from folds.pseudo import check_source
     from folds.scale_check import whole_test_warning
     from folds.split import save_folds
@@ -180,6 +181,8 @@ def run(args) -> int:
         log.warning(warning)
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
+    if cfg.init_from:  # the same, for the run each trial's folds start from
+        check_init_source(cfg, ds.classes, prep.split_hash, fold_ids)
     # The study's "same experiment" key: every learning setting except what the trials vary.
     # (the knobs the space leaves out change no trial: a study made before they were left out still compares)
     setup = {**learning_settings(cfg, exclude={*space, *left_out, "seed"}), "folds": fold_ids,
