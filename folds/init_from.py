@@ -69,10 +69,12 @@ def started_from(cfg: RunConfig, k) -> RunConfig:
     return replace(cfg, weights=str(weights))
 
 
-def check_weights_unseen(weights: str | None, train_ids) -> None:
-    """Refuse a ``--weights`` file that is a fold's (or the full-data) model of a run on these paintings: it
-    learnt the validation paintings of this run's other folds (of every fold, the full-data model), which their
-    OOF would then score high. ``--init-from`` starts each fold from its own."""
+def check_weights_unseen(weights: str | None, train) -> None:
+    """Refuse a ``--weights`` file that is a fold's (or the full-data) model of a run on these paintings (``train``:
+    the train set's ``id`` and ``artist``): it learnt the validation paintings of this run's other folds (of every
+    fold, the full-data model), which their OOF would then score high. ``--init-from`` starts each fold from its
+    own. Paintings are matched by id and class together, and most of them must match: a run on another task whose
+    ids happen to be the same numbers is no such run."""
     source, arg = parse_weights(weights or "none")
     if source != "file":
         return
@@ -81,9 +83,10 @@ def check_weights_unseen(weights: str | None, train_ids) -> None:
             and Path(arg).parent.name.startswith("fold_")):
         return
     split, name = layout.read_frame(run / layout.FOLDS), layout.fold_name(Path(arg).parent)
-    learnt = split["id"] if name == layout.FULL else split["id"][split["fold"].astype(str) != name]
-    seen = set(learnt) & set(map(str, train_ids))
-    if seen:
+    learnt = split if name == layout.FULL else split[split["fold"].astype(str) != name]
+    pairs = set(zip(learnt["id"], learnt["label"]))
+    seen = pairs & set(zip(train["id"].astype(str), train["artist"].astype(str)))
+    if len(seen) > len(pairs) / 2:
         what = "full-data model" if name == layout.FULL else f"fold {name} model"
         raise UserError(f"--weights {arg}: the {what} of run {run}, which learnt "
                         f"from {len(seen)} of this train set's paintings: this run's folds would be scored on "

@@ -77,7 +77,7 @@ def prepare_run(cfg: RunConfig, folds_csv: Path | None, *, demo: bool | None = N
     # verified are kept (verified_cache), so the run again with --metric does not decode them again
     check_metric_fits_sample(cfg.metric, ds.columns.probabilities, Path(cfg.data_dir) / SAMPLE_CSV)
     if not cfg.init_from:
-        check_weights_unseen(cfg.weights, ds.train["id"])  # a fold's model of these paintings: --init-from
+        check_weights_unseen(cfg.weights, ds.train)  # a fold's model of these paintings: --init-from
     scale = check_metric_fits_classes(cfg.metric, ds.classes, Path(cfg.data_dir) / TRAIN_CSV)
     if scale:
         log.warning("%s", scale)

@@ -562,6 +562,13 @@ def test_a_second_stage_starts_fold_k_from_fold_k_of_a_finished_run_and_one_fold
     assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--img-size": 48,
                                                         "--init-from": src, "--fold": "full"})) == 2
     assert "its full-data model is not finished" in capsys.readouterr().err
+    # a run on another task whose ids happen to be the same numbers is no such run: its file is a plain start
+    other = tmp_path / "other-task"
+    shutil.copytree(src, other)
+    split = pd.read_csv(other / layout.FOLDS, dtype=str, keep_default_na=False)
+    split.assign(label="another task's class").to_csv(other / layout.FOLDS, index=False)
+    assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--name": "plain",
+                                                        "--weights": other / "fold_0" / "best.pt"})) == 0
 
 
 def test_a_second_round_may_not_label_its_own_crops_from_a_round_that_learned_them(source_run, demo_source,
