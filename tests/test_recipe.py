@@ -569,6 +569,22 @@ def test_a_second_stage_starts_fold_k_from_fold_k_of_a_finished_run_and_one_fold
     split.assign(label="another task's class").to_csv(other / layout.FOLDS, index=False)
     assert run_main(tiny_args(demo_source, tmp_path, **{"--epochs": 1, "--n-folds": 2, "--name": "plain",
                                                         "--weights": other / "fold_0" / "best.pt"})) == 0
+    # a study of such a stage: each trial's fold k starts from fold k; a space that varies the model is refused
+    import tuning.objective
+    from tuning.tune import main as tune_main
+    seen = []
+    real = tuning.objective.train_fold
+    monkeypatch.setattr(tuning.objective, "train_fold", lambda cfg, *a, **kw: seen.append(cfg.weights) or
+                        real(cfg, *a, **kw))
+    base = ["--tuning-dir", str(tmp_path / "tuning"), "--runs-dir", str(tmp_path / "runs"), "--data-dir",
+            str(demo_source), "--preset", "demo", "--img-size", "48", "--epochs", "1", "--num-workers", "0",
+            "--n-trials", "1", "--fold", "1", "--n-folds", "2", "--init-from", str(src)]
+    assert tune_main([*base, "--study", "stage2"]) == 0
+    assert seen == [str(src / "fold_1" / "best.pt")]
+    (tmp_path / "space.yaml").write_text("model: {type: categorical, choices: [resnet10t, resnet18]}\n")
+    capsys.readouterr()
+    assert tune_main([*base, "--study", "models", "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "leave 'model' out of --space" in capsys.readouterr().err
 
 
 def test_a_second_round_may_not_label_its_own_crops_from_a_round_that_learned_them(source_run, demo_source,

@@ -182,6 +182,9 @@ def run(args) -> int:
     if cfg.pseudo:  # before the study exists: the source must fit this split, its folds finished
         check_source(cfg.pseudo, ds.classes, prep.split_hash, fold_ids, cfg.pseudo_oof)
     if cfg.init_from:  # the same, for the run each trial's folds start from
+        if "model" in space:
+            raise UserError(f"--init-from {cfg.init_from}: every trial starts from that run's weights, of one "
+                            "architecture; leave 'model' out of --space.")
         check_init_source(cfg, ds.classes, prep.split_hash, fold_ids)
     # The study's "same experiment" key: every learning setting except what the trials vary.
     # (the knobs the space leaves out change no trial: a study made before they were left out still compares)
