@@ -98,6 +98,25 @@ def is_done(run: Path, k) -> bool:
     return (fold_dir(run, k) / DONE).is_file()
 
 
+def check_fold_source(run, option: str, classes, split_hash: str, folds, takes: str) -> Path:
+    """A run whose fold k another run's fold k draws on (``--pseudo``, ``--init-from``): a run folder of the same
+    classes and split, with ``folds`` finished. ``takes``: what fold k draws, for the split's message."""
+    run = check_run_folder(run, option)
+    if read_json(run / CLASSES) != list(classes):
+        raise UserError(f"{option} {run}: trained on other classes than this run's train.csv.")
+    theirs = read_json(run / MANIFEST).get("split_hash")
+    if theirs != split_hash:
+        raise UserError(f"{option} {run}: made on another split (split hash {theirs} != {split_hash}). Fold k may "
+                        f"only {takes} of the same split, or its validation paintings leak in; use the same "
+                        "--n-folds, --split-seed and --groups as that run.")
+    missing = [k for k in folds if not is_done(run, k)]
+    if missing:
+        what, them = ("its full-data model is", "it") if missing == [FULL] else (f"folds {missing} are", "them")
+        raise UserError(f"{option} {run}: {what} not finished; finish {them} first with "
+                        f"`{fold_command(run, ','.join(map(str, missing)), '--resume')}`.")
+    return run
+
+
 def has_started(run: Path) -> bool:
     """Whether any fold of ``run`` has trained at least one epoch (or is finished)."""
     return any((d / f).exists() for d in Path(run).glob("fold_*") for f in (DONE, LAST, BEST, HISTORY))

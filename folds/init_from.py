@@ -29,19 +29,8 @@ def fold_weights(run: Path, k) -> Path:
 def check_init_source(cfg: RunConfig, classes, split_hash: str, folds) -> Path:
     """``cfg.init_from``, checked before anything is written: a run folder of the same classes and split, whose
     ``folds`` are finished with their best weights kept, and whose weights fit ``cfg.model`` at this size."""
-    run = layout.check_run_folder(cfg.init_from, "--init-from")
-    if layout.read_json(run / layout.CLASSES) != list(classes):
-        raise UserError(f"--init-from {run}: trained on other classes than this run's train.csv.")
-    theirs = layout.read_json(run / layout.MANIFEST).get("split_hash")
-    if theirs != split_hash:
-        raise UserError(f"--init-from {run}: made on another split (split hash {theirs} != {split_hash}). Fold k "
-                        "may only start from fold k's model of the same split, or its validation paintings leak in; "
-                        "use the same --n-folds, --split-seed and --groups as that run.")
-    missing = [k for k in folds if not layout.is_done(run, k)]
-    if missing:
-        what = "its full-data model is" if missing == [layout.FULL] else f"folds {missing} are"
-        raise UserError(f"--init-from {run}: {what} not finished; finish {'it' if missing == [layout.FULL] else 'them'}"
-                        f" first with `{layout.fold_command(run, ','.join(map(str, missing)), '--resume')}`.")
+    run = layout.check_fold_source(cfg.init_from, "--init-from", classes, split_hash, folds,
+                                   "start from fold k's model")
     gone = [str(fold_weights(run, k)) for k in folds if not fold_weights(run, k).is_file()]
     if gone:
         raise UserError(f"--init-from {run}: the best weights of a finished fold are gone ({gone[:3]}).")

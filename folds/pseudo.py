@@ -38,22 +38,11 @@ log = logging.getLogger(__name__)
 def check_source(run, classes, split_hash: str, folds, own_crops: bool = False) -> Path:
     """The source run folder, checked: same classes, same split, the needed folds finished, and,
     where fold k is to learn its own crop-OOF crops, a source whose fold k never learned them."""
-    run = Path(run)
-    layout.check_run_folder(run, "--pseudo")
+    run = layout.check_run_folder(run, "--pseudo")
     if own_crops:
         check_own_crops_unlearned(run)
-    if layout.read_json(run / layout.CLASSES) != list(classes):
-        raise UserError(f"--pseudo {run}: trained on other classes than this run's train.csv.")
-    theirs = layout.read_json(run / layout.MANIFEST).get("split_hash")
-    if theirs != split_hash:
-        raise UserError(f"--pseudo {run}: made on another split (split hash {theirs} != {split_hash}). Fold k may "
-                        "only learn from fold k's test predictions of the same split, or its validation paintings "
-                        "leak in; use the same --n-folds, --split-seed and --groups as that run.")
-    missing = [k for k in folds if not layout.is_done(run, k)]
-    if missing:
-        raise UserError(f"--pseudo {run}: folds {missing} are not finished; finish them first with "
-                        f"`{layout.fold_command(run, ','.join(map(str, missing)), '--resume')}`.")
-    return run
+    return layout.check_fold_source(run, "--pseudo", classes, split_hash, folds,
+                                    "learn from fold k's test predictions")
 
 
 def check_own_crops_unlearned(run: Path) -> None:
